@@ -1,0 +1,149 @@
+//! Settings, in layers: built-in defaults, then an optional TOML file, then `LINKBRIDGE_*`
+//! environment variables, then command-line flags. Each layer overrides the one before.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{DatabaseUrl, PoolSettings};
+
+/// Every setting of the server. See README.md "Configuration" for each one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address and port to listen on.
+    pub listen: String,
+    /// Directory for the embedded SQLite database and the service's signing keys.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL URL selects PostgreSQL; unset means SQLite in `data_dir`.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub database_url: Option<SecretString>,
+    /// The public base URL of the FHIR endpoint (as clients reach it, e.g. behind a load
+    /// balancer). Unset: `http://<listen address>`.
+    pub public_base_url: Option<String>,
+    /// Largest accepted request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// `_count` when a search or history request names none.
+    pub default_page_size: u32,
+    /// The largest `_count` honoured; larger requests are capped to it.
+    pub max_page_size: u32,
+    /// Database connection pool size per process.
+    pub db_max_connections: u32,
+    /// `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
+}
+
+fn serialize_redacted<S: serde::Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(secret) => s.serialize_some(secret.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".to_owned(),
+            data_dir: PathBuf::from("linkbridge-data"),
+            database_url: None,
+            public_base_url: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            default_page_size: 50,
+            max_page_size: 500,
+            db_max_connections: 16,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Settings that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then the file (if given and present), then `LINKBRIDGE_*` variables.
+    pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = config_file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("LINKBRIDGE_").ignore(&["config", "log"]));
+        figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    pub fn listen_address(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("listen address '{}' is not host:port", self.listen)))
+    }
+
+    pub fn database(&self) -> Result<DatabaseUrl, ConfigError> {
+        match &self.database_url {
+            Some(url) => DatabaseUrl::parse(url.expose_secret()).map_err(|e| ConfigError::Invalid(e.to_string())),
+            None => Ok(DatabaseUrl::sqlite_in(&self.data_dir)),
+        }
+    }
+
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            ..PoolSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_variables_override_the_file_which_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lb.toml", "listen = \"127.0.0.1:9000\"\nmax_page_size = 100\n")?;
+            jail.set_env("LINKBRIDGE_MAX_PAGE_SIZE", "200");
+            let settings = Settings::load(Some(Path::new("lb.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.listen, "127.0.0.1:9000", "file beats default");
+            assert_eq!(settings.max_page_size, 200, "environment beats file");
+            assert_eq!(settings.default_page_size, 50, "default kept");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_setting_is_an_error_not_a_silent_typo() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lb.toml", "listne = \"127.0.0.1:9000\"\n")?;
+            assert!(Settings::load(Some(Path::new("lb.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres_and_is_not_printed() {
+        let settings = Settings {
+            database_url: Some(SecretString::from("postgres://u:secret@db/lb")),
+            ..Settings::default()
+        };
+        let db = settings.database().expect("valid url");
+        assert!(matches!(db, DatabaseUrl::Postgres(_)));
+        assert!(!format!("{db:?}").contains("secret"));
+        assert!(!format!("{settings:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,10 @@
+//! Pure rules of the referral exchange: resource types, identities, tenancy and the search
+//! parameter registry. Nothing in `domain` does IO.
+
+pub mod ids;
+pub mod instant;
+pub mod outcome;
+pub mod resource_type;
+pub mod search_params;
+pub mod search_query;
+pub mod tenancy;

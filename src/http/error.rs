@@ -1,0 +1,133 @@
+//! The one place where every error becomes an HTTP status and an OperationOutcome.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::domain::outcome::{operation_outcome, Issue, IssueCode};
+use crate::service::ServiceError;
+use crate::store::StoreError;
+
+/// Everything an HTTP request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// A malformed request the HTTP layer itself detected (400).
+    #[error("bad request")]
+    BadRequest(Issue),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    #[error("unknown route: {0}")]
+    UnknownRoute(String),
+    #[error("unsupported resource type: {0}")]
+    UnsupportedType(String),
+    /// Missing or invalid access token (401 with `WWW-Authenticate`).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Valid token without the scope the interaction needs (403 insufficient_scope).
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: IssueCode, message: impl Into<String>) -> Self {
+        ApiError::BadRequest(Issue::error(code, message))
+    }
+
+    /// Status and issues: the single mapping table of the service.
+    fn status_and_issues(&self) -> (StatusCode, Vec<Issue>) {
+        use StatusCode as S;
+        let one = |status, code, text: &str| (status, vec![Issue::error(code, text.to_owned())]);
+        match self {
+            ApiError::Service(e) => match e {
+                ServiceError::Invalid(issues) => (S::BAD_REQUEST, issues.clone()),
+                ServiceError::Unprocessable(issues) => (S::UNPROCESSABLE_ENTITY, issues.clone()),
+                ServiceError::NotFound(what) => one(S::NOT_FOUND, IssueCode::NotFound, &format!("{what} is not known")),
+                ServiceError::Gone(what) => one(S::GONE, IssueCode::Deleted, &format!("{what} has been deleted")),
+                ServiceError::PreconditionFailed(why) => one(S::PRECONDITION_FAILED, IssueCode::Conflict, why),
+                ServiceError::Conflict(issue) => (S::CONFLICT, vec![issue.clone()]),
+                ServiceError::Forbidden(why) => one(S::FORBIDDEN, IssueCode::Forbidden, why),
+                ServiceError::Store(StoreError::VersionConflict { resource_type, id }) => one(
+                    S::CONFLICT,
+                    IssueCode::Conflict,
+                    &format!("{resource_type}/{id} was changed concurrently; retry"),
+                ),
+                ServiceError::Store(_) => one(
+                    S::INTERNAL_SERVER_ERROR,
+                    IssueCode::Exception,
+                    "the server could not complete the request; it has been logged",
+                ),
+            },
+            ApiError::BadRequest(issue) => (S::BAD_REQUEST, vec![issue.clone()]),
+            ApiError::UnsupportedMediaType(why) => one(S::UNSUPPORTED_MEDIA_TYPE, IssueCode::NotSupported, why),
+            ApiError::NotAcceptable(why) => one(S::NOT_ACCEPTABLE, IssueCode::NotSupported, why),
+            ApiError::PayloadTooLarge(why) => one(S::PAYLOAD_TOO_LARGE, IssueCode::TooLong, why),
+            ApiError::MethodNotAllowed(why) => one(S::METHOD_NOT_ALLOWED, IssueCode::NotSupported, why),
+            ApiError::UnknownRoute(path) => one(S::NOT_FOUND, IssueCode::NotSupported, &format!("no FHIR endpoint at '{path}'")),
+            ApiError::UnsupportedType(name) => one(
+                S::NOT_FOUND,
+                IssueCode::NotSupported,
+                &format!("resource type '{name}' is not supported by this server (see /metadata)"),
+            ),
+            ApiError::Unauthorized(why) => one(S::UNAUTHORIZED, IssueCode::Login, why),
+            ApiError::InsufficientScope(why) => one(S::FORBIDDEN, IssueCode::Forbidden, why),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_issues().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, issues) = self.status_and_issues();
+        if status.is_server_error() {
+            // The cause chain goes to the log once, here; the client gets a safe message.
+            tracing::error!(error = %self, source = ?std::error::Error::source(self), "request failed");
+        }
+        let mut response = HttpResponse::build(status);
+        response.insert_header((header::CONTENT_TYPE, super::negotiate::FHIR_JSON));
+        match self {
+            ApiError::Unauthorized(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                ));
+            }
+            ApiError::InsufficientScope(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+                ));
+            }
+            _ => {}
+        }
+        response.body(operation_outcome(&issues).to_string())
+    }
+}
+
+/// Maps actix-web's own extractor failures (oversized or unreadable bodies, bad paths and
+/// queries) to OperationOutcomes rather than its plain-text defaults.
+pub fn payload_error(err: actix_web::error::PayloadError) -> actix_web::Error {
+    use actix_web::error::PayloadError as P;
+    match err {
+        P::Overflow => ApiError::PayloadTooLarge("the request body exceeds the configured limit".into()).into(),
+        other => ApiError::bad_request(IssueCode::Structure, format!("the request body could not be read: {other}")).into(),
+    }
+}
+
+pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(IssueCode::Invalid, format!("invalid query string: {err}")).into()
+}
+
+pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(IssueCode::Invalid, format!("invalid path: {err}")).into()
+}

@@ -1,0 +1,65 @@
+//! `GET /metadata`: the CapabilityStatement, generated from the registries the server runs
+//! on (resource types and their interactions, search parameters), so it cannot drift.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::negotiate::{render_resource_text, rendering};
+use super::state::AppState;
+use crate::domain::resource_type::ResourceType;
+use crate::domain::search_params::params_for;
+
+/// The CapabilityStatement as FHIR JSON.
+pub fn capability_statement_json(base_url: &str) -> Value {
+    let resources: Vec<Value> = ResourceType::ALL
+        .into_iter()
+        .map(|resource_type| {
+            let interactions: Vec<Value> = resource_type
+                .interactions()
+                .iter()
+                .map(|i| json!({"code": i.code()}))
+                .collect();
+            let mut search_params = vec![
+                json!({"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"}),
+                json!({"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated", "type": "date"}),
+            ];
+            search_params.extend(params_for(resource_type).map(|p| {
+                json!({"name": p.name, "definition": p.definition_url(), "type": p.kind.code()})
+            }));
+            json!({
+                "type": resource_type.as_str(),
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": false,
+                "conditionalCreate": true,
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "searchParam": search_params,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "linkbridge",
+        "kind": "instance",
+        "software": {"name": "linkbridge", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "linkbridge social prescribing referral exchange", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/fhir+xml"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+        }],
+    })
+}
+
+pub async fn capability_statement(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let render = rendering(&req)?;
+    let (text, content_type) = render_resource_text(render, &capability_statement_json(&state.base_url).to_string())?;
+    Ok(HttpResponse::Ok().content_type(content_type).body(text))
+}

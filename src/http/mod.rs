@@ -1,0 +1,69 @@
+//! The HTTP layer: routes, content negotiation, the caller's identity, and rendering. Handlers
+//! extract, authorise, call one service function and render; rules live in `service`.
+
+pub mod bundle;
+pub mod error;
+pub mod health;
+pub mod logging;
+pub mod metadata;
+pub mod negotiate;
+pub mod resources;
+pub mod state;
+
+use actix_web::{web, HttpResponse};
+
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Registers every route. The CapabilityStatement is generated from the same type registry
+/// (`ResourceType::interactions`) that these routes serve.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .service(
+            web::resource("/metadata")
+                .route(web::get().to(metadata::capability_statement))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/{type}/_history")
+                .route(web::get().to(resources::history_type))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/{type}/{id}/_history")
+                .route(web::get().to(resources::history_instance))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/{type}/{id}/_history/{vid}")
+                .route(web::get().to(resources::vread))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/{type}/{id}")
+                .route(web::get().to(resources::read))
+                .route(web::put().to(resources::update))
+                .route(web::patch().to(resources::patch))
+                .route(web::delete().to(resources::delete))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/{type}")
+                .route(web::post().to(resources::create))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::UnknownRoute(req.path().chars().take(200).collect()))
+}

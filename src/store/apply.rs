@@ -1,0 +1,286 @@
+//! Applies a [`WriteSet`] inside a transaction the caller owns. Shared by both backends.
+
+use sqlx::any::AnyArguments;
+use sqlx::{AnyConnection, Arguments};
+
+use super::write_set::{ConditionalClaim, Precondition, ResourceWrite, WriteSet};
+use super::StoreError;
+use crate::domain::search_params::IndexEntry;
+
+pub(super) async fn apply_write_set(
+    conn: &mut AnyConnection,
+    write_set: &WriteSet,
+) -> Result<(), StoreError> {
+    for write in &write_set.resources {
+        apply_resource_write(conn, write).await?;
+    }
+    for claim in &write_set.conditional_claims {
+        apply_claim(conn, claim).await?;
+    }
+    Ok(())
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+async fn apply_resource_write(
+    conn: &mut AnyConnection,
+    write: &ResourceWrite,
+) -> Result<(), StoreError> {
+    let conflict = || StoreError::VersionConflict {
+        resource_type: write.resource_type.as_str().to_owned(),
+        id: write.id.as_str().to_owned(),
+    };
+    // Stored as 0/1: sqlx::Any cannot decode SQLite booleans.
+    let deleted = i64::from(write.body.is_empty());
+    // The history row goes first: its unique (type, id, version) key is what makes two
+    // writers racing from the same version collide, on both databases.
+    let inserted = sqlx::query(
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING change_seq",
+    )
+    .bind(write.resource_type.as_str())
+    .bind(write.id.as_str())
+    .bind(write.version.get())
+    .bind(write.last_updated.micros())
+    .bind(deleted)
+    .bind(write.method.as_str())
+    .bind(write.body.as_str())
+    .fetch_one(&mut *conn)
+    .await;
+    let change_seq: i64 = match inserted {
+        Ok(row) => sqlx::Row::try_get(&row, 0)?,
+        Err(e) if is_unique_violation(&e) => return Err(conflict()),
+        Err(e) => return Err(e.into()),
+    };
+
+    match write.precondition {
+        Precondition::Absent => {
+            let result = sqlx::query(
+                "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(write.resource_type.as_str())
+            .bind(write.id.as_str())
+            .bind(write.version.get())
+            .bind(write.last_updated.micros())
+            .bind(deleted)
+            .bind(write.body.as_str())
+            .bind(change_seq)
+            .execute(&mut *conn)
+            .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => return Err(conflict()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Precondition::CurrentVersion(expected) => {
+            let result = sqlx::query(
+                "UPDATE resources SET version_id = $1, last_updated = $2, deleted = $3, body = $4, change_seq = $5 \
+                 WHERE resource_type = $6 AND id = $7 AND version_id = $8",
+            )
+            .bind(write.version.get())
+            .bind(write.last_updated.micros())
+            .bind(deleted)
+            .bind(write.body.as_str())
+            .bind(change_seq)
+            .bind(write.resource_type.as_str())
+            .bind(write.id.as_str())
+            .bind(expected.get())
+            .execute(&mut *conn)
+            .await?;
+            if result.rows_affected() != 1 {
+                return Err(conflict());
+            }
+            for table in ["idx_token", "idx_reference", "idx_date", "idx_string"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE resource_type = $1 AND id = $2"
+                ))
+                .bind(write.resource_type.as_str())
+                .bind(write.id.as_str())
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    insert_index(conn, write).await?;
+    // Visibility only grows: once an organisation is party to a resource it keeps seeing its
+    // history. Keys already present are left alone.
+    insert_rows(
+        conn,
+        "resource_visibility (resource_type, id, visibility_key)",
+        write.visibility.iter().map(|key| {
+            let mut args = RowArgs::new(write);
+            args.text(Some(key));
+            args
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The values of one index row, starting with the resource's type and id.
+struct RowArgs {
+    values: Vec<Option<String>>,
+    numbers: Vec<(usize, i64)>,
+}
+
+impl RowArgs {
+    fn new(write: &ResourceWrite) -> Self {
+        RowArgs {
+            values: vec![
+                Some(write.resource_type.as_str().to_owned()),
+                Some(write.id.as_str().to_owned()),
+            ],
+            numbers: Vec::new(),
+        }
+    }
+
+    fn text(&mut self, value: Option<&str>) {
+        self.values.push(value.map(str::to_owned));
+    }
+
+    fn number(&mut self, value: i64) {
+        self.numbers.push((self.values.len(), value));
+        self.values.push(None);
+    }
+
+    fn width(&self) -> usize {
+        self.values.len()
+    }
+
+    fn bind_into(self, args: &mut AnyArguments<'_>) -> Result<(), StoreError> {
+        let mut numbers = self.numbers.into_iter().peekable();
+        for (position, value) in self.values.into_iter().enumerate() {
+            let bound = match numbers.next_if(|(p, _)| *p == position) {
+                Some((_, n)) => args.add(n),
+                None => args.add(value),
+            };
+            bound.map_err(|e| StoreError::Config(format!("cannot bind index value: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Inserts many rows with one multi-row statement: far fewer round trips through the single
+/// SQLite writer than a statement per row.
+async fn insert_rows(
+    conn: &mut AnyConnection,
+    table_and_columns: &str,
+    rows: impl Iterator<Item = RowArgs>,
+) -> Result<(), StoreError> {
+    let rows: Vec<RowArgs> = rows.collect();
+    let Some(width) = rows.first().map(RowArgs::width) else {
+        return Ok(());
+    };
+    let mut sql = format!("INSERT INTO {table_and_columns} VALUES ");
+    let mut args = AnyArguments::default();
+    let mut n = 0;
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..width {
+            n += 1;
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${n}"));
+        }
+        sql.push(')');
+        row.bind_into(&mut args)?;
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn insert_index(conn: &mut AnyConnection, write: &ResourceWrite) -> Result<(), StoreError> {
+    let mut tokens = Vec::new();
+    let mut references = Vec::new();
+    let mut dates = Vec::new();
+    let mut strings = Vec::new();
+    for entry in &write.index {
+        let mut row = RowArgs::new(write);
+        match entry {
+            IndexEntry::Token { param, system, code, text } => {
+                row.text(Some(param));
+                row.text(system.as_deref());
+                row.text(code.as_deref());
+                row.text(text.as_deref());
+                tokens.push(row);
+            }
+            IndexEntry::Reference { param, target_type, target_id, identifier_system, identifier_value } => {
+                row.text(Some(param));
+                row.text(target_type.as_deref());
+                row.text(target_id.as_deref());
+                row.text(identifier_system.as_deref());
+                row.text(identifier_value.as_deref());
+                references.push(row);
+            }
+            IndexEntry::Date { param, low, high } => {
+                row.text(Some(param));
+                row.number(*low);
+                row.number(*high);
+                dates.push(row);
+            }
+            IndexEntry::String { param, value } => {
+                row.text(Some(param));
+                row.text(Some(value));
+                strings.push(row);
+            }
+        }
+    }
+    insert_rows(conn, "idx_token (resource_type, id, param, system, code, text)", tokens.into_iter()).await?;
+    insert_rows(
+        conn,
+        "idx_reference (resource_type, id, param, target_type, target_id, identifier_system, identifier_value)",
+        references.into_iter(),
+    )
+    .await?;
+    insert_rows(conn, "idx_date (resource_type, id, param, low, high)", dates.into_iter()).await?;
+    insert_rows(conn, "idx_string (resource_type, id, param, value)", strings.into_iter()).await?;
+    Ok(())
+}
+
+async fn apply_claim(conn: &mut AnyConnection, claim: &ConditionalClaim) -> Result<(), StoreError> {
+    match &claim.replaces {
+        None => {
+            let result = sqlx::query(
+                "INSERT INTO conditional_keys (scope_key, resource_type, criteria, id) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(claim.scope_key.as_str())
+            .bind(claim.resource_type.as_str())
+            .bind(claim.criteria.as_str())
+            .bind(claim.id.as_str())
+            .execute(&mut *conn)
+            .await;
+            match result {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::ConditionalClaimTaken),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Some(stale_id) => {
+            let result = sqlx::query(
+                "UPDATE conditional_keys SET id = $1 \
+                 WHERE scope_key = $2 AND resource_type = $3 AND criteria = $4 AND id = $5",
+            )
+            .bind(claim.id.as_str())
+            .bind(claim.scope_key.as_str())
+            .bind(claim.resource_type.as_str())
+            .bind(claim.criteria.as_str())
+            .bind(stale_id.as_str())
+            .execute(&mut *conn)
+            .await?;
+            if result.rows_affected() == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::ConditionalClaimTaken)
+            }
+        }
+    }
+}

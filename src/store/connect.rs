@@ -1,0 +1,135 @@
+//! Opening the database: SQLite file or PostgreSQL server, pragmas, pools and migrations.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
+
+use super::sqlite_writer::SqliteWriter;
+use super::{Backend, Store, StoreError, StoreInner};
+
+/// Where the data lives. The URL may hold a password, so it is never printed whole.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite database file (created on first start).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
+            DatabaseUrl::Postgres(_) => f.write_str("Postgres(<redacted>)"),
+        }
+    }
+}
+
+impl DatabaseUrl {
+    /// Accepts `postgres://…`, `postgresql://…`, `sqlite://path` or `sqlite:path`.
+    pub fn parse(raw: &str) -> Result<Self, StoreError> {
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Ok(DatabaseUrl::Postgres(raw.to_owned()))
+        } else if let Some(path) = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")) {
+            let path = path.split('?').next().unwrap_or(path);
+            Ok(DatabaseUrl::Sqlite(path.into()))
+        } else {
+            Err(StoreError::Config(
+                "the database URL must start with postgres://, postgresql:// or sqlite:".to_owned(),
+            ))
+        }
+    }
+
+    /// The default embedded database inside the data directory.
+    pub fn sqlite_in(data_dir: &Path) -> Self {
+        DatabaseUrl::Sqlite(data_dir.join("linkbridge.db"))
+    }
+}
+
+/// Tunables of the connection pools.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Pragmas every SQLite connection needs. WAL lets readers run beside the writer;
+/// `synchronous=FULL` makes every acknowledged commit survive power loss (the WAL is fsynced
+/// at each commit); the busy timeout covers checkpoints and a second process.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+
+impl Store {
+    /// Connects, applies pending migrations and starts the SQLite writer where needed.
+    pub async fn connect(url: &DatabaseUrl, settings: &PoolSettings) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        match url {
+            DatabaseUrl::Sqlite(path) => connect_sqlite(path, settings).await,
+            DatabaseUrl::Postgres(raw) => connect_postgres(raw, settings).await,
+        }
+    }
+}
+
+async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Config(format!("cannot create data directory {}: {e}", parent.display()))
+        })?;
+    }
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+
+    let mut writer_conn = AnyConnection::connect_with(&options).await?;
+    writer_conn.execute(SQLITE_PRAGMAS).await?;
+    sqlx::migrate!("./migrations/sqlite").run(&mut writer_conn).await?;
+
+    let pool = AnyPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute(SQLITE_PRAGMAS).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(Store {
+        inner: std::sync::Arc::new(StoreInner {
+            pool,
+            backend: Backend::Sqlite {
+                writer: SqliteWriter::start(writer_conn),
+            },
+        }),
+    })
+}
+
+async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, StoreError> {
+    let options = AnyConnectOptions::from_str(raw)?.disable_statement_logging();
+    let pool = AnyPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(options)
+        .await?;
+    // sqlx takes a PostgreSQL advisory lock while migrating, so replicas starting together
+    // apply each migration once.
+    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    Ok(Store {
+        inner: std::sync::Arc::new(StoreInner {
+            pool,
+            backend: Backend::Postgres,
+        }),
+    })
+}

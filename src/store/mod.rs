@@ -1,0 +1,113 @@
+//! The only module that knows SQL. One implementation serves SQLite and PostgreSQL: the
+//! statements are written in the dialect both accept (`$n` placeholders, `ON CONFLICT`,
+//! `RETURNING`) and run through `sqlx::Any`, with the few backend differences named where
+//! they occur. The store contract tests run every operation against both databases.
+//!
+//! Writes are described as a [`WriteSet`]: everything one request changes (resource versions,
+//! index rows, visibility, conditional-create claims) with its preconditions. A write set is
+//! applied atomically or not at all. On SQLite a single writer task applies the write sets of
+//! concurrent requests in one shared transaction, each under its own savepoint, so one fsync
+//! makes many requests durable (see [`sqlite_writer`]).
+
+mod apply;
+mod connect;
+mod reads;
+mod search;
+mod sqlite_writer;
+mod write_set;
+
+use std::sync::Arc;
+
+use sqlx::AnyPool;
+
+pub use connect::{DatabaseUrl, PoolSettings};
+pub use reads::{HistoryQuery, StoredVersion};
+pub use write_set::{ConditionalClaim, Precondition, ResourceWrite, WriteMethod, WriteSet};
+
+use sqlite_writer::SqliteWriter;
+
+/// Everything that can go wrong in the store. Conflicts are expected outcomes the service
+/// turns into 409/412 answers; `Database` is a fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A resource write's precondition did not hold (someone else wrote first).
+    #[error("{resource_type}/{id} was changed concurrently (expected a different version)")]
+    VersionConflict { resource_type: String, id: String },
+    /// A conditional-create claim was taken by a concurrent request.
+    #[error("the conditional create key was claimed by a concurrent request")]
+    ConditionalClaimTaken,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("the shared commit failed: {0}")]
+    CommitFailed(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+}
+
+/// Which database the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+enum Backend {
+    Sqlite { writer: SqliteWriter },
+    Postgres,
+}
+
+/// A cheap-to-clone handle on the database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    /// Readers (SQLite, WAL lets them run beside the writer) or every connection (PostgreSQL).
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    pub fn kind(&self) -> BackendKind {
+        match self.inner.backend {
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
+            Backend::Postgres => BackendKind::Postgres,
+        }
+    }
+
+    /// Answers whether the database can be reached (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Applies a write set atomically: all of it, or none of it and an error.
+    pub async fn commit(&self, write_set: WriteSet) -> Result<(), StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { writer } => writer.submit(write_set).await,
+            Backend::Postgres => {
+                let mut tx = self.inner.pool.begin().await?;
+                apply::apply_write_set(&mut tx, &write_set).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops the SQLite writer after it has committed what it holds, and closes the pool.
+    pub async fn close(&self) {
+        if let Backend::Sqlite { writer } = &self.inner.backend {
+            writer.shutdown().await;
+        }
+        self.inner.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+}

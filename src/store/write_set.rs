@@ -1,0 +1,81 @@
+//! What one request writes, as plain data the store applies atomically.
+
+use crate::domain::ids::{ResourceId, VersionId};
+use crate::domain::instant::Instant;
+use crate::domain::resource_type::ResourceType;
+use crate::domain::search_params::IndexEntry;
+
+/// How a resource version came about; recorded for history bundles (`entry.request.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMethod {
+    Create,
+    Update,
+    Patch,
+    Delete,
+}
+
+impl WriteMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMethod::Create => "POST",
+            WriteMethod::Update => "PUT",
+            WriteMethod::Patch => "PATCH",
+            WriteMethod::Delete => "DELETE",
+        }
+    }
+
+    pub fn from_stored(raw: &str) -> WriteMethod {
+        match raw {
+            "POST" => WriteMethod::Create,
+            "PATCH" => WriteMethod::Patch,
+            "DELETE" => WriteMethod::Delete,
+            _ => WriteMethod::Update,
+        }
+    }
+}
+
+/// What must hold for a resource write to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The resource does not exist yet (create).
+    Absent,
+    /// The current version is exactly this one (update, patch, delete). Checked in the same
+    /// statement as the write, so two writers from one version cannot both succeed.
+    CurrentVersion(VersionId),
+}
+
+/// One new version of one resource.
+#[derive(Debug, Clone)]
+pub struct ResourceWrite {
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version: VersionId,
+    pub last_updated: Instant,
+    pub method: WriteMethod,
+    pub precondition: Precondition,
+    /// The JSON text served on reads, `id` and `meta` included. Empty for a delete.
+    pub body: String,
+    /// Search index rows of this version (none for a delete).
+    pub index: Vec<IndexEntry>,
+    /// Visibility keys (see `domain::tenancy::Visibility`) added to those the resource has.
+    pub visibility: Vec<String>,
+}
+
+/// Claims a conditional-create key so that concurrent identical conditional creates make one
+/// resource: the key is unique per (scope, type, criteria).
+#[derive(Debug, Clone)]
+pub struct ConditionalClaim {
+    pub scope_key: String,
+    pub resource_type: ResourceType,
+    pub criteria: String,
+    pub id: ResourceId,
+    /// A stale key (its resource no longer matches) is taken over by compare-and-swap.
+    pub replaces: Option<String>,
+}
+
+/// Everything one request writes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteSet {
+    pub resources: Vec<ResourceWrite>,
+    pub conditional_claims: Vec<ConditionalClaim>,
+}

@@ -1,0 +1,5 @@
+//! The one integration test binary: each module tests one area through `spawn_app()` (HTTP)
+//! or the store directly, on SQLite and PostgreSQL.
+
+mod helpers;
+mod store_contract;

@@ -1,0 +1,177 @@
+//! The store contract: the same behaviour on SQLite and PostgreSQL.
+
+use linkbridge::domain::ids::{ResourceId, VersionId};
+use linkbridge::domain::instant::Instant;
+use linkbridge::domain::resource_type::ResourceType;
+use linkbridge::domain::search_params::extract_index;
+use linkbridge::domain::search_query::parse_criteria;
+use linkbridge::domain::tenancy::TenantScope;
+use linkbridge::store::{
+    ConditionalClaim, HistoryQuery, Precondition, ResourceWrite, Store, StoreError, WriteMethod, WriteSet,
+};
+use serde_json::json;
+
+use crate::helpers::{test_store, Db};
+use crate::on_both_databases;
+
+fn practice(org: &str) -> TenantScope {
+    TenantScope::Keys(vec![format!("org:{org}"), "everyone".into()])
+}
+
+fn patient_write(id: &ResourceId, version: i64, precondition: Precondition, family: &str, org: &str) -> ResourceWrite {
+    let body = json!({
+        "resourceType": "Patient",
+        "id": id.as_str(),
+        "meta": {"versionId": version.to_string()},
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": format!("NHS-{family}")}],
+        "name": [{"family": family}]
+    });
+    ResourceWrite {
+        resource_type: ResourceType::Patient,
+        id: id.clone(),
+        version: VersionId::parse(&version.to_string()).expect("version"),
+        last_updated: Instant::now(),
+        method: if version == 1 { WriteMethod::Create } else { WriteMethod::Update },
+        precondition,
+        index: extract_index(ResourceType::Patient, &body),
+        body: body.to_string(),
+        visibility: vec![format!("org:{org}")],
+    }
+}
+
+fn one(write: ResourceWrite) -> WriteSet {
+    WriteSet { resources: vec![write], ..Default::default() }
+}
+
+async fn a_created_resource_reads_back_with_its_version(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let id = ResourceId::generate();
+    store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    let read = store
+        .read_current(&practice("GP1"), ResourceType::Patient, &id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(read.version.get(), 1);
+    assert!(read.body.contains("Smith"), "body served as stored: {}", read.body);
+    assert!(!read.deleted);
+}
+
+async fn another_organisation_cannot_see_a_resource(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let id = ResourceId::generate();
+    store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    let read = store.read_current(&practice("GP2"), ResourceType::Patient, &id).await.expect("read");
+    assert_eq!(read, None, "another practice must not see GP1's patient");
+    let history = store
+        .history(&practice("GP2"), ResourceType::Patient, None, &HistoryQuery { count: 10, ..Default::default() })
+        .await
+        .expect("history");
+    assert!(history.is_empty(), "nor its history");
+    let criteria = parse_criteria(ResourceType::Patient, "identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-Smith").expect("criteria");
+    assert!(store.find_ids(&practice("GP2"), &criteria, 5).await.expect("search").is_empty(), "nor find it");
+    assert_eq!(store.find_ids(&practice("GP1"), &criteria, 5).await.expect("search"), vec![id], "its owner finds it");
+}
+
+async fn two_updates_from_the_same_version_cannot_both_succeed(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let id = ResourceId::generate();
+    store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    let from_v1 = || patient_write(&id, 2, Precondition::CurrentVersion(VersionId::FIRST), "Jones", "GP1");
+    let (a, b) = tokio::join!(store.commit(one(from_v1())), store.commit(one(from_v1())));
+    let successes = [&a, &b].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(successes, 1, "exactly one racing update wins: {a:?} {b:?}");
+    let loser = if a.is_err() { a } else { b };
+    assert!(matches!(loser, Err(StoreError::VersionConflict { .. })), "the other is a version conflict: {loser:?}");
+}
+
+async fn a_failed_write_set_leaves_nothing_behind(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let existing = ResourceId::generate();
+    store.commit(one(patient_write(&existing, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    let fresh = ResourceId::generate();
+    // The second write's precondition fails, so the first must not be kept either.
+    let write_set = WriteSet {
+        resources: vec![
+            patient_write(&fresh, 1, Precondition::Absent, "New", "GP1"),
+            patient_write(&existing, 3, Precondition::CurrentVersion(VersionId::parse("2").expect("v")), "X", "GP1"),
+        ],
+        ..Default::default()
+    };
+    assert!(store.commit(write_set).await.is_err());
+    assert_eq!(store.read_current(&TenantScope::Everything, ResourceType::Patient, &fresh).await.expect("read"), None);
+    let history = store
+        .history(&TenantScope::Everything, ResourceType::Patient, Some(&fresh), &HistoryQuery { count: 10, ..Default::default() })
+        .await
+        .expect("history");
+    assert!(history.is_empty(), "no history of a write that did not happen");
+}
+
+async fn concurrent_claims_of_one_conditional_key_make_one_winner(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let attempts = (0..8).map(|_| {
+        let store: Store = store.clone();
+        async move {
+            let id = ResourceId::generate();
+            let claim = ConditionalClaim {
+                scope_key: "org:GP1".into(),
+                resource_type: ResourceType::Patient,
+                criteria: "identifier=x|1".into(),
+                id: id.clone(),
+                replaces: None,
+            };
+            let write_set = WriteSet {
+                resources: vec![patient_write(&id, 1, Precondition::Absent, "Smith", "GP1")],
+                conditional_claims: vec![claim],
+            };
+            store.commit(write_set).await
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let winners = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(winners, 1, "one claim wins: {results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, StoreError::ConditionalClaimTaken)));
+    let all = store
+        .history(&TenantScope::Everything, ResourceType::Patient, None, &HistoryQuery { count: 50, ..Default::default() })
+        .await
+        .expect("history");
+    assert_eq!(all.len(), 1, "the losers wrote nothing");
+}
+
+async fn history_lists_versions_newest_first_and_pages_by_cursor(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let id = ResourceId::generate();
+    store.commit(one(patient_write(&id, 1, Precondition::Absent, "A", "GP1"))).await.expect("v1");
+    for v in 2..=4 {
+        let previous = VersionId::parse(&(v - 1).to_string()).expect("v");
+        store
+            .commit(one(patient_write(&id, v, Precondition::CurrentVersion(previous), "B", "GP1")))
+            .await
+            .expect("update");
+    }
+    let scope = practice("GP1");
+    let page1 = store
+        .history(&scope, ResourceType::Patient, Some(&id), &HistoryQuery { count: 3, ..Default::default() })
+        .await
+        .expect("page 1");
+    let versions: Vec<i64> = page1.iter().map(|v| v.version.get()).collect();
+    assert_eq!(versions, vec![4, 3, 2]);
+    let cursor = page1.last().map(|v| v.change_seq);
+    let page2 = store
+        .history(&scope, ResourceType::Patient, Some(&id), &HistoryQuery { count: 3, before_seq: cursor, ..Default::default() })
+        .await
+        .expect("page 2");
+    assert_eq!(page2.iter().map(|v| v.version.get()).collect::<Vec<_>>(), vec![1]);
+}
+
+on_both_databases!(
+    a_created_resource_reads_back_with_its_version,
+    another_organisation_cannot_see_a_resource,
+    two_updates_from_the_same_version_cannot_both_succeed,
+    a_failed_write_set_leaves_nothing_behind,
+    concurrent_claims_of_one_conditional_key_make_one_winner,
+    history_lists_versions_newest_first_and_pages_by_cursor,
+);
