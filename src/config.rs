@@ -35,6 +35,12 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// Lifetime of issued access tokens, in seconds (at most 300).
+    pub access_token_lifetime_secs: u64,
+    /// Lets client JWKS URLs be plain http on 127.0.0.1 / [::1]. For tests only.
+    pub allow_insecure_loopback_jwks: bool,
+    /// HTTP worker threads; unset means one per CPU core.
+    pub workers: Option<usize>,
 }
 
 fn serialize_redacted<S: serde::Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -63,6 +69,9 @@ impl Default for Settings {
             max_page_size: 500,
             db_max_connections: 16,
             log_format: LogFormat::Text,
+            access_token_lifetime_secs: 300,
+            allow_insecure_loopback_jwks: false,
+            workers: None,
         }
     }
 }

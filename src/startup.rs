@@ -8,6 +8,8 @@ use actix_web::{web, App, HttpServer};
 
 use crate::config::{ConfigError, Settings};
 use crate::http::{self, AppState};
+use crate::auth::{AccessTokenPolicy, HttpJwksSource, JwksFetchConfig, SigningKeys};
+use crate::service::auth::AuthService;
 use crate::service::resources::ResourceService;
 use crate::store::{Store, StoreError};
 
@@ -20,6 +22,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error("authentication setup failed: {0}")]
+    Auth(String),
 }
 
 /// A built, bound, not yet running service.
@@ -40,8 +44,10 @@ impl Application {
             .clone()
             .map(|url| url.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("http://{local}"));
+        let auth = build_auth(settings, &store, &base_url)?;
         let state = AppState {
             resources: ResourceService::new(store.clone()),
+            auth,
             base_url: base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
             default_page_size: settings.default_page_size,
@@ -53,9 +59,11 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::error::query_error))
                 .app_data(web::PathConfig::default().error_handler(http::error::path_error))
+                .wrap(actix_web::middleware::from_fn(http::auth::require_token))
                 .wrap(actix_web::middleware::from_fn(http::logging::log_request))
                 .configure(http::configure)
         })
+        .workers(settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)))
         .listen(listener)?
         // Graceful shutdown on SIGTERM / ctrl-c: stop accepting, finish in-flight requests.
         .shutdown_timeout(30)
@@ -79,4 +87,26 @@ impl Application {
         tracing::info!("linkbridge stopped");
         result
     }
+}
+
+/// The service's signing keys (created in the data directory on first start), the access
+/// token policy and the JWKS fetcher for clients registered by URL.
+fn build_auth(settings: &Settings, store: &Store, base_url: &str) -> Result<AuthService, StartupError> {
+    let keys = SigningKeys::load_or_create(&settings.data_dir)
+        .map_err(|e| StartupError::Auth(format!("signing keys in {}: {e}", settings.data_dir.display())))?;
+    let policy = AccessTokenPolicy::new(base_url, base_url)
+        .and_then(|p| p.with_lifetime_secs(settings.access_token_lifetime_secs))
+        .map_err(|e| StartupError::Auth(e.to_string()))?;
+    let jwks_source = HttpJwksSource::new(JwksFetchConfig {
+        allow_insecure_loopback_for_tests: settings.allow_insecure_loopback_jwks,
+        ..JwksFetchConfig::default()
+    })
+    .map_err(|e| StartupError::Auth(e.to_string()))?;
+    Ok(AuthService::new(
+        store.clone(),
+        std::sync::Arc::new(keys),
+        policy,
+        format!("{base_url}/auth/token"),
+        std::sync::Arc::new(jwks_source),
+    ))
 }

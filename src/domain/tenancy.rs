@@ -4,25 +4,24 @@
 
 use std::fmt;
 
-/// An ODS organisation code (`https://fhir.nhs.uk/Id/ods-organization-code`), e.g. `A12345` or
-/// `8HV48`: 3 to 12 upper-case letters and digits.
+/// An ODS organisation code (`https://fhir.nhs.uk/Id/ods-organization-code`), e.g. `A81001`
+/// or `8HV48`: 3 to 10 letters and digits, stored upper case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OdsCode(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not an ODS organisation code (3-12 upper-case letters and digits)")]
+#[error("'{0}' is not an ODS organisation code (3-10 letters and digits)")]
 pub struct InvalidOdsCode(pub String);
 
 impl OdsCode {
     pub const SYSTEM: &'static str = "https://fhir.nhs.uk/Id/ods-organization-code";
+    pub const MIN_LEN: usize = 3;
+    pub const MAX_LEN: usize = 10;
 
     pub fn parse(raw: &str) -> Result<Self, InvalidOdsCode> {
-        let ok = (3..=12).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        let ok = (Self::MIN_LEN..=Self::MAX_LEN).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric());
         if ok {
-            Ok(OdsCode(raw.to_owned()))
+            Ok(OdsCode(raw.to_ascii_uppercase()))
         } else {
             Err(InvalidOdsCode(raw.chars().take(40).collect()))
         }
@@ -39,7 +38,7 @@ impl fmt::Display for OdsCode {
     }
 }
 
-/// What a registered client system is for.
+/// What a registered client system is for; fixed at registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// A GP clinical system: sends referrals and follows them.
@@ -50,14 +49,13 @@ pub enum Role {
     Operator,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("role must be one of referrer, performer, operator")]
+pub struct InvalidRole;
+
 impl Role {
     pub fn parse(raw: &str) -> Option<Role> {
-        match raw {
-            "referrer" => Some(Role::Referrer),
-            "performer" => Some(Role::Performer),
-            "operator" => Some(Role::Operator),
-            _ => None,
-        }
+        raw.parse().ok()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +64,25 @@ impl Role {
             Role::Performer => "performer",
             Role::Operator => "operator",
         }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = InvalidRole;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "referrer" => Ok(Role::Referrer),
+            "performer" => Ok(Role::Performer),
+            "operator" => Ok(Role::Operator),
+            _ => Err(InvalidRole),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -158,10 +175,19 @@ mod tests {
     }
 
     #[test]
-    fn ods_codes_are_upper_case_letters_and_digits() {
-        for (raw, ok) in [("A12345", true), ("8HV48", true), ("a12345", false), ("AB", false), ("A1 2", false), ("org:X1", false)] {
+    fn ods_codes_are_letters_and_digits_stored_upper_case() {
+        for (raw, ok) in [("A12345", true), ("8HV48", true), ("AB", false), ("A1 2", false), ("org:X1", false), ("A81001A81001", false), ("../x", false)] {
             assert_eq!(OdsCode::parse(raw).is_ok(), ok, "{raw:?}");
         }
+        assert_eq!(OdsCode::parse("a81001").map(|c| c.as_str().to_owned()), Ok("A81001".to_owned()));
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_wire_names() {
+        for role in [Role::Referrer, Role::Performer, Role::Operator] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role), "role {role}");
+        }
+        assert!("Referrer".parse::<Role>().is_err(), "role names are case sensitive");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, content negotiation, the caller's identity, and rendering. Handlers
 //! extract, authorise, call one service function and render; rules live in `service`.
 
+pub mod auth;
 pub mod bundle;
 pub mod error;
 pub mod health;
@@ -20,6 +21,9 @@ pub use state::AppState;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/auth/token", web::post().to(auth::token))
+        .route("/.well-known/smart-configuration", web::get().to(auth::smart_configuration))
+        .route("/.well-known/jwks.json", web::get().to(auth::jwks))
         .service(
             web::resource("/metadata")
                 .route(web::get().to(metadata::capability_statement))

@@ -11,6 +11,7 @@ use super::state::{AppState, Caller};
 use crate::domain::ids::{ResourceId, VersionId};
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{operation_outcome, Issue, IssueCode, Severity};
+use crate::auth::Interaction;
 use crate::domain::resource_type::ResourceType;
 use crate::service::resources::CreateOutcome;
 use crate::store::{HistoryQuery, StoredVersion};
@@ -118,9 +119,10 @@ pub async fn create(
     rendering(&req)?;
     let body = read_resource_body(&req, payload, &state).await?;
     let if_none_exist = req.headers().get("If-None-Exist").map(|v| v.to_str().unwrap_or_default().to_owned());
+    let principal = caller.require(resource_type, Interaction::Create)?;
     let outcome = state
         .resources
-        .create_resource(&caller.principal, resource_type, body, if_none_exist.as_deref())
+        .create_resource(principal, resource_type, body, if_none_exist.as_deref())
         .await?;
     match outcome {
         CreateOutcome::Created(version) => version_response(&req, &state, StatusCode::CREATED, &version, true),
@@ -137,7 +139,8 @@ pub async fn read(
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     rendering(&req)?;
-    let version = state.resources.read_resource(&caller.principal, resource_type, &id).await?;
+    let principal = caller.require(resource_type, Interaction::Read)?;
+    let version = state.resources.read_resource(principal, resource_type, &id).await?;
     version_response(&req, &state, StatusCode::OK, &version, false)
 }
 
@@ -151,7 +154,8 @@ pub async fn vread(
     let (resource_type, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     let version = VersionId::parse(&path.2).map_err(|e| ApiError::bad_request(IssueCode::Invalid, e.to_string()))?;
     rendering(&req)?;
-    let found = state.resources.vread_resource(&caller.principal, resource_type, &id, version).await?;
+    let principal = caller.require(resource_type, Interaction::Read)?;
+    let found = state.resources.vread_resource(principal, resource_type, &id, version).await?;
     version_response(&req, &state, StatusCode::OK, &found, false)
 }
 
@@ -167,7 +171,8 @@ pub async fn update(
     rendering(&req)?;
     let expected = if_match(&req)?;
     let body = read_resource_body(&req, payload, &state).await?;
-    let version = state.resources.update_resource(&caller.principal, resource_type, &id, body, expected).await?;
+    let principal = caller.require(resource_type, Interaction::Update)?;
+    let version = state.resources.update_resource(principal, resource_type, &id, body, expected).await?;
     version_response(&req, &state, StatusCode::OK, &version, false)
 }
 
@@ -192,7 +197,8 @@ pub async fn patch(
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(IssueCode::Structure, format!("the body is not a JSON Patch document: {e}"))
     })?;
-    let version = state.resources.patch_resource(&caller.principal, resource_type, &id, &patch, expected).await?;
+    let principal = caller.require(resource_type, Interaction::Update)?;
+    let version = state.resources.patch_resource(principal, resource_type, &id, &patch, expected).await?;
     version_response(&req, &state, StatusCode::OK, &version, false)
 }
 
@@ -203,7 +209,8 @@ pub async fn delete(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
-    state.resources.delete_resource(&caller.principal, resource_type, &id).await?;
+    let principal = caller.require(resource_type, Interaction::Delete)?;
+    state.resources.delete_resource(principal, resource_type, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -286,7 +293,8 @@ pub async fn history_type(
     let resource_type = resource_type(&path)?;
     rendering(&req)?;
     let query = history_query(&params, &state)?;
-    let versions = state.resources.history(&caller.principal, resource_type, None, &query).await?;
+    let principal = caller.require(resource_type, Interaction::Search)?;
+    let versions = state.resources.history(principal, resource_type, None, &query).await?;
     history_response(&req, &state, &params, &query, &versions)
 }
 
@@ -301,6 +309,7 @@ pub async fn history_instance(
     let (resource_type, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     rendering(&req)?;
     let query = history_query(&params, &state)?;
-    let versions = state.resources.history(&caller.principal, resource_type, Some(&id), &query).await?;
+    let principal = caller.require(resource_type, Interaction::Read)?;
+    let versions = state.resources.history(principal, resource_type, Some(&id), &query).await?;
     history_response(&req, &state, &params, &query, &versions)
 }

@@ -6,7 +6,10 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 
 use super::error::ApiError;
+use crate::auth::{Interaction, ScopeSet};
+use crate::domain::resource_type::ResourceType;
 use crate::domain::tenancy::Principal;
+use crate::service::auth::AuthService;
 use crate::service::resources::ResourceService;
 
 /// Shared, immutable application state (cheap to clone; every replica builds its own from
@@ -14,6 +17,7 @@ use crate::service::resources::ResourceService;
 #[derive(Clone)]
 pub struct AppState {
     pub resources: ResourceService,
+    pub auth: AuthService,
     /// The public base URL of the FHIR endpoint, without a trailing slash.
     pub base_url: String,
     pub max_body_bytes: usize,
@@ -26,6 +30,26 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
+    scopes: ScopeSet,
+}
+
+impl Caller {
+    pub fn new(principal: Principal, scopes: ScopeSet) -> Self {
+        Caller { principal, scopes }
+    }
+
+    /// The caller, if its token's scopes permit `interaction` on `resource_type`
+    /// (SMART v2: c create, r read/vread/instance history, u update/patch, d delete,
+    /// s search/type history); otherwise 403 insufficient_scope.
+    pub fn require(&self, resource_type: ResourceType, interaction: Interaction) -> Result<&Principal, ApiError> {
+        if self.scopes.allows(resource_type.as_str(), interaction) {
+            Ok(&self.principal)
+        } else {
+            Err(ApiError::InsufficientScope(format!(
+                "the access token's scopes do not allow this interaction on {resource_type}"
+            )))
+        }
+    }
 }
 
 impl FromRequest for Caller {

@@ -2,6 +2,7 @@
 //! input, applies the domain rules, and hands the store one [`WriteSet`](crate::store::WriteSet)
 //! holding everything it writes, so the change is atomic.
 
+pub mod auth;
 pub mod ingest;
 pub mod resources;
 

@@ -136,6 +136,10 @@ impl ResourceService {
         let scope_key = Visibility::Organization(caller.organization().clone()).key();
         let key = criteria.canonical_key();
         for _ in 0..UNCONDITIONAL_RETRIES {
+            // The key is read before searching: the key and its resource commit together, so
+            // a key whose resource the later search does not find is truly stale (deleted or
+            // changed), never merely not yet visible.
+            let stale = self.store.conditional_key(&scope_key, resource_type, &key).await?;
             let matches = self.store.find_ids(&scope, criteria, 2).await?;
             match matches.as_slice() {
                 [] => {}
@@ -149,7 +153,6 @@ impl ResourceService {
                     )))
                 }
             }
-            let stale = self.store.conditional_key(&scope_key, resource_type, &key).await?;
             let id = ResourceId::generate();
             let write = Self::prepare_write(
                 caller,

@@ -10,6 +10,7 @@
 //! makes many requests durable (see [`sqlite_writer`]).
 
 mod apply;
+mod clients;
 mod connect;
 mod reads;
 mod search;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use sqlx::AnyPool;
 
+pub use clients::ClientRecord;
 pub use connect::{DatabaseUrl, PoolSettings};
 pub use reads::{HistoryQuery, StoredVersion};
 pub use write_set::{ConditionalClaim, Precondition, ResourceWrite, WriteMethod, WriteSet};

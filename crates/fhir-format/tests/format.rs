@@ -123,6 +123,21 @@ fn structural_check_accepts_valid_resources_and_locates_each_kind_of_error() {
             Some(("missing required element 'type'", Some("Task.input[1]"))),
         ),
         (
+            "a missing required choice element",
+            without(task(), "/input/0/valueString"),
+            Some(("missing required element 'value[x]'", Some("Task.input[0]"))),
+        ),
+        (
+            "a missing required element in a contained resource's backbone element",
+            json!({"resourceType": "Task", "status": "draft", "intent": "order", "contained": [
+                {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+            ]}),
+            Some((
+                "missing required element 'code'",
+                Some("Task.contained[0].issue[0]"),
+            )),
+        ),
+        (
             "an unknown resourceType",
             json!({"resourceType": "Tusk"}),
             Some(("unknown resourceType 'Tusk'", None)),
@@ -406,6 +421,14 @@ fn structural_check_does_not_judge_values() {
         (
             "an impossible date",
             with(task(), "/authoredOn", json!("2024-13-45")),
+        ),
+        (
+            "a boolean given as a string",
+            json!({"resourceType": "Patient", "active": "true"}),
+        ),
+        (
+            "a single object where an array belongs",
+            json!({"resourceType": "Patient", "name": {"family": "Smith"}}),
         ),
     ];
     for (name, resource) in cases {

@@ -1,0 +1,129 @@
+//! The authorization server's endpoints and the resource server's gate.
+//!
+//! Every route except `/metadata`, `/.well-known/*`, `/auth/token`, `/healthz`, `/readyz` and
+//! `/docs` passes through [`require_token`]; a request without a valid access token never
+//! reaches a handler.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpResponse};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::state::{AppState, Caller};
+use crate::service::auth::{TokenRequest, TokenRequestError};
+
+/// Paths served without a token: discovery, the token endpoint itself, probes and docs.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/metadata" | "/auth/token" | "/healthz" | "/readyz")
+        || path.starts_with("/.well-known/")
+        || path == "/docs"
+        || path.starts_with("/docs/")
+}
+
+/// Authenticates the bearer token and puts the [`Caller`] into the request.
+pub async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if !is_public(req.path()) {
+        let state = req
+            .app_data::<web::Data<AppState>>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("server misconfigured: no authentication state".into()))?;
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
+        match state.auth.authenticate(token) {
+            Ok((principal, scopes)) => {
+                req.extensions_mut().insert(Caller::new(principal, scopes));
+            }
+            Err(e) => {
+                tracing::info!(reason = e.reason(), "access token refused");
+                return Err(ApiError::Unauthorized("the access token is not valid".into()).into());
+            }
+        }
+    }
+    next.call(req).await
+}
+
+/// `POST /auth/token` (SMART Backend Services; RFC 6749 section 5 responses).
+pub async fn token(state: web::Data<AppState>, form: web::Bytes) -> HttpResponse {
+    let request: TokenRequest = serde_urlencoded::from_bytes(&form).unwrap_or_default();
+    match state.auth.issue_token(&request).await {
+        Ok(issued) => {
+            tracing::info!(client_id = request_client_hint(&request), "access token issued");
+            HttpResponse::Ok()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .insert_header((header::PRAGMA, "no-cache"))
+                .json(json!({
+                    "access_token": issued.access_token().expose_secret(),
+                    "token_type": "bearer",
+                    "expires_in": issued.expires_in(),
+                    "scope": issued.scope().render(),
+                }))
+        }
+        Err(e) => {
+            let status = match &e {
+                TokenRequestError::Server(_) => {
+                    tracing::error!(error = %e, "token request failed");
+                    actix_web::http::StatusCode::INTERNAL_SERVER_ERROR
+                }
+                _ => {
+                    tracing::info!(refusal = %e, "token request refused");
+                    actix_web::http::StatusCode::BAD_REQUEST
+                }
+            };
+            let description = match &e {
+                TokenRequestError::InvalidRequest(why) => Some((*why).to_owned()),
+                TokenRequestError::InvalidScope(why) => Some(why.clone()),
+                _ => None,
+            };
+            let mut body = json!({"error": e.oauth_error()});
+            if let (Some(d), Some(map)) = (description, body.as_object_mut()) {
+                map.insert("error_description".into(), json!(d));
+            }
+            HttpResponse::build(status)
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .json(body)
+        }
+    }
+}
+
+/// Logs which client asked without trusting it: only the shape-checked, unverified id.
+fn request_client_hint(request: &TokenRequest) -> String {
+    request
+        .client_assertion
+        .as_deref()
+        .and_then(|a| crate::auth::peek_client_id(a).ok())
+        .map(|c| c.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// `GET /.well-known/smart-configuration` (SMART App Launch 2.x, Backend Services).
+pub async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "issuer": state.base_url,
+        "jwks_uri": format!("{}/.well-known/jwks.json", state.base_url),
+        "token_endpoint": state.auth.token_endpoint(),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384", "RS512"],
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/Task.rus", "system/ServiceRequest.crus", "system/CarePlan.crus", "system/Patient.crus"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v2"],
+        "code_challenge_methods_supported": ["S256"],
+    }))
+}
+
+/// `GET /.well-known/jwks.json`: the public keys access tokens are signed with, old ones
+/// included while they are rotated out.
+pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.auth.public_jwks())
+}

@@ -1,0 +1,164 @@
+//! The token endpoint's use case (SMART Backend Services, client_credentials with a
+//! private_key_jwt assertion) and the verification of access tokens on every FHIR request.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::auth::{
+    authenticate_client, peek_client_id, AccessTokenPolicy, ClientAuthError, ClientKeys, Grant,
+    IssuedAccessToken, JwksSource, ScopeSet, SigningKeys, TokenError,
+};
+use crate::domain::instant::Instant;
+use crate::domain::tenancy::{OdsCode, Principal, Role};
+use crate::store::{ClientRecord, Store, StoreError};
+
+/// `client_assertion_type` for private_key_jwt (RFC 7523 section 2.2).
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The form of a token request (RFC 6749 section 4.4.2 with RFC 7521 client authentication).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TokenRequest {
+    pub grant_type: Option<String>,
+    pub scope: Option<String>,
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<String>,
+}
+
+/// Why a token request was refused; each maps to an RFC 6749 section 5.2 error code.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRequestError {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(&'static str),
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    /// Client authentication failed. The reason goes to the log, never to the client.
+    #[error("invalid_client ({0})")]
+    InvalidClient(&'static str),
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    #[error("server_error: {0}")]
+    Server(#[from] StoreError),
+}
+
+impl TokenRequestError {
+    pub fn oauth_error(&self) -> &'static str {
+        match self {
+            TokenRequestError::InvalidRequest(_) => "invalid_request",
+            TokenRequestError::UnsupportedGrantType => "unsupported_grant_type",
+            TokenRequestError::InvalidClient(_) => "invalid_client",
+            TokenRequestError::InvalidScope(_) => "invalid_scope",
+            TokenRequestError::Server(_) => "server_error",
+        }
+    }
+}
+
+/// Issues and verifies access tokens.
+#[derive(Clone)]
+pub struct AuthService {
+    store: Store,
+    keys: Arc<SigningKeys>,
+    policy: AccessTokenPolicy,
+    token_endpoint: String,
+    jwks_source: Arc<dyn JwksSource>,
+}
+
+/// Turns a stored registration's organisation and role into domain values. A registration
+/// that does not parse is refused rather than trusted.
+fn registered_identity(client: &ClientRecord) -> Option<(OdsCode, Role)> {
+    Some((OdsCode::parse(&client.organization).ok()?, Role::parse(&client.role)?))
+}
+
+impl AuthService {
+    pub fn new(
+        store: Store,
+        keys: Arc<SigningKeys>,
+        policy: AccessTokenPolicy,
+        token_endpoint: String,
+        jwks_source: Arc<dyn JwksSource>,
+    ) -> Self {
+        AuthService { store, keys, policy, token_endpoint, jwks_source }
+    }
+
+    pub fn token_endpoint(&self) -> &str {
+        &self.token_endpoint
+    }
+
+    pub fn public_jwks(&self) -> Value {
+        self.keys.public_jwks()
+    }
+
+    /// `POST /auth/token`.
+    pub async fn issue_token(&self, request: &TokenRequest) -> Result<IssuedAccessToken, TokenRequestError> {
+        if request.grant_type.as_deref() != Some("client_credentials") {
+            return Err(match request.grant_type {
+                None => TokenRequestError::InvalidRequest("grant_type is required"),
+                Some(_) => TokenRequestError::UnsupportedGrantType,
+            });
+        }
+        if request.client_assertion_type.as_deref() != Some(JWT_BEARER_ASSERTION) {
+            return Err(TokenRequestError::InvalidClient(ClientAuthError::WrongAssertionType.reason()));
+        }
+        let assertion = request
+            .client_assertion
+            .as_deref()
+            .ok_or(TokenRequestError::InvalidClient("assertion_missing"))?;
+        let requested_scope = request
+            .scope
+            .as_deref()
+            .ok_or(TokenRequestError::InvalidRequest("scope is required"))?;
+
+        let claimed = peek_client_id(assertion).map_err(|e| TokenRequestError::InvalidClient(e.reason()))?;
+        let client = self
+            .store
+            .find_client(claimed.as_str())
+            .await?
+            .ok_or(TokenRequestError::InvalidClient(ClientAuthError::UnknownClient.reason()))?;
+        let inline_jwks: Option<Value> = client.jwks.as_deref().and_then(|text| serde_json::from_str(text).ok());
+        let keys = match (&inline_jwks, client.jwks_url.as_deref()) {
+            (Some(jwks), _) => ClientKeys::Inline(jwks),
+            (None, Some(url)) => ClientKeys::Url(url),
+            (None, None) => return Err(TokenRequestError::InvalidClient(ClientAuthError::InvalidJwks.reason())),
+        };
+        let verified = authenticate_client(
+            assertion,
+            &claimed,
+            keys,
+            &self.token_endpoint,
+            self.jwks_source.as_ref(),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .map_err(|e| TokenRequestError::InvalidClient(e.reason()))?;
+
+        let retain_until = Instant::from_micros(
+            (verified.retain_until().unix_timestamp_nanos() / 1_000).clamp(0, i128::from(i64::MAX)) as i64,
+        );
+        if !self
+            .store
+            .record_assertion_jti(claimed.as_str(), verified.jti(), retain_until)
+            .await?
+        {
+            return Err(TokenRequestError::InvalidClient(ClientAuthError::Replayed.reason()));
+        }
+
+        let (organization, role) = registered_identity(&client)
+            .ok_or(TokenRequestError::InvalidClient("registration_invalid"))?;
+        let registered = ScopeSet::parse(&client.scopes)
+            .map_err(|_| TokenRequestError::InvalidClient("registration_scopes_invalid"))?;
+        let granted = ScopeSet::grant(requested_scope, &registered)
+            .map_err(|e| TokenRequestError::InvalidScope(e.to_string()))?;
+        let grant = Grant::new(claimed, organization, role, granted);
+        self.policy
+            .issue(&self.keys, &grant, OffsetDateTime::now_utc())
+            .map_err(|e| TokenRequestError::InvalidScope(e.to_string()))
+    }
+
+    /// Verifies a bearer token and returns who is calling and what they may do.
+    pub fn authenticate(&self, bearer: &str) -> Result<(Principal, ScopeSet), TokenError> {
+        let claims = self.policy.verify(&self.keys, bearer, OffsetDateTime::now_utc())?;
+        let principal = Principal::new(claims.client_id().as_str(), claims.organization().clone(), claims.role());
+        Ok((principal, claims.scope().clone()))
+    }
+}

@@ -1,0 +1,113 @@
+//! The client registry and the client-assertion replay guard. Both live in the database so
+//! that every replica sees the same registrations and refuses the same replays.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::domain::instant::Instant;
+
+/// A registered client system, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    pub client_id: String,
+    /// ODS code of the organisation the client acts for.
+    pub organization: String,
+    /// `referrer`, `performer` or `operator`.
+    pub role: String,
+    /// Inline JWKS (JSON text), when registered that way.
+    pub jwks: Option<String>,
+    /// JWKS URL, when registered that way.
+    pub jwks_url: Option<String>,
+    /// The scopes the client may ever hold, space separated.
+    pub scopes: String,
+    pub created_at: Instant,
+}
+
+fn record_from_row(row: &sqlx::any::AnyRow) -> Result<ClientRecord, StoreError> {
+    Ok(ClientRecord {
+        client_id: row.try_get("client_id")?,
+        organization: row.try_get("organization")?,
+        role: row.try_get("role")?,
+        jwks: row.try_get("jwks")?,
+        jwks_url: row.try_get("jwks_url")?,
+        scopes: row.try_get("scopes")?,
+        created_at: Instant::from_micros(row.try_get("created_at")?),
+    })
+}
+
+const CLIENT_COLUMNS: &str = "client_id, organization, role, jwks, jwks_url, scopes, created_at";
+
+impl Store {
+    /// Registers a client, or replaces the registration of the same `client_id`.
+    pub async fn upsert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO clients (client_id, organization, role, jwks, jwks_url, scopes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (client_id) DO UPDATE SET organization = excluded.organization, role = excluded.role, \
+             jwks = excluded.jwks, jwks_url = excluded.jwks_url, scopes = excluded.scopes",
+        )
+        .bind(&client.client_id)
+        .bind(&client.organization)
+        .bind(&client.role)
+        .bind(client.jwks.as_deref())
+        .bind(client.jwks_url.as_deref())
+        .bind(&client.scopes)
+        .bind(client.created_at.micros())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn find_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = $1"))
+            .bind(client_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY client_id"))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Removes a registration; answers whether there was one.
+    pub async fn remove_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .execute(self.pool())
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Whether an organisation has a registered client in the given role (e.g. "is this ODS
+    /// code a registered performer?").
+    pub async fn organization_has_role(&self, organization: &str, role: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM clients WHERE organization = $1 AND role = $2 LIMIT 1")
+            .bind(organization)
+            .bind(role)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records a client assertion's `jti`. Answers `false` when this issuer used it before:
+    /// a replay. The unique key makes this hold across replicas; expired rows are purged.
+    pub async fn record_assertion_jti(&self, issuer: &str, jti: &str, expires_at: Instant) -> Result<bool, StoreError> {
+        sqlx::query("DELETE FROM assertion_jtis WHERE expires_at < $1")
+            .bind(Instant::now().micros())
+            .execute(self.pool())
+            .await?;
+        let result = sqlx::query(
+            "INSERT INTO assertion_jtis (issuer, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(issuer)
+        .bind(jti)
+        .bind(expires_at.micros())
+        .execute(self.pool())
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+}
