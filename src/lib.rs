@@ -1,6 +1,7 @@
 //! linkbridge: the FHIR R4 exchange for social prescribing referrals.
 //! See ARCHITECTURE.md for the map.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod domain;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use linkbridge::admin;
 use linkbridge::config::Settings;
 use linkbridge::startup::Application;
 
@@ -42,6 +43,69 @@ struct Cli {
 enum Command {
     /// Run the FHIR server (the default).
     Serve,
+    /// Manage the registered client systems (stored in the database: every replica sees them).
+    Clients {
+        #[command(subcommand)]
+        action: ClientsAction,
+    },
+    /// Manage the service's access-token signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Try linkbridge locally: demo clients with generated keys, and tokens for them.
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsAction {
+    /// Register (or replace) a client system.
+    Add {
+        #[arg(long)]
+        client_id: String,
+        /// ODS code of the organisation the client acts for.
+        #[arg(long)]
+        organization: String,
+        /// referrer (GP system), performer (CLW tool) or operator (admin tooling).
+        #[arg(long)]
+        role: String,
+        /// The client's public JWK Set as a file...
+        #[arg(long)]
+        jwks_file: Option<PathBuf>,
+        /// ...or as an https URL.
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// The SMART v2 system scopes it may ever hold.
+        #[arg(long, default_value = "system/*.cruds")]
+        scopes: String,
+    },
+    /// List the registered clients.
+    List,
+    /// Remove a client registration.
+    Remove { client_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Generate a new signing key; it signs after the next restart, old keys keep verifying.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoAction {
+    /// Register demo-gp (referrer) and demo-clw (performer) with generated keys.
+    Setup,
+    /// Print an access token for a demo client from the running server's token endpoint.
+    Token {
+        client_id: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long, default_value = "system/*.cruds")]
+        scope: String,
+    },
 }
 
 impl Cli {
@@ -73,8 +137,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if !matches!(command, Command::Serve) {
+        return report(run_admin(&settings, command).await);
+    }
     linkbridge::telemetry::init(settings.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => match Application::build(&settings).await {
             Ok(app) => match app.run_until_stopped().await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -88,5 +156,37 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        other => report(run_admin(&settings, other).await),
+    }
+}
+
+async fn run_admin(settings: &Settings, command: Command) -> Result<String, admin::AdminError> {
+    match command {
+        Command::Serve => Ok(String::new()),
+        Command::Clients { action } => match action {
+            ClientsAction::Add { client_id, organization, role, jwks_file, jwks_url, scopes } => {
+                admin::add_client(settings, admin::NewClient { client_id, organization, role, jwks_file, jwks_url, scopes }).await
+            }
+            ClientsAction::List => admin::list_clients(settings).await,
+            ClientsAction::Remove { client_id } => admin::remove_client(settings, &client_id).await,
+        },
+        Command::Keys { action: KeysAction::Rotate } => admin::rotate_keys(settings),
+        Command::Demo { action } => match action {
+            DemoAction::Setup => admin::demo_setup(settings).await,
+            DemoAction::Token { client_id, server, scope } => admin::demo_token(settings, &client_id, &server, &scope).await,
+        },
+    }
+}
+
+fn report(result: Result<String, admin::AdminError>) -> ExitCode {
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("linkbridge: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

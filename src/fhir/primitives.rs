@@ -47,7 +47,9 @@ fn integer_problem(primitive: Primitive, value: &Value, min: i64) -> Option<Stri
         Some(_) => Some(format!("{name} out of range {min} to {INTEGER_MAX}")),
         None if number.is_u64() => Some(format!("{name} out of range {min} to {INTEGER_MAX}")),
         // 1.0 and 1e3 are decimals in JSON: the integer regex is -?([0]|([1-9][0-9]*)).
-        None => Some(format!("an {name} must be a whole number without fraction or exponent")),
+        None => Some(format!(
+            "an {name} must be a whole number without fraction or exponent"
+        )),
     }
 }
 
@@ -91,8 +93,8 @@ fn string_problem(text: &str) -> Option<String> {
 
 /// code: regex `[^\s]+(\s[^\s]+)*`: no leading, trailing or repeated whitespace.
 fn code_problem(text: &str) -> Option<String> {
-    let starts_or_ends_blank = text.starts_with(char::is_whitespace)
-        || text.ends_with(char::is_whitespace);
+    let starts_or_ends_blank =
+        text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace);
     let mut previous_blank = false;
     let mut repeated_blank = false;
     for c in text.chars() {
@@ -123,7 +125,8 @@ fn uri_problem(text: &str) -> Option<String> {
 
 /// oid: regex `urn:oid:[0-2](\.(0|[1-9][0-9]*))+`.
 fn oid_problem(text: &str) -> Option<String> {
-    let expected = || Some("expected urn:oid: followed by dotted numbers, e.g. urn:oid:1.2.3".into());
+    let expected =
+        || Some("expected urn:oid: followed by dotted numbers, e.g. urn:oid:1.2.3".into());
     let Some(arcs) = text.strip_prefix("urn:oid:") else {
         return expected();
     };
@@ -148,13 +151,12 @@ fn uuid_problem(text: &str) -> Option<String> {
     let ok = text.strip_prefix("urn:uuid:").is_some_and(|uuid| {
         let groups: Vec<&str> = uuid.split('-').collect();
         groups.len() == 5
-            && groups
-                .iter()
-                .zip([8, 4, 4, 4, 12])
-                .all(|(group, length)| {
-                    group.len() == length
-                        && group.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                })
+            && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, length)| {
+                group.len() == length
+                    && group
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
     });
     (!ok).then(|| "expected urn:uuid: and a lower-case UUID".to_owned())
 }
@@ -169,7 +171,8 @@ fn base64_problem(text: &str) -> Option<String> {
         && symbols.len() % 4 == 0
         && padding.len() <= 2
         && padding.iter().all(|b| *b == b'=');
-    (!ok).then(|| "not base64: groups of four characters from A-Z a-z 0-9 + / with = padding".into())
+    (!ok)
+        .then(|| "not base64: groups of four characters from A-Z a-z 0-9 + / with = padding".into())
 }
 
 /// xhtml: the narrative is a single `div` element (R4 2.25.0 Narrative, txt-1/txt-2).
@@ -218,7 +221,10 @@ enum DatePrecision {
 fn parse_date(text: &str) -> Result<DatePrecision, String> {
     let shape = || "expected YYYY, YYYY-MM or YYYY-MM-DD".to_owned();
     let mut parts = text.split('-');
-    let year = parts.next().and_then(|part| digits(part, 4)).ok_or_else(shape)?;
+    let year = parts
+        .next()
+        .and_then(|part| digits(part, 4))
+        .ok_or_else(shape)?;
     // The R4 regex excludes year 0000.
     if year == 0 {
         return Err("year 0000 does not exist".to_owned());
@@ -254,9 +260,9 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 
 /// `hh:mm:ss(.s+)` then `Z` or `(+|-)hh:mm` up to +14:00 (R4 dateTime/instant regex).
 fn parse_time_with_zone(text: &str) -> Result<(), String> {
-    let zone_at = text.find(['Z', '+', '-']).ok_or_else(|| {
-        "a time needs a time zone (Z or +hh:mm / -hh:mm)".to_owned()
-    })?;
+    let zone_at = text
+        .find(['Z', '+', '-'])
+        .ok_or_else(|| "a time needs a time zone (Z or +hh:mm / -hh:mm)".to_owned())?;
     let (time, zone) = text.split_at(zone_at);
     time_problem(time)?;
     if zone == "Z" {
@@ -325,7 +331,15 @@ mod tests {
 
     #[test]
     fn booleans_are_json_literals_only() {
-        check(Boolean, &[(json!(true), true), (json!(false), true), (json!("true"), false), (json!(1), false)]);
+        check(
+            Boolean,
+            &[
+                (json!(true), true),
+                (json!(false), true),
+                (json!("true"), false),
+                (json!(1), false),
+            ],
+        );
     }
 
     #[test]
@@ -343,13 +357,37 @@ mod tests {
                 (json!("1"), false),
             ],
         );
-        check(UnsignedInt, &[(json!(0), true), (json!(7), true), (json!(-1), false), (json!(u64::MAX), false)]);
-        check(PositiveInt, &[(json!(1), true), (json!(2147483647), true), (json!(0), false), (json!(-3), false)]);
+        check(
+            UnsignedInt,
+            &[
+                (json!(0), true),
+                (json!(7), true),
+                (json!(-1), false),
+                (json!(u64::MAX), false),
+            ],
+        );
+        check(
+            PositiveInt,
+            &[
+                (json!(1), true),
+                (json!(2147483647), true),
+                (json!(0), false),
+                (json!(-3), false),
+            ],
+        );
     }
 
     #[test]
     fn decimals_are_json_numbers() {
-        check(Decimal, &[(json!(0), true), (json!(-1.25), true), (json!(1e10), true), (json!("1.5"), false)]);
+        check(
+            Decimal,
+            &[
+                (json!(0), true),
+                (json!(-1.25), true),
+                (json!(1e10), true),
+                (json!("1.5"), false),
+            ],
+        );
     }
 
     #[test]
@@ -366,8 +404,18 @@ mod tests {
                 (json!(12), false),
             ],
         );
-        check(Markdown, &[(json!("**bold**\n\n- item"), true), (json!(""), false), (json!("esc\u{1b}"), false)]);
-        check(String, &[(Value::String("x".repeat(1024 * 1024 + 1)), false)]);
+        check(
+            Markdown,
+            &[
+                (json!("**bold**\n\n- item"), true),
+                (json!(""), false),
+                (json!("esc\u{1b}"), false),
+            ],
+        );
+        check(
+            String,
+            &[(Value::String("x".repeat(1024 * 1024 + 1)), false)],
+        );
     }
 
     #[test]
@@ -432,7 +480,10 @@ mod tests {
             Uuid,
             &[
                 (json!("urn:uuid:c757873d-ec9a-4326-a141-556f43239520"), true),
-                (json!("urn:uuid:C757873D-EC9A-4326-A141-556F43239520"), false),
+                (
+                    json!("urn:uuid:C757873D-EC9A-4326-A141-556F43239520"),
+                    false,
+                ),
                 (json!("c757873d-ec9a-4326-a141-556f43239520"), false),
                 (json!("urn:uuid:c757873d-ec9a-4326-a141"), false),
             ],
@@ -534,7 +585,10 @@ mod tests {
         check(
             Xhtml,
             &[
-                (json!("<div xmlns=\"http://www.w3.org/1999/xhtml\">text</div>"), true),
+                (
+                    json!("<div xmlns=\"http://www.w3.org/1999/xhtml\">text</div>"),
+                    true,
+                ),
                 (json!("<p>text</p>"), false),
                 (json!(""), false),
             ],

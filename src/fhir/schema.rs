@@ -114,7 +114,9 @@ pub(crate) struct Binding {
 
 impl Binding {
     pub(crate) fn contains(&self, code: &str) -> bool {
-        self.concepts.iter().any(|(_, candidate)| *candidate == code)
+        self.concepts
+            .iter()
+            .any(|(_, candidate)| *candidate == code)
     }
 }
 
@@ -142,7 +144,10 @@ pub(crate) fn elements_of(type_key: &str) -> Option<&'static [Element]> {
 /// The element a JSON key of `type_key` stands for, and its type (resolving
 /// `valueDateTime` to the `value[x]` element with type dateTime; R4 section 2.24.0.1
 /// "Choice of Data Types").
-pub(crate) fn element_for(type_key: &str, json_key: &str) -> Option<(&'static Element, ElementType)> {
+pub(crate) fn element_for(
+    type_key: &str,
+    json_key: &str,
+) -> Option<(&'static Element, ElementType)> {
     let elements = elements_of(type_key)?;
     elements.iter().find_map(|element| {
         if !element.choice {

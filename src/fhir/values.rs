@@ -74,7 +74,10 @@ impl Walker {
         is_resource: bool,
     ) {
         if depth > MAX_DEPTH {
-            self.report(expression, format!("nested more than {MAX_DEPTH} levels deep"));
+            self.report(
+                expression,
+                format!("nested more than {MAX_DEPTH} levels deep"),
+            );
             return;
         }
         // R4 2.6.2: objects are never empty (every element has a value or children).
@@ -82,6 +85,7 @@ impl Walker {
             self.report(expression, "empty objects are not allowed");
             return;
         }
+        self.check_required(type_key, object, expression);
         for (key, value) in object {
             if is_resource && key == "resourceType" {
                 continue;
@@ -100,6 +104,29 @@ impl Walker {
             } else {
                 let sibling = object.get(&format!("_{name}"));
                 self.walk_member(value, element, ty, sibling, &path, depth);
+            }
+        }
+    }
+
+    /// Elements of minimum cardinality 1 that are absent. fhirbolt rejects a missing 1..1
+    /// element but not a missing 1..* one (it reads an absent array as empty), e.g.
+    /// `OperationOutcome.issue`.
+    fn check_required(&mut self, type_key: &str, object: &Map<String, Value>, expression: &str) {
+        let Some(elements) = elements_of(type_key) else {
+            return;
+        };
+        for element in elements.iter().filter(|element| element.min > 0) {
+            let present = object.keys().any(|key| {
+                let name = key.strip_prefix('_').unwrap_or(key);
+                element_for(type_key, name).is_some_and(|(found, _)| std::ptr::eq(found, element))
+            });
+            if !present {
+                let name = if element.choice {
+                    format!("{}[x]", element.name)
+                } else {
+                    element.name.to_owned()
+                };
+                self.report(expression, format!("missing required element '{name}'"));
             }
         }
     }
@@ -135,7 +162,10 @@ impl Walker {
                     self.walk_item(item, element, ty, &item_path, depth + 1);
                 }
             }
-            Value::Array(_) => self.report(path, "this element does not repeat: give one value, not an array"),
+            Value::Array(_) => self.report(
+                path,
+                "this element does not repeat: give one value, not an array",
+            ),
             _ if element.repeats => {
                 self.report(path, "this element repeats: its value must be an array");
                 self.walk_item(value, element, ty, path, depth);
@@ -145,7 +175,14 @@ impl Walker {
         }
     }
 
-    fn walk_item(&mut self, item: &Value, element: &Element, ty: ElementType, path: &str, depth: usize) {
+    fn walk_item(
+        &mut self,
+        item: &Value,
+        element: &Element,
+        ty: ElementType,
+        path: &str,
+        depth: usize,
+    ) {
         match ty {
             ElementType::Primitive(primitive) => {
                 if let Some(problem) = primitive_problem(primitive, item) {
@@ -180,7 +217,10 @@ impl Walker {
                     }
                 }
             }
-            Value::Array(_) => self.report(path, "this element does not repeat: give one value, not an array"),
+            Value::Array(_) => self.report(
+                path,
+                "this element does not repeat: give one value, not an array",
+            ),
             _ => self.walk_primitive_element(value, path, depth),
         }
     }
@@ -201,7 +241,14 @@ impl Walker {
         }
         if let Some(extension) = object.get("extension") {
             if let Some((element, ty)) = element_for("Extension", "extension") {
-                self.walk_member(extension, element, ty, None, &format!("{path}.extension"), depth);
+                self.walk_member(
+                    extension,
+                    element,
+                    ty,
+                    None,
+                    &format!("{path}.extension"),
+                    depth,
+                );
             }
         }
     }
