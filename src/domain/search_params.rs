@@ -123,14 +123,18 @@ pub static REGISTRY: &[SearchParam] = &[
     // Practitioner
     p(T::Practitioner, "identifier", Token, &["identifier"], &[], "Practitioner-identifier"),
     p(T::Practitioner, "name", Str, &["name"], &[], "Practitioner-name"),
+    p(T::Practitioner, "family", Str, &["name.family"], &[], "individual-family"),
+    p(T::Practitioner, "given", Str, &["name.given"], &[], "individual-given"),
     // PractitionerRole
     p(T::PractitionerRole, "identifier", Token, &["identifier"], &[], "PractitionerRole-identifier"),
     p(T::PractitionerRole, "practitioner", Reference, &["practitioner"], &[T::Practitioner], "PractitionerRole-practitioner"),
     p(T::PractitionerRole, "organization", Reference, &["organization"], &[T::Organization], "PractitionerRole-organization"),
+    p(T::PractitionerRole, "role", Token, &["code"], &[], "PractitionerRole-role"),
     // Consent
     p(T::Consent, "identifier", Token, &["identifier"], &[], "clinical-identifier"),
     p(T::Consent, "patient", Reference, &["patient"], &[T::Patient], "clinical-patient"),
     p(T::Consent, "status", Token, &["status"], &[], "Consent-status"),
+    p(T::Consent, "category", Token, &["category"], &[], "Consent-category"),
 ];
 
 impl SearchParam {
@@ -179,6 +183,8 @@ pub enum IndexEntry {
         param: &'static str,
         /// Normalised for matching: lower case.
         value: String,
+        /// As written, for `:exact` (R4 search.html#modifiers: case and accents count).
+        exact: String,
     },
 }
 
@@ -352,6 +358,7 @@ fn index_string(param: &'static str, value: &Value, out: &mut Vec<IndexEntry>) {
         out.push(IndexEntry::String {
             param,
             value: normalise_string(s),
+            exact: s.to_owned(),
         })
     };
     match value {

@@ -20,6 +20,9 @@ mod tests {
 
     use super::check_values;
 
+    /// A named resource and the issues expected for it.
+    type Case = (&'static str, Value, &'static [(&'static str, &'static str)]);
+
     /// Asserts the exact issues, as `(expression, fragment of the message)`, in order.
     fn check(name: &str, resource: Value, expected: &[(&str, &str)]) {
         let issues = check_values(&resource);
@@ -104,7 +107,7 @@ mod tests {
 
     #[test]
     fn primitives_are_checked_wherever_their_type_is_used() {
-        let cases: Vec<(&str, Value, &[(&str, &str)])> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "an impossible month in a dateTime",
                 with("/authoredOn", json!("2024-13-45")),
@@ -228,7 +231,7 @@ mod tests {
 
     #[test]
     fn codes_outside_required_bindings_are_reported() {
-        let cases: Vec<(&str, Value, &[(&str, &str)])> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "a Task status",
                 with("/status", json!("bogus")),
@@ -341,7 +344,7 @@ mod tests {
 
     #[test]
     fn json_shapes_fhirbolt_accepts_are_reported() {
-        let cases: Vec<(&str, Value, &[(&str, &str)])> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "a single object where the element repeats",
                 with("/identifier", json!({"value": "A1"})),

@@ -73,7 +73,7 @@ pub(super) fn bind_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Config(format!("cannot bind query value: {e}"))
 }
 
-fn version_from_row(row: &AnyRow) -> Result<StoredVersion, StoreError> {
+pub(super) fn version_from_row(row: &AnyRow) -> Result<StoredVersion, StoreError> {
     let type_name: String = row.try_get("resource_type")?;
     let resource_type = ResourceType::parse(&type_name)
         .map_err(|e| StoreError::Config(format!("unknown type in database: {e}")))?;

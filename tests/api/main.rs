@@ -2,6 +2,8 @@
 //! or the store directly, on SQLite and PostgreSQL.
 
 mod crud;
+mod errors;
 mod fixtures;
+mod formats;
 mod helpers;
 mod store_contract;

@@ -167,7 +167,35 @@ async fn history_lists_versions_newest_first_and_pages_by_cursor(db: Db) {
     assert_eq!(page2.iter().map(|v| v.version.get()).collect::<Vec<_>>(), vec![1]);
 }
 
+async fn concurrent_write_sets_commit_independently_when_some_fail(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let existing = ResourceId::generate();
+    store.commit(one(patient_write(&existing, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    // Forty writers at once: on SQLite they share commits; the ones with a failing
+    // precondition must fail alone, and every successful one must be durable and visible.
+    let writers = (0..40).map(|i| {
+        let store = store.clone();
+        let existing = existing.clone();
+        async move {
+            let fresh = ResourceId::generate();
+            let mut writes = vec![patient_write(&fresh, 1, Precondition::Absent, "Batch", "GP1")];
+            if i % 4 == 0 {
+                writes.push(patient_write(&existing, 9, Precondition::CurrentVersion(VersionId::parse("8").expect("v")), "X", "GP1"));
+            }
+            let outcome = store.commit(WriteSet { resources: writes, ..Default::default() }).await;
+            (fresh, outcome.is_ok())
+        }
+    });
+    let results = futures::future::join_all(writers).await;
+    for (i, (id, ok)) in results.iter().enumerate() {
+        assert_eq!(*ok, i % 4 != 0, "writer {i}");
+        let read = store.read_current(&TenantScope::Everything, ResourceType::Patient, id).await.expect("read");
+        assert_eq!(read.is_some(), *ok, "writer {i}: kept exactly when it succeeded");
+    }
+}
+
 on_both_databases!(
+    concurrent_write_sets_commit_independently_when_some_fail,
     a_created_resource_reads_back_with_its_version,
     another_organisation_cannot_see_a_resource,
     two_updates_from_the_same_version_cannot_both_succeed,

@@ -1,0 +1,119 @@
+//! Bad input gets a 4xx OperationOutcome that says what and where; never a 5xx.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::fixtures::patient;
+use crate::helpers::{json_of, spawn_app, Party, TestApp};
+
+async fn post_raw(app: &TestApp, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    json_of(
+        app.as_party(Party::Gp, Method::POST, path)
+            .await
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_refused_with_an_outcome_that_says_where() {
+    let app = spawn_app().await;
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(String, u16, Option<&str>, &str)> = vec![
+        ("{not json".into(), 400, None, "syntax error"),
+        (String::new(), 400, None, "empty body"),
+        ("[]".into(), 400, None, "not an object"),
+        (json!({"name": [{"family": "X"}]}).to_string(), 400, Some("resourceType"), "no resourceType"),
+        (json!({"resourceType": "Task", "status": "requested"}).to_string(), 400, Some("resourceType"), "wrong type for the endpoint"),
+        (json!({"resourceType": "Patient", "favouriteColour": "blue"}).to_string(), 400, Some("Patient.favouriteColour"), "unknown element"),
+        (json!({"resourceType": "Patient", "gender": 7}).to_string(), 400, Some("Patient.gender"), "wrong JSON type"),
+        (json!({"resourceType": "Patient", "name": {"family": "X"}}).to_string(), 400, Some("Patient.name"), "object where an array belongs"),
+        (deep, 400, None, "deeply nested JSON"),
+    ];
+    for (body, status, expression, why) in cases {
+        let (got, outcome) = post_raw(&app, "/Patient", "application/fhir+json", body).await;
+        assert_eq!(got, status, "{why}: {outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{why}");
+        assert_eq!(outcome["issue"][0]["severity"], "error", "{why}");
+        assert!(outcome["issue"][0]["diagnostics"].as_str().is_some_and(|d| !d.is_empty()), "{why}: diagnostics");
+        if let Some(expression) = expression {
+            assert_eq!(outcome["issue"][0]["expression"][0], expression, "{why}: {outcome}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_xml_is_a_400_not_a_crash() {
+    let app = spawn_app().await;
+    for body in ["<Patient xmlns=\"http://hl7.org/fhir\"><gender value=\"female\"", "<Nope/>", "not xml at all"] {
+        let (status, outcome) = post_raw(&app, "/Patient", "application/fhir+xml", body).await;
+        assert_eq!(status, 400, "{body}: {outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_413() {
+    let app = spawn_app().await;
+    let mut big = patient("9434765919");
+    big["name"][0]["family"] = json!("x".repeat(app.settings.max_body_bytes + 1));
+    let (status, outcome) = post_raw(&app, "/Patient", "application/fhir+json", big.to_string()).await;
+    assert_eq!(status, 413, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "too-long");
+}
+
+#[tokio::test]
+async fn unknown_routes_types_and_methods_answer_with_operation_outcomes() {
+    let app = spawn_app().await;
+    let id = app.created(Party::Gp, &patient("9434765919")).await["id"].as_str().expect("id").to_owned();
+    let cases: Vec<(Method, String, u16, &str)> = vec![
+        (Method::GET, "/Observation/1".into(), 404, "not-supported"),
+        (Method::POST, "/Observation".into(), 404, "not-supported"),
+        (Method::GET, "/no/such/route/at/all".into(), 404, "not-supported"),
+        (Method::POST, format!("/Patient/{id}"), 405, "not-supported"),
+        (Method::DELETE, "/metadata".into(), 405, "not-supported"),
+        (Method::GET, "/Patient/bad%20id".into(), 400, "invalid"),
+        (Method::GET, format!("/Patient/{id}/_history/zero"), 400, "invalid"),
+    ];
+    for (method, path, status, code) in cases {
+        let response = app.as_party(Party::Gp, method.clone(), &path).await.send().await.expect("request");
+        let (got, outcome) = json_of(response).await;
+        assert_eq!(got, status, "{method} {path}: {outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{method} {path}");
+        assert_eq!(outcome["issue"][0]["code"], code, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn the_capability_statement_lists_every_served_type_and_its_interactions() {
+    let app = spawn_app().await;
+    let (status, capability) = json_of(app.http.get(app.url("/metadata")).send().await.expect("metadata")).await;
+    assert_eq!(status, 200);
+    assert_eq!(capability["resourceType"], "CapabilityStatement");
+    assert_eq!(capability["fhirVersion"], "4.0.1");
+    let resources = capability["rest"][0]["resource"].as_array().expect("resources");
+    let types: Vec<&str> = resources.iter().filter_map(|r| r["type"].as_str()).collect();
+    let served: Vec<&str> = linkbridge::domain::resource_type::ResourceType::ALL.iter().map(|t| t.as_str()).collect();
+    assert_eq!(types, served, "generated from the router's registry");
+    for resource in resources {
+        let interactions: Vec<&str> = resource["interaction"].as_array().expect("i").iter().filter_map(|i| i["code"].as_str()).collect();
+        for expected in ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"] {
+            assert!(interactions.contains(&expected), "{} lacks {expected}", resource["type"]);
+        }
+    }
+    let formats = capability["format"].as_array().expect("formats");
+    assert!(formats.contains(&json!("application/fhir+xml")));
+}
+
+#[tokio::test]
+async fn health_and_readiness_probes_answer_without_a_token() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz"] {
+        let response = app.http.get(app.url(path)).send().await.expect("probe");
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
