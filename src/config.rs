@@ -31,6 +31,10 @@ pub struct Settings {
     pub default_page_size: u32,
     /// The largest `_count` honoured; larger requests are capped to it.
     pub max_page_size: u32,
+    /// The settle window W of `_lastUpdated` searches, in milliseconds: writes commit within
+    /// W/2 of their `meta.lastUpdated` or are refused (503), and such searches return only
+    /// changes at least W old, so that a poller never misses a late commit.
+    pub settle_window_ms: u64,
     /// Database connection pool size per process.
     pub db_max_connections: u32,
     /// `text` for people, `json` for log collectors.
@@ -67,6 +71,7 @@ impl Default for Settings {
             max_body_bytes: 4 * 1024 * 1024,
             default_page_size: 50,
             max_page_size: 500,
+            settle_window_ms: 5_000,
             db_max_connections: 16,
             log_format: LogFormat::Text,
             access_token_lifetime_secs: 300,
@@ -113,6 +118,7 @@ impl Settings {
     pub fn pool(&self) -> PoolSettings {
         PoolSettings {
             max_connections: self.db_max_connections,
+            settle_window: std::time::Duration::from_millis(self.settle_window_ms),
             ..PoolSettings::default()
         }
     }

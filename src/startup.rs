@@ -59,7 +59,9 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::error::query_error))
                 .app_data(web::PathConfig::default().error_handler(http::error::path_error))
+                // Outermost last: logging, then audit (so refusals are audited), then the token gate.
                 .wrap(actix_web::middleware::from_fn(http::auth::require_token))
+                .wrap(actix_web::middleware::from_fn(http::audit::audit_access))
                 .wrap(actix_web::middleware::from_fn(http::logging::log_request))
                 .configure(http::configure)
         })

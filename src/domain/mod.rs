@@ -1,6 +1,7 @@
 //! Pure rules of the referral exchange: resource types, identities, tenancy and the search
 //! parameter registry. Nothing in `domain` does IO.
 
+pub mod audit;
 pub mod ids;
 pub mod instant;
 pub mod outcome;

@@ -4,11 +4,11 @@
 //! `/docs` passes through [`require_token`]; a request without a valid access token never
 //! reaches a handler.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage, HttpResponse};
+use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -24,34 +24,41 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/docs/")
 }
 
-/// Authenticates the bearer token and puts the [`Caller`] into the request.
+/// Authenticates the bearer token and puts the [`Caller`] into the request. A refusal is
+/// rendered here as a response (not an error) so that the audit layer around it records it.
 pub async fn require_token(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     if !is_public(req.path()) {
-        let state = req
-            .app_data::<web::Data<AppState>>()
-            .cloned()
-            .ok_or_else(|| ApiError::Unauthorized("server misconfigured: no authentication state".into()))?;
-        let token = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or_else(|| ApiError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
-        match state.auth.authenticate(token) {
-            Ok((principal, scopes)) => {
-                req.extensions_mut().insert(Caller::new(principal, scopes));
-            }
-            Err(e) => {
-                tracing::info!(reason = e.reason(), "access token refused");
-                return Err(ApiError::Unauthorized("the access token is not valid".into()).into());
-            }
+        if let Err(refusal) = authenticate(&req) {
+            return Ok(req.into_response(refusal.error_response()));
         }
     }
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+fn authenticate(req: &ServiceRequest) -> Result<(), ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Unauthorized("server misconfigured: no authentication state".into()))?;
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
+    match state.auth.authenticate(token) {
+        Ok((principal, scopes)) => {
+            req.extensions_mut().insert(Caller::new(principal, scopes));
+            Ok(())
+        }
+        Err(e) => {
+            tracing::info!(reason = e.reason(), "access token refused");
+            Err(ApiError::Unauthorized("the access token is not valid".into()))
+        }
+    }
 }
 
 /// `POST /auth/token` (SMART Backend Services; RFC 6749 section 5 responses).

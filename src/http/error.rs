@@ -34,6 +34,12 @@ pub enum ApiError {
     /// Valid token without the scope the interaction needs (403 insufficient_scope).
     #[error("insufficient scope: {0}")]
     InsufficientScope(String),
+    /// The caller's role may not use this endpoint at all (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A dependency is briefly unavailable (503 with Retry-After).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -59,6 +65,13 @@ impl ApiError {
                     IssueCode::Conflict,
                     &format!("{resource_type}/{id} was changed concurrently; retry"),
                 ),
+                // Stamped too long before it could commit (see `service::search`): nothing was
+                // written, and the same request sent again will be stamped afresh.
+                ServiceError::Store(StoreError::SettleWindowPassed { .. }) => one(
+                    S::SERVICE_UNAVAILABLE,
+                    IssueCode::Transient,
+                    "the server is too busy to commit this change in time; nothing was written, retry the request",
+                ),
                 ServiceError::Store(_) => one(
                     S::INTERNAL_SERVER_ERROR,
                     IssueCode::Exception,
@@ -78,6 +91,8 @@ impl ApiError {
             ),
             ApiError::Unauthorized(why) => one(S::UNAUTHORIZED, IssueCode::Login, why),
             ApiError::InsufficientScope(why) => one(S::FORBIDDEN, IssueCode::Forbidden, why),
+            ApiError::Forbidden(why) => one(S::FORBIDDEN, IssueCode::Forbidden, why),
+            ApiError::Unavailable(why) => one(S::SERVICE_UNAVAILABLE, IssueCode::Transient, why),
         }
     }
 }
@@ -107,6 +122,9 @@ impl ResponseError for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
                 ));
+            }
+            ApiError::Unavailable(_) | ApiError::Service(ServiceError::Store(StoreError::SettleWindowPassed { .. })) => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             _ => {}
         }

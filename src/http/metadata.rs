@@ -9,6 +9,7 @@ use super::negotiate::{render_resource_text, rendering};
 use super::state::AppState;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::params_for;
+use crate::domain::search_query::{includes_of, revincludes_of};
 
 /// The CapabilityStatement as FHIR JSON.
 pub fn capability_statement_json(base_url: &str) -> Value {
@@ -36,6 +37,8 @@ pub fn capability_statement_json(base_url: &str) -> Value {
                 "conditionalCreate": true,
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
+                "searchInclude": includes_of(resource_type).iter().map(|i| i.code()).collect::<Vec<_>>(),
+                "searchRevInclude": revincludes_of(resource_type).iter().map(|i| i.code()).collect::<Vec<_>>(),
                 "searchParam": search_params,
             })
         })

@@ -1,6 +1,8 @@
 //! The HTTP layer: routes, content negotiation, the caller's identity, and rendering. Handlers
 //! extract, authorise, call one service function and render; rules live in `service`.
 
+pub mod audit;
+pub mod audit_events;
 pub mod auth;
 pub mod bundle;
 pub mod error;
@@ -9,6 +11,7 @@ pub mod logging;
 pub mod metadata;
 pub mod negotiate;
 pub mod resources;
+pub mod search;
 pub mod state;
 
 use actix_web::{web, HttpResponse};
@@ -30,6 +33,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/AuditEvent")
+                .route(web::get().to(audit_events::search))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/AuditEvent/{id}")
+                .route(web::get().to(audit_events::read))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/{type}/_history")
                 .route(web::get().to(resources::history_type))
                 .default_service(web::to(method_not_allowed)),
@@ -44,6 +57,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(resources::vread))
                 .default_service(web::to(method_not_allowed)),
         )
+        // Before `/{type}/{id}`, which would otherwise take `_search` for an id.
+        .service(
+            web::resource("/{type}/_search")
+                .route(web::post().to(search::search_post))
+                .route(web::get().to(search::search_get))
+                .default_service(web::to(method_not_allowed)),
+        )
         .service(
             web::resource("/{type}/{id}")
                 .route(web::get().to(resources::read))
@@ -54,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(
             web::resource("/{type}")
+                .route(web::get().to(search::search_get))
                 .route(web::post().to(resources::create))
                 .default_service(web::to(method_not_allowed)),
         )

@@ -38,6 +38,11 @@ impl Caller {
         Caller { principal, scopes }
     }
 
+    /// Whether the token's scopes permit `interaction` on a type given by name.
+    pub fn allows(&self, resource_type: &str, interaction: Interaction) -> bool {
+        self.scopes.allows(resource_type, interaction)
+    }
+
     /// The caller, if its token's scopes permit `interaction` on `resource_type`
     /// (SMART v2: c create, r read/vread/instance history, u update/patch, d delete,
     /// s search/type history); otherwise 403 insufficient_scope.

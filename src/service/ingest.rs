@@ -30,7 +30,10 @@ pub fn check_resource(resource: &Value, expected: ResourceType) -> Result<(), Se
     if let Err(e) = fhir_format::check_json_structure(resource) {
         return Err(ServiceError::Invalid(vec![structure_issue(e)]));
     }
-    let issues: Vec<Issue> = Vec::new(); // TEMP-SHIM
+    let issues: Vec<Issue> = crate::fhir::check_values(resource)
+        .into_iter()
+        .map(|v| Issue::error(IssueCode::Value, v.message).at(v.expression))
+        .collect();
     if issues.is_empty() {
         Ok(())
     } else {

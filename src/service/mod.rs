@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod ingest;
 pub mod resources;
+pub mod search;
 
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::store::StoreError;

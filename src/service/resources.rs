@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::ingest::{check_resource, stamp};
 use super::ServiceError;
+use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{Issue, IssueCode};
@@ -80,6 +81,26 @@ impl ResourceService {
         }
     }
 
+    /// The write set of one resource write, with its audit record: a change and the record of
+    /// it commit together or not at all.
+    pub(crate) fn write_set_of(caller: &Principal, write: ResourceWrite, claims: Vec<ConditionalClaim>) -> WriteSet {
+        let (action, interaction) = match write.method {
+            WriteMethod::Create => (AuditAction::Create, "create"),
+            WriteMethod::Update => (AuditAction::Update, "update"),
+            WriteMethod::Patch => (AuditAction::Update, "patch"),
+            WriteMethod::Delete => (AuditAction::Delete, "delete"),
+        };
+        let audit = AuditRecord::new(
+            AuditAgent::of(caller),
+            action,
+            interaction,
+            AuditOutcome::Success,
+            Some(write.resource_type.as_str()),
+            Some(write.id.as_str()),
+        );
+        WriteSet { resources: vec![write], conditional_claims: claims, audit: vec![audit] }
+    }
+
     fn written(write: ResourceWrite) -> StoredVersion {
         StoredVersion {
             resource_type: write.resource_type,
@@ -116,7 +137,7 @@ impl ResourceService {
                 WriteMethod::Create,
                 Precondition::Absent,
             );
-            self.store.commit(WriteSet { resources: vec![write.clone()], ..Default::default() }).await?;
+            self.store.commit(Self::write_set_of(caller, write.clone(), Vec::new())).await?;
             return Ok(CreateOutcome::Created(Self::written(write)));
         };
         self.conditional_create(caller, resource_type, resource, &criteria).await
@@ -170,7 +191,7 @@ impl ResourceService {
                 id,
                 replaces: stale,
             };
-            let write_set = WriteSet { resources: vec![write.clone()], conditional_claims: vec![claim] };
+            let write_set = Self::write_set_of(caller, write.clone(), vec![claim]);
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),
                 // Someone else created a match meanwhile: search again and return theirs.
@@ -272,7 +293,7 @@ impl ResourceService {
                 method,
                 Precondition::CurrentVersion(current.version),
             );
-            match self.store.commit(WriteSet { resources: vec![write.clone()], ..Default::default() }).await {
+            match self.store.commit(Self::write_set_of(caller, write.clone(), Vec::new())).await {
                 Ok(()) => return Ok(Self::written(write)),
                 Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
                 Err(StoreError::VersionConflict { .. }) => {
@@ -384,7 +405,7 @@ impl ResourceService {
                 index: Vec::new(),
                 visibility: Vec::new(),
             };
-            match self.store.commit(WriteSet { resources: vec![write], ..Default::default() }).await {
+            match self.store.commit(Self::write_set_of(caller, write, Vec::new())).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::VersionConflict { .. }) => continue,
                 Err(e) => return Err(e.into()),

@@ -1,22 +1,49 @@
 //! Applies a [`WriteSet`] inside a transaction the caller owns. Shared by both backends.
 
+use std::time::Duration;
+
 use sqlx::any::AnyArguments;
 use sqlx::{AnyConnection, Arguments};
 
 use super::write_set::{ConditionalClaim, Precondition, ResourceWrite, WriteSet};
 use super::StoreError;
+use crate::domain::audit::AuditRecord;
+use crate::domain::instant::Instant;
 use crate::domain::search_params::IndexEntry;
 
 pub(super) async fn apply_write_set(
     conn: &mut AnyConnection,
     write_set: &WriteSet,
+    settle_window: Duration,
 ) -> Result<(), StoreError> {
     for write in &write_set.resources {
-        apply_resource_write(conn, write).await?;
+        apply_resource_write(conn, write, settle_window).await?;
     }
     for claim in &write_set.conditional_claims {
         apply_claim(conn, claim).await?;
     }
+    for record in &write_set.audit {
+        insert_audit(conn, record).await?;
+    }
+    Ok(())
+}
+
+async fn insert_audit(conn: &mut AnyConnection, record: &AuditRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_events (id, recorded, client_id, organization, action, outcome, entity_type, entity_id, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(record.id.as_str())
+    .bind(record.recorded.micros())
+    .bind(record.agent.client_id.as_str())
+    .bind(record.agent.organization.as_str())
+    .bind(record.action.code())
+    .bind(record.outcome.code())
+    .bind(record.entity_type.as_deref())
+    .bind(record.entity_id.as_deref())
+    .bind(record.to_fhir().to_string())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -24,10 +51,24 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// Refuses a write applied more than W/2 after its `last_updated` was stamped, so that every
+/// version with `last_updated < now - W` is committed or never will be (the rule searches on
+/// `_lastUpdated` rely on: see `service::search`).
+fn check_settle_window(write: &ResourceWrite, settle_window: Duration) -> Result<(), StoreError> {
+    let half = i64::try_from(settle_window.as_micros() / 2).unwrap_or(i64::MAX);
+    let late_by = Instant::now().micros() - write.last_updated.micros();
+    if late_by > half {
+        return Err(StoreError::SettleWindowPassed { late_by_ms: late_by / 1000 });
+    }
+    Ok(())
+}
+
 async fn apply_resource_write(
     conn: &mut AnyConnection,
     write: &ResourceWrite,
+    settle_window: Duration,
 ) -> Result<(), StoreError> {
+    check_settle_window(write, settle_window)?;
     let conflict = || StoreError::VersionConflict {
         resource_type: write.resource_type.as_str().to_owned(),
         id: write.id.as_str().to_owned(),
@@ -227,9 +268,10 @@ async fn insert_index(conn: &mut AnyConnection, write: &ResourceWrite) -> Result
                 row.number(*high);
                 dates.push(row);
             }
-            IndexEntry::String { param, value } => {
+            IndexEntry::String { param, value, exact } => {
                 row.text(Some(param));
                 row.text(Some(value));
+                row.text(Some(exact));
                 strings.push(row);
             }
         }
@@ -242,7 +284,7 @@ async fn insert_index(conn: &mut AnyConnection, write: &ResourceWrite) -> Result
     )
     .await?;
     insert_rows(conn, "idx_date (resource_type, id, param, low, high)", dates.into_iter()).await?;
-    insert_rows(conn, "idx_string (resource_type, id, param, value)", strings.into_iter()).await?;
+    insert_rows(conn, "idx_string (resource_type, id, param, value, exact)", strings.into_iter()).await?;
     Ok(())
 }
 

@@ -54,6 +54,9 @@ impl DatabaseUrl {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// The settle window W of `_lastUpdated` polling: a write whose `last_updated` is more
+    /// than W/2 old when it is applied is refused (`StoreError::SettleWindowPassed`).
+    pub settle_window: Duration,
 }
 
 impl Default for PoolSettings {
@@ -61,6 +64,7 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            settle_window: Duration::from_secs(5),
         }
     }
 }
@@ -110,8 +114,9 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
         inner: std::sync::Arc::new(StoreInner {
             pool,
             backend: Backend::Sqlite {
-                writer: SqliteWriter::start(writer_conn),
+                writer: SqliteWriter::start(writer_conn, settings.settle_window),
             },
+            settle_window: settings.settle_window,
         }),
     })
 }
@@ -130,6 +135,7 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
         inner: std::sync::Arc::new(StoreInner {
             pool,
             backend: Backend::Postgres,
+            settle_window: settings.settle_window,
         }),
     })
 }

@@ -10,6 +10,7 @@
 //! makes many requests durable (see [`sqlite_writer`]).
 
 mod apply;
+mod audit;
 mod clients;
 mod connect;
 mod reads;
@@ -21,9 +22,11 @@ use std::sync::Arc;
 
 use sqlx::AnyPool;
 
+pub use audit::StoredAuditEvent;
 pub use clients::ClientRecord;
 pub use connect::{DatabaseUrl, PoolSettings};
 pub use reads::{HistoryQuery, StoredVersion};
+pub use search::{Position, SearchHit, SearchPage};
 pub use write_set::{ConditionalClaim, Precondition, ResourceWrite, WriteMethod, WriteSet};
 
 use sqlite_writer::SqliteWriter;
@@ -48,6 +51,11 @@ pub enum StoreError {
     WriterGone,
     #[error("invalid database configuration: {0}")]
     Config(String),
+    /// The write reached the database later than half the settle window after its
+    /// `meta.lastUpdated` was stamped; it was not applied and may be retried as it is (the
+    /// retry is stamped afresh). See `service::search` for why late commits are refused.
+    #[error("the write was stamped {late_by_ms} ms before it could commit, more than the settle window allows")]
+    SettleWindowPassed { late_by_ms: i64 },
 }
 
 /// Which database the store runs on.
@@ -72,6 +80,8 @@ struct StoreInner {
     /// Readers (SQLite, WAL lets them run beside the writer) or every connection (PostgreSQL).
     pool: AnyPool,
     backend: Backend,
+    /// See [`PoolSettings::settle_window`].
+    settle_window: std::time::Duration,
 }
 
 impl Store {
@@ -94,7 +104,7 @@ impl Store {
             Backend::Sqlite { writer } => writer.submit(write_set).await,
             Backend::Postgres => {
                 let mut tx = self.inner.pool.begin().await?;
-                apply::apply_write_set(&mut tx, &write_set).await?;
+                apply::apply_write_set(&mut tx, &write_set, self.inner.settle_window).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -107,6 +117,11 @@ impl Store {
             writer.shutdown().await;
         }
         self.inner.pool.close().await;
+    }
+
+    /// The settle window W: writes commit within W/2 of their `last_updated`, or not at all.
+    pub fn settle_window(&self) -> std::time::Duration {
+        self.inner.settle_window
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {

@@ -1,96 +1,562 @@
 //! Turns a [`SearchQuery`] into SQL over the index tables, inside the caller's tenancy.
+//!
+//! Every clause becomes `r.id IN (SELECT x.id FROM idx_… x WHERE …)` (negated with `NOT`):
+//! the planner of either database can then drive the query from the index of the most
+//! selective clause, or from `resources (resource_type, last_updated, id)` for `_lastUpdated`.
+//! Every value is bound; only column names and operators chosen here are written into the
+//! SQL. Paging is keyset paging: the sort key values and id of the row next to the page,
+//! never an offset, so rows written between two pages cannot shift the rows of the next one.
 
-use sqlx::any::AnyArguments;
+use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Arguments, Row};
 
-use super::reads::{bind_error, scope_filter};
-use super::{Store, StoreError};
+use super::reads::{bind_error, scope_filter, version_from_row, StoredVersion};
+use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
-use crate::domain::search_query::{ParamRef, Predicate, SearchQuery, SystemMatch};
+use crate::domain::instant::Instant;
+use crate::domain::resource_type::ResourceType;
+use crate::domain::search_params::{ParamKind, SearchParam};
+use crate::domain::search_query::{
+    Clause, DatePrefix, PageDirection, ParamRef, Predicate, SearchQuery, SortField, SortKey, SortValue,
+    StringMatch, SystemMatch,
+};
 use crate::domain::tenancy::TenantScope;
 
+/// The columns of a [`StoredVersion`] read from `resources r`.
+const VERSION_COLUMNS: &str = "r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, \
+                               'PUT' AS method, r.body, r.change_seq";
+
+/// The placeholder for missing values of a date sort key: before every real date.
+const NO_DATE: i64 = i64::MIN;
+
+/// A page to read: which rows, in which order, from which position.
+#[derive(Debug, Clone)]
+pub struct SearchPage<'a> {
+    pub query: &'a SearchQuery,
+    /// The order asked for; the store appends `_id` as the final tie-breaker unless present.
+    pub sort: &'a [SortKey],
+    /// Only rows whose `last_updated` is at or before this instant.
+    pub horizon: Option<Instant>,
+    /// Rows strictly after (or before) this position in the order.
+    pub position: Option<Position<'a>>,
+    pub limit: u32,
+}
+
+/// A keyset position: the values of the sort keys (without the final `_id`) and the id.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    pub direction: PageDirection,
+    pub keys: &'a [SortValue],
+    pub id: &'a str,
+}
+
+/// One matching row with the values of its sort keys (without the final `_id`), so that
+/// the caller can write the cursor of the row.
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub version: StoredVersion,
+    pub keys: Vec<SortValue>,
+}
+
+/// Bound arguments and the next `$n`.
 struct Sql {
     args: AnyArguments<'static>,
     next: usize,
 }
 
 impl Sql {
-    fn bind(&mut self, value: String) -> Result<String, StoreError> {
-        self.args.add(value).map_err(bind_error)?;
-        let placeholder = format!("${}", self.next);
+    fn new() -> Self {
+        Sql { args: AnyArguments::default(), next: 1 }
+    }
+
+    fn placeholder(&mut self) -> String {
+        let p = format!("${}", self.next);
         self.next += 1;
-        Ok(placeholder)
+        p
+    }
+
+    fn text(&mut self, value: impl Into<String>) -> Result<String, StoreError> {
+        self.args.add(value.into()).map_err(bind_error)?;
+        Ok(self.placeholder())
+    }
+
+    fn int(&mut self, value: i64) -> Result<String, StoreError> {
+        self.args.add(value).map_err(bind_error)?;
+        Ok(self.placeholder())
+    }
+
+    fn list<'v>(&mut self, values: impl Iterator<Item = &'v str>) -> Result<String, StoreError> {
+        let placeholders = values.map(|v| self.text(v)).collect::<Result<Vec<_>, _>>()?;
+        Ok(placeholders.join(", "))
     }
 }
 
-fn predicate_sql(sql: &mut Sql, param: ParamRef, predicate: &Predicate) -> Result<String, StoreError> {
-    match (param, predicate) {
-        (_, Predicate::Id(id)) => Ok(format!("r.id = {}", sql.bind(id.clone())?)),
-        (ParamRef::Registered(p), Predicate::Token { system, code }) => {
-            let mut conditions = vec![format!("t.param = {}", sql.bind(p.name.to_owned())?)];
-            if let Some(code) = code {
-                conditions.push(format!("t.code = {}", sql.bind(code.clone())?));
-            }
-            match system {
-                SystemMatch::Any => {}
-                SystemMatch::None => conditions.push("t.system IS NULL".to_owned()),
-                SystemMatch::Exactly(s) => conditions.push(format!("t.system = {}", sql.bind(s.clone())?)),
-            }
-            Ok(format!(
-                "EXISTS (SELECT 1 FROM idx_token t WHERE t.resource_type = r.resource_type AND t.id = r.id AND {})",
-                conditions.join(" AND ")
-            ))
-        }
-        (ParamRef::Registered(p), Predicate::Reference { target_type, target_id }) => {
-            let mut conditions = vec![
-                format!("x.param = {}", sql.bind(p.name.to_owned())?),
-                format!("x.target_id = {}", sql.bind(target_id.clone())?),
-            ];
-            if let Some(t) = target_type {
-                conditions.push(format!("x.target_type = {}", sql.bind(t.clone())?));
-            }
-            Ok(format!(
-                "EXISTS (SELECT 1 FROM idx_reference x WHERE x.resource_type = r.resource_type AND x.id = r.id AND {})",
-                conditions.join(" AND ")
-            ))
-        }
-        (ParamRef::Id, _) => Err(StoreError::Config("_id only takes ids".to_owned())),
+/// The index table of a parameter type.
+fn index_table(kind: ParamKind) -> &'static str {
+    match kind {
+        ParamKind::Token => "idx_token",
+        ParamKind::Reference => "idx_reference",
+        ParamKind::Date => "idx_date",
+        ParamKind::String => "idx_string",
     }
+}
+
+/// `LIKE` pattern text with `%`, `_` and the escape character itself escaped.
+fn like_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A token test on columns `system` and `code` (R4 search.html#token).
+fn token_sql(
+    sql: &mut Sql,
+    system_column: &str,
+    code_column: &str,
+    system: &SystemMatch,
+    code: Option<&str>,
+) -> Result<String, StoreError> {
+    let mut conditions = Vec::new();
+    if let Some(code) = code {
+        conditions.push(format!("{code_column} = {}", sql.text(code)?));
+    }
+    match system {
+        SystemMatch::Any => {}
+        SystemMatch::None => conditions.push(format!("{system_column} IS NULL")),
+        SystemMatch::Exactly(s) => conditions.push(format!("{system_column} = {}", sql.text(s.as_str())?)),
+    }
+    if conditions.is_empty() {
+        conditions.push("1 = 1".to_owned());
+    }
+    Ok(conditions.join(" AND "))
+}
+
+/// A date test of the value range `[low_col, high_col]` against the search range
+/// `[low, high]` (R4 search.html#prefix: each prefix is defined on ranges).
+fn date_sql(
+    sql: &mut Sql,
+    low_col: &str,
+    high_col: &str,
+    prefix: DatePrefix,
+    low: i64,
+    high: i64,
+) -> Result<String, StoreError> {
+    let contained = |sql: &mut Sql| -> Result<String, StoreError> {
+        Ok(format!("({low_col} >= {} AND {high_col} <= {})", sql.int(low)?, sql.int(high)?))
+    };
+    Ok(match prefix {
+        // The value's range lies within the search value's range.
+        DatePrefix::Eq => contained(sql)?,
+        DatePrefix::Ne => format!("NOT {}", contained(sql)?),
+        // "the range above the search value intersects the range of the target value".
+        DatePrefix::Gt => format!("{high_col} > {}", sql.int(high)?),
+        DatePrefix::Lt => format!("{low_col} < {}", sql.int(low)?),
+        // gt or eq, lt or eq.
+        DatePrefix::Ge => format!("({high_col} > {} OR {})", sql.int(high)?, contained(sql)?),
+        DatePrefix::Le => format!("({low_col} < {} OR {})", sql.int(low)?, contained(sql)?),
+        // Starts after the end of the search range; ends before its start.
+        DatePrefix::Sa => format!("{low_col} > {}", sql.int(high)?),
+        DatePrefix::Eb => format!("{high_col} < {}", sql.int(low)?),
+        // Overlaps the widened range.
+        DatePrefix::Ap => format!("({low_col} <= {} AND {high_col} >= {})", sql.int(high)?, sql.int(low)?),
+    })
+}
+
+/// The condition on one index row (alias `x`) for one predicate.
+fn index_condition(sql: &mut Sql, predicate: &Predicate) -> Result<Option<String>, StoreError> {
+    Ok(Some(match predicate {
+        Predicate::Present => return Ok(None),
+        Predicate::Token { system, code } => token_sql(sql, "x.system", "x.code", system, code.as_deref())?,
+        Predicate::TokenText(text) => {
+            // `:text` is a string search on the display text; the index keeps it as written,
+            // so both sides are folded. LOWER folds ASCII on SQLite, all letters on PostgreSQL.
+            let pattern = format!("%{}%", like_escape(text));
+            format!("LOWER(x.text) LIKE LOWER({}) ESCAPE '\\'", sql.text(pattern)?)
+        }
+        Predicate::Reference { target_type, target_id } => {
+            let mut c = format!("x.target_id = {}", sql.text(target_id.as_str())?);
+            if let Some(t) = target_type {
+                c.push_str(&format!(" AND x.target_type = {}", sql.text(t.as_str())?));
+            }
+            c
+        }
+        Predicate::ReferenceIdentifier { system, value } => {
+            token_sql(sql, "x.identifier_system", "x.identifier_value", system, Some(value))?
+        }
+        Predicate::Date { prefix, low, high } => date_sql(sql, "x.low", "x.high", *prefix, *low, *high)?,
+        Predicate::String { mode, value } => match mode {
+            StringMatch::Exact => format!("x.exact = {}", sql.text(value.as_str())?),
+            StringMatch::StartsWith => {
+                format!("x.value LIKE {} ESCAPE '\\'", sql.text(format!("{}%", like_escape(value)))?)
+            }
+            StringMatch::Contains => {
+                format!("x.value LIKE {} ESCAPE '\\'", sql.text(format!("%{}%", like_escape(value)))?)
+            }
+        },
+        Predicate::Id(_) => return Err(StoreError::Config("an _id value on an indexed parameter".to_owned())),
+    }))
+}
+
+fn predicate_sql(
+    sql: &mut Sql,
+    resource_type: ResourceType,
+    param: ParamRef,
+    predicate: &Predicate,
+) -> Result<String, StoreError> {
+    match (param, predicate) {
+        (ParamRef::Id, Predicate::Id(id)) => Ok(format!("r.id = {}", sql.text(id.as_str())?)),
+        (ParamRef::LastUpdated, Predicate::Date { prefix, low, high }) => {
+            // meta.lastUpdated is an instant: its range is the one microsecond stored.
+            date_sql(sql, "r.last_updated", "r.last_updated", *prefix, *low, *high)
+        }
+        (ParamRef::Registered(p), predicate) => {
+            let table = index_table(p.kind);
+            let type_placeholder = sql.text(resource_type.as_str())?;
+            let param_placeholder = sql.text(p.name)?;
+            let condition = index_condition(sql, predicate)?
+                .map(|c| format!(" AND {c}"))
+                .unwrap_or_default();
+            Ok(format!(
+                "r.id IN (SELECT x.id FROM {table} x WHERE x.resource_type = {type_placeholder} \
+                 AND x.param = {param_placeholder}{condition})"
+            ))
+        }
+        (param, predicate) => Err(StoreError::Config(format!(
+            "the predicate {predicate:?} does not apply to {}",
+            param.name()
+        ))),
+    }
+}
+
+fn clause_sql(sql: &mut Sql, resource_type: ResourceType, clause: &Clause) -> Result<String, StoreError> {
+    let alternatives = clause
+        .any_of
+        .iter()
+        .map(|p| predicate_sql(sql, resource_type, clause.param, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let any = format!("({})", alternatives.join(" OR "));
+    Ok(if clause.negated { format!("NOT {any}") } else { any })
+}
+
+/// The WHERE conditions shared by a page and its count: type, live, clauses, horizon, tenancy.
+fn filter_conditions(
+    sql: &mut Sql,
+    scope: &TenantScope,
+    query: &SearchQuery,
+    horizon: Option<Instant>,
+) -> Result<Vec<String>, StoreError> {
+    let mut conditions = vec![
+        format!("r.resource_type = {}", sql.text(query.resource_type.as_str())?),
+        "r.deleted = 0".to_owned(),
+    ];
+    for clause in &query.clauses {
+        conditions.push(clause_sql(sql, query.resource_type, clause)?);
+    }
+    if let Some(horizon) = horizon {
+        conditions.push(format!("r.last_updated <= {}", sql.int(horizon.micros())?));
+    }
+    conditions.push(scope_filter(scope, "r", &mut sql.args, &mut sql.next)?.sql);
+    Ok(conditions)
+}
+
+/// Whether a sort key holds integers (else text).
+fn is_int_key(field: SortField) -> bool {
+    match field {
+        SortField::LastUpdated => true,
+        SortField::Id => false,
+        SortField::Param(p) => p.kind == ParamKind::Date,
+    }
+}
+
+/// The SQL expression of a sort key. A parameter with several values sorts by its smallest;
+/// a resource without one sorts first (R4 search.html#sort leaves both to the server).
+fn sort_expression(sql: &mut Sql, field: SortField) -> Result<String, StoreError> {
+    Ok(match field {
+        SortField::Id => "r.id".to_owned(),
+        SortField::LastUpdated => "r.last_updated".to_owned(),
+        SortField::Param(p) => sort_param_expression(sql, p)?,
+    })
+}
+
+fn sort_param_expression(sql: &mut Sql, p: &SearchParam) -> Result<String, StoreError> {
+    let (column, missing) = match p.kind {
+        ParamKind::Token => ("x.code", sql.text("")?),
+        ParamKind::String => ("x.value", sql.text("")?),
+        ParamKind::Date => ("x.low", sql.int(NO_DATE)?),
+        ParamKind::Reference => return Err(StoreError::Config("sorting by a reference".to_owned())),
+    };
+    let table = index_table(p.kind);
+    let name = sql.text(p.name)?;
+    Ok(format!(
+        "COALESCE((SELECT MIN({column}) FROM {table} x WHERE x.resource_type = r.resource_type \
+         AND x.id = r.id AND x.param = {name}), {missing})"
+    ))
+}
+
+/// The full order: the keys asked for, then `_id` unless already there (and nothing after
+/// `_id`: it is unique). The tie-breaker follows the first key's direction.
+fn full_order(sort: &[SortKey]) -> Vec<SortKey> {
+    let mut order = Vec::new();
+    for key in sort {
+        order.push(*key);
+        if key.field == SortField::Id {
+            return order;
+        }
+    }
+    let descending = sort.first().is_some_and(|k| k.descending);
+    order.push(SortKey { field: SortField::Id, descending });
+    order
+}
+
+fn bind_value(sql: &mut Sql, value: &SortValue) -> Result<String, StoreError> {
+    match value {
+        SortValue::Int(n) => sql.int(*n),
+        SortValue::Text(s) => sql.text(s.as_str()),
+    }
+}
+
+/// The keyset condition "strictly after (before) the position" in the order:
+/// `k1 > v1 OR (k1 = v1 AND k2 > v2) OR …`, with `<` for descending keys.
+fn keyset_condition(sql: &mut Sql, order: &[SortKey], position: &Position<'_>) -> Result<String, StoreError> {
+    let id_value = SortValue::Text(position.id.to_owned());
+    let values: Vec<&SortValue> = position.keys.iter().chain(std::iter::once(&id_value)).collect();
+    if values.len() != order.len() {
+        return Err(StoreError::Config("the cursor does not fit the sort order".to_owned()));
+    }
+    let mut alternatives = Vec::new();
+    for i in 0..order.len() {
+        let mut terms = Vec::new();
+        for j in 0..i {
+            let e = sort_expression(sql, order[j].field)?;
+            terms.push(format!("{e} = {}", bind_value(sql, values[j])?));
+        }
+        let forward = order[i].descending == (position.direction == PageDirection::Before);
+        let op = if forward { ">" } else { "<" };
+        let e = sort_expression(sql, order[i].field)?;
+        terms.push(format!("{e} {op} {}", bind_value(sql, values[i])?));
+        alternatives.push(format!("({})", terms.join(" AND ")));
+    }
+    // The first key's bound on its own lets the planner use an index range on it.
+    let forward = order[0].descending == (position.direction == PageDirection::Before);
+    let e = sort_expression(sql, order[0].field)?;
+    let bound = format!("{e} {} {}", if forward { ">=" } else { "<=" }, bind_value(sql, values[0])?);
+    Ok(format!("{bound} AND ({})", alternatives.join(" OR ")))
+}
+
+/// Builds the page statement; returns the SQL and the number of key columns (without `_id`).
+fn page_statement(sql: &mut Sql, scope: &TenantScope, page: &SearchPage<'_>) -> Result<(String, Vec<SortKey>), StoreError> {
+    let order = full_order(page.sort);
+    let keys = &order[..order.len() - 1];
+    let mut select = vec![VERSION_COLUMNS.to_owned()];
+    for (i, key) in keys.iter().enumerate() {
+        select.push(format!("{} AS k{i}", sort_expression(sql, key.field)?));
+    }
+    let mut conditions = filter_conditions(sql, scope, page.query, page.horizon)?;
+    if let Some(position) = &page.position {
+        conditions.push(keyset_condition(sql, &order, position)?);
+    }
+    let reverse = page.position.is_some_and(|p| p.direction == PageDirection::Before);
+    let mut order_by = Vec::new();
+    for key in &order {
+        let descending = key.descending != reverse;
+        order_by.push(format!("{} {}", sort_expression(sql, key.field)?, if descending { "DESC" } else { "ASC" }));
+    }
+    let limit = sql.int(i64::from(page.limit))?;
+    let text = format!(
+        "SELECT {} FROM resources r WHERE {} ORDER BY {} LIMIT {limit}",
+        select.join(", "),
+        conditions.join(" AND "),
+        order_by.join(", ")
+    );
+    Ok((text, keys.to_vec()))
+}
+
+fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError> {
+    let version = version_from_row(row)?;
+    let keys = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let column = format!("k{i}");
+            Ok(if is_int_key(key.field) {
+                SortValue::Int(row.try_get(column.as_str())?)
+            } else {
+                SortValue::Text(row.try_get(column.as_str())?)
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(SearchHit { version, keys })
 }
 
 impl Store {
-    /// Ids of live resources matching every clause, at most `limit` of them.
+    /// One page of live resources matching the query, in the caller's tenancy, in the order
+    /// asked for (reversed back to it when read backwards from a `previous` cursor).
+    pub async fn search_page(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<SearchHit>, StoreError> {
+        let mut sql = Sql::new();
+        let (text, keys) = page_statement(&mut sql, scope, page)?;
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
+        let mut hits = rows.iter().map(|row| hit_from_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
+        if page.position.is_some_and(|p| p.direction == PageDirection::Before) {
+            hits.reverse();
+        }
+        Ok(hits)
+    }
+
+    /// How many live resources match, in the caller's tenancy (`_total`).
+    pub async fn count_matches(
+        &self,
+        scope: &TenantScope,
+        query: &SearchQuery,
+        horizon: Option<Instant>,
+    ) -> Result<u64, StoreError> {
+        let mut sql = Sql::new();
+        let conditions = filter_conditions(&mut sql, scope, query, horizon)?;
+        let text = format!("SELECT COUNT(*) FROM resources r WHERE {}", conditions.join(" AND "));
+        let row = sqlx::query_with(&text, sql.args).fetch_one(self.pool()).await?;
+        let count: i64 = row.try_get(0)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// The database's plan for a page query, one line per plan node (`EXPLAIN QUERY PLAN` on
+    /// SQLite, `EXPLAIN` on PostgreSQL with sequential scans priced out, so that a plan still
+    /// holding one has no index to use). For the plan regression tests and for operators.
+    pub async fn explain_search(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<String>, StoreError> {
+        let mut sql = Sql::new();
+        let (text, _) = page_statement(&mut sql, scope, page)?;
+        let mut tx = self.pool().begin().await?;
+        let rows = match self.kind() {
+            BackendKind::Sqlite => {
+                sqlx::query_with(&format!("EXPLAIN QUERY PLAN {text}"), sql.args).fetch_all(&mut *tx).await?
+            }
+            BackendKind::Postgres => {
+                sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+                sqlx::query_with(&format!("EXPLAIN {text}"), sql.args).fetch_all(&mut *tx).await?
+            }
+        };
+        tx.rollback().await?;
+        let column = match self.kind() {
+            BackendKind::Sqlite => 3,
+            BackendKind::Postgres => 0,
+        };
+        rows.iter().map(|row| Ok(row.try_get::<String, _>(column)?)).collect()
+    }
+
+    /// Ids of live resources matching every clause, at most `limit` of them (conditional
+    /// create).
     pub async fn find_ids(
         &self,
         scope: &TenantScope,
         query: &SearchQuery,
         limit: u32,
     ) -> Result<Vec<ResourceId>, StoreError> {
-        let mut sql = Sql { args: AnyArguments::default(), next: 1 };
-        let type_placeholder = sql.bind(query.resource_type.as_str().to_owned())?;
-        let mut conditions = vec![format!("r.resource_type = {type_placeholder}"), "r.deleted = 0".to_owned()];
-        for clause in &query.clauses {
-            let alternatives = clause
-                .any_of
-                .iter()
-                .map(|p| predicate_sql(&mut sql, clause.param, p))
-                .collect::<Result<Vec<_>, _>>()?;
-            conditions.push(format!("({})", alternatives.join(" OR ")));
+        let page = SearchPage { query, sort: &[], horizon: None, position: None, limit };
+        let hits = self.search_page(scope, &page).await?;
+        Ok(hits.into_iter().map(|hit| hit.version.id).collect())
+    }
+
+    /// The distinct targets (type, id) that resources `ids` of `source` reference through
+    /// `param` (`_include`). The ids are the caller's own matches, already inside its scope;
+    /// the targets are read through the scope by [`Store::read_live`].
+    pub async fn reference_targets(
+        &self,
+        source: ResourceType,
+        param: &str,
+        ids: &[&str],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        let filter = scope_filter(scope, "r", &mut sql.args, &mut sql.next)?;
-        conditions.push(filter.sql);
-        sql.args.add(i64::from(limit)).map_err(bind_error)?;
+        let mut sql = Sql::new();
+        let type_placeholder = sql.text(source.as_str())?;
+        let param_placeholder = sql.text(param)?;
+        let list = sql.list(ids.iter().copied())?;
         let text = format!(
-            "SELECT r.id FROM resources r WHERE {} ORDER BY r.id LIMIT ${}",
-            conditions.join(" AND "),
-            sql.next
+            "SELECT DISTINCT x.target_type, x.target_id FROM idx_reference x WHERE x.resource_type = {type_placeholder} \
+             AND x.id IN ({list}) AND x.param = {param_placeholder} AND x.target_id IS NOT NULL AND x.target_type IS NOT NULL"
         );
         let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
         rows.iter()
-            .map(|row| {
-                let id: String = row.try_get(0)?;
-                ResourceId::parse(&id).map_err(|e| StoreError::Config(e.to_string()))
-            })
+            .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)))
             .collect()
+    }
+
+    /// The live resources of one type among `ids` that the caller may see.
+    pub async fn read_live(
+        &self,
+        scope: &TenantScope,
+        resource_type: ResourceType,
+        ids: &[&str],
+    ) -> Result<Vec<StoredVersion>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new();
+        let type_placeholder = sql.text(resource_type.as_str())?;
+        let list = sql.list(ids.iter().copied())?;
+        let filter = scope_filter(scope, "r", &mut sql.args, &mut sql.next)?;
+        let text = format!(
+            "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {type_placeholder} \
+             AND r.deleted = 0 AND r.id IN ({list}) AND {} ORDER BY r.id",
+            filter.sql
+        );
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
+        rows.iter().map(version_from_row).collect()
+    }
+
+    /// Live resources of `source` that reference one of `target_ids` of `target_type`
+    /// through `param`, that the caller may see, at most `limit` (`_revinclude`).
+    pub async fn referencing(
+        &self,
+        scope: &TenantScope,
+        source: ResourceType,
+        param: &str,
+        target_type: ResourceType,
+        target_ids: &[&str],
+        limit: u32,
+    ) -> Result<Vec<StoredVersion>, StoreError> {
+        if target_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new();
+        let source_placeholder = sql.text(source.as_str())?;
+        let index_source = sql.text(source.as_str())?;
+        let param_placeholder = sql.text(param)?;
+        let target_placeholder = sql.text(target_type.as_str())?;
+        let list = sql.list(target_ids.iter().copied())?;
+        let filter = scope_filter(scope, "r", &mut sql.args, &mut sql.next)?;
+        let limit = sql.int(i64::from(limit))?;
+        let text = format!(
+            "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {source_placeholder} AND r.deleted = 0 \
+             AND r.id IN (SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
+             AND x.param = {param_placeholder} AND x.target_id IN ({list}) AND x.target_type = {target_placeholder}) \
+             AND {} ORDER BY r.id LIMIT {limit}",
+            filter.sql
+        );
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
+        rows.iter().map(version_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_their_wildcards() {
+        assert_eq!(like_escape("50%_a\\b"), "50\\%\\_a\\\\b");
+    }
+
+    #[test]
+    fn the_order_ends_with_the_id_and_nothing_after_it() {
+        let last = SortKey { field: SortField::LastUpdated, descending: true };
+        let id = SortKey { field: SortField::Id, descending: false };
+        assert_eq!(full_order(&[last]), vec![last, SortKey { field: SortField::Id, descending: true }], "tie-breaker follows the first key");
+        assert_eq!(full_order(&[id, last]), vec![id], "nothing sorts after the unique id");
+        assert_eq!(full_order(&[]), vec![SortKey { field: SortField::Id, descending: false }], "default: by id");
     }
 }

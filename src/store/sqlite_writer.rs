@@ -5,6 +5,8 @@
 //! back to its savepoint and touches nobody else), commits once, and only then answers every
 //! request. Each answer therefore means "durable", and many requests share one fsync.
 
+use std::time::Duration;
+
 use sqlx::{AnyConnection, Executor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
@@ -30,10 +32,10 @@ pub(super) struct SqliteWriter {
 }
 
 impl SqliteWriter {
-    pub(super) fn start(conn: AnyConnection) -> Self {
+    pub(super) fn start(conn: AnyConnection, settle_window: Duration) -> Self {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
         let (closed, closed_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run(conn, receiver, closed_rx));
+        let task = tokio::spawn(run(conn, receiver, closed_rx, settle_window));
         SqliteWriter {
             sender,
             task: Mutex::new(Some(task)),
@@ -63,6 +65,7 @@ async fn run(
     mut conn: AnyConnection,
     mut receiver: mpsc::Receiver<Message>,
     mut closed: tokio::sync::watch::Receiver<bool>,
+    settle_window: Duration,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -78,7 +81,7 @@ async fn run(
                     batch.push(message);
                 }
                 if !batch.is_empty() {
-                    commit_batch(&mut conn, std::mem::take(&mut batch)).await;
+                    commit_batch(&mut conn, std::mem::take(&mut batch), settle_window).await;
                 }
                 break;
             }
@@ -89,12 +92,12 @@ async fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, std::mem::take(&mut batch)).await;
+        commit_batch(&mut conn, std::mem::take(&mut batch), settle_window).await;
     }
     let _ = sqlx::Connection::close(conn).await;
 }
 
-async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>) {
+async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_window: Duration) {
     let mut outcomes: Vec<(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>)> =
         Vec::with_capacity(batch.len());
     if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
@@ -105,7 +108,7 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>) {
         return;
     }
     for Message::Write { write_set, reply } in batch {
-        let outcome = apply_in_savepoint(conn, &write_set).await;
+        let outcome = apply_in_savepoint(conn, &write_set, settle_window).await;
         outcomes.push((reply, outcome));
     }
     match conn.execute("COMMIT").await {
@@ -124,9 +127,13 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>) {
     }
 }
 
-async fn apply_in_savepoint(conn: &mut AnyConnection, write_set: &WriteSet) -> Result<(), StoreError> {
+async fn apply_in_savepoint(
+    conn: &mut AnyConnection,
+    write_set: &WriteSet,
+    settle_window: Duration,
+) -> Result<(), StoreError> {
     conn.execute("SAVEPOINT write_set").await?;
-    match apply_write_set(conn, write_set).await {
+    match apply_write_set(conn, write_set, settle_window).await {
         Ok(()) => {
             conn.execute("RELEASE write_set").await?;
             Ok(())

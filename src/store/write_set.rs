@@ -1,5 +1,6 @@
 //! What one request writes, as plain data the store applies atomically.
 
+use crate::domain::audit::AuditRecord;
 use crate::domain::ids::{ResourceId, VersionId};
 use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
@@ -78,4 +79,6 @@ pub struct ConditionalClaim {
 pub struct WriteSet {
     pub resources: Vec<ResourceWrite>,
     pub conditional_claims: Vec<ConditionalClaim>,
+    /// Audit records of this change, committed with it (or not at all).
+    pub audit: Vec<AuditRecord>,
 }

@@ -33,6 +33,9 @@ async fn malformed_bodies_are_refused_with_an_outcome_that_says_where() {
         (json!({"resourceType": "Patient", "gender": 7}).to_string(), 400, Some("Patient.gender"), "wrong JSON type"),
         (json!({"resourceType": "Patient", "name": {"family": "X"}}).to_string(), 400, Some("Patient.name"), "object where an array belongs"),
         (deep, 400, None, "deeply nested JSON"),
+        (json!({"resourceType": "Patient", "birthDate": "2024-02-30"}).to_string(), 400, Some("Patient.birthDate"), "a date that does not exist"),
+        (json!({"resourceType": "Patient", "gender": "bogus"}).to_string(), 400, Some("Patient.gender"), "a code outside a required binding"),
+        (json!({"resourceType": "Patient", "active": "true"}).to_string(), 400, Some("Patient.active"), "a boolean as a string"),
     ];
     for (body, status, expression, why) in cases {
         let (got, outcome) = post_raw(&app, "/Patient", "application/fhir+json", body).await;
@@ -116,4 +119,22 @@ async fn health_and_readiness_probes_answer_without_a_token() {
         let response = app.http.get(app.url(path)).send().await.expect("probe");
         assert_eq!(response.status(), 200, "{path}");
     }
+}
+
+#[tokio::test]
+async fn a_task_with_a_bogus_status_and_an_impossible_date_is_refused_with_both_problems() {
+    let app = spawn_app().await;
+    let task = json!({
+        "resourceType": "Task", "status": "bogus", "intent": "order", "authoredOn": "2024-13-45"
+    });
+    let (status, outcome) = post_raw(&app, "/Task", "application/fhir+json", task.to_string()).await;
+    assert_eq!(status, 400, "{outcome}");
+    let expressions: Vec<&str> = outcome["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str())
+        .collect();
+    assert!(expressions.contains(&"Task.status"), "status reported: {outcome}");
+    assert!(expressions.contains(&"Task.authoredOn"), "date reported: {outcome}");
 }

@@ -1,9 +1,13 @@
 //! The one integration test binary: each module tests one area through `spawn_app()` (HTTP)
 //! or the store directly, on SQLite and PostgreSQL.
 
+mod audit;
 mod crud;
 mod errors;
 mod fixtures;
 mod formats;
 mod helpers;
+mod processes;
+mod replicas;
+mod security;
 mod store_contract;

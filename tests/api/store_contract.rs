@@ -123,6 +123,7 @@ async fn concurrent_claims_of_one_conditional_key_make_one_winner(db: Db) {
             let write_set = WriteSet {
                 resources: vec![patient_write(&id, 1, Precondition::Absent, "Smith", "GP1")],
                 conditional_claims: vec![claim],
+                ..Default::default()
             };
             store.commit(write_set).await
         }
