@@ -45,6 +45,33 @@ pub struct Settings {
     pub allow_insecure_loopback_jwks: bool,
     /// HTTP worker threads; unset means one per CPU core.
     pub workers: Option<usize>,
+    /// An operator's own OAuth server whose access tokens are accepted beside linkbridge's.
+    pub external_issuer: Option<ExternalIssuerSettings>,
+}
+
+/// The operator's OAuth server: its tokens name a registered client (`client_id` claim), and
+/// the organisation and role claims must match that client's registration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIssuerSettings {
+    /// The `iss` of its tokens.
+    pub issuer: String,
+    /// Where its signing keys are published (https).
+    pub jwks_url: String,
+    /// The claim holding the ODS code.
+    #[serde(default = "default_organization_claim")]
+    pub organization_claim: String,
+    /// The claim holding the role (referrer, performer, operator).
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+}
+
+fn default_organization_claim() -> String {
+    "organization".to_owned()
+}
+
+fn default_role_claim() -> String {
+    "role".to_owned()
 }
 
 fn serialize_redacted<S: serde::Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -77,6 +104,7 @@ impl Default for Settings {
             access_token_lifetime_secs: 300,
             allow_insecure_loopback_jwks: false,
             workers: None,
+            external_issuer: None,
         }
     }
 }

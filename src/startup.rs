@@ -8,8 +8,8 @@ use actix_web::{web, App, HttpServer};
 
 use crate::config::{ConfigError, Settings};
 use crate::http::{self, AppState};
-use crate::auth::{AccessTokenPolicy, HttpJwksSource, JwksFetchConfig, SigningKeys};
-use crate::service::auth::AuthService;
+use crate::auth::{AccessTokenPolicy, ExternalIssuerPolicy, HttpJwksSource, JwksFetchConfig, SigningKeys};
+use crate::service::auth::{AuthService, ExternalIssuer};
 use crate::service::resources::ResourceService;
 use crate::store::{Store, StoreError};
 
@@ -104,11 +104,17 @@ fn build_auth(settings: &Settings, store: &Store, base_url: &str) -> Result<Auth
         ..JwksFetchConfig::default()
     })
     .map_err(|e| StartupError::Auth(e.to_string()))?;
-    Ok(AuthService::new(
+    let service = AuthService::new(
         store.clone(),
         std::sync::Arc::new(keys),
         policy,
         format!("{base_url}/auth/token"),
         std::sync::Arc::new(jwks_source),
-    ))
+    );
+    let Some(external) = &settings.external_issuer else {
+        return Ok(service);
+    };
+    let policy = ExternalIssuerPolicy::new(&external.issuer, base_url, &external.organization_claim, &external.role_claim)
+        .map_err(|e| StartupError::Auth(format!("external issuer: {e}")))?;
+    Ok(service.with_external_issuer(ExternalIssuer { policy, jwks_url: external.jwks_url.clone() }))
 }

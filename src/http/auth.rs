@@ -31,14 +31,14 @@ pub async fn require_token(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     if !is_public(req.path()) {
-        if let Err(refusal) = authenticate(&req) {
+        if let Err(refusal) = authenticate(&req).await {
             return Ok(req.into_response(refusal.error_response()));
         }
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-fn authenticate(req: &ServiceRequest) -> Result<(), ApiError> {
+async fn authenticate(req: &ServiceRequest) -> Result<(), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Unauthorized("server misconfigured: no authentication state".into()))?;
@@ -49,7 +49,7 @@ fn authenticate(req: &ServiceRequest) -> Result<(), ApiError> {
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(|| ApiError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
-    match state.auth.authenticate(token) {
+    match state.auth.authenticate(token).await {
         Ok((principal, scopes)) => {
             req.extensions_mut().insert(Caller::new(principal, scopes));
             Ok(())

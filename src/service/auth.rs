@@ -7,11 +7,13 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::auth::{
-    authenticate_client, peek_client_id, AccessTokenPolicy, ClientAuthError, ClientKeys, Grant,
-    IssuedAccessToken, JwksSource, ScopeSet, SigningKeys, TokenError,
+    authenticate_client, peek_client_id, verify_external_access_token, AccessTokenPolicy, ClientAuthError,
+    ClientKeys, ExternalIssuerPolicy, Freshness, Grant, IssuedAccessToken, Jwks, JwksSource, ScopeSet, SigningKeys,
+    TokenError,
 };
 use crate::domain::instant::Instant;
 use crate::domain::tenancy::{OdsCode, Principal, Role};
+
 use crate::store::{ClientRecord, Store, StoreError};
 
 /// `client_assertion_type` for private_key_jwt (RFC 7523 section 2.2).
@@ -54,6 +56,13 @@ impl TokenRequestError {
     }
 }
 
+/// An operator's own OAuth server whose access tokens are accepted beside ours.
+#[derive(Clone)]
+pub struct ExternalIssuer {
+    pub policy: ExternalIssuerPolicy,
+    pub jwks_url: String,
+}
+
 /// Issues and verifies access tokens.
 #[derive(Clone)]
 pub struct AuthService {
@@ -62,6 +71,7 @@ pub struct AuthService {
     policy: AccessTokenPolicy,
     token_endpoint: String,
     jwks_source: Arc<dyn JwksSource>,
+    external: Option<ExternalIssuer>,
 }
 
 /// Turns a stored registration's organisation and role into domain values. A registration
@@ -78,7 +88,13 @@ impl AuthService {
         token_endpoint: String,
         jwks_source: Arc<dyn JwksSource>,
     ) -> Self {
-        AuthService { store, keys, policy, token_endpoint, jwks_source }
+        AuthService { store, keys, policy, token_endpoint, jwks_source, external: None }
+    }
+
+    /// Also accept tokens from the operator's own OAuth server.
+    pub fn with_external_issuer(mut self, external: ExternalIssuer) -> Self {
+        self.external = Some(external);
+        self
     }
 
     pub fn token_endpoint(&self) -> &str {
@@ -155,10 +171,58 @@ impl AuthService {
             .map_err(|e| TokenRequestError::InvalidScope(e.to_string()))
     }
 
-    /// Verifies a bearer token and returns who is calling and what they may do.
-    pub fn authenticate(&self, bearer: &str) -> Result<(Principal, ScopeSet), TokenError> {
-        let claims = self.policy.verify(&self.keys, bearer, OffsetDateTime::now_utc())?;
-        let principal = Principal::new(claims.client_id().as_str(), claims.organization().clone(), claims.role());
-        Ok((principal, claims.scope().clone()))
+    /// Verifies a bearer token and returns who is calling and what they may do. Our own
+    /// tokens are tried first; then, when configured, the external issuer's.
+    pub async fn authenticate(&self, bearer: &str) -> Result<(Principal, ScopeSet), TokenError> {
+        let own = self.policy.verify(&self.keys, bearer, OffsetDateTime::now_utc());
+        match (own, &self.external) {
+            (Ok(claims), _) => {
+                let principal = Principal::new(claims.client_id().as_str(), claims.organization().clone(), claims.role());
+                Ok((principal, claims.scope().clone()))
+            }
+            (Err(_), Some(external)) => self.authenticate_external(external, bearer).await,
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// An external issuer's token names a client; the organisation and role it claims must be
+    /// exactly those of that client's registration (fail closed), and its scopes are narrowed
+    /// to the registered ones.
+    async fn authenticate_external(
+        &self,
+        external: &ExternalIssuer,
+        bearer: &str,
+    ) -> Result<(Principal, ScopeSet), TokenError> {
+        let now = OffsetDateTime::now_utc();
+        let verify = |freshness| async move {
+            let value = self
+                .jwks_source
+                .fetch_jwks(&external.jwks_url, freshness)
+                .await
+                .map_err(|_| TokenError::UnknownKid)?;
+            let jwks = Jwks::from_value(&value).map_err(|_| TokenError::UnknownKid)?;
+            verify_external_access_token(&external.policy, &jwks, bearer, now)
+        };
+        let claims = match verify(Freshness::Cached).await {
+            // The issuer may have rotated its keys since we cached them.
+            Err(TokenError::UnknownKid) => verify(Freshness::Refresh).await?,
+            other => other?,
+        };
+        let client = self
+            .store
+            .find_client(claims.client_id())
+            .await
+            .map_err(|_| TokenError::InvalidClaim("client_id"))?
+            .ok_or(TokenError::InvalidClaim("client_id"))?;
+        let (organization, role) = registered_identity(&client).ok_or(TokenError::InvalidClaim("client_id"))?;
+        if !claims.organization_raw().eq_ignore_ascii_case(organization.as_str()) {
+            return Err(TokenError::InvalidClaim("organization"));
+        }
+        if claims.role_raw() != role.as_str() {
+            return Err(TokenError::InvalidClaim("role"));
+        }
+        let registered = ScopeSet::parse(&client.scopes).map_err(|_| TokenError::InvalidClaim("scope"))?;
+        let principal = Principal::new(client.client_id.as_str(), organization, role);
+        Ok((principal, claims.scope().narrow_to(&registered)))
     }
 }

@@ -4,6 +4,7 @@
 mod audit;
 mod crud;
 mod errors;
+mod external_issuer;
 mod fixtures;
 mod formats;
 mod helpers;
