@@ -117,6 +117,24 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// Every setting's name, as in the file and (upper-cased, prefixed) in the environment.
+    pub const KEYS: &'static [&'static str] = &[
+        "listen",
+        "data_dir",
+        "database_url",
+        "public_base_url",
+        "max_body_bytes",
+        "default_page_size",
+        "max_page_size",
+        "db_max_connections",
+        "log_format",
+        "access_token_lifetime_secs",
+        "allow_insecure_loopback_jwks",
+        "workers",
+        "external_issuer",
+        "settle_window_ms",
+    ];
+
     /// Defaults, then the file (if given and present), then `LINKBRIDGE_*` variables.
     pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
@@ -126,7 +144,9 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("LINKBRIDGE_").ignore(&["config", "log"]));
+        // Only the settings' own names: an orchestrator sets other LINKBRIDGE_* variables
+        // (Kubernetes: LINKBRIDGE_PORT, LINKBRIDGE_SERVICE_HOST for a Service of that name).
+        figment = figment.merge(Env::prefixed("LINKBRIDGE_").only(Self::KEYS));
         figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
@@ -176,6 +196,28 @@ mod tests {
             assert!(Settings::load(Some(Path::new("lb.toml"))).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn foreign_linkbridge_variables_in_the_environment_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LINKBRIDGE_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("LINKBRIDGE_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("LINKBRIDGE_LISTEN", "0.0.0.0:9999");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.listen, "0.0.0.0:9999");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_setting_is_named_in_the_key_list() {
+        let value = serde_json::to_value(Settings::default()).expect("settings serialise");
+        let mut fields: Vec<&str> = value.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut keys = Settings::KEYS.to_vec();
+        fields.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(fields, keys, "Settings::KEYS must list every field, or its environment variable is ignored");
     }
 
     #[test]

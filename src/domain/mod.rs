@@ -8,4 +8,5 @@ pub mod outcome;
 pub mod resource_type;
 pub mod search_params;
 pub mod search_query;
+pub mod task_workflow;
 pub mod tenancy;

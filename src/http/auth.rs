@@ -42,13 +42,10 @@ async fn authenticate(req: &ServiceRequest) -> Result<(), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Unauthorized("server misconfigured: no authentication state".into()))?;
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or_else(|| ApiError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
+    let header_value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
+    let token = crate::auth::access_token::bearer_token(header_value)
+        .map_err(|_| ApiError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
     match state.auth.authenticate(token).await {
         Ok((principal, scopes)) => {
             req.extensions_mut().insert(Caller::new(principal, scopes));

@@ -98,7 +98,7 @@ impl ResourceService {
             Some(write.resource_type.as_str()),
             Some(write.id.as_str()),
         );
-        WriteSet { resources: vec![write], conditional_claims: claims, audit: vec![audit] }
+        WriteSet { resources: vec![write], conditional_claims: claims, audit: vec![audit], grants: Vec::new() }
     }
 
     fn written(write: ResourceWrite) -> StoredVersion {

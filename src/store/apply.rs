@@ -25,6 +25,16 @@ pub(super) async fn apply_write_set(
     for record in &write_set.audit {
         insert_audit(conn, record).await?;
     }
+    for grant in &write_set.grants {
+        sqlx::query(
+            "INSERT INTO resource_visibility (resource_type, id, visibility_key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(grant.resource_type.as_str())
+        .bind(grant.id.as_str())
+        .bind(grant.key.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 mod apply;
 mod audit;
 mod clients;
+mod links;
 mod connect;
 mod reads;
 mod search;
@@ -27,7 +28,7 @@ pub use clients::ClientRecord;
 pub use connect::{DatabaseUrl, PoolSettings};
 pub use reads::{HistoryQuery, StoredVersion};
 pub use search::{Position, SearchHit, SearchPage};
-pub use write_set::{ConditionalClaim, Precondition, ResourceWrite, WriteMethod, WriteSet};
+pub use write_set::{ConditionalClaim, Precondition, ResourceWrite, VisibilityGrant, WriteMethod, WriteSet};
 
 use sqlite_writer::SqliteWriter;
 

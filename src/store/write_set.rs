@@ -74,6 +74,15 @@ pub struct ConditionalClaim {
     pub replaces: Option<String>,
 }
 
+/// Makes an existing resource visible to one more party without a new version (e.g. the
+/// patient of a referral becomes visible to the CLW service the Task is assigned to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisibilityGrant {
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub key: String,
+}
+
 /// Everything one request writes.
 #[derive(Debug, Clone, Default)]
 pub struct WriteSet {
@@ -81,4 +90,15 @@ pub struct WriteSet {
     pub conditional_claims: Vec<ConditionalClaim>,
     /// Audit records of this change, committed with it (or not at all).
     pub audit: Vec<AuditRecord>,
+    pub grants: Vec<VisibilityGrant>,
+}
+
+impl WriteSet {
+    /// Adds another write set's content (transactions build one from many entries).
+    pub fn absorb(&mut self, other: WriteSet) {
+        self.resources.extend(other.resources);
+        self.conditional_claims.extend(other.conditional_claims);
+        self.audit.extend(other.audit);
+        self.grants.extend(other.grants);
+    }
 }

@@ -10,5 +10,6 @@ mod formats;
 mod helpers;
 mod processes;
 mod replicas;
+mod search;
 mod security;
 mod store_contract;

@@ -187,113 +187,74 @@ async fn client_assertions_failing_any_check_are_answered_invalid_client() {
         let claims = with(&jws_part(&signed, 1), &[("exp", Some(json!(now + 200)))]);
         format!("{}.{}.{}", parts[0], b64_json(&claims), parts[2])
     };
-    let public_jwk_secret = rsa_jwks_text();
+    // Assertions differing from the valid one in their claims, their header, or their client.
+    let claims = |changes: &[(&str, Option<Value>)]| sign_gp(&h, &with(&c(), changes));
+    let header = |changes: &[(&str, Option<Value>)]| sign_gp(&with(&h, changes), &c());
+    let as_client = |id: &str| claims(&[("iss", Some(json!(id))), ("sub", Some(json!(id)))]);
+    let client_jwks_secret = EncodingKey::from_secret(rsa_jwks_text().as_bytes());
     let cases: Vec<(&str, String)> = vec![
+        ("unknown client", as_client("no-such-client")),
+        ("client id SQL text", as_client("' OR 1=1 --")),
         (
-            "unknown client",
-            sign_gp(
-                &h,
-                &with(
-                    &c(),
-                    &[
-                        ("iss", Some(json!("no-such-client"))),
-                        ("sub", Some(json!("no-such-client"))),
-                    ],
-                ),
-            ),
-        ),
-        (
-            "client id SQL text",
-            sign_gp(
-                &h,
-                &with(
-                    &c(),
-                    &[
-                        ("iss", Some(json!("' OR 1=1 --"))),
-                        ("sub", Some(json!("' OR 1=1 --"))),
-                    ],
-                ),
-            ),
+            "another client's id with the GP's key",
+            as_client("clw-tool"),
         ),
         (
             "iss differs from sub",
-            sign_gp(&h, &with(&c(), &[("sub", Some(json!("gp-other")))])),
-        ),
-        (
-            "another client's id with the GP's key",
-            sign_gp(
-                &h,
-                &with(
-                    &c(),
-                    &[
-                        ("iss", Some(json!("clw-tool"))),
-                        ("sub", Some(json!("clw-tool"))),
-                    ],
-                ),
-            ),
+            claims(&[("sub", Some(json!("gp-other")))]),
         ),
         (
             "aud is the FHIR base URL",
-            sign_gp(&h, &with(&c(), &[("aud", Some(json!(app.address)))])),
+            claims(&[("aud", Some(json!(app.address)))]),
         ),
         (
             "aud is another server's token URL",
-            sign_gp(
-                &h,
-                &with(
-                    &c(),
-                    &[("aud", Some(json!("https://elsewhere.example/auth/token")))],
-                ),
-            ),
+            claims(&[("aud", Some(json!("https://elsewhere.example/auth/token")))]),
         ),
         (
             "aud with a trailing slash",
-            sign_gp(&h, &with(&c(), &[("aud", Some(json!(format!("{url}/"))))])),
+            claims(&[("aud", Some(json!(format!("{url}/"))))]),
         ),
-        ("aud missing", sign_gp(&h, &with(&c(), &[("aud", None)]))),
+        ("aud missing", claims(&[("aud", None)])),
         (
             "exp six minutes ahead",
-            sign_gp(&h, &with(&c(), &[("exp", Some(json!(now + 360)))])),
+            claims(&[("exp", Some(json!(now + 360)))]),
         ),
         (
             "exp an hour ahead",
-            sign_gp(&h, &with(&c(), &[("exp", Some(json!(now + 3600)))])),
+            claims(&[("exp", Some(json!(now + 3600)))]),
         ),
         (
             "expired",
-            sign_gp(
-                &h,
-                &with(
-                    &c(),
-                    &[
-                        ("exp", Some(json!(now - 120))),
-                        ("iat", Some(json!(now - 200))),
-                    ],
-                ),
-            ),
+            claims(&[
+                ("exp", Some(json!(now - 120))),
+                ("iat", Some(json!(now - 200))),
+            ]),
         ),
-        ("exp missing", sign_gp(&h, &with(&c(), &[("exp", None)]))),
+        ("exp missing", claims(&[("exp", None)])),
         (
             "exp as a string",
-            sign_gp(
-                &h,
-                &with(&c(), &[("exp", Some(json!((now + 60).to_string())))]),
-            ),
+            claims(&[("exp", Some(json!((now + 60).to_string())))]),
         ),
-        ("jti missing", sign_gp(&h, &with(&c(), &[("jti", None)]))),
+        ("jti missing", claims(&[("jti", None)])),
         (
             "kid unknown",
-            sign_gp(&with(&h, &[("kid", Some(json!("no-such-kid")))]), &c()),
+            header(&[("kid", Some(json!("no-such-kid")))]),
         ),
         (
             "kid a path",
-            sign_gp(&with(&h, &[("kid", Some(json!("../../dev/null")))]), &c()),
+            header(&[("kid", Some(json!("../../dev/null")))]),
         ),
         (
             "kid SQL text",
-            sign_gp(&with(&h, &[("kid", Some(json!("' OR 1=1 --")))]), &c()),
+            header(&[("kid", Some(json!("' OR 1=1 --")))]),
         ),
-        ("kid missing", sign_gp(&with(&h, &[("kid", None)]), &c())),
+        ("kid missing", header(&[("kid", None)])),
+        (
+            "typ at+jwt (an access token's type)",
+            header(&[("typ", Some(json!("at+jwt")))]),
+        ),
+        ("crit header", header(&[("crit", Some(json!(["exp"])))])),
         (
             "ES384 header naming the RSA key",
             sign_jws(
@@ -317,7 +278,7 @@ async fn client_assertions_failing_any_check_are_answered_invalid_client() {
             sign_jws(
                 &with(&h, &[("alg", Some(json!("HS256")))]),
                 &c(),
-                &EncodingKey::from_secret(public_jwk_secret.as_bytes()),
+                &client_jwks_secret,
                 Algorithm::HS256,
             ),
         ),
@@ -326,14 +287,6 @@ async fn client_assertions_failing_any_check_are_answered_invalid_client() {
             unsigned_jws(&with(&h, &[("alg", Some(json!("none")))]), &c()),
         ),
         ("signature of other claims", tampered),
-        (
-            "typ at+jwt (an access token's type)",
-            sign_gp(&with(&h, &[("typ", Some(json!("at+jwt")))]), &c()),
-        ),
-        (
-            "crit header",
-            sign_gp(&with(&h, &[("crit", Some(json!(["exp"])))]), &c()),
-        ),
         ("not a JWS", "not-an-assertion".to_owned()),
     ];
     for (case, assertion) in cases {

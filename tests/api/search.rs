@@ -1,0 +1,857 @@
+//! Search (R4 search.html) through HTTP and through the store, on SQLite and PostgreSQL:
+//! every parameter kind, modifier and prefix, paging that stays stable while data changes,
+//! includes, tenancy of matches, includes and totals, the settle rule that keeps `_lastUpdated`
+//! pollers from missing late commits, and the query plans of the polling queries.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use linkbridge::domain::ids::{ResourceId, VersionId};
+use linkbridge::domain::instant::Instant;
+use linkbridge::domain::resource_type::ResourceType;
+use linkbridge::domain::search_params::extract_index;
+use linkbridge::domain::search_query::{parse_search, ParseContext, SortField, SortKey};
+use linkbridge::domain::tenancy::{OdsCode, Principal, Role, TenantScope};
+use linkbridge::service::search::{PageLimits, SearchRequest, SearchService};
+use linkbridge::store::{
+    PoolSettings, Precondition, ResourceWrite, SearchPage, Store, StoreError, WriteMethod, WriteSet,
+};
+use rand::Rng;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::fixtures::{org_ref, patient, service_request, task, ODS};
+use crate::helpers::{json_of, spawn_app_with, test_database, test_settings, Db, Party, TestApp};
+use crate::on_both_databases;
+
+/// The settle window of the HTTP tests: short, so `_lastUpdated` searches see fresh writes soon.
+const TEST_SETTLE_MS: u64 = 300;
+
+async fn app(db: Db) -> Option<TestApp> {
+    let database = test_database(db).await?;
+    let settings = linkbridge::config::Settings { settle_window_ms: TEST_SETTLE_MS, ..test_settings(&database) };
+    Some(spawn_app_with(database, settings).await)
+}
+
+/// Waits until writes made so far are older than the settle window.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(TEST_SETTLE_MS + 50)).await;
+}
+
+async fn search(app: &TestApp, party: Party, query: &str) -> (u16, Value) {
+    json_of(app.get(party, &format!("/{query}")).await).await
+}
+
+/// A search that must succeed.
+async fn bundle(app: &TestApp, party: Party, query: &str) -> Value {
+    let (status, body) = search(app, party, query).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    assert_eq!(body["type"], "searchset", "{query}");
+    body
+}
+
+/// Follows a link URL (absolute, as the server wrote it).
+async fn follow(app: &TestApp, party: Party, url: &str) -> Value {
+    let path = url.strip_prefix(&app.address).expect("links use the base URL");
+    bundle(app, party, path.trim_start_matches('/')).await
+}
+
+fn ids_in(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or("?"), e["resource"]["id"].as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn matches(bundle: &Value) -> BTreeSet<String> {
+    ids_in(bundle, "match").into_iter().collect()
+}
+
+fn link<'b>(bundle: &'b Value, relation: &str) -> Option<&'b str> {
+    bundle["link"].as_array()?.iter().find(|l| l["relation"] == relation)?["url"].as_str()
+}
+
+/// Creates resources as `party` and names them: `Type/id` by label.
+async fn create_all(app: &TestApp, party: Party, resources: Vec<(&'static str, Value)>) -> HashMap<&'static str, String> {
+    let mut named = HashMap::new();
+    for (label, resource) in resources {
+        let created = app.created(party, &resource).await;
+        named.insert(label, format!("{}/{}", created["resourceType"].as_str().expect("type"), created["id"].as_str().expect("id")));
+    }
+    named
+}
+
+fn set(named: &HashMap<&str, String>, labels: &[&str]) -> BTreeSet<String> {
+    labels.iter().map(|l| named[l].clone()).collect()
+}
+
+fn id_of(reference: &str) -> &str {
+    reference.rsplit('/').next().unwrap_or(reference)
+}
+
+fn gp_task(extra: Value) -> Value {
+    let mut t = task("sr-x", "p-x", "GP0001", None);
+    if let (Some(map), Some(extra)) = (t.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+    t
+}
+
+/// Runs a table of `(query, expected labels)` against the named resources.
+async fn check(app: &TestApp, party: Party, named: &HashMap<&str, String>, cases: &[(String, &[&str])]) {
+    for (query, expected) in cases {
+        let got = matches(&bundle(app, party, query).await);
+        assert_eq!(got, set(named, expected), "{query} should match {expected:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameter kinds, modifiers and prefixes.
+
+async fn token_search_matches_codes_systems_not_missing_and_text(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let named = create_all(
+        &app,
+        Party::Gp,
+        vec![
+            ("t1", gp_task(json!({"businessStatus": {"coding": [{"system": "urn:bs", "code": "waitlisted"}], "text": "Waitlisted for a Link Worker"}}))),
+            ("t2", gp_task(json!({"status": "accepted", "identifier": [{"value": "X-2"}]}))),
+            ("t3", gp_task(json!({"status": "completed", "identifier": [{"system": "urn:gp", "value": "R-3"}]}))),
+        ],
+    )
+    .await;
+    let cases: Vec<(String, &[&str])> = vec![
+        ("Task?status=requested".into(), &["t1"]),
+        ("Task?status=requested,accepted".into(), &["t1", "t2"]),
+        ("Task?status:not=requested".into(), &["t2", "t3"]),
+        ("Task?status:not=requested,accepted".into(), &["t3"]),
+        ("Task?business-status=urn:bs|waitlisted".into(), &["t1"]),
+        ("Task?business-status=urn:bs|".into(), &["t1"]),
+        ("Task?business-status=|waitlisted".into(), &[]),
+        ("Task?identifier=|X-2".into(), &["t2"]),
+        ("Task?identifier=urn:gp|R-3".into(), &["t3"]),
+        ("Task?identifier=R-3".into(), &["t3"]),
+        ("Task?identifier=urn:other|R-3".into(), &[]),
+        ("Task?business-status:missing=true".into(), &["t2", "t3"]),
+        ("Task?business-status:missing=false".into(), &["t1"]),
+        ("Task?business-status:text=link%20worker".into(), &["t1"]),
+        ("Task?code=http://hl7.org/fhir/CodeSystem/task-code|fulfill".into(), &["t1", "t2", "t3"]),
+        (format!("Task?_id={},{}", id_of(&named["t1"]), id_of(&named["t3"])), &["t1", "t3"]),
+        ("Task?status=requested,completed&identifier=R-3".into(), &["t3"]),
+        ("Task?status=requested,accepted,completed&status:not=accepted".into(), &["t1", "t3"]),
+    ];
+    check(&app, Party::Gp, &named, &cases).await;
+}
+
+async fn reference_search_matches_type_and_id_plain_id_local_urls_identifiers_and_missing(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let clw = json!({"reference": "Organization/clw-org", "identifier": {"system": ODS, "value": "CLW001"}});
+    let named = create_all(
+        &app,
+        Party::Gp,
+        vec![
+            ("r1", gp_task(json!({"owner": clw, "focus": {"reference": "ServiceRequest/s1"}}))),
+            ("r2", gp_task(json!({"focus": {"reference": "ServiceRequest/s2"}, "for": {"reference": "Patient/p2"}}))),
+            ("r3", gp_task(json!({"owner": org_ref("CLW002")}))),
+        ],
+    )
+    .await;
+    let base = &app.address;
+    let cases: Vec<(String, &[&str])> = vec![
+        ("Task?owner=Organization/clw-org".into(), &["r1"]),
+        ("Task?owner=clw-org".into(), &["r1"]),
+        (format!("Task?owner={base}/Organization/clw-org"), &["r1"]),
+        ("Task?owner:Organization=clw-org".into(), &["r1"]),
+        ("Task?owner:missing=true".into(), &["r2"]),
+        ("Task?owner:missing=false".into(), &["r1", "r3"]),
+        (format!("Task?owner:identifier={ODS}|CLW002"), &["r3"]),
+        ("Task?owner:identifier=CLW001".into(), &["r1"]),
+        (format!("Task?requester:identifier={ODS}|GP0001"), &["r1", "r2", "r3"]),
+        ("Task?focus=ServiceRequest/s1,ServiceRequest/s2".into(), &["r1", "r2"]),
+        ("Task?focus:ServiceRequest=s2".into(), &["r2"]),
+        ("Task?patient=Patient/p2".into(), &["r2"]),
+        ("Task?subject=p2".into(), &["r2"]),
+        ("Task?patient=Patient/p-x".into(), &["r1", "r3"]),
+    ];
+    check(&app, Party::Gp, &named, &cases).await;
+    for query in ["Task?owner=https://elsewhere.example/fhir/Organization/clw-org", "Task?patient=Organization/1", "Task?owner=a/b/c"] {
+        let (status, body) = search(&app, Party::Gp, query).await;
+        assert_eq!(status, 400, "{query} is refused: {body}");
+        assert_eq!(body["issue"][0]["expression"][0], query.split(['?', '=']).nth(1).unwrap_or_default(), "{query}: names the parameter");
+    }
+}
+
+async fn date_search_honours_every_prefix_at_the_precision_given(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let named = create_all(
+        &app,
+        Party::Gp,
+        vec![
+            ("a", gp_task(json!({"authoredOn": "2026-03-05T10:00:00Z"}))),
+            ("b", gp_task(json!({"authoredOn": "2026-03-06"}))),
+            ("c", gp_task(json!({"authoredOn": "2026-04"}))),
+            ("d", gp_task(json!({"authoredOn": "2020"}))),
+        ],
+    )
+    .await;
+    let cases: Vec<(String, &[&str])> = vec![
+        ("Task?authored-on=2026-03-05".into(), &["a"]),
+        ("Task?authored-on=eq2026-03".into(), &["a", "b"]),
+        ("Task?authored-on=2026".into(), &["a", "b", "c"]),
+        ("Task?authored-on=ne2026-03".into(), &["c", "d"]),
+        ("Task?authored-on=lt2026-03-06".into(), &["a", "d"]),
+        ("Task?authored-on=le2026-03-06".into(), &["a", "b", "d"]),
+        ("Task?authored-on=gt2026-03-06".into(), &["c"]),
+        ("Task?authored-on=ge2026-03-06".into(), &["b", "c"]),
+        ("Task?authored-on=sa2026-03-05".into(), &["b", "c"]),
+        ("Task?authored-on=eb2026-03-06".into(), &["a", "d"]),
+        ("Task?authored-on=2026-03-05T10:00:00Z".into(), &["a"]),
+        ("Task?authored-on=2026-03-05T11:00:00%2B01:00".into(), &["a"]),
+        ("Task?authored-on=gt2026-03-05T10:00:00Z".into(), &["b", "c"]),
+        ("Task?authored-on=ge2026-03-05T10:00:00Z".into(), &["a", "b", "c"]),
+        // 10% of the distance to now (years) around mid-2020: the year 2020, none of 2026.
+        ("Task?authored-on=ap2020-06-15".into(), &["d"]),
+        ("Task?authored-on=ge2026-03&authored-on=lt2026-04".into(), &["a", "b"]),
+        ("Task?authored-on=lt2021,gt2026-03-31".into(), &["c", "d"]),
+    ];
+    check(&app, Party::Gp, &named, &cases).await;
+    let (status, body) = search(&app, Party::Gp, "Task?authored-on=2026-13-01").await;
+    assert_eq!(status, 400, "a date that does not exist is refused");
+    assert_eq!(body["issue"][0]["expression"][0], "authored-on");
+}
+
+async fn last_updated_search_compares_the_stored_instant(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let first = app.created(Party::Gp, &gp_task(json!({}))).await;
+    let second = app.created(Party::Gp, &gp_task(json!({}))).await;
+    settle().await;
+    let t1 = first["meta"]["lastUpdated"].as_str().expect("lastUpdated").to_owned();
+    let named: HashMap<&str, String> = [("first", format!("Task/{}", first["id"].as_str().unwrap_or(""))), ("second", format!("Task/{}", second["id"].as_str().unwrap_or("")))].into();
+    let enc = |t: &str| t.replace('+', "%2B");
+    let cases: Vec<(String, &[&str])> = vec![
+        (format!("Task?_lastUpdated=gt{}", enc(&t1)), &["second"]),
+        (format!("Task?_lastUpdated=ge{}", enc(&t1)), &["first", "second"]),
+        (format!("Task?_lastUpdated={}", enc(&t1)), &["first"]),
+        (format!("Task?_lastUpdated=le{}", enc(&t1)), &["first"]),
+        (format!("Task?_lastUpdated=lt{}", enc(&t1)), &[]),
+        ("Task?_lastUpdated=gt2020-01-01".into(), &["first", "second"]),
+    ];
+    check(&app, Party::Gp, &named, &cases).await;
+}
+
+async fn string_search_matches_prefixes_exact_values_and_substrings(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let person = |family: &str, given: &str| {
+        let mut p = patient("9434765919");
+        p["name"] = json!([{"family": family, "given": [given]}]);
+        p
+    };
+    let named = create_all(
+        &app,
+        Party::Gp,
+        vec![("macleod", person("MacLeod", "Morag")), ("macdonald", person("Macdonald", "Éilís")), ("mcleod", person("McLeod", "Anne"))],
+    )
+    .await;
+    let cases: Vec<(String, &[&str])> = vec![
+        ("Patient?family=mac".into(), &["macleod", "macdonald"]),
+        ("Patient?family=MAC".into(), &["macleod", "macdonald"]),
+        ("Patient?family:exact=MacLeod".into(), &["macleod"]),
+        ("Patient?family:exact=macleod".into(), &[]),
+        ("Patient?family:contains=LEOD".into(), &["macleod", "mcleod"]),
+        ("Patient?given=eilis".into(), &["macdonald"]),
+        ("Patient?name=anne".into(), &["mcleod"]),
+        ("Patient?family=mac,mcl".into(), &["macleod", "macdonald", "mcleod"]),
+        ("Patient?family=mac&given=mor".into(), &["macleod"]),
+        ("Patient?family=m%25".into(), &[]),
+        ("Patient?gender=female&birthdate=1961".into(), &["macleod", "macdonald", "mcleod"]),
+    ];
+    check(&app, Party::Gp, &named, &cases).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests: POST, unknown parameters, _count, errors.
+
+async fn post_search_merges_the_form_body_with_the_url_parameters(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let named = create_all(&app, Party::Gp, vec![("a", gp_task(json!({}))), ("b", gp_task(json!({"status": "accepted"})))]).await;
+    let response = app
+        .as_party(Party::Gp, Method::POST, "/Task/_search?status=requested,accepted")
+        .await
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("status:not=accepted")
+        .send()
+        .await
+        .expect("post");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(matches(&body), set(&named, &["a"]), "URL and body parameters are ANDed");
+    let self_link = link(&body, "self").expect("self link");
+    assert!(self_link.contains("status%3Anot=accepted") && self_link.contains("status=requested%2Caccepted"), "the self link carries both: {self_link}");
+    let (status, _) = json_of(
+        app.as_party(Party::Gp, Method::POST, "/Task/_search").await.header("Content-Type", "application/fhir+json").body("{}").send().await.expect("post"),
+    )
+    .await;
+    assert_eq!(status, 415, "a _search body must be form-encoded");
+}
+
+async fn unknown_parameters_are_ignored_and_left_out_of_the_self_link_unless_strict(db: Db) {
+    let Some(app) = app(db).await else { return };
+    create_all(&app, Party::Gp, vec![("a", gp_task(json!({})))]).await;
+    let lenient = bundle(&app, Party::Gp, "Task?status=requested&colour=blue").await;
+    assert_eq!(ids_in(&lenient, "match").len(), 1, "the unknown parameter does not filter");
+    let self_link = link(&lenient, "self").expect("self");
+    assert!(!self_link.contains("colour"), "ignored parameters are not in the self link: {self_link}");
+    assert!(self_link.contains("status=requested"), "used ones are: {self_link}");
+    let strict = app
+        .as_party(Party::Gp, Method::GET, "/Task?status=requested&colour=blue")
+        .await
+        .header("Prefer", "handling=strict")
+        .send()
+        .await
+        .expect("get");
+    let (status, body) = json_of(strict).await;
+    assert_eq!(status, 400, "strict handling refuses unknown parameters: {body}");
+    assert_eq!(body["issue"][0]["expression"][0], "colour");
+}
+
+async fn count_is_capped_at_the_maximum_never_an_error(db: Db) {
+    let Some(app) = app(db).await else { return };
+    create_all(&app, Party::Gp, vec![("a", gp_task(json!({}))), ("b", gp_task(json!({})))]).await;
+    let cases: &[(&str, u16, Option<&str>)] = &[
+        ("Task?_count=1000000", 200, Some("_count=500")),
+        ("Task?_count=99999999999999999999999", 200, Some("_count=500")),
+        ("Task?_count=1", 200, Some("_count=1")),
+        ("Task?_count=0", 200, Some("_count=0")),
+        ("Task?_count=-1", 400, None),
+        ("Task?_count=many", 400, None),
+        ("Task?_sort=colour", 400, None),
+        ("Task?_cursor=forged", 400, None),
+        ("Task?_include=Task:nonsense", 400, None),
+        ("Task?status:below=x", 400, None),
+    ];
+    for (query, status, in_self) in cases {
+        let (got, body) = search(&app, Party::Gp, query).await;
+        assert_eq!(got, *status, "{query}: {body}");
+        if let Some(fragment) = in_self {
+            let self_link = link(&body, "self").unwrap_or_default();
+            assert!(self_link.contains(fragment), "{query}: self link {self_link} has {fragment}");
+        } else {
+            assert_eq!(body["resourceType"], "OperationOutcome", "{query}");
+            assert!(body["issue"][0]["expression"][0].is_string(), "{query}: the issue names the parameter: {body}");
+        }
+    }
+    let zero = bundle(&app, Party::Gp, "Task?_count=0&_total=accurate").await;
+    assert_eq!((zero["total"].as_u64(), ids_in(&zero, "match").len()), (Some(2), 0), "_count=0 gives the total only");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paging, sorting, totals, summaries and elements.
+
+/// Reads every page from `query`, returning the match ids page by page.
+async fn all_pages(app: &TestApp, party: Party, query: &str) -> Vec<Vec<String>> {
+    let mut current = bundle(app, party, query).await;
+    let mut pages = vec![ids_in(&current, "match")];
+    while let Some(next) = link(&current, "next").map(str::to_owned) {
+        current = follow(app, party, &next).await;
+        pages.push(ids_in(&current, "match"));
+        assert!(pages.len() < 100, "paging ends");
+    }
+    pages
+}
+
+async fn paging_by_id_has_no_duplicates_or_gaps_while_data_changes(db: Db) {
+    let Some(app) = app(db).await else { return };
+    for _ in 0..12 {
+        app.created(Party::Gp, &gp_task(json!({}))).await;
+    }
+    let everything = ids_in(&bundle(&app, Party::Gp, "Task?_count=100").await, "match");
+    assert_eq!(everything.len(), 12);
+    let page1 = bundle(&app, Party::Gp, "Task?_count=5").await;
+    assert_eq!(ids_in(&page1, "match"), everything[..5].to_vec(), "the first page is the first five in order");
+    assert!(link(&page1, "previous").is_none(), "the first page has no previous");
+    // Between pages: an unseen Task changes (still matching), one is deleted, two are added.
+    let changed = everything[7].clone();
+    let mut body: Value = app.get(Party::Gp, &format!("/{changed}")).await.json().await.expect("read");
+    body["status"] = json!("cancelled");
+    body["statusReason"] = json!({"text": "duplicate"});
+    let response = app.as_party(Party::Gp, Method::PUT, &format!("/{changed}")).await.header("Content-Type", "application/fhir+json").body(body.to_string()).send().await.expect("put");
+    assert_eq!(response.status(), 200, "update");
+    let deleted = everything[8].clone();
+    let response = app.as_party(Party::Gp, Method::DELETE, &format!("/{deleted}")).await.send().await.expect("delete");
+    assert_eq!(response.status(), 204);
+    app.created(Party::Gp, &gp_task(json!({}))).await;
+    app.created(Party::Gp, &gp_task(json!({}))).await;
+
+    let mut seen = ids_in(&page1, "match");
+    let mut current = page1.clone();
+    let mut page2 = None;
+    while let Some(next) = link(&current, "next").map(str::to_owned) {
+        current = follow(&app, Party::Gp, &next).await;
+        page2.get_or_insert_with(|| current.clone());
+        seen.extend(ids_in(&current, "match"));
+    }
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no resource is returned twice: {seen:?}");
+    for id in everything.iter().filter(|id| **id != deleted) {
+        assert!(seen.contains(id), "{id} matched throughout and must be returned");
+    }
+    assert!(!seen.contains(&deleted), "the deleted resource is not returned after its deletion");
+    let page2 = page2.expect("a second page");
+    let previous = link(&page2, "previous").expect("page 2 has a previous link");
+    let back = follow(&app, Party::Gp, previous).await;
+    // The previous page is the five rows before page 2 as the data is now (a new Task may
+    // have sorted in before it).
+    let now_all = ids_in(&bundle(&app, Party::Gp, "Task?_count=100").await, "match");
+    let page2_first = ids_in(&page2, "match").first().cloned().expect("page 2 has rows");
+    let position = now_all.iter().position(|id| *id == page2_first).expect("page 2's first row still exists");
+    assert_eq!(ids_in(&back, "match"), now_all[position.saturating_sub(5)..position].to_vec(), "previous leads back to the rows before page 2");
+    assert_eq!(link(&back, "previous").is_some(), position > 5, "a previous link exactly when more rows lie before");
+    assert_eq!(link(&back, "next").map(|_| ()), Some(()), "and a next link back to page 2");
+}
+
+async fn paging_by_a_changing_key_never_returns_a_resource_twice(db: Db) {
+    let Some(app) = app(db).await else { return };
+    for _ in 0..9 {
+        app.created(Party::Gp, &gp_task(json!({}))).await;
+    }
+    settle().await;
+    let page1 = bundle(&app, Party::Gp, "Task?_sort=-_lastUpdated&_count=4").await;
+    let first = ids_in(&page1, "match");
+    assert_eq!(first.len(), 4);
+    // A Task already seen changes: sorted by -_lastUpdated it would move to the front again.
+    for id in &first[..2] {
+        let mut body: Value = app.get(Party::Gp, &format!("/{id}")).await.json().await.expect("read");
+        body["status"] = json!("accepted");
+        let response = app.as_party(Party::Gp, Method::PUT, &format!("/{id}")).await.header("Content-Type", "application/fhir+json").body(body.to_string()).send().await.expect("put");
+        assert_eq!(response.status(), 200);
+    }
+    settle().await;
+    let mut seen = first.clone();
+    let mut current = page1;
+    while let Some(next) = link(&current, "next").map(str::to_owned) {
+        current = follow(&app, Party::Gp, &next).await;
+        seen.extend(ids_in(&current, "match"));
+    }
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no duplicates: {seen:?}");
+    assert_eq!(seen.len(), 9, "every Task unchanged since the first page is returned once");
+}
+
+async fn results_sort_by_last_updated_authored_on_and_status_both_ways(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let named = create_all(
+        &app,
+        Party::Gp,
+        vec![
+            ("x", gp_task(json!({"authoredOn": "2026-01-03", "status": "accepted"}))),
+            ("y", gp_task(json!({"authoredOn": "2026-01-01", "status": "requested"}))),
+            ("z", gp_task(json!({"authoredOn": "2026-01-02", "status": "completed"}))),
+        ],
+    )
+    .await;
+    settle().await;
+    let order = |labels: &[&str]| labels.iter().map(|l| named[l].clone()).collect::<Vec<_>>();
+    let cases: &[(&str, &[&str])] = &[
+        ("Task?_sort=authored-on", &["y", "z", "x"]),
+        ("Task?_sort=-authored-on", &["x", "z", "y"]),
+        ("Task?_sort=status", &["x", "z", "y"]),
+        ("Task?_sort=-status", &["y", "z", "x"]),
+        ("Task?_sort=_lastUpdated", &["x", "y", "z"]),
+        ("Task?_sort=-_lastUpdated", &["z", "y", "x"]),
+    ];
+    for (query, expected) in cases {
+        let query_with_count = format!("{query}&_count=2");
+        let pages = all_pages(&app, Party::Gp, &query_with_count).await;
+        let got: Vec<String> = pages.concat();
+        assert_eq!(got, order(expected), "{query} across pages of 2");
+    }
+}
+
+async fn totals_summaries_and_elements(db: Db) {
+    let Some(app) = app(db).await else { return };
+    for _ in 0..3 {
+        app.created(Party::Gp, &task("sr", "p", "GP0001", Some("CLW001"))).await;
+    }
+    for _ in 0..2 {
+        app.created(Party::OtherGp, &task("sr", "p", "GP0002", Some("CLW002"))).await;
+    }
+    let cases: &[(Party, &str, Option<u64>, usize)] = &[
+        (Party::Gp, "Task?_total=accurate&_count=1", Some(3), 1),
+        (Party::OtherGp, "Task?_total=accurate&_count=1", Some(2), 1),
+        (Party::Clw, "Task?_total=accurate", Some(3), 3),
+        (Party::OtherClw, "Task?_summary=count", Some(2), 0),
+        (Party::Gp, "Task?_summary=count&status=requested", Some(3), 0),
+        (Party::Gp, "Task", Some(3), 3),
+        (Party::Gp, "Task?_count=2", None, 2),
+        (Party::Operator, "Task?_total=accurate", Some(5), 5),
+    ];
+    for (party, query, total, entries) in cases {
+        let body = bundle(&app, *party, query).await;
+        assert_eq!(body["total"].as_u64(), *total, "{party:?} {query}: total counts only visible rows");
+        assert_eq!(ids_in(&body, "match").len(), *entries, "{party:?} {query}: entries");
+    }
+    let subset = bundle(&app, Party::Gp, "Task?_elements=status,owner").await;
+    let first = &subset["entry"][0]["resource"];
+    assert_eq!(first["status"], "requested", "named elements are kept");
+    assert!(first["owner"].is_object(), "both of them");
+    assert!(first.get("focus").is_none() && first.get("requester").is_none(), "others are left out: {first}");
+    assert_eq!(first["meta"]["tag"][0]["code"], "SUBSETTED", "and the resource is marked");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Includes and tenancy.
+
+async fn includes_and_revincludes_respect_the_callers_tenancy(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let p = app.created(Party::Gp, &patient("9434765919")).await;
+    let pid = p["id"].as_str().expect("id").to_owned();
+    let sr = app.created(Party::Gp, &service_request(&pid, "GP0001", "CLW001")).await;
+    let srid = sr["id"].as_str().expect("id").to_owned();
+    let t = app.created(Party::Gp, &task(&srid, &pid, "GP0001", Some("CLW001"))).await;
+    let tid = t["id"].as_str().expect("id").to_owned();
+    let plan = json!({
+        "resourceType": "CarePlan", "status": "active", "intent": "plan",
+        "subject": {"reference": format!("Patient/{pid}")},
+        "basedOn": [{"reference": format!("ServiceRequest/{srid}")}],
+        "author": org_ref("CLW001")
+    });
+    let cp = app.created(Party::Clw, &plan).await;
+    let cpid = cp["id"].as_str().expect("id").to_owned();
+    let (task_ref, sr_ref, patient_ref, plan_ref) = (format!("Task/{tid}"), format!("ServiceRequest/{srid}"), format!("Patient/{pid}"), format!("CarePlan/{cpid}"));
+
+    let includes = "Task?_include=Task:focus&_include=Task:patient&_include=Task:owner&_include=Task:requester";
+    let cases: Vec<(Party, String, Vec<&String>, Vec<&String>)> = vec![
+        (Party::Gp, includes.to_owned(), vec![&task_ref], vec![&sr_ref, &patient_ref]),
+        // The link worker service sees the Task and the referral, not the practice's Patient record.
+        (Party::Clw, includes.to_owned(), vec![&task_ref], vec![&sr_ref]),
+        (Party::OtherGp, includes.to_owned(), vec![], vec![]),
+        (Party::OtherClw, includes.to_owned(), vec![], vec![]),
+        (Party::Gp, "ServiceRequest?_include=ServiceRequest:patient&_include=ServiceRequest:requester&_include=ServiceRequest:performer".into(), vec![&sr_ref], vec![&patient_ref]),
+        (Party::Clw, format!("ServiceRequest?_id={srid}&_revinclude=Task:focus&_revinclude=CarePlan:based-on"), vec![&sr_ref], vec![&task_ref, &plan_ref]),
+        // The practice does not see the CLW's CarePlan (its author is the CLW service).
+        (Party::Gp, format!("ServiceRequest?_id={srid}&_revinclude=Task:focus&_revinclude=CarePlan:based-on"), vec![&sr_ref], vec![&task_ref]),
+        (Party::OtherGp, format!("ServiceRequest?_id={srid}&_revinclude=Task:focus"), vec![], vec![]),
+        (Party::Clw, format!("CarePlan?based-on=ServiceRequest/{srid}&_include=CarePlan:based-on"), vec![&plan_ref], vec![&sr_ref]),
+        (Party::Clw, format!("ServiceRequest?patient=Patient/{pid}"), vec![&sr_ref], vec![]),
+    ];
+    for (party, query, expected_matches, expected_includes) in cases {
+        let body = bundle(&app, party, &query).await;
+        let got_matches: BTreeSet<String> = ids_in(&body, "match").into_iter().collect();
+        let got_includes: BTreeSet<String> = ids_in(&body, "include").into_iter().collect();
+        assert_eq!(got_matches, expected_matches.into_iter().cloned().collect(), "{party:?} {query}: matches");
+        assert_eq!(got_includes, expected_includes.into_iter().cloned().collect(), "{party:?} {query}: includes");
+    }
+}
+
+async fn the_capability_statement_lists_search_parameters_includes_and_revincludes(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let body = bundle_or_resource(&app, "metadata").await;
+    let resource = |t: &str| body["rest"][0]["resource"].as_array().and_then(|r| r.iter().find(|x| x["type"] == t).cloned()).expect("type listed");
+    let strings = |v: &Value| v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect::<Vec<_>>()).unwrap_or_default();
+    let task_resource = resource("Task");
+    let task_includes = strings(&task_resource["searchInclude"]);
+    for code in ["Task:focus", "Task:patient", "Task:owner", "Task:requester"] {
+        assert!(task_includes.contains(&code.to_owned()), "Task searchInclude has {code}");
+    }
+    let sr = resource("ServiceRequest");
+    let sr_revincludes = strings(&sr["searchRevInclude"]);
+    for code in ["Task:focus", "CarePlan:based-on"] {
+        assert!(sr_revincludes.contains(&code.to_owned()), "ServiceRequest searchRevInclude has {code}");
+    }
+    let names: Vec<String> = task_resource["searchParam"].as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    for name in ["_id", "_lastUpdated", "identifier", "status", "business-status", "code", "owner", "requester", "patient", "subject", "focus", "based-on", "authored-on", "modified", "output", "part-of"] {
+        assert!(names.contains(&name.to_owned()), "Task searchParam has {name}");
+    }
+}
+
+async fn bundle_or_resource(app: &TestApp, path: &str) -> Value {
+    let (status, body) = search(app, Party::Gp, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+on_both_databases!(
+    token_search_matches_codes_systems_not_missing_and_text,
+    reference_search_matches_type_and_id_plain_id_local_urls_identifiers_and_missing,
+    date_search_honours_every_prefix_at_the_precision_given,
+    last_updated_search_compares_the_stored_instant,
+    string_search_matches_prefixes_exact_values_and_substrings,
+    post_search_merges_the_form_body_with_the_url_parameters,
+    unknown_parameters_are_ignored_and_left_out_of_the_self_link_unless_strict,
+    count_is_capped_at_the_maximum_never_an_error,
+    paging_by_id_has_no_duplicates_or_gaps_while_data_changes,
+    paging_by_a_changing_key_never_returns_a_resource_twice,
+    results_sort_by_last_updated_authored_on_and_status_both_ways,
+    totals_summaries_and_elements,
+    includes_and_revincludes_respect_the_callers_tenancy,
+    the_capability_statement_lists_search_parameters_includes_and_revincludes,
+    a_poller_never_misses_a_version_committed_late_by_concurrent_writers,
+    a_write_applied_later_than_half_the_settle_window_is_refused,
+    a_late_commit_inside_the_window_is_seen_by_the_next_poll,
+    the_polling_queries_use_indexes,
+);
+
+// ---------------------------------------------------------------------------------------------
+// The settle rule (see `service::search`), through the store and the search service.
+
+const GP: &str = "GP0001";
+
+fn gp() -> Principal {
+    Principal::new("gp-system", OdsCode::parse(GP).expect("ods"), Role::Referrer)
+}
+
+async fn store_with_window(db: Db, window: Duration) -> Option<(Store, crate::helpers::TestDatabase)> {
+    let database = test_database(db).await?;
+    let store = Store::connect(&database.url, &PoolSettings { settle_window: window, ..PoolSettings::default() })
+        .await
+        .expect("store connects");
+    Some((store, database))
+}
+
+/// A Task version of the practice, stamped `last_updated`.
+fn task_write(id: &ResourceId, version: i64, last_updated: Instant) -> ResourceWrite {
+    let body = json!({
+        "resourceType": "Task",
+        "id": id.as_str(),
+        "meta": {"versionId": version.to_string(), "lastUpdated": last_updated.to_fhir()},
+        "status": "requested",
+        "intent": "order",
+        "requester": org_ref(GP),
+        "authoredOn": "2026-11-23"
+    });
+    ResourceWrite {
+        resource_type: ResourceType::Task,
+        id: id.clone(),
+        version: VersionId::parse(&version.to_string()).expect("version"),
+        last_updated,
+        method: if version == 1 { WriteMethod::Create } else { WriteMethod::Update },
+        precondition: if version == 1 {
+            Precondition::Absent
+        } else {
+            Precondition::CurrentVersion(VersionId::parse(&(version - 1).to_string()).expect("version"))
+        },
+        index: extract_index(ResourceType::Task, &body),
+        body: body.to_string(),
+        visibility: vec![format!("org:{GP}")],
+    }
+}
+
+fn one(write: ResourceWrite) -> WriteSet {
+    WriteSet { resources: vec![write], ..Default::default() }
+}
+
+/// One poll as a GP system makes it: every page of `_lastUpdated=gt<since>` for its own
+/// Tasks. Returns (id, version, lastUpdated) of every match, in order.
+async fn poll(service: &SearchService, since: Option<Instant>) -> Vec<(String, i64, Instant)> {
+    let mut params = vec![("requester:identifier".to_owned(), format!("{ODS}|{GP}")), ("_count".to_owned(), "7".to_owned())];
+    // Every poll names `_lastUpdated`, the first one too: only such searches are settled.
+    let since = since.map_or_else(|| "ge2000-01-01".to_owned(), |t| format!("gt{}", t.to_fhir()));
+    params.push(("_lastUpdated".to_owned(), since));
+    let limits = PageLimits { default_count: 7, max_count: 50 };
+    let mut seen = Vec::new();
+    loop {
+        let request = SearchRequest { params: &params, strict: true, base_url: "http://lb.test", readable: &ResourceType::ALL };
+        let page = service.search_resources(&gp(), ResourceType::Task, &request, limits).await.expect("poll succeeds");
+        seen.extend(page.matches.iter().map(|v| (v.id.as_str().to_owned(), v.version.get(), v.last_updated)));
+        let Some(next) = page.next else { return seen };
+        params.retain(|(k, _)| k != "_cursor");
+        params.push(("_cursor".to_owned(), next.encode()));
+    }
+}
+
+async fn a_poller_never_misses_a_version_committed_late_by_concurrent_writers(db: Db) {
+    let window = Duration::from_millis(600);
+    let Some((store, _database)) = store_with_window(db, window).await else { return };
+    let service = SearchService::new(store.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writers stamp a version, then take up to 0.8 * W/2 to commit it, as a request stuck
+    // behind others would: versions commit out of stamp order all the time.
+    let writers: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut committed: HashMap<String, i64> = HashMap::new();
+                let mut mine: Vec<(ResourceId, i64)> = Vec::new();
+                let mut refused = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let (update, delay_ms) = {
+                        let mut rng = rand::thread_rng();
+                        (rng.gen_bool(0.4) && !mine.is_empty(), rng.gen_range(0..240))
+                    };
+                    let (id, version) = if update {
+                        let i = rand::thread_rng().gen_range(0..mine.len());
+                        (mine[i].0.clone(), mine[i].1 + 1)
+                    } else {
+                        (ResourceId::generate(), 1)
+                    };
+                    let write = task_write(&id, version, Instant::now());
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    match store.commit(one(write)).await {
+                        Ok(()) => {
+                            committed.insert(id.as_str().to_owned(), version);
+                            match mine.iter_mut().find(|(m, _)| *m == id) {
+                                Some(entry) => entry.1 = version,
+                                None => mine.push((id, version)),
+                            }
+                        }
+                        Err(StoreError::SettleWindowPassed { .. }) => refused += 1,
+                        Err(e) => panic!("unexpected write failure: {e}"),
+                    }
+                }
+                (committed, refused)
+            })
+        })
+        .collect();
+    let poller = {
+        let service = service.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seen: HashMap<String, i64> = HashMap::new();
+            let mut since: Option<Instant> = None;
+            let mut polls = 0;
+            let mut after_stop = 0;
+            loop {
+                let stopped = stop.load(Ordering::Relaxed);
+                let rows = poll(&service, since).await;
+                polls += 1;
+                let ids: BTreeSet<&String> = rows.iter().map(|(id, _, _)| id).collect();
+                assert_eq!(ids.len(), rows.len(), "one poll returns each resource once");
+                for (id, version, last_updated) in rows {
+                    let entry = seen.entry(id).or_insert(version);
+                    *entry = (*entry).max(version);
+                    since = Some(since.map_or(last_updated, |s| s.max(last_updated)));
+                }
+                if stopped {
+                    // Keep polling until every write is older than the window.
+                    after_stop += 1;
+                    if after_stop > 8 {
+                        return (seen, polls);
+                    }
+                    tokio::time::sleep(window / 4).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed: HashMap<String, i64> = HashMap::new();
+    let mut refused = 0;
+    for writer in writers {
+        let (mine, r) = writer.await.expect("writer");
+        committed.extend(mine);
+        refused += r;
+    }
+    let (seen, polls) = poller.await.expect("poller");
+    assert!(committed.len() > 50, "the writers wrote enough to race: {}", committed.len());
+    assert!(polls > 20, "the poller polled while they wrote: {polls}");
+    for (id, version) in &committed {
+        assert_eq!(seen.get(id), Some(version), "Task/{id}: the poller must see its latest committed version {version}");
+    }
+    assert_eq!(seen.len(), committed.len(), "and nothing that was not committed");
+    eprintln!(
+        "{db:?}: {} resources, {} final versions seen over {polls} polls, {refused} late writes refused",
+        committed.len(),
+        committed.values().sum::<i64>()
+    );
+}
+
+async fn a_write_applied_later_than_half_the_settle_window_is_refused(db: Db) {
+    let window = Duration::from_millis(400);
+    let Some((store, _database)) = store_with_window(db, window).await else { return };
+    let cases = [(Duration::from_millis(50), true, "well inside W/2"), (Duration::from_millis(260), false, "past W/2")];
+    for (age, accepted, why) in cases {
+        let stamped = Instant::from_micros(Instant::now().micros() - i64::try_from(age.as_micros()).unwrap_or(0));
+        let result = store.commit(one(task_write(&ResourceId::generate(), 1, stamped))).await;
+        match (accepted, &result) {
+            (true, Ok(())) => {}
+            (false, Err(StoreError::SettleWindowPassed { late_by_ms })) => {
+                assert!(*late_by_ms >= 260, "{why}: the error says how late: {late_by_ms}")
+            }
+            _ => panic!("{why}: unexpected {result:?}"),
+        }
+    }
+    let all = store
+        .count_matches(&TenantScope::Everything, &linkbridge::domain::search_query::SearchQuery { resource_type: ResourceType::Task, clauses: vec![] }, None)
+        .await
+        .expect("count");
+    assert_eq!(all, 1, "the refused write left nothing behind");
+}
+
+async fn a_late_commit_inside_the_window_is_seen_by_the_next_poll(db: Db) {
+    let window = Duration::from_millis(600);
+    let Some((store, _database)) = store_with_window(db, window).await else { return };
+    let service = SearchService::new(store.clone());
+    // A is stamped first but commits last; B is stamped and committed in between.
+    let a = task_write(&ResourceId::generate(), 1, Instant::now());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let b = task_write(&ResourceId::generate(), 1, Instant::now());
+    let (a_id, b_id) = (a.id.as_str().to_owned(), b.id.as_str().to_owned());
+    store.commit(one(b)).await.expect("B commits");
+    let first = poll(&service, None).await;
+    assert!(first.is_empty(), "B is not yet settled, so the poll cannot have moved past A: {first:?}");
+    store.commit(one(a)).await.expect("A commits late, within W/2 of its stamp");
+    tokio::time::sleep(window + Duration::from_millis(50)).await;
+    let second = poll(&service, None).await;
+    let ids: Vec<&str> = second.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, vec![a_id.as_str(), b_id.as_str()], "both, in lastUpdated order");
+    let since = second.iter().map(|(_, _, t)| *t).max();
+    assert!(poll(&service, since).await.is_empty(), "and nothing is new after them");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query plans.
+
+/// Plan lines that mean a full scan: SQLite's `SCAN <table>` (not a search of an index) and
+/// PostgreSQL's `Seq Scan` (priced out by `explain_search`, so only chosen without an index).
+fn full_scans(plan: &[String]) -> Vec<&String> {
+    plan.iter()
+        .filter(|line| {
+            let line = line.trim_start_matches(|c: char| c == ' ' || c == '-' || c == '>');
+            line.starts_with("SCAN ") || line.contains("Seq Scan")
+        })
+        .collect()
+}
+
+async fn the_polling_queries_use_indexes(db: Db) {
+    let Some((store, _database)) = store_with_window(db, Duration::from_secs(5)).await else { return };
+    // Some data, so that statistics-driven planners have something to look at.
+    for _ in 0..30 {
+        store.commit(one(task_write(&ResourceId::generate(), 1, Instant::now()))).await.expect("write");
+    }
+    let scope = TenantScope::Keys(vec![format!("org:{GP}"), "everyone".to_owned()]);
+    let context = ParseContext { base_url: "http://lb.test", strict: true, now: Instant::now() };
+    let last_updated = [SortKey { field: SortField::LastUpdated, descending: false }];
+    let cases: Vec<(ResourceType, String, &[SortKey])> = vec![
+        (ResourceType::Task, "requester=Organization/gp1&_lastUpdated=gt2026-01-01T00:00:00Z".into(), &last_updated),
+        (ResourceType::Task, format!("requester:identifier={ODS}|{GP}&_lastUpdated=gt2026-01-01T00:00:00Z"), &last_updated),
+        (ResourceType::Task, "owner=Organization/clw&status=requested&_lastUpdated=gt2026-01-01T00:00:00Z".into(), &last_updated),
+        (ResourceType::Task, "owner=Organization/clw&status=requested".into(), &[]),
+        (ResourceType::Task, "owner:missing=true&status=requested".into(), &[]),
+        (ResourceType::Task, format!("owner:identifier={ODS}|CLW001&status=requested"), &[]),
+        (ResourceType::ServiceRequest, "patient=Patient/p1".into(), &[]),
+        (ResourceType::CarePlan, "based-on=ServiceRequest/s1".into(), &[]),
+    ];
+    for (resource_type, query, sort) in cases {
+        let params: Vec<(String, String)> =
+            url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let parsed = parse_search(resource_type, &params, &context).expect("parses");
+        let page = SearchPage { query: &parsed.query, sort, horizon: Some(Instant::now()), position: None, limit: 51 };
+        let plan = store.explain_search(&scope, &page).await.expect("explain");
+        assert!(!plan.is_empty(), "{resource_type}?{query}: a plan");
+        eprintln!("PLAN {db:?} {resource_type}?{query}\n{}", plan.join("\n"));
+        assert!(full_scans(&plan).is_empty(), "{db:?} {resource_type}?{query} must not scan a whole table:\n{}", plan.join("\n"));
+    }
+}
