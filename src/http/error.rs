@@ -60,6 +60,7 @@ impl ApiError {
                 ServiceError::PreconditionFailed(why) => one(S::PRECONDITION_FAILED, IssueCode::Conflict, why),
                 ServiceError::Conflict(issue) => (S::CONFLICT, vec![issue.clone()]),
                 ServiceError::Forbidden(why) => one(S::FORBIDDEN, IssueCode::Forbidden, why),
+                ServiceError::ForbiddenAt(issue) => (S::FORBIDDEN, vec![issue.clone()]),
                 ServiceError::Store(StoreError::VersionConflict { resource_type, id }) => one(
                     S::CONFLICT,
                     IssueCode::Conflict,

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod ingest;
 pub mod resources;
+pub(crate) mod rules;
 pub mod search;
 
 use crate::domain::outcome::{Issue, IssueCode};
@@ -32,6 +33,9 @@ pub enum ServiceError {
     Conflict(Issue),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Forbidden, naming the element (403).
+    #[error("forbidden: {}", .0.diagnostics)]
+    ForbiddenAt(Issue),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::ingest::{check_resource, stamp};
+use super::rules::{Pending, Rules};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
@@ -32,6 +33,8 @@ pub enum CreateOutcome {
 #[derive(Clone)]
 pub struct ResourceService {
     store: Store,
+    /// Refuse a second open referral for one patient to one CLW service (BaRS).
+    single_open_referral: bool,
 }
 
 fn label(resource_type: ResourceType, id: &ResourceId) -> String {
@@ -40,7 +43,69 @@ fn label(resource_type: ResourceType, id: &ResourceId) -> String {
 
 impl ResourceService {
     pub fn new(store: Store) -> Self {
-        ResourceService { store }
+        ResourceService { store, single_open_referral: true }
+    }
+
+    pub fn with_single_open_referral(mut self, enabled: bool) -> Self {
+        self.single_open_referral = enabled;
+        self
+    }
+
+    /// Plans one write through the referral rules: the new version (or deletion) of
+    /// `resource_type/id` from `current`, with its audit record and everything the rules add
+    /// (visibility, cascaded Task cancellations, the open-referral key). Every write path
+    /// (create, update, patch, delete, transaction entries) comes through here.
+    pub(crate) async fn plan(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: ResourceId,
+        current: Option<&StoredVersion>,
+        mut after: Option<Value>,
+        method: WriteMethod,
+        pending: &Pending,
+    ) -> Result<(WriteSet, ResourceWrite), ServiceError> {
+        let before: Option<Value> = current
+            .filter(|c| !c.deleted)
+            .map(|c| serde_json::from_str(&c.body))
+            .transpose()
+            .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
+        let rules = Rules { store: &self.store, caller, pending, single_open_referral: self.single_open_referral };
+        let effects = rules.check(resource_type, &id, before.as_ref(), after.as_mut()).await?;
+        let (version, precondition) = match current {
+            Some(c) => (c.version.next(), Precondition::CurrentVersion(c.version)),
+            None => (VersionId::FIRST, Precondition::Absent),
+        };
+        let mut write = match after {
+            Some(body) => Self::prepare_write(caller, resource_type, id, body, version, method, precondition),
+            None => ResourceWrite {
+                resource_type,
+                id,
+                version,
+                last_updated: Instant::now(),
+                method: WriteMethod::Delete,
+                precondition,
+                body: String::new(),
+                index: Vec::new(),
+                visibility: Vec::new(),
+            },
+        };
+        write.visibility.extend(effects.extra_visibility);
+        let mut write_set = Self::write_set_of(caller, write.clone(), effects.claims);
+        write_set.grants = effects.grants;
+        for (task, body) in effects.cancel_tasks {
+            let cancel = Self::prepare_write(
+                caller,
+                ResourceType::Task,
+                task.id.clone(),
+                body,
+                task.version.next(),
+                WriteMethod::Update,
+                Precondition::CurrentVersion(task.version),
+            );
+            write_set.absorb(Self::write_set_of(caller, cancel, Vec::new()));
+        }
+        Ok((write_set, write))
     }
 
     pub fn store(&self) -> &Store {
@@ -128,17 +193,22 @@ impl ResourceService {
             .transpose()
             .map_err(|issue| ServiceError::Invalid(vec![issue]))?;
         let Some(criteria) = criteria else {
-            let write = Self::prepare_write(
-                caller,
-                resource_type,
-                ResourceId::generate(),
-                resource,
-                VersionId::FIRST,
-                WriteMethod::Create,
-                Precondition::Absent,
-            );
-            self.store.commit(Self::write_set_of(caller, write.clone(), Vec::new())).await?;
-            return Ok(CreateOutcome::Created(Self::written(write)));
+            for _ in 0..UNCONDITIONAL_RETRIES {
+                let (write_set, write) = self
+                    .plan(caller, resource_type, ResourceId::generate(), None, Some(resource.clone()), WriteMethod::Create, &Pending::new())
+                    .await?;
+                match self.store.commit(write_set).await {
+                    Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),
+                    // A concurrent request took a key this one needs: plan again, the rules
+                    // will now see it.
+                    Err(StoreError::ConditionalClaimTaken) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Err(ServiceError::Conflict(Issue::error(
+                IssueCode::Transient,
+                "concurrent requests kept colliding; retry the request",
+            )));
         };
         self.conditional_create(caller, resource_type, resource, &criteria).await
     }
@@ -175,23 +245,16 @@ impl ResourceService {
                 }
             }
             let id = ResourceId::generate();
-            let write = Self::prepare_write(
-                caller,
-                resource_type,
-                id.clone(),
-                resource.clone(),
-                VersionId::FIRST,
-                WriteMethod::Create,
-                Precondition::Absent,
-            );
-            let claim = ConditionalClaim {
+            let (mut write_set, write) = self
+                .plan(caller, resource_type, id.clone(), None, Some(resource.clone()), WriteMethod::Create, &Pending::new())
+                .await?;
+            write_set.conditional_claims.push(ConditionalClaim {
                 scope_key: scope_key.clone(),
                 resource_type,
                 criteria: key.clone(),
                 id,
                 replaces: stale,
-            };
-            let write_set = Self::write_set_of(caller, write.clone(), vec![claim]);
+            });
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),
                 // Someone else created a match meanwhile: search again and return theirs.
@@ -284,17 +347,12 @@ impl ResourceService {
             let current = self.current_for_write(caller, resource_type, id).await?;
             Self::check_if_match(&current, if_match)?;
             let resource = next_body(&current)?;
-            let write = Self::prepare_write(
-                caller,
-                resource_type,
-                id.clone(),
-                resource,
-                current.version.next(),
-                method,
-                Precondition::CurrentVersion(current.version),
-            );
-            match self.store.commit(Self::write_set_of(caller, write.clone(), Vec::new())).await {
+            let (write_set, write) = self
+                .plan(caller, resource_type, id.clone(), Some(&current), Some(resource), method, &Pending::new())
+                .await?;
+            match self.store.commit(write_set).await {
                 Ok(()) => return Ok(Self::written(write)),
+                Err(StoreError::ConditionalClaimTaken) => continue,
                 Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
                 Err(StoreError::VersionConflict { .. }) => {
                     return Err(ServiceError::PreconditionFailed(format!(
@@ -394,18 +452,10 @@ impl ResourceService {
             if current.deleted {
                 return Ok(());
             }
-            let write = ResourceWrite {
-                resource_type,
-                id: id.clone(),
-                version: current.version.next(),
-                last_updated: Instant::now(),
-                method: WriteMethod::Delete,
-                precondition: Precondition::CurrentVersion(current.version),
-                body: String::new(),
-                index: Vec::new(),
-                visibility: Vec::new(),
-            };
-            match self.store.commit(Self::write_set_of(caller, write, Vec::new())).await {
+            let (write_set, _) = self
+                .plan(caller, resource_type, id.clone(), Some(&current), None, WriteMethod::Delete, &Pending::new())
+                .await?;
+            match self.store.commit(write_set).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::VersionConflict { .. }) => continue,
                 Err(e) => return Err(e.into()),

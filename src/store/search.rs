@@ -243,25 +243,74 @@ fn clause_sql(sql: &mut Sql, resource_type: ResourceType, clause: &Clause) -> Re
     Ok(if clause.negated { format!("NOT {any}") } else { any })
 }
 
-/// The WHERE conditions shared by a page and its count: type, live, clauses, horizon, tenancy.
-fn filter_conditions(
+/// How selective a single positive alternative is likely to be, best first; `None` for
+/// predicates that should not drive a query (ranges, prefixes, `:missing`).
+fn driver_rank(predicate: &Predicate) -> Option<u8> {
+    match predicate {
+        Predicate::Reference { .. } => Some(0),
+        Predicate::ReferenceIdentifier { .. } => Some(1),
+        Predicate::Token { code: Some(_), .. } => Some(2),
+        Predicate::String { mode: StringMatch::Exact, .. } => Some(3),
+        _ => None,
+    }
+}
+
+/// The clause whose index rows should drive the query: the most selective positive clause
+/// with one alternative. SQLite plans without statistics (nobody runs ANALYZE on an embedded
+/// database) and then prefers walking `resources` by type, which is every row of the type;
+/// naming the driver (and joining with `CROSS JOIN`, which SQLite never reorders) keeps the
+/// polling queries on their indexes. PostgreSQL reorders the join by its statistics as usual.
+fn driver_clause(query: &SearchQuery) -> Option<usize> {
+    query
+        .clauses
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.negated && c.any_of.len() == 1 && matches!(c.param, ParamRef::Registered(_)))
+        .filter_map(|(i, c)| driver_rank(&c.any_of[0]).map(|rank| (rank, i)))
+        .min()
+        .map(|(_, i)| i)
+}
+
+/// The FROM clause and the WHERE conditions shared by a page and its count: type, live,
+/// clauses, horizon, tenancy. `drive` lets the best clause drive the query (see
+/// [`driver_clause`]); a search on `_lastUpdated` is driven by the `last_updated` index instead,
+/// whose order is also the page order.
+fn from_and_filter(
     sql: &mut Sql,
     scope: &TenantScope,
     query: &SearchQuery,
     horizon: Option<Instant>,
-) -> Result<Vec<String>, StoreError> {
+    drive: bool,
+) -> Result<(String, Vec<String>), StoreError> {
+    let driver = if drive { driver_clause(query) } else { None };
+    let mut from = "resources r".to_owned();
     let mut conditions = vec![
         format!("r.resource_type = {}", sql.text(query.resource_type.as_str())?),
         "r.deleted = 0".to_owned(),
     ];
-    for clause in &query.clauses {
+    for (i, clause) in query.clauses.iter().enumerate() {
+        if Some(i) == driver {
+            let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
+                return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
+            };
+            let type_placeholder = sql.text(query.resource_type.as_str())?;
+            let param_placeholder = sql.text(p.name)?;
+            let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
+            from = format!(
+                "(SELECT DISTINCT x.id FROM {} x WHERE x.resource_type = {type_placeholder} \
+                 AND x.param = {param_placeholder}{condition}) d CROSS JOIN resources r",
+                index_table(p.kind)
+            );
+            conditions.push("r.id = d.id".to_owned());
+            continue;
+        }
         conditions.push(clause_sql(sql, query.resource_type, clause)?);
     }
     if let Some(horizon) = horizon {
         conditions.push(format!("r.last_updated <= {}", sql.int(horizon.micros())?));
     }
     conditions.push(scope_filter(scope, "r", &mut sql.args, &mut sql.next)?.sql);
-    Ok(conditions)
+    Ok((from, conditions))
 }
 
 /// Whether a sort key holds integers (else text).
@@ -356,7 +405,8 @@ fn page_statement(sql: &mut Sql, scope: &TenantScope, page: &SearchPage<'_>) -> 
     for (i, key) in keys.iter().enumerate() {
         select.push(format!("{} AS k{i}", sort_expression(sql, key.field)?));
     }
-    let mut conditions = filter_conditions(sql, scope, page.query, page.horizon)?;
+    let by_last_updated = page.query.uses_last_updated() || page.sort.first().is_some_and(|k| k.field == SortField::LastUpdated);
+    let (from, mut conditions) = from_and_filter(sql, scope, page.query, page.horizon, !by_last_updated)?;
     if let Some(position) = &page.position {
         conditions.push(keyset_condition(sql, &order, position)?);
     }
@@ -368,7 +418,7 @@ fn page_statement(sql: &mut Sql, scope: &TenantScope, page: &SearchPage<'_>) -> 
     }
     let limit = sql.int(i64::from(page.limit))?;
     let text = format!(
-        "SELECT {} FROM resources r WHERE {} ORDER BY {} LIMIT {limit}",
+        "SELECT {} FROM {from} WHERE {} ORDER BY {} LIMIT {limit}",
         select.join(", "),
         conditions.join(" AND "),
         order_by.join(", ")
@@ -415,8 +465,8 @@ impl Store {
         horizon: Option<Instant>,
     ) -> Result<u64, StoreError> {
         let mut sql = Sql::new();
-        let conditions = filter_conditions(&mut sql, scope, query, horizon)?;
-        let text = format!("SELECT COUNT(*) FROM resources r WHERE {}", conditions.join(" AND "));
+        let (from, conditions) = from_and_filter(&mut sql, scope, query, horizon, !query.uses_last_updated())?;
+        let text = format!("SELECT COUNT(*) FROM {from} WHERE {}", conditions.join(" AND "));
         let row = sqlx::query_with(&text, sql.args).fetch_one(self.pool()).await?;
         let count: i64 = row.try_get(0)?;
         Ok(u64::try_from(count).unwrap_or(0))

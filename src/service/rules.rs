@@ -1,0 +1,431 @@
+//! The referral rules applied to every write, whatever path it comes by (create, update,
+//! patch, delete, transaction entries): who may write which type, the Task state machine and
+//! edit rights, and the referential rules between Task, ServiceRequest and CarePlan
+//! (`referral-workflow.md`, issue "The referral workflow").
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::ServiceError;
+use crate::domain::ids::ResourceId;
+use crate::domain::instant::Instant;
+use crate::domain::outcome::{Issue, IssueCode};
+use crate::domain::resource_type::ResourceType;
+use crate::domain::search_params::split_reference;
+use crate::domain::task_workflow::{check_new_task, check_task_change, status_of, Refusal, TaskParty, TaskStatus};
+use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
+use crate::store::{ConditionalClaim, Store, StoredVersion, VisibilityGrant};
+
+/// Resources written earlier in the same transaction, visible to the later entries' rules.
+pub(crate) type Pending = HashMap<(ResourceType, String), Value>;
+
+/// What a write needs besides itself, as found by the rules.
+#[derive(Debug, Default)]
+pub(crate) struct RuleEffects {
+    /// More visibility keys for the written resource (e.g. a CarePlan for the GP).
+    pub extra_visibility: Vec<String>,
+    /// Visibility of other resources (the referral's patient for the CLW service).
+    pub grants: Vec<VisibilityGrant>,
+    /// Tasks to cancel because their referral was revoked: (current version, new body).
+    pub cancel_tasks: Vec<(StoredVersion, Value)>,
+    /// The one-open-referral-per-patient-and-service key.
+    pub claims: Vec<ConditionalClaim>,
+}
+
+fn forbidden(message: impl Into<String>, expression: &str) -> ServiceError {
+    ServiceError::ForbiddenAt(Issue::error(IssueCode::Forbidden, message).at(expression.to_owned()))
+}
+
+fn unprocessable(message: impl Into<String>, expression: &str) -> ServiceError {
+    ServiceError::Unprocessable(vec![Issue::error(IssueCode::BusinessRule, message).at(expression.to_owned())])
+}
+
+fn from_refusal(refusal: Refusal) -> ServiceError {
+    match refusal {
+        Refusal::Forbidden(issue) => ServiceError::ForbiddenAt(issue),
+        Refusal::Unprocessable(issue) => ServiceError::Unprocessable(vec![issue]),
+    }
+}
+
+/// The rule checker for one caller's write.
+pub(crate) struct Rules<'a> {
+    pub store: &'a Store,
+    pub caller: &'a Principal,
+    pub pending: &'a Pending,
+    /// One open referral per patient and CLW service (BaRS), configurable.
+    pub single_open_referral: bool,
+}
+
+impl Rules<'_> {
+    /// Reads a resource the caller may see, from this transaction or the store.
+    async fn find(&self, resource_type: ResourceType, id: &str) -> Result<Option<Value>, ServiceError> {
+        if let Some(value) = self.pending.get(&(resource_type, id.to_owned())) {
+            return Ok(Some(value.clone()));
+        }
+        let Ok(id) = ResourceId::parse(id) else { return Ok(None) };
+        let found = self.store.read_current(&self.caller.scope(), resource_type, &id).await?;
+        Ok(match found {
+            Some(v) if !v.deleted => serde_json::from_str(&v.body).ok(),
+            _ => None,
+        })
+    }
+
+    /// The ODS code of the organisation a Reference names: by identifier, or through a
+    /// literal reference to an Organization (or a PractitionerRole in one).
+    async fn organization_of(&self, reference: Option<&Value>) -> Result<Option<OdsCode>, ServiceError> {
+        let Some(reference) = reference else { return Ok(None) };
+        if let Some(ods) = ods_code_of(reference) {
+            return Ok(Some(ods));
+        }
+        let Some((target_type, id)) = reference.get("reference").and_then(Value::as_str).and_then(split_reference) else {
+            return Ok(None);
+        };
+        match target_type.as_str() {
+            "Organization" => Ok(self
+                .find(ResourceType::Organization, &id)
+                .await?
+                .and_then(|org| org.get("identifier").and_then(Value::as_array).cloned())
+                .and_then(|ids| ids.iter().find_map(|i| ods_code_of(&json!({"identifier": i}))))),
+            "PractitionerRole" => {
+                let role = self.find(ResourceType::PractitionerRole, &id).await?;
+                let organization = role.as_ref().and_then(|r| r.get("organization")).cloned();
+                Box::pin(self.organization_of(organization.as_ref())).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn is_caller(&self, ods: Option<&OdsCode>) -> bool {
+        ods == Some(self.caller.organization())
+    }
+
+    /// Checks a write of `resource_type`: `before` is the current version (None for a create),
+    /// `after` the new content (None for a delete). May adjust `after` (server-maintained
+    /// elements) and returns what else the write needs.
+    pub async fn check(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        before: Option<&Value>,
+        after: Option<&mut Value>,
+    ) -> Result<RuleEffects, ServiceError> {
+        let role = self.caller.role();
+        if role == Role::Operator {
+            return Ok(RuleEffects::default());
+        }
+        use ResourceType as T;
+        match (resource_type, role) {
+            (T::Task, _) => self.check_task(id, before, after).await,
+            (T::ServiceRequest, Role::Referrer) => self.check_service_request(id, before, after).await,
+            (T::CarePlan, Role::Performer) => self.check_care_plan(after).await,
+            (T::Patient | T::Consent, Role::Referrer) => Ok(RuleEffects::default()),
+            (T::Organization | T::Practitioner | T::PractitionerRole, _) => Ok(RuleEffects::default()),
+            (T::ServiceRequest | T::Patient | T::Consent, _) => Err(forbidden(
+                format!("a CLW service reads {resource_type} resources but does not write them"),
+                resource_type.as_str(),
+            )),
+            (T::CarePlan, _) => Err(forbidden(
+                "CarePlans are written by the CLW service that works the referral",
+                "CarePlan",
+            )),
+        }
+    }
+
+    async fn check_task(
+        &self,
+        id: &ResourceId,
+        before: Option<&Value>,
+        after: Option<&mut Value>,
+    ) -> Result<RuleEffects, ServiceError> {
+        let Some(after) = after else {
+            // Deleting a referral's Task: only its requester, and only before it is worked.
+            let before = before.ok_or_else(|| unprocessable("nothing to delete", "Task"))?;
+            let requester = self.organization_of(before.get("requester")).await?;
+            if !self.is_caller(requester.as_ref()) {
+                return Err(forbidden("only the requester may delete a Task", "Task.requester"));
+            }
+            return Ok(RuleEffects::default());
+        };
+        after
+            .as_object_mut()
+            .map(|m| m.insert("lastModified".into(), json!(Instant::now().to_fhir())));
+        let Some(before) = before else {
+            return self.check_new_task(id, after).await;
+        };
+        let requester = self.organization_of(before.get("requester")).await?;
+        let owner = self.organization_of(before.get("owner")).await?;
+        let new_owner = self.organization_of(after.get("owner")).await?;
+        let (party, claiming) = if self.is_caller(requester.as_ref()) {
+            (TaskParty::Requester, false)
+        } else if self.is_caller(owner.as_ref()) {
+            (TaskParty::Owner, false)
+        } else if owner.is_none() && self.caller.role() == Role::Performer && self.is_caller(new_owner.as_ref()) {
+            (TaskParty::Owner, true)
+        } else {
+            return Err(forbidden(
+                "only the Task's requester or owner may change it (an open Task is claimed by setting owner to yourself while accepting)",
+                "Task.owner",
+            ));
+        };
+        check_task_change(party, before, after, claiming).map_err(from_refusal)?;
+        let mut effects = RuleEffects::default();
+        if party == TaskParty::Requester && before.get("focus") != after.get("focus") {
+            effects = self.check_task_links(after).await?;
+        }
+        if claiming {
+            if let Some(ods) = &new_owner {
+                effects.grants.extend(self.referral_grants(after, &Visibility::Organization(ods.clone())).await?);
+                effects.claims.extend(self.open_referral_claim(id, after, ods).await?);
+            }
+        }
+        Ok(effects)
+    }
+
+    async fn check_new_task(&self, id: &ResourceId, task: &Value) -> Result<RuleEffects, ServiceError> {
+        if self.caller.role() != Role::Referrer {
+            return Err(forbidden("Tasks are created by the referrer (the GP practice)", "Task"));
+        }
+        let requester = self.organization_of(task.get("requester")).await?;
+        if requester.is_none() {
+            return Err(unprocessable("a referral Task names its requester organisation (ODS code)", "Task.requester"));
+        }
+        if !self.is_caller(requester.as_ref()) {
+            return Err(forbidden("a practice creates Tasks with itself as requester", "Task.requester"));
+        }
+        check_new_task(task).map_err(from_refusal)?;
+        let mut effects = self.check_task_links(task).await?;
+        let owner = self.organization_of(task.get("owner")).await?;
+        match &owner {
+            None if task.get("owner").is_some() => {
+                return Err(unprocessable("the owner must name a CLW service by its ODS code", "Task.owner"))
+            }
+            None => {
+                effects.grants.extend(self.referral_grants(task, &Visibility::AnyPerformer).await?);
+            }
+            Some(ods) => {
+                if !self.store.organization_has_role(ods.as_str(), Role::Performer.as_str()).await? {
+                    return Err(unprocessable(
+                        format!("the owner {ods} is not a registered CLW service (performer)"),
+                        "Task.owner",
+                    ));
+                }
+                effects.grants.extend(self.referral_grants(task, &Visibility::Organization(ods.clone())).await?);
+                effects.claims.extend(self.open_referral_claim(id, task, ods).await?);
+            }
+        }
+        Ok(effects)
+    }
+
+    /// `focus` is an existing ServiceRequest the requester owns; `for` is its subject.
+    async fn check_task_links(&self, task: &Value) -> Result<RuleEffects, ServiceError> {
+        let focus = task
+            .get("focus")
+            .and_then(|f| f.get("reference"))
+            .and_then(Value::as_str)
+            .and_then(split_reference)
+            .filter(|(t, _)| t == "ServiceRequest")
+            .ok_or_else(|| unprocessable("a referral Task's focus is its ServiceRequest (ServiceRequest/id)", "Task.focus"))?;
+        let service_request = self
+            .find(ResourceType::ServiceRequest, &focus.1)
+            .await?
+            .ok_or_else(|| unprocessable(format!("ServiceRequest/{} is not known", focus.1), "Task.focus"))?;
+        let sr_requester = self.organization_of(service_request.get("requester")).await?;
+        if !self.is_caller(sr_requester.as_ref()) {
+            return Err(unprocessable("the focus must be a ServiceRequest of the requesting practice", "Task.focus"));
+        }
+        let subject = service_request.get("subject").and_then(|s| s.get("reference"));
+        let task_for = task.get("for").and_then(|s| s.get("reference"));
+        if subject.is_none() || subject != task_for {
+            return Err(unprocessable("the Task is for the ServiceRequest's subject", "Task.for"));
+        }
+        Ok(RuleEffects::default())
+    }
+
+    /// A Task assigned to (or open for) a CLW service makes its referral readable to it: the
+    /// ServiceRequest, the patient, and the consent the referral points at.
+    async fn referral_grants(&self, task: &Value, to: &Visibility) -> Result<Vec<VisibilityGrant>, ServiceError> {
+        let mut targets: Vec<(ResourceType, String)> = Vec::new();
+        let mut push_ref = |value: Option<&Value>| {
+            if let Some((t, id)) = value
+                .and_then(|v| v.get("reference"))
+                .and_then(Value::as_str)
+                .and_then(split_reference)
+            {
+                if let Ok(t) = ResourceType::parse(&t) {
+                    targets.push((t, id));
+                }
+            }
+        };
+        push_ref(task.get("focus"));
+        push_ref(task.get("for"));
+        if let Some((_, sr_id)) = task
+            .get("focus")
+            .and_then(|f| f.get("reference"))
+            .and_then(Value::as_str)
+            .and_then(split_reference)
+        {
+            if let Some(sr) = self.find(ResourceType::ServiceRequest, &sr_id).await? {
+                for info in sr.get("supportingInfo").and_then(Value::as_array).into_iter().flatten() {
+                    push_ref(Some(info));
+                }
+            }
+        }
+        Ok(targets
+            .into_iter()
+            .filter_map(|(resource_type, id)| {
+                ResourceId::parse(&id).ok().map(|id| VisibilityGrant { resource_type, id, key: to.key() })
+            })
+            .collect())
+    }
+
+    /// One open referral per patient and CLW service: a unique key claimed with the Task. A
+    /// key left by a Task that has since ended (or gone) is taken over.
+    async fn open_referral_claim(
+        &self,
+        id: &ResourceId,
+        task: &Value,
+        owner: &OdsCode,
+    ) -> Result<Vec<ConditionalClaim>, ServiceError> {
+        if !self.single_open_referral || status_of(task).is_some_and(TaskStatus::is_terminal) {
+            return Ok(Vec::new());
+        }
+        let Some(patient) = task.get("for").and_then(|f| f.get("reference")).and_then(Value::as_str) else {
+            return Ok(Vec::new());
+        };
+        let criteria = format!("open-referral|{patient}|{owner}");
+        let holder = self.store.conditional_key("open-referral", ResourceType::Task, &criteria).await?;
+        let replaces = match holder {
+            None => None,
+            Some(holder_id) if holder_id == id.as_str() => return Ok(Vec::new()),
+            Some(holder_id) => {
+                let holder_task = match ResourceId::parse(&holder_id) {
+                    Ok(hid) => self.store.read_current(&TenantScope::Everything, ResourceType::Task, &hid).await?,
+                    Err(_) => None,
+                };
+                let still_open = holder_task
+                    .filter(|v| !v.deleted)
+                    .and_then(|v| serde_json::from_str::<Value>(&v.body).ok())
+                    .is_some_and(|t| status_of(&t).is_some_and(|s| !s.is_terminal()));
+                if still_open {
+                    return Err(ServiceError::Conflict(
+                        Issue::error(
+                            IssueCode::Duplicate,
+                            format!("{patient} already has an open referral to {owner}: Task/{holder_id}"),
+                        )
+                        .at("Task.for"),
+                    ));
+                }
+                Some(holder_id)
+            }
+        };
+        Ok(vec![ConditionalClaim {
+            scope_key: "open-referral".into(),
+            resource_type: ResourceType::Task,
+            criteria,
+            id: id.clone(),
+            replaces,
+        }])
+    }
+
+    async fn check_service_request(
+        &self,
+        id: &ResourceId,
+        before: Option<&Value>,
+        after: Option<&mut Value>,
+    ) -> Result<RuleEffects, ServiceError> {
+        let current_requester = match before {
+            Some(b) => self.organization_of(b.get("requester")).await?,
+            None => None,
+        };
+        if before.is_some() && !self.is_caller(current_requester.as_ref()) {
+            return Err(forbidden("only the requesting practice may change its referral", "ServiceRequest.requester"));
+        }
+        let Some(after) = after else { return Ok(RuleEffects::default()) };
+        let requester = self.organization_of(after.get("requester")).await?;
+        if requester.is_none() {
+            return Err(unprocessable("a referral names its requester organisation (ODS code)", "ServiceRequest.requester"));
+        }
+        if !self.is_caller(requester.as_ref()) {
+            return Err(forbidden("a practice sends referrals with itself as requester", "ServiceRequest.requester"));
+        }
+        let mut effects = RuleEffects::default();
+        let revoked = matches!(after.get("status").and_then(Value::as_str), Some("revoked" | "entered-in-error"));
+        let was_revoked = matches!(before.and_then(|b| b.get("status")).and_then(Value::as_str), Some("revoked" | "entered-in-error"));
+        if revoked && !was_revoked && before.is_some() {
+            // linkbridge: revoking the referral cancels its open Tasks in the same transaction.
+            let tasks = self
+                .store
+                .referencing_ids(&self.caller.scope(), ResourceType::Task, "focus", ResourceType::ServiceRequest, id.as_str())
+                .await?;
+            for task_id in tasks {
+                let Some(current) = self.store.read_current(&self.caller.scope(), ResourceType::Task, &task_id).await? else {
+                    continue;
+                };
+                let Ok(mut task) = serde_json::from_str::<Value>(&current.body) else { continue };
+                if status_of(&task).is_none_or(TaskStatus::is_terminal) {
+                    continue;
+                }
+                if let Some(map) = task.as_object_mut() {
+                    map.insert("status".into(), json!("cancelled"));
+                    map.insert("statusReason".into(), json!({"text": "the referral was revoked by the requester"}));
+                    map.insert("lastModified".into(), json!(Instant::now().to_fhir()));
+                }
+                effects.cancel_tasks.push((current, task));
+            }
+        }
+        Ok(effects)
+    }
+
+    /// A CarePlan is written by the CLW service that owns a Task for the referral it is based
+    /// on, for that referral's subject; the referring practice can then read it.
+    async fn check_care_plan(&self, after: Option<&mut Value>) -> Result<RuleEffects, ServiceError> {
+        let Some(plan) = after else { return Ok(RuleEffects::default()) };
+        let based_on = plan
+            .get("basedOn")
+            .and_then(Value::as_array)
+            .and_then(|refs| {
+                refs.iter()
+                    .filter_map(|r| r.get("reference").and_then(Value::as_str).and_then(split_reference))
+                    .find(|(t, _)| t == "ServiceRequest")
+            })
+            .ok_or_else(|| unprocessable("a CarePlan is basedOn the referral (ServiceRequest/id)", "CarePlan.basedOn"))?;
+        let service_request = self
+            .find(ResourceType::ServiceRequest, &based_on.1)
+            .await?
+            .ok_or_else(|| unprocessable(format!("ServiceRequest/{} is not known", based_on.1), "CarePlan.basedOn"))?;
+        let tasks = self
+            .store
+            .referencing_ids(&self.caller.scope(), ResourceType::Task, "focus", ResourceType::ServiceRequest, &based_on.1)
+            .await?;
+        let mut owns_a_task = false;
+        for task_id in tasks {
+            if let Some(task) = self.find(ResourceType::Task, task_id.as_str()).await? {
+                if self.is_caller(self.organization_of(task.get("owner")).await?.as_ref()) {
+                    owns_a_task = true;
+                    break;
+                }
+            }
+        }
+        if !owns_a_task {
+            return Err(forbidden(
+                "a CarePlan is written by the CLW service that owns a Task for its referral",
+                "CarePlan.basedOn",
+            ));
+        }
+        let subject = service_request.get("subject").and_then(|s| s.get("reference"));
+        if subject.is_none() || subject != plan.get("subject").and_then(|s| s.get("reference")) {
+            return Err(unprocessable("the CarePlan is for the referral's subject", "CarePlan.subject"));
+        }
+        if let Some(author) = plan.get("author") {
+            if !self.is_caller(self.organization_of(Some(author)).await?.as_ref()) {
+                return Err(unprocessable("the CarePlan's author is the CLW service writing it", "CarePlan.author"));
+            }
+        }
+        let mut effects = RuleEffects::default();
+        if let Some(gp) = self.organization_of(service_request.get("requester")).await? {
+            effects.extra_visibility.push(Visibility::Organization(gp).key());
+        }
+        Ok(effects)
+    }
+}
