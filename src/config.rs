@@ -47,6 +47,8 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// An operator's own OAuth server whose access tokens are accepted beside linkbridge's.
     pub external_issuer: Option<ExternalIssuerSettings>,
+    /// Refuse a second open referral for one patient to one CLW service (BaRS rule).
+    pub single_open_referral: bool,
 }
 
 /// The operator's OAuth server: its tokens name a registered client (`client_id` claim), and
@@ -105,6 +107,7 @@ impl Default for Settings {
             allow_insecure_loopback_jwks: false,
             workers: None,
             external_issuer: None,
+            single_open_referral: true,
         }
     }
 }
@@ -133,6 +136,7 @@ impl Settings {
         "workers",
         "external_issuer",
         "settle_window_ms",
+        "single_open_referral",
     ];
 
     /// Defaults, then the file (if given and present), then `LINKBRIDGE_*` variables.

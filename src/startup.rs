@@ -46,7 +46,7 @@ impl Application {
             .unwrap_or_else(|| format!("http://{local}"));
         let auth = build_auth(settings, &store, &base_url)?;
         let state = AppState {
-            resources: ResourceService::new(store.clone()),
+            resources: ResourceService::new(store.clone()).with_single_open_referral(settings.single_open_referral),
             auth,
             base_url: base_url.clone(),
             max_body_bytes: settings.max_body_bytes,

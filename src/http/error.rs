@@ -6,7 +6,6 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::domain::outcome::{operation_outcome, Issue, IssueCode};
 use crate::service::ServiceError;
-use crate::store::StoreError;
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -52,33 +51,10 @@ impl ApiError {
         use StatusCode as S;
         let one = |status, code, text: &str| (status, vec![Issue::error(code, text.to_owned())]);
         match self {
-            ApiError::Service(e) => match e {
-                ServiceError::Invalid(issues) => (S::BAD_REQUEST, issues.clone()),
-                ServiceError::Unprocessable(issues) => (S::UNPROCESSABLE_ENTITY, issues.clone()),
-                ServiceError::NotFound(what) => one(S::NOT_FOUND, IssueCode::NotFound, &format!("{what} is not known")),
-                ServiceError::Gone(what) => one(S::GONE, IssueCode::Deleted, &format!("{what} has been deleted")),
-                ServiceError::PreconditionFailed(why) => one(S::PRECONDITION_FAILED, IssueCode::Conflict, why),
-                ServiceError::Conflict(issue) => (S::CONFLICT, vec![issue.clone()]),
-                ServiceError::Forbidden(why) => one(S::FORBIDDEN, IssueCode::Forbidden, why),
-                ServiceError::ForbiddenAt(issue) => (S::FORBIDDEN, vec![issue.clone()]),
-                ServiceError::Store(StoreError::VersionConflict { resource_type, id }) => one(
-                    S::CONFLICT,
-                    IssueCode::Conflict,
-                    &format!("{resource_type}/{id} was changed concurrently; retry"),
-                ),
-                // Stamped too long before it could commit (see `service::search`): nothing was
-                // written, and the same request sent again will be stamped afresh.
-                ServiceError::Store(StoreError::SettleWindowPassed { .. }) => one(
-                    S::SERVICE_UNAVAILABLE,
-                    IssueCode::Transient,
-                    "the server is too busy to commit this change in time; nothing was written, retry the request",
-                ),
-                ServiceError::Store(_) => one(
-                    S::INTERNAL_SERVER_ERROR,
-                    IssueCode::Exception,
-                    "the server could not complete the request; it has been logged",
-                ),
-            },
+            ApiError::Service(e) => {
+                let (status, issues) = e.status_and_issues();
+                (S::from_u16(status).unwrap_or(S::INTERNAL_SERVER_ERROR), issues)
+            }
             ApiError::BadRequest(issue) => (S::BAD_REQUEST, vec![issue.clone()]),
             ApiError::UnsupportedMediaType(why) => one(S::UNSUPPORTED_MEDIA_TYPE, IssueCode::NotSupported, why),
             ApiError::NotAcceptable(why) => one(S::NOT_ACCEPTABLE, IssueCode::NotSupported, why),
@@ -124,7 +100,7 @@ impl ResponseError for ApiError {
                     HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
                 ));
             }
-            ApiError::Unavailable(_) | ApiError::Service(ServiceError::Store(StoreError::SettleWindowPassed { .. })) => {
+            ApiError::Unavailable(_) | ApiError::Service(ServiceError::Store(crate::store::StoreError::SettleWindowPassed { .. })) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             _ => {}

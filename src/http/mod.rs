@@ -5,6 +5,7 @@ pub mod audit;
 pub mod audit_events;
 pub mod auth;
 pub mod bundle;
+pub mod bundles;
 pub mod error;
 pub mod health;
 pub mod logging;
@@ -30,6 +31,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/metadata")
                 .route(web::get().to(metadata::capability_statement))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/")
+                .route(web::post().to(bundles::process))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

@@ -13,6 +13,7 @@ use crate::domain::instant::Instant;
 use crate::domain::outcome::{operation_outcome, Issue, IssueCode, Severity};
 use crate::auth::Interaction;
 use crate::domain::resource_type::ResourceType;
+use crate::service::idempotency::RequestKey;
 use crate::service::resources::CreateOutcome;
 use crate::store::{HistoryQuery, StoredVersion};
 
@@ -58,6 +59,20 @@ fn return_preference(req: &HttpRequest) -> ReturnPreference {
         }
     }
     ReturnPreference::Representation
+}
+
+/// The `X-Request-ID` de-duplication key of a write, if the client sent one (BaRS).
+pub(super) fn request_key(
+    req: &HttpRequest,
+    principal: &crate::domain::tenancy::Principal,
+    body: &[u8],
+) -> Result<Option<RequestKey>, ApiError> {
+    let Some(value) = req.headers().get("X-Request-ID") else { return Ok(None) };
+    let raw = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request(IssueCode::Invalid, "X-Request-ID must be a UUID"))?;
+    let key = RequestKey::new(principal, raw, &[req.method().as_str().as_bytes(), req.path().as_bytes(), body])?;
+    Ok(Some(key))
 }
 
 async fn read_resource_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<Value, ApiError> {
@@ -117,12 +132,15 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let resource_type = resource_type(&path)?;
     rendering(&req)?;
-    let body = read_resource_body(&req, payload, &state).await?;
-    let if_none_exist = req.headers().get("If-None-Exist").map(|v| v.to_str().unwrap_or_default().to_owned());
     let principal = caller.require(resource_type, Interaction::Create)?;
+    let format = body_format(&req)?;
+    let bytes = read_body(payload, state.max_body_bytes).await?;
+    let request_key = request_key(&req, principal, &bytes)?;
+    let body = parse_resource(format, &bytes)?;
+    let if_none_exist = req.headers().get("If-None-Exist").map(|v| v.to_str().unwrap_or_default().to_owned());
     let outcome = state
         .resources
-        .create_resource(principal, resource_type, body, if_none_exist.as_deref())
+        .create_resource(principal, resource_type, body, if_none_exist.as_deref(), request_key.as_ref())
         .await?;
     match outcome {
         CreateOutcome::Created(version) => version_response(&req, &state, StatusCode::CREATED, &version, true),

@@ -37,7 +37,11 @@ pub async fn search_post(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if content_type.split(';').next().map(str::trim) != Some("application/x-www-form-urlencoded") {
         return Err(ApiError::UnsupportedMediaType(
             "POST _search takes its parameters as application/x-www-form-urlencoded".into(),
@@ -50,7 +54,9 @@ pub async fn search_post(
 }
 
 fn form_pairs(bytes: &[u8]) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(bytes).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+    url::form_urlencoded::parse(bytes)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// `Prefer: handling=strict` (R4 search.html#errors); `lenient` is the default.
@@ -72,10 +78,20 @@ async fn search(
     let resource_type = resource_type(type_name)?;
     let principal = caller.require(resource_type, Interaction::Search)?;
     let render = rendering(req)?;
-    let readable: Vec<ResourceType> =
-        ResourceType::ALL.into_iter().filter(|t| caller.allows(t.as_str(), Interaction::Read)).collect();
-    let request = SearchRequest { params: &params, strict: strict_handling(req), base_url: &state.base_url, readable: &readable };
-    let limits = PageLimits { default_count: state.default_page_size, max_count: state.max_page_size };
+    let readable: Vec<ResourceType> = ResourceType::ALL
+        .into_iter()
+        .filter(|t| caller.allows(t.as_str(), Interaction::Read))
+        .collect();
+    let request = SearchRequest {
+        params: &params,
+        strict: strict_handling(req),
+        base_url: &state.base_url,
+        readable: &readable,
+    };
+    let limits = PageLimits {
+        default_count: state.default_page_size,
+        max_count: state.max_page_size,
+    };
     let result = SearchService::new(state.resources.store().clone())
         .search_resources(principal, resource_type, &request, limits)
         .await?;
@@ -111,7 +127,10 @@ pub fn searchset_bundle(base_url: &str, result: &SearchResult) -> Result<String,
         };
         entries.push(entry(base_url, version, "include", body));
     }
-    let total = result.total.map(|t| format!(r#","total":{t}"#)).unwrap_or_default();
+    let total = result
+        .total
+        .map(|t| format!(r#","total":{t}"#))
+        .unwrap_or_default();
     Ok(format!(
         r#"{{"resourceType":"Bundle","id":{},"meta":{{"lastUpdated":"{}"}},"type":"searchset"{total},"link":{},"entry":[{}]}}"#,
         Value::String(uuid::Uuid::new_v4().to_string()),
@@ -144,7 +163,9 @@ fn shape(version: &StoredVersion, result: &SearchResult) -> Result<String, ApiEr
 /// SUBSETTED").
 fn subset(body: &str, keep: impl Fn(&str) -> bool) -> Result<String, ApiError> {
     let mut value: Value = serde_json::from_str(body).map_err(|e| {
-        ApiError::Service(ServiceError::Store(StoreError::Config(format!("stored resource is not JSON: {e}"))))
+        ApiError::Service(ServiceError::Store(StoreError::Config(format!(
+            "stored resource is not JSON: {e}"
+        ))))
     })?;
     if let Value::Object(map) = &mut value {
         map.retain(|name, _| matches!(name.as_str(), "resourceType" | "id" | "meta") || keep(name));
@@ -170,9 +191,13 @@ mod tests {
     #[test]
     fn a_subset_keeps_the_named_elements_and_is_tagged_subsetted() {
         let body = r#"{"resourceType":"Task","id":"t1","meta":{"versionId":"2"},"status":"requested","owner":{"reference":"Organization/o"},"text":{"div":"x"}}"#;
-        let got: Value = serde_json::from_str(&subset(body, |n| n == "status").expect("subset")).expect("json");
+        let got: Value =
+            serde_json::from_str(&subset(body, |n| n == "status").expect("subset")).expect("json");
         assert_eq!(got["status"], "requested", "named element kept");
-        assert!(got.get("owner").is_none() && got.get("text").is_none(), "others dropped: {got}");
+        assert!(
+            got.get("owner").is_none() && got.get("text").is_none(),
+            "others dropped: {got}"
+        );
         assert_eq!(got["id"], "t1", "id kept");
         assert_eq!(got["meta"]["versionId"], "2", "meta kept");
         assert_eq!(got["meta"]["tag"][0]["code"], "SUBSETTED", "marked");

@@ -3,6 +3,8 @@
 //! holding everything it writes, so the change is atomic.
 
 pub mod auth;
+pub mod bundles;
+pub mod idempotency;
 pub mod ingest;
 pub mod resources;
 pub(crate) mod rules;
@@ -41,6 +43,35 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// The HTTP status and OperationOutcome issues of a use-case error: the one mapping, used
+    /// for responses and for the entries of batch responses.
+    pub fn status_and_issues(&self) -> (u16, Vec<Issue>) {
+        let one = |status, code, text: String| (status, vec![Issue::error(code, text)]);
+        match self {
+            ServiceError::Invalid(issues) => (400, issues.clone()),
+            ServiceError::Unprocessable(issues) => (422, issues.clone()),
+            ServiceError::NotFound(what) => one(404, IssueCode::NotFound, format!("{what} is not known")),
+            ServiceError::Gone(what) => one(410, IssueCode::Deleted, format!("{what} has been deleted")),
+            ServiceError::PreconditionFailed(why) => one(412, IssueCode::Conflict, why.clone()),
+            ServiceError::Conflict(issue) => (409, vec![issue.clone()]),
+            ServiceError::Forbidden(why) => one(403, IssueCode::Forbidden, why.clone()),
+            ServiceError::ForbiddenAt(issue) => (403, vec![issue.clone()]),
+            ServiceError::Store(StoreError::VersionConflict { resource_type, id }) => {
+                one(409, IssueCode::Conflict, format!("{resource_type}/{id} was changed concurrently; retry"))
+            }
+            ServiceError::Store(StoreError::SettleWindowPassed { .. }) => one(
+                503,
+                IssueCode::Transient,
+                "the write took too long to commit; retry".to_owned(),
+            ),
+            ServiceError::Store(_) => one(
+                500,
+                IssueCode::Exception,
+                "the server could not complete the request; it has been logged".to_owned(),
+            ),
+        }
+    }
+
     pub fn invalid(code: IssueCode, message: impl Into<String>, expression: Option<&str>) -> Self {
         let mut issue = Issue::error(code, message);
         issue.expression = expression.map(str::to_owned);

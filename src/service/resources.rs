@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::ingest::{check_resource, stamp};
+use super::idempotency::RequestKey;
 use super::rules::{Pending, Rules};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
@@ -163,7 +164,7 @@ impl ResourceService {
             Some(write.resource_type.as_str()),
             Some(write.id.as_str()),
         );
-        WriteSet { resources: vec![write], conditional_claims: claims, audit: vec![audit], grants: Vec::new() }
+        WriteSet { resources: vec![write], conditional_claims: claims, audit: vec![audit], grants: Vec::new(), request: None }
     }
 
     fn written(write: ResourceWrite) -> StoredVersion {
@@ -186,19 +187,30 @@ impl ResourceService {
         resource_type: ResourceType,
         resource: Value,
         if_none_exist: Option<&str>,
+        request: Option<&RequestKey>,
     ) -> Result<CreateOutcome, ServiceError> {
         check_resource(&resource, resource_type)?;
+        if let Some(key) = request {
+            key.refuse_if_seen(&self.store).await?;
+        }
         let criteria = if_none_exist
             .map(|raw| parse_criteria(resource_type, raw))
             .transpose()
             .map_err(|issue| ServiceError::Invalid(vec![issue]))?;
         let Some(criteria) = criteria else {
             for _ in 0..UNCONDITIONAL_RETRIES {
-                let (write_set, write) = self
+                let (mut write_set, write) = self
                     .plan(caller, resource_type, ResourceId::generate(), None, Some(resource.clone()), WriteMethod::Create, &Pending::new())
                     .await?;
+                write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
                 match self.store.commit(write_set).await {
                     Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),
+                    Err(StoreError::DuplicateRequest) => {
+                        if let Some(key) = request {
+                            key.refuse_if_seen(&self.store).await?;
+                        }
+                        continue;
+                    }
                     // A concurrent request took a key this one needs: plan again, the rules
                     // will now see it.
                     Err(StoreError::ConditionalClaimTaken) => continue,
@@ -210,7 +222,7 @@ impl ResourceService {
                 "concurrent requests kept colliding; retry the request",
             )));
         };
-        self.conditional_create(caller, resource_type, resource, &criteria).await
+        self.conditional_create(caller, resource_type, resource, &criteria, request).await
     }
 
     /// Conditional create (R4 http.html#ccreate). Matching is by search in the caller's
@@ -222,6 +234,7 @@ impl ResourceService {
         resource_type: ResourceType,
         resource: Value,
         criteria: &SearchQuery,
+        request: Option<&RequestKey>,
     ) -> Result<CreateOutcome, ServiceError> {
         let scope = caller.scope();
         let scope_key = Visibility::Organization(caller.organization().clone()).key();
@@ -255,10 +268,17 @@ impl ResourceService {
                 id,
                 replaces: stale,
             });
+            write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),
                 // Someone else created a match meanwhile: search again and return theirs.
                 Err(StoreError::ConditionalClaimTaken) => continue,
+                Err(StoreError::DuplicateRequest) => {
+                    if let Some(key) = request {
+                        key.refuse_if_seen(&self.store).await?;
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -25,6 +25,23 @@ pub(super) async fn apply_write_set(
     for record in &write_set.audit {
         insert_audit(conn, record).await?;
     }
+    if let Some(request) = &write_set.request {
+        let inserted = sqlx::query(
+            "INSERT INTO request_ids (client_id, request_id, body_hash, outcome, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(request.client_id.as_str())
+        .bind(request.request_id.as_str())
+        .bind(request.body_hash.as_str())
+        .bind(request.outcome.as_str())
+        .bind(crate::domain::instant::Instant::now().micros())
+        .execute(&mut *conn)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::DuplicateRequest),
+            Err(e) => return Err(e.into()),
+        }
+    }
     for grant in &write_set.grants {
         sqlx::query(
             "INSERT INTO resource_visibility (resource_type, id, visibility_key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",

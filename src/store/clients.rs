@@ -111,3 +111,15 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 }
+
+impl Store {
+    /// The record of an earlier request with this client's X-Request-ID: (body hash, outcome).
+    pub async fn find_request(&self, client_id: &str, request_id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query("SELECT body_hash, outcome FROM request_ids WHERE client_id = $1 AND request_id = $2")
+            .bind(client_id)
+            .bind(request_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+}

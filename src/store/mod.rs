@@ -28,7 +28,9 @@ pub use clients::ClientRecord;
 pub use connect::{DatabaseUrl, PoolSettings};
 pub use reads::{HistoryQuery, StoredVersion};
 pub use search::{Position, SearchHit, SearchPage};
-pub use write_set::{ConditionalClaim, Precondition, ResourceWrite, VisibilityGrant, WriteMethod, WriteSet};
+pub use write_set::{
+    ConditionalClaim, Precondition, RequestRecord, ResourceWrite, VisibilityGrant, WriteMethod, WriteSet,
+};
 
 use sqlite_writer::SqliteWriter;
 
@@ -42,6 +44,9 @@ pub enum StoreError {
     /// A conditional-create claim was taken by a concurrent request.
     #[error("the conditional create key was claimed by a concurrent request")]
     ConditionalClaimTaken,
+    /// A request with this client's X-Request-ID already wrote.
+    #[error("the X-Request-ID was already used")]
+    DuplicateRequest,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]

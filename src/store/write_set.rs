@@ -83,6 +83,17 @@ pub struct VisibilityGrant {
     pub key: String,
 }
 
+/// The `X-Request-ID` of the request that makes this change (BaRS de-duplication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub client_id: String,
+    pub request_id: String,
+    /// SHA-256 of the request (method, path, body): a replay with another body is refused.
+    pub body_hash: String,
+    /// What the first request produced, e.g. `Task/abc/_history/1`.
+    pub outcome: String,
+}
+
 /// Everything one request writes.
 #[derive(Debug, Clone, Default)]
 pub struct WriteSet {
@@ -91,6 +102,7 @@ pub struct WriteSet {
     /// Audit records of this change, committed with it (or not at all).
     pub audit: Vec<AuditRecord>,
     pub grants: Vec<VisibilityGrant>,
+    pub request: Option<RequestRecord>,
 }
 
 impl WriteSet {
