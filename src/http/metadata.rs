@@ -13,7 +13,7 @@ use crate::domain::search_query::{includes_of, revincludes_of};
 
 /// The CapabilityStatement as FHIR JSON.
 pub fn capability_statement_json(base_url: &str) -> Value {
-    let resources: Vec<Value> = ResourceType::ALL
+    let mut resources: Vec<Value> = ResourceType::ALL
         .into_iter()
         .map(|resource_type| {
             let interactions: Vec<Value> = resource_type
@@ -43,6 +43,12 @@ pub fn capability_statement_json(base_url: &str) -> Value {
             })
         })
         .collect();
+    // The audit trail, for the operator role (http::audit_events).
+    resources.push(json!({
+        "type": "AuditEvent",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [{"name": "entity", "type": "reference", "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-entity"}],
+    }));
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -56,7 +62,13 @@ pub fn capability_statement_json(base_url: &str) -> Value {
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            "security": {
+                "cors": false,
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+                "description": "SMART Backend Services (client_credentials with private_key_jwt); see /.well-known/smart-configuration",
+            },
             "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }],
     })
 }
