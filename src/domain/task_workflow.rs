@@ -190,7 +190,7 @@ pub fn check_task_change(party: TaskParty, before: &Value, after: &Value, claimi
     if let Some(editable) = editable {
         if let Some(element) = changed
             .iter()
-            .find(|e| !editable.contains(e) && !(claiming && **e == "owner"))
+            .find(|e| !(editable.contains(e) || (claiming && **e == "owner")))
         {
             return Err(match party {
                 TaskParty::Owner => forbidden(

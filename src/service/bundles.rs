@@ -294,7 +294,7 @@ impl ResourceService {
                     let body = resource.ok_or_else(|| fail(ServiceError::invalid(IssueCode::Required, "a POST entry needs a resource", None)))?;
                     check_resource(&body, entry.resource_type).map_err(fail)?;
                     let (planned, write) = self
-                        .plan(caller, entry.resource_type, id.clone(), None, Some(body), WriteMethod::Create, &pending)
+                        .plan(caller, entry.resource_type, id.clone(), None, Some((body, WriteMethod::Create)), &pending)
                         .await
                         .map_err(fail)?;
                     pending.insert((entry.resource_type, id.as_str().to_owned()), serde_json::from_str(&write.body).unwrap_or(Value::Null));
@@ -313,18 +313,19 @@ impl ResourceService {
                             return Err(fail(ServiceError::PreconditionFailed(format!("ifMatch names version {expected}, the current is {}", current.version))));
                         }
                     }
-                    let (after, method) = if entry.method == "PUT" {
+                    let change = if entry.method == "PUT" {
                         let body = resource.ok_or_else(|| fail(ServiceError::invalid(IssueCode::Required, "a PUT entry needs a resource", None)))?;
                         check_resource(&body, entry.resource_type).map_err(fail)?;
                         if body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                             return Err(fail(ServiceError::invalid(IssueCode::Invalid, "the resource id must match request.url", Some("resource.id"))));
                         }
-                        (Some(body), WriteMethod::Update)
+                        Some((body, WriteMethod::Update))
                     } else {
-                        (None, WriteMethod::Delete)
+                        None
                     };
+                    let method = change.as_ref().map_or(WriteMethod::Delete, |(_, m)| *m);
                     let (planned, write) = self
-                        .plan(caller, entry.resource_type, id.clone(), Some(&current), after, method, &pending)
+                        .plan(caller, entry.resource_type, id.clone(), Some(&current), change, &pending)
                         .await
                         .map_err(fail)?;
                     let status = if method == WriteMethod::Delete { "204 No Content" } else { "200 OK" };

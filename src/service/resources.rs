@@ -52,8 +52,8 @@ impl ResourceService {
         self
     }
 
-    /// Plans one write through the referral rules: the new version (or deletion) of
-    /// `resource_type/id` from `current`, with its audit record and everything the rules add
+    /// Plans one write through the referral rules: the new version (`change`: the content and
+    /// how it came about; `None` deletes) of `resource_type/id` from `current`, with its audit record and everything the rules add
     /// (visibility, cascaded Task cancellations, the open-referral key). Every write path
     /// (create, update, patch, delete, transaction entries) comes through here.
     pub(crate) async fn plan(
@@ -62,10 +62,13 @@ impl ResourceService {
         resource_type: ResourceType,
         id: ResourceId,
         current: Option<&StoredVersion>,
-        mut after: Option<Value>,
-        method: WriteMethod,
+        change: Option<(Value, WriteMethod)>,
         pending: &Pending,
     ) -> Result<(WriteSet, ResourceWrite), ServiceError> {
+        let (mut after, method) = match change {
+            Some((body, method)) => (Some(body), method),
+            None => (None, WriteMethod::Delete),
+        };
         let before: Option<Value> = current
             .filter(|c| !c.deleted)
             .map(|c| serde_json::from_str(&c.body))
@@ -200,7 +203,7 @@ impl ResourceService {
         let Some(criteria) = criteria else {
             for _ in 0..UNCONDITIONAL_RETRIES {
                 let (mut write_set, write) = self
-                    .plan(caller, resource_type, ResourceId::generate(), None, Some(resource.clone()), WriteMethod::Create, &Pending::new())
+                    .plan(caller, resource_type, ResourceId::generate(), None, Some((resource.clone(), WriteMethod::Create)), &Pending::new())
                     .await?;
                 write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
                 match self.store.commit(write_set).await {
@@ -259,7 +262,7 @@ impl ResourceService {
             }
             let id = ResourceId::generate();
             let (mut write_set, write) = self
-                .plan(caller, resource_type, id.clone(), None, Some(resource.clone()), WriteMethod::Create, &Pending::new())
+                .plan(caller, resource_type, id.clone(), None, Some((resource.clone(), WriteMethod::Create)), &Pending::new())
                 .await?;
             write_set.conditional_claims.push(ConditionalClaim {
                 scope_key: scope_key.clone(),
@@ -368,7 +371,7 @@ impl ResourceService {
             Self::check_if_match(&current, if_match)?;
             let resource = next_body(&current)?;
             let (write_set, write) = self
-                .plan(caller, resource_type, id.clone(), Some(&current), Some(resource), method, &Pending::new())
+                .plan(caller, resource_type, id.clone(), Some(&current), Some((resource, method)), &Pending::new())
                 .await?;
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(Self::written(write)),
@@ -473,7 +476,7 @@ impl ResourceService {
                 return Ok(());
             }
             let (write_set, _) = self
-                .plan(caller, resource_type, id.clone(), Some(&current), None, WriteMethod::Delete, &Pending::new())
+                .plan(caller, resource_type, id.clone(), Some(&current), None, &Pending::new())
                 .await?;
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(()),

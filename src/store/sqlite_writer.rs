@@ -18,6 +18,9 @@ use super::StoreError;
 /// How many write sets share one commit at most. Bounded so one commit's latency stays small.
 const MAX_BATCH: usize = 512;
 
+/// Where a write set's outcome goes once its commit is durable (or has failed).
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
 enum Message {
     Write {
         write_set: WriteSet,
@@ -98,7 +101,7 @@ async fn run(
 }
 
 async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_window: Duration) {
-    let mut outcomes: Vec<(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>)> =
+    let mut outcomes: Vec<(Reply, Result<(), StoreError>)> =
         Vec::with_capacity(batch.len());
     if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
         tracing::error!(error = %e, "sqlite writer could not begin a transaction");
