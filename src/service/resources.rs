@@ -92,11 +92,13 @@ impl ResourceService {
                 body: String::new(),
                 index: Vec::new(),
                 visibility: Vec::new(),
+                visibility_grants: Vec::new(),
             },
         };
         write.visibility.extend(effects.extra_visibility);
         let mut write_set = Self::write_set_of(caller, write.clone(), effects.claims);
         write_set.grants = effects.grants;
+        write_set.revocations = effects.revocations;
         for (task, body) in effects.cancel_tasks {
             let cancel = Self::prepare_write(
                 caller,
@@ -134,9 +136,12 @@ impl ResourceService {
             .iter()
             .map(Visibility::key)
             .collect();
-        visibility.push(Visibility::Organization(caller.organization().clone()).key());
         visibility.sort();
         visibility.dedup();
+        let visibility_grants = match method {
+            WriteMethod::Create => vec![Visibility::Organization(caller.organization().clone()).key()],
+            _ => Vec::new(),
+        };
         ResourceWrite {
             resource_type,
             id,
@@ -147,6 +152,7 @@ impl ResourceService {
             body: resource.to_string(),
             index,
             visibility,
+            visibility_grants,
         }
     }
 
@@ -167,7 +173,7 @@ impl ResourceService {
             Some(write.resource_type.as_str()),
             Some(write.id.as_str()),
         );
-        WriteSet { resources: vec![write], conditional_claims: claims, audit: vec![audit], grants: Vec::new(), request: None }
+        WriteSet { resources: vec![write], conditional_claims: claims, audit: vec![audit], ..Default::default() }
     }
 
     fn written(write: ResourceWrite) -> StoredVersion {

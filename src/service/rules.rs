@@ -27,6 +27,8 @@ pub(crate) struct RuleEffects {
     pub extra_visibility: Vec<String>,
     /// Visibility of other resources (the referral's patient for the CLW service).
     pub grants: Vec<VisibilityGrant>,
+    /// Visibility withdrawn: an open referral, once claimed, is no longer for every performer.
+    pub revocations: Vec<VisibilityGrant>,
     /// Tasks to cancel because their referral was revoked: (current version, new body).
     pub cancel_tasks: Vec<(StoredVersion, Value)>,
     /// The one-open-referral-per-patient-and-service key.
@@ -170,13 +172,28 @@ impl Rules<'_> {
         };
         check_task_change(party, before, after, claiming).map_err(from_refusal)?;
         let mut effects = RuleEffects::default();
-        if party == TaskParty::Requester && before.get("focus") != after.get("focus") {
-            effects = self.check_task_links(after).await?;
+        if party == TaskParty::Requester {
+            if !self.is_caller(self.organization_of(after.get("requester")).await?.as_ref()) {
+                return Err(forbidden("the requester cannot hand its Task to another practice", "Task.requester"));
+            }
+            if before.get("focus") != after.get("focus") || before.get("for") != after.get("for") {
+                effects = self.check_task_links(after).await?;
+            }
+            if before.get("owner") != after.get("owner") {
+                if let Some(ods) = &new_owner {
+                    if !self.store.organization_has_role(ods.as_str(), Role::Performer.as_str()).await? {
+                        return Err(unprocessable(format!("the owner {ods} is not a registered CLW service (performer)"), "Task.owner"));
+                    }
+                    effects.grants.extend(self.referral_grants(after, &Visibility::Organization(ods.clone())).await?);
+                    effects.claims.extend(self.open_referral_claim(id, after, ods).await?);
+                }
+            }
         }
         if claiming {
             if let Some(ods) = &new_owner {
                 effects.grants.extend(self.referral_grants(after, &Visibility::Organization(ods.clone())).await?);
                 effects.claims.extend(self.open_referral_claim(id, after, ods).await?);
+                effects.revocations.extend(self.open_referral_revocations(id, after).await?);
             }
         }
         Ok(effects)
@@ -277,6 +294,36 @@ impl Rules<'_> {
                 ResourceId::parse(&id).ok().map(|id| VisibilityGrant { resource_type, id, key: to.key() })
             })
             .collect())
+    }
+
+    /// The "any performer" visibility that an open Task gave its referral, withdrawn when it is
+    /// claimed, unless another open Task still needs it.
+    async fn open_referral_revocations(&self, id: &ResourceId, task: &Value) -> Result<Vec<VisibilityGrant>, ServiceError> {
+        let everyone = Visibility::AnyPerformer;
+        let mut revocations = Vec::new();
+        for grant in self.referral_grants(task, &everyone).await? {
+            let param = match grant.resource_type {
+                ResourceType::ServiceRequest => "focus",
+                ResourceType::Patient => "patient",
+                _ => continue,
+            };
+            let others = self
+                .store
+                .referencing_ids(&TenantScope::Everything, ResourceType::Task, param, grant.resource_type, grant.id.as_str())
+                .await?;
+            let mut still_open = false;
+            for other in others.iter().filter(|other| *other != id) {
+                let current = self.store.read_current(&TenantScope::Everything, ResourceType::Task, other).await?;
+                let open = current
+                    .and_then(|v| serde_json::from_str::<Value>(&v.body).ok())
+                    .is_some_and(|t| t.get("owner").is_none() && status_of(&t).is_some_and(|s| !s.is_terminal()));
+                still_open |= open;
+            }
+            if !still_open {
+                revocations.push(grant);
+            }
+        }
+        Ok(revocations)
     }
 
     /// One open referral per patient and CLW service: a unique key claimed with the Task. A

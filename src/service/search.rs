@@ -11,18 +11,19 @@
 //! seen could therefore skip a version stamped before `T` that committed after its poll.
 //! linkbridge closes that gap with a settle window `W` (`settle_window_ms`, default 5 s):
 //!
-//! 1. **Writers**: the store refuses to apply a resource write whose `last_updated` is more
-//!    than `W/2` old at the moment it is applied (`StoreError::SettleWindowPassed`, answered
-//!    503 with `Retry-After`; a retry is stamped afresh).
+//! 1. **Writers**: the store refuses to commit a resource write whose `last_updated` is more
+//!    than `W/2` old when it is applied, checked again just before COMMIT
+//!    (`StoreError::SettleWindowPassed`, answered 503 with `Retry-After`; a retry is stamped
+//!    afresh).
 //! 2. **Readers**: a search that tests `_lastUpdated` or sorts by it returns only rows with
 //!    `last_updated <= H`, where the horizon `H = now - W` is fixed when its first page is
 //!    read and carried by the paging cursor to every later page.
 //!
 //! Proof that a poller which reads every page of each poll and then polls again with
 //! `gt<T>`, `T` the largest `lastUpdated` it has seen, never misses the latest version `v` of
-//! a matching resource (stamped `L`): by rule 1, `v` was applied at the latest at `L + W/2`
-//! and committed soon after (the margin `W/2` covers the rest of the transaction, the SQLite
-//! batch and the clock difference between replicas). Let poll `k` be the first whose horizon
+//! a matching resource (stamped `L`): by rule 1, `v` passed its last check before COMMIT at
+//! the latest at `L + W/2` (the remaining margin `W/2` covers the COMMIT itself and the clock
+//! difference between replicas: the one timing assumption). Let poll `k` be the first whose horizon
 //! `H_k = t_k - W` is `>= L`. Then `t_k >= L + W`, so `v` is visible to poll `k`. Every row
 //! an earlier poll returned had `last_updated <= H_(k-1) < L`, hence `T_k < L`: `v` satisfies
 //! `gt<T_k>` and `<= H_k`, and poll `k` returns it. The price is a delay: a change is seen by

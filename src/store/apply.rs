@@ -42,9 +42,18 @@ pub(super) async fn apply_write_set(
             Err(e) => return Err(e.into()),
         }
     }
+    for revoked in &write_set.revocations {
+        sqlx::query("DELETE FROM resource_visibility WHERE resource_type = $1 AND id = $2 AND visibility_key = $3")
+            .bind(revoked.resource_type.as_str())
+            .bind(revoked.id.as_str())
+            .bind(revoked.key.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
     for grant in &write_set.grants {
         sqlx::query(
-            "INSERT INTO resource_visibility (resource_type, id, visibility_key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            "INSERT INTO resource_visibility (resource_type, id, visibility_key, source) VALUES ($1, $2, $3, 'grant') \
+             ON CONFLICT DO NOTHING",
         )
         .bind(grant.resource_type.as_str())
         .bind(grant.id.as_str())
@@ -88,6 +97,12 @@ fn check_settle_window(write: &ResourceWrite, settle_window: Duration) -> Result
         return Err(StoreError::SettleWindowPassed { late_by_ms: late_by / 1000 });
     }
     Ok(())
+}
+
+/// [`check_settle_window`] for every write of a set, run again just before COMMIT: what is
+/// left unchecked is then only the COMMIT itself.
+pub(super) fn check_write_set_settled(write_set: &WriteSet, settle_window: Duration) -> Result<(), StoreError> {
+    write_set.resources.iter().try_for_each(|write| check_settle_window(write, settle_window))
 }
 
 async fn apply_resource_write(
@@ -174,18 +189,34 @@ async fn apply_resource_write(
         }
     }
     insert_index(conn, write).await?;
-    // Visibility only grows: once an organisation is party to a resource it keeps seeing its
-    // history. Keys already present are left alone.
-    insert_rows(
-        conn,
-        "resource_visibility (resource_type, id, visibility_key)",
-        write.visibility.iter().map(|key| {
+    // Content-derived visibility follows the current version; granted visibility (the
+    // creator, grants through a referral) stays. A deletion keeps both, so those who could
+    // see the resource get 410 rather than 404.
+    if !write.body.is_empty() {
+        if matches!(write.precondition, Precondition::CurrentVersion(_)) {
+            sqlx::query("DELETE FROM resource_visibility WHERE resource_type = $1 AND id = $2 AND source = 'content'")
+                .bind(write.resource_type.as_str())
+                .bind(write.id.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+        let keyed = |key: &String, source: &str| {
             let mut args = RowArgs::new(write);
             args.text(Some(key));
+            args.text(Some(source));
             args
-        }),
-    )
-    .await?;
+        };
+        insert_rows(
+            conn,
+            "resource_visibility (resource_type, id, visibility_key, source)",
+            write
+                .visibility_grants
+                .iter()
+                .map(|key| keyed(key, "grant"))
+                .chain(write.visibility.iter().map(|key| keyed(key, "content"))),
+        )
+        .await?;
+    }
     Ok(())
 }
 

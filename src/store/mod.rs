@@ -111,6 +111,9 @@ impl Store {
             Backend::Postgres => {
                 let mut tx = self.inner.pool.begin().await?;
                 apply::apply_write_set(&mut tx, &write_set, self.inner.settle_window).await?;
+                // Again just before COMMIT: a transaction slowed down after its first check
+                // must not commit rows that `_lastUpdated` pollers may already have passed.
+                apply::check_write_set_settled(&write_set, self.inner.settle_window)?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, Executor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
-use super::apply::apply_write_set;
+use super::apply::{apply_write_set, check_write_set_settled};
 use super::write_set::WriteSet;
 use super::StoreError;
 
@@ -110,9 +110,28 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
         }
         return;
     }
+    let mut applied = Vec::new();
     for Message::Write { write_set, reply } in batch {
         let outcome = apply_in_savepoint(conn, &write_set, settle_window).await;
+        if outcome.is_ok() {
+            applied.push(write_set);
+        }
         outcomes.push((reply, outcome));
+    }
+    // Again just before COMMIT (see `service::search`): if the batch took so long that one of
+    // its writes is now older than the settle window allows, none of it commits; every
+    // request of the batch is answered SettleWindowPassed and may retry.
+    if let Err(late) = applied.iter().try_for_each(|ws| check_write_set_settled(ws, settle_window)) {
+        let _ = conn.execute("ROLLBACK").await;
+        let late_by_ms = match late {
+            StoreError::SettleWindowPassed { late_by_ms } => late_by_ms,
+            _ => 0,
+        };
+        for (reply, outcome) in outcomes {
+            let answer = outcome.and(Err(StoreError::SettleWindowPassed { late_by_ms }));
+            let _ = reply.send(answer);
+        }
+        return;
     }
     match conn.execute("COMMIT").await {
         Ok(_) => {

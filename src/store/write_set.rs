@@ -58,8 +58,11 @@ pub struct ResourceWrite {
     pub body: String,
     /// Search index rows of this version (none for a delete).
     pub index: Vec<IndexEntry>,
-    /// Visibility keys (see `domain::tenancy::Visibility`) added to those the resource has.
+    /// Visibility keys (see `domain::tenancy::Visibility`) that follow from this version's
+    /// content; they replace those of the previous version.
     pub visibility: Vec<String>,
+    /// Visibility keys that persist whatever later versions say (the creating organisation).
+    pub visibility_grants: Vec<String>,
 }
 
 /// Claims a conditional-create key so that concurrent identical conditional creates make one
@@ -102,6 +105,8 @@ pub struct WriteSet {
     /// Audit records of this change, committed with it (or not at all).
     pub audit: Vec<AuditRecord>,
     pub grants: Vec<VisibilityGrant>,
+    /// Visibility withdrawn from other resources (an open referral once claimed).
+    pub revocations: Vec<VisibilityGrant>,
     pub request: Option<RequestRecord>,
 }
 
@@ -112,5 +117,6 @@ impl WriteSet {
         self.conditional_claims.extend(other.conditional_claims);
         self.audit.extend(other.audit);
         self.grants.extend(other.grants);
+        self.revocations.extend(other.revocations);
     }
 }

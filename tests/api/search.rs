@@ -94,6 +94,7 @@ impl SearchApp {
             index: extract_index(resource_type, &body),
             body: body.to_string(),
             visibility,
+            visibility_grants: Vec::new(),
         };
         self.store
             .commit(one(write))
@@ -140,6 +141,7 @@ impl SearchApp {
             index: Vec::new(),
             body: String::new(),
             visibility: Vec::new(),
+            visibility_grants: Vec::new(),
         };
         self.store.commit(one(write)).await.expect("delete");
     }
@@ -1081,6 +1083,7 @@ fn task_write(id: &ResourceId, version: i64, last_updated: Instant) -> ResourceW
         index: extract_index(ResourceType::Task, &body),
         body: body.to_string(),
         visibility: vec![format!("org:{GP}")],
+        visibility_grants: Vec::new(),
     }
 }
 
@@ -1366,6 +1369,7 @@ fn write_of(resource_type: ResourceType, body: Value, org: &str) -> ResourceWrit
         index: extract_index(resource_type, &body),
         body: body.to_string(),
         visibility: vec![format!("org:{org}")],
+        visibility_grants: Vec::new(),
     }
 }
 

@@ -36,6 +36,7 @@ fn patient_write(id: &ResourceId, version: i64, precondition: Precondition, fami
         index: extract_index(ResourceType::Patient, &body),
         body: body.to_string(),
         visibility: vec![format!("org:{org}")],
+        visibility_grants: Vec::new(),
     }
 }
 

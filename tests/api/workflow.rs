@@ -1092,10 +1092,10 @@ async fn two_performers_racing_to_claim_an_open_task_give_one_owner(db: Db) {
     let Some(app) = spawn_app_on(db).await else {
         return;
     };
-    // With If-Match both start from version 1; without it the loser may find the Task
-    // already claimed (404: no longer its to see).
+    // With If-Match both start from version 1 (412 when they collide); either way a loser
+    // that arrives after the claim committed no longer sees the Task (404: not its to see).
     let races: [(&str, Option<&str>, &[u16]); 2] = [
-        ("with If-Match", Some("W/\"1\""), &[409, 412, 422]),
+        ("with If-Match", Some("W/\"1\""), &[404, 409, 412, 422]),
         ("without If-Match", None, &[404, 409, 412, 422]),
     ];
     for (how, if_match, loser_statuses) in races {
