@@ -120,7 +120,8 @@ pub fn rotate_keys(settings: &Settings) -> Result<String, AdminError> {
 }
 
 /// The demo systems: a GP practice and a CLW service.
-const DEMO_CLIENTS: [(&str, &str, &str); 2] = [("demo-gp", "DEMOGP1", "referrer"), ("demo-clw", "DEMOCLW1", "performer")];
+const DEMO_CLIENTS: [(&str, &str, &str); 2] =
+    [("demo-gp", "DEMOGP1", "referrer"), ("demo-clw", "DEMOCLW1", "performer")];
 
 fn demo_key_path(settings: &Settings, client_id: &str) -> PathBuf {
     settings.data_dir.join("demo-clients").join(format!("{client_id}.pem"))
@@ -174,9 +175,8 @@ pub async fn demo_setup(settings: &Settings) -> Result<String, AdminError> {
 /// asks the running server's token endpoint for an access token, exactly as a real client
 /// system would (SMART Backend Services).
 pub async fn demo_token(settings: &Settings, client_id: &str, server: &str, scope: &str) -> Result<String, AdminError> {
-    let pem = std::fs::read_to_string(demo_key_path(settings, client_id)).map_err(|_| {
-        AdminError::Invalid(format!("no demo key for {client_id}; run `linkbridge demo setup` first"))
-    })?;
+    let pem = std::fs::read_to_string(demo_key_path(settings, client_id))
+        .map_err(|_| AdminError::Invalid(format!("no demo key for {client_id}; run `linkbridge demo setup` first")))?;
     let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| AdminError::Invalid(e.to_string()))?;
     let token_url = format!("{}/auth/token", server.trim_end_matches('/'));
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
@@ -187,8 +187,10 @@ pub async fn demo_token(settings: &Settings, client_id: &str, server: &str, scop
         "iss": client_id, "sub": client_id, "aud": token_url,
         "iat": now, "exp": now + 240, "jti": uuid::Uuid::new_v4().to_string(),
     });
-    let encoding = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| AdminError::Invalid(e.to_string()))?;
-    let assertion = jsonwebtoken::encode(&header, &claims, &encoding).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let encoding =
+        jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let assertion =
+        jsonwebtoken::encode(&header, &claims, &encoding).map_err(|e| AdminError::Invalid(e.to_string()))?;
     let response = reqwest::Client::new()
         .post(&token_url)
         .form(&[

@@ -177,6 +177,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment::Jail's closures must return figment's own (large) error type")]
 mod tests {
     use super::*;
 
@@ -226,10 +227,8 @@ mod tests {
 
     #[test]
     fn a_postgres_url_selects_postgres_and_is_not_printed() {
-        let settings = Settings {
-            database_url: Some(SecretString::from("postgres://u:secret@db/lb")),
-            ..Settings::default()
-        };
+        let settings =
+            Settings { database_url: Some(SecretString::from("postgres://u:secret@db/lb")), ..Settings::default() };
         let db = settings.database().expect("valid url");
         assert!(matches!(db, DatabaseUrl::Postgres(_)));
         assert!(!format!("{db:?}").contains("secret"));

@@ -165,7 +165,11 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<String, admi
         Command::Serve => Ok(String::new()),
         Command::Clients { action } => match action {
             ClientsAction::Add { client_id, organization, role, jwks_file, jwks_url, scopes } => {
-                admin::add_client(settings, admin::NewClient { client_id, organization, role, jwks_file, jwks_url, scopes }).await
+                admin::add_client(
+                    settings,
+                    admin::NewClient { client_id, organization, role, jwks_file, jwks_url, scopes },
+                )
+                .await
             }
             ClientsAction::List => admin::list_clients(settings).await,
             ClientsAction::Remove { client_id } => admin::remove_client(settings, &client_id).await,
@@ -173,7 +177,9 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<String, admi
         Command::Keys { action: KeysAction::Rotate } => admin::rotate_keys(settings),
         Command::Demo { action } => match action {
             DemoAction::Setup => admin::demo_setup(settings).await,
-            DemoAction::Token { client_id, server, scope } => admin::demo_token(settings, &client_id, &server, &scope).await,
+            DemoAction::Token { client_id, server, scope } => {
+                admin::demo_token(settings, &client_id, &server, &scope).await
+            }
         },
     }
 }

@@ -6,9 +6,9 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 
+use crate::auth::{AccessTokenPolicy, ExternalIssuerPolicy, HttpJwksSource, JwksFetchConfig, SigningKeys};
 use crate::config::{ConfigError, Settings};
 use crate::http::{self, AppState};
-use crate::auth::{AccessTokenPolicy, ExternalIssuerPolicy, HttpJwksSource, JwksFetchConfig, SigningKeys};
 use crate::service::auth::{AuthService, ExternalIssuer};
 use crate::service::resources::ResourceService;
 use crate::store::{Store, StoreError};
@@ -114,7 +114,8 @@ fn build_auth(settings: &Settings, store: &Store, base_url: &str) -> Result<Auth
     let Some(external) = &settings.external_issuer else {
         return Ok(service);
     };
-    let policy = ExternalIssuerPolicy::new(&external.issuer, base_url, &external.organization_claim, &external.role_claim)
-        .map_err(|e| StartupError::Auth(format!("external issuer: {e}")))?;
+    let policy =
+        ExternalIssuerPolicy::new(&external.issuer, base_url, &external.organization_claim, &external.role_claim)
+            .map_err(|e| StartupError::Auth(format!("external issuer: {e}")))?;
     Ok(service.with_external_issuer(ExternalIssuer { policy, jwks_url: external.jwks_url.clone() }))
 }

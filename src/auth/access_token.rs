@@ -177,12 +177,7 @@ pub struct Grant {
 
 impl Grant {
     pub fn new(client_id: ClientId, organization: OdsCode, role: Role, scope: ScopeSet) -> Self {
-        Self {
-            client_id,
-            organization,
-            role,
-            scope,
-        }
+        Self { client_id, organization, role, scope }
     }
 
     pub fn client_id(&self) -> &ClientId {
@@ -309,10 +304,7 @@ impl AccessTokenPolicy {
     /// Token lifetime, 1 to 300 seconds.
     pub fn with_lifetime_secs(mut self, secs: u64) -> Result<Self, ConfigError> {
         if !(1..=MAX_LIFETIME_SECS).contains(&secs) {
-            return Err(ConfigError::TokenLifetime {
-                got: secs,
-                max: MAX_LIFETIME_SECS,
-            });
+            return Err(ConfigError::TokenLifetime { got: secs, max: MAX_LIFETIME_SECS });
         }
         self.lifetime_secs = secs;
         Ok(self)
@@ -369,8 +361,7 @@ impl AccessTokenPolicy {
             "organization": grant.organization.as_str(),
             "role": grant.role.as_str(),
         });
-        let token = jsonwebtoken::encode(&header, &claims, key.encoding_key())
-            .map_err(|_| IssueError::Signing)?;
+        let token = jsonwebtoken::encode(&header, &claims, key.encoding_key()).map_err(|_| IssueError::Signing)?;
         Ok(IssuedAccessToken {
             access_token: SecretString::from(token),
             expires_in: self.lifetime_secs,
@@ -380,20 +371,14 @@ impl AccessTokenPolicy {
     }
 
     /// Verifies one of our own access tokens (see the module documentation for the order).
-    pub fn verify(
-        &self,
-        keys: &SigningKeys,
-        token: &str,
-        now: OffsetDateTime,
-    ) -> Result<AccessClaims, TokenError> {
+    pub fn verify(&self, keys: &SigningKeys, token: &str, now: OffsetDateTime) -> Result<AccessClaims, TokenError> {
         let jws = parse_access_token(token)?;
         let (kid, alg) = checked_header(&jws, &OWN_ALGORITHMS)?;
         let key = keys.find(kid).ok_or(TokenError::UnknownKid)?;
         if !jws.signature_is_valid(key.decoding_key(), alg) {
             return Err(TokenError::BadSignature);
         }
-        let times =
-            check_registered_claims(&jws, &self.issuer, &self.audience, self.leeway_secs, now)?;
+        let times = check_registered_claims(&jws, &self.issuer, &self.audience, self.leeway_secs, now)?;
         // We never issue longer-lived tokens; one that claims to be is not ours to trust.
         if times.expires_at.saturating_sub(times.issued_at) > secs_i64(MAX_LIFETIME_SECS) {
             return Err(TokenError::LifetimeTooLong);
@@ -404,16 +389,11 @@ impl AccessTokenPolicy {
             return Err(TokenError::SubjectMismatch);
         }
         Ok(AccessClaims {
-            client_id: ClientId::parse(client_id)
-                .map_err(|_| TokenError::InvalidClaim("client_id"))?,
+            client_id: ClientId::parse(client_id).map_err(|_| TokenError::InvalidClaim("client_id"))?,
             organization: OdsCode::parse(jws.required_string("organization")?)
                 .map_err(|_| TokenError::InvalidClaim("organization"))?,
-            role: jws
-                .required_string("role")?
-                .parse()
-                .map_err(|_| TokenError::InvalidClaim("role"))?,
-            scope: ScopeSet::parse(jws.required_string("scope")?)
-                .map_err(|_| TokenError::InvalidClaim("scope"))?,
+            role: jws.required_string("role")?.parse().map_err(|_| TokenError::InvalidClaim("role"))?,
+            scope: ScopeSet::parse(jws.required_string("scope")?).map_err(|_| TokenError::InvalidClaim("scope"))?,
             jti: times.jti,
             issued_at: to_datetime(times.issued_at, "iat")?,
             expires_at: to_datetime(times.expires_at, "exp")?,
@@ -435,21 +415,12 @@ pub struct ExternalIssuerPolicy {
 impl ExternalIssuerPolicy {
     /// `organization_claim` and `role_claim` name top-level string claims in that issuer's
     /// tokens; their values are returned raw for the caller to map against the registry.
-    pub fn new(
-        issuer: &str,
-        audience: &str,
-        organization_claim: &str,
-        role_claim: &str,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(issuer: &str, audience: &str, organization_claim: &str, role_claim: &str) -> Result<Self, ConfigError> {
         if organization_claim.is_empty() {
-            return Err(ConfigError::Empty {
-                what: "organisation claim name",
-            });
+            return Err(ConfigError::Empty { what: "organisation claim name" });
         }
         if role_claim.is_empty() {
-            return Err(ConfigError::Empty {
-                what: "role claim name",
-            });
+            return Err(ConfigError::Empty { what: "role claim name" });
         }
         Ok(Self {
             issuer: absolute_url(issuer, "external issuer")?,
@@ -467,9 +438,7 @@ impl ExternalIssuerPolicy {
             return Err(ConfigError::Algorithm(*bad));
         }
         if algorithms.is_empty() {
-            return Err(ConfigError::Empty {
-                what: "algorithm allow-list",
-            });
+            return Err(ConfigError::Empty { what: "algorithm allow-list" });
         }
         self.algorithms = algorithms.to_vec();
         Ok(self)
@@ -544,21 +513,13 @@ pub fn verify_external_access_token(
     let (kid, alg) = checked_header(&jws, &policy.algorithms)?;
     let key = jwks.select(kid, alg).map_err(|e| match e {
         KeySelectError::UnknownKid => TokenError::UnknownKid,
-        KeySelectError::NoKeyFitsAlgorithm | KeySelectError::AmbiguousKid => {
-            TokenError::KeyDoesNotFit
-        }
+        KeySelectError::NoKeyFitsAlgorithm | KeySelectError::AmbiguousKid => TokenError::KeyDoesNotFit,
         KeySelectError::InvalidKey(why) => TokenError::InvalidKey(why),
     })?;
     if !jws.signature_is_valid(&key, alg) {
         return Err(TokenError::BadSignature);
     }
-    let times = check_registered_claims(
-        &jws,
-        &policy.issuer,
-        &policy.audience,
-        policy.leeway_secs,
-        now,
-    )?;
+    let times = check_registered_claims(&jws, &policy.issuer, &policy.audience, policy.leeway_secs, now)?;
     let claim = |name: &str| match jws.claims.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(_) => Err(()),
@@ -567,8 +528,7 @@ pub fn verify_external_access_token(
     Ok(ExternalAccessClaims {
         subject: jws.required_string("sub")?.to_owned(),
         client_id: jws.required_string("client_id")?.to_owned(),
-        organization: claim(&policy.organization_claim)
-            .map_err(|()| TokenError::MissingClaim("organization"))?,
+        organization: claim(&policy.organization_claim).map_err(|()| TokenError::MissingClaim("organization"))?,
         role: claim(&policy.role_claim).map_err(|()| TokenError::MissingClaim("role"))?,
         scope: ScopeSet::parse_lenient(jws.string_claim("scope")?.unwrap_or_default()),
         jti: times.jti,
@@ -598,16 +558,9 @@ fn parse_access_token(token: &str) -> Result<CompactJws<'_>, TokenError> {
 }
 
 /// Header rules shared by our own and external tokens; returns the `kid` and the algorithm.
-fn checked_header<'j>(
-    jws: &'j CompactJws<'_>,
-    allowed: &[Algorithm],
-) -> Result<(&'j str, Algorithm), TokenError> {
+fn checked_header<'j>(jws: &'j CompactJws<'_>, allowed: &[Algorithm]) -> Result<(&'j str, Algorithm), TokenError> {
     let header = &jws.header;
-    if !header
-        .typ
-        .as_deref()
-        .is_some_and(|t| typ_is(t, ACCESS_TOKEN_TYP))
-    {
+    if !header.typ.as_deref().is_some_and(|t| typ_is(t, ACCESS_TOKEN_TYP)) {
         return Err(TokenError::WrongType);
     }
     let alg = allowed_alg(&header.alg, allowed).ok_or(TokenError::AlgorithmNotAllowed)?;
@@ -619,11 +572,7 @@ fn checked_header<'j>(
     if header.jku.is_some() {
         return Err(TokenError::UnsupportedHeader("jku"));
     }
-    let kid = header
-        .kid
-        .as_deref()
-        .filter(|k| !k.is_empty())
-        .ok_or(TokenError::MissingKid)?;
+    let kid = header.kid.as_deref().filter(|k| !k.is_empty()).ok_or(TokenError::MissingKid)?;
     Ok((kid, alg))
 }
 
@@ -665,11 +614,7 @@ fn check_registered_claims(
     if jti.len() > MAX_JTI_LEN {
         return Err(TokenError::InvalidClaim("jti"));
     }
-    Ok(RegisteredTimes {
-        issued_at: iat,
-        expires_at: exp,
-        jti: jti.to_owned(),
-    })
+    Ok(RegisteredTimes { issued_at: iat, expires_at: exp, jti: jti.to_owned() })
 }
 
 fn to_datetime(secs: i64, claim: &'static str) -> Result<OffsetDateTime, TokenError> {
@@ -682,10 +627,7 @@ fn secs_i64(secs: u64) -> i64 {
 
 fn checked_leeway(secs: u64) -> Result<u64, ConfigError> {
     if secs > MAX_LEEWAY_SECS {
-        return Err(ConfigError::Leeway {
-            got: secs,
-            max: MAX_LEEWAY_SECS,
-        });
+        return Err(ConfigError::Leeway { got: secs, max: MAX_LEEWAY_SECS });
     }
     Ok(secs)
 }
@@ -742,8 +684,7 @@ mod tests {
             ClientId::parse("gp-a81001").unwrap_or_else(|e| panic!("client id: {e}")),
             OdsCode::parse("A81001").unwrap_or_else(|e| panic!("ods: {e}")),
             Role::Referrer,
-            ScopeSet::parse("system/Task.cruds system/ServiceRequest.crs")
-                .unwrap_or_else(|e| panic!("scope: {e}")),
+            ScopeSet::parse("system/Task.cruds system/ServiceRequest.crs").unwrap_or_else(|e| panic!("scope: {e}")),
         )
     }
 
@@ -786,31 +727,17 @@ mod tests {
     }
 
     fn sign(keys: &SigningKeys, header: &Value, claims: &Value) -> String {
-        sign_raw(
-            header,
-            claims,
-            keys.active().encoding_key(),
-            Algorithm::ES384,
-        )
+        sign_raw(header, claims, keys.active().encoding_key(), Algorithm::ES384)
     }
 
     #[test]
     fn an_issued_token_verifies_and_carries_the_grant() {
         let keys = keys();
-        let issued = policy()
-            .issue(&keys, &grant(), now())
-            .unwrap_or_else(|e| panic!("issue: {e}"));
-        assert_eq!(
-            issued.expires_in(),
-            300,
-            "default lifetime is the maximum, 300 s"
-        );
+        let issued = policy().issue(&keys, &grant(), now()).unwrap_or_else(|e| panic!("issue: {e}"));
+        assert_eq!(issued.expires_in(), 300, "default lifetime is the maximum, 300 s");
         let body = issued.response_body();
         assert_eq!(body["token_type"], "bearer", "token_type");
-        assert_eq!(
-            body["scope"], "system/ServiceRequest.crs system/Task.cruds",
-            "scope"
-        );
+        assert_eq!(body["scope"], "system/ServiceRequest.crs system/Task.cruds", "scope");
 
         let token = issued.access_token().expose_secret();
         let header = jsonwebtoken::decode_header(token).unwrap_or_else(|e| panic!("header: {e}"));
@@ -818,9 +745,7 @@ mod tests {
         assert_eq!(header.alg, Algorithm::ES384, "alg");
         assert_eq!(header.kid.as_deref(), Some(keys.active().kid()), "kid");
 
-        let verified = policy()
-            .verify(&keys, token, at(10))
-            .unwrap_or_else(|e| panic!("verify: {e}"));
+        let verified = policy().verify(&keys, token, at(10)).unwrap_or_else(|e| panic!("verify: {e}"));
         assert_eq!(verified.client_id().as_str(), "gp-a81001", "client_id");
         assert_eq!(verified.organization().as_str(), "A81001", "organization");
         assert_eq!(verified.role(), Role::Referrer, "role");
@@ -832,28 +757,10 @@ mod tests {
         let unverified: Value = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
             .map(|d| d.claims)
             .unwrap_or_else(|e| panic!("claims: {e}"));
-        for claim in [
-            "iss",
-            "aud",
-            "sub",
-            "client_id",
-            "exp",
-            "iat",
-            "nbf",
-            "jti",
-            "scope",
-            "organization",
-            "role",
-        ] {
-            assert!(
-                unverified.get(claim).is_some(),
-                "RFC 9068 claim {claim} is present"
-            );
+        for claim in ["iss", "aud", "sub", "client_id", "exp", "iat", "nbf", "jti", "scope", "organization", "role"] {
+            assert!(unverified.get(claim).is_some(), "RFC 9068 claim {claim} is present");
         }
-        assert!(
-            uuid::Uuid::parse_str(verified.jti()).is_ok(),
-            "jti is a uuid"
-        );
+        assert!(uuid::Uuid::parse_str(verified.jti()).is_ok(), "jti is a uuid");
     }
 
     #[test]
@@ -865,11 +772,7 @@ mod tests {
         let h = header(&keys);
         let public_point = {
             let jwk = keys.active().public_jwk();
-            format!(
-                "{}{}",
-                jwk["x"].as_str().unwrap_or_default(),
-                jwk["y"].as_str().unwrap_or_default()
-            )
+            format!("{}{}", jwk["x"].as_str().unwrap_or_default(), jwk["y"].as_str().unwrap_or_default())
         };
         let hs256 = |secret: &[u8]| {
             sign_raw(
@@ -884,26 +787,14 @@ mod tests {
             ("blank token", "   ".into(), TokenError::Missing),
             ("not a jwt", "hello".into(), TokenError::Malformed),
             ("garbage segments", "a.b.c".into(), TokenError::Malformed),
-            (
-                "oversized",
-                "a".repeat(MAX_TOKEN_BYTES + 1),
-                TokenError::TooLarge,
-            ),
-            (
-                "tampered signature",
-                tamper_signature(&good),
-                TokenError::BadSignature,
-            ),
+            ("oversized", "a".repeat(MAX_TOKEN_BYTES + 1), TokenError::TooLarge),
+            ("tampered signature", tamper_signature(&good), TokenError::BadSignature),
             (
                 "tampered payload",
                 replace_payload(&good, &with(&c, &[("role", json!("operator"))])),
                 TokenError::BadSignature,
             ),
-            (
-                "alg none",
-                unsigned(&with(&h, &[("alg", json!("none"))]), &c),
-                TokenError::AlgorithmNotAllowed,
-            ),
+            ("alg none", unsigned(&with(&h, &[("alg", json!("none"))]), &c), TokenError::AlgorithmNotAllowed),
             (
                 "alg none, signature kept",
                 format!(
@@ -918,44 +809,15 @@ mod tests {
                 hs256(keys.active().public_jwk().to_string().as_bytes()),
                 TokenError::AlgorithmNotAllowed,
             ),
-            (
-                "HS256 keyed with the public point",
-                hs256(public_point.as_bytes()),
-                TokenError::AlgorithmNotAllowed,
-            ),
-            (
-                "RS384 header",
-                sign(&keys, &with(&h, &[("alg", json!("RS384"))]), &c),
-                TokenError::AlgorithmNotAllowed,
-            ),
-            (
-                "client assertion typ JWT",
-                sign(&keys, &with(&h, &[("typ", json!("JWT"))]), &c),
-                TokenError::WrongType,
-            ),
-            (
-                "no typ",
-                sign(&keys, &without(&h, "typ"), &c),
-                TokenError::WrongType,
-            ),
-            (
-                "no kid",
-                sign(&keys, &without(&h, "kid"), &c),
-                TokenError::MissingKid,
-            ),
-            (
-                "unknown kid",
-                sign(&keys, &with(&h, &[("kid", json!("../../dev/null"))]), &c),
-                TokenError::UnknownKid,
-            ),
+            ("HS256 keyed with the public point", hs256(public_point.as_bytes()), TokenError::AlgorithmNotAllowed),
+            ("RS384 header", sign(&keys, &with(&h, &[("alg", json!("RS384"))]), &c), TokenError::AlgorithmNotAllowed),
+            ("client assertion typ JWT", sign(&keys, &with(&h, &[("typ", json!("JWT"))]), &c), TokenError::WrongType),
+            ("no typ", sign(&keys, &without(&h, "typ"), &c), TokenError::WrongType),
+            ("no kid", sign(&keys, &without(&h, "kid"), &c), TokenError::MissingKid),
+            ("unknown kid", sign(&keys, &with(&h, &[("kid", json!("../../dev/null"))]), &c), TokenError::UnknownKid),
             (
                 "signed by a stranger's key",
-                sign_raw(
-                    &header(&other_keys),
-                    &c,
-                    other_keys.active().encoding_key(),
-                    Algorithm::ES384,
-                ),
+                sign_raw(&header(&other_keys), &c, other_keys.active().encoding_key(), Algorithm::ES384),
                 TokenError::UnknownKid,
             ),
             (
@@ -965,11 +827,7 @@ mod tests {
             ),
             (
                 "jku header",
-                sign(
-                    &keys,
-                    &with(&h, &[("jku", json!("https://evil.example/jwks"))]),
-                    &c,
-                ),
+                sign(&keys, &with(&h, &[("jku", json!("https://evil.example/jwks"))]), &c),
                 TokenError::UnsupportedHeader("jku"),
             ),
             (
@@ -979,68 +837,28 @@ mod tests {
             ),
             (
                 "wrong issuer",
-                sign(
-                    &keys,
-                    &h,
-                    &with(&c, &[("iss", json!("https://evil.example"))]),
-                ),
+                sign(&keys, &h, &with(&c, &[("iss", json!("https://evil.example"))])),
                 TokenError::WrongIssuer,
             ),
             (
                 "wrong audience",
-                sign(
-                    &keys,
-                    &h,
-                    &with(&c, &[("aud", json!("https://other.example/fhir"))]),
-                ),
+                sign(&keys, &h, &with(&c, &[("aud", json!("https://other.example/fhir"))])),
                 TokenError::WrongAudience,
             ),
             (
                 "audience with trailing slash",
-                sign(
-                    &keys,
-                    &h,
-                    &with(&c, &[("aud", json!(format!("{FHIR_BASE}/")))]),
-                ),
+                sign(&keys, &h, &with(&c, &[("aud", json!(format!("{FHIR_BASE}/")))])),
                 TokenError::WrongAudience,
             ),
-            (
-                "no audience",
-                sign(&keys, &h, &without(&c, "aud")),
-                TokenError::MissingClaim("aud"),
-            ),
-            (
-                "no issuer",
-                sign(&keys, &h, &without(&c, "iss")),
-                TokenError::MissingClaim("iss"),
-            ),
-            (
-                "no exp",
-                sign(&keys, &h, &without(&c, "exp")),
-                TokenError::MissingClaim("exp"),
-            ),
-            (
-                "no nbf",
-                sign(&keys, &h, &without(&c, "nbf")),
-                TokenError::MissingClaim("nbf"),
-            ),
-            (
-                "no iat",
-                sign(&keys, &h, &without(&c, "iat")),
-                TokenError::MissingClaim("iat"),
-            ),
-            (
-                "no jti",
-                sign(&keys, &h, &without(&c, "jti")),
-                TokenError::MissingClaim("jti"),
-            ),
+            ("no audience", sign(&keys, &h, &without(&c, "aud")), TokenError::MissingClaim("aud")),
+            ("no issuer", sign(&keys, &h, &without(&c, "iss")), TokenError::MissingClaim("iss")),
+            ("no exp", sign(&keys, &h, &without(&c, "exp")), TokenError::MissingClaim("exp")),
+            ("no nbf", sign(&keys, &h, &without(&c, "nbf")), TokenError::MissingClaim("nbf")),
+            ("no iat", sign(&keys, &h, &without(&c, "iat")), TokenError::MissingClaim("iat")),
+            ("no jti", sign(&keys, &h, &without(&c, "jti")), TokenError::MissingClaim("jti")),
             (
                 "exp as a string",
-                sign(
-                    &keys,
-                    &h,
-                    &with(&c, &[("exp", json!((NOW + 300).to_string()))]),
-                ),
+                sign(&keys, &h, &with(&c, &[("exp", json!((NOW + 300).to_string()))])),
                 TokenError::InvalidClaim("exp"),
             ),
             (
@@ -1048,23 +866,11 @@ mod tests {
                 sign(&keys, &h, &with(&c, &[("nbf", json!(NOW.to_string()))])),
                 TokenError::InvalidClaim("nbf"),
             ),
-            (
-                "expired",
-                sign(&keys, &h, &with(&c, &[("exp", json!(NOW - 31))])),
-                TokenError::Expired,
-            ),
-            (
-                "nbf in the future",
-                sign(&keys, &h, &with(&c, &[("nbf", json!(NOW + 31))])),
-                TokenError::NotYetValid,
-            ),
+            ("expired", sign(&keys, &h, &with(&c, &[("exp", json!(NOW - 31))])), TokenError::Expired),
+            ("nbf in the future", sign(&keys, &h, &with(&c, &[("nbf", json!(NOW + 31))])), TokenError::NotYetValid),
             (
                 "iat in the future",
-                sign(
-                    &keys,
-                    &h,
-                    &with(&c, &[("iat", json!(NOW + 31)), ("exp", json!(NOW + 300))]),
-                ),
+                sign(&keys, &h, &with(&c, &[("iat", json!(NOW + 31)), ("exp", json!(NOW + 300))])),
                 TokenError::IssuedInFuture,
             ),
             (
@@ -1082,11 +888,7 @@ mod tests {
                 sign(&keys, &h, &with(&c, &[("scope", json!("system/Task.sr"))])),
                 TokenError::InvalidClaim("scope"),
             ),
-            (
-                "invalid role",
-                sign(&keys, &h, &with(&c, &[("role", json!("admin"))])),
-                TokenError::InvalidClaim("role"),
-            ),
+            ("invalid role", sign(&keys, &h, &with(&c, &[("role", json!("admin"))])), TokenError::InvalidClaim("role")),
             (
                 "invalid organisation",
                 sign(&keys, &h, &with(&c, &[("organization", json!("../x"))])),
@@ -1099,11 +901,7 @@ mod tests {
             ),
         ];
         for (name, token, expected) in cases {
-            assert_eq!(
-                policy().verify(&keys, &token, now()).err(),
-                Some(expected),
-                "{name}"
-            );
+            assert_eq!(policy().verify(&keys, &token, now()).err(), Some(expected), "{name}");
         }
         assert!(
             policy().verify(&keys, &sign(&keys, &h, &c), now()).is_ok(),
@@ -1118,40 +916,16 @@ mod tests {
         let c = claims();
         let cases: &[(&str, Value, i64, Result<(), TokenError>)] = &[
             ("just inside exp + leeway", c.clone(), 300 + 29, Ok(())),
-            (
-                "at exp + leeway",
-                c.clone(),
-                300 + 30,
-                Err(TokenError::Expired),
-            ),
-            (
-                "nbf within leeway",
-                with(&c, &[("nbf", json!(NOW + 30))]),
-                0,
-                Ok(()),
-            ),
-            (
-                "array audience containing us",
-                with(&c, &[("aud", json!(["https://x.example", FHIR_BASE]))]),
-                0,
-                Ok(()),
-            ),
+            ("at exp + leeway", c.clone(), 300 + 30, Err(TokenError::Expired)),
+            ("nbf within leeway", with(&c, &[("nbf", json!(NOW + 30))]), 0, Ok(())),
+            ("array audience containing us", with(&c, &[("aud", json!(["https://x.example", FHIR_BASE]))]), 0, Ok(())),
         ];
         for (name, claims, offset, expected) in cases {
-            let result = policy()
-                .verify(&keys, &sign(&keys, &h, claims), at(*offset))
-                .map(|_| ());
+            let result = policy().verify(&keys, &sign(&keys, &h, claims), at(*offset)).map(|_| ());
             assert_eq!(result, *expected, "{name}");
         }
-        let long_typ = sign(
-            &keys,
-            &with(&h, &[("typ", json!("application/at+jwt"))]),
-            &c,
-        );
-        assert!(
-            policy().verify(&keys, &long_typ, now()).is_ok(),
-            "RFC 9068 allows the full media type"
-        );
+        let long_typ = sign(&keys, &with(&h, &[("typ", json!("application/at+jwt"))]), &c);
+        assert!(policy().verify(&keys, &long_typ, now()).is_ok(), "RFC 9068 allows the full media type");
     }
 
     #[test]
@@ -1162,56 +936,34 @@ mod tests {
         let token = issue(&old_set);
 
         let old_again = old_set.active();
-        let pem = old_again
-            .to_pkcs8_pem()
-            .unwrap_or_else(|e| panic!("pem: {e}"));
-        let reloaded_old =
-            SigningKey::from_pkcs8_pem(pem.expose_secret()).unwrap_or_else(|e| panic!("pem: {e}"));
-        let rotated =
-            SigningKeys::new(new_key(), vec![reloaded_old]).unwrap_or_else(|e| panic!("keys: {e}"));
+        let pem = old_again.to_pkcs8_pem().unwrap_or_else(|e| panic!("pem: {e}"));
+        let reloaded_old = SigningKey::from_pkcs8_pem(pem.expose_secret()).unwrap_or_else(|e| panic!("pem: {e}"));
+        let rotated = SigningKeys::new(new_key(), vec![reloaded_old]).unwrap_or_else(|e| panic!("keys: {e}"));
         assert_ne!(rotated.active().kid(), old_kid, "a new key is active");
-        assert!(
-            policy().verify(&rotated, &token, now()).is_ok(),
-            "the old key still verifies"
-        );
+        assert!(policy().verify(&rotated, &token, now()).is_ok(), "the old key still verifies");
         let new_token = issue(&rotated);
         assert!(new_token.contains('.'), "issued with the new key");
-        assert!(
-            policy().verify(&rotated, &new_token, now()).is_ok(),
-            "the new key verifies"
-        );
+        assert!(policy().verify(&rotated, &new_token, now()).is_ok(), "the new key verifies");
 
         let pruned = SigningKeys::new(new_key(), vec![]).unwrap_or_else(|e| panic!("keys: {e}"));
-        assert_eq!(
-            policy().verify(&pruned, &token, now()).err(),
-            Some(TokenError::UnknownKid),
-            "removed key"
-        );
+        assert_eq!(policy().verify(&pruned, &token, now()).err(), Some(TokenError::UnknownKid), "removed key");
     }
 
     #[test]
     fn a_client_assertion_is_not_an_access_token() {
         // A real RS384 client assertion, as a client would send to the token endpoint.
-        let rsa = EncodingKey::from_rsa_pem(include_bytes!(
-            "../../tests/fixtures/keys/rsa-client-private.pem"
-        ))
-        .unwrap_or_else(|e| panic!("rsa: {e}"));
+        let rsa = EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/keys/rsa-client-private.pem"))
+            .unwrap_or_else(|e| panic!("rsa: {e}"));
         let assertion = sign_raw(
             &json!({"alg": "RS384", "typ": "JWT", "kid": "rsa-client-1"}),
             &json!({"iss": "gp-a81001", "sub": "gp-a81001", "aud": format!("{ISSUER}/token"), "exp": NOW + 60, "jti": "x"}),
             &rsa,
             Algorithm::RS384,
         );
-        assert_eq!(
-            policy().verify(&keys(), &assertion, now()).err(),
-            Some(TokenError::WrongType),
-            "typ JWT"
-        );
+        assert_eq!(policy().verify(&keys(), &assertion, now()).err(), Some(TokenError::WrongType), "typ JWT");
         let jwks = Jwks::from_value(
-            &serde_json::from_str::<Value>(include_str!(
-                "../../tests/fixtures/keys/rsa-client-jwks.json"
-            ))
-            .unwrap_or_default(),
+            &serde_json::from_str::<Value>(include_str!("../../tests/fixtures/keys/rsa-client-jwks.json"))
+                .unwrap_or_default(),
         )
         .unwrap_or_else(|e| panic!("jwks: {e}"));
         let external = external_policy();
@@ -1230,52 +982,21 @@ mod tests {
             Some(ConfigError::TokenLifetime { got: 301, max: 300 }),
             "over 300 s is refused"
         );
-        assert!(
-            policy().with_lifetime_secs(0).is_err(),
-            "zero lifetime is refused"
-        );
-        assert!(
-            policy().with_leeway_secs(60).is_ok(),
-            "60 s leeway is allowed"
-        );
-        assert!(
-            policy().with_leeway_secs(61).is_err(),
-            "over 60 s leeway is refused"
-        );
-        for bad in [
-            "",
-            "linkbridge",
-            "ftp://x.example",
-            "https://user:pw@x.example",
-            "https://x.example/#f",
-        ] {
-            assert!(
-                AccessTokenPolicy::new(bad, FHIR_BASE).is_err(),
-                "issuer {bad:?} is refused"
-            );
+        assert!(policy().with_lifetime_secs(0).is_err(), "zero lifetime is refused");
+        assert!(policy().with_leeway_secs(60).is_ok(), "60 s leeway is allowed");
+        assert!(policy().with_leeway_secs(61).is_err(), "over 60 s leeway is refused");
+        for bad in ["", "linkbridge", "ftp://x.example", "https://user:pw@x.example", "https://x.example/#f"] {
+            assert!(AccessTokenPolicy::new(bad, FHIR_BASE).is_err(), "issuer {bad:?} is refused");
         }
         assert!(
             AccessTokenPolicy::new("http://127.0.0.1:8080", "http://127.0.0.1:8080/fhir").is_ok(),
             "plain http is allowed for local runs"
         );
-        let short = policy()
-            .with_lifetime_secs(60)
-            .unwrap_or_else(|e| panic!("policy: {e}"));
-        let issued = short
-            .issue(&keys(), &grant(), now())
-            .unwrap_or_else(|e| panic!("issue: {e}"));
+        let short = policy().with_lifetime_secs(60).unwrap_or_else(|e| panic!("policy: {e}"));
+        let issued = short.issue(&keys(), &grant(), now()).unwrap_or_else(|e| panic!("issue: {e}"));
         assert_eq!(issued.expires_in(), 60, "configured lifetime is used");
-        let empty = Grant::new(
-            grant().client_id,
-            grant().organization,
-            Role::Performer,
-            ScopeSet::empty(),
-        );
-        assert_eq!(
-            policy().issue(&keys(), &empty, now()).err(),
-            Some(IssueError::EmptyScope),
-            "no empty grants"
-        );
+        let empty = Grant::new(grant().client_id, grant().organization, Role::Performer, ScopeSet::empty());
+        assert_eq!(policy().issue(&keys(), &empty, now()).err(), Some(IssueError::EmptyScope), "no empty grants");
     }
 
     #[test]
@@ -1297,24 +1018,16 @@ mod tests {
     }
 
     fn external_policy() -> ExternalIssuerPolicy {
-        ExternalIssuerPolicy::new(
-            "https://login.operator.example",
-            FHIR_BASE,
-            "ods_code",
-            "linkbridge_role",
-        )
-        .unwrap_or_else(|e| panic!("external policy: {e}"))
+        ExternalIssuerPolicy::new("https://login.operator.example", FHIR_BASE, "ods_code", "linkbridge_role")
+            .unwrap_or_else(|e| panic!("external policy: {e}"))
     }
 
     #[test]
     fn external_issuer_tokens_verify_against_its_jwks_and_return_raw_tenant_claims() {
-        let ec_key = EncodingKey::from_ec_pem(include_bytes!(
-            "../../tests/fixtures/keys/ec-p384-client-private.pem"
-        ))
-        .unwrap_or_else(|e| panic!("ec: {e}"));
-        let jwks_value: Value =
-            serde_json::from_str(include_str!("../../tests/fixtures/keys/client-jwks.json"))
-                .unwrap_or_else(|e| panic!("jwks: {e}"));
+        let ec_key = EncodingKey::from_ec_pem(include_bytes!("../../tests/fixtures/keys/ec-p384-client-private.pem"))
+            .unwrap_or_else(|e| panic!("ec: {e}"));
+        let jwks_value: Value = serde_json::from_str(include_str!("../../tests/fixtures/keys/client-jwks.json"))
+            .unwrap_or_else(|e| panic!("jwks: {e}"));
         let jwks = Jwks::from_value(&jwks_value).unwrap_or_else(|e| panic!("jwks: {e}"));
         let h = json!({"alg": "ES384", "typ": "at+jwt", "kid": "ec-p384-client-1"});
         let c = json!({
@@ -1322,35 +1035,17 @@ mod tests {
             "iat": NOW, "nbf": NOW, "exp": NOW + 3600, "jti": "j-1",
             "scope": "openid system/Task.rs", "ods_code": "A81001", "linkbridge_role": "referrer",
         });
-        let sign_ec =
-            |header: &Value, claims: &Value| sign_raw(header, claims, &ec_key, Algorithm::ES384);
-        let verified =
-            verify_external_access_token(&external_policy(), &jwks, &sign_ec(&h, &c), now())
-                .unwrap_or_else(|e| panic!("verify: {e}"));
-        assert_eq!(
-            verified.organization_raw(),
-            "A81001",
-            "organisation from the configured claim"
-        );
-        assert_eq!(
-            verified.role_raw(),
-            "referrer",
-            "role from the configured claim"
-        );
-        assert_eq!(
-            verified.scope().render(),
-            "system/Task.rs",
-            "non-system scopes are dropped"
-        );
+        let sign_ec = |header: &Value, claims: &Value| sign_raw(header, claims, &ec_key, Algorithm::ES384);
+        let verified = verify_external_access_token(&external_policy(), &jwks, &sign_ec(&h, &c), now())
+            .unwrap_or_else(|e| panic!("verify: {e}"));
+        assert_eq!(verified.organization_raw(), "A81001", "organisation from the configured claim");
+        assert_eq!(verified.role_raw(), "referrer", "role from the configured claim");
+        assert_eq!(verified.scope().render(), "system/Task.rs", "non-system scopes are dropped");
         assert_eq!(verified.client_id(), "svc-1", "client_id");
 
         let rsa_jwk_public = jwks_value["keys"][0].to_string();
         let cases: Vec<(&str, String, TokenError)> = vec![
-            (
-                "wrong issuer",
-                sign_ec(&h, &with(&c, &[("iss", json!(ISSUER))])),
-                TokenError::WrongIssuer,
-            ),
+            ("wrong issuer", sign_ec(&h, &with(&c, &[("iss", json!(ISSUER))])), TokenError::WrongIssuer),
             (
                 "missing organisation claim",
                 sign_ec(&h, &without(&c, "ods_code")),
@@ -1376,16 +1071,8 @@ mod tests {
                 ),
                 TokenError::AlgorithmNotAllowed,
             ),
-            (
-                "no nbf",
-                sign_ec(&h, &without(&c, "nbf")),
-                TokenError::MissingClaim("nbf"),
-            ),
-            (
-                "typ JWT",
-                sign_ec(&with(&h, &[("typ", json!("JWT"))]), &c),
-                TokenError::WrongType,
-            ),
+            ("no nbf", sign_ec(&h, &without(&c, "nbf")), TokenError::MissingClaim("nbf")),
+            ("typ JWT", sign_ec(&with(&h, &[("typ", json!("JWT"))]), &c), TokenError::WrongType),
         ];
         for (name, token, expected) in cases {
             assert_eq!(
@@ -1395,9 +1082,7 @@ mod tests {
             );
         }
         assert!(
-            external_policy()
-                .with_algorithms(&[Algorithm::HS256])
-                .is_err(),
+            external_policy().with_algorithms(&[Algorithm::HS256]).is_err(),
             "symmetric algorithms cannot be configured"
         );
     }

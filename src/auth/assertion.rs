@@ -36,8 +36,7 @@ use super::principal::ClientId;
 /// The `client_assertion_type` form value the token endpoint must require (RFC 7523 section 2.2).
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Accepted client assertion algorithms, also what smart-configuration advertises.
-pub const ASSERTION_ALGORITHMS: [Algorithm; 3] =
-    [Algorithm::RS384, Algorithm::ES384, Algorithm::RS512];
+pub const ASSERTION_ALGORITHMS: [Algorithm; 3] = [Algorithm::RS384, Algorithm::ES384, Algorithm::RS512];
 /// [`ASSERTION_ALGORITHMS`] by JWA name, for smart-configuration's
 /// `token_endpoint_auth_signing_alg_values_supported`.
 pub const ASSERTION_ALGORITHM_NAMES: [&str; 3] = ["RS384", "ES384", "RS512"];
@@ -204,11 +203,7 @@ pub struct RegisteredClient<'a> {
 
 impl<'a> RegisteredClient<'a> {
     pub fn new(client_id: &'a ClientId, jwks: &'a Value, jwks_url: Option<&'a str>) -> Self {
-        Self {
-            client_id,
-            jwks,
-            jwks_url,
-        }
+        Self { client_id, jwks, jwks_url }
     }
 }
 
@@ -242,13 +237,7 @@ pub fn verify_client_assertion(
     token_endpoint: &str,
     now: OffsetDateTime,
 ) -> Result<VerifiedAssertion, ClientAuthError> {
-    let checked = precheck(
-        assertion,
-        client.client_id,
-        client.jwks_url,
-        token_endpoint,
-        now,
-    )?;
+    let checked = precheck(assertion, client.client_id, client.jwks_url, token_endpoint, now)?;
     let jwks = Jwks::from_value(client.jwks).map_err(|_| ClientAuthError::InvalidJwks)?;
     checked.verify_signature(&jwks)
 }
@@ -279,16 +268,11 @@ pub async fn authenticate_client(
         ClientKeys::Url(url) => url,
     };
     let fetch = |freshness| async move {
-        let value = source
-            .fetch_jwks(url, freshness)
-            .await
-            .map_err(ClientAuthError::JwksUnavailable)?;
+        let value = source.fetch_jwks(url, freshness).await.map_err(ClientAuthError::JwksUnavailable)?;
         Jwks::from_value(&value).map_err(|_| ClientAuthError::InvalidJwks)
     };
     match checked.verify_signature(&fetch(Freshness::Cached).await?) {
-        Err(ClientAuthError::UnknownKid) => {
-            checked.verify_signature(&fetch(Freshness::Refresh).await?)
-        }
+        Err(ClientAuthError::UnknownKid) => checked.verify_signature(&fetch(Freshness::Refresh).await?),
         other => other,
     }
 }
@@ -326,21 +310,12 @@ fn precheck<'a>(
     let jws = CompactJws::parse(assertion, MAX_ASSERTION_BYTES)?;
     let (kid, alg) = check_header(&jws, jwks_url)?;
     let verified = check_claims(&jws, client_id, token_endpoint, now)?;
-    Ok(Prechecked {
-        jws,
-        kid,
-        alg,
-        verified,
-    })
+    Ok(Prechecked { jws, kid, alg, verified })
 }
 
-fn check_header(
-    jws: &CompactJws<'_>,
-    jwks_url: Option<&str>,
-) -> Result<(String, Algorithm), ClientAuthError> {
+fn check_header(jws: &CompactJws<'_>, jwks_url: Option<&str>) -> Result<(String, Algorithm), ClientAuthError> {
     let header = &jws.header;
-    let alg = allowed_alg(&header.alg, &ASSERTION_ALGORITHMS)
-        .ok_or(ClientAuthError::AlgorithmNotAllowed)?;
+    let alg = allowed_alg(&header.alg, &ASSERTION_ALGORITHMS).ok_or(ClientAuthError::AlgorithmNotAllowed)?;
     // RFC 7523 does not require typ; SMART's example sends `JWT`. Anything else (notably
     // `at+jwt`) is another kind of token (RFC 8725 section 3.11).
     if header.typ.as_deref().is_some_and(|t| !typ_is(t, "jwt")) {
@@ -355,11 +330,7 @@ fn check_header(
             return Err(ClientAuthError::JkuNotRegistered);
         }
     }
-    let kid = header
-        .kid
-        .as_deref()
-        .filter(|k| !k.is_empty())
-        .ok_or(ClientAuthError::MissingKid)?;
+    let kid = header.kid.as_deref().filter(|k| !k.is_empty()).ok_or(ClientAuthError::MissingKid)?;
     Ok((kid.to_owned(), alg))
 }
 
@@ -388,16 +359,10 @@ fn check_claims(
     if exp.saturating_sub(now) > MAX_ASSERTION_LIFETIME_SECS {
         return Err(ClientAuthError::ExpiresTooFarAhead);
     }
-    if jws
-        .numeric_date("nbf")?
-        .is_some_and(|nbf| nbf > now.saturating_add(ASSERTION_LEEWAY_SECS))
-    {
+    if jws.numeric_date("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(ASSERTION_LEEWAY_SECS)) {
         return Err(ClientAuthError::NotYetValid);
     }
-    if jws
-        .numeric_date("iat")?
-        .is_some_and(|iat| iat > now.saturating_add(ASSERTION_LEEWAY_SECS))
-    {
+    if jws.numeric_date("iat")?.is_some_and(|iat| iat > now.saturating_add(ASSERTION_LEEWAY_SECS)) {
         return Err(ClientAuthError::IssuedInFuture);
     }
     let jti = jws.required_string("jti")?;
@@ -407,8 +372,7 @@ fn check_claims(
     Ok(VerifiedAssertion {
         client_id: client_id.clone(),
         jti: jti.to_owned(),
-        exp: OffsetDateTime::from_unix_timestamp(exp)
-            .map_err(|_| ClientAuthError::InvalidClaim("exp"))?,
+        exp: OffsetDateTime::from_unix_timestamp(exp).map_err(|_| ClientAuthError::InvalidClaim("exp"))?,
     })
 }
 
@@ -443,17 +407,13 @@ mod tests {
     }
 
     fn rsa_key() -> EncodingKey {
-        EncodingKey::from_rsa_pem(include_bytes!(
-            "../../tests/fixtures/keys/rsa-client-private.pem"
-        ))
-        .unwrap_or_else(|e| panic!("rsa fixture: {e}"))
+        EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/keys/rsa-client-private.pem"))
+            .unwrap_or_else(|e| panic!("rsa fixture: {e}"))
     }
 
     fn ec_key() -> EncodingKey {
-        EncodingKey::from_ec_pem(include_bytes!(
-            "../../tests/fixtures/keys/ec-p384-client-private.pem"
-        ))
-        .unwrap_or_else(|e| panic!("ec fixture: {e}"))
+        EncodingKey::from_ec_pem(include_bytes!("../../tests/fixtures/keys/ec-p384-client-private.pem"))
+            .unwrap_or_else(|e| panic!("ec fixture: {e}"))
     }
 
     fn claims() -> Value {
@@ -487,18 +447,10 @@ mod tests {
         value
     }
 
-    fn verify(
-        assertion: &str,
-        jwks_url: Option<&str>,
-    ) -> Result<VerifiedAssertion, ClientAuthError> {
+    fn verify(assertion: &str, jwks_url: Option<&str>) -> Result<VerifiedAssertion, ClientAuthError> {
         let id = client_id();
         let keys = jwks();
-        verify_client_assertion(
-            assertion,
-            &RegisteredClient::new(&id, &keys, jwks_url),
-            TOKEN_URL,
-            now(),
-        )
+        verify_client_assertion(assertion, &RegisteredClient::new(&id, &keys, jwks_url), TOKEN_URL, now())
     }
 
     #[test]
@@ -508,31 +460,14 @@ mod tests {
             ("ES384", sign_ec(&ec_header(), &claims())),
             (
                 "RS384",
-                sign_raw(
-                    &json!({"alg": "RS384", "typ": "JWT", "kid": RSA_KID}),
-                    &claims(),
-                    &rsa,
-                    Algorithm::RS384,
-                ),
+                sign_raw(&json!({"alg": "RS384", "typ": "JWT", "kid": RSA_KID}), &claims(), &rsa, Algorithm::RS384),
             ),
-            (
-                "RS512",
-                sign_raw(
-                    &json!({"alg": "RS512", "kid": RSA_KID}),
-                    &claims(),
-                    &rsa,
-                    Algorithm::RS512,
-                ),
-            ),
+            ("RS512", sign_raw(&json!({"alg": "RS512", "kid": RSA_KID}), &claims(), &rsa, Algorithm::RS512)),
         ];
         for (name, assertion) in cases {
             let verified = verify(&assertion, None).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(verified.client_id().as_str(), CLIENT, "{name}: client_id");
-            assert_eq!(
-                verified.jti(),
-                "6f1d3c2e-8a1b-4f5e-9c0d-1a2b3c4d5e6f",
-                "{name}: jti"
-            );
+            assert_eq!(verified.jti(), "6f1d3c2e-8a1b-4f5e-9c0d-1a2b3c4d5e6f", "{name}: jti");
             assert_eq!(verified.exp().unix_timestamp(), NOW + 240, "{name}: exp");
             assert_eq!(
                 verified.retain_until().unix_timestamp(),
@@ -549,21 +484,9 @@ mod tests {
         let rsa_public_jwk = jwks()["keys"][0].to_string();
         let cases: Vec<(&str, String, ClientAuthError)> = vec![
             ("not a jwt", "hello".into(), ClientAuthError::Malformed),
-            (
-                "oversized",
-                "a".repeat(MAX_ASSERTION_BYTES + 1),
-                ClientAuthError::TooLarge,
-            ),
-            (
-                "tampered signature",
-                tamper_signature(&sign_ec(&h, &c)),
-                ClientAuthError::BadSignature,
-            ),
-            (
-                "alg none",
-                unsigned(&with(&h, &[("alg", json!("none"))]), &c),
-                ClientAuthError::AlgorithmNotAllowed,
-            ),
+            ("oversized", "a".repeat(MAX_ASSERTION_BYTES + 1), ClientAuthError::TooLarge),
+            ("tampered signature", tamper_signature(&sign_ec(&h, &c)), ClientAuthError::BadSignature),
+            ("alg none", unsigned(&with(&h, &[("alg", json!("none"))]), &c), ClientAuthError::AlgorithmNotAllowed),
             (
                 "HS256 keyed with the public key",
                 sign_raw(
@@ -576,37 +499,18 @@ mod tests {
             ),
             (
                 "ES256 is not on the list",
-                format!(
-                    "{}c2ln",
-                    unsigned(&with(&h, &[("alg", json!("ES256"))]), &c)
-                ),
+                format!("{}c2ln", unsigned(&with(&h, &[("alg", json!("ES256"))]), &c)),
                 ClientAuthError::AlgorithmNotAllowed,
             ),
-            (
-                "typ at+jwt",
-                sign_ec(&with(&h, &[("typ", json!("at+jwt"))]), &c),
-                ClientAuthError::WrongType,
-            ),
+            ("typ at+jwt", sign_ec(&with(&h, &[("typ", json!("at+jwt"))]), &c), ClientAuthError::WrongType),
             (
                 "crit header",
                 sign_ec(&with(&h, &[("crit", json!(["b64"]))]), &c),
                 ClientAuthError::UnsupportedHeader("crit"),
             ),
-            (
-                "no kid",
-                sign_ec(&without(&h, "kid"), &c),
-                ClientAuthError::MissingKid,
-            ),
-            (
-                "empty kid",
-                sign_ec(&with(&h, &[("kid", json!(""))]), &c),
-                ClientAuthError::MissingKid,
-            ),
-            (
-                "unknown kid",
-                sign_ec(&with(&h, &[("kid", json!("no-such-key"))]), &c),
-                ClientAuthError::UnknownKid,
-            ),
+            ("no kid", sign_ec(&without(&h, "kid"), &c), ClientAuthError::MissingKid),
+            ("empty kid", sign_ec(&with(&h, &[("kid", json!(""))]), &c), ClientAuthError::MissingKid),
+            ("unknown kid", sign_ec(&with(&h, &[("kid", json!("no-such-key"))]), &c), ClientAuthError::UnknownKid),
             (
                 "path traversal kid",
                 sign_ec(&with(&h, &[("kid", json!("../../dev/null"))]), &c),
@@ -614,13 +518,7 @@ mod tests {
             ),
             (
                 "sql kid",
-                sign_ec(
-                    &with(
-                        &h,
-                        &[("kid", json!("x' OR '1'='1'; DROP TABLE clients; --"))],
-                    ),
-                    &c,
-                ),
+                sign_ec(&with(&h, &[("kid", json!("x' OR '1'='1'; DROP TABLE clients; --"))]), &c),
                 ClientAuthError::UnknownKid,
             ),
             (
@@ -628,17 +526,10 @@ mod tests {
                 sign_ec(&with(&h, &[("kid", json!("ec-p384-client-1\u{0}"))]), &c),
                 ClientAuthError::UnknownKid,
             ),
-            (
-                "kid not a string",
-                sign_ec(&with(&h, &[("kid", json!(1))]), &c),
-                ClientAuthError::Malformed,
-            ),
+            ("kid not a string", sign_ec(&with(&h, &[("kid", json!(1))]), &c), ClientAuthError::Malformed),
             (
                 "jku not registered",
-                sign_ec(
-                    &with(&h, &[("jku", json!("https://evil.example/jwks"))]),
-                    &c,
-                ),
+                sign_ec(&with(&h, &[("jku", json!("https://evil.example/jwks"))]), &c),
                 ClientAuthError::JkuNotRegistered,
             ),
             (
@@ -648,26 +539,13 @@ mod tests {
             ),
             (
                 "iss = sub of another client",
-                sign_ec(
-                    &h,
-                    &with(&c, &[("iss", json!("other")), ("sub", json!("other"))]),
-                ),
+                sign_ec(&h, &with(&c, &[("iss", json!("other")), ("sub", json!("other"))])),
                 ClientAuthError::ClientMismatch,
             ),
-            (
-                "no iss",
-                sign_ec(&h, &without(&c, "iss")),
-                ClientAuthError::MissingClaim("iss"),
-            ),
+            ("no iss", sign_ec(&h, &without(&c, "iss")), ClientAuthError::MissingClaim("iss")),
             (
                 "aud is the FHIR base",
-                sign_ec(
-                    &h,
-                    &with(
-                        &c,
-                        &[("aud", json!("https://linkbridge.example.nhs.uk/fhir"))],
-                    ),
-                ),
+                sign_ec(&h, &with(&c, &[("aud", json!("https://linkbridge.example.nhs.uk/fhir"))])),
                 ClientAuthError::WrongAudience,
             ),
             (
@@ -680,11 +558,7 @@ mod tests {
                 sign_ec(&h, &with(&c, &[("aud", json!(["https://a.example"]))])),
                 ClientAuthError::WrongAudience,
             ),
-            (
-                "no aud",
-                sign_ec(&h, &without(&c, "aud")),
-                ClientAuthError::MissingClaim("aud"),
-            ),
+            ("no aud", sign_ec(&h, &without(&c, "aud")), ClientAuthError::MissingClaim("aud")),
             (
                 "exp more than 5 min ahead",
                 sign_ec(&h, &with(&c, &[("exp", json!(NOW + 301))])),
@@ -697,27 +571,16 @@ mod tests {
             ),
             (
                 "expired",
-                sign_ec(
-                    &h,
-                    &with(&c, &[("exp", json!(NOW - ASSERTION_LEEWAY_SECS))]),
-                ),
+                sign_ec(&h, &with(&c, &[("exp", json!(NOW - ASSERTION_LEEWAY_SECS))])),
                 ClientAuthError::Expired,
             ),
-            (
-                "no exp",
-                sign_ec(&h, &without(&c, "exp")),
-                ClientAuthError::MissingClaim("exp"),
-            ),
+            ("no exp", sign_ec(&h, &without(&c, "exp")), ClientAuthError::MissingClaim("exp")),
             (
                 "exp as a string",
                 sign_ec(&h, &with(&c, &[("exp", json!((NOW + 60).to_string()))])),
                 ClientAuthError::InvalidClaim("exp"),
             ),
-            (
-                "nbf in the future",
-                sign_ec(&h, &with(&c, &[("nbf", json!(NOW + 120))])),
-                ClientAuthError::NotYetValid,
-            ),
+            ("nbf in the future", sign_ec(&h, &with(&c, &[("nbf", json!(NOW + 120))])), ClientAuthError::NotYetValid),
             (
                 "nbf as a string",
                 sign_ec(&h, &with(&c, &[("nbf", json!(NOW.to_string()))])),
@@ -728,22 +591,11 @@ mod tests {
                 sign_ec(&h, &with(&c, &[("iat", json!(NOW + 120))])),
                 ClientAuthError::IssuedInFuture,
             ),
-            (
-                "no jti",
-                sign_ec(&h, &without(&c, "jti")),
-                ClientAuthError::MissingClaim("jti"),
-            ),
-            (
-                "jti not a string",
-                sign_ec(&h, &with(&c, &[("jti", json!(42))])),
-                ClientAuthError::InvalidClaim("jti"),
-            ),
+            ("no jti", sign_ec(&h, &without(&c, "jti")), ClientAuthError::MissingClaim("jti")),
+            ("jti not a string", sign_ec(&h, &with(&c, &[("jti", json!(42))])), ClientAuthError::InvalidClaim("jti")),
             (
                 "jti too long",
-                sign_ec(
-                    &h,
-                    &with(&c, &[("jti", json!("j".repeat(MAX_JTI_LEN + 1)))]),
-                ),
+                sign_ec(&h, &with(&c, &[("jti", json!("j".repeat(MAX_JTI_LEN + 1)))])),
                 ClientAuthError::InvalidClaim("jti"),
             ),
             (
@@ -760,10 +612,7 @@ mod tests {
         for (name, assertion, expected) in cases {
             assert_eq!(verify(&assertion, None).err(), Some(expected), "{name}");
         }
-        assert!(
-            verify(&sign_ec(&h, &c), None).is_ok(),
-            "the unmodified assertion verifies"
-        );
+        assert!(verify(&sign_ec(&h, &c), None).is_ok(), "the unmodified assertion verifies");
     }
 
     #[test]
@@ -772,26 +621,10 @@ mod tests {
         let cases: &[(&str, Value, bool)] = &[
             ("exp exactly 5 min ahead", json!({"exp": NOW + 300}), true),
             ("exp 1 s past, within leeway", json!({"exp": NOW - 1}), true),
-            (
-                "exp at the leeway edge",
-                json!({"exp": NOW - ASSERTION_LEEWAY_SECS + 1}),
-                true,
-            ),
-            (
-                "nbf within leeway",
-                json!({"nbf": NOW + ASSERTION_LEEWAY_SECS}),
-                true,
-            ),
-            (
-                "fractional exp",
-                json!({"exp": (NOW + 60) as f64 + 0.5}),
-                true,
-            ),
-            (
-                "aud array containing the token URL",
-                json!({"aud": ["https://a.example", TOKEN_URL]}),
-                true,
-            ),
+            ("exp at the leeway edge", json!({"exp": NOW - ASSERTION_LEEWAY_SECS + 1}), true),
+            ("nbf within leeway", json!({"nbf": NOW + ASSERTION_LEEWAY_SECS}), true),
+            ("fractional exp", json!({"exp": (NOW + 60) as f64 + 0.5}), true),
+            ("aud array containing the token URL", json!({"aud": ["https://a.example", TOKEN_URL]}), true),
             ("typ in lower case", json!({}), true),
         ];
         for (name, changes, ok) in cases {
@@ -799,23 +632,15 @@ mod tests {
             if let (Some(target), Some(changes)) = (c.as_object_mut(), changes.as_object()) {
                 target.extend(changes.clone());
             }
-            let header = if *name == "typ in lower case" {
-                with(&h, &[("typ", json!("jwt"))])
-            } else {
-                h.clone()
-            };
+            let header = if *name == "typ in lower case" { with(&h, &[("typ", json!("jwt"))]) } else { h.clone() };
             assert_eq!(verify(&sign_ec(&header, &c), None).is_ok(), *ok, "{name}");
         }
     }
 
     #[test]
     fn a_registered_jku_is_accepted_only_when_it_equals_the_registration() {
-        let signed_with_jku =
-            |jku: &str| sign_ec(&with(&ec_header(), &[("jku", json!(jku))]), &claims());
-        assert!(
-            verify(&signed_with_jku(JWKS_URL), Some(JWKS_URL)).is_ok(),
-            "jku equal to the registration"
-        );
+        let signed_with_jku = |jku: &str| sign_ec(&with(&ec_header(), &[("jku", json!(jku))]), &claims());
+        assert!(verify(&signed_with_jku(JWKS_URL), Some(JWKS_URL)).is_ok(), "jku equal to the registration");
         let cases = [
             format!("{JWKS_URL}?x=1"),
             JWKS_URL.replace("https", "http"),
@@ -841,32 +666,20 @@ mod tests {
             TOKEN_URL,
             now(),
         );
-        assert_eq!(
-            result.err(),
-            Some(ClientAuthError::AmbiguousKid),
-            "exactly one key must match"
-        );
+        assert_eq!(result.err(), Some(ClientAuthError::AmbiguousKid), "exactly one key must match");
         let result = verify_client_assertion(
             &sign_ec(&ec_header(), &claims()),
             &RegisteredClient::new(&id, &json!({"nokeys": []}), None),
             TOKEN_URL,
             now(),
         );
-        assert_eq!(
-            result.err(),
-            Some(ClientAuthError::InvalidJwks),
-            "registered JWKS must be a JWK Set"
-        );
+        assert_eq!(result.err(), Some(ClientAuthError::InvalidJwks), "registered JWKS must be a JWK Set");
     }
 
     #[test]
     fn peeking_returns_the_unverified_client_id_only_when_it_is_safe() {
         let h = ec_header();
-        assert_eq!(
-            peek_client_id(&sign_ec(&h, &claims())),
-            Ok(client_id()),
-            "iss = sub"
-        );
+        assert_eq!(peek_client_id(&sign_ec(&h, &claims())), Ok(client_id()), "iss = sub");
         let long_id = "c".repeat(ClientId::MAX_LEN + 1);
         let cases: Vec<(&str, String, ClientAuthError)> = vec![
             (
@@ -874,47 +687,27 @@ mod tests {
                 unsigned(&h, &with(&claims(), &[("sub", json!("x"))])),
                 ClientAuthError::IssuerSubjectMismatch,
             ),
-            (
-                "no iss",
-                unsigned(&h, &without(&claims(), "iss")),
-                ClientAuthError::MissingClaim("iss"),
-            ),
+            ("no iss", unsigned(&h, &without(&claims(), "iss")), ClientAuthError::MissingClaim("iss")),
             (
                 "iss not a string",
-                unsigned(
-                    &h,
-                    &with(&claims(), &[("iss", json!(["a"])), ("sub", json!(["a"]))]),
-                ),
+                unsigned(&h, &with(&claims(), &[("iss", json!(["a"])), ("sub", json!(["a"]))])),
                 ClientAuthError::InvalidClaim("iss"),
             ),
             (
                 "iss with spaces",
-                unsigned(
-                    &h,
-                    &with(&claims(), &[("iss", json!("a b")), ("sub", json!("a b"))]),
-                ),
+                unsigned(&h, &with(&claims(), &[("iss", json!("a b")), ("sub", json!("a b"))])),
                 ClientAuthError::InvalidClaim("iss"),
             ),
             (
                 "iss too long",
-                unsigned(
-                    &h,
-                    &with(
-                        &claims(),
-                        &[("iss", json!(long_id)), ("sub", json!(long_id))],
-                    ),
-                ),
+                unsigned(&h, &with(&claims(), &[("iss", json!(long_id)), ("sub", json!(long_id))])),
                 ClientAuthError::InvalidClaim("iss"),
             ),
             ("garbage", "x.y.z".to_owned(), ClientAuthError::Malformed),
         ];
         for (name, assertion, expected) in cases {
             // `unsigned` leaves an empty signature; give it a placeholder so only claims matter.
-            let assertion = if assertion.ends_with('.') {
-                format!("{assertion}c2ln")
-            } else {
-                assertion
-            };
+            let assertion = if assertion.ends_with('.') { format!("{assertion}c2ln") } else { assertion };
             assert_eq!(peek_client_id(&assertion).err(), Some(expected), "{name}");
         }
     }
@@ -928,21 +721,13 @@ mod tests {
 
     impl FakeSource {
         fn new(answers: Vec<Result<Value, JwksFetchError>>) -> Self {
-            Self {
-                answers: Mutex::new(answers),
-                calls: AtomicUsize::new(0),
-                refreshes: AtomicUsize::new(0),
-            }
+            Self { answers: Mutex::new(answers), calls: AtomicUsize::new(0), refreshes: AtomicUsize::new(0) }
         }
     }
 
     #[async_trait]
     impl JwksSource for FakeSource {
-        async fn fetch_jwks(
-            &self,
-            url: &str,
-            freshness: Freshness,
-        ) -> Result<Value, JwksFetchError> {
+        async fn fetch_jwks(&self, url: &str, freshness: Freshness) -> Result<Value, JwksFetchError> {
             assert_eq!(url, JWKS_URL, "only the registered URL is ever fetched");
             self.calls.fetch_add(1, Ordering::SeqCst);
             if freshness == Freshness::Refresh {
@@ -952,10 +737,7 @@ mod tests {
             if answers.len() > 1 {
                 answers.remove(0)
             } else {
-                answers
-                    .first()
-                    .cloned()
-                    .unwrap_or(Err(JwksFetchError::Transport))
+                answers.first().cloned().unwrap_or(Err(JwksFetchError::Transport))
             }
         }
     }
@@ -971,28 +753,14 @@ mod tests {
     #[tokio::test]
     async fn an_unregistered_jku_fails_without_any_fetch() {
         let source = FakeSource::new(vec![Ok(jwks())]);
-        let assertion = sign_ec(
-            &with(
-                &ec_header(),
-                &[("jku", json!("https://evil.example/jwks.json"))],
-            ),
-            &claims(),
-        );
+        let assertion = sign_ec(&with(&ec_header(), &[("jku", json!("https://evil.example/jwks.json"))]), &claims());
         let result = authenticate(&assertion, ClientKeys::Url(JWKS_URL), &source).await;
-        assert_eq!(
-            result.err(),
-            Some(ClientAuthError::JkuNotRegistered),
-            "refused"
-        );
+        assert_eq!(result.err(), Some(ClientAuthError::JkuNotRegistered), "refused");
         assert_eq!(source.calls.load(Ordering::SeqCst), 0, "no fetch happened");
 
         let inline = jwks();
         let result = authenticate(&assertion, ClientKeys::Inline(&inline), &source).await;
-        assert_eq!(
-            result.err(),
-            Some(ClientAuthError::JkuNotRegistered),
-            "an inline-JWKS client has no jku to match"
-        );
+        assert_eq!(result.err(), Some(ClientAuthError::JkuNotRegistered), "an inline-JWKS client has no jku to match");
         assert_eq!(source.calls.load(Ordering::SeqCst), 0, "still no fetch");
     }
 
@@ -1000,124 +768,56 @@ mod tests {
     async fn assertions_failing_header_or_claim_checks_cost_no_fetch() {
         let source = FakeSource::new(vec![Ok(jwks())]);
         let cases = [
-            sign_ec(
-                &ec_header(),
-                &with(&claims(), &[("exp", json!(NOW - 3600))]),
-            ),
-            sign_ec(
-                &ec_header(),
-                &with(
-                    &claims(),
-                    &[("aud", json!("https://elsewhere.example/token"))],
-                ),
-            ),
+            sign_ec(&ec_header(), &with(&claims(), &[("exp", json!(NOW - 3600))])),
+            sign_ec(&ec_header(), &with(&claims(), &[("aud", json!("https://elsewhere.example/token"))])),
             unsigned(&with(&ec_header(), &[("alg", json!("none"))]), &claims()),
         ];
         for assertion in cases {
-            assert!(
-                authenticate(&assertion, ClientKeys::Url(JWKS_URL), &source)
-                    .await
-                    .is_err(),
-                "refused"
-            );
+            assert!(authenticate(&assertion, ClientKeys::Url(JWKS_URL), &source).await.is_err(), "refused");
         }
-        assert_eq!(
-            source.calls.load(Ordering::SeqCst),
-            0,
-            "no fetch for an assertion that fails anyway"
-        );
+        assert_eq!(source.calls.load(Ordering::SeqCst), 0, "no fetch for an assertion that fails anyway");
     }
 
     #[tokio::test]
     async fn a_url_registered_client_is_verified_against_the_fetched_jwks() {
         let source = FakeSource::new(vec![Ok(jwks())]);
-        let result = authenticate(
-            &sign_ec(&ec_header(), &claims()),
-            ClientKeys::Url(JWKS_URL),
-            &source,
-        )
-        .await;
+        let result = authenticate(&sign_ec(&ec_header(), &claims()), ClientKeys::Url(JWKS_URL), &source).await;
         assert!(result.is_ok(), "verified: {result:?}");
         assert_eq!(source.calls.load(Ordering::SeqCst), 1, "one fetch");
-        assert_eq!(
-            source.refreshes.load(Ordering::SeqCst),
-            0,
-            "no refresh needed"
-        );
+        assert_eq!(source.refreshes.load(Ordering::SeqCst), 0, "no refresh needed");
     }
 
     #[tokio::test]
     async fn an_unknown_kid_triggers_one_refresh_for_rotated_client_keys() {
         let old_jwks = json!({"keys": [jwks()["keys"][0].clone()]});
         let rotated = FakeSource::new(vec![Ok(old_jwks.clone()), Ok(jwks())]);
-        let result = authenticate(
-            &sign_ec(&ec_header(), &claims()),
-            ClientKeys::Url(JWKS_URL),
-            &rotated,
-        )
-        .await;
-        assert!(
-            result.is_ok(),
-            "the refreshed JWKS has the new key: {result:?}"
-        );
+        let result = authenticate(&sign_ec(&ec_header(), &claims()), ClientKeys::Url(JWKS_URL), &rotated).await;
+        assert!(result.is_ok(), "the refreshed JWKS has the new key: {result:?}");
         assert_eq!(rotated.refreshes.load(Ordering::SeqCst), 1, "one refresh");
 
         let never = FakeSource::new(vec![Ok(old_jwks)]);
-        let result = authenticate(
-            &sign_ec(&ec_header(), &claims()),
-            ClientKeys::Url(JWKS_URL),
-            &never,
-        )
-        .await;
-        assert_eq!(
-            result.err(),
-            Some(ClientAuthError::UnknownKid),
-            "still unknown after the refresh"
-        );
+        let result = authenticate(&sign_ec(&ec_header(), &claims()), ClientKeys::Url(JWKS_URL), &never).await;
+        assert_eq!(result.err(), Some(ClientAuthError::UnknownKid), "still unknown after the refresh");
         assert_eq!(never.calls.load(Ordering::SeqCst), 2, "exactly one retry");
     }
 
     #[tokio::test]
     async fn fetch_failures_and_inline_keys_are_handled() {
         let failing = FakeSource::new(vec![Err(JwksFetchError::Timeout)]);
-        let result = authenticate(
-            &sign_ec(&ec_header(), &claims()),
-            ClientKeys::Url(JWKS_URL),
-            &failing,
-        )
-        .await;
-        assert_eq!(
-            result.err(),
-            Some(ClientAuthError::JwksUnavailable(JwksFetchError::Timeout)),
-            "fetch failure"
-        );
+        let result = authenticate(&sign_ec(&ec_header(), &claims()), ClientKeys::Url(JWKS_URL), &failing).await;
+        assert_eq!(result.err(), Some(ClientAuthError::JwksUnavailable(JwksFetchError::Timeout)), "fetch failure");
 
         let unused = FakeSource::new(vec![]);
         let inline = jwks();
-        let result = authenticate(
-            &sign_ec(&ec_header(), &claims()),
-            ClientKeys::Inline(&inline),
-            &unused,
-        )
-        .await;
+        let result = authenticate(&sign_ec(&ec_header(), &claims()), ClientKeys::Inline(&inline), &unused).await;
         assert!(result.is_ok(), "inline JWKS: {result:?}");
-        assert_eq!(
-            unused.calls.load(Ordering::SeqCst),
-            0,
-            "inline keys are never fetched"
-        );
+        assert_eq!(unused.calls.load(Ordering::SeqCst), 0, "inline keys are never fetched");
     }
 
     #[test]
     fn the_advertised_algorithm_names_are_the_accepted_algorithms() {
-        let names: Vec<&str> = ASSERTION_ALGORITHMS
-            .iter()
-            .map(|a| super::super::jwk::alg_name(*a))
-            .collect();
-        assert_eq!(
-            names, ASSERTION_ALGORITHM_NAMES,
-            "smart-configuration says what we accept"
-        );
+        let names: Vec<&str> = ASSERTION_ALGORITHMS.iter().map(|a| super::super::jwk::alg_name(*a)).collect();
+        assert_eq!(names, ASSERTION_ALGORITHM_NAMES, "smart-configuration says what we accept");
     }
 
     #[test]

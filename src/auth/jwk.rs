@@ -74,18 +74,11 @@ impl Jwks {
     /// type are kept as unusable keys, so that a `kid` pointing at them fails rather than
     /// falling through to another key.
     pub fn from_value(value: &Value) -> Result<Self, JwksError> {
-        let keys = value
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or(JwksError::NotAJwks)?;
+        let keys = value.get("keys").and_then(Value::as_array).ok_or(JwksError::NotAJwks)?;
         if keys.len() > Self::MAX_KEYS {
-            return Err(JwksError::TooManyKeys {
-                max: Self::MAX_KEYS,
-            });
+            return Err(JwksError::TooManyKeys { max: Self::MAX_KEYS });
         }
-        Ok(Self {
-            keys: keys.iter().map(PublicJwk::from_value).collect(),
-        })
+        Ok(Self { keys: keys.iter().map(PublicJwk::from_value).collect() })
     }
 
     pub fn len(&self) -> usize {
@@ -103,11 +96,7 @@ impl Jwks {
 
     /// The verification key for a JWS header's `kid` and `alg`.
     pub(crate) fn select(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, KeySelectError> {
-        let mut with_kid = self
-            .keys
-            .iter()
-            .filter(|k| k.kid.as_deref() == Some(kid))
-            .peekable();
+        let mut with_kid = self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).peekable();
         if with_kid.peek().is_none() {
             return Err(KeySelectError::UnknownKid);
         }
@@ -142,33 +131,16 @@ impl PublicJwk {
         let y = string("y");
         let key_ops = match value.get("key_ops") {
             None => None,
-            Some(Value::Array(ops)) => Some(
-                ops.iter()
-                    .map(|op| op.as_str().map(str::to_owned).unwrap_or_default())
-                    .collect(),
-            ),
+            Some(Value::Array(ops)) => {
+                Some(ops.iter().map(|op| op.as_str().map(str::to_owned).unwrap_or_default()).collect())
+            }
             Some(_) => {
                 malformed = true;
                 None
             }
         };
-        let has_private_members = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
-            .iter()
-            .any(|m| value.get(m).is_some());
-        Self {
-            kid,
-            kty,
-            crv,
-            alg,
-            key_use,
-            key_ops,
-            n,
-            e,
-            x,
-            y,
-            has_private_members,
-            malformed,
-        }
+        let has_private_members = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"].iter().any(|m| value.get(m).is_some());
+        Self { kid, kty, crv, alg, key_use, key_ops, n, e, x, y, has_private_members, malformed }
     }
 
     /// RFC 7518 section 3.1: which key type (and curve) each algorithm needs; plus the optional
@@ -182,20 +154,13 @@ impl PublicJwk {
             | Algorithm::PS256
             | Algorithm::PS384
             | Algorithm::PS512 => self.kty.as_deref() == Some("RSA"),
-            Algorithm::ES256 => {
-                self.kty.as_deref() == Some("EC") && self.crv.as_deref() == Some("P-256")
-            }
-            Algorithm::ES384 => {
-                self.kty.as_deref() == Some("EC") && self.crv.as_deref() == Some("P-384")
-            }
+            Algorithm::ES256 => self.kty.as_deref() == Some("EC") && self.crv.as_deref() == Some("P-256"),
+            Algorithm::ES384 => self.kty.as_deref() == Some("EC") && self.crv.as_deref() == Some("P-384"),
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 | Algorithm::EdDSA => false,
         };
         let alg_fits = self.alg.as_deref().is_none_or(|a| a == alg_name(alg));
         let use_fits = self.key_use.as_deref().is_none_or(|u| u == "sig");
-        let ops_fit = self
-            .key_ops
-            .as_ref()
-            .is_none_or(|ops| ops.iter().any(|op| op == "verify"));
+        let ops_fit = self.key_ops.as_ref().is_none_or(|ops| ops.iter().any(|op| op == "verify"));
         kty_fits && alg_fits && use_fits && ops_fit
     }
 
@@ -304,10 +269,7 @@ mod tests {
     }
 
     fn select(keys: Vec<Value>, kid: &str, alg: Algorithm) -> Result<(), KeySelectError> {
-        Jwks::from_value(&json!({ "keys": keys }))
-            .unwrap_or_else(|e| panic!("jwks: {e}"))
-            .select(kid, alg)
-            .map(|_| ())
+        Jwks::from_value(&json!({ "keys": keys })).unwrap_or_else(|e| panic!("jwks: {e}")).select(kid, alg).map(|_| ())
     }
 
     #[test]
@@ -317,19 +279,10 @@ mod tests {
             (json!([]), JwksError::NotAJwks),
             (json!({"keys": {}}), JwksError::NotAJwks),
             (json!({"key": []}), JwksError::NotAJwks),
-            (
-                json!({ "keys": too_many }),
-                JwksError::TooManyKeys {
-                    max: Jwks::MAX_KEYS,
-                },
-            ),
+            (json!({ "keys": too_many }), JwksError::TooManyKeys { max: Jwks::MAX_KEYS }),
         ];
         for (value, expected) in cases {
-            assert_eq!(
-                Jwks::from_value(&value).err(),
-                Some(expected),
-                "value {value}"
-            );
+            assert_eq!(Jwks::from_value(&value).err(), Some(expected), "value {value}");
         }
     }
 
@@ -340,42 +293,12 @@ mod tests {
         let rsa_kid = rsa["kid"].as_str().unwrap_or_default().to_owned();
         let ec_kid = ec["kid"].as_str().unwrap_or_default().to_owned();
         let rsa_as_ec_kid = with(&rsa, &[("kid", json!(ec_kid))]);
-        type Case = (
-            &'static str,
-            Vec<Value>,
-            String,
-            Algorithm,
-            Result<(), KeySelectError>,
-        );
+        type Case = (&'static str, Vec<Value>, String, Algorithm, Result<(), KeySelectError>);
         let cases: Vec<Case> = vec![
-            (
-                "rsa key for RS384",
-                vec![rsa.clone()],
-                rsa_kid.clone(),
-                Algorithm::RS384,
-                Ok(()),
-            ),
-            (
-                "rsa key for RS512",
-                vec![rsa.clone()],
-                rsa_kid.clone(),
-                Algorithm::RS512,
-                Ok(()),
-            ),
-            (
-                "ec key for ES384",
-                vec![ec.clone(), rsa.clone()],
-                ec_kid.clone(),
-                Algorithm::ES384,
-                Ok(()),
-            ),
-            (
-                "unknown kid",
-                vec![rsa.clone()],
-                "nope".into(),
-                Algorithm::RS384,
-                Err(KeySelectError::UnknownKid),
-            ),
+            ("rsa key for RS384", vec![rsa.clone()], rsa_kid.clone(), Algorithm::RS384, Ok(())),
+            ("rsa key for RS512", vec![rsa.clone()], rsa_kid.clone(), Algorithm::RS512, Ok(())),
+            ("ec key for ES384", vec![ec.clone(), rsa.clone()], ec_kid.clone(), Algorithm::ES384, Ok(())),
+            ("unknown kid", vec![rsa.clone()], "nope".into(), Algorithm::RS384, Err(KeySelectError::UnknownKid)),
             (
                 "path as kid",
                 vec![rsa.clone()],
@@ -383,13 +306,7 @@ mod tests {
                 Algorithm::RS384,
                 Err(KeySelectError::UnknownKid),
             ),
-            (
-                "sql as kid",
-                vec![rsa.clone()],
-                "' OR '1'='1".into(),
-                Algorithm::RS384,
-                Err(KeySelectError::UnknownKid),
-            ),
+            ("sql as kid", vec![rsa.clone()], "' OR '1'='1".into(), Algorithm::RS384, Err(KeySelectError::UnknownKid)),
             (
                 "kid compared exactly",
                 vec![rsa.clone()],

@@ -141,22 +141,14 @@ impl HttpJwksSource {
             .connect_timeout(config.connect_timeout)
             .timeout(config.total_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!(
-                "linkbridge/",
-                env!("CARGO_PKG_VERSION"),
-                " jwks-fetch"
-            ));
+            .user_agent(concat!("linkbridge/", env!("CARGO_PKG_VERSION"), " jwks-fetch"));
         if config.allow_insecure_loopback_for_tests {
             builder = builder.no_proxy();
         } else {
             builder = builder.https_only(true);
         }
         let client = builder.build().map_err(|_| JwksFetchError::ClientBuild)?;
-        Ok(Self {
-            client,
-            config,
-            cache: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { client, config, cache: Mutex::new(HashMap::new()) })
     }
 
     fn cached(&self, url: &str, freshness: Freshness, now: Instant) -> Option<Value> {
@@ -164,9 +156,7 @@ impl HttpJwksSource {
         let entry = cache.get(url)?;
         let usable = match freshness {
             Freshness::Cached => now < entry.expires_at,
-            Freshness::Refresh => {
-                now < entry.expires_at && now < entry.fetched_at + self.config.min_refresh_interval
-            }
+            Freshness::Refresh => now < entry.expires_at && now < entry.fetched_at + self.config.min_refresh_interval,
         };
         usable.then(|| entry.jwks.clone())
     }
@@ -178,53 +168,33 @@ impl HttpJwksSource {
         if cache.len() >= self.config.max_cache_entries && !cache.contains_key(url) {
             cache.retain(|_, e| e.expires_at > now);
             if cache.len() >= self.config.max_cache_entries {
-                let oldest = cache
-                    .iter()
-                    .min_by_key(|(_, e)| e.fetched_at)
-                    .map(|(k, _)| k.clone());
+                let oldest = cache.iter().min_by_key(|(_, e)| e.fetched_at).map(|(k, _)| k.clone());
                 if let Some(oldest) = oldest {
                     cache.remove(&oldest);
                 }
             }
         }
-        cache.insert(
-            url.to_owned(),
-            CacheEntry {
-                jwks: jwks.clone(),
-                fetched_at: now,
-                expires_at: now + ttl,
-            },
-        );
+        cache.insert(url.to_owned(), CacheEntry { jwks: jwks.clone(), fetched_at: now, expires_at: now + ttl });
     }
 
     async fn download(&self, url: url::Url) -> Result<(Value, Option<Duration>), JwksFetchError> {
         let mut response = self
             .client
             .get(url)
-            .header(
-                reqwest::header::ACCEPT,
-                "application/jwk-set+json, application/json",
-            )
+            .header(reqwest::header::ACCEPT, "application/jwk-set+json, application/json")
             .send()
             .await
             .map_err(transport_error)?;
         let status = response.status();
         if status.is_redirection() {
-            return Err(JwksFetchError::Redirected {
-                status: status.as_u16(),
-            });
+            return Err(JwksFetchError::Redirected { status: status.as_u16() });
         }
         if status != reqwest::StatusCode::OK {
-            return Err(JwksFetchError::HttpStatus {
-                status: status.as_u16(),
-            });
+            return Err(JwksFetchError::HttpStatus { status: status.as_u16() });
         }
         let max = self.config.max_body_bytes;
         let too_large = JwksFetchError::TooLarge { max };
-        if response
-            .content_length()
-            .is_some_and(|len| len > u64::try_from(max).unwrap_or(u64::MAX))
-        {
+        if response.content_length().is_some_and(|len| len > u64::try_from(max).unwrap_or(u64::MAX)) {
             return Err(too_large);
         }
         let cache_control: Vec<String> = response
@@ -242,10 +212,7 @@ impl HttpJwksSource {
         }
         let jwks: Value = serde_json::from_slice(&body).map_err(|_| JwksFetchError::InvalidJson)?;
         Jwks::from_value(&jwks).map_err(|_| JwksFetchError::NotAJwks)?;
-        let ttl = cache_ttl(
-            &cache_control.iter().map(String::as_str).collect::<Vec<_>>(),
-            &self.config,
-        );
+        let ttl = cache_ttl(&cache_control.iter().map(String::as_str).collect::<Vec<_>>(), &self.config);
         Ok((jwks, ttl))
     }
 }
@@ -348,12 +315,8 @@ mod tests {
     where
         F: Fn(usize) -> Reply + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&hits);
         let respond = Arc::new(respond);
@@ -379,10 +342,7 @@ mod tests {
                 });
             }
         });
-        TestServer {
-            url: format!("http://{addr}/jwks.json"),
-            hits,
-        }
+        TestServer { url: format!("http://{addr}/jwks.json"), hits }
     }
 
     struct Reply {
@@ -420,43 +380,22 @@ mod tests {
         let cases: &[(&str, JwksFetchError)] = &[
             ("http://jwks.example/keys", JwksFetchError::InsecureUrl),
             ("ftp://jwks.example/keys", JwksFetchError::InsecureUrl),
-            (
-                "https://user:pw@jwks.example/keys",
-                JwksFetchError::InvalidUrl,
-            ),
+            ("https://user:pw@jwks.example/keys", JwksFetchError::InvalidUrl),
             ("not a url", JwksFetchError::InvalidUrl),
             (server.url.as_str(), JwksFetchError::InsecureUrl),
         ];
         for (url, expected) in cases {
-            assert_eq!(
-                strict
-                    .fetch_jwks(url, Freshness::Cached)
-                    .await
-                    .err()
-                    .as_ref(),
-                Some(expected),
-                "url {url:?}"
-            );
+            assert_eq!(strict.fetch_jwks(url, Freshness::Cached).await.err().as_ref(), Some(expected), "url {url:?}");
         }
-        assert_eq!(
-            server.hits.load(Ordering::SeqCst),
-            0,
-            "nothing was requested"
-        );
+        assert_eq!(server.hits.load(Ordering::SeqCst), 0, "nothing was requested");
 
         let lenient = source(test_config());
         assert!(
-            lenient
-                .fetch_jwks(&server.url, Freshness::Cached)
-                .await
-                .is_ok(),
+            lenient.fetch_jwks(&server.url, Freshness::Cached).await.is_ok(),
             "http://127.0.0.1 is allowed with the test switch"
         );
         assert_eq!(
-            lenient
-                .fetch_jwks("http://jwks.example/keys", Freshness::Cached)
-                .await
-                .err(),
+            lenient.fetch_jwks("http://jwks.example/keys", Freshness::Cached).await.err(),
             Some(JwksFetchError::InsecureUrl),
             "the switch covers loopback IP literals only"
         );
@@ -474,19 +413,9 @@ mod tests {
             delay: None,
         })
         .await;
-        let result = source(test_config())
-            .fetch_jwks(&redirecting.url, Freshness::Cached)
-            .await;
-        assert_eq!(
-            result.err(),
-            Some(JwksFetchError::Redirected { status: 302 }),
-            "3xx is a failure"
-        );
-        assert_eq!(
-            target.hits.load(Ordering::SeqCst),
-            0,
-            "the redirect target was never contacted"
-        );
+        let result = source(test_config()).fetch_jwks(&redirecting.url, Freshness::Cached).await;
+        assert_eq!(result.err(), Some(JwksFetchError::Redirected { status: 302 }), "3xx is a failure");
+        assert_eq!(target.hits.load(Ordering::SeqCst), 0, "the redirect target was never contacted");
     }
 
     #[tokio::test]
@@ -506,69 +435,51 @@ mod tests {
             }
         })
         .await;
-        let capped = source(JwksFetchConfig {
-            max_body_bytes: 1024,
-            ..test_config()
-        });
+        let capped = source(JwksFetchConfig { max_body_bytes: 1024, ..test_config() });
         for (name, server) in [("declared length", &declared), ("streamed body", &streamed)] {
             assert_eq!(
-                capped
-                    .fetch_jwks(&server.url, Freshness::Cached)
-                    .await
-                    .err(),
+                capped.fetch_jwks(&server.url, Freshness::Cached).await.err(),
                 Some(JwksFetchError::TooLarge { max: 1024 }),
                 "{name}"
             );
         }
         assert!(
-            source(test_config())
-                .fetch_jwks(&streamed.url, Freshness::Cached)
-                .await
-                .is_ok(),
+            source(test_config()).fetch_jwks(&streamed.url, Freshness::Cached).await.is_ok(),
             "the same body passes under the default 64 KiB cap"
         );
     }
 
     #[tokio::test]
     async fn a_server_that_stalls_hits_the_total_timeout() {
-        let stalled = serve(|_| Reply {
-            delay: Some(Duration::from_secs(30)),
-            ..ok("", JWKS)
-        })
-        .await;
+        let stalled = serve(|_| Reply { delay: Some(Duration::from_secs(30)), ..ok("", JWKS) }).await;
         let started = std::time::Instant::now();
-        let result = source(JwksFetchConfig {
-            total_timeout: Duration::from_millis(300),
-            ..test_config()
-        })
-        .fetch_jwks(&stalled.url, Freshness::Cached)
-        .await;
+        let result = source(JwksFetchConfig { total_timeout: Duration::from_millis(300), ..test_config() })
+            .fetch_jwks(&stalled.url, Freshness::Cached)
+            .await;
         assert_eq!(result.err(), Some(JwksFetchError::Timeout), "timeout error");
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "gave up promptly"
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "gave up promptly");
     }
 
     #[tokio::test]
     async fn bad_responses_are_errors() {
         let cases: Vec<(&str, Reply, JwksFetchError)> = vec![
-            ("server error", Reply { bytes: b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(), delay: None }, JwksFetchError::HttpStatus { status: 500 }),
+            (
+                "server error",
+                Reply {
+                    bytes: b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_vec(),
+                    delay: None,
+                },
+                JwksFetchError::HttpStatus { status: 500 },
+            ),
             ("not json", ok("", "<html>"), JwksFetchError::InvalidJson),
             ("json but no keys", ok("", r#"{"key":[]}"#), JwksFetchError::NotAJwks),
         ];
         for (name, reply, expected) in cases {
             let bytes = reply.bytes;
-            let server = serve(move |_| Reply {
-                bytes: bytes.clone(),
-                delay: None,
-            })
-            .await;
+            let server = serve(move |_| Reply { bytes: bytes.clone(), delay: None }).await;
             assert_eq!(
-                source(test_config())
-                    .fetch_jwks(&server.url, Freshness::Cached)
-                    .await
-                    .err(),
+                source(test_config()).fetch_jwks(&server.url, Freshness::Cached).await.err(),
                 Some(expected),
                 "{name}"
             );
@@ -590,18 +501,9 @@ mod tests {
             let server = serve(move |_| ok(&header, JWKS)).await;
             let jwks = source(test_config());
             for _ in 0..2 {
-                assert!(
-                    jwks.fetch_jwks(&server.url, Freshness::Cached)
-                        .await
-                        .is_ok(),
-                    "{name}: fetch"
-                );
+                assert!(jwks.fetch_jwks(&server.url, Freshness::Cached).await.is_ok(), "{name}: fetch");
             }
-            assert_eq!(
-                server.hits.load(Ordering::SeqCst),
-                *expected_hits,
-                "{name}: requests made"
-            );
+            assert_eq!(server.hits.load(Ordering::SeqCst), *expected_hits, "{name}: requests made");
         }
     }
 
@@ -610,32 +512,15 @@ mod tests {
         let server = serve(|_| ok("Cache-Control: max-age=3600\r\n", JWKS)).await;
         let throttled = source(test_config());
         for freshness in [Freshness::Cached, Freshness::Refresh, Freshness::Refresh] {
-            assert!(
-                throttled.fetch_jwks(&server.url, freshness).await.is_ok(),
-                "fetch"
-            );
+            assert!(throttled.fetch_jwks(&server.url, freshness).await.is_ok(), "fetch");
         }
-        assert_eq!(
-            server.hits.load(Ordering::SeqCst),
-            1,
-            "refresh within 30 s reuses the copy"
-        );
+        assert_eq!(server.hits.load(Ordering::SeqCst), 1, "refresh within 30 s reuses the copy");
 
-        let eager = source(JwksFetchConfig {
-            min_refresh_interval: Duration::ZERO,
-            ..test_config()
-        });
+        let eager = source(JwksFetchConfig { min_refresh_interval: Duration::ZERO, ..test_config() });
         for freshness in [Freshness::Cached, Freshness::Cached, Freshness::Refresh] {
-            assert!(
-                eager.fetch_jwks(&server.url, freshness).await.is_ok(),
-                "fetch"
-            );
+            assert!(eager.fetch_jwks(&server.url, freshness).await.is_ok(), "fetch");
         }
-        assert_eq!(
-            server.hits.load(Ordering::SeqCst),
-            3,
-            "cached once, then refreshed"
-        );
+        assert_eq!(server.hits.load(Ordering::SeqCst), 3, "cached once, then refreshed");
     }
 
     #[test]
@@ -657,11 +542,7 @@ mod tests {
             (&["private, max-age=30"], secs(30)),
         ];
         for (headers, expected) in cases {
-            assert_eq!(
-                cache_ttl(headers, &config),
-                *expected,
-                "Cache-Control {headers:?}"
-            );
+            assert_eq!(cache_ttl(headers, &config), *expected, "Cache-Control {headers:?}");
         }
     }
 }

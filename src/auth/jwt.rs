@@ -66,21 +66,13 @@ impl<'a> CompactJws<'a> {
             return Err(JwsError::Malformed);
         }
         let signing_input = &raw[..header_b64.len() + 1 + payload_b64.len()];
-        Ok(Self {
-            header,
-            claims,
-            signing_input,
-            signature,
-        })
+        Ok(Self { header, claims, signing_input, signature })
     }
 
     /// Verifies the signature with `key` under `alg` (already checked against an allow-list and
     /// against the key's type by the caller).
     pub(crate) fn signature_is_valid(&self, key: &DecodingKey, alg: Algorithm) -> bool {
-        matches!(
-            jsonwebtoken::crypto::verify(self.signature, self.signing_input.as_bytes(), key, alg),
-            Ok(true)
-        )
+        matches!(jsonwebtoken::crypto::verify(self.signature, self.signing_input.as_bytes(), key, alg), Ok(true))
     }
 
     /// A string claim; `None` when absent. A present non-string (including `null`) is invalid.
@@ -151,9 +143,7 @@ pub(crate) fn typ_is(typ: &str, expected_subtype: &str) -> bool {
 }
 
 fn decode_json_object(segment: &str) -> Result<Map<String, Value>, JwsError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| JwsError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| JwsError::Malformed)?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(JwsError::Malformed),
@@ -194,17 +184,8 @@ pub(crate) mod testing {
     use serde_json::Value;
 
     /// Signs `header` and `claims` as given, whatever they say.
-    pub(crate) fn sign_raw(
-        header: &Value,
-        claims: &Value,
-        key: &EncodingKey,
-        alg: Algorithm,
-    ) -> String {
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
+    pub(crate) fn sign_raw(header: &Value, claims: &Value, key: &EncodingKey, alg: Algorithm) -> String {
+        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
         let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg)
             .unwrap_or_else(|e| panic!("signing test token failed: {e}"));
         format!("{input}.{signature}")
@@ -212,11 +193,7 @@ pub(crate) mod testing {
 
     /// An unsigned token (`alg: none` style, empty signature).
     pub(crate) fn unsigned(header: &Value, claims: &Value) -> String {
-        format!(
-            "{}.{}.",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        )
+        format!("{}.{}.", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()))
     }
 
     /// Replaces one character of the signature, keeping it valid base64url.
@@ -246,11 +223,7 @@ mod tests {
     use serde_json::json;
 
     fn token(header: &Value, claims: &Value, signature: &str) -> String {
-        format!(
-            "{}.{}.{signature}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        )
+        format!("{}.{}.{signature}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()))
     }
 
     #[test]
@@ -263,36 +236,17 @@ mod tests {
             ("a.b".to_owned(), JwsError::Malformed),
             (format!("{good}.extra.parts"), JwsError::Malformed),
             (token(&header, &claims, "c2ln=="), JwsError::Malformed),
-            (
-                token(&json!({"typ": "JWT"}), &claims, "c2ln"),
-                JwsError::Malformed,
-            ),
-            (
-                token(&json!({"alg": 384}), &claims, "c2ln"),
-                JwsError::Malformed,
-            ),
+            (token(&json!({"typ": "JWT"}), &claims, "c2ln"), JwsError::Malformed),
+            (token(&json!({"alg": 384}), &claims, "c2ln"), JwsError::Malformed),
             (token(&json!(["alg"]), &claims, "c2ln"), JwsError::Malformed),
-            (
-                token(&header, &json!("claims"), "c2ln"),
-                JwsError::Malformed,
-            ),
-            (
-                format!("!!!.{}.c2ln", good.split('.').nth(1).unwrap_or_default()),
-                JwsError::Malformed,
-            ),
+            (token(&header, &json!("claims"), "c2ln"), JwsError::Malformed),
+            (format!("!!!.{}.c2ln", good.split('.').nth(1).unwrap_or_default()), JwsError::Malformed),
             ("x".repeat(100), JwsError::TooLarge),
         ];
         for (raw, expected) in cases {
-            assert_eq!(
-                CompactJws::parse(&raw, 64.max(good.len())).err(),
-                Some(expected),
-                "input {raw:?}"
-            );
+            assert_eq!(CompactJws::parse(&raw, 64.max(good.len())).err(), Some(expected), "input {raw:?}");
         }
-        assert!(
-            CompactJws::parse(&good, 4096).is_ok(),
-            "a well-formed token parses"
-        );
+        assert!(CompactJws::parse(&good, 4096).is_ok(), "a well-formed token parses");
     }
 
     #[test]
@@ -301,18 +255,14 @@ mod tests {
             (json!({"exp": 1_700_000_000}), Ok(Some(1_700_000_000))),
             (json!({"exp": 1_700_000_000.9}), Ok(Some(1_700_000_000))),
             (json!({}), Ok(None)),
-            (
-                json!({"exp": "1700000000"}),
-                Err(ClaimError::Invalid("exp")),
-            ),
+            (json!({"exp": "1700000000"}), Err(ClaimError::Invalid("exp"))),
             (json!({"exp": null}), Err(ClaimError::Invalid("exp"))),
             (json!({"exp": true}), Err(ClaimError::Invalid("exp"))),
             (json!({"exp": 1e300}), Err(ClaimError::Invalid("exp"))),
         ];
         for (claims, expected) in cases {
             let raw = token(&json!({"alg": "ES384"}), claims, "c2ln");
-            let jws =
-                CompactJws::parse(&raw, 4096).unwrap_or_else(|e| panic!("parse {claims}: {e:?}"));
+            let jws = CompactJws::parse(&raw, 4096).unwrap_or_else(|e| panic!("parse {claims}: {e:?}"));
             assert_eq!(jws.numeric_date("exp"), *expected, "claims {claims}");
         }
     }
@@ -324,22 +274,14 @@ mod tests {
             (json!({"aud": ["https://b", "https://a"]}), Ok(true)),
             (json!({"aud": "https://a/"}), Ok(false)),
             (json!({"aud": []}), Ok(false)),
-            (
-                json!({"aud": ["https://a", 7]}),
-                Err(ClaimError::Invalid("aud")),
-            ),
+            (json!({"aud": ["https://a", 7]}), Err(ClaimError::Invalid("aud"))),
             (json!({"aud": {"x": 1}}), Err(ClaimError::Invalid("aud"))),
             (json!({}), Err(ClaimError::Missing("aud"))),
         ];
         for (claims, expected) in cases {
             let raw = token(&json!({"alg": "ES384"}), claims, "c2ln");
-            let jws =
-                CompactJws::parse(&raw, 4096).unwrap_or_else(|e| panic!("parse {claims}: {e:?}"));
-            assert_eq!(
-                jws.audience_contains("https://a"),
-                *expected,
-                "claims {claims}"
-            );
+            let jws = CompactJws::parse(&raw, 4096).unwrap_or_else(|e| panic!("parse {claims}: {e:?}"));
+            assert_eq!(jws.audience_contains("https://a"), *expected, "claims {claims}");
         }
     }
 
@@ -355,11 +297,7 @@ mod tests {
             ("at+jwt", "jwt", false),
         ];
         for (typ, expected, outcome) in cases {
-            assert_eq!(
-                typ_is(typ, expected),
-                *outcome,
-                "typ {typ:?} vs {expected:?}"
-            );
+            assert_eq!(typ_is(typ, expected), *outcome, "typ {typ:?} vs {expected:?}");
         }
     }
 }

@@ -74,10 +74,7 @@ impl KeyError {
     }
 
     fn io(path: &Path, source: io::Error) -> Self {
-        Self::Io {
-            path: path.to_owned(),
-            source,
-        }
+        Self::Io { path: path.to_owned(), source }
     }
 }
 
@@ -94,9 +91,7 @@ pub struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
@@ -115,10 +110,7 @@ impl SigningKey {
 
     /// The PKCS#8 PEM encoding, kept in a secret wrapper so it cannot be logged by accident.
     pub fn to_pkcs8_pem(&self) -> Result<SecretString, KeyError> {
-        let pem = self
-            .secret
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|_| KeyError::Encode)?;
+        let pem = self.secret.to_pkcs8_pem(LineEnding::LF).map_err(|_| KeyError::Encode)?;
         Ok(SecretString::from(pem.as_str()))
     }
 
@@ -157,14 +149,7 @@ impl SigningKey {
         };
         let (x, y) = (b64(x), b64(y));
         let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|_| KeyError::Encode)?;
-        Ok(Self {
-            kid: ec_thumbprint(&x, &y),
-            secret,
-            encoding,
-            decoding,
-            x,
-            y,
-        })
+        Ok(Self { kid: ec_thumbprint(&x, &y), secret, encoding, decoding, x, y })
     }
 }
 
@@ -189,9 +174,7 @@ impl SigningKeys {
         let mut seen = vec![active.kid.clone()];
         for key in &previous {
             if seen.contains(&key.kid) {
-                return Err(KeyError::DuplicateKid {
-                    kid: key.kid.clone(),
-                });
+                return Err(KeyError::DuplicateKid { kid: key.kid.clone() });
             }
             seen.push(key.kid.clone());
         }
@@ -206,25 +189,18 @@ impl SigningKeys {
     /// The key with exactly this `kid`, active or previous. The `kid` is only compared, never
     /// used to build a path.
     pub fn find(&self, kid: &str) -> Option<&SigningKey> {
-        std::iter::once(&self.active)
-            .chain(&self.previous)
-            .find(|k| k.kid == kid)
+        std::iter::once(&self.active).chain(&self.previous).find(|k| k.kid == kid)
     }
 
     /// All `kid`s, active first.
     pub fn kids(&self) -> Vec<&str> {
-        std::iter::once(&self.active)
-            .chain(&self.previous)
-            .map(|k| k.kid.as_str())
-            .collect()
+        std::iter::once(&self.active).chain(&self.previous).map(|k| k.kid.as_str()).collect()
     }
 
     /// The public JWK Set to serve (RFC 7517 section 5), active key first.
     pub fn public_jwks(&self) -> Value {
-        let keys: Vec<Value> = std::iter::once(&self.active)
-            .chain(&self.previous)
-            .map(SigningKey::public_jwk)
-            .collect();
+        let keys: Vec<Value> =
+            std::iter::once(&self.active).chain(&self.previous).map(SigningKey::public_jwk).collect();
         json!({ "keys": keys })
     }
 
@@ -236,10 +212,7 @@ impl SigningKeys {
         if key_files(&keys_dir)?.is_empty() {
             let key = SigningKey::generate()?;
             write_key_file(&keys_dir, &key)?;
-            tracing::info!(
-                kid = key.kid(),
-                "created the first access-token signing key"
-            );
+            tracing::info!(kid = key.kid(), "created the first access-token signing key");
         }
         Self::load(dir, Duration::ZERO)
     }
@@ -265,18 +238,12 @@ impl SigningKeys {
         }
         // Newest first; ties broken by kid so every replica picks the same key.
         loaded.sort_by(|(ta, ka), (tb, kb)| tb.cmp(ta).then_with(|| ka.kid.cmp(&kb.kid)));
-        let ripe = |modified: &SystemTime| {
-            modified
-                .checked_add(activation_delay)
-                .is_some_and(|ready| ready <= now)
-        };
+        let ripe = |modified: &SystemTime| modified.checked_add(activation_delay).is_some_and(|ready| ready <= now);
         let active_index = loaded
             .iter()
             .position(|(modified, _)| ripe(modified))
             .or_else(|| loaded.len().checked_sub(1))
-            .ok_or_else(|| KeyError::NoKeys {
-                dir: keys_dir.clone(),
-            })?;
+            .ok_or_else(|| KeyError::NoKeys { dir: keys_dir.clone() })?;
         let active = loaded.remove(active_index).1;
         let previous = loaded.into_iter().map(|(_, k)| k).collect();
         Self::new(active, previous)
@@ -308,10 +275,7 @@ fn key_files(keys_dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
     let mut files = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| KeyError::io(keys_dir, e))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(".pem") && !name.starts_with('.') && path.is_file() {
             files.push(path);
         }
@@ -323,16 +287,12 @@ fn key_files(keys_dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
 fn read_key_file(path: &Path) -> Result<(SystemTime, SigningKey), KeyError> {
     let metadata = fs::metadata(path).map_err(|e| KeyError::io(path, e))?;
     if metadata.len() > MAX_KEY_FILE_BYTES {
-        return Err(KeyError::InvalidKeyFile {
-            path: path.to_owned(),
-        });
+        return Err(KeyError::InvalidKeyFile { path: path.to_owned() });
     }
     warn_if_readable_by_others(path, &metadata);
     let modified = metadata.modified().map_err(|e| KeyError::io(path, e))?;
     let text = fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
-    let key = SigningKey::from_pkcs8_pem(&text).map_err(|_| KeyError::InvalidKeyFile {
-        path: path.to_owned(),
-    })?;
+    let key = SigningKey::from_pkcs8_pem(&text).map_err(|_| KeyError::InvalidKeyFile { path: path.to_owned() })?;
     Ok((modified, key))
 }
 
@@ -379,10 +339,7 @@ fn write_key_file(keys_dir: &Path, key: &SigningKey) -> Result<PathBuf, KeyError
         file.write_all(pem.expose_secret().as_bytes())?;
         file.sync_all()?;
         if final_path.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "key file exists",
-            ));
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "key file exists"));
         }
         fs::rename(&temp_path, &final_path)?;
         // Persist the rename itself.
@@ -418,18 +375,14 @@ mod tests {
     #[test]
     fn kid_is_the_rfc_7638_thumbprint_of_the_public_key() {
         let key = SigningKey::generate().unwrap_or_else(|e| panic!("generate: {e}"));
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.public_jwk())
-            .unwrap_or_else(|e| panic!("public jwk parses: {e}"));
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(key.public_jwk()).unwrap_or_else(|e| panic!("public jwk parses: {e}"));
         assert_eq!(
             key.kid(),
             jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256),
             "our thumbprint agrees with jsonwebtoken's RFC 7638 implementation"
         );
-        assert_eq!(
-            key.kid().len(),
-            43,
-            "a base64url SHA-256 digest has 43 characters"
-        );
+        assert_eq!(key.kid().len(), 43, "a base64url SHA-256 digest has 43 characters");
     }
 
     #[test]
@@ -437,41 +390,26 @@ mod tests {
         use secrecy::ExposeSecret as _;
         let key = SigningKey::generate().unwrap_or_else(|e| panic!("generate: {e}"));
         let pem = key.to_pkcs8_pem().unwrap_or_else(|e| panic!("encode: {e}"));
-        assert!(
-            pem.expose_secret()
-                .starts_with("-----BEGIN PRIVATE KEY-----"),
-            "PKCS#8, not SEC1"
-        );
-        let again = SigningKey::from_pkcs8_pem(pem.expose_secret())
-            .unwrap_or_else(|e| panic!("decode: {e}"));
+        assert!(pem.expose_secret().starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8, not SEC1");
+        let again = SigningKey::from_pkcs8_pem(pem.expose_secret()).unwrap_or_else(|e| panic!("decode: {e}"));
         assert_eq!(again.kid(), key.kid(), "same key, same kid");
-        assert!(
-            !format!("{key:?}").contains("PRIVATE"),
-            "Debug output shows no key material"
-        );
+        assert!(!format!("{key:?}").contains("PRIVATE"), "Debug output shows no key material");
     }
 
     #[test]
     fn keys_that_are_not_pkcs8_p384_are_refused() {
         let rsa = include_str!("../../tests/fixtures/keys/rsa-client-private.pem");
         for (name, pem) in [("rsa key", rsa), ("garbage", "hello"), ("empty", "")] {
-            assert!(
-                matches!(SigningKey::from_pkcs8_pem(pem), Err(KeyError::InvalidPem)),
-                "{name} must be refused"
-            );
+            assert!(matches!(SigningKey::from_pkcs8_pem(pem), Err(KeyError::InvalidPem)), "{name} must be refused");
         }
         let ec = include_str!("../../tests/fixtures/keys/ec-p384-client-private.pem");
-        assert!(
-            SigningKey::from_pkcs8_pem(ec).is_ok(),
-            "an openssl P-384 PKCS#8 key loads"
-        );
+        assert!(SigningKey::from_pkcs8_pem(ec).is_ok(), "an openssl P-384 PKCS#8 key loads");
     }
 
     #[test]
     fn load_or_create_creates_one_private_key_file_on_first_start_and_reuses_it() {
         let dir = temp_dir();
-        let first =
-            SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("first: {e}"));
+        let first = SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("first: {e}"));
         let path = key_path(dir.path(), first.active().kid());
         assert!(path.is_file(), "the key is stored as <kid>.pem");
         #[cfg(unix)]
@@ -479,58 +417,35 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             let file_mode = fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
             assert_eq!(file_mode.ok(), Some(0o600), "key file is 0600");
-            let dir_mode =
-                fs::metadata(keys_dir(dir.path())).map(|m| m.permissions().mode() & 0o777);
+            let dir_mode = fs::metadata(keys_dir(dir.path())).map(|m| m.permissions().mode() & 0o777);
             assert_eq!(dir_mode.ok(), Some(0o700), "key directory is 0700");
         }
-        let second =
-            SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("second: {e}"));
-        assert_eq!(
-            second.active().kid(),
-            first.active().kid(),
-            "restart keeps the key"
-        );
+        let second = SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("second: {e}"));
+        assert_eq!(second.active().kid(), first.active().kid(), "restart keeps the key");
         assert_eq!(second.kids().len(), 1, "no second key is created");
     }
 
     #[test]
     fn rotation_makes_the_newest_key_active_and_keeps_the_old_one_for_verification() {
         let dir = temp_dir();
-        let original =
-            SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("load: {e}"));
+        let original = SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("load: {e}"));
         let old_kid = original.active().kid().to_owned();
         let now = SystemTime::now();
-        set_mtime(
-            &key_path(dir.path(), &old_kid),
-            now - Duration::from_secs(3600),
-        );
+        set_mtime(&key_path(dir.path(), &old_kid), now - Duration::from_secs(3600));
         let new_kid = rotate(dir.path()).unwrap_or_else(|e| panic!("rotate: {e}"));
 
-        let keys =
-            SigningKeys::load(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("reload: {e}"));
+        let keys = SigningKeys::load(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("reload: {e}"));
         assert_eq!(keys.active().kid(), new_kid, "the newest file signs");
         assert!(keys.find(&old_kid).is_some(), "the old key still verifies");
         let published: Vec<String> = keys.public_jwks()["keys"]
             .as_array()
-            .map(|ks| {
-                ks.iter()
-                    .filter_map(|k| k["kid"].as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|ks| ks.iter().filter_map(|k| k["kid"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        assert_eq!(
-            published,
-            vec![new_kid.clone(), old_kid.clone()],
-            "both keys are published, active first"
-        );
+        assert_eq!(published, vec![new_kid.clone(), old_kid.clone()], "both keys are published, active first");
 
         fs::remove_file(key_path(dir.path(), &old_kid)).unwrap_or_else(|e| panic!("remove: {e}"));
-        let pruned =
-            SigningKeys::load(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("reload: {e}"));
-        assert!(
-            pruned.find(&old_kid).is_none(),
-            "a removed key no longer verifies"
-        );
+        let pruned = SigningKeys::load(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("reload: {e}"));
+        assert!(pruned.find(&old_kid).is_none(), "a removed key no longer verifies");
     }
 
     #[test]
@@ -538,45 +453,22 @@ mod tests {
         let dir = temp_dir();
         let old_kid = rotate(dir.path()).unwrap_or_else(|e| panic!("first: {e}"));
         let now = SystemTime::now();
-        set_mtime(
-            &key_path(dir.path(), &old_kid),
-            now - Duration::from_secs(3600),
-        );
+        set_mtime(&key_path(dir.path(), &old_kid), now - Duration::from_secs(3600));
         let new_kid = rotate(dir.path()).unwrap_or_else(|e| panic!("second: {e}"));
-        set_mtime(
-            &key_path(dir.path(), &new_kid),
-            now - Duration::from_secs(10),
-        );
+        set_mtime(&key_path(dir.path(), &new_kid), now - Duration::from_secs(10));
 
         let delay = Duration::from_secs(120);
-        let before =
-            SigningKeys::load_at(dir.path(), delay, now).unwrap_or_else(|e| panic!("load: {e}"));
-        assert_eq!(
-            before.active().kid(),
-            old_kid,
-            "the new key is not ripe yet"
-        );
-        assert!(
-            before.find(&new_kid).is_some(),
-            "but it already verifies and is published"
-        );
+        let before = SigningKeys::load_at(dir.path(), delay, now).unwrap_or_else(|e| panic!("load: {e}"));
+        assert_eq!(before.active().kid(), old_kid, "the new key is not ripe yet");
+        assert!(before.find(&new_kid).is_some(), "but it already verifies and is published");
 
         let after = SigningKeys::load_at(dir.path(), delay, now + Duration::from_secs(200))
             .unwrap_or_else(|e| panic!("load: {e}"));
-        assert_eq!(
-            after.active().kid(),
-            new_kid,
-            "once ripe, the new key signs"
-        );
+        assert_eq!(after.active().kid(), new_kid, "once ripe, the new key signs");
 
         fs::remove_file(key_path(dir.path(), &old_kid)).unwrap_or_else(|e| panic!("remove: {e}"));
-        let only_young =
-            SigningKeys::load_at(dir.path(), delay, now).unwrap_or_else(|e| panic!("load: {e}"));
-        assert_eq!(
-            only_young.active().kid(),
-            new_kid,
-            "a lone young key still signs"
-        );
+        let only_young = SigningKeys::load_at(dir.path(), delay, now).unwrap_or_else(|e| panic!("load: {e}"));
+        assert_eq!(only_young.active().kid(), new_kid, "a lone young key still signs");
     }
 
     #[test]
@@ -584,24 +476,15 @@ mod tests {
         let dir = temp_dir();
         let kid = rotate(dir.path()).unwrap_or_else(|e| panic!("rotate: {e}"));
         let keys_dir = keys_dir(dir.path());
-        fs::write(keys_dir.join(".half-written.pem.tmp"), "junk")
-            .unwrap_or_else(|e| panic!("write: {e}"));
-        fs::write(keys_dir.join("README.txt"), "not a key")
-            .unwrap_or_else(|e| panic!("write: {e}"));
-        let keys =
-            SigningKeys::load(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("load: {e}"));
+        fs::write(keys_dir.join(".half-written.pem.tmp"), "junk").unwrap_or_else(|e| panic!("write: {e}"));
+        fs::write(keys_dir.join("README.txt"), "not a key").unwrap_or_else(|e| panic!("write: {e}"));
+        let keys = SigningKeys::load(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("load: {e}"));
         assert_eq!(keys.kids(), vec![kid.as_str()], "only *.pem files are keys");
 
-        fs::write(
-            keys_dir.join("broken.pem"),
-            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-        )
-        .unwrap_or_else(|e| panic!("write: {e}"));
+        fs::write(keys_dir.join("broken.pem"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+            .unwrap_or_else(|e| panic!("write: {e}"));
         assert!(
-            matches!(
-                SigningKeys::load(dir.path(), Duration::ZERO),
-                Err(KeyError::InvalidKeyFile { .. })
-            ),
+            matches!(SigningKeys::load(dir.path(), Duration::ZERO), Err(KeyError::InvalidKeyFile { .. })),
             "an invalid key file stops the load"
         );
     }
@@ -610,10 +493,7 @@ mod tests {
     fn an_empty_directory_has_no_keys() {
         let dir = temp_dir();
         assert!(
-            matches!(
-                SigningKeys::load(dir.path(), Duration::ZERO),
-                Err(KeyError::NoKeys { .. })
-            ),
+            matches!(SigningKeys::load(dir.path(), Duration::ZERO), Err(KeyError::NoKeys { .. })),
             "load without keys fails; load_or_create is the one that creates"
         );
     }
@@ -624,10 +504,7 @@ mod tests {
         let a = SigningKey::from_pkcs8_pem(pem).unwrap_or_else(|e| panic!("a: {e}"));
         let b = SigningKey::from_pkcs8_pem(pem).unwrap_or_else(|e| panic!("b: {e}"));
         assert!(
-            matches!(
-                SigningKeys::new(a, vec![b]),
-                Err(KeyError::DuplicateKid { .. })
-            ),
+            matches!(SigningKeys::new(a, vec![b]), Err(KeyError::DuplicateKid { .. })),
             "the same key twice is refused"
         );
     }

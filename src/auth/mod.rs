@@ -30,12 +30,12 @@ pub mod scopes;
 mod jwt;
 
 pub use access_token::{
-    bearer_token, verify_external_access_token, AccessClaims, AccessTokenPolicy,
-    ExternalAccessClaims, ExternalIssuerPolicy, Grant, IssueError, IssuedAccessToken, TokenError,
+    bearer_token, verify_external_access_token, AccessClaims, AccessTokenPolicy, ExternalAccessClaims,
+    ExternalIssuerPolicy, Grant, IssueError, IssuedAccessToken, TokenError,
 };
 pub use assertion::{
-    authenticate_client, peek_client_id, verify_client_assertion, ClientAuthError, ClientKeys,
-    RegisteredClient, VerifiedAssertion,
+    authenticate_client, peek_client_id, verify_client_assertion, ClientAuthError, ClientKeys, RegisteredClient,
+    VerifiedAssertion,
 };
 pub use jwk::Jwks;
 pub use jwks_fetch::{Freshness, HttpJwksSource, JwksFetchConfig, JwksFetchError, JwksSource};

@@ -33,13 +33,8 @@ pub enum Interaction {
 }
 
 impl Interaction {
-    const ALL: [Interaction; 5] = [
-        Interaction::Create,
-        Interaction::Read,
-        Interaction::Update,
-        Interaction::Delete,
-        Interaction::Search,
-    ];
+    const ALL: [Interaction; 5] =
+        [Interaction::Create, Interaction::Read, Interaction::Update, Interaction::Delete, Interaction::Search];
 
     fn letter(self) -> char {
         match self {
@@ -155,13 +150,7 @@ impl Permissions {
         match suffix {
             // SMART v1 -> v2 equivalence (see the module documentation).
             "read" => return Ok(Permissions::of(&[Interaction::Read, Interaction::Search])),
-            "write" => {
-                return Ok(Permissions::of(&[
-                    Interaction::Create,
-                    Interaction::Update,
-                    Interaction::Delete,
-                ]))
-            }
+            "write" => return Ok(Permissions::of(&[Interaction::Create, Interaction::Update, Interaction::Delete])),
             "*" => return Ok(Permissions::ALL),
             "" => return Err(ScopeError::MissingPermissions),
             _ => {}
@@ -169,8 +158,7 @@ impl Permissions {
         let mut permissions = Permissions::default();
         let mut last_rank: Option<usize> = None;
         for letter in suffix.chars() {
-            let interaction =
-                Interaction::from_letter(letter).ok_or(ScopeError::UnknownPermission)?;
+            let interaction = Interaction::from_letter(letter).ok_or(ScopeError::UnknownPermission)?;
             if permissions.contains(interaction) {
                 return Err(ScopeError::RepeatedPermission);
             }
@@ -184,9 +172,7 @@ impl Permissions {
     }
 
     fn of(interactions: &[Interaction]) -> Permissions {
-        interactions.iter().fold(Permissions::default(), |acc, i| {
-            acc.union(Permissions(i.bit()))
-        })
+        interactions.iter().fold(Permissions::default(), |acc, i| acc.union(Permissions(i.bit())))
     }
 }
 
@@ -352,10 +338,7 @@ impl ScopeSet {
 
     /// The individual scopes, rendered, in rendering order (for `scopes_supported`).
     pub fn scopes(&self) -> Vec<String> {
-        self.entries
-            .iter()
-            .map(|(target, perms)| format!("{}{target}.{perms}", Self::PREFIX))
-            .collect()
+        self.entries.iter().map(|(target, perms)| format!("{}{target}.{perms}", Self::PREFIX)).collect()
     }
 
     fn tokens(scope: &str) -> Result<Vec<&str>, ScopeError> {
@@ -372,10 +355,7 @@ impl ScopeSet {
     }
 
     fn too_long() -> ScopeError {
-        ScopeError::TooLong {
-            max: Self::MAX_LEN,
-            max_scopes: Self::MAX_SCOPES,
-        }
+        ScopeError::TooLong { max: Self::MAX_LEN, max_scopes: Self::MAX_SCOPES }
     }
 
     fn parse_one(token: &str) -> Result<(Target, Permissions), ScopeError> {
@@ -384,9 +364,7 @@ impl ScopeSet {
         if !token.bytes().all(nqchar) {
             return Err(ScopeError::Malformed);
         }
-        let rest = token
-            .strip_prefix(Self::PREFIX)
-            .ok_or(ScopeError::NotSystemContext)?;
+        let rest = token.strip_prefix(Self::PREFIX).ok_or(ScopeError::NotSystemContext)?;
         if rest.contains('?') {
             return Err(ScopeError::GranularNotSupported);
         }
@@ -408,12 +386,10 @@ impl ScopeSet {
     /// Entries with the permissions each one grants in full (a type's own plus `*`'s).
     fn effective_entries(&self) -> impl Iterator<Item = (&Target, Permissions)> {
         let all = self.wildcard();
-        self.entries
-            .iter()
-            .map(move |(target, perms)| match target {
-                Target::AllTypes => (target, *perms),
-                Target::Type(_) => (target, perms.union(all)),
-            })
+        self.entries.iter().map(move |(target, perms)| match target {
+            Target::AllTypes => (target, *perms),
+            Target::Type(_) => (target, perms.union(all)),
+        })
     }
 
     /// Adds permissions, keeping the invariants (no empty entries, nothing `*` already grants).
@@ -433,10 +409,7 @@ impl ScopeSet {
                 });
             }
             Target::Type(_) => {
-                let merged = self
-                    .for_target(&target)
-                    .union(permissions)
-                    .without(self.wildcard());
+                let merged = self.for_target(&target).union(permissions).without(self.wildcard());
                 if !merged.is_empty() {
                     self.entries.insert(target, merged);
                 }
@@ -464,17 +437,11 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("system/Task.r", "system/Task.r"),
             ("system/Task.cruds", "system/Task.cruds"),
-            (
-                "system/Task.rs system/ServiceRequest.cr",
-                "system/ServiceRequest.cr system/Task.rs",
-            ),
+            ("system/Task.rs system/ServiceRequest.cr", "system/ServiceRequest.cr system/Task.rs"),
             ("system/Task.r system/Task.s", "system/Task.rs"),
             ("system/*.rs system/Task.cr", "system/*.rs system/Task.c"),
             ("system/Task.r system/*.r", "system/*.r"),
-            (
-                "  system/Task.r   system/CarePlan.s ",
-                "system/CarePlan.s system/Task.r",
-            ),
+            ("  system/Task.r   system/CarePlan.s ", "system/CarePlan.s system/Task.r"),
             // SMART v1 mapping: read = rs, write = cud, * = cruds.
             ("system/Task.read", "system/Task.rs"),
             ("system/Task.write", "system/Task.cud"),
@@ -509,26 +476,13 @@ mod tests {
             ("user/*.cruds", ScopeError::NotSystemContext),
             ("openid", ScopeError::NotSystemContext),
             ("system/Task.r launch", ScopeError::NotSystemContext),
-            (
-                "system/Observation.rs?category=vital-signs",
-                ScopeError::GranularNotSupported,
-            ),
+            ("system/Observation.rs?category=vital-signs", ScopeError::GranularNotSupported),
             ("system/Task.r\tsystem/Task.s", ScopeError::Malformed),
             ("system/Ta\"sk.r", ScopeError::Malformed),
-            (
-                long.as_str(),
-                ScopeError::TooLong {
-                    max: ScopeSet::MAX_LEN,
-                    max_scopes: ScopeSet::MAX_SCOPES,
-                },
-            ),
+            (long.as_str(), ScopeError::TooLong { max: ScopeSet::MAX_LEN, max_scopes: ScopeSet::MAX_SCOPES }),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                ScopeSet::parse(input).as_ref(),
-                Err(expected),
-                "scope {input:?}"
-            );
+            assert_eq!(ScopeSet::parse(input).as_ref(), Err(expected), "scope {input:?}");
         }
     }
 
@@ -548,16 +502,9 @@ mod tests {
             ("*", Interaction::Read, true),
         ];
         for (resource_type, interaction, expected) in cases {
-            assert_eq!(
-                set.allows(resource_type, *interaction),
-                *expected,
-                "{resource_type} {interaction:?}"
-            );
+            assert_eq!(set.allows(resource_type, *interaction), *expected, "{resource_type} {interaction:?}");
         }
-        assert!(
-            !ScopeSet::empty().allows("Task", Interaction::Read),
-            "the empty set allows nothing"
-        );
+        assert!(!ScopeSet::empty().allows("Task", Interaction::Read), "the empty set allows nothing");
     }
 
     #[test]
@@ -566,39 +513,15 @@ mod tests {
             // (requested, registered, granted)
             ("system/Task.cruds", "system/Task.rs", Ok("system/Task.rs")),
             ("system/Task.rs", "system/*.cruds", Ok("system/Task.rs")),
-            (
-                "system/*.rs",
-                "system/Task.r system/CarePlan.rs",
-                Ok("system/CarePlan.rs system/Task.r"),
-            ),
+            ("system/*.rs", "system/Task.r system/CarePlan.rs", Ok("system/CarePlan.rs system/Task.r")),
             ("system/*.cruds", "system/*.rs", Ok("system/*.rs")),
-            (
-                "system/Task.r system/Patient.r",
-                "system/Task.rs",
-                Ok("system/Task.r"),
-            ),
+            ("system/Task.r system/Patient.r", "system/Task.rs", Ok("system/Task.r")),
             ("system/Task.read", "system/Task.r", Ok("system/Task.r")),
-            (
-                "system/Task.rs",
-                "system/*.r system/Task.s",
-                Ok("system/Task.rs"),
-            ),
-            (
-                "system/Patient.r",
-                "system/Task.rs",
-                Err(ScopeError::NothingGranted),
-            ),
-            (
-                "system/Task.c",
-                "system/Task.rs",
-                Err(ScopeError::NothingGranted),
-            ),
+            ("system/Task.rs", "system/*.r system/Task.s", Ok("system/Task.rs")),
+            ("system/Patient.r", "system/Task.rs", Err(ScopeError::NothingGranted)),
+            ("system/Task.c", "system/Task.rs", Err(ScopeError::NothingGranted)),
             ("system/Task.rs", "", Err(ScopeError::NothingGranted)),
-            (
-                "system/Task.sr",
-                "system/*.cruds",
-                Err(ScopeError::OutOfOrderPermissions),
-            ),
+            ("system/Task.sr", "system/*.cruds", Err(ScopeError::OutOfOrderPermissions)),
         ];
         for (requested, registered, expected) in cases {
             let registered_set = ScopeSet::parse_lenient(registered);
@@ -609,37 +532,23 @@ mod tests {
                 "requested {requested:?} against registered {registered:?}"
             );
             if let Ok(set) = ScopeSet::grant(requested, &registered_set) {
-                assert!(
-                    set.is_subset_of(&registered_set),
-                    "grant of {requested:?} is within the registration"
-                );
+                assert!(set.is_subset_of(&registered_set), "grant of {requested:?} is within the registration");
             }
         }
     }
 
     #[test]
     fn lenient_parsing_keeps_only_supported_system_scopes() {
-        let set =
-            ScopeSet::parse_lenient("openid profile system/Task.rs patient/*.r system/Task.sr");
-        assert_eq!(
-            set.render(),
-            "system/Task.rs",
-            "only the valid system scope survives"
-        );
-        assert!(
-            ScopeSet::parse_lenient("").is_empty(),
-            "an empty claim grants nothing"
-        );
+        let set = ScopeSet::parse_lenient("openid profile system/Task.rs patient/*.r system/Task.sr");
+        assert_eq!(set.render(), "system/Task.rs", "only the valid system scope survives");
+        assert!(ScopeSet::parse_lenient("").is_empty(), "an empty claim grants nothing");
     }
 
     #[test]
     fn scopes_lists_each_entry_for_smart_configuration() {
         assert_eq!(
             parse("system/Task.rs system/ServiceRequest.cr").scopes(),
-            vec![
-                "system/ServiceRequest.cr".to_owned(),
-                "system/Task.rs".to_owned()
-            ],
+            vec!["system/ServiceRequest.cr".to_owned(), "system/Task.rs".to_owned()],
             "one string per entry"
         );
     }

@@ -12,10 +12,8 @@ pub struct InvalidId(pub String);
 
 impl ResourceId {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        let valid = (1..=64).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        let valid =
+            (1..=64).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         if valid {
             Ok(ResourceId(raw.to_owned()))
         } else {
@@ -126,11 +124,7 @@ mod tests {
             ("*", None),
         ];
         for (raw, expected) in cases {
-            assert_eq!(
-                VersionId::parse_etag(raw).ok().map(VersionId::get),
-                expected,
-                "etag {raw:?}"
-            );
+            assert_eq!(VersionId::parse_etag(raw).ok().map(VersionId::get), expected, "etag {raw:?}");
         }
     }
 }

@@ -85,12 +85,7 @@ pub struct Issue {
 
 impl Issue {
     pub fn error(code: IssueCode, diagnostics: impl Into<String>) -> Self {
-        Issue {
-            severity: Severity::Error,
-            code,
-            diagnostics: diagnostics.into(),
-            expression: None,
-        }
+        Issue { severity: Severity::Error, code, diagnostics: diagnostics.into(), expression: None }
     }
 
     pub fn at(mut self, expression: impl Into<String>) -> Self {

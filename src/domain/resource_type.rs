@@ -65,10 +65,7 @@ impl ResourceType {
     ];
 
     pub fn parse(name: &str) -> Result<Self, UnsupportedResourceType> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.as_str() == name)
-            .ok_or_else(|| UnsupportedResourceType(name.to_owned()))
+        Self::ALL.into_iter().find(|t| t.as_str() == name).ok_or_else(|| UnsupportedResourceType(name.to_owned()))
     }
 
     pub fn as_str(self) -> &'static str {

@@ -55,14 +55,7 @@ const fn p(
     targets: &'static [ResourceType],
     definition: &'static str,
 ) -> SearchParam {
-    SearchParam {
-        resource_type,
-        name,
-        kind,
-        paths,
-        targets,
-        definition,
-    }
+    SearchParam { resource_type, name, kind, paths, targets, definition }
 }
 
 const CORE: &str = "http://hl7.org/fhir/SearchParameter/";
@@ -77,7 +70,14 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::Task, "code", Token, &["code"], &[], "Task-code"),
     p(T::Task, "intent", Token, &["intent"], &[], "Task-intent"),
     p(T::Task, "owner", Reference, &["owner"], &[T::Organization, T::Practitioner, T::PractitionerRole], "Task-owner"),
-    p(T::Task, "requester", Reference, &["requester"], &[T::Organization, T::Practitioner, T::PractitionerRole], "Task-requester"),
+    p(
+        T::Task,
+        "requester",
+        Reference,
+        &["requester"],
+        &[T::Organization, T::Practitioner, T::PractitionerRole],
+        "Task-requester",
+    ),
     p(T::Task, "patient", Reference, &["for"], &[T::Patient], "Task-patient"),
     p(T::Task, "subject", Reference, &["for"], &[], "Task-subject"),
     p(T::Task, "focus", Reference, &["focus"], &[], "Task-focus"),
@@ -94,8 +94,22 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::ServiceRequest, "code", Token, &["code"], &[], "clinical-code"),
     p(T::ServiceRequest, "patient", Reference, &["subject"], &[T::Patient], "clinical-patient"),
     p(T::ServiceRequest, "subject", Reference, &["subject"], &[], "ServiceRequest-subject"),
-    p(T::ServiceRequest, "requester", Reference, &["requester"], &[T::Organization, T::Practitioner, T::PractitionerRole], "ServiceRequest-requester"),
-    p(T::ServiceRequest, "performer", Reference, &["performer"], &[T::Organization, T::Practitioner, T::PractitionerRole], "ServiceRequest-performer"),
+    p(
+        T::ServiceRequest,
+        "requester",
+        Reference,
+        &["requester"],
+        &[T::Organization, T::Practitioner, T::PractitionerRole],
+        "ServiceRequest-requester",
+    ),
+    p(
+        T::ServiceRequest,
+        "performer",
+        Reference,
+        &["performer"],
+        &[T::Organization, T::Practitioner, T::PractitionerRole],
+        "ServiceRequest-performer",
+    ),
     p(T::ServiceRequest, "supporting-info", Reference, &["supportingInfo"], &[], "ServiceRequest-supporting-info"),
     p(T::ServiceRequest, "based-on", Reference, &["basedOn"], &[], "ServiceRequest-based-on"),
     p(T::ServiceRequest, "authored", Date, &["authoredOn"], &[], "ServiceRequest-authored"),
@@ -127,8 +141,22 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::Practitioner, "given", Str, &["name.given"], &[], "individual-given"),
     // PractitionerRole
     p(T::PractitionerRole, "identifier", Token, &["identifier"], &[], "PractitionerRole-identifier"),
-    p(T::PractitionerRole, "practitioner", Reference, &["practitioner"], &[T::Practitioner], "PractitionerRole-practitioner"),
-    p(T::PractitionerRole, "organization", Reference, &["organization"], &[T::Organization], "PractitionerRole-organization"),
+    p(
+        T::PractitionerRole,
+        "practitioner",
+        Reference,
+        &["practitioner"],
+        &[T::Practitioner],
+        "PractitionerRole-practitioner",
+    ),
+    p(
+        T::PractitionerRole,
+        "organization",
+        Reference,
+        &["organization"],
+        &[T::Organization],
+        "PractitionerRole-organization",
+    ),
     p(T::PractitionerRole, "role", Token, &["code"], &[], "PractitionerRole-role"),
     // Consent
     p(T::Consent, "identifier", Token, &["identifier"], &[], "clinical-identifier"),
@@ -145,9 +173,7 @@ impl SearchParam {
 
 /// The parameters of one type, in registry order.
 pub fn params_for(resource_type: ResourceType) -> impl Iterator<Item = &'static SearchParam> {
-    REGISTRY
-        .iter()
-        .filter(move |p| p.resource_type == resource_type)
+    REGISTRY.iter().filter(move |p| p.resource_type == resource_type)
 }
 
 /// Looks a parameter up by type and name.
@@ -221,8 +247,7 @@ fn collect_path<'v>(node: &'v Value, path: &str, out: &mut Vec<&'v Value>) {
         Some(stem) => map
             .iter()
             .filter(|(k, _)| {
-                k.strip_prefix(stem)
-                    .is_some_and(|suffix| suffix.starts_with(|c: char| c.is_ascii_uppercase()))
+                k.strip_prefix(stem).is_some_and(|suffix| suffix.starts_with(|c: char| c.is_ascii_uppercase()))
             })
             .map(|(_, v)| v)
             .collect(),
@@ -248,11 +273,7 @@ fn index_value(param: &SearchParam, value: &Value, out: &mut Vec<IndexEntry>) {
         ParamKind::Reference => index_reference(param.name, value, out),
         ParamKind::Date => {
             if let Some((low, high)) = date_range_of(value) {
-                out.push(IndexEntry::Date {
-                    param: param.name,
-                    low,
-                    high,
-                });
+                out.push(IndexEntry::Date { param: param.name, low, high });
             }
         }
         ParamKind::String => index_string(param.name, value, out),
@@ -265,18 +286,10 @@ fn text_of(value: Option<&Value>) -> Option<String> {
 
 fn index_token(param: &'static str, value: &Value, out: &mut Vec<IndexEntry>) {
     match value {
-        Value::String(code) => out.push(IndexEntry::Token {
-            param,
-            system: None,
-            code: Some(code.clone()),
-            text: None,
-        }),
-        Value::Bool(b) => out.push(IndexEntry::Token {
-            param,
-            system: None,
-            code: Some(b.to_string()),
-            text: None,
-        }),
+        Value::String(code) => {
+            out.push(IndexEntry::Token { param, system: None, code: Some(code.clone()), text: None })
+        }
+        Value::Bool(b) => out.push(IndexEntry::Token { param, system: None, code: Some(b.to_string()), text: None }),
         Value::Object(map) => {
             if let Some(Value::Array(codings)) = map.get("coding") {
                 // CodeableConcept
@@ -327,8 +340,8 @@ pub fn split_reference(reference: &str) -> Option<(String, String)> {
     let mut parts = without_history.rsplitn(3, '/');
     let id = parts.next()?;
     let ty = parts.next()?;
-    let looks_like_type = ty.starts_with(|c: char| c.is_ascii_uppercase())
-        && ty.chars().all(|c| c.is_ascii_alphanumeric());
+    let looks_like_type =
+        ty.starts_with(|c: char| c.is_ascii_uppercase()) && ty.chars().all(|c| c.is_ascii_alphanumeric());
     (looks_like_type && !id.is_empty()).then(|| (ty.to_owned(), id.to_owned()))
 }
 
@@ -343,29 +356,29 @@ fn index_reference(param: &'static str, value: &Value, out: &mut Vec<IndexEntry>
     let identifier_system = identifier.and_then(|i| text_of(i.get("system")));
     let identifier_value = identifier.and_then(|i| text_of(i.get("value")));
     if target_id.is_some() || identifier_value.is_some() {
-        out.push(IndexEntry::Reference {
-            param,
-            target_type,
-            target_id,
-            identifier_system,
-            identifier_value,
-        });
+        out.push(IndexEntry::Reference { param, target_type, target_id, identifier_system, identifier_value });
     }
 }
 
 fn index_string(param: &'static str, value: &Value, out: &mut Vec<IndexEntry>) {
-    let mut push = |s: &str| {
-        out.push(IndexEntry::String {
-            param,
-            value: normalise_string(s),
-            exact: s.to_owned(),
-        })
-    };
+    let mut push = |s: &str| out.push(IndexEntry::String { param, value: normalise_string(s), exact: s.to_owned() });
     match value {
         Value::String(s) => push(s),
         Value::Object(map) => {
             // HumanName and Address: every textual part is searchable (R4 search.html#string).
-            for key in ["text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode", "country"] {
+            for key in [
+                "text",
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ] {
                 match map.get(key) {
                     Some(Value::String(s)) => push(s),
                     Some(Value::Array(items)) => {
@@ -423,9 +436,8 @@ pub fn partial_date_range(raw: &str) -> Option<(i64, i64)> {
     let year: i32 = raw.get(0..4)?.parse().ok()?;
     let month_of = |n: u8| Month::try_from(n).ok();
     const DAY: i64 = 86_400_000_000;
-    let start_of = |d: Date| -> i64 {
-        PrimitiveDateTime::new(d, Time::MIDNIGHT).assume_utc().unix_timestamp() * 1_000_000
-    };
+    let start_of =
+        |d: Date| -> i64 { PrimitiveDateTime::new(d, Time::MIDNIGHT).assume_utc().unix_timestamp() * 1_000_000 };
     match raw.len() {
         4 => {
             let from = Date::from_calendar_date(year, Month::January, 1).ok()?;
@@ -458,10 +470,8 @@ pub fn partial_date_range(raw: &str) -> Option<(i64, i64)> {
             })?;
             let micros = instant.micros();
             // The precision given is the range: a value to the second covers that second.
-            let fraction_digits = raw
-                .split_once('.')
-                .map(|(_, f)| f.chars().take_while(char::is_ascii_digit).count())
-                .unwrap_or(0);
+            let fraction_digits =
+                raw.split_once('.').map(|(_, f)| f.chars().take_while(char::is_ascii_digit).count()).unwrap_or(0);
             let span = 10_i64.pow(6_u32.saturating_sub(fraction_digits.min(6) as u32));
             let low = micros - micros.rem_euclid(span);
             Some((low, low + span - 1))
@@ -477,10 +487,7 @@ mod tests {
     #[test]
     fn every_parameter_name_is_unique_within_its_type() {
         for p in REGISTRY {
-            let same = REGISTRY
-                .iter()
-                .filter(|q| q.resource_type == p.resource_type && q.name == p.name)
-                .count();
+            let same = REGISTRY.iter().filter(|q| q.resource_type == p.resource_type && q.name == p.name).count();
             assert_eq!(same, 1, "{}:{} is registered twice", p.resource_type, p.name);
         }
     }
@@ -499,9 +506,26 @@ mod tests {
         let index = extract_index(ResourceType::Task, &task);
         let has = |e: &IndexEntry| index.contains(e);
         assert!(has(&IndexEntry::Token { param: "status", system: None, code: Some("requested".into()), text: None }));
-        assert!(has(&IndexEntry::Token { param: "identifier", system: Some("urn:gp".into()), code: Some("R-1".into()), text: None }));
-        assert!(has(&IndexEntry::Reference { param: "patient", target_type: Some("Patient".into()), target_id: Some("p1".into()), identifier_system: None, identifier_value: None }));
-        assert!(has(&IndexEntry::Reference { param: "owner", target_type: Some("Organization".into()), target_id: Some("clw".into()), identifier_system: Some(OdsCodeSystem::URL.into()), identifier_value: Some("CLW01".into()) }));
+        assert!(has(&IndexEntry::Token {
+            param: "identifier",
+            system: Some("urn:gp".into()),
+            code: Some("R-1".into()),
+            text: None
+        }));
+        assert!(has(&IndexEntry::Reference {
+            param: "patient",
+            target_type: Some("Patient".into()),
+            target_id: Some("p1".into()),
+            identifier_system: None,
+            identifier_value: None
+        }));
+        assert!(has(&IndexEntry::Reference {
+            param: "owner",
+            target_type: Some("Organization".into()),
+            target_id: Some("clw".into()),
+            identifier_system: Some(OdsCodeSystem::URL.into()),
+            identifier_value: Some("CLW01".into())
+        }));
         assert!(index.iter().any(|e| matches!(e, IndexEntry::Date { param: "authored-on", .. })));
     }
 
@@ -512,7 +536,8 @@ mod tests {
 
     #[test]
     fn choice_elements_are_found_by_their_stem() {
-        let sr = json!({"resourceType": "ServiceRequest", "occurrencePeriod": {"start": "2026-01-01", "end": "2026-01-31"}});
+        let sr =
+            json!({"resourceType": "ServiceRequest", "occurrencePeriod": {"start": "2026-01-01", "end": "2026-01-31"}});
         let index = extract_index(ResourceType::ServiceRequest, &sr);
         assert!(index.iter().any(|e| matches!(e, IndexEntry::Date { param: "occurrence", .. })), "{index:?}");
     }
@@ -543,11 +568,7 @@ mod tests {
         ];
         for (raw, expected) in cases {
             let got = split_reference(raw);
-            assert_eq!(
-                got.as_ref().map(|(t, i)| (t.as_str(), i.as_str())),
-                expected,
-                "{raw}"
-            );
+            assert_eq!(got.as_ref().map(|(t, i)| (t.as_str(), i.as_str())), expected, "{raw}");
         }
     }
 

@@ -150,9 +150,7 @@ impl SearchQuery {
     /// Whether any clause tests `_lastUpdated` (such searches see settled rows only; see
     /// `service::search`).
     pub fn uses_last_updated(&self) -> bool {
-        self.clauses
-            .iter()
-            .any(|c| c.param == ParamRef::LastUpdated)
+        self.clauses.iter().any(|c| c.param == ParamRef::LastUpdated)
     }
 }
 
@@ -241,11 +239,7 @@ impl Include {
 pub fn includes_of(resource_type: ResourceType) -> Vec<Include> {
     search_params::params_for(resource_type)
         .filter(|p| p.kind == ParamKind::Reference)
-        .map(|param| Include {
-            source: resource_type,
-            param,
-            target: None,
-        })
+        .map(|param| Include { source: resource_type, param, target: None })
         .collect()
 }
 
@@ -256,11 +250,7 @@ pub fn revincludes_of(resource_type: ResourceType) -> Vec<Include> {
         .iter()
         .filter(|p| p.kind == ParamKind::Reference)
         .filter(|p| p.targets.is_empty() || p.targets.contains(&resource_type))
-        .map(|param| Include {
-            source: param.resource_type,
-            param,
-            target: None,
-        })
+        .map(|param| Include { source: param.resource_type, param, target: None })
         .collect()
 }
 
@@ -333,12 +323,7 @@ impl Cursor {
                 other => other.as_i64().map(SortValue::Int),
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Cursor {
-            direction,
-            horizon,
-            keys,
-            id: id.as_str()?.to_owned(),
-        })
+        Some(Cursor { direction, horizon, keys, id: id.as_str()?.to_owned() })
     }
 }
 
@@ -395,10 +380,7 @@ pub fn parse_search(
     context: &ParseContext<'_>,
 ) -> Result<ParsedSearch, Vec<Issue>> {
     let mut search = ParsedSearch {
-        query: SearchQuery {
-            resource_type,
-            clauses: Vec::new(),
-        },
+        query: SearchQuery { resource_type, clauses: Vec::new() },
         sort: Vec::new(),
         count: None,
         total: TotalMode::None,
@@ -417,7 +399,9 @@ pub fn parse_search(
             Ok(Use::Silent) => false,
             Ok(Use::Unknown) if context.strict => {
                 issues.push(not_supported(
-                    format!("'{name}' is not a supported search parameter of {resource_type} (Prefer: handling=strict)"),
+                    format!(
+                        "'{name}' is not a supported search parameter of {resource_type} (Prefer: handling=strict)"
+                    ),
                     name,
                 ));
                 false
@@ -464,12 +448,8 @@ fn parse_one(
             return Ok(Use::Silent);
         }
         "_cursor" => {
-            let cursor = Cursor::decode(value).ok_or_else(|| {
-                invalid(
-                    "_cursor is not a cursor this server issued".to_owned(),
-                    "_cursor",
-                )
-            })?;
+            let cursor = Cursor::decode(value)
+                .ok_or_else(|| invalid("_cursor is not a cursor this server issued".to_owned(), "_cursor"))?;
             search.cursor = Some(cursor);
             return Ok(Use::Silent);
         }
@@ -481,12 +461,7 @@ fn parse_one(
             search.total = match value {
                 "none" => TotalMode::None,
                 "estimate" | "accurate" => TotalMode::Accurate,
-                other => {
-                    return Err(invalid(
-                        format!("_total '{other}' is not none, estimate or accurate"),
-                        "_total",
-                    ))
-                }
+                other => return Err(invalid(format!("_total '{other}' is not none, estimate or accurate"), "_total")),
             };
             return Ok(Use::Keep);
         }
@@ -509,15 +484,11 @@ fn parse_one(
             return Ok(Use::Keep);
         }
         "_include" => {
-            search
-                .includes
-                .push(parse_include(resource_type, value, false)?);
+            search.includes.push(parse_include(resource_type, value, false)?);
             return Ok(Use::Keep);
         }
         "_revinclude" => {
-            search
-                .revincludes
-                .push(parse_include(resource_type, value, true)?);
+            search.revincludes.push(parse_include(resource_type, value, true)?);
             return Ok(Use::Keep);
         }
         _ if PASS_THROUGH.contains(&name) => return Ok(Use::Keep),
@@ -544,10 +515,7 @@ fn parse_one(
 /// never refused (R4 search.html#count: the server may return fewer).
 fn parse_count(value: &str) -> Result<u64, Issue> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(
-            format!("_count '{value}' is not a whole number"),
-            "_count",
-        ));
+        return Err(invalid(format!("_count '{value}' is not a whole number"), "_count"));
     }
     Ok(value.parse::<u64>().unwrap_or(u64::MAX))
 }
@@ -595,10 +563,7 @@ fn parse_elements(value: &str) -> Result<Vec<String>, Issue> {
             if ok {
                 Ok(name.to_owned())
             } else {
-                Err(invalid(
-                    format!("_elements: '{name}' is not an element name"),
-                    "_elements",
-                ))
+                Err(invalid(format!("_elements: '{name}' is not an element name"), "_elements"))
             }
         })
         .collect()
@@ -606,35 +571,20 @@ fn parse_elements(value: &str) -> Result<Vec<String>, Issue> {
 
 /// `Source:param[:Target]`. An include starts from the searched type; a revinclude from a
 /// type whose parameter can point at the searched type.
-fn parse_include(
-    resource_type: ResourceType,
-    value: &str,
-    reverse: bool,
-) -> Result<Include, Issue> {
+fn parse_include(resource_type: ResourceType, value: &str, reverse: bool) -> Result<Include, Issue> {
     let expression = if reverse { "_revinclude" } else { "_include" };
     let parts: Vec<&str> = value.split(':').collect();
     let (source, param, target) = match parts.as_slice() {
         [source, param] => (*source, *param, None),
         [source, param, target] => (*source, *param, Some(*target)),
-        _ => {
-            return Err(invalid(
-                format!("{expression} '{value}' is not Type:parameter[:TargetType]"),
-                expression,
-            ))
-        }
+        _ => return Err(invalid(format!("{expression} '{value}' is not Type:parameter[:TargetType]"), expression)),
     };
     if source == "*" || param == "*" {
-        return Err(not_supported(
-            format!("{expression} wildcards are not supported"),
-            expression,
-        ));
+        return Err(not_supported(format!("{expression} wildcards are not supported"), expression));
     }
-    let source = ResourceType::parse(source)
-        .map_err(|e| invalid(format!("{expression}: {e}"), expression))?;
+    let source = ResourceType::parse(source).map_err(|e| invalid(format!("{expression}: {e}"), expression))?;
     let target = target
-        .map(|t| {
-            ResourceType::parse(t).map_err(|e| invalid(format!("{expression}: {e}"), expression))
-        })
+        .map(|t| ResourceType::parse(t).map_err(|e| invalid(format!("{expression}: {e}"), expression)))
         .transpose()?;
     let param = match search_params::find(source, param) {
         Some(p) if p.kind == ParamKind::Reference => p,
@@ -645,38 +595,23 @@ fn parse_include(
             ))
         }
     };
-    let include = Include {
-        source,
-        param,
-        target,
-    };
+    let include = Include { source, param, target };
     if let Some(t) = target {
         if !param.targets.is_empty() && !param.targets.contains(&t) {
-            return Err(invalid(
-                format!(
-                    "{expression}: {source}:{} cannot point at a {t}",
-                    param.name
-                ),
-                expression,
-            ));
+            return Err(invalid(format!("{expression}: {source}:{} cannot point at a {t}", param.name), expression));
         }
     }
     if reverse {
         let reaches = include.target_types().contains(&resource_type);
         if !reaches {
             return Err(invalid(
-                format!(
-                    "_revinclude: {} cannot point at a {resource_type}",
-                    include.code()
-                ),
+                format!("_revinclude: {} cannot point at a {resource_type}", include.code()),
                 expression,
             ));
         }
     } else if source != resource_type {
         return Err(invalid(
-            format!(
-                "_include: the source type must be the searched type {resource_type}, not {source}"
-            ),
+            format!("_include: the source type must be the searched type {resource_type}, not {source}"),
             expression,
         ));
     }
@@ -700,20 +635,10 @@ fn parse_clause(
     let each = |f: &dyn Fn(&str) -> Result<Predicate, Issue>| -> Result<Vec<Predicate>, Issue> {
         alternatives.iter().map(|a| f(a)).collect()
     };
-    let clause = |negated, any_of| {
-        Ok(Clause {
-            param,
-            negated,
-            any_of,
-        })
-    };
+    let clause = |negated, any_of| Ok(Clause { param, negated, any_of });
     let unsupported = || {
         Err(not_supported(
-            format!(
-                "the modifier ':{}' is not supported on '{}'",
-                modifier.unwrap_or_default(),
-                param.name()
-            ),
+            format!("the modifier ':{}' is not supported on '{}'", modifier.unwrap_or_default(), param.name()),
             name,
         ))
     };
@@ -732,41 +657,29 @@ fn parse_clause(
         (ParamRef::Id, _, Some(_)) => unsupported(),
         (_, ParamKind::Token, None) => clause(false, each(&|raw| Ok(parse_token(raw)))?),
         (_, ParamKind::Token, Some("not")) => clause(true, each(&|raw| Ok(parse_token(raw)))?),
-        (_, ParamKind::Token, Some("text")) => clause(
-            false,
-            each(&|raw| Ok(Predicate::TokenText(normalise_string(&unescape(raw)))))?,
-        ),
-        (ParamRef::Registered(p), ParamKind::Reference, None) => clause(
-            false,
-            each(&|raw| parse_reference_value(p, None, raw, name, context.base_url))?,
-        ),
+        (_, ParamKind::Token, Some("text")) => {
+            clause(false, each(&|raw| Ok(Predicate::TokenText(normalise_string(&unescape(raw)))))?)
+        }
+        (ParamRef::Registered(p), ParamKind::Reference, None) => {
+            clause(false, each(&|raw| parse_reference_value(p, None, raw, name, context.base_url))?)
+        }
         (ParamRef::Registered(_), ParamKind::Reference, Some("identifier")) => {
             clause(false, each(&|raw| Ok(parse_reference_identifier(raw)))?)
         }
         (ParamRef::Registered(p), ParamKind::Reference, Some(type_modifier)) => {
             match ResourceType::parse(type_modifier) {
-                Ok(t) => clause(
-                    false,
-                    each(&|raw| parse_reference_value(p, Some(t), raw, name, context.base_url))?,
-                ),
+                Ok(t) => clause(false, each(&|raw| parse_reference_value(p, Some(t), raw, name, context.base_url))?),
                 Err(_) => unsupported(),
             }
         }
-        (_, ParamKind::Date, None) => {
-            clause(false, each(&|raw| parse_date(raw, name, context.now))?)
+        (_, ParamKind::Date, None) => clause(false, each(&|raw| parse_date(raw, name, context.now))?),
+        (_, ParamKind::String, None) => clause(false, each(&|raw| Ok(string_predicate(StringMatch::StartsWith, raw)))?),
+        (_, ParamKind::String, Some("exact")) => {
+            clause(false, each(&|raw| Ok(string_predicate(StringMatch::Exact, raw)))?)
         }
-        (_, ParamKind::String, None) => clause(
-            false,
-            each(&|raw| Ok(string_predicate(StringMatch::StartsWith, raw)))?,
-        ),
-        (_, ParamKind::String, Some("exact")) => clause(
-            false,
-            each(&|raw| Ok(string_predicate(StringMatch::Exact, raw)))?,
-        ),
-        (_, ParamKind::String, Some("contains")) => clause(
-            false,
-            each(&|raw| Ok(string_predicate(StringMatch::Contains, raw)))?,
-        ),
+        (_, ParamKind::String, Some("contains")) => {
+            clause(false, each(&|raw| Ok(string_predicate(StringMatch::Contains, raw)))?)
+        }
         _ => unsupported(),
     }
 }
@@ -841,39 +754,22 @@ fn parse_id(raw: &str, name: &str) -> Result<Predicate, Issue> {
 /// `[system]|[code]` or `code` (R4 search.html#token).
 pub fn parse_token(raw: &str) -> Predicate {
     match split_token(raw) {
-        (None, code) => Predicate::Token {
-            system: SystemMatch::Any,
-            code: Some(code),
-        },
-        (Some(system), code) if system.is_empty() => Predicate::Token {
-            system: SystemMatch::None,
-            code: Some(code),
-        },
-        (Some(system), code) if code.is_empty() => Predicate::Token {
-            system: SystemMatch::Exactly(system),
-            code: None,
-        },
-        (Some(system), code) => Predicate::Token {
-            system: SystemMatch::Exactly(system),
-            code: Some(code),
-        },
+        (None, code) => Predicate::Token { system: SystemMatch::Any, code: Some(code) },
+        (Some(system), code) if system.is_empty() => Predicate::Token { system: SystemMatch::None, code: Some(code) },
+        (Some(system), code) if code.is_empty() => {
+            Predicate::Token { system: SystemMatch::Exactly(system), code: None }
+        }
+        (Some(system), code) => Predicate::Token { system: SystemMatch::Exactly(system), code: Some(code) },
     }
 }
 
 fn parse_reference_identifier(raw: &str) -> Predicate {
     match split_token(raw) {
-        (None, value) => Predicate::ReferenceIdentifier {
-            system: SystemMatch::Any,
-            value,
-        },
-        (Some(system), value) if system.is_empty() => Predicate::ReferenceIdentifier {
-            system: SystemMatch::None,
-            value,
-        },
-        (Some(system), value) => Predicate::ReferenceIdentifier {
-            system: SystemMatch::Exactly(system),
-            value,
-        },
+        (None, value) => Predicate::ReferenceIdentifier { system: SystemMatch::Any, value },
+        (Some(system), value) if system.is_empty() => {
+            Predicate::ReferenceIdentifier { system: SystemMatch::None, value }
+        }
+        (Some(system), value) => Predicate::ReferenceIdentifier { system: SystemMatch::Exactly(system), value },
     }
 }
 
@@ -888,76 +784,46 @@ fn parse_reference_value(
     base_url: &str,
 ) -> Result<Predicate, Issue> {
     let raw = &unescape(raw);
-    let local = raw
-        .strip_prefix(base_url)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .filter(|_| !base_url.is_empty());
+    let local = raw.strip_prefix(base_url).and_then(|rest| rest.strip_prefix('/')).filter(|_| !base_url.is_empty());
     let relative = match local {
         Some(rest) => rest,
         None if raw.contains("://") || raw.starts_with("urn:") => {
             return Err(invalid(
-                format!(
-                    "'{raw}' is not a reference to this server ({base_url}); use Type/id or id"
-                ),
+                format!("'{raw}' is not a reference to this server ({base_url}); use Type/id or id"),
                 name,
             ))
         }
         None => raw,
     };
     // A version-specific reference finds the resource (R4 search.html#versions).
-    let relative = relative
-        .split_once("/_history/")
-        .map_or(relative, |(head, _)| head);
+    let relative = relative.split_once("/_history/").map_or(relative, |(head, _)| head);
     let (target_type, target_id) = match relative.split('/').collect::<Vec<_>>().as_slice() {
         [id] => (None, (*id).to_owned()),
         [ty, id]
-            if ty.starts_with(|c: char| c.is_ascii_uppercase())
-                && ty.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            if ty.starts_with(|c: char| c.is_ascii_uppercase()) && ty.chars().all(|c| c.is_ascii_alphanumeric()) =>
         {
             (Some((*ty).to_owned()), (*id).to_owned())
         }
-        _ => {
-            return Err(invalid(
-                format!("'{raw}' is not a reference (Type/id, id or a URL on this server)"),
-                name,
-            ))
-        }
+        _ => return Err(invalid(format!("'{raw}' is not a reference (Type/id, id or a URL on this server)"), name)),
     };
     if crate::domain::ids::ResourceId::parse(&target_id).is_err() {
-        return Err(invalid(
-            format!("'{target_id}' in '{raw}' is not a valid id"),
-            name,
-        ));
+        return Err(invalid(format!("'{target_id}' in '{raw}' is not a valid id"), name));
     }
     let target_type = match (target_type, type_modifier) {
         (Some(t), Some(m)) if t != m.as_str() => {
-            return Err(invalid(
-                format!("'{raw}' is not a {m} as the modifier ':{m}' requires"),
-                name,
-            ))
+            return Err(invalid(format!("'{raw}' is not a {m} as the modifier ':{m}' requires"), name))
         }
         (None, Some(m)) => Some(m.as_str().to_owned()),
         (t, _) => t,
     };
     if let Some(t) = &target_type {
-        let allowed =
-            param.targets.is_empty() || param.targets.iter().any(|target| target.as_str() == t);
+        let allowed = param.targets.is_empty() || param.targets.iter().any(|target| target.as_str() == t);
         if !allowed {
             let names: Vec<&str> = param.targets.iter().map(|t| t.as_str()).collect();
-            return Err(invalid(
-                format!(
-                    "'{}' refers to {} only, not to a {t}",
-                    param.name,
-                    names.join(", ")
-                ),
-                name,
-            ));
+            return Err(invalid(format!("'{}' refers to {} only, not to a {t}", param.name, names.join(", ")), name));
         }
     }
-    Ok(Predicate::Reference {
-        target_type,
-        target_id,
-    })
+    Ok(Predicate::Reference { target_type, target_id })
 }
 
 /// `[prefix]value` where value is a FHIR date, dateTime or instant of any precision
@@ -981,11 +847,7 @@ fn parse_date(raw: &str, name: &str, now: Instant) -> Result<Predicate, Issue> {
     const DAY: i64 = 86_400_000_000;
     let gap = (now.micros() - low).unsigned_abs().min(i64::MAX as u64) as i64;
     let widen = (gap / 10).max(DAY);
-    Ok(Predicate::Date {
-        prefix,
-        low: low.saturating_sub(widen),
-        high: high.saturating_add(widen),
-    })
+    Ok(Predicate::Date { prefix, low: low.saturating_sub(widen), high: high.saturating_add(widen) })
 }
 
 fn string_predicate(mode: StringMatch, raw: &str) -> Predicate {
@@ -1002,17 +864,11 @@ fn string_predicate(mode: StringMatch, raw: &str) -> Predicate {
 /// conditional create that silently dropped a criterion could match the wrong resource.
 pub fn parse_criteria(resource_type: ResourceType, raw: &str) -> Result<SearchQuery, Issue> {
     let raw = raw.trim_start_matches('?');
-    let raw = raw
-        .strip_prefix(resource_type.as_str())
-        .map(|rest| rest.trim_start_matches('?'))
-        .unwrap_or(raw);
+    let raw = raw.strip_prefix(resource_type.as_str()).map(|rest| rest.trim_start_matches('?')).unwrap_or(raw);
     let mut clauses = Vec::new();
     for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
         if value.is_empty() {
-            return Err(invalid(
-                format!("criterion '{name}' has no value"),
-                "If-None-Exist",
-            ));
+            return Err(invalid(format!("criterion '{name}' has no value"), "If-None-Exist"));
         }
         let param = if name == "_id" {
             ParamRef::Id
@@ -1033,26 +889,14 @@ pub fn parse_criteria(resource_type: ResourceType, raw: &str) -> Result<SearchQu
                 }
             }
         };
-        let any_of = value
-            .split(',')
-            .map(|alternative| criteria_value(param, alternative))
-            .collect::<Result<Vec<_>, _>>()?;
-        clauses.push(Clause {
-            param,
-            negated: false,
-            any_of,
-        });
+        let any_of =
+            value.split(',').map(|alternative| criteria_value(param, alternative)).collect::<Result<Vec<_>, _>>()?;
+        clauses.push(Clause { param, negated: false, any_of });
     }
     if clauses.is_empty() {
-        return Err(invalid(
-            "conditional criteria are empty".to_owned(),
-            "If-None-Exist",
-        ));
+        return Err(invalid("conditional criteria are empty".to_owned(), "If-None-Exist"));
     }
-    Ok(SearchQuery {
-        resource_type,
-        clauses,
-    })
+    Ok(SearchQuery { resource_type, clauses })
 }
 
 fn criteria_value(param: ParamRef, raw: &str) -> Result<Predicate, Issue> {
@@ -1067,21 +911,12 @@ fn criteria_value(param: ParamRef, raw: &str) -> Result<Predicate, Issue> {
 /// server's base URL is not at hand).
 pub fn parse_reference(raw: &str) -> Result<Predicate, Issue> {
     if let Some((target_type, target_id)) = search_params::split_reference(raw) {
-        return Ok(Predicate::Reference {
-            target_type: Some(target_type),
-            target_id,
-        });
+        return Ok(Predicate::Reference { target_type: Some(target_type), target_id });
     }
     if !raw.is_empty() && !raw.contains('/') {
-        return Ok(Predicate::Reference {
-            target_type: None,
-            target_id: raw.to_owned(),
-        });
+        return Ok(Predicate::Reference { target_type: None, target_id: raw.to_owned() });
     }
-    Err(invalid(
-        format!("'{raw}' is not a reference (Type/id, id or an absolute URL)"),
-        "If-None-Exist",
-    ))
+    Err(invalid(format!("'{raw}' is not a reference (Type/id, id or an absolute URL)"), "If-None-Exist"))
 }
 
 impl SearchQuery {
@@ -1092,8 +927,7 @@ impl SearchQuery {
             .clauses
             .iter()
             .map(|clause| {
-                let mut values: Vec<String> =
-                    clause.any_of.iter().map(|p| format!("{p:?}")).collect();
+                let mut values: Vec<String> = clause.any_of.iter().map(|p| format!("{p:?}")).collect();
                 values.sort();
                 let negation = if clause.negated { ":not" } else { "" };
                 format!("{}{negation}={}", clause.param.name(), values.join(","))
@@ -1111,17 +945,11 @@ mod tests {
     const BASE: &str = "https://lb.example/fhir";
 
     fn context(strict: bool) -> ParseContext<'static> {
-        ParseContext {
-            base_url: BASE,
-            strict,
-            now: Instant::parse_rfc3339("2026-01-01T00:00:00Z").expect("instant"),
-        }
+        ParseContext { base_url: BASE, strict, now: Instant::parse_rfc3339("2026-01-01T00:00:00Z").expect("instant") }
     }
 
     fn params(query: &str) -> Vec<(String, String)> {
-        url::form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
+        url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
     }
 
     fn parse(resource_type: ResourceType, query: &str) -> Result<ParsedSearch, Vec<Issue>> {
@@ -1130,8 +958,7 @@ mod tests {
 
     /// The single clause a query parses into.
     fn clause(resource_type: ResourceType, query: &str) -> Clause {
-        let parsed =
-            parse(resource_type, query).unwrap_or_else(|e| panic!("{query} should parse: {e:?}"));
+        let parsed = parse(resource_type, query).unwrap_or_else(|e| panic!("{query} should parse: {e:?}"));
         assert_eq!(parsed.query.clauses.len(), 1, "{query} is one clause");
         parsed.query.clauses[0].clone()
     }
@@ -1142,15 +969,11 @@ mod tests {
 
     #[test]
     fn identifier_criteria_parse_into_one_token_clause() {
-        let q =
-            parse_criteria(ResourceType::ServiceRequest, "identifier=urn:gp|R-1").expect("parses");
+        let q = parse_criteria(ResourceType::ServiceRequest, "identifier=urn:gp|R-1").expect("parses");
         assert_eq!(q.clauses.len(), 1);
         assert_eq!(
             q.clauses[0].any_of,
-            vec![Predicate::Token {
-                system: SystemMatch::Exactly("urn:gp".into()),
-                code: Some("R-1".into())
-            }]
+            vec![Predicate::Token { system: SystemMatch::Exactly("urn:gp".into()), code: Some("R-1".into()) }]
         );
     }
 
@@ -1165,19 +988,13 @@ mod tests {
     fn the_canonical_key_of_existing_criteria_is_unchanged() {
         // Keys are stored in conditional_keys: their text must not drift.
         let q = parse_criteria(ResourceType::Task, "identifier=a|1").expect("parses");
-        assert_eq!(
-            q.canonical_key(),
-            r#"identifier=Token { system: Exactly("a"), code: Some("1") }"#
-        );
+        assert_eq!(q.canonical_key(), r#"identifier=Token { system: Exactly("a"), code: Some("1") }"#);
     }
 
     #[test]
     fn unknown_empty_and_non_exact_criteria_are_refused() {
         for raw in ["", "nonsense=1", "identifier=", "authored-on=2024"] {
-            assert!(
-                parse_criteria(ResourceType::Task, raw).is_err(),
-                "{raw:?} should be refused"
-            );
+            assert!(parse_criteria(ResourceType::Task, raw).is_err(), "{raw:?} should be refused");
         }
     }
 
@@ -1192,91 +1009,25 @@ mod tests {
         use SystemMatch::{Any, Exactly, None as NoSystem};
         let s = |x: &str| Some(x.to_owned());
         let cases: Vec<(&str, bool, Vec<Predicate>)> = vec![
-            (
-                "status=requested",
-                false,
-                vec![Token {
-                    system: Any,
-                    code: s("requested"),
-                }],
-            ),
+            ("status=requested", false, vec![Token { system: Any, code: s("requested") }]),
             (
                 "code=http://sct|871731000000106",
                 false,
-                vec![Token {
-                    system: Exactly("http://sct".into()),
-                    code: s("871731000000106"),
-                }],
+                vec![Token { system: Exactly("http://sct".into()), code: s("871731000000106") }],
             ),
-            (
-                "code=|fulfill",
-                false,
-                vec![Token {
-                    system: NoSystem,
-                    code: s("fulfill"),
-                }],
-            ),
-            (
-                "code=http://sct|",
-                false,
-                vec![Token {
-                    system: Exactly("http://sct".into()),
-                    code: None,
-                }],
-            ),
+            ("code=|fulfill", false, vec![Token { system: NoSystem, code: s("fulfill") }]),
+            ("code=http://sct|", false, vec![Token { system: Exactly("http://sct".into()), code: None }]),
             (
                 "status=requested,accepted",
                 false,
-                vec![
-                    Token {
-                        system: Any,
-                        code: s("requested"),
-                    },
-                    Token {
-                        system: Any,
-                        code: s("accepted"),
-                    },
-                ],
+                vec![Token { system: Any, code: s("requested") }, Token { system: Any, code: s("accepted") }],
             ),
-            (
-                "status:not=completed",
-                true,
-                vec![Token {
-                    system: Any,
-                    code: s("completed"),
-                }],
-            ),
-            (
-                "code:text=Social",
-                false,
-                vec![Predicate::TokenText("social".into())],
-            ),
-            (
-                "business-status:missing=true",
-                true,
-                vec![Predicate::Present],
-            ),
-            (
-                "business-status:missing=false",
-                false,
-                vec![Predicate::Present],
-            ),
-            (
-                "identifier=urn:x|a\\,b",
-                false,
-                vec![Token {
-                    system: Exactly("urn:x".into()),
-                    code: s("a,b"),
-                }],
-            ),
-            (
-                "identifier=urn:x|a\\|b",
-                false,
-                vec![Token {
-                    system: Exactly("urn:x".into()),
-                    code: s("a|b"),
-                }],
-            ),
+            ("status:not=completed", true, vec![Token { system: Any, code: s("completed") }]),
+            ("code:text=Social", false, vec![Predicate::TokenText("social".into())]),
+            ("business-status:missing=true", true, vec![Predicate::Present]),
+            ("business-status:missing=false", false, vec![Predicate::Present]),
+            ("identifier=urn:x|a\\,b", false, vec![Token { system: Exactly("urn:x".into()), code: s("a,b") }]),
+            ("identifier=urn:x|a\\|b", false, vec![Token { system: Exactly("urn:x".into()), code: s("a|b") }]),
         ];
         for (query, negated, any_of) in cases {
             let c = clause(ResourceType::Task, query);
@@ -1288,17 +1039,9 @@ mod tests {
     #[test]
     fn reference_values_and_modifiers_parse_per_r4() {
         use Predicate::{Reference, ReferenceIdentifier};
-        let r = |t: Option<&str>, id: &str| Reference {
-            target_type: t.map(str::to_owned),
-            target_id: id.to_owned(),
-        };
+        let r = |t: Option<&str>, id: &str| Reference { target_type: t.map(str::to_owned), target_id: id.to_owned() };
         let cases: Vec<(ResourceType, &str, bool, Vec<Predicate>)> = vec![
-            (
-                ResourceType::Task,
-                "owner=Organization/clw",
-                false,
-                vec![r(Some("Organization"), "clw")],
-            ),
+            (ResourceType::Task, "owner=Organization/clw", false, vec![r(Some("Organization"), "clw")]),
             (ResourceType::Task, "owner=clw", false, vec![r(None, "clw")]),
             (
                 ResourceType::Task,
@@ -1306,32 +1049,15 @@ mod tests {
                 false,
                 vec![r(Some("ServiceRequest"), "sr1")],
             ),
-            (
-                ResourceType::Task,
-                "focus=ServiceRequest/sr1/_history/2",
-                false,
-                vec![r(Some("ServiceRequest"), "sr1")],
-            ),
-            (
-                ResourceType::Task,
-                "subject:Patient=p1",
-                false,
-                vec![r(Some("Patient"), "p1")],
-            ),
-            (
-                ResourceType::Task,
-                "owner:missing=true",
-                true,
-                vec![Predicate::Present],
-            ),
+            (ResourceType::Task, "focus=ServiceRequest/sr1/_history/2", false, vec![r(Some("ServiceRequest"), "sr1")]),
+            (ResourceType::Task, "subject:Patient=p1", false, vec![r(Some("Patient"), "p1")]),
+            (ResourceType::Task, "owner:missing=true", true, vec![Predicate::Present]),
             (
                 ResourceType::Task,
                 "owner:identifier=https://fhir.nhs.uk/Id/ods-organization-code|CLW01",
                 false,
                 vec![ReferenceIdentifier {
-                    system: SystemMatch::Exactly(
-                        "https://fhir.nhs.uk/Id/ods-organization-code".into(),
-                    ),
+                    system: SystemMatch::Exactly("https://fhir.nhs.uk/Id/ods-organization-code".into()),
                     value: "CLW01".into(),
                 }],
             ),
@@ -1339,10 +1065,7 @@ mod tests {
                 ResourceType::Task,
                 "owner:identifier=CLW01",
                 false,
-                vec![ReferenceIdentifier {
-                    system: SystemMatch::Any,
-                    value: "CLW01".into(),
-                }],
+                vec![ReferenceIdentifier { system: SystemMatch::Any, value: "CLW01".into() }],
             ),
             (
                 ResourceType::ServiceRequest,
@@ -1370,10 +1093,7 @@ mod tests {
         ] {
             let got = parse(ResourceType::Task, query);
             let issues = got.expect_err(query);
-            assert!(
-                issues[0].expression.is_some(),
-                "{query}: the issue names the parameter"
-            );
+            assert!(issues[0].expression.is_some(), "{query}: the issue names the parameter");
         }
     }
 
@@ -1384,117 +1104,38 @@ mod tests {
         let second = micros("2026-03-05T10:00:00Z");
         let cases: Vec<(&str, DatePrefix, i64, i64)> = vec![
             ("authored-on=2026-03-05", DatePrefix::Eq, day_low, day_high),
-            (
-                "authored-on=eq2026-03-05",
-                DatePrefix::Eq,
-                day_low,
-                day_high,
-            ),
-            (
-                "authored-on=ne2026-03-05",
-                DatePrefix::Ne,
-                day_low,
-                day_high,
-            ),
-            (
-                "authored-on=lt2026-03-05",
-                DatePrefix::Lt,
-                day_low,
-                day_high,
-            ),
-            (
-                "authored-on=gt2026-03-05",
-                DatePrefix::Gt,
-                day_low,
-                day_high,
-            ),
-            (
-                "authored-on=le2026-03-05",
-                DatePrefix::Le,
-                day_low,
-                day_high,
-            ),
-            (
-                "authored-on=ge2026-03-05",
-                DatePrefix::Ge,
-                day_low,
-                day_high,
-            ),
-            (
-                "authored-on=sa2026-03-05",
-                DatePrefix::Sa,
-                day_low,
-                day_high,
-            ),
-            (
-                "authored-on=eb2026-03-05",
-                DatePrefix::Eb,
-                day_low,
-                day_high,
-            ),
-            (
-                "_lastUpdated=gt2026-03-05T10:00:00Z",
-                DatePrefix::Gt,
-                second,
-                second + 999_999,
-            ),
-            (
-                "_lastUpdated=gt2026-03-05T10:00:00.123456Z",
-                DatePrefix::Gt,
-                second + 123_456,
-                second + 123_456,
-            ),
-            (
-                "modified=lt2026-03-05T11:00:00%2B01:00",
-                DatePrefix::Lt,
-                second,
-                second + 999_999,
-            ),
-            (
-                "authored-on=2026",
-                DatePrefix::Eq,
-                micros("2026-01-01T00:00:00Z"),
-                micros("2027-01-01T00:00:00Z") - 1,
-            ),
+            ("authored-on=eq2026-03-05", DatePrefix::Eq, day_low, day_high),
+            ("authored-on=ne2026-03-05", DatePrefix::Ne, day_low, day_high),
+            ("authored-on=lt2026-03-05", DatePrefix::Lt, day_low, day_high),
+            ("authored-on=gt2026-03-05", DatePrefix::Gt, day_low, day_high),
+            ("authored-on=le2026-03-05", DatePrefix::Le, day_low, day_high),
+            ("authored-on=ge2026-03-05", DatePrefix::Ge, day_low, day_high),
+            ("authored-on=sa2026-03-05", DatePrefix::Sa, day_low, day_high),
+            ("authored-on=eb2026-03-05", DatePrefix::Eb, day_low, day_high),
+            ("_lastUpdated=gt2026-03-05T10:00:00Z", DatePrefix::Gt, second, second + 999_999),
+            ("_lastUpdated=gt2026-03-05T10:00:00.123456Z", DatePrefix::Gt, second + 123_456, second + 123_456),
+            ("modified=lt2026-03-05T11:00:00%2B01:00", DatePrefix::Lt, second, second + 999_999),
+            ("authored-on=2026", DatePrefix::Eq, micros("2026-01-01T00:00:00Z"), micros("2027-01-01T00:00:00Z") - 1),
         ];
         for (query, prefix, low, high) in cases {
             let c = clause(ResourceType::Task, query);
-            assert_eq!(
-                c.any_of,
-                vec![Predicate::Date { prefix, low, high }],
-                "{query}"
-            );
+            assert_eq!(c.any_of, vec![Predicate::Date { prefix, low, high }], "{query}");
         }
     }
 
     #[test]
     fn approximately_widens_the_range_by_a_tenth_of_the_distance_to_now() {
         let c = clause(ResourceType::Task, "authored-on=ap2016-01-01");
-        let Predicate::Date { prefix, low, high } = c.any_of[0] else {
-            panic!("a date")
-        };
+        let Predicate::Date { prefix, low, high } = c.any_of[0] else { panic!("a date") };
         assert_eq!(prefix, DatePrefix::Ap);
         let gap = micros("2026-01-01T00:00:00Z") - micros("2016-01-01T00:00:00Z");
-        assert_eq!(
-            low,
-            micros("2016-01-01T00:00:00Z") - gap / 10,
-            "widened below by 10% of the gap"
-        );
-        assert_eq!(
-            high,
-            micros("2016-01-02T00:00:00Z") - 1 + gap / 10,
-            "and above"
-        );
+        assert_eq!(low, micros("2016-01-01T00:00:00Z") - gap / 10, "widened below by 10% of the gap");
+        assert_eq!(high, micros("2016-01-02T00:00:00Z") - 1 + gap / 10, "and above");
     }
 
     #[test]
     fn malformed_dates_are_refused_naming_the_parameter() {
-        for query in [
-            "authored-on=2026-13",
-            "authored-on=xx2026",
-            "_lastUpdated=yesterday",
-            "authored-on=2026-02-30",
-        ] {
+        for query in ["authored-on=2026-13", "authored-on=xx2026", "_lastUpdated=yesterday", "authored-on=2026-02-30"] {
             let issues = parse(ResourceType::Task, query).expect_err(query);
             let name = query.split('=').next().unwrap_or_default();
             assert_eq!(issues[0].expression.as_deref(), Some(name), "{query}");
@@ -1510,14 +1151,7 @@ mod tests {
         ];
         for (query, mode, value) in cases {
             let c = clause(ResourceType::Patient, query);
-            assert_eq!(
-                c.any_of,
-                vec![Predicate::String {
-                    mode,
-                    value: value.to_owned()
-                }],
-                "{query}"
-            );
+            assert_eq!(c.any_of, vec![Predicate::String { mode, value: value.to_owned() }], "{query}");
         }
     }
 
@@ -1533,8 +1167,7 @@ mod tests {
             "name:exact=",
         ] {
             assert!(
-                parse(ResourceType::Task, query).is_err()
-                    || parse(ResourceType::Patient, query).is_err(),
+                parse(ResourceType::Task, query).is_err() || parse(ResourceType::Patient, query).is_err(),
                 "{query} is refused"
             );
         }
@@ -1542,38 +1175,17 @@ mod tests {
 
     #[test]
     fn repeated_parameters_and_and_commas_or() {
-        let parsed = parse(
-            ResourceType::Task,
-            "status=requested,accepted&status:not=accepted",
-        )
-        .expect("parses");
+        let parsed = parse(ResourceType::Task, "status=requested,accepted&status:not=accepted").expect("parses");
         assert_eq!(parsed.query.clauses.len(), 2, "two clauses ANDed");
-        assert_eq!(
-            parsed.query.clauses[0].any_of.len(),
-            2,
-            "two alternatives ORed"
-        );
+        assert_eq!(parsed.query.clauses[0].any_of.len(), 2, "two alternatives ORed");
     }
 
     #[test]
     fn unknown_parameters_are_ignored_unless_handling_is_strict() {
-        let lenient =
-            parse(ResourceType::Task, "status=requested&colour=blue&_has:x=1").expect("lenient");
-        assert_eq!(
-            lenient.ignored,
-            vec!["colour".to_owned(), "_has:x".to_owned()],
-            "ignored are reported"
-        );
-        assert_eq!(
-            lenient.used,
-            vec![("status".to_owned(), "requested".to_owned())],
-            "and kept out of the self link"
-        );
-        let strict = parse_search(
-            ResourceType::Task,
-            &params("status=requested&colour=blue"),
-            &context(true),
-        );
+        let lenient = parse(ResourceType::Task, "status=requested&colour=blue&_has:x=1").expect("lenient");
+        assert_eq!(lenient.ignored, vec!["colour".to_owned(), "_has:x".to_owned()], "ignored are reported");
+        assert_eq!(lenient.used, vec![("status".to_owned(), "requested".to_owned())], "and kept out of the self link");
+        let strict = parse_search(ResourceType::Task, &params("status=requested&colour=blue"), &context(true));
         let issues = strict.expect_err("strict refuses");
         assert_eq!(issues[0].expression.as_deref(), Some("colour"));
     }
@@ -1585,36 +1197,15 @@ mod tests {
             "_count=1000000&_sort=-_lastUpdated,status&_total=accurate&_elements=status,owner&_include=Task:focus&_include=Task:patient&_format=json",
         )
         .expect("parses");
-        assert_eq!(
-            parsed.count,
-            Some(1_000_000),
-            "_count is capped later, not refused"
-        );
+        assert_eq!(parsed.count, Some(1_000_000), "_count is capped later, not refused");
         assert_eq!(parsed.sort.len(), 2);
         assert!(parsed.sort[0].descending && parsed.sort[0].field == SortField::LastUpdated);
         assert_eq!(parsed.total, TotalMode::Accurate);
-        assert_eq!(
-            parsed.elements,
-            Some(vec!["status".to_owned(), "owner".to_owned()])
-        );
-        assert_eq!(
-            parsed
-                .includes
-                .iter()
-                .map(Include::code)
-                .collect::<Vec<_>>(),
-            vec!["Task:focus", "Task:patient"]
-        );
-        assert!(
-            parsed.used.iter().any(|(k, _)| k == "_format"),
-            "_format is carried in links"
-        );
-        assert!(
-            !parsed.used.iter().any(|(k, _)| k == "_count"),
-            "_count is written by the service"
-        );
-        let huge = parse(ResourceType::Task, "_count=99999999999999999999999")
-            .expect("a huge count is capped");
+        assert_eq!(parsed.elements, Some(vec!["status".to_owned(), "owner".to_owned()]));
+        assert_eq!(parsed.includes.iter().map(Include::code).collect::<Vec<_>>(), vec!["Task:focus", "Task:patient"]);
+        assert!(parsed.used.iter().any(|(k, _)| k == "_format"), "_format is carried in links");
+        assert!(!parsed.used.iter().any(|(k, _)| k == "_count"), "_count is written by the service");
+        let huge = parse(ResourceType::Task, "_count=99999999999999999999999").expect("a huge count is capped");
         assert_eq!(huge.count, Some(u64::MAX));
     }
 
@@ -1643,43 +1234,24 @@ mod tests {
 
     #[test]
     fn revincludes_start_from_a_type_that_can_point_at_the_searched_one() {
-        let parsed = parse(
-            ResourceType::ServiceRequest,
-            "_revinclude=Task:focus&_revinclude=CarePlan:based-on",
-        )
-        .expect("parses");
+        let parsed = parse(ResourceType::ServiceRequest, "_revinclude=Task:focus&_revinclude=CarePlan:based-on")
+            .expect("parses");
         assert_eq!(
-            parsed
-                .revincludes
-                .iter()
-                .map(Include::code)
-                .collect::<Vec<_>>(),
+            parsed.revincludes.iter().map(Include::code).collect::<Vec<_>>(),
             vec!["Task:focus", "CarePlan:based-on"]
         );
-        assert!(
-            parse(ResourceType::Patient, "_revinclude=Task:owner").is_err(),
-            "owner cannot point at a Patient"
-        );
+        assert!(parse(ResourceType::Patient, "_revinclude=Task:owner").is_err(), "owner cannot point at a Patient");
     }
 
     #[test]
     fn the_include_registries_cover_the_referral_workflow() {
-        let task: Vec<String> = includes_of(ResourceType::Task)
-            .iter()
-            .map(Include::code)
-            .collect();
+        let task: Vec<String> = includes_of(ResourceType::Task).iter().map(Include::code).collect();
         for code in ["Task:focus", "Task:patient", "Task:owner", "Task:requester"] {
             assert!(task.contains(&code.to_owned()), "{code} is offered");
         }
-        let sr: Vec<String> = revincludes_of(ResourceType::ServiceRequest)
-            .iter()
-            .map(Include::code)
-            .collect();
+        let sr: Vec<String> = revincludes_of(ResourceType::ServiceRequest).iter().map(Include::code).collect();
         for code in ["Task:focus", "CarePlan:based-on"] {
-            assert!(
-                sr.contains(&code.to_owned()),
-                "revinclude {code} is offered"
-            );
+            assert!(sr.contains(&code.to_owned()), "revinclude {code} is offered");
         }
     }
 

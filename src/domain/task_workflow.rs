@@ -57,7 +57,11 @@ impl TaskStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskStatus::Rejected | TaskStatus::Cancelled | TaskStatus::Completed | TaskStatus::Failed | TaskStatus::EnteredInError
+            TaskStatus::Rejected
+                | TaskStatus::Cancelled
+                | TaskStatus::Completed
+                | TaskStatus::Failed
+                | TaskStatus::EnteredInError
         )
     }
 
@@ -98,7 +102,9 @@ impl TaskParty {
         use TaskStatus::*;
         match self {
             TaskParty::Requester => matches!(status, Draft | Requested | Cancelled | EnteredInError),
-            TaskParty::Owner => matches!(status, Accepted | Rejected | InProgress | OnHold | Completed | Failed | Cancelled),
+            TaskParty::Owner => {
+                matches!(status, Accepted | Rejected | InProgress | OnHold | Completed | Failed | Cancelled)
+            }
         }
     }
 }
@@ -131,10 +137,7 @@ pub fn status_of(task: &Value) -> Option<TaskStatus> {
 
 /// `statusReason.text` present and not blank.
 fn has_reason_text(task: &Value) -> bool {
-    task.get("statusReason")
-        .and_then(|r| r.get("text"))
-        .and_then(Value::as_str)
-        .is_some_and(|t| !t.trim().is_empty())
+    task.get("statusReason").and_then(|r| r.get("text")).and_then(Value::as_str).is_some_and(|t| !t.trim().is_empty())
 }
 
 /// The top-level elements whose values differ between two versions.
@@ -145,9 +148,7 @@ pub fn changed_elements<'a>(before: &'a Value, after: &'a Value) -> Vec<&'a str>
     let mut keys: Vec<&str> = b.keys().chain(a.keys()).map(String::as_str).collect();
     keys.sort_unstable();
     keys.dedup();
-    keys.into_iter()
-        .filter(|k| !SERVER_OWNED.contains(k) && b.get(*k) != a.get(*k))
-        .collect()
+    keys.into_iter().filter(|k| !SERVER_OWNED.contains(k) && b.get(*k) != a.get(*k)).collect()
 }
 
 /// Checks the status of a new Task: a referrer creates it as draft or requested.
@@ -176,7 +177,10 @@ pub fn check_task_change(party: TaskParty, before: &Value, after: &Value, claimi
 
     if from.is_terminal() && !(party == TaskParty::Requester && to == TaskStatus::EnteredInError && from != to) {
         return Err(unprocessable(
-            format!("the Task is {} and can no longer change (only the requester may mark it entered-in-error)", from.code()),
+            format!(
+                "the Task is {} and can no longer change (only the requester may mark it entered-in-error)",
+                from.code()
+            ),
             "status",
         ));
     }
@@ -188,10 +192,7 @@ pub fn check_task_change(party: TaskParty, before: &Value, after: &Value, claimi
         TaskParty::Requester => Some(REQUESTER_EDITABLE_LATE),
     };
     if let Some(editable) = editable {
-        if let Some(element) = changed
-            .iter()
-            .find(|e| !(editable.contains(e) || (claiming && **e == "owner")))
-        {
+        if let Some(element) = changed.iter().find(|e| !(editable.contains(e) || (claiming && **e == "owner"))) {
             return Err(match party {
                 TaskParty::Owner => forbidden(
                     format!("the performer may change only {}; not {element}", OWNER_EDITABLE.join(", ")),
@@ -220,10 +221,7 @@ pub fn check_task_change(party: TaskParty, before: &Value, after: &Value, claimi
             return Err(forbidden(format!("{who} may not set a Task to {}", to.code()), "status"));
         }
         if !from.can_move_to(to) {
-            return Err(unprocessable(
-                format!("a Task cannot move from {} to {}", from.code(), to.code()),
-                "status",
-            ));
+            return Err(unprocessable(format!("a Task cannot move from {} to {}", from.code(), to.code()), "status"));
         }
         if to.needs_reason() && !has_reason_text(after) {
             return Err(unprocessable(
@@ -249,10 +247,22 @@ mod tests {
         use TaskStatus::*;
         let allowed = [
             (Draft, Requested),
-            (Requested, Accepted), (Requested, Rejected), (Requested, Cancelled),
-            (Accepted, InProgress), (Accepted, OnHold), (Accepted, Cancelled), (Accepted, Completed), (Accepted, Failed),
-            (InProgress, OnHold), (InProgress, Cancelled), (InProgress, Completed), (InProgress, Failed),
-            (OnHold, InProgress), (OnHold, Cancelled), (OnHold, Completed), (OnHold, Failed),
+            (Requested, Accepted),
+            (Requested, Rejected),
+            (Requested, Cancelled),
+            (Accepted, InProgress),
+            (Accepted, OnHold),
+            (Accepted, Cancelled),
+            (Accepted, Completed),
+            (Accepted, Failed),
+            (InProgress, OnHold),
+            (InProgress, Cancelled),
+            (InProgress, Completed),
+            (InProgress, Failed),
+            (OnHold, InProgress),
+            (OnHold, Cancelled),
+            (OnHold, Completed),
+            (OnHold, Failed),
         ];
         for from in TaskStatus::ALL {
             for to in TaskStatus::ALL {
@@ -271,10 +281,10 @@ mod tests {
                         continue;
                     }
                     let result = check_task_change(party, &task(from.code()), &task(to.code()), false);
-                    let legal_for_anyone = from.can_move_to(to) && (!from.is_terminal() || to == TaskStatus::EnteredInError);
-                    let expected_ok = legal_for_anyone
-                        && party.may_set(to)
-                        && (!from.is_terminal() || party == TaskParty::Requester);
+                    let legal_for_anyone =
+                        from.can_move_to(to) && (!from.is_terminal() || to == TaskStatus::EnteredInError);
+                    let expected_ok =
+                        legal_for_anyone && party.may_set(to) && (!from.is_terminal() || party == TaskParty::Requester);
                     assert_eq!(result.is_ok(), expected_ok, "{party:?}: {} -> {}: {result:?}", from.code(), to.code());
                 }
             }

@@ -97,11 +97,7 @@ pub struct Principal {
 
 impl Principal {
     pub fn new(client_id: impl Into<String>, organization: OdsCode, role: Role) -> Self {
-        Principal {
-            client_id: client_id.into(),
-            organization,
-            role,
-        }
+        Principal { client_id: client_id.into(), organization, role }
     }
 
     pub fn client_id(&self) -> &str {
@@ -166,55 +162,6 @@ pub enum TenantScope {
     Everything,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ods(raw: &str) -> OdsCode {
-        OdsCode::parse(raw).expect("valid ODS code")
-    }
-
-    #[test]
-    fn ods_codes_are_letters_and_digits_stored_upper_case() {
-        for (raw, ok) in [("A12345", true), ("8HV48", true), ("AB", false), ("A1 2", false), ("org:X1", false), ("A81001A81001", false), ("../x", false)] {
-            assert_eq!(OdsCode::parse(raw).is_ok(), ok, "{raw:?}");
-        }
-        assert_eq!(OdsCode::parse("a81001").map(|c| c.as_str().to_owned()), Ok("A81001".to_owned()));
-    }
-
-    #[test]
-    fn roles_round_trip_through_their_wire_names() {
-        for role in [Role::Referrer, Role::Performer, Role::Operator] {
-            assert_eq!(role.as_str().parse::<Role>(), Ok(role), "role {role}");
-        }
-        assert!("Referrer".parse::<Role>().is_err(), "role names are case sensitive");
-    }
-
-    #[test]
-    fn a_performer_sees_its_own_rows_directory_rows_and_open_tasks() {
-        let p = Principal::new("clw-tool", ods("CLW01"), Role::Performer);
-        assert_eq!(
-            p.scope(),
-            TenantScope::Keys(vec!["org:CLW01".into(), "everyone".into(), "any-performer".into()])
-        );
-    }
-
-    #[test]
-    fn a_referrer_does_not_see_open_tasks_of_other_practices() {
-        let p = Principal::new("gp", ods("GP001"), Role::Referrer);
-        let TenantScope::Keys(keys) = p.scope() else {
-            panic!("a referrer must be restricted")
-        };
-        assert!(!keys.contains(&Visibility::AnyPerformer.key()));
-    }
-
-    #[test]
-    fn only_the_operator_sees_everything() {
-        let p = Principal::new("ops", ods("BOARD1"), Role::Operator);
-        assert_eq!(p.scope(), TenantScope::Everything);
-    }
-}
-
 /// Visibility that follows from a resource's content: directory entries are for everyone, an
 /// open Task is for every performer, and organisations named by ODS code in the referral's
 /// party elements (requester, owner, performer, author) are parties to it.
@@ -256,4 +203,56 @@ pub fn ods_code_of(reference: &serde_json::Value) -> Option<OdsCode> {
         return None;
     }
     OdsCode::parse(identifier.get("value")?.as_str()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ods(raw: &str) -> OdsCode {
+        OdsCode::parse(raw).expect("valid ODS code")
+    }
+
+    #[test]
+    fn ods_codes_are_letters_and_digits_stored_upper_case() {
+        for (raw, ok) in [
+            ("A12345", true),
+            ("8HV48", true),
+            ("AB", false),
+            ("A1 2", false),
+            ("org:X1", false),
+            ("A81001A81001", false),
+            ("../x", false),
+        ] {
+            assert_eq!(OdsCode::parse(raw).is_ok(), ok, "{raw:?}");
+        }
+        assert_eq!(OdsCode::parse("a81001").map(|c| c.as_str().to_owned()), Ok("A81001".to_owned()));
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_wire_names() {
+        for role in [Role::Referrer, Role::Performer, Role::Operator] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role), "role {role}");
+        }
+        assert!("Referrer".parse::<Role>().is_err(), "role names are case sensitive");
+    }
+
+    #[test]
+    fn a_performer_sees_its_own_rows_directory_rows_and_open_tasks() {
+        let p = Principal::new("clw-tool", ods("CLW01"), Role::Performer);
+        assert_eq!(p.scope(), TenantScope::Keys(vec!["org:CLW01".into(), "everyone".into(), "any-performer".into()]));
+    }
+
+    #[test]
+    fn a_referrer_does_not_see_open_tasks_of_other_practices() {
+        let p = Principal::new("gp", ods("GP001"), Role::Referrer);
+        let TenantScope::Keys(keys) = p.scope() else { panic!("a referrer must be restricted") };
+        assert!(!keys.contains(&Visibility::AnyPerformer.key()));
+    }
+
+    #[test]
+    fn only_the_operator_sees_everything() {
+        let p = Principal::new("ops", ods("BOARD1"), Role::Operator);
+        assert_eq!(p.scope(), TenantScope::Everything);
+    }
 }

@@ -313,14 +313,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "AuditEvent",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -353,14 +346,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -831,14 +817,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "Bundle",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -964,14 +943,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "resource",
-                choice: false,
-                types: &[T::Resource],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "resource", choice: false, types: &[T::Resource], repeats: false, min: 0, binding: None },
             Element {
                 name: "search",
                 choice: false,
@@ -1237,14 +1209,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "CarePlan",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -1277,14 +1242,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -1663,14 +1621,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "scheduled",
-                choice: true,
-                types: CHOICE_0,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "scheduled", choice: true, types: CHOICE_0, repeats: false, min: 0, binding: None },
             Element {
                 name: "location",
                 choice: false,
@@ -1822,14 +1773,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "Consent",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -1862,14 +1806,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -2674,14 +2611,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "value",
-                choice: true,
-                types: CHOICE_1,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "value", choice: true, types: CHOICE_1, repeats: false, min: 0, binding: None },
         ],
     ),
     (
@@ -2950,14 +2880,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "rate",
-                choice: true,
-                types: CHOICE_2,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "rate", choice: true, types: CHOICE_2, repeats: false, min: 0, binding: None },
         ],
     ),
     (
@@ -3109,14 +3032,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 1,
                 binding: None,
             },
-            Element {
-                name: "value",
-                choice: true,
-                types: CHOICE_3,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "value", choice: true, types: CHOICE_3, repeats: false, min: 0, binding: None },
         ],
     ),
     (
@@ -3467,14 +3383,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "OperationOutcome",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -3507,14 +3416,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -3621,14 +3523,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "Organization",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -3661,14 +3556,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -3908,14 +3796,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "Parameters",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -3985,22 +3866,8 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 1,
                 binding: None,
             },
-            Element {
-                name: "value",
-                choice: true,
-                types: CHOICE_3,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
-            Element {
-                name: "resource",
-                choice: false,
-                types: &[T::Resource],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "value", choice: true, types: CHOICE_3, repeats: false, min: 0, binding: None },
+            Element { name: "resource", choice: false, types: &[T::Resource], repeats: false, min: 0, binding: None },
             Element {
                 name: "part",
                 choice: false,
@@ -4014,14 +3881,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "Patient",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -4054,14 +3914,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -4423,14 +4276,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "Practitioner",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -4463,14 +4309,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -4633,14 +4472,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "PractitionerRole",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -4673,14 +4505,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -5262,14 +5087,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "ServiceRequest",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -5302,14 +5120,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -5430,14 +5241,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "quantity",
-                choice: true,
-                types: CHOICE_4,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "quantity", choice: true, types: CHOICE_4, repeats: false, min: 0, binding: None },
             Element {
                 name: "subject",
                 choice: false,
@@ -5454,14 +5258,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "occurrence",
-                choice: true,
-                types: CHOICE_5,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "occurrence", choice: true, types: CHOICE_5, repeats: false, min: 0, binding: None },
             Element {
                 name: "asNeeded",
                 choice: true,
@@ -5672,14 +5469,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "Subscription",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -5712,14 +5502,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -5858,14 +5641,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
     (
         "Task",
         &[
-            Element {
-                name: "id",
-                choice: false,
-                types: &[T::Primitive(P::Id)],
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "id", choice: false, types: &[T::Primitive(P::Id)], repeats: false, min: 0, binding: None },
             Element {
                 name: "meta",
                 choice: false,
@@ -5898,14 +5674,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "contained",
-                choice: false,
-                types: &[T::Resource],
-                repeats: true,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "contained", choice: false, types: &[T::Resource], repeats: true, min: 0, binding: None },
             Element {
                 name: "extension",
                 choice: false,
@@ -6207,14 +5976,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 1,
                 binding: None,
             },
-            Element {
-                name: "value",
-                choice: true,
-                types: CHOICE_3,
-                repeats: false,
-                min: 1,
-                binding: None,
-            },
+            Element { name: "value", choice: true, types: CHOICE_3, repeats: false, min: 1, binding: None },
         ],
     ),
     (
@@ -6252,14 +6014,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 1,
                 binding: None,
             },
-            Element {
-                name: "value",
-                choice: true,
-                types: CHOICE_3,
-                repeats: false,
-                min: 1,
-                binding: None,
-            },
+            Element { name: "value", choice: true, types: CHOICE_3, repeats: false, min: 1, binding: None },
         ],
     ),
     (
@@ -6387,14 +6142,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "bounds",
-                choice: true,
-                types: CHOICE_6,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "bounds", choice: true, types: CHOICE_6, repeats: false, min: 0, binding: None },
             Element {
                 name: "count",
                 choice: false,
@@ -6544,14 +6292,7 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 0,
                 binding: None,
             },
-            Element {
-                name: "timing",
-                choice: true,
-                types: CHOICE_7,
-                repeats: false,
-                min: 0,
-                binding: None,
-            },
+            Element { name: "timing", choice: true, types: CHOICE_7, repeats: false, min: 0, binding: None },
             Element {
                 name: "data",
                 choice: false,
@@ -6597,33 +6338,14 @@ pub(crate) static TYPES: &[(&str, &[Element])] = &[
                 min: 1,
                 binding: None,
             },
-            Element {
-                name: "value",
-                choice: true,
-                types: CHOICE_8,
-                repeats: false,
-                min: 1,
-                binding: None,
-            },
+            Element { name: "value", choice: true, types: CHOICE_8, repeats: false, min: 1, binding: None },
         ],
     ),
 ];
 
-static CHOICE_0: &[T] = &[
-    T::Complex("Timing"),
-    T::Complex("Period"),
-    T::Primitive(P::String),
-];
-static CHOICE_1: &[T] = &[
-    T::Primitive(P::DateTime),
-    T::Complex("Period"),
-    T::Complex("Duration"),
-];
-static CHOICE_2: &[T] = &[
-    T::Complex("Ratio"),
-    T::Complex("Range"),
-    T::Complex("Quantity"),
-];
+static CHOICE_0: &[T] = &[T::Complex("Timing"), T::Complex("Period"), T::Primitive(P::String)];
+static CHOICE_1: &[T] = &[T::Primitive(P::DateTime), T::Complex("Period"), T::Complex("Duration")];
+static CHOICE_2: &[T] = &[T::Complex("Ratio"), T::Complex("Range"), T::Complex("Quantity")];
 static CHOICE_3: &[T] = &[
     T::Primitive(P::Base64Binary),
     T::Primitive(P::Boolean),
@@ -6676,33 +6398,13 @@ static CHOICE_3: &[T] = &[
     T::Complex("Dosage"),
     T::Complex("Meta"),
 ];
-static CHOICE_4: &[T] = &[
-    T::Complex("Quantity"),
-    T::Complex("Ratio"),
-    T::Complex("Range"),
-];
-static CHOICE_5: &[T] = &[
-    T::Primitive(P::DateTime),
-    T::Complex("Period"),
-    T::Complex("Timing"),
-];
-static CHOICE_6: &[T] = &[
-    T::Complex("Duration"),
-    T::Complex("Range"),
-    T::Complex("Period"),
-];
-static CHOICE_7: &[T] = &[
-    T::Complex("Timing"),
-    T::Complex("Reference"),
-    T::Primitive(P::Date),
-    T::Primitive(P::DateTime),
-];
-static CHOICE_8: &[T] = &[
-    T::Complex("CodeableConcept"),
-    T::Complex("Quantity"),
-    T::Complex("Range"),
-    T::Complex("Reference"),
-];
+static CHOICE_4: &[T] = &[T::Complex("Quantity"), T::Complex("Ratio"), T::Complex("Range")];
+static CHOICE_5: &[T] = &[T::Primitive(P::DateTime), T::Complex("Period"), T::Complex("Timing")];
+static CHOICE_6: &[T] = &[T::Complex("Duration"), T::Complex("Range"), T::Complex("Period")];
+static CHOICE_7: &[T] =
+    &[T::Complex("Timing"), T::Complex("Reference"), T::Primitive(P::Date), T::Primitive(P::DateTime)];
+static CHOICE_8: &[T] =
+    &[T::Complex("CodeableConcept"), T::Complex("Quantity"), T::Complex("Range"), T::Complex("Reference")];
 
 static VS_ADDRESS_TYPE: Binding = Binding {
     value_set: "http://hl7.org/fhir/ValueSet/address-type",
@@ -6806,10 +6508,7 @@ static VS_ALL_TYPES: Binding = Binding {
         ("http://hl7.org/fhir/resource-types", "AuditEvent"),
         ("http://hl7.org/fhir/resource-types", "Basic"),
         ("http://hl7.org/fhir/resource-types", "Binary"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "BiologicallyDerivedProduct",
-        ),
+        ("http://hl7.org/fhir/resource-types", "BiologicallyDerivedProduct"),
         ("http://hl7.org/fhir/resource-types", "BodyStructure"),
         ("http://hl7.org/fhir/resource-types", "Bundle"),
         ("http://hl7.org/fhir/resource-types", "CapabilityStatement"),
@@ -6824,24 +6523,15 @@ static VS_ALL_TYPES: Binding = Binding {
         ("http://hl7.org/fhir/resource-types", "CodeSystem"),
         ("http://hl7.org/fhir/resource-types", "Communication"),
         ("http://hl7.org/fhir/resource-types", "CommunicationRequest"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "CompartmentDefinition",
-        ),
+        ("http://hl7.org/fhir/resource-types", "CompartmentDefinition"),
         ("http://hl7.org/fhir/resource-types", "Composition"),
         ("http://hl7.org/fhir/resource-types", "ConceptMap"),
         ("http://hl7.org/fhir/resource-types", "Condition"),
         ("http://hl7.org/fhir/resource-types", "Consent"),
         ("http://hl7.org/fhir/resource-types", "Contract"),
         ("http://hl7.org/fhir/resource-types", "Coverage"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "CoverageEligibilityRequest",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "CoverageEligibilityResponse",
-        ),
+        ("http://hl7.org/fhir/resource-types", "CoverageEligibilityRequest"),
+        ("http://hl7.org/fhir/resource-types", "CoverageEligibilityResponse"),
         ("http://hl7.org/fhir/resource-types", "DetectedIssue"),
         ("http://hl7.org/fhir/resource-types", "Device"),
         ("http://hl7.org/fhir/resource-types", "DeviceDefinition"),
@@ -6852,10 +6542,7 @@ static VS_ALL_TYPES: Binding = Binding {
         ("http://hl7.org/fhir/resource-types", "DocumentManifest"),
         ("http://hl7.org/fhir/resource-types", "DocumentReference"),
         ("http://hl7.org/fhir/resource-types", "DomainResource"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "EffectEvidenceSynthesis",
-        ),
+        ("http://hl7.org/fhir/resource-types", "EffectEvidenceSynthesis"),
         ("http://hl7.org/fhir/resource-types", "Encounter"),
         ("http://hl7.org/fhir/resource-types", "Endpoint"),
         ("http://hl7.org/fhir/resource-types", "EnrollmentRequest"),
@@ -6875,14 +6562,8 @@ static VS_ALL_TYPES: Binding = Binding {
         ("http://hl7.org/fhir/resource-types", "HealthcareService"),
         ("http://hl7.org/fhir/resource-types", "ImagingStudy"),
         ("http://hl7.org/fhir/resource-types", "Immunization"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "ImmunizationEvaluation",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "ImmunizationRecommendation",
-        ),
+        ("http://hl7.org/fhir/resource-types", "ImmunizationEvaluation"),
+        ("http://hl7.org/fhir/resource-types", "ImmunizationRecommendation"),
         ("http://hl7.org/fhir/resource-types", "ImplementationGuide"),
         ("http://hl7.org/fhir/resource-types", "InsurancePlan"),
         ("http://hl7.org/fhir/resource-types", "Invoice"),
@@ -6894,75 +6575,36 @@ static VS_ALL_TYPES: Binding = Binding {
         ("http://hl7.org/fhir/resource-types", "MeasureReport"),
         ("http://hl7.org/fhir/resource-types", "Media"),
         ("http://hl7.org/fhir/resource-types", "Medication"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicationAdministration",
-        ),
+        ("http://hl7.org/fhir/resource-types", "MedicationAdministration"),
         ("http://hl7.org/fhir/resource-types", "MedicationDispense"),
         ("http://hl7.org/fhir/resource-types", "MedicationKnowledge"),
         ("http://hl7.org/fhir/resource-types", "MedicationRequest"),
         ("http://hl7.org/fhir/resource-types", "MedicationStatement"),
         ("http://hl7.org/fhir/resource-types", "MedicinalProduct"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductAuthorization",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductContraindication",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductIndication",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductIngredient",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductInteraction",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductManufactured",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductPackaged",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductPharmaceutical",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "MedicinalProductUndesirableEffect",
-        ),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductAuthorization"),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductContraindication"),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductIndication"),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductIngredient"),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductInteraction"),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductManufactured"),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductPackaged"),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductPharmaceutical"),
+        ("http://hl7.org/fhir/resource-types", "MedicinalProductUndesirableEffect"),
         ("http://hl7.org/fhir/resource-types", "MessageDefinition"),
         ("http://hl7.org/fhir/resource-types", "MessageHeader"),
         ("http://hl7.org/fhir/resource-types", "MolecularSequence"),
         ("http://hl7.org/fhir/resource-types", "NamingSystem"),
         ("http://hl7.org/fhir/resource-types", "NutritionOrder"),
         ("http://hl7.org/fhir/resource-types", "Observation"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "ObservationDefinition",
-        ),
+        ("http://hl7.org/fhir/resource-types", "ObservationDefinition"),
         ("http://hl7.org/fhir/resource-types", "OperationDefinition"),
         ("http://hl7.org/fhir/resource-types", "OperationOutcome"),
         ("http://hl7.org/fhir/resource-types", "Organization"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "OrganizationAffiliation",
-        ),
+        ("http://hl7.org/fhir/resource-types", "OrganizationAffiliation"),
         ("http://hl7.org/fhir/resource-types", "Parameters"),
         ("http://hl7.org/fhir/resource-types", "Patient"),
         ("http://hl7.org/fhir/resource-types", "PaymentNotice"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "PaymentReconciliation",
-        ),
+        ("http://hl7.org/fhir/resource-types", "PaymentReconciliation"),
         ("http://hl7.org/fhir/resource-types", "Person"),
         ("http://hl7.org/fhir/resource-types", "PlanDefinition"),
         ("http://hl7.org/fhir/resource-types", "Practitioner"),
@@ -6970,25 +6612,16 @@ static VS_ALL_TYPES: Binding = Binding {
         ("http://hl7.org/fhir/resource-types", "Procedure"),
         ("http://hl7.org/fhir/resource-types", "Provenance"),
         ("http://hl7.org/fhir/resource-types", "Questionnaire"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "QuestionnaireResponse",
-        ),
+        ("http://hl7.org/fhir/resource-types", "QuestionnaireResponse"),
         ("http://hl7.org/fhir/resource-types", "RelatedPerson"),
         ("http://hl7.org/fhir/resource-types", "RequestGroup"),
         ("http://hl7.org/fhir/resource-types", "ResearchDefinition"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "ResearchElementDefinition",
-        ),
+        ("http://hl7.org/fhir/resource-types", "ResearchElementDefinition"),
         ("http://hl7.org/fhir/resource-types", "ResearchStudy"),
         ("http://hl7.org/fhir/resource-types", "ResearchSubject"),
         ("http://hl7.org/fhir/resource-types", "Resource"),
         ("http://hl7.org/fhir/resource-types", "RiskAssessment"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "RiskEvidenceSynthesis",
-        ),
+        ("http://hl7.org/fhir/resource-types", "RiskEvidenceSynthesis"),
         ("http://hl7.org/fhir/resource-types", "Schedule"),
         ("http://hl7.org/fhir/resource-types", "SearchParameter"),
         ("http://hl7.org/fhir/resource-types", "ServiceRequest"),
@@ -7002,25 +6635,13 @@ static VS_ALL_TYPES: Binding = Binding {
         ("http://hl7.org/fhir/resource-types", "SubstanceNucleicAcid"),
         ("http://hl7.org/fhir/resource-types", "SubstancePolymer"),
         ("http://hl7.org/fhir/resource-types", "SubstanceProtein"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "SubstanceReferenceInformation",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "SubstanceSourceMaterial",
-        ),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "SubstanceSpecification",
-        ),
+        ("http://hl7.org/fhir/resource-types", "SubstanceReferenceInformation"),
+        ("http://hl7.org/fhir/resource-types", "SubstanceSourceMaterial"),
+        ("http://hl7.org/fhir/resource-types", "SubstanceSpecification"),
         ("http://hl7.org/fhir/resource-types", "SupplyDelivery"),
         ("http://hl7.org/fhir/resource-types", "SupplyRequest"),
         ("http://hl7.org/fhir/resource-types", "Task"),
-        (
-            "http://hl7.org/fhir/resource-types",
-            "TerminologyCapabilities",
-        ),
+        ("http://hl7.org/fhir/resource-types", "TerminologyCapabilities"),
         ("http://hl7.org/fhir/resource-types", "TestReport"),
         ("http://hl7.org/fhir/resource-types", "TestScript"),
         ("http://hl7.org/fhir/resource-types", "ValueSet"),
@@ -7079,24 +6700,15 @@ static VS_CARE_PLAN_ACTIVITY_KIND: Binding = Binding {
 static VS_CARE_PLAN_ACTIVITY_STATUS: Binding = Binding {
     value_set: "http://hl7.org/fhir/ValueSet/care-plan-activity-status",
     concepts: &[
-        (
-            "http://hl7.org/fhir/care-plan-activity-status",
-            "not-started",
-        ),
+        ("http://hl7.org/fhir/care-plan-activity-status", "not-started"),
         ("http://hl7.org/fhir/care-plan-activity-status", "scheduled"),
-        (
-            "http://hl7.org/fhir/care-plan-activity-status",
-            "in-progress",
-        ),
+        ("http://hl7.org/fhir/care-plan-activity-status", "in-progress"),
         ("http://hl7.org/fhir/care-plan-activity-status", "on-hold"),
         ("http://hl7.org/fhir/care-plan-activity-status", "completed"),
         ("http://hl7.org/fhir/care-plan-activity-status", "cancelled"),
         ("http://hl7.org/fhir/care-plan-activity-status", "stopped"),
         ("http://hl7.org/fhir/care-plan-activity-status", "unknown"),
-        (
-            "http://hl7.org/fhir/care-plan-activity-status",
-            "entered-in-error",
-        ),
+        ("http://hl7.org/fhir/care-plan-activity-status", "entered-in-error"),
     ],
 };
 static VS_CARE_PLAN_INTENT: Binding = Binding {
@@ -7132,10 +6744,7 @@ static VS_CONSENT_STATE_CODES: Binding = Binding {
         ("http://hl7.org/fhir/consent-state-codes", "active"),
         ("http://hl7.org/fhir/consent-state-codes", "rejected"),
         ("http://hl7.org/fhir/consent-state-codes", "inactive"),
-        (
-            "http://hl7.org/fhir/consent-state-codes",
-            "entered-in-error",
-        ),
+        ("http://hl7.org/fhir/consent-state-codes", "entered-in-error"),
     ],
 };
 static VS_CONTACT_POINT_SYSTEM: Binding = Binding {
@@ -7197,40 +6806,19 @@ static VS_EVENT_TIMING: Binding = Binding {
         ("http://hl7.org/fhir/event-timing", "NIGHT"),
         ("http://hl7.org/fhir/event-timing", "PHS"),
         ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "HS"),
-        (
-            "http://terminology.hl7.org/CodeSystem/v3-TimingEvent",
-            "WAKE",
-        ),
+        ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "WAKE"),
         ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "C"),
         ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "CM"),
         ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "CD"),
         ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "CV"),
         ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "AC"),
-        (
-            "http://terminology.hl7.org/CodeSystem/v3-TimingEvent",
-            "ACM",
-        ),
-        (
-            "http://terminology.hl7.org/CodeSystem/v3-TimingEvent",
-            "ACD",
-        ),
-        (
-            "http://terminology.hl7.org/CodeSystem/v3-TimingEvent",
-            "ACV",
-        ),
+        ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "ACM"),
+        ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "ACD"),
+        ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "ACV"),
         ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "PC"),
-        (
-            "http://terminology.hl7.org/CodeSystem/v3-TimingEvent",
-            "PCM",
-        ),
-        (
-            "http://terminology.hl7.org/CodeSystem/v3-TimingEvent",
-            "PCD",
-        ),
-        (
-            "http://terminology.hl7.org/CodeSystem/v3-TimingEvent",
-            "PCV",
-        ),
+        ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "PCM"),
+        ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "PCD"),
+        ("http://terminology.hl7.org/CodeSystem/v3-TimingEvent", "PCV"),
     ],
 };
 static VS_HTTP_VERB: Binding = Binding {

@@ -26,21 +26,11 @@ mod tests {
     /// Asserts the exact issues, as `(expression, fragment of the message)`, in order.
     fn check(name: &str, resource: Value, expected: &[(&str, &str)]) {
         let issues = check_values(&resource);
-        let found: Vec<(&str, &str)> = issues
-            .iter()
-            .map(|issue| (issue.expression.as_str(), issue.message.as_str()))
-            .collect();
-        assert_eq!(
-            found.len(),
-            expected.len(),
-            "{name}: expected {} issue(s), got {found:#?}",
-            expected.len()
-        );
+        let found: Vec<(&str, &str)> =
+            issues.iter().map(|issue| (issue.expression.as_str(), issue.message.as_str())).collect();
+        assert_eq!(found.len(), expected.len(), "{name}: expected {} issue(s), got {found:#?}", expected.len());
         for ((expression, message), (want_expression, fragment)) in found.iter().zip(expected) {
-            assert_eq!(
-                expression, want_expression,
-                "{name}: expression of {message:?}"
-            );
+            assert_eq!(expression, want_expression, "{name}: expression of {message:?}");
             assert!(
                 message.contains(fragment),
                 "{name}: message {message:?} at {expression} should contain {fragment:?}"
@@ -123,11 +113,7 @@ mod tests {
                 with("/meta/lastUpdated", json!("2024-03-01")),
                 &[("Task.meta.lastUpdated", "instant")],
             ),
-            (
-                "an id with an underscore",
-                with("/id", json!("task_1")),
-                &[("Task.id", "invalid id")],
-            ),
+            ("an id with an underscore", with("/id", json!("task_1")), &[("Task.id", "invalid id")]),
             (
                 "a uri with a space inside an Identifier",
                 with("/identifier/0/system", json!("https://example.org/my ids")),
@@ -145,10 +131,7 @@ mod tests {
             ),
             (
                 "a February 30th in a choice element",
-                with(
-                    "/input/0",
-                    json!({"type": {"text": "d"}, "valueDate": "2024-02-30"}),
-                ),
+                with("/input/0", json!({"type": {"text": "d"}, "valueDate": "2024-02-30"})),
                 &[("Task.input[0].value.ofType(date)", "day does not exist")],
             ),
             (
@@ -158,21 +141,12 @@ mod tests {
             ),
             (
                 "a string where a boolean belongs",
-                with(
-                    "/input/0",
-                    json!({"type": {"text": "b"}, "valueBoolean": "true"}),
-                ),
-                &[(
-                    "Task.input[0].value.ofType(boolean)",
-                    "JSON literal true or false",
-                )],
+                with("/input/0", json!({"type": {"text": "b"}, "valueBoolean": "true"})),
+                &[("Task.input[0].value.ofType(boolean)", "JSON literal true or false")],
             ),
             (
                 "a decimal given as text",
-                with(
-                    "/input/0",
-                    json!({"type": {"text": "q"}, "valueQuantity": {"value": "1.5"}}),
-                ),
+                with("/input/0", json!({"type": {"text": "q"}, "valueQuantity": {"value": "1.5"}})),
                 &[("Task.input[0].value.ofType(Quantity).value", "JSON number")],
             ),
             (
@@ -200,10 +174,7 @@ mod tests {
                 json!({"resourceType": "Patient", "birthDate": "1970-01-01", "_birthDate": {"extension": [
                     {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime": "1970-01-01T25:00:00Z"}
                 ]}}),
-                &[(
-                    "Patient.birthDate.extension[0].value.ofType(dateTime)",
-                    "out of range",
-                )],
+                &[("Patient.birthDate.extension[0].value.ofType(dateTime)", "out of range")],
             ),
             (
                 "an invalid date deep in nested extensions",
@@ -213,10 +184,7 @@ mod tests {
                         {"url": "http://example.org/b", "valueDate": "2023-02-29"}
                     ]}]),
                 ),
-                &[(
-                    "Task.extension[0].extension[0].value.ofType(date)",
-                    "day does not exist",
-                )],
+                &[("Task.extension[0].extension[0].value.ofType(date)", "day does not exist")],
             ),
             (
                 "an XHTML narrative that is not a div",
@@ -235,7 +203,10 @@ mod tests {
             (
                 "a Task status",
                 with("/status", json!("bogus")),
-                &[("Task.status", "'bogus' is not a code of the required value set http://hl7.org/fhir/ValueSet/task-status")],
+                &[(
+                    "Task.status",
+                    "'bogus' is not a code of the required value set http://hl7.org/fhir/ValueSet/task-status",
+                )],
             ),
             (
                 "a Task intent and priority at once",
@@ -355,26 +326,14 @@ mod tests {
                 with("/authoredOn", json!(["2024-03-01"])),
                 &[("Task.authoredOn", "does not repeat")],
             ),
-            (
-                "an empty array",
-                with("/identifier", json!([])),
-                &[("Task.identifier", "empty arrays")],
-            ),
+            ("an empty array", with("/identifier", json!([])), &[("Task.identifier", "empty arrays")]),
             (
                 "a missing repeating element of cardinality 1..*",
                 json!({"resourceType": "OperationOutcome"}),
                 &[("OperationOutcome", "missing required element 'issue'")],
             ),
-            (
-                "an empty object",
-                with("/for", json!({})),
-                &[("Task.for", "empty objects")],
-            ),
-            (
-                "a null value",
-                with("/description", Value::Null),
-                &[("Task.description", "null is not allowed")],
-            ),
+            ("an empty object", with("/for", json!({})), &[("Task.for", "empty objects")]),
+            ("a null value", with("/description", Value::Null), &[("Task.description", "null is not allowed")]),
             (
                 "nulls in a primitive array are allowed only with a matching extension",
                 json!({"resourceType": "Patient", "name": [{
@@ -396,14 +355,7 @@ mod tests {
             extension = json!({"url": "http://example.org/branch", "extension": [extension]});
         }
         let issues = check_values(&json!({"resourceType": "Patient", "extension": [extension]}));
-        assert_eq!(
-            issues.len(),
-            1,
-            "one issue for the whole too-deep branch: {issues:#?}"
-        );
-        assert!(
-            issues[0].message.contains("nested more than 64 levels"),
-            "the issue says why: {issues:#?}"
-        );
+        assert_eq!(issues.len(), 1, "one issue for the whole too-deep branch: {issues:#?}");
+        assert!(issues[0].message.contains("nested more than 64 levels"), "the issue says why: {issues:#?}");
     }
 }

@@ -19,18 +19,18 @@ const STRING_MAX_BYTES: usize = 1024 * 1024;
 /// Why `value` is not a valid JSON value of `primitive`, if it is not.
 pub(crate) fn primitive_problem(primitive: Primitive, value: &Value) -> Option<String> {
     match primitive {
-        Primitive::Boolean => (!value.is_boolean())
-            .then(|| "a boolean must be the JSON literal true or false".to_owned()),
+        Primitive::Boolean => {
+            (!value.is_boolean()).then(|| "a boolean must be the JSON literal true or false".to_owned())
+        }
         Primitive::Integer => integer_problem(primitive, value, INTEGER_MIN),
         Primitive::UnsignedInt => integer_problem(primitive, value, 0),
         Primitive::PositiveInt => integer_problem(primitive, value, 1),
         // serde_json has already parsed the number; any JSON number is a valid decimal.
-        Primitive::Decimal => {
-            (!value.is_number()).then(|| "a decimal must be a JSON number".to_owned())
-        }
+        Primitive::Decimal => (!value.is_number()).then(|| "a decimal must be a JSON number".to_owned()),
         _ => match value {
-            Value::String(text) => text_problem(primitive, text)
-                .map(|reason| format!("invalid {}: {reason}", primitive.name())),
+            Value::String(text) => {
+                text_problem(primitive, text).map(|reason| format!("invalid {}: {reason}", primitive.name()))
+            }
             _ => Some(format!("a {} must be a JSON string", primitive.name())),
         },
     }
@@ -47,9 +47,7 @@ fn integer_problem(primitive: Primitive, value: &Value, min: i64) -> Option<Stri
         Some(_) => Some(format!("{name} out of range {min} to {INTEGER_MAX}")),
         None if number.is_u64() => Some(format!("{name} out of range {min} to {INTEGER_MAX}")),
         // 1.0 and 1e3 are decimals in JSON: the integer regex is -?([0]|([1-9][0-9]*)).
-        None => Some(format!(
-            "an {name} must be a whole number without fraction or exponent"
-        )),
+        None => Some(format!("an {name} must be a whole number without fraction or exponent")),
     }
 }
 
@@ -93,8 +91,7 @@ fn string_problem(text: &str) -> Option<String> {
 
 /// code: regex `[^\s]+(\s[^\s]+)*`: no leading, trailing or repeated whitespace.
 fn code_problem(text: &str) -> Option<String> {
-    let starts_or_ends_blank =
-        text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace);
+    let starts_or_ends_blank = text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace);
     let mut previous_blank = false;
     let mut repeated_blank = false;
     for c in text.chars() {
@@ -111,22 +108,18 @@ fn id_problem(text: &str) -> Option<String> {
     if text.len() > 64 {
         return Some("longer than 64 characters".to_owned());
     }
-    (!text
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
-    .then(|| "only letters, digits, '-' and '.' are allowed".to_owned())
+    (!text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        .then(|| "only letters, digits, '-' and '.' are allowed".to_owned())
 }
 
 /// uri, url, canonical: regex `\S*` (no whitespace).
 fn uri_problem(text: &str) -> Option<String> {
-    text.contains(char::is_whitespace)
-        .then(|| "whitespace is not allowed".to_owned())
+    text.contains(char::is_whitespace).then(|| "whitespace is not allowed".to_owned())
 }
 
 /// oid: regex `urn:oid:[0-2](\.(0|[1-9][0-9]*))+`.
 fn oid_problem(text: &str) -> Option<String> {
-    let expected =
-        || Some("expected urn:oid: followed by dotted numbers, e.g. urn:oid:1.2.3".into());
+    let expected = || Some("expected urn:oid: followed by dotted numbers, e.g. urn:oid:1.2.3".into());
     let Some(arcs) = text.strip_prefix("urn:oid:") else {
         return expected();
     };
@@ -135,9 +128,7 @@ fn oid_problem(text: &str) -> Option<String> {
     let rest: Vec<&str> = parts.collect();
     let rest_ok = !rest.is_empty()
         && rest.iter().all(|arc| {
-            !arc.is_empty()
-                && arc.bytes().all(|b| b.is_ascii_digit())
-                && (*arc == "0" || !arc.starts_with('0'))
+            !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()) && (*arc == "0" || !arc.starts_with('0'))
         });
     if first_ok && rest_ok {
         None
@@ -152,10 +143,7 @@ fn uuid_problem(text: &str) -> Option<String> {
         let groups: Vec<&str> = uuid.split('-').collect();
         groups.len() == 5
             && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, length)| {
-                group.len() == length
-                    && group
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                group.len() == length && group.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             })
     });
     (!ok).then(|| "expected urn:uuid: and a lower-case UUID".to_owned())
@@ -167,18 +155,13 @@ fn base64_problem(text: &str) -> Option<String> {
     let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
     let data_len = symbols.iter().take_while(|b| alphabet(b)).count();
     let padding = &symbols[data_len..];
-    let ok = !symbols.is_empty()
-        && symbols.len() % 4 == 0
-        && padding.len() <= 2
-        && padding.iter().all(|b| *b == b'=');
-    (!ok)
-        .then(|| "not base64: groups of four characters from A-Z a-z 0-9 + / with = padding".into())
+    let ok = !symbols.is_empty() && symbols.len() % 4 == 0 && padding.len() <= 2 && padding.iter().all(|b| *b == b'=');
+    (!ok).then(|| "not base64: groups of four characters from A-Z a-z 0-9 + / with = padding".into())
 }
 
 /// xhtml: the narrative is a single `div` element (R4 2.25.0 Narrative, txt-1/txt-2).
 fn xhtml_problem(text: &str) -> Option<String> {
-    (!text.trim_start().starts_with("<div"))
-        .then(|| "the narrative must be an XHTML <div> element".to_owned())
+    (!text.trim_start().starts_with("<div")).then(|| "the narrative must be an XHTML <div> element".to_owned())
 }
 
 /// date: `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, a real calendar date.
@@ -221,10 +204,7 @@ enum DatePrecision {
 fn parse_date(text: &str) -> Result<DatePrecision, String> {
     let shape = || "expected YYYY, YYYY-MM or YYYY-MM-DD".to_owned();
     let mut parts = text.split('-');
-    let year = parts
-        .next()
-        .and_then(|part| digits(part, 4))
-        .ok_or_else(shape)?;
+    let year = parts.next().and_then(|part| digits(part, 4)).ok_or_else(shape)?;
     // The R4 regex excludes year 0000.
     if year == 0 {
         return Err("year 0000 does not exist".to_owned());
@@ -260,9 +240,8 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 
 /// `hh:mm:ss(.s+)` then `Z` or `(+|-)hh:mm` up to +14:00 (R4 dateTime/instant regex).
 fn parse_time_with_zone(text: &str) -> Result<(), String> {
-    let zone_at = text
-        .find(['Z', '+', '-'])
-        .ok_or_else(|| "a time needs a time zone (Z or +hh:mm / -hh:mm)".to_owned())?;
+    let zone_at =
+        text.find(['Z', '+', '-']).ok_or_else(|| "a time needs a time zone (Z or +hh:mm / -hh:mm)".to_owned())?;
     let (time, zone) = text.split_at(zone_at);
     time_problem(time)?;
     if zone == "Z" {
@@ -304,9 +283,7 @@ fn time_problem(text: &str) -> Result<(), String> {
 
 /// The value of exactly `count` ASCII digits.
 fn digits(text: &str, count: usize) -> Option<u32> {
-    (text.len() == count && text.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| text.parse().ok())
-        .flatten()
+    (text.len() == count && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -331,15 +308,7 @@ mod tests {
 
     #[test]
     fn booleans_are_json_literals_only() {
-        check(
-            Boolean,
-            &[
-                (json!(true), true),
-                (json!(false), true),
-                (json!("true"), false),
-                (json!(1), false),
-            ],
-        );
+        check(Boolean, &[(json!(true), true), (json!(false), true), (json!("true"), false), (json!(1), false)]);
     }
 
     #[test]
@@ -357,37 +326,13 @@ mod tests {
                 (json!("1"), false),
             ],
         );
-        check(
-            UnsignedInt,
-            &[
-                (json!(0), true),
-                (json!(7), true),
-                (json!(-1), false),
-                (json!(u64::MAX), false),
-            ],
-        );
-        check(
-            PositiveInt,
-            &[
-                (json!(1), true),
-                (json!(2147483647), true),
-                (json!(0), false),
-                (json!(-3), false),
-            ],
-        );
+        check(UnsignedInt, &[(json!(0), true), (json!(7), true), (json!(-1), false), (json!(u64::MAX), false)]);
+        check(PositiveInt, &[(json!(1), true), (json!(2147483647), true), (json!(0), false), (json!(-3), false)]);
     }
 
     #[test]
     fn decimals_are_json_numbers() {
-        check(
-            Decimal,
-            &[
-                (json!(0), true),
-                (json!(-1.25), true),
-                (json!(1e10), true),
-                (json!("1.5"), false),
-            ],
-        );
+        check(Decimal, &[(json!(0), true), (json!(-1.25), true), (json!(1e10), true), (json!("1.5"), false)]);
     }
 
     #[test]
@@ -404,18 +349,8 @@ mod tests {
                 (json!(12), false),
             ],
         );
-        check(
-            Markdown,
-            &[
-                (json!("**bold**\n\n- item"), true),
-                (json!(""), false),
-                (json!("esc\u{1b}"), false),
-            ],
-        );
-        check(
-            String,
-            &[(Value::String("x".repeat(1024 * 1024 + 1)), false)],
-        );
+        check(Markdown, &[(json!("**bold**\n\n- item"), true), (json!(""), false), (json!("esc\u{1b}"), false)]);
+        check(String, &[(Value::String("x".repeat(1024 * 1024 + 1)), false)]);
     }
 
     #[test]
@@ -480,10 +415,7 @@ mod tests {
             Uuid,
             &[
                 (json!("urn:uuid:c757873d-ec9a-4326-a141-556f43239520"), true),
-                (
-                    json!("urn:uuid:C757873D-EC9A-4326-A141-556F43239520"),
-                    false,
-                ),
+                (json!("urn:uuid:C757873D-EC9A-4326-A141-556F43239520"), false),
                 (json!("c757873d-ec9a-4326-a141-556f43239520"), false),
                 (json!("urn:uuid:c757873d-ec9a-4326-a141"), false),
             ],
@@ -585,10 +517,7 @@ mod tests {
         check(
             Xhtml,
             &[
-                (
-                    json!("<div xmlns=\"http://www.w3.org/1999/xhtml\">text</div>"),
-                    true,
-                ),
+                (json!("<div xmlns=\"http://www.w3.org/1999/xhtml\">text</div>"), true),
                 (json!("<p>text</p>"), false),
                 (json!(""), false),
             ],

@@ -114,9 +114,7 @@ pub(crate) struct Binding {
 
 impl Binding {
     pub(crate) fn contains(&self, code: &str) -> bool {
-        self.concepts
-            .iter()
-            .any(|(_, candidate)| *candidate == code)
+        self.concepts.iter().any(|(_, candidate)| *candidate == code)
     }
 }
 
@@ -135,31 +133,19 @@ pub(crate) struct Element {
 
 /// The elements of a type key, if linkbridge's table has it.
 pub(crate) fn elements_of(type_key: &str) -> Option<&'static [Element]> {
-    TYPES
-        .binary_search_by(|(key, _)| (*key).cmp(type_key))
-        .ok()
-        .map(|index| TYPES[index].1)
+    TYPES.binary_search_by(|(key, _)| (*key).cmp(type_key)).ok().map(|index| TYPES[index].1)
 }
 
 /// The element a JSON key of `type_key` stands for, and its type (resolving
 /// `valueDateTime` to the `value[x]` element with type dateTime; R4 section 2.24.0.1
 /// "Choice of Data Types").
-pub(crate) fn element_for(
-    type_key: &str,
-    json_key: &str,
-) -> Option<(&'static Element, ElementType)> {
+pub(crate) fn element_for(type_key: &str, json_key: &str) -> Option<(&'static Element, ElementType)> {
     let elements = elements_of(type_key)?;
     elements.iter().find_map(|element| {
         if !element.choice {
-            return (element.name == json_key)
-                .then(|| element.types.first().map(|ty| (element, *ty)))
-                .flatten();
+            return (element.name == json_key).then(|| element.types.first().map(|ty| (element, *ty))).flatten();
         }
         let suffix = json_key.strip_prefix(element.name)?;
-        element
-            .types
-            .iter()
-            .find(|ty| ty.choice_suffix() == suffix)
-            .map(|ty| (element, *ty))
+        element.types.iter().find(|ty| ty.choice_suffix() == suffix).map(|ty| (element, *ty))
     })
 }

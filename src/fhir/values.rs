@@ -48,10 +48,7 @@ struct Walker {
 
 impl Walker {
     fn report(&mut self, expression: &str, message: impl Into<String>) {
-        self.issues.push(ValueIssue {
-            expression: expression.to_owned(),
-            message: message.into(),
-        });
+        self.issues.push(ValueIssue { expression: expression.to_owned(), message: message.into() });
     }
 
     /// `object` is a resource at `expression` (its type name at the root).
@@ -74,10 +71,7 @@ impl Walker {
         is_resource: bool,
     ) {
         if depth > MAX_DEPTH {
-            self.report(
-                expression,
-                format!("nested more than {MAX_DEPTH} levels deep"),
-            );
+            self.report(expression, format!("nested more than {MAX_DEPTH} levels deep"));
             return;
         }
         // R4 2.6.2: objects are never empty (every element has a value or children).
@@ -121,11 +115,7 @@ impl Walker {
                 element_for(type_key, name).is_some_and(|(found, _)| std::ptr::eq(found, element))
             });
             if !present {
-                let name = if element.choice {
-                    format!("{}[x]", element.name)
-                } else {
-                    element.name.to_owned()
-                };
+                let name = if element.choice { format!("{}[x]", element.name) } else { element.name.to_owned() };
                 self.report(expression, format!("missing required element '{name}'"));
             }
         }
@@ -151,21 +141,19 @@ impl Walker {
                     // A null keeps positions aligned with `_name` (R4 2.6.2.7); alone it
                     // is not a value.
                     if item.is_null() {
-                        let has_sibling = sibling
-                            .and_then(|s| s.get(index))
-                            .is_some_and(|s| !s.is_null());
+                        let has_sibling = sibling.and_then(|s| s.get(index)).is_some_and(|s| !s.is_null());
                         if !has_sibling || !matches!(ty, ElementType::Primitive(_)) {
-                            self.report(&item_path, "null is only allowed in a primitive array with a matching extension");
+                            self.report(
+                                &item_path,
+                                "null is only allowed in a primitive array with a matching extension",
+                            );
                         }
                         continue;
                     }
                     self.walk_item(item, element, ty, &item_path, depth + 1);
                 }
             }
-            Value::Array(_) => self.report(
-                path,
-                "this element does not repeat: give one value, not an array",
-            ),
+            Value::Array(_) => self.report(path, "this element does not repeat: give one value, not an array"),
             _ if element.repeats => {
                 self.report(path, "this element repeats: its value must be an array");
                 self.walk_item(value, element, ty, path, depth);
@@ -175,20 +163,12 @@ impl Walker {
         }
     }
 
-    fn walk_item(
-        &mut self,
-        item: &Value,
-        element: &Element,
-        ty: ElementType,
-        path: &str,
-        depth: usize,
-    ) {
+    fn walk_item(&mut self, item: &Value, element: &Element, ty: ElementType, path: &str, depth: usize) {
         match ty {
             ElementType::Primitive(primitive) => {
                 if let Some(problem) = primitive_problem(primitive, item) {
                     self.report(path, problem);
-                } else if let (Some(binding), Primitive::Code, Value::String(code)) =
-                    (element.binding, primitive, item)
+                } else if let (Some(binding), Primitive::Code, Value::String(code)) = (element.binding, primitive, item)
                 {
                     if !binding.contains(code) {
                         self.report(path, binding_message(code, binding));
@@ -217,10 +197,7 @@ impl Walker {
                     }
                 }
             }
-            Value::Array(_) => self.report(
-                path,
-                "this element does not repeat: give one value, not an array",
-            ),
+            Value::Array(_) => self.report(path, "this element does not repeat: give one value, not an array"),
             _ => self.walk_primitive_element(value, path, depth),
         }
     }
@@ -241,14 +218,7 @@ impl Walker {
         }
         if let Some(extension) = object.get("extension") {
             if let Some((element, ty)) = element_for("Extension", "extension") {
-                self.walk_member(
-                    extension,
-                    element,
-                    ty,
-                    None,
-                    &format!("{path}.extension"),
-                    depth,
-                );
+                self.walk_member(extension, element, ty, None, &format!("{path}.extension"), depth);
             }
         }
     }
@@ -268,10 +238,7 @@ fn member_path(expression: &str, element: &Element, ty: ElementType) -> String {
 }
 
 fn binding_message(code: &str, binding: &Binding) -> String {
-    let mut message = format!(
-        "'{code}' is not a code of the required value set {}",
-        binding.value_set
-    );
+    let mut message = format!("'{code}' is not a code of the required value set {}", binding.value_set);
     if binding.concepts.len() <= LISTED_CODES {
         let codes: Vec<&str> = binding.concepts.iter().map(|(_, code)| *code).collect();
         message.push_str(&format!(" (one of: {})", codes.join(", ")));

@@ -47,8 +47,8 @@ pub async fn audit_access(
         return Ok(response.map_into_boxed_body());
     };
     let status = response.status();
-    let is_change = matches!(action, AuditAction::Create | AuditAction::Update | AuditAction::Delete)
-        || name == "transaction";
+    let is_change =
+        matches!(action, AuditAction::Create | AuditAction::Update | AuditAction::Delete) || name == "transaction";
     if is_change && status.is_success() {
         // Recorded inside the change's own transaction.
         return Ok(response.map_into_boxed_body());
@@ -60,12 +60,7 @@ pub async fn audit_access(
         .unwrap_or_else(AuditAgent::unauthenticated);
     // A request refused before routing (no token) has no match info; the path says the same.
     let mut segments = request.path().split('/').skip(1);
-    let entity_type = request
-        .match_info()
-        .get("type")
-        .or(segments.next())
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned);
+    let entity_type = request.match_info().get("type").or(segments.next()).filter(|t| !t.is_empty()).map(str::to_owned);
     let entity_id = request
         .match_info()
         .get("id")

@@ -44,7 +44,9 @@ pub async fn search(
     let entity = query
         .entity
         .as_deref()
-        .map(|raw| split_reference(raw).ok_or_else(|| ApiError::bad_request(IssueCode::Invalid, "entity must be Type/id")))
+        .map(|raw| {
+            split_reference(raw).ok_or_else(|| ApiError::bad_request(IssueCode::Invalid, "entity must be Type/id"))
+        })
         .transpose()?;
     let count = query.count.unwrap_or(state.default_page_size).min(state.max_page_size);
     let events = state

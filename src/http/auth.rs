@@ -94,9 +94,7 @@ pub async fn token(state: web::Data<AppState>, form: web::Bytes) -> HttpResponse
             if let (Some(d), Some(map)) = (description, body.as_object_mut()) {
                 map.insert("error_description".into(), json!(d));
             }
-            HttpResponse::build(status)
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .json(body)
+            HttpResponse::build(status).insert_header((header::CACHE_CONTROL, "no-store")).json(body)
         }
     }
 }

@@ -20,10 +20,7 @@ pub async fn process(
     let authorize = |resource_type: crate::domain::resource_type::ResourceType, interaction| {
         caller.allows(resource_type.as_str(), interaction)
     };
-    let response = state
-        .resources
-        .process_bundle(&caller.principal, bundle, &authorize, request_key.as_ref())
-        .await?;
+    let response = state.resources.process_bundle(&caller.principal, bundle, &authorize, request_key.as_ref()).await?;
     let (text, content_type) = render_resource_text(render, &response.to_string())?;
     Ok(HttpResponse::Ok().content_type(content_type).body(text))
 }

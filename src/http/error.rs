@@ -60,7 +60,9 @@ impl ApiError {
             ApiError::NotAcceptable(why) => one(S::NOT_ACCEPTABLE, IssueCode::NotSupported, why),
             ApiError::PayloadTooLarge(why) => one(S::PAYLOAD_TOO_LARGE, IssueCode::TooLong, why),
             ApiError::MethodNotAllowed(why) => one(S::METHOD_NOT_ALLOWED, IssueCode::NotSupported, why),
-            ApiError::UnknownRoute(path) => one(S::NOT_FOUND, IssueCode::NotSupported, &format!("no FHIR endpoint at '{path}'")),
+            ApiError::UnknownRoute(path) => {
+                one(S::NOT_FOUND, IssueCode::NotSupported, &format!("no FHIR endpoint at '{path}'"))
+            }
             ApiError::UnsupportedType(name) => one(
                 S::NOT_FOUND,
                 IssueCode::NotSupported,
@@ -100,7 +102,8 @@ impl ResponseError for ApiError {
                     HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
                 ));
             }
-            ApiError::Unavailable(_) | ApiError::Service(ServiceError::Store(crate::store::StoreError::SettleWindowPassed { .. })) => {
+            ApiError::Unavailable(_)
+            | ApiError::Service(ServiceError::Store(crate::store::StoreError::SettleWindowPassed { .. })) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             _ => {}
@@ -115,7 +118,9 @@ pub fn payload_error(err: actix_web::error::PayloadError) -> actix_web::Error {
     use actix_web::error::PayloadError as P;
     match err {
         P::Overflow => ApiError::PayloadTooLarge("the request body exceeds the configured limit".into()).into(),
-        other => ApiError::bad_request(IssueCode::Structure, format!("the request body could not be read: {other}")).into(),
+        other => {
+            ApiError::bad_request(IssueCode::Structure, format!("the request body could not be read: {other}")).into()
+        }
     }
 }
 

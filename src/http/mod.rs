@@ -34,9 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
-            web::resource("/")
-                .route(web::post().to(bundles::process))
-                .default_service(web::to(method_not_allowed)),
+            web::resource("/").route(web::post().to(bundles::process)).default_service(web::to(method_not_allowed)),
         )
         .service(
             web::resource("/AuditEvent")
@@ -88,11 +86,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!(
-        "{} is not allowed on {}",
-        req.method(),
-        req.path()
-    )))
+    Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -47,9 +47,7 @@ fn format_of(mime: &str) -> Result<Option<Format>, ()> {
 }
 
 fn query_param<'q>(req: &'q HttpRequest, name: &str) -> Option<std::borrow::Cow<'q, str>> {
-    url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
+    url::form_urlencoded::parse(req.query_string().as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 /// Chooses the response format: `_format` wins over `Accept`; no preference means JSON.
@@ -58,9 +56,7 @@ pub fn rendering(req: &HttpRequest) -> Result<Rendering, ApiError> {
     if let Some(requested) = query_param(req, "_format") {
         return match format_of(&requested) {
             Ok(Some(format)) => Ok(Rendering { format, pretty }),
-            _ => Err(ApiError::NotAcceptable(format!(
-                "_format '{requested}' is not supported; use json or xml"
-            ))),
+            _ => Err(ApiError::NotAcceptable(format!("_format '{requested}' is not supported; use json or xml"))),
         };
     }
     let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
@@ -91,11 +87,11 @@ pub fn rendering(req: &HttpRequest) -> Result<Rendering, ApiError> {
 
 /// The format of a request body, from `Content-Type`.
 pub fn body_format(req: &HttpRequest) -> Result<Format, ApiError> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type header is required (application/fhir+json or application/fhir+xml)".into()))?;
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(
+            "a Content-Type header is required (application/fhir+json or application/fhir+xml)".into(),
+        )
+    })?;
     match format_of(content_type) {
         Ok(Some(format)) if !content_type.trim().is_empty() && !content_type.contains('*') => Ok(format),
         _ => Err(ApiError::UnsupportedMediaType(format!(
@@ -105,11 +101,24 @@ pub fn body_format(req: &HttpRequest) -> Result<Format, ApiError> {
     }
 }
 
+/// Requires the body's `Content-Type` to be exactly `essence` (parameters aside), else 415
+/// with `why`.
+pub fn require_content_type(req: &HttpRequest, essence: &str, why: &str) -> Result<(), ApiError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.split(';').next().map(str::trim).is_some_and(|t| t.eq_ignore_ascii_case(essence)) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(why.to_owned()))
+    }
+}
+
 /// Reads the body up to `limit` bytes; beyond it, 413.
 pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(IssueCode::Structure, format!("the request body could not be read: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(IssueCode::Structure, format!("the request body could not be read: {e}"))
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(format!("the request body exceeds {limit} bytes")));
         }
@@ -124,12 +133,10 @@ pub fn parse_resource(format: Format, bytes: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request(IssueCode::Required, "the request has no body"));
     }
     match format {
-        Format::Json => serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::bad_request(IssueCode::Structure, format!("the body is not valid JSON: {e}"))
-        }),
-        Format::Xml => fhir_format::xml_to_json(bytes).map_err(|e| {
-            ApiError::BadRequest(crate::service::ingest::structure_issue(e))
-        }),
+        Format::Json => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(IssueCode::Structure, format!("the body is not valid JSON: {e}"))),
+        Format::Xml => fhir_format::xml_to_json(bytes)
+            .map_err(|e| ApiError::BadRequest(crate::service::ingest::structure_issue(e))),
     }
 }
 

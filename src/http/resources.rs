@@ -6,12 +6,12 @@ use serde_json::Value;
 
 use super::bundle::history_bundle;
 use super::error::ApiError;
-use super::negotiate::{body_format, parse_resource, read_body, render_resource_text, rendering};
+use super::negotiate::{body_format, parse_resource, read_body, render_resource_text, rendering, require_content_type};
 use super::state::{AppState, Caller};
+use crate::auth::Interaction;
 use crate::domain::ids::{ResourceId, VersionId};
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{operation_outcome, Issue, IssueCode, Severity};
-use crate::auth::Interaction;
 use crate::domain::resource_type::ResourceType;
 use crate::service::idempotency::RequestKey;
 use crate::service::resources::CreateOutcome;
@@ -29,11 +29,9 @@ fn if_match(req: &HttpRequest) -> Result<Option<VersionId>, ApiError> {
     req.headers()
         .get(header::IF_MATCH)
         .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| VersionId::parse_etag(v).ok())
-                .ok_or_else(|| ApiError::bad_request(IssueCode::Invalid, "If-Match must be a version ETag such as W/\"3\""))
+            value.to_str().ok().and_then(|v| VersionId::parse_etag(v).ok()).ok_or_else(|| {
+                ApiError::bad_request(IssueCode::Invalid, "If-Match must be a version ETag such as W/\"3\"")
+            })
         })
         .transpose()
 }
@@ -68,9 +66,7 @@ pub(super) fn request_key(
     body: &[u8],
 ) -> Result<Option<RequestKey>, ApiError> {
     let Some(value) = req.headers().get("X-Request-ID") else { return Ok(None) };
-    let raw = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request(IssueCode::Invalid, "X-Request-ID must be a UUID"))?;
+    let raw = value.to_str().map_err(|_| ApiError::bad_request(IssueCode::Invalid, "X-Request-ID must be a UUID"))?;
     let key = RequestKey::new(principal, raw, &[req.method().as_str().as_bytes(), req.path().as_bytes(), body])?;
     Ok(Some(key))
 }
@@ -204,12 +200,11 @@ pub async fn patch(
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     rendering(&req)?;
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type.split(';').next().map(str::trim) != Some("application/json-patch+json") {
-        return Err(ApiError::UnsupportedMediaType(
-            "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)".into(),
-        ));
-    }
+    require_content_type(
+        &req,
+        "application/json-patch+json",
+        "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)",
+    )?;
     let expected = if_match(&req)?;
     let bytes = read_body(payload, state.max_body_bytes).await?;
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).map_err(|e| {
@@ -250,7 +245,10 @@ fn history_query(params: &HistoryParams, state: &AppState) -> Result<HistoryQuer
         .as_deref()
         .map(|raw| {
             Instant::parse_rfc3339(raw).ok_or_else(|| {
-                ApiError::bad_request(IssueCode::Invalid, format!("_since '{raw}' is not an instant (e.g. 2026-11-23T10:00:00Z)"))
+                ApiError::bad_request(
+                    IssueCode::Invalid,
+                    format!("_since '{raw}' is not an instant (e.g. 2026-11-23T10:00:00Z)"),
+                )
             })
         })
         .transpose()?;
@@ -280,7 +278,8 @@ fn history_response(
     let path = format!("{}{}", state.base_url, req.path());
     let mut base_params = Vec::new();
     if let Some(since) = &params.since {
-        base_params.push(format!("_since={}", url::form_urlencoded::byte_serialize(since.as_bytes()).collect::<String>()));
+        base_params
+            .push(format!("_since={}", url::form_urlencoded::byte_serialize(since.as_bytes()).collect::<String>()));
     }
     base_params.push(format!("_count={}", query.count));
     let mut self_params = base_params.clone();

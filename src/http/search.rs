@@ -1,7 +1,6 @@
 //! `GET [type]?…` and `POST [type]/_search` (R4 http.html#search, search.html): the
 //! parameters in, a searchset Bundle out, built from the stored JSON text.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
@@ -37,16 +36,11 @@ pub async fn search_post(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type.split(';').next().map(str::trim) != Some("application/x-www-form-urlencoded") {
-        return Err(ApiError::UnsupportedMediaType(
-            "POST _search takes its parameters as application/x-www-form-urlencoded".into(),
-        ));
-    }
+    super::negotiate::require_content_type(
+        &req,
+        "application/x-www-form-urlencoded",
+        "POST _search takes its parameters as application/x-www-form-urlencoded",
+    )?;
     let body = read_body(payload, state.max_body_bytes).await?;
     let mut params = form_pairs(req.query_string().as_bytes());
     params.extend(form_pairs(&body));
@@ -54,9 +48,7 @@ pub async fn search_post(
 }
 
 fn form_pairs(bytes: &[u8]) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(bytes)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
+    url::form_urlencoded::parse(bytes).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
 /// `Prefer: handling=strict` (R4 search.html#errors); `lenient` is the default.
@@ -78,20 +70,11 @@ async fn search(
     let resource_type = resource_type(type_name)?;
     let principal = caller.require(resource_type, Interaction::Search)?;
     let render = rendering(req)?;
-    let readable: Vec<ResourceType> = ResourceType::ALL
-        .into_iter()
-        .filter(|t| caller.allows(t.as_str(), Interaction::Read))
-        .collect();
-    let request = SearchRequest {
-        params: &params,
-        strict: strict_handling(req),
-        base_url: &state.base_url,
-        readable: &readable,
-    };
-    let limits = PageLimits {
-        default_count: state.default_page_size,
-        max_count: state.max_page_size,
-    };
+    let readable: Vec<ResourceType> =
+        ResourceType::ALL.into_iter().filter(|t| caller.allows(t.as_str(), Interaction::Read)).collect();
+    let request =
+        SearchRequest { params: &params, strict: strict_handling(req), base_url: &state.base_url, readable: &readable };
+    let limits = PageLimits { default_count: state.default_page_size, max_count: state.max_page_size };
     let result = SearchService::new(state.resources.store().clone())
         .search_resources(principal, resource_type, &request, limits)
         .await?;
@@ -127,10 +110,7 @@ pub fn searchset_bundle(base_url: &str, result: &SearchResult) -> Result<String,
         };
         entries.push(entry(base_url, version, "include", body));
     }
-    let total = result
-        .total
-        .map(|t| format!(r#","total":{t}"#))
-        .unwrap_or_default();
+    let total = result.total.map(|t| format!(r#","total":{t}"#)).unwrap_or_default();
     Ok(format!(
         r#"{{"resourceType":"Bundle","id":{},"meta":{{"lastUpdated":"{}"}},"type":"searchset"{total},"link":{},"entry":[{}]}}"#,
         Value::String(uuid::Uuid::new_v4().to_string()),
@@ -142,10 +122,7 @@ pub fn searchset_bundle(base_url: &str, result: &SearchResult) -> Result<String,
 
 fn entry(base_url: &str, version: &StoredVersion, mode: &str, body: String) -> String {
     let full_url = format!("{base_url}/{}/{}", version.resource_type, version.id);
-    format!(
-        r#"{{"fullUrl":{},"resource":{body},"search":{{"mode":"{mode}"}}}}"#,
-        Value::String(full_url)
-    )
+    format!(r#"{{"fullUrl":{},"resource":{body},"search":{{"mode":"{mode}"}}}}"#, Value::String(full_url))
 }
 
 /// The body of a match as `_elements` and `_summary=data` ask: served as stored unless the
@@ -163,9 +140,7 @@ fn shape(version: &StoredVersion, result: &SearchResult) -> Result<String, ApiEr
 /// SUBSETTED").
 fn subset(body: &str, keep: impl Fn(&str) -> bool) -> Result<String, ApiError> {
     let mut value: Value = serde_json::from_str(body).map_err(|e| {
-        ApiError::Service(ServiceError::Store(StoreError::Config(format!(
-            "stored resource is not JSON: {e}"
-        ))))
+        ApiError::Service(ServiceError::Store(StoreError::Config(format!("stored resource is not JSON: {e}"))))
     })?;
     if let Value::Object(map) = &mut value {
         map.retain(|name, _| matches!(name.as_str(), "resourceType" | "id" | "meta") || keep(name));
@@ -191,13 +166,9 @@ mod tests {
     #[test]
     fn a_subset_keeps_the_named_elements_and_is_tagged_subsetted() {
         let body = r#"{"resourceType":"Task","id":"t1","meta":{"versionId":"2"},"status":"requested","owner":{"reference":"Organization/o"},"text":{"div":"x"}}"#;
-        let got: Value =
-            serde_json::from_str(&subset(body, |n| n == "status").expect("subset")).expect("json");
+        let got: Value = serde_json::from_str(&subset(body, |n| n == "status").expect("subset")).expect("json");
         assert_eq!(got["status"], "requested", "named element kept");
-        assert!(
-            got.get("owner").is_none() && got.get("text").is_none(),
-            "others dropped: {got}"
-        );
+        assert!(got.get("owner").is_none() && got.get("text").is_none(), "others dropped: {got}");
         assert_eq!(got["id"], "t1", "id kept");
         assert_eq!(got["meta"]["versionId"], "2", "meta kept");
         assert_eq!(got["meta"]["tag"][0]["code"], "SUBSETTED", "marked");

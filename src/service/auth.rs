@@ -7,9 +7,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::auth::{
-    authenticate_client, peek_client_id, verify_external_access_token, AccessTokenPolicy, ClientAuthError,
-    ClientKeys, ExternalIssuerPolicy, Freshness, Grant, IssuedAccessToken, Jwks, JwksSource, ScopeSet, SigningKeys,
-    TokenError,
+    authenticate_client, peek_client_id, verify_external_access_token, AccessTokenPolicy, ClientAuthError, ClientKeys,
+    ExternalIssuerPolicy, Freshness, Grant, IssuedAccessToken, Jwks, JwksSource, ScopeSet, SigningKeys, TokenError,
 };
 use crate::domain::instant::Instant;
 use crate::domain::tenancy::{OdsCode, Principal, Role};
@@ -116,14 +115,9 @@ impl AuthService {
         if request.client_assertion_type.as_deref() != Some(JWT_BEARER_ASSERTION) {
             return Err(TokenRequestError::InvalidClient(ClientAuthError::WrongAssertionType.reason()));
         }
-        let assertion = request
-            .client_assertion
-            .as_deref()
-            .ok_or(TokenRequestError::InvalidClient("assertion_missing"))?;
-        let requested_scope = request
-            .scope
-            .as_deref()
-            .ok_or(TokenRequestError::InvalidRequest("scope is required"))?;
+        let assertion =
+            request.client_assertion.as_deref().ok_or(TokenRequestError::InvalidClient("assertion_missing"))?;
+        let requested_scope = request.scope.as_deref().ok_or(TokenRequestError::InvalidRequest("scope is required"))?;
 
         let claimed = peek_client_id(assertion).map_err(|e| TokenRequestError::InvalidClient(e.reason()))?;
         let client = self
@@ -151,16 +145,12 @@ impl AuthService {
         let retain_until = Instant::from_micros(
             (verified.retain_until().unix_timestamp_nanos() / 1_000).clamp(0, i128::from(i64::MAX)) as i64,
         );
-        if !self
-            .store
-            .record_assertion_jti(claimed.as_str(), verified.jti(), retain_until)
-            .await?
-        {
+        if !self.store.record_assertion_jti(claimed.as_str(), verified.jti(), retain_until).await? {
             return Err(TokenRequestError::InvalidClient(ClientAuthError::Replayed.reason()));
         }
 
-        let (organization, role) = registered_identity(&client)
-            .ok_or(TokenRequestError::InvalidClient("registration_invalid"))?;
+        let (organization, role) =
+            registered_identity(&client).ok_or(TokenRequestError::InvalidClient("registration_invalid"))?;
         let registered = ScopeSet::parse(&client.scopes)
             .map_err(|_| TokenRequestError::InvalidClient("registration_scopes_invalid"))?;
         let granted = ScopeSet::grant(requested_scope, &registered)
@@ -177,7 +167,8 @@ impl AuthService {
         let own = self.policy.verify(&self.keys, bearer, OffsetDateTime::now_utc());
         match (own, &self.external) {
             (Ok(claims), _) => {
-                let principal = Principal::new(claims.client_id().as_str(), claims.organization().clone(), claims.role());
+                let principal =
+                    Principal::new(claims.client_id().as_str(), claims.organization().clone(), claims.role());
                 Ok((principal, claims.scope().clone()))
             }
             (Err(_), Some(external)) => self.authenticate_external(external, bearer).await,
@@ -195,11 +186,8 @@ impl AuthService {
     ) -> Result<(Principal, ScopeSet), TokenError> {
         let now = OffsetDateTime::now_utc();
         let verify = |freshness| async move {
-            let value = self
-                .jwks_source
-                .fetch_jwks(&external.jwks_url, freshness)
-                .await
-                .map_err(|_| TokenError::UnknownKid)?;
+            let value =
+                self.jwks_source.fetch_jwks(&external.jwks_url, freshness).await.map_err(|_| TokenError::UnknownKid)?;
             let jwks = Jwks::from_value(&value).map_err(|_| TokenError::UnknownKid)?;
             verify_external_access_token(&external.policy, &jwks, bearer, now)
         };

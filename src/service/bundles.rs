@@ -49,9 +49,10 @@ fn entry_error(index: usize, mut error: ServiceError) -> ServiceError {
         ServiceError::ForbiddenAt(issue) | ServiceError::Conflict(issue) => {
             issue.diagnostics = format!("Bundle.entry[{index}]: {}", issue.diagnostics)
         }
-        ServiceError::Forbidden(why) | ServiceError::NotFound(why) | ServiceError::Gone(why) | ServiceError::PreconditionFailed(why) => {
-            *why = format!("Bundle.entry[{index}]: {why}")
-        }
+        ServiceError::Forbidden(why)
+        | ServiceError::NotFound(why)
+        | ServiceError::Gone(why)
+        | ServiceError::PreconditionFailed(why) => *why = format!("Bundle.entry[{index}]: {why}"),
         ServiceError::Store(_) => {}
     }
     error
@@ -69,14 +70,15 @@ fn parse_entries(bundle: &Value) -> Result<Vec<Entry>, ServiceError> {
         .iter()
         .enumerate()
         .map(|(index, entry)| {
-            let request = entry.get("request").ok_or_else(|| invalid_entry(index, "every entry needs a request", "request"))?;
+            let request =
+                entry.get("request").ok_or_else(|| invalid_entry(index, "every entry needs a request", "request"))?;
             let method = request.get("method").and_then(Value::as_str).unwrap_or_default().to_owned();
             let url = request.get("url").and_then(Value::as_str).unwrap_or_default();
             let path = url.split('?').next().unwrap_or_default().trim_matches('/');
             let mut parts = path.split('/');
             let type_name = parts.next().unwrap_or_default();
-            let resource_type = ResourceType::parse(type_name)
-                .map_err(|e| invalid_entry(index, &e.to_string(), "request.url"))?;
+            let resource_type =
+                ResourceType::parse(type_name).map_err(|e| invalid_entry(index, &e.to_string(), "request.url"))?;
             let id = parts
                 .next()
                 .map(|raw| ResourceId::parse(raw).map_err(|e| invalid_entry(index, &e.to_string(), "request.url")))
@@ -84,7 +86,9 @@ fn parse_entries(bundle: &Value) -> Result<Vec<Entry>, ServiceError> {
             let if_match = request
                 .get("ifMatch")
                 .and_then(Value::as_str)
-                .map(|raw| VersionId::parse_etag(raw).map_err(|e| invalid_entry(index, &e.to_string(), "request.ifMatch")))
+                .map(|raw| {
+                    VersionId::parse_etag(raw).map_err(|e| invalid_entry(index, &e.to_string(), "request.ifMatch"))
+                })
                 .transpose()?;
             Ok(Entry {
                 index,
@@ -131,7 +135,12 @@ fn required_interaction(method: &str) -> Option<Interaction> {
 }
 
 /// The response of one processed entry.
-fn entry_response(status: &str, location: Option<String>, etag: Option<String>, last_modified: Option<String>) -> Value {
+fn entry_response(
+    status: &str,
+    location: Option<String>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+) -> Value {
     let mut response = json!({"status": status});
     if let Some(map) = response.as_object_mut() {
         if let Some(l) = location {
@@ -157,7 +166,11 @@ impl ResourceService {
         request: Option<&RequestKey>,
     ) -> Result<Value, ServiceError> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-            return Err(ServiceError::invalid(IssueCode::Invalid, "POST / takes a transaction or batch Bundle", Some("resourceType")));
+            return Err(ServiceError::invalid(
+                IssueCode::Invalid,
+                "POST / takes a transaction or batch Bundle",
+                Some("resourceType"),
+            ));
         }
         fhir_format::check_json_structure(&bundle).map_err(|e| ServiceError::Invalid(vec![structure_issue(e)]))?;
         match bundle.get("type").and_then(Value::as_str) {
@@ -183,56 +196,65 @@ impl ResourceService {
         }
         let entries = parse_entries(bundle)?;
         for entry in &entries {
-            let interaction = required_interaction(&entry.method)
-                .filter(|i| *i != Interaction::Read)
-                .ok_or_else(|| invalid_entry(entry.index, "transaction entries are POST, PUT or DELETE", "request.method"))?;
+            let interaction =
+                required_interaction(&entry.method).filter(|i| *i != Interaction::Read).ok_or_else(|| {
+                    invalid_entry(entry.index, "transaction entries are POST, PUT or DELETE", "request.method")
+                })?;
             if !authorize(entry.resource_type, interaction) {
                 return Err(entry_error(
                     entry.index,
-                    ServiceError::Forbidden(format!("the access token's scopes do not allow this entry on {}", entry.resource_type)),
+                    ServiceError::Forbidden(format!(
+                        "the access token's scopes do not allow this entry on {}",
+                        entry.resource_type
+                    )),
                 ));
             }
         }
         for _ in 0..TRANSACTION_RETRIES {
             match self.plan_transaction(caller, &entries).await {
                 Ok((mut write_set, responses)) => {
-                    let created: Vec<&str> = responses
-                        .iter()
-                        .filter_map(|r| r["response"]["location"].as_str())
-                        .collect();
+                    let created: Vec<&str> =
+                        responses.iter().filter_map(|r| r["response"]["location"].as_str()).collect();
                     write_set.request = request.map(|k| k.record(format!("the transaction of {}", created.join(", "))));
                     match self.store().commit(write_set).await {
-                    Ok(()) => {
-                        return Ok(json!({
-                            "resourceType": "Bundle",
-                            "type": "transaction-response",
-                            "entry": responses,
-                        }))
-                    }
-                    Err(StoreError::ConditionalClaimTaken) => continue,
-                    Err(StoreError::DuplicateRequest) => {
-                        if let Some(key) = request {
-                            key.refuse_if_seen(self.store()).await?;
+                        Ok(()) => {
+                            return Ok(json!({
+                                "resourceType": "Bundle",
+                                "type": "transaction-response",
+                                "entry": responses,
+                            }))
                         }
-                        continue;
-                    }
-                    Err(StoreError::VersionConflict { resource_type, id }) => {
-                        return Err(ServiceError::PreconditionFailed(format!(
-                            "{resource_type}/{id} was changed by another request; the transaction was not applied"
-                        )))
-                    }
-                    Err(e) => return Err(e.into()),
+                        Err(StoreError::ConditionalClaimTaken) => continue,
+                        Err(StoreError::DuplicateRequest) => {
+                            if let Some(key) = request {
+                                key.refuse_if_seen(self.store()).await?;
+                            }
+                            continue;
+                        }
+                        Err(StoreError::VersionConflict { resource_type, id }) => {
+                            return Err(ServiceError::PreconditionFailed(format!(
+                                "{resource_type}/{id} was changed by another request; the transaction was not applied"
+                            )))
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(ServiceError::Conflict(Issue::error(IssueCode::Transient, "concurrent requests kept colliding; retry the transaction")))
+        Err(ServiceError::Conflict(Issue::error(
+            IssueCode::Transient,
+            "concurrent requests kept colliding; retry the transaction",
+        )))
     }
 
     /// Plans every entry into one write set. Creates come first so that later entries can
     /// refer to what they create; references to `fullUrl`s are resolved before any check.
-    async fn plan_transaction(&self, caller: &Principal, entries: &[Entry]) -> Result<(WriteSet, Vec<Value>), ServiceError> {
+    async fn plan_transaction(
+        &self,
+        caller: &Principal,
+        entries: &[Entry],
+    ) -> Result<(WriteSet, Vec<Value>), ServiceError> {
         let scope = caller.scope();
         let mut ids: HashMap<usize, (ResourceId, bool)> = HashMap::new();
         let mut references: HashMap<String, String> = HashMap::new();
@@ -240,7 +262,8 @@ impl ResourceService {
         for entry in entries.iter().filter(|e| e.method == "POST") {
             let mut existing = None;
             if let Some(raw) = &entry.if_none_exist {
-                let criteria = parse_criteria(entry.resource_type, raw).map_err(|issue| entry_error(entry.index, ServiceError::Invalid(vec![issue])))?;
+                let criteria = parse_criteria(entry.resource_type, raw)
+                    .map_err(|issue| entry_error(entry.index, ServiceError::Invalid(vec![issue])))?;
                 let key = criteria.canonical_key();
                 let scope_key = Visibility::Organization(caller.organization().clone()).key();
                 let stale = self.store().conditional_key(&scope_key, entry.resource_type, &key).await?;
@@ -248,7 +271,13 @@ impl ResourceService {
                 match matches.as_slice() {
                     [] => {
                         let id = ResourceId::generate();
-                        claims.push(ConditionalClaim { scope_key, resource_type: entry.resource_type, criteria: key, id: id.clone(), replaces: stale });
+                        claims.push(ConditionalClaim {
+                            scope_key,
+                            resource_type: entry.resource_type,
+                            criteria: key,
+                            id: id.clone(),
+                            replaces: stale,
+                        });
                         existing = Some((id, false));
                     }
                     [one] => existing = Some((one.clone(), true)),
@@ -285,24 +314,61 @@ impl ResourceService {
             }
             match entry.method.as_str() {
                 "POST" => {
-                    let (id, matched) = ids.get(&entry.index).cloned().ok_or_else(|| fail(ServiceError::invalid(IssueCode::Processing, "entry lost", None)))?;
+                    let (id, matched) = ids
+                        .get(&entry.index)
+                        .cloned()
+                        .ok_or_else(|| fail(ServiceError::invalid(IssueCode::Processing, "entry lost", None)))?;
                     if matched {
                         let current = self.read_resource(caller, entry.resource_type, &id).await.map_err(fail)?;
-                        responses.push((entry.index, entry_response("200 OK", Some(format!("{}/{}/_history/{}", entry.resource_type, id, current.version)), Some(current.version.etag()), Some(current.last_updated.to_fhir()))));
+                        responses.push((
+                            entry.index,
+                            entry_response(
+                                "200 OK",
+                                Some(format!("{}/{}/_history/{}", entry.resource_type, id, current.version)),
+                                Some(current.version.etag()),
+                                Some(current.last_updated.to_fhir()),
+                            ),
+                        ));
                         continue;
                     }
-                    let body = resource.ok_or_else(|| fail(ServiceError::invalid(IssueCode::Required, "a POST entry needs a resource", None)))?;
+                    let body = resource.ok_or_else(|| {
+                        fail(ServiceError::invalid(IssueCode::Required, "a POST entry needs a resource", None))
+                    })?;
                     check_resource(&body, entry.resource_type).map_err(fail)?;
                     let (planned, write) = self
-                        .plan(caller, entry.resource_type, id.clone(), None, Some((body, WriteMethod::Create)), &pending)
+                        .plan(
+                            caller,
+                            entry.resource_type,
+                            id.clone(),
+                            None,
+                            Some((body, WriteMethod::Create)),
+                            &pending,
+                        )
                         .await
                         .map_err(fail)?;
-                    pending.insert((entry.resource_type, id.as_str().to_owned()), serde_json::from_str(&write.body).unwrap_or(Value::Null));
-                    responses.push((entry.index, entry_response("201 Created", Some(format!("{}/{}/_history/1", entry.resource_type, id)), Some(write.version.etag()), Some(write.last_updated.to_fhir()))));
+                    pending.insert(
+                        (entry.resource_type, id.as_str().to_owned()),
+                        serde_json::from_str(&write.body).unwrap_or(Value::Null),
+                    );
+                    responses.push((
+                        entry.index,
+                        entry_response(
+                            "201 Created",
+                            Some(format!("{}/{}/_history/1", entry.resource_type, id)),
+                            Some(write.version.etag()),
+                            Some(write.last_updated.to_fhir()),
+                        ),
+                    ));
                     write_set.absorb(planned);
                 }
                 "PUT" | "DELETE" => {
-                    let id = entry.id.clone().ok_or_else(|| fail(ServiceError::invalid(IssueCode::Invalid, "PUT and DELETE entries name Type/id", Some("request.url"))))?;
+                    let id = entry.id.clone().ok_or_else(|| {
+                        fail(ServiceError::invalid(
+                            IssueCode::Invalid,
+                            "PUT and DELETE entries name Type/id",
+                            Some("request.url"),
+                        ))
+                    })?;
                     let current = self
                         .store()
                         .read_current(&scope, entry.resource_type, &id)
@@ -310,14 +376,23 @@ impl ResourceService {
                         .ok_or_else(|| fail(ServiceError::NotFound(format!("{}/{id}", entry.resource_type))))?;
                     if let Some(expected) = entry.if_match {
                         if expected != current.version {
-                            return Err(fail(ServiceError::PreconditionFailed(format!("ifMatch names version {expected}, the current is {}", current.version))));
+                            return Err(fail(ServiceError::PreconditionFailed(format!(
+                                "ifMatch names version {expected}, the current is {}",
+                                current.version
+                            ))));
                         }
                     }
                     let change = if entry.method == "PUT" {
-                        let body = resource.ok_or_else(|| fail(ServiceError::invalid(IssueCode::Required, "a PUT entry needs a resource", None)))?;
+                        let body = resource.ok_or_else(|| {
+                            fail(ServiceError::invalid(IssueCode::Required, "a PUT entry needs a resource", None))
+                        })?;
                         check_resource(&body, entry.resource_type).map_err(fail)?;
                         if body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
-                            return Err(fail(ServiceError::invalid(IssueCode::Invalid, "the resource id must match request.url", Some("resource.id"))));
+                            return Err(fail(ServiceError::invalid(
+                                IssueCode::Invalid,
+                                "the resource id must match request.url",
+                                Some("resource.id"),
+                            )));
                         }
                         Some((body, WriteMethod::Update))
                     } else {
@@ -330,12 +405,29 @@ impl ResourceService {
                         .map_err(fail)?;
                     let status = if method == WriteMethod::Delete { "204 No Content" } else { "200 OK" };
                     if method != WriteMethod::Delete {
-                        pending.insert((entry.resource_type, id.as_str().to_owned()), serde_json::from_str(&write.body).unwrap_or(Value::Null));
+                        pending.insert(
+                            (entry.resource_type, id.as_str().to_owned()),
+                            serde_json::from_str(&write.body).unwrap_or(Value::Null),
+                        );
                     }
-                    responses.push((entry.index, entry_response(status, Some(format!("{}/{}/_history/{}", entry.resource_type, id, write.version)), Some(write.version.etag()), Some(write.last_updated.to_fhir()))));
+                    responses.push((
+                        entry.index,
+                        entry_response(
+                            status,
+                            Some(format!("{}/{}/_history/{}", entry.resource_type, id, write.version)),
+                            Some(write.version.etag()),
+                            Some(write.last_updated.to_fhir()),
+                        ),
+                    ));
                     write_set.absorb(planned);
                 }
-                _ => return Err(fail(ServiceError::invalid(IssueCode::NotSupported, "unsupported entry method", Some("request.method")))),
+                _ => {
+                    return Err(fail(ServiceError::invalid(
+                        IssueCode::NotSupported,
+                        "unsupported entry method",
+                        Some("request.method"),
+                    )))
+                }
             }
         }
         responses.sort_by_key(|(index, _)| *index);
@@ -359,16 +451,43 @@ impl ResourceService {
         json!({"resourceType": "Bundle", "type": "batch-response", "entry": responses})
     }
 
-    async fn batch_entry(&self, caller: &Principal, entry: &Entry, authorize: Authorize<'_>) -> Result<Value, ServiceError> {
-        let interaction = required_interaction(&entry.method)
-            .ok_or_else(|| ServiceError::invalid(IssueCode::NotSupported, "batch entries are GET, POST, PUT or DELETE", Some("request.method")))?;
+    async fn batch_entry(
+        &self,
+        caller: &Principal,
+        entry: &Entry,
+        authorize: Authorize<'_>,
+    ) -> Result<Value, ServiceError> {
+        let interaction = required_interaction(&entry.method).ok_or_else(|| {
+            ServiceError::invalid(
+                IssueCode::NotSupported,
+                "batch entries are GET, POST, PUT or DELETE",
+                Some("request.method"),
+            )
+        })?;
         if !authorize(entry.resource_type, interaction) {
-            return Err(ServiceError::Forbidden(format!("the access token's scopes do not allow this entry on {}", entry.resource_type)));
+            return Err(ServiceError::Forbidden(format!(
+                "the access token's scopes do not allow this entry on {}",
+                entry.resource_type
+            )));
         }
-        let need_id = || entry.id.clone().ok_or_else(|| ServiceError::invalid(IssueCode::Invalid, "the request url names Type/id", Some("request.url")));
-        let need_body = || entry.resource.clone().ok_or_else(|| ServiceError::invalid(IssueCode::Required, "the entry needs a resource", None));
+        let need_id = || {
+            entry.id.clone().ok_or_else(|| {
+                ServiceError::invalid(IssueCode::Invalid, "the request url names Type/id", Some("request.url"))
+            })
+        };
+        let need_body = || {
+            entry
+                .resource
+                .clone()
+                .ok_or_else(|| ServiceError::invalid(IssueCode::Required, "the entry needs a resource", None))
+        };
         let located = |v: &crate::store::StoredVersion, status: &str| {
-            entry_response(status, Some(format!("{}/{}/_history/{}", v.resource_type, v.id, v.version)), Some(v.version.etag()), Some(v.last_updated.to_fhir()))
+            entry_response(
+                status,
+                Some(format!("{}/{}/_history/{}", v.resource_type, v.id, v.version)),
+                Some(v.version.etag()),
+                Some(v.last_updated.to_fhir()),
+            )
         };
         match entry.method.as_str() {
             "GET" => {
@@ -379,12 +498,17 @@ impl ResourceService {
                 }
                 Ok(response)
             }
-            "POST" => match self.create_resource(caller, entry.resource_type, need_body()?, entry.if_none_exist.as_deref(), None).await? {
+            "POST" => match self
+                .create_resource(caller, entry.resource_type, need_body()?, entry.if_none_exist.as_deref(), None)
+                .await?
+            {
                 CreateOutcome::Created(v) => Ok(located(&v, "201 Created")),
                 CreateOutcome::Existing(v) => Ok(located(&v, "200 OK")),
             },
             "PUT" => {
-                let v = self.update_resource(caller, entry.resource_type, &need_id()?, need_body()?, entry.if_match).await?;
+                let v = self
+                    .update_resource(caller, entry.resource_type, &need_id()?, need_body()?, entry.if_match)
+                    .await?;
                 Ok(located(&v, "200 OK"))
             }
             _ => {

@@ -22,9 +22,8 @@ impl RequestKey {
     /// `request_id` must be a UUID (BaRS); `request` is everything that identifies the request
     /// (method, path, body).
     pub fn new(caller: &Principal, request_id: &str, request: &[&[u8]]) -> Result<Self, ServiceError> {
-        let parsed = uuid::Uuid::parse_str(request_id.trim()).map_err(|_| {
-            ServiceError::invalid(IssueCode::Invalid, "X-Request-ID must be a UUID", None)
-        })?;
+        let parsed = uuid::Uuid::parse_str(request_id.trim())
+            .map_err(|_| ServiceError::invalid(IssueCode::Invalid, "X-Request-ID must be a UUID", None))?;
         let mut hasher = Sha256::new();
         for part in request {
             hasher.update((part.len() as u64).to_be_bytes());

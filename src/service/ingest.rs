@@ -12,7 +12,11 @@ use crate::domain::resource_type::ResourceType;
 /// Checks an incoming resource of the expected type. All value problems are reported at once.
 pub fn check_resource(resource: &Value, expected: ResourceType) -> Result<(), ServiceError> {
     let Some(object) = resource.as_object() else {
-        return Err(ServiceError::invalid(IssueCode::Structure, "the body must be a JSON object holding a FHIR resource", None));
+        return Err(ServiceError::invalid(
+            IssueCode::Structure,
+            "the body must be a JSON object holding a FHIR resource",
+            None,
+        ));
     };
     match object.get("resourceType").and_then(Value::as_str) {
         Some(name) if name == expected.as_str() => {}
@@ -24,7 +28,11 @@ pub fn check_resource(resource: &Value, expected: ResourceType) -> Result<(), Se
             ))
         }
         None => {
-            return Err(ServiceError::invalid(IssueCode::Required, "the body has no resourceType", Some("resourceType")))
+            return Err(ServiceError::invalid(
+                IssueCode::Required,
+                "the body has no resourceType",
+                Some("resourceType"),
+            ))
         }
     }
     if let Err(e) = fhir_format::check_json_structure(resource) {
@@ -52,9 +60,7 @@ pub fn structure_issue(e: fhir_format::FormatError) -> Issue {
 pub fn stamp(resource: &mut Value, id: &ResourceId, version: i64, last_updated: &str) {
     let Some(object) = resource.as_object_mut() else { return };
     object.insert("id".into(), Value::String(id.as_str().to_owned()));
-    let meta = object
-        .entry("meta")
-        .or_insert_with(|| Value::Object(Default::default()));
+    let meta = object.entry("meta").or_insert_with(|| Value::Object(Default::default()));
     if !meta.is_object() {
         *meta = Value::Object(Default::default());
     }

@@ -59,11 +59,9 @@ impl ServiceError {
             ServiceError::Store(StoreError::VersionConflict { resource_type, id }) => {
                 one(409, IssueCode::Conflict, format!("{resource_type}/{id} was changed concurrently; retry"))
             }
-            ServiceError::Store(StoreError::SettleWindowPassed { .. }) => one(
-                503,
-                IssueCode::Transient,
-                "the write took too long to commit; retry".to_owned(),
-            ),
+            ServiceError::Store(StoreError::SettleWindowPassed { .. }) => {
+                one(503, IssueCode::Transient, "the write took too long to commit; retry".to_owned())
+            }
             ServiceError::Store(_) => one(
                 500,
                 IssueCode::Exception,

@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use super::ingest::{check_resource, stamp};
 use super::idempotency::RequestKey;
+use super::ingest::{check_resource, stamp};
 use super::rules::{Pending, Rules};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
@@ -16,8 +16,8 @@ use crate::domain::search_params::extract_index;
 use crate::domain::search_query::{parse_criteria, SearchQuery};
 use crate::domain::tenancy::{derived_visibility, Principal, Visibility};
 use crate::store::{
-    ConditionalClaim, HistoryQuery, Precondition, ResourceWrite, Store, StoreError, StoredVersion,
-    WriteMethod, WriteSet,
+    ConditionalClaim, HistoryQuery, Precondition, ResourceWrite, Store, StoreError, StoredVersion, WriteMethod,
+    WriteSet,
 };
 
 /// How often a write without `If-Match` is retried when another writer got in first.
@@ -69,11 +69,12 @@ impl ResourceService {
             Some((body, method)) => (Some(body), method),
             None => (None, WriteMethod::Delete),
         };
-        let before: Option<Value> = current
-            .filter(|c| !c.deleted)
-            .map(|c| serde_json::from_str(&c.body))
-            .transpose()
-            .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
+        let before: Option<Value> =
+            current
+                .filter(|c| !c.deleted)
+                .map(|c| serde_json::from_str(&c.body))
+                .transpose()
+                .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
         let rules = Rules { store: &self.store, caller, pending, single_open_referral: self.single_open_referral };
         let effects = rules.check(resource_type, &id, before.as_ref(), after.as_mut()).await?;
         let (version, precondition) = match current {
@@ -132,10 +133,8 @@ impl ResourceService {
         let last_updated = Instant::now();
         stamp(&mut resource, &id, version.get(), &last_updated.to_fhir());
         let index = extract_index(resource_type, &resource);
-        let mut visibility: Vec<String> = derived_visibility(resource_type, &resource)
-            .iter()
-            .map(Visibility::key)
-            .collect();
+        let mut visibility: Vec<String> =
+            derived_visibility(resource_type, &resource).iter().map(Visibility::key).collect();
         visibility.sort();
         visibility.dedup();
         let visibility_grants = match method {
@@ -209,7 +208,14 @@ impl ResourceService {
         let Some(criteria) = criteria else {
             for _ in 0..UNCONDITIONAL_RETRIES {
                 let (mut write_set, write) = self
-                    .plan(caller, resource_type, ResourceId::generate(), None, Some((resource.clone(), WriteMethod::Create)), &Pending::new())
+                    .plan(
+                        caller,
+                        resource_type,
+                        ResourceId::generate(),
+                        None,
+                        Some((resource.clone(), WriteMethod::Create)),
+                        &Pending::new(),
+                    )
                     .await?;
                 write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
                 match self.store.commit(write_set).await {
@@ -268,7 +274,14 @@ impl ResourceService {
             }
             let id = ResourceId::generate();
             let (mut write_set, write) = self
-                .plan(caller, resource_type, id.clone(), None, Some((resource.clone(), WriteMethod::Create)), &Pending::new())
+                .plan(
+                    caller,
+                    resource_type,
+                    id.clone(),
+                    None,
+                    Some((resource.clone(), WriteMethod::Create)),
+                    &Pending::new(),
+                )
                 .await?;
             write_set.conditional_claims.push(ConditionalClaim {
                 scope_key: scope_key.clone(),
@@ -426,8 +439,7 @@ impl ResourceService {
                 ))
             }
         }
-        self.write_new_version(caller, resource_type, id, if_match, WriteMethod::Update, |_| Ok(resource.clone()))
-            .await
+        self.write_new_version(caller, resource_type, id, if_match, WriteMethod::Update, |_| Ok(resource.clone())).await
     }
 
     /// `PATCH [type]/[id]` with a JSON Patch document (RFC 6902). The patched resource is
@@ -481,9 +493,8 @@ impl ResourceService {
             if current.deleted {
                 return Ok(());
             }
-            let (write_set, _) = self
-                .plan(caller, resource_type, id.clone(), Some(&current), None, &Pending::new())
-                .await?;
+            let (write_set, _) =
+                self.plan(caller, resource_type, id.clone(), Some(&current), None, &Pending::new()).await?;
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::VersionConflict { .. }) => continue,

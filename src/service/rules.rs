@@ -80,7 +80,8 @@ impl Rules<'_> {
         if let Some(ods) = ods_code_of(reference) {
             return Ok(Some(ods));
         }
-        let Some((target_type, id)) = reference.get("reference").and_then(Value::as_str).and_then(split_reference) else {
+        let Some((target_type, id)) = reference.get("reference").and_then(Value::as_str).and_then(split_reference)
+        else {
             return Ok(None);
         };
         match target_type.as_str() {
@@ -127,10 +128,9 @@ impl Rules<'_> {
                 format!("a CLW service reads {resource_type} resources but does not write them"),
                 resource_type.as_str(),
             )),
-            (T::CarePlan, _) => Err(forbidden(
-                "CarePlans are written by the CLW service that works the referral",
-                "CarePlan",
-            )),
+            (T::CarePlan, _) => {
+                Err(forbidden("CarePlans are written by the CLW service that works the referral", "CarePlan"))
+            }
         }
     }
 
@@ -149,9 +149,7 @@ impl Rules<'_> {
             }
             return Ok(RuleEffects::default());
         };
-        after
-            .as_object_mut()
-            .map(|m| m.insert("lastModified".into(), json!(Instant::now().to_fhir())));
+        after.as_object_mut().map(|m| m.insert("lastModified".into(), json!(Instant::now().to_fhir())));
         let Some(before) = before else {
             return self.check_new_task(id, after).await;
         };
@@ -182,7 +180,10 @@ impl Rules<'_> {
             if before.get("owner") != after.get("owner") {
                 if let Some(ods) = &new_owner {
                     if !self.store.organization_has_role(ods.as_str(), Role::Performer.as_str()).await? {
-                        return Err(unprocessable(format!("the owner {ods} is not a registered CLW service (performer)"), "Task.owner"));
+                        return Err(unprocessable(
+                            format!("the owner {ods} is not a registered CLW service (performer)"),
+                            "Task.owner",
+                        ));
                     }
                     effects.grants.extend(self.referral_grants(after, &Visibility::Organization(ods.clone())).await?);
                     effects.claims.extend(self.open_referral_claim(id, after, ods).await?);
@@ -242,7 +243,9 @@ impl Rules<'_> {
             .and_then(Value::as_str)
             .and_then(split_reference)
             .filter(|(t, _)| t == "ServiceRequest")
-            .ok_or_else(|| unprocessable("a referral Task's focus is its ServiceRequest (ServiceRequest/id)", "Task.focus"))?;
+            .ok_or_else(|| {
+                unprocessable("a referral Task's focus is its ServiceRequest (ServiceRequest/id)", "Task.focus")
+            })?;
         let service_request = self
             .find(ResourceType::ServiceRequest, &focus.1)
             .await?
@@ -264,10 +267,8 @@ impl Rules<'_> {
     async fn referral_grants(&self, task: &Value, to: &Visibility) -> Result<Vec<VisibilityGrant>, ServiceError> {
         let mut targets: Vec<(ResourceType, String)> = Vec::new();
         let mut push_ref = |value: Option<&Value>| {
-            if let Some((t, id)) = value
-                .and_then(|v| v.get("reference"))
-                .and_then(Value::as_str)
-                .and_then(split_reference)
+            if let Some((t, id)) =
+                value.and_then(|v| v.get("reference")).and_then(Value::as_str).and_then(split_reference)
             {
                 if let Ok(t) = ResourceType::parse(&t) {
                     targets.push((t, id));
@@ -276,11 +277,8 @@ impl Rules<'_> {
         };
         push_ref(task.get("focus"));
         push_ref(task.get("for"));
-        if let Some((_, sr_id)) = task
-            .get("focus")
-            .and_then(|f| f.get("reference"))
-            .and_then(Value::as_str)
-            .and_then(split_reference)
+        if let Some((_, sr_id)) =
+            task.get("focus").and_then(|f| f.get("reference")).and_then(Value::as_str).and_then(split_reference)
         {
             if let Some(sr) = self.find(ResourceType::ServiceRequest, &sr_id).await? {
                 for info in sr.get("supportingInfo").and_then(Value::as_array).into_iter().flatten() {
@@ -298,7 +296,11 @@ impl Rules<'_> {
 
     /// The "any performer" visibility that an open Task gave its referral, withdrawn when it is
     /// claimed, unless another open Task still needs it.
-    async fn open_referral_revocations(&self, id: &ResourceId, task: &Value) -> Result<Vec<VisibilityGrant>, ServiceError> {
+    async fn open_referral_revocations(
+        &self,
+        id: &ResourceId,
+        task: &Value,
+    ) -> Result<Vec<VisibilityGrant>, ServiceError> {
         let everyone = Visibility::AnyPerformer;
         let mut revocations = Vec::new();
         for grant in self.referral_grants(task, &everyone).await? {
@@ -309,7 +311,13 @@ impl Rules<'_> {
             };
             let others = self
                 .store
-                .referencing_ids(&TenantScope::Everything, ResourceType::Task, param, grant.resource_type, grant.id.as_str())
+                .referencing_ids(
+                    &TenantScope::Everything,
+                    ResourceType::Task,
+                    param,
+                    grant.resource_type,
+                    grant.id.as_str(),
+                )
                 .await?;
             let mut still_open = false;
             for other in others.iter().filter(|other| *other != id) {
@@ -391,22 +399,35 @@ impl Rules<'_> {
         let Some(after) = after else { return Ok(RuleEffects::default()) };
         let requester = self.organization_of(after.get("requester")).await?;
         if requester.is_none() {
-            return Err(unprocessable("a referral names its requester organisation (ODS code)", "ServiceRequest.requester"));
+            return Err(unprocessable(
+                "a referral names its requester organisation (ODS code)",
+                "ServiceRequest.requester",
+            ));
         }
         if !self.is_caller(requester.as_ref()) {
             return Err(forbidden("a practice sends referrals with itself as requester", "ServiceRequest.requester"));
         }
         let mut effects = RuleEffects::default();
         let revoked = matches!(after.get("status").and_then(Value::as_str), Some("revoked" | "entered-in-error"));
-        let was_revoked = matches!(before.and_then(|b| b.get("status")).and_then(Value::as_str), Some("revoked" | "entered-in-error"));
+        let was_revoked = matches!(
+            before.and_then(|b| b.get("status")).and_then(Value::as_str),
+            Some("revoked" | "entered-in-error")
+        );
         if revoked && !was_revoked && before.is_some() {
             // linkbridge: revoking the referral cancels its open Tasks in the same transaction.
             let tasks = self
                 .store
-                .referencing_ids(&self.caller.scope(), ResourceType::Task, "focus", ResourceType::ServiceRequest, id.as_str())
+                .referencing_ids(
+                    &self.caller.scope(),
+                    ResourceType::Task,
+                    "focus",
+                    ResourceType::ServiceRequest,
+                    id.as_str(),
+                )
                 .await?;
             for task_id in tasks {
-                let Some(current) = self.store.read_current(&self.caller.scope(), ResourceType::Task, &task_id).await? else {
+                let Some(current) = self.store.read_current(&self.caller.scope(), ResourceType::Task, &task_id).await?
+                else {
                     continue;
                 };
                 let Ok(mut task) = serde_json::from_str::<Value>(&current.body) else { continue };
@@ -436,14 +457,22 @@ impl Rules<'_> {
                     .filter_map(|r| r.get("reference").and_then(Value::as_str).and_then(split_reference))
                     .find(|(t, _)| t == "ServiceRequest")
             })
-            .ok_or_else(|| unprocessable("a CarePlan is basedOn the referral (ServiceRequest/id)", "CarePlan.basedOn"))?;
+            .ok_or_else(|| {
+                unprocessable("a CarePlan is basedOn the referral (ServiceRequest/id)", "CarePlan.basedOn")
+            })?;
         let service_request = self
             .find(ResourceType::ServiceRequest, &based_on.1)
             .await?
             .ok_or_else(|| unprocessable(format!("ServiceRequest/{} is not known", based_on.1), "CarePlan.basedOn"))?;
         let tasks = self
             .store
-            .referencing_ids(&self.caller.scope(), ResourceType::Task, "focus", ResourceType::ServiceRequest, &based_on.1)
+            .referencing_ids(
+                &self.caller.scope(),
+                ResourceType::Task,
+                "focus",
+                ResourceType::ServiceRequest,
+                &based_on.1,
+            )
             .await?;
         let mut owns_a_task = false;
         for task_id in tasks {

@@ -47,8 +47,8 @@ use super::ServiceError;
 use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::{
-    parse_search, Cursor, Include, PageDirection, ParseContext, ParsedSearch, SortField, SortKey,
-    SummaryMode, TotalMode,
+    parse_search, Cursor, Include, PageDirection, ParseContext, ParsedSearch, SortField, SortKey, SummaryMode,
+    TotalMode,
 };
 use crate::domain::tenancy::Principal;
 use crate::store::{Position, SearchHit, SearchPage, Store, StoredVersion};
@@ -139,13 +139,8 @@ impl SearchService {
         limits: PageLimits,
     ) -> Result<SearchResult, ServiceError> {
         let now = Instant::now();
-        let context = ParseContext {
-            base_url: request.base_url,
-            strict: request.strict,
-            now,
-        };
-        let parsed =
-            parse_search(resource_type, request.params, &context).map_err(ServiceError::Invalid)?;
+        let context = ParseContext { base_url: request.base_url, strict: request.strict, now };
+        let parsed = parse_search(resource_type, request.params, &context).map_err(ServiceError::Invalid)?;
         let count = u32::try_from(parsed.count.unwrap_or(u64::from(limits.default_count)))
             .unwrap_or(u32::MAX)
             .min(limits.max_count);
@@ -168,19 +163,11 @@ impl SearchService {
             ignored: parsed.ignored.clone(),
         };
         if parsed.summary == SummaryMode::Count {
-            result.total = Some(
-                self.store
-                    .count_matches(&scope, &parsed.query, horizon)
-                    .await?,
-            );
+            result.total = Some(self.store.count_matches(&scope, &parsed.query, horizon).await?);
             return Ok(result);
         }
 
-        let position = parsed.cursor.as_ref().map(|c| Position {
-            direction: c.direction,
-            keys: &c.keys,
-            id: &c.id,
-        });
+        let position = parsed.cursor.as_ref().map(|c| Position { direction: c.direction, keys: &c.keys, id: &c.id });
         let page = SearchPage {
             query: &parsed.query,
             sort: &sort,
@@ -194,10 +181,7 @@ impl SearchService {
         } else {
             self.store.search_page(&scope, &page).await?
         };
-        let backwards = parsed
-            .cursor
-            .as_ref()
-            .is_some_and(|c| c.direction == PageDirection::Before);
+        let backwards = parsed.cursor.as_ref().is_some_and(|c| c.direction == PageDirection::Before);
         let more_beyond = hits.len() > count as usize;
         if more_beyond {
             // Reading backwards, the extra row is the farthest back: the first one.
@@ -226,28 +210,19 @@ impl SearchService {
             _ => None,
         };
         result.total = match parsed.total {
-            TotalMode::Accurate => Some(
-                self.store
-                    .count_matches(&scope, &parsed.query, horizon)
-                    .await?,
-            ),
+            TotalMode::Accurate => Some(self.store.count_matches(&scope, &parsed.query, horizon).await?),
             // The whole result is on this first page: its size is the total, for free.
-            TotalMode::None if parsed.cursor.is_none() && !more_beyond && count > 0 => {
-                Some(hits.len() as u64)
-            }
+            TotalMode::None if parsed.cursor.is_none() && !more_beyond && count > 0 => Some(hits.len() as u64),
             TotalMode::None => None,
         };
         result.matches = hits.into_iter().map(|hit| hit.version).collect();
-        result.included = self
-            .included(caller, &parsed, &result.matches, request.readable)
-            .await?;
+        result.included = self.included(caller, &parsed, &result.matches, request.readable).await?;
         Ok(result)
     }
 
     /// The latest `last_updated` this traversal may return (see the module documentation).
     fn horizon(&self, parsed: &ParsedSearch, sort: &[SortKey], now: Instant) -> Option<Instant> {
-        let settled = parsed.query.uses_last_updated()
-            || sort.iter().any(|k| k.field == SortField::LastUpdated);
+        let settled = parsed.query.uses_last_updated() || sort.iter().any(|k| k.field == SortField::LastUpdated);
         let settle_bound = Instant::from_micros(now.micros() - micros(self.store.settle_window()));
         if let Some(cursor) = &parsed.cursor {
             // The first page fixed the horizon. A cursor cannot see past what a fresh search
@@ -281,10 +256,8 @@ impl SearchService {
         }
         let scope = caller.scope();
         let ids: Vec<&str> = matches.iter().map(|m| m.id.as_str()).collect();
-        let mut seen: HashSet<(ResourceType, String)> = matches
-            .iter()
-            .map(|m| (m.resource_type, m.id.as_str().to_owned()))
-            .collect();
+        let mut seen: HashSet<(ResourceType, String)> =
+            matches.iter().map(|m| (m.resource_type, m.id.as_str().to_owned())).collect();
         let mut included = Vec::new();
         let mut keep = |version: StoredVersion, included: &mut Vec<StoredVersion>| {
             if seen.insert((version.resource_type, version.id.as_str().to_owned())) {
@@ -292,21 +265,11 @@ impl SearchService {
             }
         };
         for include in &parsed.includes {
-            let targets = self
-                .store
-                .reference_targets(include.source, include.param.name, &ids)
-                .await?;
+            let targets = self.store.reference_targets(include.source, include.param.name, &ids).await?;
             for target_type in reachable(include, readable) {
-                let target_ids: Vec<&str> = targets
-                    .iter()
-                    .filter(|(t, _)| t == target_type.as_str())
-                    .map(|(_, id)| id.as_str())
-                    .collect();
-                for version in self
-                    .store
-                    .read_live(&scope, target_type, &target_ids)
-                    .await?
-                {
+                let target_ids: Vec<&str> =
+                    targets.iter().filter(|(t, _)| t == target_type.as_str()).map(|(_, id)| id.as_str()).collect();
+                for version in self.store.read_live(&scope, target_type, &target_ids).await? {
                     keep(version, &mut included);
                 }
             }
@@ -336,11 +299,7 @@ impl SearchService {
 
 /// The target types of an include the caller may read.
 fn reachable(include: &Include, readable: &[ResourceType]) -> Vec<ResourceType> {
-    include
-        .target_types()
-        .into_iter()
-        .filter(|t| readable.contains(t))
-        .collect()
+    include.target_types().into_iter().filter(|t| readable.contains(t)).collect()
 }
 
 /// The order of the traversal: as asked; else by `_lastUpdated` when the search tests it (the
@@ -351,10 +310,7 @@ fn effective_sort(parsed: &ParsedSearch) -> Vec<SortKey> {
         return parsed.sort.clone();
     }
     if parsed.query.uses_last_updated() {
-        return vec![SortKey {
-            field: SortField::LastUpdated,
-            descending: false,
-        }];
+        return vec![SortKey { field: SortField::LastUpdated, descending: false }];
     }
     Vec::new()
 }

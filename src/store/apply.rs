@@ -178,13 +178,11 @@ async fn apply_resource_write(
                 return Err(conflict());
             }
             for table in ["idx_token", "idx_reference", "idx_date", "idx_string"] {
-                sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE resource_type = $1 AND id = $2"
-                ))
-                .bind(write.resource_type.as_str())
-                .bind(write.id.as_str())
-                .execute(&mut *conn)
-                .await?;
+                sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND id = $2"))
+                    .bind(write.resource_type.as_str())
+                    .bind(write.id.as_str())
+                    .execute(&mut *conn)
+                    .await?;
             }
         }
     }
@@ -229,10 +227,7 @@ struct RowArgs {
 impl RowArgs {
     fn new(write: &ResourceWrite) -> Self {
         RowArgs {
-            values: vec![
-                Some(write.resource_type.as_str().to_owned()),
-                Some(write.id.as_str().to_owned()),
-            ],
+            values: vec![Some(write.resource_type.as_str().to_owned()), Some(write.id.as_str().to_owned())],
             numbers: Vec::new(),
         }
     }

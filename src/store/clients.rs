@@ -75,10 +75,8 @@ impl Store {
 
     /// Removes a registration; answers whether there was one.
     pub async fn remove_client(&self, client_id: &str) -> Result<bool, StoreError> {
-        let result = sqlx::query("DELETE FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .execute(self.pool())
-            .await?;
+        let result =
+            sqlx::query("DELETE FROM clients WHERE client_id = $1").bind(client_id).execute(self.pool()).await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -114,7 +112,11 @@ impl Store {
 
 impl Store {
     /// The record of an earlier request with this client's X-Request-ID: (body hash, outcome).
-    pub async fn find_request(&self, client_id: &str, request_id: &str) -> Result<Option<(String, String)>, StoreError> {
+    pub async fn find_request(
+        &self,
+        client_id: &str,
+        request_id: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
         let row = sqlx::query("SELECT body_hash, outcome FROM request_ids WHERE client_id = $1 AND request_id = $2")
             .bind(client_id)
             .bind(request_id)

@@ -37,9 +37,7 @@ impl DatabaseUrl {
             let path = path.split('?').next().unwrap_or(path);
             Ok(DatabaseUrl::Sqlite(path.into()))
         } else {
-            Err(StoreError::Config(
-                "the database URL must start with postgres://, postgresql:// or sqlite:".to_owned(),
-            ))
+            Err(StoreError::Config("the database URL must start with postgres://, postgresql:// or sqlite:".to_owned()))
         }
     }
 
@@ -88,9 +86,8 @@ impl Store {
 
 async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::Config(format!("cannot create data directory {}: {e}", parent.display()))
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Config(format!("cannot create data directory {}: {e}", parent.display())))?;
     }
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
@@ -113,9 +110,7 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
             pool,
-            backend: Backend::Sqlite {
-                writer: SqliteWriter::start(writer_conn, settings.settle_window),
-            },
+            backend: Backend::Sqlite { writer: SqliteWriter::start(writer_conn, settings.settle_window) },
             settle_window: settings.settle_window,
         }),
     })

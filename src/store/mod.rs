@@ -12,8 +12,8 @@
 mod apply;
 mod audit;
 mod clients;
-mod links;
 mod connect;
+mod links;
 mod reads;
 mod search;
 mod sqlite_writer;

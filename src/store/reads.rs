@@ -75,8 +75,8 @@ pub(super) fn bind_error(e: impl std::fmt::Display) -> StoreError {
 
 pub(super) fn version_from_row(row: &AnyRow) -> Result<StoredVersion, StoreError> {
     let type_name: String = row.try_get("resource_type")?;
-    let resource_type = ResourceType::parse(&type_name)
-        .map_err(|e| StoreError::Config(format!("unknown type in database: {e}")))?;
+    let resource_type =
+        ResourceType::parse(&type_name).map_err(|e| StoreError::Config(format!("unknown type in database: {e}")))?;
     let id: String = row.try_get("id")?;
     let id = ResourceId::parse(&id).map_err(|e| StoreError::Config(format!("bad id in database: {e}")))?;
     let method: String = row.try_get("method")?;

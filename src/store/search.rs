@@ -17,8 +17,8 @@ use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::{ParamKind, SearchParam};
 use crate::domain::search_query::{
-    Clause, DatePrefix, PageDirection, ParamRef, Predicate, SearchQuery, SortField, SortKey,
-    SortValue, StringMatch, SystemMatch,
+    Clause, DatePrefix, PageDirection, ParamRef, Predicate, SearchQuery, SortField, SortKey, SortValue, StringMatch,
+    SystemMatch,
 };
 use crate::domain::tenancy::TenantScope;
 
@@ -66,10 +66,7 @@ struct Sql {
 
 impl Sql {
     fn new() -> Self {
-        Sql {
-            args: AnyArguments::default(),
-            next: 1,
-        }
+        Sql { args: AnyArguments::default(), next: 1 }
     }
 
     fn placeholder(&mut self) -> String {
@@ -89,9 +86,7 @@ impl Sql {
     }
 
     fn list<'v>(&mut self, values: impl Iterator<Item = &'v str>) -> Result<String, StoreError> {
-        let placeholders = values
-            .map(|v| self.text(v))
-            .collect::<Result<Vec<_>, _>>()?;
+        let placeholders = values.map(|v| self.text(v)).collect::<Result<Vec<_>, _>>()?;
         Ok(placeholders.join(", "))
     }
 }
@@ -133,9 +128,7 @@ fn token_sql(
     match system {
         SystemMatch::Any => {}
         SystemMatch::None => conditions.push(format!("{system_column} IS NULL")),
-        SystemMatch::Exactly(s) => {
-            conditions.push(format!("{system_column} = {}", sql.text(s.as_str())?))
-        }
+        SystemMatch::Exactly(s) => conditions.push(format!("{system_column} = {}", sql.text(s.as_str())?)),
     }
     if conditions.is_empty() {
         conditions.push("1 = 1".to_owned());
@@ -154,11 +147,7 @@ fn date_sql(
     high: i64,
 ) -> Result<String, StoreError> {
     let contained = |sql: &mut Sql| -> Result<String, StoreError> {
-        Ok(format!(
-            "({low_col} >= {} AND {high_col} <= {})",
-            sql.int(low)?,
-            sql.int(high)?
-        ))
+        Ok(format!("({low_col} >= {} AND {high_col} <= {})", sql.int(low)?, sql.int(high)?))
     };
     Ok(match prefix {
         // The value's range lies within the search value's range.
@@ -174,11 +163,7 @@ fn date_sql(
         DatePrefix::Sa => format!("{low_col} > {}", sql.int(high)?),
         DatePrefix::Eb => format!("{high_col} < {}", sql.int(low)?),
         // Overlaps the widened range.
-        DatePrefix::Ap => format!(
-            "({low_col} <= {} AND {high_col} >= {})",
-            sql.int(high)?,
-            sql.int(low)?
-        ),
+        DatePrefix::Ap => format!("({low_col} <= {} AND {high_col} >= {})", sql.int(high)?, sql.int(low)?),
     })
 }
 
@@ -186,58 +171,34 @@ fn date_sql(
 fn index_condition(sql: &mut Sql, predicate: &Predicate) -> Result<Option<String>, StoreError> {
     Ok(Some(match predicate {
         Predicate::Present => return Ok(None),
-        Predicate::Token { system, code } => {
-            token_sql(sql, "x.system", "x.code", system, code.as_deref())?
-        }
+        Predicate::Token { system, code } => token_sql(sql, "x.system", "x.code", system, code.as_deref())?,
         Predicate::TokenText(text) => {
             // `:text` is a string search on the display text; the index keeps it as written,
             // so both sides are folded. LOWER folds ASCII on SQLite, all letters on PostgreSQL.
             let pattern = format!("%{}%", like_escape(text));
-            format!(
-                "LOWER(x.text) LIKE LOWER({}) ESCAPE '\\'",
-                sql.text(pattern)?
-            )
+            format!("LOWER(x.text) LIKE LOWER({}) ESCAPE '\\'", sql.text(pattern)?)
         }
-        Predicate::Reference {
-            target_type,
-            target_id,
-        } => {
+        Predicate::Reference { target_type, target_id } => {
             let mut c = format!("x.target_id = {}", sql.text(target_id.as_str())?);
             if let Some(t) = target_type {
                 c.push_str(&format!(" AND x.target_type = {}", sql.text(t.as_str())?));
             }
             c
         }
-        Predicate::ReferenceIdentifier { system, value } => token_sql(
-            sql,
-            "x.identifier_system",
-            "x.identifier_value",
-            system,
-            Some(value),
-        )?,
-        Predicate::Date { prefix, low, high } => {
-            date_sql(sql, "x.low", "x.high", *prefix, *low, *high)?
+        Predicate::ReferenceIdentifier { system, value } => {
+            token_sql(sql, "x.identifier_system", "x.identifier_value", system, Some(value))?
         }
+        Predicate::Date { prefix, low, high } => date_sql(sql, "x.low", "x.high", *prefix, *low, *high)?,
         Predicate::String { mode, value } => match mode {
             StringMatch::Exact => format!("x.exact = {}", sql.text(value.as_str())?),
             StringMatch::StartsWith => {
-                format!(
-                    "x.value LIKE {} ESCAPE '\\'",
-                    sql.text(format!("{}%", like_escape(value)))?
-                )
+                format!("x.value LIKE {} ESCAPE '\\'", sql.text(format!("{}%", like_escape(value)))?)
             }
             StringMatch::Contains => {
-                format!(
-                    "x.value LIKE {} ESCAPE '\\'",
-                    sql.text(format!("%{}%", like_escape(value)))?
-                )
+                format!("x.value LIKE {} ESCAPE '\\'", sql.text(format!("%{}%", like_escape(value)))?)
             }
         },
-        Predicate::Id(_) => {
-            return Err(StoreError::Config(
-                "an _id value on an indexed parameter".to_owned(),
-            ))
-        }
+        Predicate::Id(_) => return Err(StoreError::Config("an _id value on an indexed parameter".to_owned())),
     }))
 }
 
@@ -251,50 +212,32 @@ fn predicate_sql(
         (ParamRef::Id, Predicate::Id(id)) => Ok(format!("r.id = {}", sql.text(id.as_str())?)),
         (ParamRef::LastUpdated, Predicate::Date { prefix, low, high }) => {
             // meta.lastUpdated is an instant: its range is the one microsecond stored.
-            date_sql(
-                sql,
-                "r.last_updated",
-                "r.last_updated",
-                *prefix,
-                *low,
-                *high,
-            )
+            date_sql(sql, "r.last_updated", "r.last_updated", *prefix, *low, *high)
         }
         (ParamRef::Registered(p), predicate) => {
             let table = index_table(p.kind);
             let type_placeholder = sql.text(resource_type.as_str())?;
             let param_placeholder = sql.text(p.name)?;
-            let condition = index_condition(sql, predicate)?
-                .map(|c| format!(" AND {c}"))
-                .unwrap_or_default();
+            let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
             Ok(format!(
                 "r.id IN (SELECT x.id FROM {table} x WHERE x.resource_type = {type_placeholder} \
                  AND x.param = {param_placeholder}{condition})"
             ))
         }
-        (param, predicate) => Err(StoreError::Config(format!(
-            "the predicate {predicate:?} does not apply to {}",
-            param.name()
-        ))),
+        (param, predicate) => {
+            Err(StoreError::Config(format!("the predicate {predicate:?} does not apply to {}", param.name())))
+        }
     }
 }
 
-fn clause_sql(
-    sql: &mut Sql,
-    resource_type: ResourceType,
-    clause: &Clause,
-) -> Result<String, StoreError> {
+fn clause_sql(sql: &mut Sql, resource_type: ResourceType, clause: &Clause) -> Result<String, StoreError> {
     let alternatives = clause
         .any_of
         .iter()
         .map(|p| predicate_sql(sql, resource_type, clause.param, p))
         .collect::<Result<Vec<_>, _>>()?;
     let any = format!("({})", alternatives.join(" OR "));
-    Ok(if clause.negated {
-        format!("NOT {any}")
-    } else {
-        any
-    })
+    Ok(if clause.negated { format!("NOT {any}") } else { any })
 }
 
 /// How selective a single positive alternative is likely to be, best first; `None` for
@@ -304,10 +247,7 @@ fn driver_rank(predicate: &Predicate) -> Option<u8> {
         Predicate::Reference { .. } => Some(0),
         Predicate::ReferenceIdentifier { .. } => Some(1),
         Predicate::Token { code: Some(_), .. } => Some(2),
-        Predicate::String {
-            mode: StringMatch::Exact,
-            ..
-        } => Some(3),
+        Predicate::String { mode: StringMatch::Exact, .. } => Some(3),
         _ => None,
     }
 }
@@ -322,9 +262,7 @@ fn driver_clause(query: &SearchQuery) -> Option<usize> {
         .clauses
         .iter()
         .enumerate()
-        .filter(|(_, c)| {
-            !c.negated && c.any_of.len() == 1 && matches!(c.param, ParamRef::Registered(_))
-        })
+        .filter(|(_, c)| !c.negated && c.any_of.len() == 1 && matches!(c.param, ParamRef::Registered(_)))
         .filter_map(|(i, c)| driver_rank(&c.any_of[0]).map(|rank| (rank, i)))
         .min()
         .map(|(_, i)| i)
@@ -343,26 +281,16 @@ fn from_and_filter(
 ) -> Result<(String, Vec<String>), StoreError> {
     let driver = if drive { driver_clause(query) } else { None };
     let mut from = "resources r".to_owned();
-    let mut conditions = vec![
-        format!(
-            "r.resource_type = {}",
-            sql.text(query.resource_type.as_str())?
-        ),
-        "r.deleted = 0".to_owned(),
-    ];
+    let mut conditions =
+        vec![format!("r.resource_type = {}", sql.text(query.resource_type.as_str())?), "r.deleted = 0".to_owned()];
     for (i, clause) in query.clauses.iter().enumerate() {
         if Some(i) == driver {
-            let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice())
-            else {
-                return Err(StoreError::Config(
-                    "the driving clause is not a single indexed test".to_owned(),
-                ));
+            let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
+                return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
             };
             let type_placeholder = sql.text(query.resource_type.as_str())?;
             let param_placeholder = sql.text(p.name)?;
-            let condition = index_condition(sql, predicate)?
-                .map(|c| format!(" AND {c}"))
-                .unwrap_or_default();
+            let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
             from = format!(
                 "(SELECT DISTINCT x.id FROM {} x WHERE x.resource_type = {type_placeholder} \
                  AND x.param = {param_placeholder}{condition}) d CROSS JOIN resources r",
@@ -404,9 +332,7 @@ fn sort_param_expression(sql: &mut Sql, p: &SearchParam) -> Result<String, Store
         ParamKind::Token => ("x.code", sql.text("")?),
         ParamKind::String => ("x.value", sql.text("")?),
         ParamKind::Date => ("x.low", sql.int(NO_DATE)?),
-        ParamKind::Reference => {
-            return Err(StoreError::Config("sorting by a reference".to_owned()))
-        }
+        ParamKind::Reference => return Err(StoreError::Config("sorting by a reference".to_owned())),
     };
     let table = index_table(p.kind);
     let name = sql.text(p.name)?;
@@ -427,10 +353,7 @@ fn full_order(sort: &[SortKey]) -> Vec<SortKey> {
         }
     }
     let descending = sort.first().is_some_and(|k| k.descending);
-    order.push(SortKey {
-        field: SortField::Id,
-        descending,
-    });
+    order.push(SortKey { field: SortField::Id, descending });
     order
 }
 
@@ -443,21 +366,11 @@ fn bind_value(sql: &mut Sql, value: &SortValue) -> Result<String, StoreError> {
 
 /// The keyset condition "strictly after (before) the position" in the order:
 /// `k1 > v1 OR (k1 = v1 AND k2 > v2) OR …`, with `<` for descending keys.
-fn keyset_condition(
-    sql: &mut Sql,
-    order: &[SortKey],
-    position: &Position<'_>,
-) -> Result<String, StoreError> {
+fn keyset_condition(sql: &mut Sql, order: &[SortKey], position: &Position<'_>) -> Result<String, StoreError> {
     let id_value = SortValue::Text(position.id.to_owned());
-    let values: Vec<&SortValue> = position
-        .keys
-        .iter()
-        .chain(std::iter::once(&id_value))
-        .collect();
+    let values: Vec<&SortValue> = position.keys.iter().chain(std::iter::once(&id_value)).collect();
     if values.len() != order.len() {
-        return Err(StoreError::Config(
-            "the cursor does not fit the sort order".to_owned(),
-        ));
+        return Err(StoreError::Config("the cursor does not fit the sort order".to_owned()));
     }
     let mut alternatives = Vec::new();
     for i in 0..order.len() {
@@ -475,11 +388,7 @@ fn keyset_condition(
     // The first key's bound on its own lets the planner use an index range on it.
     let forward = order[0].descending == (position.direction == PageDirection::Before);
     let e = sort_expression(sql, order[0].field)?;
-    let bound = format!(
-        "{e} {} {}",
-        if forward { ">=" } else { "<=" },
-        bind_value(sql, values[0])?
-    );
+    let bound = format!("{e} {} {}", if forward { ">=" } else { "<=" }, bind_value(sql, values[0])?);
     Ok(format!("{bound} AND ({})", alternatives.join(" OR ")))
 }
 
@@ -495,27 +404,17 @@ fn page_statement(
     for (i, key) in keys.iter().enumerate() {
         select.push(format!("{} AS k{i}", sort_expression(sql, key.field)?));
     }
-    let by_last_updated = page.query.uses_last_updated()
-        || page
-            .sort
-            .first()
-            .is_some_and(|k| k.field == SortField::LastUpdated);
-    let (from, mut conditions) =
-        from_and_filter(sql, scope, page.query, page.horizon, !by_last_updated)?;
+    let by_last_updated =
+        page.query.uses_last_updated() || page.sort.first().is_some_and(|k| k.field == SortField::LastUpdated);
+    let (from, mut conditions) = from_and_filter(sql, scope, page.query, page.horizon, !by_last_updated)?;
     if let Some(position) = &page.position {
         conditions.push(keyset_condition(sql, &order, position)?);
     }
-    let reverse = page
-        .position
-        .is_some_and(|p| p.direction == PageDirection::Before);
+    let reverse = page.position.is_some_and(|p| p.direction == PageDirection::Before);
     let mut order_by = Vec::new();
     for key in &order {
         let descending = key.descending != reverse;
-        order_by.push(format!(
-            "{} {}",
-            sort_expression(sql, key.field)?,
-            if descending { "DESC" } else { "ASC" }
-        ));
+        order_by.push(format!("{} {}", sort_expression(sql, key.field)?, if descending { "DESC" } else { "ASC" }));
     }
     let limit = sql.int(i64::from(page.limit))?;
     let text = format!(
@@ -547,24 +446,12 @@ fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError>
 impl Store {
     /// One page of live resources matching the query, in the caller's tenancy, in the order
     /// asked for (reversed back to it when read backwards from a `previous` cursor).
-    pub async fn search_page(
-        &self,
-        scope: &TenantScope,
-        page: &SearchPage<'_>,
-    ) -> Result<Vec<SearchHit>, StoreError> {
+    pub async fn search_page(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<SearchHit>, StoreError> {
         let mut sql = Sql::new();
         let (text, keys) = page_statement(&mut sql, scope, page)?;
-        let rows = sqlx::query_with(&text, sql.args)
-            .fetch_all(self.pool())
-            .await?;
-        let mut hits = rows
-            .iter()
-            .map(|row| hit_from_row(row, &keys))
-            .collect::<Result<Vec<_>, _>>()?;
-        if page
-            .position
-            .is_some_and(|p| p.direction == PageDirection::Before)
-        {
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
+        let mut hits = rows.iter().map(|row| hit_from_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
+        if page.position.is_some_and(|p| p.direction == PageDirection::Before) {
             hits.reverse();
         }
         Ok(hits)
@@ -578,15 +465,9 @@ impl Store {
         horizon: Option<Instant>,
     ) -> Result<u64, StoreError> {
         let mut sql = Sql::new();
-        let (from, conditions) =
-            from_and_filter(&mut sql, scope, query, horizon, !query.uses_last_updated())?;
-        let text = format!(
-            "SELECT COUNT(*) FROM {from} WHERE {}",
-            conditions.join(" AND ")
-        );
-        let row = sqlx::query_with(&text, sql.args)
-            .fetch_one(self.pool())
-            .await?;
+        let (from, conditions) = from_and_filter(&mut sql, scope, query, horizon, !query.uses_last_updated())?;
+        let text = format!("SELECT COUNT(*) FROM {from} WHERE {}", conditions.join(" AND "));
+        let row = sqlx::query_with(&text, sql.args).fetch_one(self.pool()).await?;
         let count: i64 = row.try_get(0)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
@@ -594,27 +475,17 @@ impl Store {
     /// The database's plan for a page query, one line per plan node (`EXPLAIN QUERY PLAN` on
     /// SQLite, `EXPLAIN` on PostgreSQL with sequential scans priced out, so that a plan still
     /// holding one has no index to use). For the plan regression tests and for operators.
-    pub async fn explain_search(
-        &self,
-        scope: &TenantScope,
-        page: &SearchPage<'_>,
-    ) -> Result<Vec<String>, StoreError> {
+    pub async fn explain_search(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<String>, StoreError> {
         let mut sql = Sql::new();
         let (text, _) = page_statement(&mut sql, scope, page)?;
         let mut tx = self.pool().begin().await?;
         let rows = match self.kind() {
             BackendKind::Sqlite => {
-                sqlx::query_with(&format!("EXPLAIN QUERY PLAN {text}"), sql.args)
-                    .fetch_all(&mut *tx)
-                    .await?
+                sqlx::query_with(&format!("EXPLAIN QUERY PLAN {text}"), sql.args).fetch_all(&mut *tx).await?
             }
             BackendKind::Postgres => {
-                sqlx::query("SET LOCAL enable_seqscan = off")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query_with(&format!("EXPLAIN {text}"), sql.args)
-                    .fetch_all(&mut *tx)
-                    .await?
+                sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+                sqlx::query_with(&format!("EXPLAIN {text}"), sql.args).fetch_all(&mut *tx).await?
             }
         };
         tx.rollback().await?;
@@ -622,9 +493,7 @@ impl Store {
             BackendKind::Sqlite => 3,
             BackendKind::Postgres => 0,
         };
-        rows.iter()
-            .map(|row| Ok(row.try_get::<String, _>(column)?))
-            .collect()
+        rows.iter().map(|row| Ok(row.try_get::<String, _>(column)?)).collect()
     }
 
     /// Ids of live resources matching every clause, at most `limit` of them (conditional
@@ -635,13 +504,7 @@ impl Store {
         query: &SearchQuery,
         limit: u32,
     ) -> Result<Vec<ResourceId>, StoreError> {
-        let page = SearchPage {
-            query,
-            sort: &[],
-            horizon: None,
-            position: None,
-            limit,
-        };
+        let page = SearchPage { query, sort: &[], horizon: None, position: None, limit };
         let hits = self.search_page(scope, &page).await?;
         Ok(hits.into_iter().map(|hit| hit.version.id).collect())
     }
@@ -666,12 +529,8 @@ impl Store {
             "SELECT DISTINCT x.target_type, x.target_id FROM idx_reference x WHERE x.resource_type = {type_placeholder} \
              AND x.id IN ({list}) AND x.param = {param_placeholder} AND x.target_id IS NOT NULL AND x.target_type IS NOT NULL"
         );
-        let rows = sqlx::query_with(&text, sql.args)
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?)))
-            .collect()
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
+        rows.iter().map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?))).collect()
     }
 
     /// The live resources of one type among `ids` that the caller may see.
@@ -693,9 +552,7 @@ impl Store {
              AND r.deleted = 0 AND r.id IN ({list}) AND {} ORDER BY r.id",
             filter.sql
         );
-        let rows = sqlx::query_with(&text, sql.args)
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
         rows.iter().map(version_from_row).collect()
     }
 
@@ -728,9 +585,7 @@ impl Store {
              AND {} ORDER BY r.id LIMIT {limit}",
             filter.sql
         );
-        let rows = sqlx::query_with(&text, sql.args)
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
         rows.iter().map(version_from_row).collect()
     }
 }
@@ -746,37 +601,14 @@ mod tests {
 
     #[test]
     fn the_order_ends_with_the_id_and_nothing_after_it() {
-        let last = SortKey {
-            field: SortField::LastUpdated,
-            descending: true,
-        };
-        let id = SortKey {
-            field: SortField::Id,
-            descending: false,
-        };
+        let last = SortKey { field: SortField::LastUpdated, descending: true };
+        let id = SortKey { field: SortField::Id, descending: false };
         assert_eq!(
             full_order(&[last]),
-            vec![
-                last,
-                SortKey {
-                    field: SortField::Id,
-                    descending: true
-                }
-            ],
+            vec![last, SortKey { field: SortField::Id, descending: true }],
             "tie-breaker follows the first key"
         );
-        assert_eq!(
-            full_order(&[id, last]),
-            vec![id],
-            "nothing sorts after the unique id"
-        );
-        assert_eq!(
-            full_order(&[]),
-            vec![SortKey {
-                field: SortField::Id,
-                descending: false
-            }],
-            "default: by id"
-        );
+        assert_eq!(full_order(&[id, last]), vec![id], "nothing sorts after the unique id");
+        assert_eq!(full_order(&[]), vec![SortKey { field: SortField::Id, descending: false }], "default: by id");
     }
 }

@@ -22,10 +22,7 @@ const MAX_BATCH: usize = 512;
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 enum Message {
-    Write {
-        write_set: WriteSet,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
+    Write { write_set: WriteSet, reply: oneshot::Sender<Result<(), StoreError>> },
 }
 
 pub(super) struct SqliteWriter {
@@ -39,19 +36,12 @@ impl SqliteWriter {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
         let (closed, closed_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(run(conn, receiver, closed_rx, settle_window));
-        SqliteWriter {
-            sender,
-            task: Mutex::new(Some(task)),
-            closed,
-        }
+        SqliteWriter { sender, task: Mutex::new(Some(task)), closed }
     }
 
     pub(super) async fn submit(&self, write_set: WriteSet) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Message::Write { write_set, reply })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
+        self.sender.send(Message::Write { write_set, reply }).await.map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -101,8 +91,7 @@ async fn run(
 }
 
 async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_window: Duration) {
-    let mut outcomes: Vec<(Reply, Result<(), StoreError>)> =
-        Vec::with_capacity(batch.len());
+    let mut outcomes: Vec<(Reply, Result<(), StoreError>)> = Vec::with_capacity(batch.len());
     if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
         tracing::error!(error = %e, "sqlite writer could not begin a transaction");
         for Message::Write { reply, .. } in batch {

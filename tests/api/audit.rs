@@ -8,7 +8,8 @@ use crate::fixtures::patient;
 use crate::helpers::{json_of, spawn_app, Party, TestApp};
 
 async fn events_about(app: &TestApp, entity: &str) -> Vec<Value> {
-    let (status, bundle) = json_of(app.get(Party::Operator, &format!("/AuditEvent?entity={entity}&_count=100")).await).await;
+    let (status, bundle) =
+        json_of(app.get(Party::Operator, &format!("/AuditEvent?entity={entity}&_count=100")).await).await;
     assert_eq!(status, 200, "{bundle}");
     bundle["entry"].as_array().expect("entries").iter().map(|e| e["resource"].clone()).collect()
 }

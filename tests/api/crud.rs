@@ -64,7 +64,8 @@ async fn an_id_in_a_created_body_is_replaced_by_the_servers() {
 #[tokio::test]
 async fn the_prefer_header_chooses_what_a_write_returns() {
     let app = spawn_app().await;
-    let cases = [("return=minimal", ""), ("return=representation", "Patient"), ("return=OperationOutcome", "OperationOutcome")];
+    let cases =
+        [("return=minimal", ""), ("return=representation", "Patient"), ("return=OperationOutcome", "OperationOutcome")];
     for (prefer, expected_type) in cases {
         let response = app
             .as_party(Party::Gp, Method::POST, "/Patient")
@@ -170,7 +171,17 @@ async fn an_update_whose_body_id_disagrees_with_the_url_is_refused() {
     missing.as_object_mut().map(|m| m.remove("id"));
     let (status, _) = json_of(put(&app, Party::Gp, &path, &missing, None).await).await;
     assert_eq!(status, 400, "an update needs the id");
-    let (status, _) = json_of(put(&app, Party::Gp, "/Patient/never-created", &json!({"resourceType": "Patient", "id": "never-created"}), None).await).await;
+    let (status, _) = json_of(
+        put(
+            &app,
+            Party::Gp,
+            "/Patient/never-created",
+            &json!({"resourceType": "Patient", "id": "never-created"}),
+            None,
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 404, "update does not create");
 }
 
@@ -200,7 +211,8 @@ async fn json_patch_moves_a_resource_and_refuses_what_would_make_it_invalid() {
     let sr = app.created(Party::Gp, &service_request(&patient_id, "GP0001", "CLW001")).await;
     let path = format!("/ServiceRequest/{}", sr["id"].as_str().expect("id"));
 
-    let response = patch(&app, &path, &json!([{"op": "replace", "path": "/status", "value": "on-hold"}]), Some("W/\"1\"")).await;
+    let response =
+        patch(&app, &path, &json!([{"op": "replace", "path": "/status", "value": "on-hold"}]), Some("W/\"1\"")).await;
     let (status, patched) = json_of(response).await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["status"], "on-hold");
@@ -218,7 +230,8 @@ async fn json_patch_moves_a_resource_and_refuses_what_would_make_it_invalid() {
         assert_eq!(status, expected, "{why}: {outcome}");
         assert_eq!(outcome["resourceType"], "OperationOutcome", "{why}");
     }
-    let stale = patch(&app, &path, &json!([{"op": "replace", "path": "/status", "value": "active"}]), Some("W/\"1\"")).await;
+    let stale =
+        patch(&app, &path, &json!([{"op": "replace", "path": "/status", "value": "active"}]), Some("W/\"1\"")).await;
     assert_eq!(stale.status(), 412, "patch honours If-Match");
     let wrong_type = app
         .as_party(Party::Gp, Method::PATCH, &path)
@@ -311,7 +324,8 @@ async fn type_history_pages_with_next_links_and_honours_since() {
         .and_then(|l| l["url"].as_str())
         .expect("a next link")
         .to_owned();
-    let mut seen: Vec<String> = page1["entry"].as_array().expect("e").iter().map(|e| e["fullUrl"].to_string()).collect();
+    let mut seen: Vec<String> =
+        page1["entry"].as_array().expect("e").iter().map(|e| e["fullUrl"].to_string()).collect();
     let mut url = Some(next);
     while let Some(next_url) = url {
         let path = next_url.strip_prefix(&app.address).expect("link on this server").to_owned();

@@ -28,14 +28,44 @@ async fn malformed_bodies_are_refused_with_an_outcome_that_says_where() {
         (String::new(), 400, None, "empty body"),
         ("[]".into(), 400, None, "not an object"),
         (json!({"name": [{"family": "X"}]}).to_string(), 400, Some("resourceType"), "no resourceType"),
-        (json!({"resourceType": "Task", "status": "requested"}).to_string(), 400, Some("resourceType"), "wrong type for the endpoint"),
-        (json!({"resourceType": "Patient", "favouriteColour": "blue"}).to_string(), 400, Some("Patient.favouriteColour"), "unknown element"),
+        (
+            json!({"resourceType": "Task", "status": "requested"}).to_string(),
+            400,
+            Some("resourceType"),
+            "wrong type for the endpoint",
+        ),
+        (
+            json!({"resourceType": "Patient", "favouriteColour": "blue"}).to_string(),
+            400,
+            Some("Patient.favouriteColour"),
+            "unknown element",
+        ),
         (json!({"resourceType": "Patient", "gender": 7}).to_string(), 400, Some("Patient.gender"), "wrong JSON type"),
-        (json!({"resourceType": "Patient", "name": {"family": "X"}}).to_string(), 400, Some("Patient.name"), "object where an array belongs"),
+        (
+            json!({"resourceType": "Patient", "name": {"family": "X"}}).to_string(),
+            400,
+            Some("Patient.name"),
+            "object where an array belongs",
+        ),
         (deep, 400, None, "deeply nested JSON"),
-        (json!({"resourceType": "Patient", "birthDate": "2024-02-30"}).to_string(), 400, Some("Patient.birthDate"), "a date that does not exist"),
-        (json!({"resourceType": "Patient", "gender": "bogus"}).to_string(), 400, Some("Patient.gender"), "a code outside a required binding"),
-        (json!({"resourceType": "Patient", "active": "true"}).to_string(), 400, Some("Patient.active"), "a boolean as a string"),
+        (
+            json!({"resourceType": "Patient", "birthDate": "2024-02-30"}).to_string(),
+            400,
+            Some("Patient.birthDate"),
+            "a date that does not exist",
+        ),
+        (
+            json!({"resourceType": "Patient", "gender": "bogus"}).to_string(),
+            400,
+            Some("Patient.gender"),
+            "a code outside a required binding",
+        ),
+        (
+            json!({"resourceType": "Patient", "active": "true"}).to_string(),
+            400,
+            Some("Patient.active"),
+            "a boolean as a string",
+        ),
     ];
     for (body, status, expression, why) in cases {
         let (got, outcome) = post_raw(&app, "/Patient", "application/fhir+json", body).await;
@@ -102,10 +132,16 @@ async fn the_capability_statement_lists_every_served_type_and_its_interactions()
     let types: Vec<&str> = resources.iter().filter_map(|r| r["type"].as_str()).filter(|t| *t != "AuditEvent").collect();
     let served: Vec<&str> = linkbridge::domain::resource_type::ResourceType::ALL.iter().map(|t| t.as_str()).collect();
     assert_eq!(types, served, "generated from the router's registry");
-    let system: Vec<&str> = capability["rest"][0]["interaction"].as_array().expect("system").iter().filter_map(|i| i["code"].as_str()).collect();
+    let system: Vec<&str> = capability["rest"][0]["interaction"]
+        .as_array()
+        .expect("system")
+        .iter()
+        .filter_map(|i| i["code"].as_str())
+        .collect();
     assert_eq!(system, vec!["transaction", "batch"]);
     for resource in resources.iter().filter(|r| r["type"] != "AuditEvent") {
-        let interactions: Vec<&str> = resource["interaction"].as_array().expect("i").iter().filter_map(|i| i["code"].as_str()).collect();
+        let interactions: Vec<&str> =
+            resource["interaction"].as_array().expect("i").iter().filter_map(|i| i["code"].as_str()).collect();
         for expected in ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"] {
             assert!(interactions.contains(&expected), "{} lacks {expected}", resource["type"]);
         }
@@ -131,12 +167,8 @@ async fn a_task_with_a_bogus_status_and_an_impossible_date_is_refused_with_both_
     });
     let (status, outcome) = post_raw(&app, "/Task", "application/fhir+json", task.to_string()).await;
     assert_eq!(status, 400, "{outcome}");
-    let expressions: Vec<&str> = outcome["issue"]
-        .as_array()
-        .expect("issues")
-        .iter()
-        .filter_map(|i| i["expression"][0].as_str())
-        .collect();
+    let expressions: Vec<&str> =
+        outcome["issue"].as_array().expect("issues").iter().filter_map(|i| i["expression"][0].as_str()).collect();
     assert!(expressions.contains(&"Task.status"), "status reported: {outcome}");
     assert!(expressions.contains(&"Task.authoredOn"), "date reported: {outcome}");
 }

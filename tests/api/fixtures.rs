@@ -66,11 +66,7 @@ pub fn nhs_number() -> String {
             10 => continue,
             c => c,
         };
-        return digits
-            .iter()
-            .chain(std::iter::once(&check))
-            .map(|d| char::from_digit(*d, 10).unwrap_or('0'))
-            .collect();
+        return digits.iter().chain(std::iter::once(&check)).map(|d| char::from_digit(*d, 10).unwrap_or('0')).collect();
     }
 }
 

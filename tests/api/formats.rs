@@ -86,7 +86,8 @@ async fn pretty_printing_is_on_request_only() {
 async fn a_body_in_an_unsupported_media_type_is_refused_with_415() {
     let app = spawn_app().await;
     for content_type in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
-        let mut request = app.as_party(Party::Gp, Method::POST, "/Patient").await.body(patient("9434765919").to_string());
+        let mut request =
+            app.as_party(Party::Gp, Method::POST, "/Patient").await.body(patient("9434765919").to_string());
         if let Some(ct) = content_type {
             request = request.header("Content-Type", ct);
         }

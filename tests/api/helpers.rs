@@ -39,9 +39,7 @@ pub async fn test_database(db: Db) -> Option<TestDatabase> {
             let name = format!("lb_test_{}", uuid::Uuid::new_v4().simple());
             let (mut conn, _) = connect_admin(&admin_url).await;
             use sqlx::Executor;
-            conn.execute(format!("CREATE DATABASE {name}").as_str())
-                .await
-                .expect("create test database");
+            conn.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
             let url = replace_database(&admin_url, &name);
             Some(TestDatabase { url: DatabaseUrl::Postgres(url), dir })
         }
@@ -77,9 +75,7 @@ fn replace_database(url: &str, name: &str) -> String {
 /// A store on a fresh database.
 pub async fn test_store(db: Db) -> Option<(Store, TestDatabase)> {
     let database = test_database(db).await?;
-    let store = Store::connect(&database.url, &PoolSettings::default())
-        .await
-        .expect("store connects and migrates");
+    let store = Store::connect(&database.url, &PoolSettings::default()).await.expect("store connects and migrates");
     Some((store, database))
 }
 
@@ -237,7 +233,6 @@ pub async fn register_test_clients(url: &DatabaseUrl) {
 /// A running service on a random port, its database, and an HTTP client.
 pub struct TestApp {
     pub address: String,
-    pub port: u16,
     pub http: reqwest::Client,
     pub database: TestDatabase,
     pub settings: Settings,
@@ -274,13 +269,17 @@ pub async fn spawn_app_on(db: Db) -> Option<TestApp> {
 pub async fn spawn_app_with(database: TestDatabase, settings: Settings) -> TestApp {
     register_test_clients(&database.url).await;
     let app = Application::build(&settings).await.expect("application builds");
-    let port = app.port();
     let address = app.base_url().to_owned();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
-        port,
-        http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client"),
+        // Idle connections are dropped before the server's keep-alive (5 s) can close them
+        // under a request: a busy test machine otherwise sees spurious IncompleteMessage.
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(std::time::Duration::from_secs(1))
+            .build()
+            .expect("http client"),
         database,
         settings,
         tokens: tokio::sync::Mutex::new(Default::default()),

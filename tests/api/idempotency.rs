@@ -7,9 +7,7 @@ use serde_json::{json, Value};
 use crate::fixtures::{nhs_number, patient, referral_transaction, service_request, task, with};
 use crate::helpers::{json_of, spawn_app, spawn_app_on, Db, Party, TestApp};
 use crate::on_both_databases;
-use crate::workflow::{
-    history_len, id_of, move_to, patch_as, post_as, post_bundle, read, refer, task_in,
-};
+use crate::workflow::{history_len, id_of, move_to, patch_as, post_as, post_bundle, read, refer, task_in};
 
 fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -17,14 +15,8 @@ fn request_id() -> String {
 
 /// The first issue of an OperationOutcome says `duplicate` and points at `reference`.
 fn assert_duplicate_of(case: &str, outcome: &Value, reference: Option<&str>) {
-    assert_eq!(
-        outcome["resourceType"], "OperationOutcome",
-        "{case}: {outcome}"
-    );
-    assert_eq!(
-        outcome["issue"][0]["code"], "duplicate",
-        "{case}: issue code duplicate: {outcome}"
-    );
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{case}: {outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "duplicate", "{case}: issue code duplicate: {outcome}");
     if let Some(reference) = reference {
         assert!(
             outcome["issue"][0].to_string().contains(reference),
@@ -49,10 +41,7 @@ async fn check_replayed_create(app: &TestApp, what: &str, resource: &Value, alte
     assert_duplicate_of(what, &replay, Some(&reference));
 
     let (status, other) = post_as(app, Party::Gp, altered, &headers).await;
-    assert!(
-        status == 409 || status == 422,
-        "{what}: the same id with another body is refused, got {status}: {other}"
-    );
+    assert!(status == 409 || status == 422, "{what}: the same id with another body is refused, got {status}: {other}");
     assert_eq!(other["resourceType"], "OperationOutcome", "{what}: {other}");
 
     assert_eq!(
@@ -67,43 +56,20 @@ async fn check_replayed_create(app: &TestApp, what: &str, resource: &Value, alte
     );
 }
 
-async fn a_replayed_create_with_the_same_x_request_id_answers_409_duplicate_naming_the_first_result(
-    db: Db,
-) {
+async fn a_replayed_create_with_the_same_x_request_id_answers_409_duplicate_naming_the_first_result(db: Db) {
     let Some(app) = spawn_app_on(db).await else {
         return;
     };
     let someone = patient(&nhs_number());
-    check_replayed_create(
-        &app,
-        "a Patient",
-        &someone,
-        &with(&someone, json!({"gender": "male"})),
-    )
-    .await;
+    check_replayed_create(&app, "a Patient", &someone, &with(&someone, json!({"gender": "male"}))).await;
 
     let patient_id = id_of(&app.created(Party::Gp, &patient(&nhs_number())).await);
     let referral = service_request(&patient_id, "GP0001", "CLW001");
-    check_replayed_create(
-        &app,
-        "a ServiceRequest",
-        &referral,
-        &with(&referral, json!({"priority": "urgent"})),
-    )
-    .await;
+    check_replayed_create(&app, "a ServiceRequest", &referral, &with(&referral, json!({"priority": "urgent"}))).await;
 
-    let sr_id = id_of(
-        &app.created(Party::Gp, &service_request(&patient_id, "GP0001", "CLW001"))
-            .await,
-    );
+    let sr_id = id_of(&app.created(Party::Gp, &service_request(&patient_id, "GP0001", "CLW001")).await);
     let work = task(&sr_id, &patient_id, "GP0001", Some("CLW001"));
-    check_replayed_create(
-        &app,
-        "a Task",
-        &work,
-        &with(&work, json!({"priority": "urgent"})),
-    )
-    .await;
+    check_replayed_create(&app, "a Task", &work, &with(&work, json!({"priority": "urgent"}))).await;
 }
 
 async fn parallel_identical_creates_with_one_x_request_id_create_exactly_one(db: Db) {
@@ -125,25 +91,13 @@ async fn parallel_identical_creates_with_one_x_request_id_create_exactly_one(db:
     });
     let results = futures::future::join_all(attempts).await;
     let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        1,
-        "exactly one 201: {statuses:?}"
-    );
-    let created = results
-        .iter()
-        .find(|r| r.0 == 201)
-        .map(|r| format!("Patient/{}", id_of(&r.1)))
-        .unwrap_or_default();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "exactly one 201: {statuses:?}");
+    let created = results.iter().find(|r| r.0 == 201).map(|r| format!("Patient/{}", id_of(&r.1))).unwrap_or_default();
     for (status, outcome) in results.iter().filter(|r| r.0 != 201) {
         assert_eq!(*status, 409, "the others are duplicates: {outcome}");
         assert_duplicate_of("a parallel retry", outcome, Some(&created));
     }
-    assert_eq!(
-        history_len(&app, Party::Operator, "/Patient/_history").await,
-        1,
-        "one resource, one version"
-    );
+    assert_eq!(history_len(&app, Party::Operator, "/Patient/_history").await, 1, "one resource, one version");
 }
 
 /// Versions of the referral's resource types, as the operator sees them.
@@ -176,15 +130,8 @@ async fn a_transaction_replayed_with_its_x_request_id_writes_nothing_more(db: Db
         &[("X-Request-ID", &id)],
     )
     .await;
-    assert!(
-        status == 409 || status == 422,
-        "the same id with another Bundle is refused, got {status}: {other}"
-    );
-    assert_eq!(
-        referral_counts(&app).await,
-        after_first,
-        "nothing more was written"
-    );
+    assert!(status == 409 || status == 422, "the same id with another Bundle is refused, got {status}: {other}");
+    assert_eq!(referral_counts(&app).await, after_first, "nothing more was written");
 
     // Retried in parallel.
     let bundle = referral_transaction(&nhs_number(), "GP0001", Some("CLW001")).to_string();
@@ -203,16 +150,8 @@ async fn a_transaction_replayed_with_its_x_request_id_writes_nothing_more(db: Db
     let results = futures::future::join_all(attempts).await;
     let mut statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
     statuses.sort_unstable();
-    assert_eq!(
-        statuses,
-        vec![200, 409, 409, 409, 409],
-        "one transaction applied, the rest duplicates: {results:?}"
-    );
-    assert_eq!(
-        referral_counts(&app).await,
-        vec![2, 2, 2, 2],
-        "one more of each"
-    );
+    assert_eq!(statuses, vec![200, 409, 409, 409, 409], "one transaction applied, the rest duplicates: {results:?}");
+    assert_eq!(referral_counts(&app).await, vec![2, 2, 2, 2], "one more of each");
 }
 
 #[tokio::test]
@@ -223,18 +162,9 @@ async fn x_request_ids_belong_to_the_client_that_sent_them() {
     let (status, first) = post_as(&app, Party::Gp, &patient(&nhs_number()), &headers).await;
     assert_eq!(status, 201, "GP0001's request: {first}");
     let (status, theirs) = post_as(&app, Party::OtherGp, &patient(&nhs_number()), &headers).await;
-    assert_eq!(
-        status, 201,
-        "another practice's request with the same id is its own, and learns nothing: {theirs}"
-    );
+    assert_eq!(status, 201, "another practice's request with the same id is its own, and learns nothing: {theirs}");
     assert_ne!(theirs["id"], first["id"]);
-    let (status, again) = post_as(
-        &app,
-        Party::Gp,
-        &patient(&nhs_number()),
-        &[("X-Request-ID", &request_id())],
-    )
-    .await;
+    let (status, again) = post_as(&app, Party::Gp, &patient(&nhs_number()), &[("X-Request-ID", &request_id())]).await;
     assert_eq!(status, 201, "a new id is a new request: {again}");
 }
 
@@ -242,32 +172,13 @@ async fn x_request_ids_belong_to_the_client_that_sent_them() {
 async fn requests_without_an_x_request_id_are_not_deduplicated_and_a_malformed_one_is_refused() {
     let app = spawn_app().await;
     let someone = patient(&nhs_number());
-    let (first, second) = (
-        app.created(Party::Gp, &someone).await,
-        app.created(Party::Gp, &someone).await,
-    );
-    assert_ne!(
-        first["id"], second["id"],
-        "two plain creates make two resources"
-    );
+    let (first, second) = (app.created(Party::Gp, &someone).await, app.created(Party::Gp, &someone).await);
+    assert_ne!(first["id"], second["id"], "two plain creates make two resources");
     for malformed in ["", "not-a-uuid", "12345", "'; DROP TABLE resources; --"] {
-        let (status, outcome) = post_as(
-            &app,
-            Party::Gp,
-            &patient(&nhs_number()),
-            &[("X-Request-ID", malformed)],
-        )
-        .await;
-        assert_eq!(
-            status, 400,
-            "X-Request-ID {malformed:?} is not a UUID: {outcome}"
-        );
+        let (status, outcome) = post_as(&app, Party::Gp, &patient(&nhs_number()), &[("X-Request-ID", malformed)]).await;
+        assert_eq!(status, 400, "X-Request-ID {malformed:?} is not a UUID: {outcome}");
     }
-    assert_eq!(
-        history_len(&app, Party::Operator, "/Patient/_history").await,
-        2,
-        "the refused requests wrote nothing"
-    );
+    assert_eq!(history_len(&app, Party::Operator, "/Patient/_history").await, 2, "the refused requests wrote nothing");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,26 +192,12 @@ fn mover(status: &str) -> Party {
 }
 
 /// Refers the patient again to `owner`, for the same referral or a new one.
-async fn refer_again(
-    app: &TestApp,
-    patient_id: &str,
-    sr_id: Option<&str>,
-    owner: &str,
-) -> (u16, Value) {
+async fn refer_again(app: &TestApp, patient_id: &str, sr_id: Option<&str>, owner: &str) -> (u16, Value) {
     let sr_id = match sr_id {
         Some(id) => id.to_owned(),
-        None => id_of(
-            &app.created(Party::Gp, &service_request(patient_id, "GP0001", owner))
-                .await,
-        ),
+        None => id_of(&app.created(Party::Gp, &service_request(patient_id, "GP0001", owner)).await),
     };
-    post_as(
-        app,
-        Party::Gp,
-        &task(&sr_id, patient_id, "GP0001", Some(owner)),
-        &[],
-    )
-    .await
+    post_as(app, Party::Gp, &task(&sr_id, patient_id, "GP0001", Some(owner)), &[]).await
 }
 
 #[tokio::test]
@@ -318,43 +215,26 @@ async fn a_second_open_referral_for_the_same_patient_and_service_is_refused_unti
         let open_task = format!("Task/{}", first.task);
         let mut state = "requested";
         for next in open_states.iter().copied().map(Some).chain([None]) {
-            for (how, sr) in [
-                (
-                    "for the same referral",
-                    Some(first.service_request.as_str()),
-                ),
-                ("with a new referral", None),
-            ] {
-                let case =
-                    format!("first Task {state} (ending {end}): a second Task to CLW001 {how}");
+            for (how, sr) in
+                [("for the same referral", Some(first.service_request.as_str())), ("with a new referral", None)]
+            {
+                let case = format!("first Task {state} (ending {end}): a second Task to CLW001 {how}");
                 let (status, outcome) = refer_again(&app, &first.patient, sr, "CLW001").await;
                 assert_eq!(status, 409, "{case}: {outcome}");
-                assert!(
-                    outcome.to_string().contains(&open_task),
-                    "{case}: names the open {open_task}: {outcome}"
-                );
+                assert!(outcome.to_string().contains(&open_task), "{case}: names the open {open_task}: {outcome}");
             }
             if let Some(next) = next {
-                let (status, moved) =
-                    patch_as(&app, mover(next), &first.task_path(), &move_to(next), None).await;
+                let (status, moved) = patch_as(&app, mover(next), &first.task_path(), &move_to(next), None).await;
                 assert_eq!(status, 200, "setup: {state} -> {next}: {moved}");
                 state = next;
             }
         }
         let (status, elsewhere) = refer_again(&app, &first.patient, None, "CLW002").await;
-        assert_eq!(
-            status, 201,
-            "while open at CLW001 the patient may be referred to CLW002: {elsewhere}"
-        );
-        let (status, moved) =
-            patch_as(&app, mover(end), &first.task_path(), &move_to(end), None).await;
+        assert_eq!(status, 201, "while open at CLW001 the patient may be referred to CLW002: {elsewhere}");
+        let (status, moved) = patch_as(&app, mover(end), &first.task_path(), &move_to(end), None).await;
         assert_eq!(status, 200, "setup: {state} -> {end}: {moved}");
-        let (status, again) =
-            refer_again(&app, &first.patient, Some(&first.service_request), "CLW001").await;
-        assert_eq!(
-            status, 201,
-            "once the first Task is {end} a new one is accepted: {again}"
-        );
+        let (status, again) = refer_again(&app, &first.patient, Some(&first.service_request), "CLW001").await;
+        assert_eq!(status, 201, "once the first Task is {end} a new one is accepted: {again}");
     }
 }
 
@@ -363,26 +243,10 @@ async fn parallel_referrals_of_one_patient_to_one_service_open_exactly_one_task(
         return;
     };
     let referral = refer(&app, Party::Gp, Some("CLW001"), "requested").await;
-    let (status, cancelled) = patch_as(
-        &app,
-        Party::Gp,
-        &referral.task_path(),
-        &move_to("cancelled"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        status, 200,
-        "setup: the first referral is withdrawn: {cancelled}"
-    );
+    let (status, cancelled) = patch_as(&app, Party::Gp, &referral.task_path(), &move_to("cancelled"), None).await;
+    assert_eq!(status, 200, "setup: the first referral is withdrawn: {cancelled}");
     let token = app.token(Party::Gp).await;
-    let body = task(
-        &referral.service_request,
-        &referral.patient,
-        "GP0001",
-        Some("CLW001"),
-    )
-    .to_string();
+    let body = task(&referral.service_request, &referral.patient, "GP0001", Some("CLW001")).to_string();
     let attempts = (0..6).map(|_| {
         let request = app
             .http
@@ -395,21 +259,10 @@ async fn parallel_referrals_of_one_patient_to_one_service_open_exactly_one_task(
     let results = futures::future::join_all(attempts).await;
     let mut statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
     statuses.sort_unstable();
-    assert_eq!(
-        statuses,
-        vec![201, 409, 409, 409, 409, 409],
-        "one open Task, the rest refused: {results:?}"
-    );
-    let open = results
-        .iter()
-        .find(|r| r.0 == 201)
-        .map(|r| format!("Task/{}", id_of(&r.1)))
-        .unwrap_or_default();
+    assert_eq!(statuses, vec![201, 409, 409, 409, 409, 409], "one open Task, the rest refused: {results:?}");
+    let open = results.iter().find(|r| r.0 == 201).map(|r| format!("Task/{}", id_of(&r.1))).unwrap_or_default();
     for (_, outcome) in results.iter().filter(|r| r.0 == 409) {
-        assert!(
-            outcome.to_string().contains(&open),
-            "each refusal names the open {open}: {outcome}"
-        );
+        assert!(outcome.to_string().contains(&open), "each refusal names the open {open}: {outcome}");
     }
     assert_eq!(
         history_len(&app, Party::Operator, "/Task/_history").await,

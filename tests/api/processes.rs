@@ -31,12 +31,7 @@ pub struct ServerOptions {
 
 impl ServerOptions {
     pub fn new(data_dir: &Path) -> Self {
-        ServerOptions {
-            data_dir: data_dir.to_path_buf(),
-            database_url: None,
-            public_base_url: None,
-            env: Vec::new(),
-        }
+        ServerOptions { data_dir: data_dir.to_path_buf(), database_url: None, public_base_url: None, env: Vec::new() }
     }
 }
 
@@ -64,10 +59,7 @@ impl ServerProcess {
     pub async fn start(options: &ServerOptions) -> ServerProcess {
         let port = free_port();
         let address = format!("http://127.0.0.1:{port}");
-        let public_base_url = options
-            .public_base_url
-            .clone()
-            .unwrap_or_else(|| address.clone());
+        let public_base_url = options.public_base_url.clone().unwrap_or_else(|| address.clone());
         let log_dir = tempfile::tempdir().expect("log directory");
         let log_path = log_dir.path().join("linkbridge.log");
         let log = File::create(&log_path).expect("log file");
@@ -101,29 +93,17 @@ impl ServerProcess {
             command.env(name, value);
         }
         let child = command.spawn().expect("start the linkbridge binary");
-        let mut process = ServerProcess {
-            child,
-            address,
-            public_base_url,
-            log_path,
-            _log_dir: log_dir,
-        };
+        let mut process = ServerProcess { child, address, public_base_url, log_path, _log_dir: log_dir };
         process.wait_until_healthy().await;
         process
     }
 
     async fn wait_until_healthy(&mut self) {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("http client");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "linkbridge exited during startup ({status}):\n{}",
-                    self.logs()
-                );
+                panic!("linkbridge exited during startup ({status}):\n{}", self.logs());
             }
             if let Ok(response) = http.get(self.url("/healthz")).send().await {
                 if response.status() == 200 {
@@ -131,10 +111,7 @@ impl ServerProcess {
                 }
             }
             if Instant::now() > deadline {
-                panic!(
-                    "linkbridge did not answer /healthz within {STARTUP_TIMEOUT:?}:\n{}",
-                    self.logs()
-                );
+                panic!("linkbridge did not answer /healthz within {STARTUP_TIMEOUT:?}:\n{}", self.logs());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

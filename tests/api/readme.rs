@@ -27,7 +27,12 @@ async fn the_readme_referral_transaction_is_accepted_and_the_clw_service_can_acc
     let (status, response) = submit().await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["type"], "transaction-response");
-    let statuses: Vec<&str> = response["entry"].as_array().expect("entries").iter().filter_map(|e| e["response"]["status"].as_str()).collect();
+    let statuses: Vec<&str> = response["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["response"]["status"].as_str())
+        .collect();
     assert_eq!(statuses, vec!["201 Created"; 4]);
     let task_location = response["entry"][3]["response"]["location"].as_str().expect("task location");
     let task_path = format!("/{}", task_location.split("/_history").next().expect("path"));

@@ -14,9 +14,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::fixtures::patient;
-use crate::helpers::{
-    client_assertion, json_of, register_test_clients, test_database, Db, Party, TestDatabase,
-};
+use crate::helpers::{client_assertion, json_of, register_test_clients, test_database, Db, Party, TestDatabase};
 use crate::processes::{ServerOptions, ServerProcess};
 use linkbridge::store::DatabaseUrl;
 
@@ -36,9 +34,7 @@ struct Replicas {
 async fn start_replicas() -> Option<Replicas> {
     let database = test_database(Db::Postgres).await?;
     register_test_clients(&database.url).await;
-    let DatabaseUrl::Postgres(url) = &database.url else {
-        panic!("test_database(Postgres) gives a PostgreSQL URL")
-    };
+    let DatabaseUrl::Postgres(url) = &database.url else { panic!("test_database(Postgres) gives a PostgreSQL URL") };
     let options = ServerOptions {
         database_url: Some(url.clone()),
         public_base_url: Some(PUBLIC_BASE_URL.to_owned()),
@@ -46,16 +42,8 @@ async fn start_replicas() -> Option<Replicas> {
     };
     let a = ServerProcess::start(&options).await;
     let b = ServerProcess::start(&options).await;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("http client");
-    Some(Replicas {
-        a,
-        b,
-        http,
-        _database: database,
-    })
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
+    Some(Replicas { a, b, http, _database: database })
 }
 
 impl Replicas {
@@ -79,17 +67,8 @@ impl Replicas {
     async fn token(&self, replica: &ServerProcess, party: Party) -> String {
         let assertion = client_assertion(party, &replica.token_endpoint(), &Value::Null);
         let (status, body) = self.post_assertion(replica, &assertion).await;
-        assert_eq!(
-            status,
-            200,
-            "token from {}: {body}\n{}",
-            replica.address,
-            replica.logs()
-        );
-        body["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned()
+        assert_eq!(status, 200, "token from {}: {body}\n{}", replica.address, replica.logs());
+        body["access_token"].as_str().expect("access_token").to_owned()
     }
 
     async fn send(
@@ -101,14 +80,9 @@ impl Replicas {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, replica.url(path))
-            .bearer_auth(token);
+        let mut request = self.http.request(method, replica.url(path)).bearer_auth(token);
         if let Some(body) = body {
-            request = request
-                .header("Content-Type", "application/fhir+json")
-                .body(body.to_string());
+            request = request.header("Content-Type", "application/fhir+json").body(body.to_string());
         }
         if let Some(etag) = if_match {
             request = request.header("If-Match", etag);
@@ -118,71 +92,31 @@ impl Replicas {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resource_written_through_one_replica_is_read_updated_and_version_checked_through_the_other(
-) {
+async fn a_resource_written_through_one_replica_is_read_updated_and_version_checked_through_the_other() {
     let Some(r) = start_replicas().await else {
         return;
     };
-    let (_, jwks_a) = json_of(
-        r.http
-            .get(r.a.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .expect("jwks"),
-    )
-    .await;
-    let (_, jwks_b) = json_of(
-        r.http
-            .get(r.b.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .expect("jwks"),
-    )
-    .await;
+    let (_, jwks_a) = json_of(r.http.get(r.a.url("/.well-known/jwks.json")).send().await.expect("jwks")).await;
+    let (_, jwks_b) = json_of(r.http.get(r.b.url("/.well-known/jwks.json")).send().await.expect("jwks")).await;
     assert_eq!(jwks_a, jwks_b, "the replicas publish the same signing keys");
 
     let token_a = r.token(&r.a, Party::Gp).await;
     let token_b = r.token(&r.b, Party::Gp).await;
 
-    let (status, created) = r
-        .send(
-            &r.a,
-            &token_a,
-            Method::POST,
-            "/Patient",
-            Some(&patient("9434765919")),
-            None,
-        )
-        .await;
+    let (status, created) = r.send(&r.a, &token_a, Method::POST, "/Patient", Some(&patient("9434765919")), None).await;
     assert_eq!(status, 201, "created through A: {created}");
     let path = format!("/Patient/{}", created["id"].as_str().expect("id"));
 
     let (status, read) = r.send(&r.b, &token_b, Method::GET, &path, None, None).await;
     assert_eq!((status, &read), (200, &created), "B reads what A wrote");
     let (status, read) = r.send(&r.b, &token_a, Method::GET, &path, None, None).await;
-    assert_eq!(
-        (status, &read["id"]),
-        (200, &created["id"]),
-        "B accepts an access token issued by A"
-    );
+    assert_eq!((status, &read["id"]), (200, &created["id"]), "B accepts an access token issued by A");
 
     let mut changed = created.clone();
     changed["gender"] = json!("other");
-    let (status, updated) = r
-        .send(
-            &r.b,
-            &token_b,
-            Method::PUT,
-            &path,
-            Some(&changed),
-            Some("W/\"1\""),
-        )
-        .await;
+    let (status, updated) = r.send(&r.b, &token_b, Method::PUT, &path, Some(&changed), Some("W/\"1\"")).await;
     assert_eq!(status, 200, "B updates A's version 1: {updated}");
-    assert_eq!(
-        updated["meta"]["versionId"], "2",
-        "the update made version 2"
-    );
+    assert_eq!(updated["meta"]["versionId"], "2", "the update made version 2");
 
     let (status, seen_by_a) = r.send(&r.a, &token_a, Method::GET, &path, None, None).await;
     assert_eq!(status, 200, "A reads after B's update");
@@ -194,34 +128,12 @@ async fn a_resource_written_through_one_replica_is_read_updated_and_version_chec
 
     let cases = [("through A", &r.a, &token_a), ("through B", &r.b, &token_b)];
     for (case, replica, token) in cases {
-        let (status, outcome) = r
-            .send(
-                replica,
-                token,
-                Method::PUT,
-                &path,
-                Some(&created),
-                Some("W/\"1\""),
-            )
-            .await;
+        let (status, outcome) = r.send(replica, token, Method::PUT, &path, Some(&created), Some("W/\"1\"")).await;
         assert_eq!(status, 412, "a stale If-Match {case}: {outcome}");
     }
-    let (status, history) = r
-        .send(
-            &r.a,
-            &token_a,
-            Method::GET,
-            &format!("{path}/_history"),
-            None,
-            None,
-        )
-        .await;
+    let (status, history) = r.send(&r.a, &token_a, Method::GET, &format!("{path}/_history"), None, None).await;
     assert_eq!(status, 200, "history through A");
-    assert_eq!(
-        history["entry"].as_array().map(Vec::len),
-        Some(2),
-        "two versions, the stale writes wrote nothing"
-    );
+    assert_eq!(history["entry"].as_array().map(Vec::len), Some(2), "two versions, the stale writes wrote nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,11 +141,7 @@ async fn a_client_assertion_used_at_one_replica_is_refused_as_a_replay_at_the_ot
     let Some(r) = start_replicas().await else {
         return;
     };
-    assert_eq!(
-        r.a.token_endpoint(),
-        r.b.token_endpoint(),
-        "one token endpoint URL for both replicas"
-    );
+    assert_eq!(r.a.token_endpoint(), r.b.token_endpoint(), "one token endpoint URL for both replicas");
     let token_url = r.a.token_endpoint();
 
     let cases = [("A then B", &r.a, &r.b), ("B then A", &r.b, &r.a)];
@@ -242,17 +150,10 @@ async fn a_client_assertion_used_at_one_replica_is_refused_as_a_replay_at_the_ot
         let (status, body) = r.post_assertion(first, &assertion).await;
         assert_eq!(status, 200, "{case}: first use: {body}");
         let (status, body) = r.post_assertion(second, &assertion).await;
-        assert_eq!(
-            (status, &body),
-            (400, &json!({"error": "invalid_client"})),
-            "{case}: the replay is refused"
-        );
+        assert_eq!((status, &body), (400, &json!({"error": "invalid_client"})), "{case}: the replay is refused");
         let fresh = client_assertion(Party::Gp, &token_url, &Value::Null);
         let (status, body) = r.post_assertion(second, &fresh).await;
-        assert_eq!(
-            status, 200,
-            "{case}: control, a fresh assertion is accepted there: {body}"
-        );
+        assert_eq!(status, 200, "{case}: control, a fresh assertion is accepted there: {body}");
     }
     for replica in [&r.a, &r.b] {
         assert!(
@@ -269,15 +170,7 @@ async fn a_client_assertion_used_at_one_replica_is_refused_as_a_replay_at_the_ot
         let replica = if i % 2 == 0 { &r.a } else { &r.b };
         r.post_assertion(replica, &assertion)
     });
-    let mut statuses: Vec<u16> = futures::future::join_all(attempts)
-        .await
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let mut statuses: Vec<u16> = futures::future::join_all(attempts).await.into_iter().map(|(s, _)| s).collect();
     statuses.sort_unstable();
-    assert_eq!(
-        statuses,
-        vec![200, 400, 400, 400, 400, 400, 400, 400],
-        "one assertion, one token, across replicas"
-    );
+    assert_eq!(statuses, vec![200, 400, 400, 400, 400, 400, 400, 400], "one assertion, one token, across replicas");
 }

@@ -13,9 +13,7 @@ use linkbridge::domain::instant::Instant;
 use linkbridge::domain::resource_type::ResourceType;
 use linkbridge::domain::search_params::extract_index;
 use linkbridge::domain::search_query::{parse_search, ParseContext, SortField, SortKey};
-use linkbridge::domain::tenancy::{
-    derived_visibility, OdsCode, Principal, Role, TenantScope, Visibility,
-};
+use linkbridge::domain::tenancy::{derived_visibility, OdsCode, Principal, Role, TenantScope, Visibility};
 use linkbridge::service::ingest::stamp;
 use linkbridge::service::search::{PageLimits, SearchRequest, SearchService};
 use linkbridge::store::{
@@ -52,16 +50,8 @@ impl SearchApp {
     /// Stores a new resource as `party` would create it; returns the stored body.
     async fn created(&self, party: Party, resource: &Value) -> Value {
         let resource_type =
-            ResourceType::parse(resource["resourceType"].as_str().expect("resourceType"))
-                .expect("served type");
-        self.write(
-            party,
-            resource_type,
-            ResourceId::generate(),
-            resource.clone(),
-            None,
-        )
-        .await
+            ResourceType::parse(resource["resourceType"].as_str().expect("resourceType")).expect("served type");
+        self.write(party, resource_type, ResourceId::generate(), resource.clone(), None).await
     }
 
     async fn write(
@@ -75,47 +65,31 @@ impl SearchApp {
         let version = current.map_or(VersionId::FIRST, VersionId::next);
         let now = Instant::now();
         stamp(&mut body, &id, version.get(), &now.to_fhir());
-        let mut visibility: Vec<String> = derived_visibility(resource_type, &body)
-            .iter()
-            .map(Visibility::key)
-            .collect();
+        let mut visibility: Vec<String> =
+            derived_visibility(resource_type, &body).iter().map(Visibility::key).collect();
         visibility.push(format!("org:{}", party.ods()));
         let write = ResourceWrite {
             resource_type,
             id,
             version,
             last_updated: now,
-            method: if current.is_some() {
-                WriteMethod::Update
-            } else {
-                WriteMethod::Create
-            },
+            method: if current.is_some() { WriteMethod::Update } else { WriteMethod::Create },
             precondition: current.map_or(Precondition::Absent, Precondition::CurrentVersion),
             index: extract_index(resource_type, &body),
             body: body.to_string(),
             visibility,
             visibility_grants: Vec::new(),
         };
-        self.store
-            .commit(one(write))
-            .await
-            .expect("test data is written");
+        self.store.commit(one(write)).await.expect("test data is written");
         body
     }
 
-    async fn current(
-        &self,
-        reference: &str,
-    ) -> (ResourceType, ResourceId, linkbridge::store::StoredVersion) {
+    async fn current(&self, reference: &str) -> (ResourceType, ResourceId, linkbridge::store::StoredVersion) {
         let (type_name, id) = reference.split_once('/').expect("Type/id");
         let resource_type = ResourceType::parse(type_name).expect("type");
         let id = ResourceId::parse(id).expect("id");
-        let current = self
-            .store
-            .read_current(&TenantScope::Everything, resource_type, &id)
-            .await
-            .expect("read")
-            .expect("exists");
+        let current =
+            self.store.read_current(&TenantScope::Everything, resource_type, &id).await.expect("read").expect("exists");
         (resource_type, id, current)
     }
 
@@ -124,8 +98,7 @@ impl SearchApp {
         let (resource_type, id, current) = self.current(reference).await;
         let mut body: Value = serde_json::from_str(&current.body).expect("stored JSON");
         change(&mut body);
-        self.write(party, resource_type, id, body, Some(current.version))
-            .await;
+        self.write(party, resource_type, id, body, Some(current.version)).await;
     }
 
     /// Deletes `reference`.
@@ -149,18 +122,12 @@ impl SearchApp {
 
 async fn app(db: Db) -> Option<SearchApp> {
     let database = test_database(db).await?;
-    let settings = linkbridge::config::Settings {
-        settle_window_ms: TEST_SETTLE_MS,
-        ..test_settings(&database)
-    };
+    let settings = linkbridge::config::Settings { settle_window_ms: TEST_SETTLE_MS, ..test_settings(&database) };
     let url = database.url.clone();
     let http = spawn_app_with(database, settings).await;
     let store = Store::connect(
         &url,
-        &PoolSettings {
-            settle_window: Duration::from_millis(TEST_SETTLE_MS),
-            ..PoolSettings::default()
-        },
+        &PoolSettings { settle_window: Duration::from_millis(TEST_SETTLE_MS), ..PoolSettings::default() },
     )
     .await
     .expect("test data store");
@@ -186,9 +153,7 @@ async fn bundle(app: &TestApp, party: Party, query: &str) -> Value {
 
 /// Follows a link URL (absolute, as the server wrote it).
 async fn follow(app: &TestApp, party: Party, url: &str) -> Value {
-    let path = url
-        .strip_prefix(&app.address)
-        .expect("links use the base URL");
+    let path = url.strip_prefix(&app.address).expect("links use the base URL");
     bundle(app, party, path.trim_start_matches('/')).await
 }
 
@@ -216,11 +181,7 @@ fn matches(bundle: &Value) -> BTreeSet<String> {
 }
 
 fn link<'b>(bundle: &'b Value, relation: &str) -> Option<&'b str> {
-    bundle["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == relation)?["url"]
-        .as_str()
+    bundle["link"].as_array()?.iter().find(|l| l["relation"] == relation)?["url"].as_str()
 }
 
 /// Creates resources as `party` and names them: `Type/id` by label.
@@ -234,11 +195,7 @@ async fn create_all(
         let created = app.created(party, &resource).await;
         named.insert(
             label,
-            format!(
-                "{}/{}",
-                created["resourceType"].as_str().expect("type"),
-                created["id"].as_str().expect("id")
-            ),
+            format!("{}/{}", created["resourceType"].as_str().expect("type"), created["id"].as_str().expect("id")),
         );
     }
     named
@@ -263,19 +220,10 @@ fn gp_task(extra: Value) -> Value {
 }
 
 /// Runs a table of `(query, expected labels)` against the named resources.
-async fn check(
-    app: &TestApp,
-    party: Party,
-    named: &HashMap<&str, String>,
-    cases: &[(String, &[&str])],
-) {
+async fn check(app: &TestApp, party: Party, named: &HashMap<&str, String>, cases: &[(String, &[&str])]) {
     for (query, expected) in cases {
         let got = matches(&bundle(app, party, query).await);
-        assert_eq!(
-            got,
-            set(named, expected),
-            "{query} should match {expected:?}"
-        );
+        assert_eq!(got, set(named, expected), "{query} should match {expected:?}");
     }
 }
 
@@ -309,22 +257,10 @@ async fn token_search_matches_codes_systems_not_missing_and_text(db: Db) {
         ("Task?business-status:missing=true".into(), &["t2", "t3"]),
         ("Task?business-status:missing=false".into(), &["t1"]),
         ("Task?business-status:text=link%20worker".into(), &["t1"]),
-        (
-            "Task?code=http://hl7.org/fhir/CodeSystem/task-code|fulfill".into(),
-            &["t1", "t2", "t3"],
-        ),
-        (
-            format!("Task?_id={},{}", id_of(&named["t1"]), id_of(&named["t3"])),
-            &["t1", "t3"],
-        ),
-        (
-            "Task?status=requested,completed&identifier=R-3".into(),
-            &["t3"],
-        ),
-        (
-            "Task?status=requested,accepted,completed&status:not=accepted".into(),
-            &["t1", "t3"],
-        ),
+        ("Task?code=http://hl7.org/fhir/CodeSystem/task-code|fulfill".into(), &["t1", "t2", "t3"]),
+        (format!("Task?_id={},{}", id_of(&named["t1"]), id_of(&named["t3"])), &["t1", "t3"]),
+        ("Task?status=requested,completed&identifier=R-3".into(), &["t3"]),
+        ("Task?status=requested,accepted,completed&status:not=accepted".into(), &["t1", "t3"]),
     ];
     check(&app, Party::Gp, &named, &cases).await;
 }
@@ -352,14 +288,8 @@ async fn reference_search_matches_type_and_id_plain_id_local_urls_identifiers_an
         ("Task?owner:missing=false".into(), &["r1", "r3"]),
         (format!("Task?owner:identifier={ODS}|CLW002"), &["r3"]),
         ("Task?owner:identifier=CLW001".into(), &["r1"]),
-        (
-            format!("Task?requester:identifier={ODS}|GP0001"),
-            &["r1", "r2", "r3"],
-        ),
-        (
-            "Task?focus=ServiceRequest/s1,ServiceRequest/s2".into(),
-            &["r1", "r2"],
-        ),
+        (format!("Task?requester:identifier={ODS}|GP0001"), &["r1", "r2", "r3"]),
+        ("Task?focus=ServiceRequest/s1,ServiceRequest/s2".into(), &["r1", "r2"]),
         ("Task?focus:ServiceRequest=s2".into(), &["r2"]),
         ("Task?patient=Patient/p2".into(), &["r2"]),
         ("Task?subject=p2".into(), &["r2"]),
@@ -406,24 +336,12 @@ async fn date_search_honours_every_prefix_at_the_precision_given(db: Db) {
         ("Task?authored-on=sa2026-03-05".into(), &["b", "c"]),
         ("Task?authored-on=eb2026-03-06".into(), &["a", "d"]),
         ("Task?authored-on=2026-03-05T10:00:00Z".into(), &["a"]),
-        (
-            "Task?authored-on=2026-03-05T11:00:00%2B01:00".into(),
-            &["a"],
-        ),
-        (
-            "Task?authored-on=gt2026-03-05T10:00:00Z".into(),
-            &["b", "c"],
-        ),
-        (
-            "Task?authored-on=ge2026-03-05T10:00:00Z".into(),
-            &["a", "b", "c"],
-        ),
+        ("Task?authored-on=2026-03-05T11:00:00%2B01:00".into(), &["a"]),
+        ("Task?authored-on=gt2026-03-05T10:00:00Z".into(), &["b", "c"]),
+        ("Task?authored-on=ge2026-03-05T10:00:00Z".into(), &["a", "b", "c"]),
         // 10% of the distance to now (years) around mid-2020: the year 2020, none of 2026.
         ("Task?authored-on=ap2020-06-15".into(), &["d"]),
-        (
-            "Task?authored-on=ge2026-03&authored-on=lt2026-04".into(),
-            &["a", "b"],
-        ),
+        ("Task?authored-on=ge2026-03&authored-on=lt2026-04".into(), &["a", "b"]),
         ("Task?authored-on=lt2021,gt2026-03-31".into(), &["c", "d"]),
     ];
     check(&app, Party::Gp, &named, &cases).await;
@@ -437,35 +355,20 @@ async fn last_updated_search_compares_the_stored_instant(db: Db) {
     let first = app.created(Party::Gp, &gp_task(json!({}))).await;
     let second = app.created(Party::Gp, &gp_task(json!({}))).await;
     settle().await;
-    let t1 = first["meta"]["lastUpdated"]
-        .as_str()
-        .expect("lastUpdated")
-        .to_owned();
+    let t1 = first["meta"]["lastUpdated"].as_str().expect("lastUpdated").to_owned();
     let named: HashMap<&str, String> = [
-        (
-            "first",
-            format!("Task/{}", first["id"].as_str().unwrap_or("")),
-        ),
-        (
-            "second",
-            format!("Task/{}", second["id"].as_str().unwrap_or("")),
-        ),
+        ("first", format!("Task/{}", first["id"].as_str().unwrap_or(""))),
+        ("second", format!("Task/{}", second["id"].as_str().unwrap_or(""))),
     ]
     .into();
     let enc = |t: &str| t.replace('+', "%2B");
     let cases: Vec<(String, &[&str])> = vec![
         (format!("Task?_lastUpdated=gt{}", enc(&t1)), &["second"]),
-        (
-            format!("Task?_lastUpdated=ge{}", enc(&t1)),
-            &["first", "second"],
-        ),
+        (format!("Task?_lastUpdated=ge{}", enc(&t1)), &["first", "second"]),
         (format!("Task?_lastUpdated={}", enc(&t1)), &["first"]),
         (format!("Task?_lastUpdated=le{}", enc(&t1)), &["first"]),
         (format!("Task?_lastUpdated=lt{}", enc(&t1)), &[]),
-        (
-            "Task?_lastUpdated=gt2020-01-01".into(),
-            &["first", "second"],
-        ),
+        ("Task?_lastUpdated=gt2020-01-01".into(), &["first", "second"]),
     ];
     check(&app, Party::Gp, &named, &cases).await;
 }
@@ -492,22 +395,13 @@ async fn string_search_matches_prefixes_exact_values_and_substrings(db: Db) {
         ("Patient?family=MAC".into(), &["macleod", "macdonald"]),
         ("Patient?family:exact=MacLeod".into(), &["macleod"]),
         ("Patient?family:exact=macleod".into(), &[]),
-        (
-            "Patient?family:contains=LEOD".into(),
-            &["macleod", "mcleod"],
-        ),
+        ("Patient?family:contains=LEOD".into(), &["macleod", "mcleod"]),
         ("Patient?given=eilis".into(), &["macdonald"]),
         ("Patient?name=anne".into(), &["mcleod"]),
-        (
-            "Patient?family=mac,mcl".into(),
-            &["macleod", "macdonald", "mcleod"],
-        ),
+        ("Patient?family=mac,mcl".into(), &["macleod", "macdonald", "mcleod"]),
         ("Patient?family=mac&given=mor".into(), &["macleod"]),
         ("Patient?family=m%25".into(), &[]),
-        (
-            "Patient?gender=female&birthdate=1961".into(),
-            &["macleod", "macdonald", "mcleod"],
-        ),
+        ("Patient?gender=female&birthdate=1961".into(), &["macleod", "macdonald", "mcleod"]),
     ];
     check(&app, Party::Gp, &named, &cases).await;
 }
@@ -517,21 +411,11 @@ async fn string_search_matches_prefixes_exact_values_and_substrings(db: Db) {
 
 async fn post_search_merges_the_form_body_with_the_url_parameters(db: Db) {
     let Some(app) = app(db).await else { return };
-    let named = create_all(
-        &app,
-        Party::Gp,
-        vec![
-            ("a", gp_task(json!({}))),
-            ("b", gp_task(json!({"status": "accepted"}))),
-        ],
-    )
-    .await;
+    let named =
+        create_all(&app, Party::Gp, vec![("a", gp_task(json!({}))), ("b", gp_task(json!({"status": "accepted"})))])
+            .await;
     let response = app
-        .as_party(
-            Party::Gp,
-            Method::POST,
-            "/Task/_search?status=requested,accepted",
-        )
+        .as_party(Party::Gp, Method::POST, "/Task/_search?status=requested,accepted")
         .await
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body("status:not=accepted")
@@ -540,15 +424,10 @@ async fn post_search_merges_the_form_body_with_the_url_parameters(db: Db) {
         .expect("post");
     let (status, body) = json_of(response).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        matches(&body),
-        set(&named, &["a"]),
-        "URL and body parameters are ANDed"
-    );
+    assert_eq!(matches(&body), set(&named, &["a"]), "URL and body parameters are ANDed");
     let self_link = link(&body, "self").expect("self link");
     assert!(
-        self_link.contains("status%3Anot=accepted")
-            && self_link.contains("status=requested%2Caccepted"),
+        self_link.contains("status%3Anot=accepted") && self_link.contains("status=requested%2Caccepted"),
         "the self link carries both: {self_link}"
     );
     let (status, _) = json_of(
@@ -568,20 +447,10 @@ async fn unknown_parameters_are_ignored_and_left_out_of_the_self_link_unless_str
     let Some(app) = app(db).await else { return };
     create_all(&app, Party::Gp, vec![("a", gp_task(json!({})))]).await;
     let lenient = bundle(&app, Party::Gp, "Task?status=requested&colour=blue").await;
-    assert_eq!(
-        ids_in(&lenient, "match").len(),
-        1,
-        "the unknown parameter does not filter"
-    );
+    assert_eq!(ids_in(&lenient, "match").len(), 1, "the unknown parameter does not filter");
     let self_link = link(&lenient, "self").expect("self");
-    assert!(
-        !self_link.contains("colour"),
-        "ignored parameters are not in the self link: {self_link}"
-    );
-    assert!(
-        self_link.contains("status=requested"),
-        "used ones are: {self_link}"
-    );
+    assert!(!self_link.contains("colour"), "ignored parameters are not in the self link: {self_link}");
+    assert!(self_link.contains("status=requested"), "used ones are: {self_link}");
     let strict = app
         .as_party(Party::Gp, Method::GET, "/Task?status=requested&colour=blue")
         .await
@@ -590,28 +459,16 @@ async fn unknown_parameters_are_ignored_and_left_out_of_the_self_link_unless_str
         .await
         .expect("get");
     let (status, body) = json_of(strict).await;
-    assert_eq!(
-        status, 400,
-        "strict handling refuses unknown parameters: {body}"
-    );
+    assert_eq!(status, 400, "strict handling refuses unknown parameters: {body}");
     assert_eq!(body["issue"][0]["expression"][0], "colour");
 }
 
 async fn count_is_capped_at_the_maximum_never_an_error(db: Db) {
     let Some(app) = app(db).await else { return };
-    create_all(
-        &app,
-        Party::Gp,
-        vec![("a", gp_task(json!({}))), ("b", gp_task(json!({})))],
-    )
-    .await;
+    create_all(&app, Party::Gp, vec![("a", gp_task(json!({}))), ("b", gp_task(json!({})))]).await;
     let cases: &[(&str, u16, Option<&str>)] = &[
         ("Task?_count=1000000", 200, Some("_count=500")),
-        (
-            "Task?_count=99999999999999999999999",
-            200,
-            Some("_count=500"),
-        ),
+        ("Task?_count=99999999999999999999999", 200, Some("_count=500")),
         ("Task?_count=1", 200, Some("_count=1")),
         ("Task?_count=0", 200, Some("_count=0")),
         ("Task?_count=-1", 400, None),
@@ -626,24 +483,14 @@ async fn count_is_capped_at_the_maximum_never_an_error(db: Db) {
         assert_eq!(got, *status, "{query}: {body}");
         if let Some(fragment) = in_self {
             let self_link = link(&body, "self").unwrap_or_default();
-            assert!(
-                self_link.contains(fragment),
-                "{query}: self link {self_link} has {fragment}"
-            );
+            assert!(self_link.contains(fragment), "{query}: self link {self_link} has {fragment}");
         } else {
             assert_eq!(body["resourceType"], "OperationOutcome", "{query}");
-            assert!(
-                body["issue"][0]["expression"][0].is_string(),
-                "{query}: the issue names the parameter: {body}"
-            );
+            assert!(body["issue"][0]["expression"][0].is_string(), "{query}: the issue names the parameter: {body}");
         }
     }
     let zero = bundle(&app, Party::Gp, "Task?_count=0&_total=accurate").await;
-    assert_eq!(
-        (zero["total"].as_u64(), ids_in(&zero, "match").len()),
-        (Some(2), 0),
-        "_count=0 gives the total only"
-    );
+    assert_eq!((zero["total"].as_u64(), ids_in(&zero, "match").len()), (Some(2), 0), "_count=0 gives the total only");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,15 +516,8 @@ async fn paging_by_id_has_no_duplicates_or_gaps_while_data_changes(db: Db) {
     let everything = ids_in(&bundle(&app, Party::Gp, "Task?_count=100").await, "match");
     assert_eq!(everything.len(), 12);
     let page1 = bundle(&app, Party::Gp, "Task?_count=5").await;
-    assert_eq!(
-        ids_in(&page1, "match"),
-        everything[..5].to_vec(),
-        "the first page is the first five in order"
-    );
-    assert!(
-        link(&page1, "previous").is_none(),
-        "the first page has no previous"
-    );
+    assert_eq!(ids_in(&page1, "match"), everything[..5].to_vec(), "the first page is the first five in order");
+    assert!(link(&page1, "previous").is_none(), "the first page has no previous");
     // Between pages: an unseen Task changes (still matching), one is deleted, two are added.
     let changed = everything[7].clone();
     app.updated(Party::Gp, &changed, |body| {
@@ -699,50 +539,26 @@ async fn paging_by_id_has_no_duplicates_or_gaps_while_data_changes(db: Db) {
         seen.extend(ids_in(&current, "match"));
     }
     let unique: BTreeSet<&String> = seen.iter().collect();
-    assert_eq!(
-        unique.len(),
-        seen.len(),
-        "no resource is returned twice: {seen:?}"
-    );
+    assert_eq!(unique.len(), seen.len(), "no resource is returned twice: {seen:?}");
     for id in everything.iter().filter(|id| **id != deleted) {
-        assert!(
-            seen.contains(id),
-            "{id} matched throughout and must be returned"
-        );
+        assert!(seen.contains(id), "{id} matched throughout and must be returned");
     }
-    assert!(
-        !seen.contains(&deleted),
-        "the deleted resource is not returned after its deletion"
-    );
+    assert!(!seen.contains(&deleted), "the deleted resource is not returned after its deletion");
     let page2 = page2.expect("a second page");
     let previous = link(&page2, "previous").expect("page 2 has a previous link");
     let back = follow(&app, Party::Gp, previous).await;
     // The previous page is the five rows before page 2 as the data is now (a new Task may
     // have sorted in before it).
     let now_all = ids_in(&bundle(&app, Party::Gp, "Task?_count=100").await, "match");
-    let page2_first = ids_in(&page2, "match")
-        .first()
-        .cloned()
-        .expect("page 2 has rows");
-    let position = now_all
-        .iter()
-        .position(|id| *id == page2_first)
-        .expect("page 2's first row still exists");
+    let page2_first = ids_in(&page2, "match").first().cloned().expect("page 2 has rows");
+    let position = now_all.iter().position(|id| *id == page2_first).expect("page 2's first row still exists");
     assert_eq!(
         ids_in(&back, "match"),
         now_all[position.saturating_sub(5)..position].to_vec(),
         "previous leads back to the rows before page 2"
     );
-    assert_eq!(
-        link(&back, "previous").is_some(),
-        position > 5,
-        "a previous link exactly when more rows lie before"
-    );
-    assert_eq!(
-        link(&back, "next").map(|_| ()),
-        Some(()),
-        "and a next link back to page 2"
-    );
+    assert_eq!(link(&back, "previous").is_some(), position > 5, "a previous link exactly when more rows lie before");
+    assert_eq!(link(&back, "next").map(|_| ()), Some(()), "and a next link back to page 2");
 }
 
 async fn paging_by_a_changing_key_never_returns_a_resource_twice(db: Db) {
@@ -756,8 +572,7 @@ async fn paging_by_a_changing_key_never_returns_a_resource_twice(db: Db) {
     assert_eq!(first.len(), 4);
     // A Task already seen changes: sorted by -_lastUpdated it would move to the front again.
     for id in &first[..2] {
-        app.updated(Party::Clw, id, |body| body["status"] = json!("accepted"))
-            .await;
+        app.updated(Party::Clw, id, |body| body["status"] = json!("accepted")).await;
     }
     settle().await;
     let mut seen = first.clone();
@@ -768,11 +583,7 @@ async fn paging_by_a_changing_key_never_returns_a_resource_twice(db: Db) {
     }
     let unique: BTreeSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "no duplicates: {seen:?}");
-    assert_eq!(
-        seen.len(),
-        9,
-        "every Task unchanged since the first page is returned once"
-    );
+    assert_eq!(seen.len(), 9, "every Task unchanged since the first page is returned once");
 }
 
 async fn results_sort_by_last_updated_authored_on_and_status_both_ways(db: Db) {
@@ -781,18 +592,9 @@ async fn results_sort_by_last_updated_authored_on_and_status_both_ways(db: Db) {
         &app,
         Party::Gp,
         vec![
-            (
-                "x",
-                gp_task(json!({"authoredOn": "2026-01-03", "status": "accepted"})),
-            ),
-            (
-                "y",
-                gp_task(json!({"authoredOn": "2026-01-01", "status": "requested"})),
-            ),
-            (
-                "z",
-                gp_task(json!({"authoredOn": "2026-01-02", "status": "completed"})),
-            ),
+            ("x", gp_task(json!({"authoredOn": "2026-01-03", "status": "accepted"}))),
+            ("y", gp_task(json!({"authoredOn": "2026-01-01", "status": "requested"}))),
+            ("z", gp_task(json!({"authoredOn": "2026-01-02", "status": "completed"}))),
         ],
     )
     .await;
@@ -817,53 +619,32 @@ async fn results_sort_by_last_updated_authored_on_and_status_both_ways(db: Db) {
 async fn totals_summaries_and_elements(db: Db) {
     let Some(app) = app(db).await else { return };
     for _ in 0..3 {
-        app.created(Party::Gp, &task("sr", "p", "GP0001", Some("CLW001")))
-            .await;
+        app.created(Party::Gp, &task("sr", "p", "GP0001", Some("CLW001"))).await;
     }
     for _ in 0..2 {
-        app.created(Party::OtherGp, &task("sr", "p", "GP0002", Some("CLW002")))
-            .await;
+        app.created(Party::OtherGp, &task("sr", "p", "GP0002", Some("CLW002"))).await;
     }
     let cases: &[(Party, &str, Option<u64>, usize)] = &[
         (Party::Gp, "Task?_total=accurate&_count=1", Some(3), 1),
         (Party::OtherGp, "Task?_total=accurate&_count=1", Some(2), 1),
         (Party::Clw, "Task?_total=accurate", Some(3), 3),
         (Party::OtherClw, "Task?_summary=count", Some(2), 0),
-        (
-            Party::Gp,
-            "Task?_summary=count&status=requested",
-            Some(3),
-            0,
-        ),
+        (Party::Gp, "Task?_summary=count&status=requested", Some(3), 0),
         (Party::Gp, "Task", Some(3), 3),
         (Party::Gp, "Task?_count=2", None, 2),
         (Party::Operator, "Task?_total=accurate", Some(5), 5),
     ];
     for (party, query, total, entries) in cases {
         let body = bundle(&app, *party, query).await;
-        assert_eq!(
-            body["total"].as_u64(),
-            *total,
-            "{party:?} {query}: total counts only visible rows"
-        );
-        assert_eq!(
-            ids_in(&body, "match").len(),
-            *entries,
-            "{party:?} {query}: entries"
-        );
+        assert_eq!(body["total"].as_u64(), *total, "{party:?} {query}: total counts only visible rows");
+        assert_eq!(ids_in(&body, "match").len(), *entries, "{party:?} {query}: entries");
     }
     let subset = bundle(&app, Party::Gp, "Task?_elements=status,owner").await;
     let first = &subset["entry"][0]["resource"];
     assert_eq!(first["status"], "requested", "named elements are kept");
     assert!(first["owner"].is_object(), "both of them");
-    assert!(
-        first.get("focus").is_none() && first.get("requester").is_none(),
-        "others are left out: {first}"
-    );
-    assert_eq!(
-        first["meta"]["tag"][0]["code"], "SUBSETTED",
-        "and the resource is marked"
-    );
+    assert!(first.get("focus").is_none() && first.get("requester").is_none(), "others are left out: {first}");
+    assert_eq!(first["meta"]["tag"][0]["code"], "SUBSETTED", "and the resource is marked");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -873,13 +654,9 @@ async fn includes_and_revincludes_respect_the_callers_tenancy(db: Db) {
     let Some(app) = app(db).await else { return };
     let p = app.created(Party::Gp, &patient("9434765919")).await;
     let pid = p["id"].as_str().expect("id").to_owned();
-    let sr = app
-        .created(Party::Gp, &service_request(&pid, "GP0001", "CLW001"))
-        .await;
+    let sr = app.created(Party::Gp, &service_request(&pid, "GP0001", "CLW001")).await;
     let srid = sr["id"].as_str().expect("id").to_owned();
-    let t = app
-        .created(Party::Gp, &task(&srid, &pid, "GP0001", Some("CLW001")))
-        .await;
+    let t = app.created(Party::Gp, &task(&srid, &pid, "GP0001", Some("CLW001"))).await;
     let tid = t["id"].as_str().expect("id").to_owned();
     let plan = json!({
         "resourceType": "CarePlan", "status": "active", "intent": "plan",
@@ -889,12 +666,8 @@ async fn includes_and_revincludes_respect_the_callers_tenancy(db: Db) {
     });
     let cp = app.created(Party::Clw, &plan).await;
     let cpid = cp["id"].as_str().expect("id").to_owned();
-    let (task_ref, sr_ref, patient_ref, plan_ref) = (
-        format!("Task/{tid}"),
-        format!("ServiceRequest/{srid}"),
-        format!("Patient/{pid}"),
-        format!("CarePlan/{cpid}"),
-    );
+    let (task_ref, sr_ref, patient_ref, plan_ref) =
+        (format!("Task/{tid}"), format!("ServiceRequest/{srid}"), format!("Patient/{pid}"), format!("CarePlan/{cpid}"));
 
     let includes = "Task?_include=Task:focus&_include=Task:patient&_include=Task:owner&_include=Task:requester";
     let cases: Vec<(Party, String, Vec<&String>, Vec<&String>)> = vec![
@@ -915,16 +688,8 @@ async fn includes_and_revincludes_respect_the_callers_tenancy(db: Db) {
         let body = bundle(&app, party, &query).await;
         let got_matches: BTreeSet<String> = ids_in(&body, "match").into_iter().collect();
         let got_includes: BTreeSet<String> = ids_in(&body, "include").into_iter().collect();
-        assert_eq!(
-            got_matches,
-            expected_matches.into_iter().cloned().collect(),
-            "{party:?} {query}: matches"
-        );
-        assert_eq!(
-            got_includes,
-            expected_includes.into_iter().cloned().collect(),
-            "{party:?} {query}: includes"
-        );
+        assert_eq!(got_matches, expected_matches.into_iter().cloned().collect(), "{party:?} {query}: matches");
+        assert_eq!(got_includes, expected_includes.into_iter().cloned().collect(), "{party:?} {query}: includes");
     }
 }
 
@@ -939,36 +704,22 @@ async fn the_capability_statement_lists_search_parameters_includes_and_revinclud
     };
     let strings = |v: &Value| {
         v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect::<Vec<_>>()
-            })
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect::<Vec<_>>())
             .unwrap_or_default()
     };
     let task_resource = resource("Task");
     let task_includes = strings(&task_resource["searchInclude"]);
     for code in ["Task:focus", "Task:patient", "Task:owner", "Task:requester"] {
-        assert!(
-            task_includes.contains(&code.to_owned()),
-            "Task searchInclude has {code}"
-        );
+        assert!(task_includes.contains(&code.to_owned()), "Task searchInclude has {code}");
     }
     let sr = resource("ServiceRequest");
     let sr_revincludes = strings(&sr["searchRevInclude"]);
     for code in ["Task:focus", "CarePlan:based-on"] {
-        assert!(
-            sr_revincludes.contains(&code.to_owned()),
-            "ServiceRequest searchRevInclude has {code}"
-        );
+        assert!(sr_revincludes.contains(&code.to_owned()), "ServiceRequest searchRevInclude has {code}");
     }
     let names: Vec<String> = task_resource["searchParam"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
     for name in [
         "_id",
@@ -988,10 +739,7 @@ async fn the_capability_statement_lists_search_parameters_includes_and_revinclud
         "output",
         "part-of",
     ] {
-        assert!(
-            names.contains(&name.to_owned()),
-            "Task searchParam has {name}"
-        );
+        assert!(names.contains(&name.to_owned()), "Task searchParam has {name}");
     }
 }
 
@@ -1028,27 +776,14 @@ on_both_databases!(
 const GP: &str = "GP0001";
 
 fn gp() -> Principal {
-    Principal::new(
-        "gp-system",
-        OdsCode::parse(GP).expect("ods"),
-        Role::Referrer,
-    )
+    Principal::new("gp-system", OdsCode::parse(GP).expect("ods"), Role::Referrer)
 }
 
-async fn store_with_window(
-    db: Db,
-    window: Duration,
-) -> Option<(Store, crate::helpers::TestDatabase)> {
+async fn store_with_window(db: Db, window: Duration) -> Option<(Store, crate::helpers::TestDatabase)> {
     let database = test_database(db).await?;
-    let store = Store::connect(
-        &database.url,
-        &PoolSettings {
-            settle_window: window,
-            ..PoolSettings::default()
-        },
-    )
-    .await
-    .expect("store connects");
+    let store = Store::connect(&database.url, &PoolSettings { settle_window: window, ..PoolSettings::default() })
+        .await
+        .expect("store connects");
     Some((store, database))
 }
 
@@ -1068,17 +803,11 @@ fn task_write(id: &ResourceId, version: i64, last_updated: Instant) -> ResourceW
         id: id.clone(),
         version: VersionId::parse(&version.to_string()).expect("version"),
         last_updated,
-        method: if version == 1 {
-            WriteMethod::Create
-        } else {
-            WriteMethod::Update
-        },
+        method: if version == 1 { WriteMethod::Create } else { WriteMethod::Update },
         precondition: if version == 1 {
             Precondition::Absent
         } else {
-            Precondition::CurrentVersion(
-                VersionId::parse(&(version - 1).to_string()).expect("version"),
-            )
+            Precondition::CurrentVersion(VersionId::parse(&(version - 1).to_string()).expect("version"))
         },
         index: extract_index(ResourceType::Task, &body),
         body: body.to_string(),
@@ -1088,46 +817,24 @@ fn task_write(id: &ResourceId, version: i64, last_updated: Instant) -> ResourceW
 }
 
 fn one(write: ResourceWrite) -> WriteSet {
-    WriteSet {
-        resources: vec![write],
-        ..Default::default()
-    }
+    WriteSet { resources: vec![write], ..Default::default() }
 }
 
 /// One poll as a GP system makes it: every page of `_lastUpdated=gt<since>` for its own
 /// Tasks. Returns (id, version, lastUpdated) of every match, in order.
 async fn poll(service: &SearchService, since: Option<Instant>) -> Vec<(String, i64, Instant)> {
-    let mut params = vec![
-        ("requester:identifier".to_owned(), format!("{ODS}|{GP}")),
-        ("_count".to_owned(), "7".to_owned()),
-    ];
+    let mut params =
+        vec![("requester:identifier".to_owned(), format!("{ODS}|{GP}")), ("_count".to_owned(), "7".to_owned())];
     // Every poll names `_lastUpdated`, the first one too: only such searches are settled.
-    let since = since.map_or_else(
-        || "ge2000-01-01".to_owned(),
-        |t| format!("gt{}", t.to_fhir()),
-    );
+    let since = since.map_or_else(|| "ge2000-01-01".to_owned(), |t| format!("gt{}", t.to_fhir()));
     params.push(("_lastUpdated".to_owned(), since));
-    let limits = PageLimits {
-        default_count: 7,
-        max_count: 50,
-    };
+    let limits = PageLimits { default_count: 7, max_count: 50 };
     let mut seen = Vec::new();
     loop {
-        let request = SearchRequest {
-            params: &params,
-            strict: true,
-            base_url: "http://lb.test",
-            readable: &ResourceType::ALL,
-        };
-        let page = service
-            .search_resources(&gp(), ResourceType::Task, &request, limits)
-            .await
-            .expect("poll succeeds");
-        seen.extend(
-            page.matches
-                .iter()
-                .map(|v| (v.id.as_str().to_owned(), v.version.get(), v.last_updated)),
-        );
+        let request =
+            SearchRequest { params: &params, strict: true, base_url: "http://lb.test", readable: &ResourceType::ALL };
+        let page = service.search_resources(&gp(), ResourceType::Task, &request, limits).await.expect("poll succeeds");
+        seen.extend(page.matches.iter().map(|v| (v.id.as_str().to_owned(), v.version.get(), v.last_updated)));
         let Some(next) = page.next else { return seen };
         params.retain(|(k, _)| k != "_cursor");
         params.push(("_cursor".to_owned(), next.encode()));
@@ -1222,11 +929,7 @@ async fn a_poller_never_misses_a_version_committed_late_by_concurrent_writers(db
         refused += r;
     }
     let (seen, polls) = poller.await.expect("poller");
-    assert!(
-        committed.len() > 30,
-        "the writers wrote enough to race: {}",
-        committed.len()
-    );
+    assert!(committed.len() > 30, "the writers wrote enough to race: {}", committed.len());
     assert!(polls > 20, "the poller polled while they wrote: {polls}");
     for (id, version) in &committed {
         assert_eq!(
@@ -1235,11 +938,7 @@ async fn a_poller_never_misses_a_version_committed_late_by_concurrent_writers(db
             "Task/{id}: the poller must see its latest committed version {version}"
         );
     }
-    assert_eq!(
-        seen.len(),
-        committed.len(),
-        "and nothing that was not committed"
-    );
+    assert_eq!(seen.len(), committed.len(), "and nothing that was not committed");
     eprintln!(
         "{db:?}: {} resources, {} final versions seen over {polls} polls, {refused} late writes refused",
         committed.len(),
@@ -1252,24 +951,14 @@ async fn a_write_applied_later_than_half_the_settle_window_is_refused(db: Db) {
     let Some((store, _database)) = store_with_window(db, window).await else {
         return;
     };
-    let cases = [
-        (Duration::from_millis(50), true, "well inside W/2"),
-        (Duration::from_millis(260), false, "past W/2"),
-    ];
+    let cases = [(Duration::from_millis(50), true, "well inside W/2"), (Duration::from_millis(260), false, "past W/2")];
     for (age, accepted, why) in cases {
-        let stamped = Instant::from_micros(
-            Instant::now().micros() - i64::try_from(age.as_micros()).unwrap_or(0),
-        );
-        let result = store
-            .commit(one(task_write(&ResourceId::generate(), 1, stamped)))
-            .await;
+        let stamped = Instant::from_micros(Instant::now().micros() - i64::try_from(age.as_micros()).unwrap_or(0));
+        let result = store.commit(one(task_write(&ResourceId::generate(), 1, stamped))).await;
         match (accepted, &result) {
             (true, Ok(())) => {}
             (false, Err(StoreError::SettleWindowPassed { late_by_ms })) => {
-                assert!(
-                    *late_by_ms >= 260,
-                    "{why}: the error says how late: {late_by_ms}"
-                )
+                assert!(*late_by_ms >= 260, "{why}: the error says how late: {late_by_ms}")
             }
             _ => panic!("{why}: unexpected {result:?}"),
         }
@@ -1277,10 +966,7 @@ async fn a_write_applied_later_than_half_the_settle_window_is_refused(db: Db) {
     let all = store
         .count_matches(
             &TenantScope::Everything,
-            &linkbridge::domain::search_query::SearchQuery {
-                resource_type: ResourceType::Task,
-                clauses: vec![],
-            },
+            &linkbridge::domain::search_query::SearchQuery { resource_type: ResourceType::Task, clauses: vec![] },
             None,
         )
         .await
@@ -1301,27 +987,14 @@ async fn a_late_commit_inside_the_window_is_seen_by_the_next_poll(db: Db) {
     let (a_id, b_id) = (a.id.as_str().to_owned(), b.id.as_str().to_owned());
     store.commit(one(b)).await.expect("B commits");
     let first = poll(&service, None).await;
-    assert!(
-        first.is_empty(),
-        "B is not yet settled, so the poll cannot have moved past A: {first:?}"
-    );
-    store
-        .commit(one(a))
-        .await
-        .expect("A commits late, within W/2 of its stamp");
+    assert!(first.is_empty(), "B is not yet settled, so the poll cannot have moved past A: {first:?}");
+    store.commit(one(a)).await.expect("A commits late, within W/2 of its stamp");
     tokio::time::sleep(window + Duration::from_millis(50)).await;
     let second = poll(&service, None).await;
     let ids: Vec<&str> = second.iter().map(|(id, _, _)| id.as_str()).collect();
-    assert_eq!(
-        ids,
-        vec![a_id.as_str(), b_id.as_str()],
-        "both, in lastUpdated order"
-    );
+    assert_eq!(ids, vec![a_id.as_str(), b_id.as_str()], "both, in lastUpdated order");
     let since = second.iter().map(|(_, _, t)| *t).max();
-    assert!(
-        poll(&service, since).await.is_empty(),
-        "and nothing is new after them"
-    );
+    assert!(poll(&service, since).await.is_empty(), "and nothing is new after them");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1335,12 +1008,9 @@ fn full_scans(plan: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     for (i, line) in plan.iter().enumerate() {
         let text = line.trim_start_matches([' ', '-', '>', '|', '`']);
-        let sqlite_scan = text.starts_with("SCAN ")
-            && !text.starts_with("SCAN d")
-            && !text.starts_with("SCAN CONSTANT");
-        let sqlite_by_type = text.starts_with("SEARCH r ")
-            && !text.contains("id=?")
-            && !text.contains("last_updated>");
+        let sqlite_scan =
+            text.starts_with("SCAN ") && !text.starts_with("SCAN d") && !text.starts_with("SCAN CONSTANT");
+        let sqlite_by_type = text.starts_with("SEARCH r ") && !text.contains("id=?") && !text.contains("last_updated>");
         let postgres_by_type = text.contains(" on resources r")
             && plan[i + 1..]
                 .iter()
@@ -1382,11 +1052,7 @@ async fn the_polling_queries_use_indexes(db: Db) {
     // Stamped just before each commit: a write set must be applied within W/2 of its stamp.
     let mut writes = Vec::new();
     for n in 0..400 {
-        let (gp, clw, patient) = (
-            format!("GP{:04}", n % 20),
-            format!("CLW{:03}", n % 10),
-            format!("p{}", n % 150),
-        );
+        let (gp, clw, patient) = (format!("GP{:04}", n % 20), format!("CLW{:03}", n % 10), format!("p{}", n % 150));
         let status = ["requested", "accepted", "in-progress", "completed"][n % 4];
         writes.push(write_of(
             ResourceType::Task,
@@ -1408,21 +1074,12 @@ async fn the_polling_queries_use_indexes(db: Db) {
         ));
         if writes.len() >= 60 {
             store
-                .commit(WriteSet {
-                    resources: std::mem::take(&mut writes),
-                    ..Default::default()
-                })
+                .commit(WriteSet { resources: std::mem::take(&mut writes), ..Default::default() })
                 .await
                 .expect("write");
         }
     }
-    store
-        .commit(WriteSet {
-            resources: writes,
-            ..Default::default()
-        })
-        .await
-        .expect("write");
+    store.commit(WriteSet { resources: writes, ..Default::default() }).await.expect("write");
     if let linkbridge::store::DatabaseUrl::Postgres(url) = &database.url {
         // PostgreSQL plans by statistics, which autovacuum keeps in production.
         use sqlx::{Connection, Executor};
@@ -1431,21 +1088,10 @@ async fn the_polling_queries_use_indexes(db: Db) {
     }
     // SQLite gets no ANALYZE: an embedded database never has statistics.
     let scope = TenantScope::Keys(vec![format!("org:{GP}"), "everyone".to_owned()]);
-    let context = ParseContext {
-        base_url: "http://lb.test",
-        strict: true,
-        now: Instant::now(),
-    };
-    let last_updated = [SortKey {
-        field: SortField::LastUpdated,
-        descending: false,
-    }];
+    let context = ParseContext { base_url: "http://lb.test", strict: true, now: Instant::now() };
+    let last_updated = [SortKey { field: SortField::LastUpdated, descending: false }];
     let cases: Vec<(ResourceType, String, &[SortKey])> = vec![
-        (
-            ResourceType::Task,
-            "requester=Organization/GP0001&_lastUpdated=gt2026-01-01T00:00:00Z".into(),
-            &last_updated,
-        ),
+        (ResourceType::Task, "requester=Organization/GP0001&_lastUpdated=gt2026-01-01T00:00:00Z".into(), &last_updated),
         (
             ResourceType::Task,
             format!("requester:identifier={ODS}|{GP}&_lastUpdated=gt2026-01-01T00:00:00Z"),
@@ -1456,51 +1102,20 @@ async fn the_polling_queries_use_indexes(db: Db) {
             "owner=Organization/CLW001&status=requested&_lastUpdated=gt2026-01-01T00:00:00Z".into(),
             &last_updated,
         ),
-        (
-            ResourceType::Task,
-            "requester=Organization/GP0001".into(),
-            &[],
-        ),
-        (
-            ResourceType::Task,
-            "owner=Organization/CLW001&status=requested".into(),
-            &[],
-        ),
-        (
-            ResourceType::Task,
-            "owner:missing=true&status=requested".into(),
-            &[],
-        ),
-        (
-            ResourceType::Task,
-            format!("owner:identifier={ODS}|CLW001&status=requested"),
-            &[],
-        ),
-        (
-            ResourceType::ServiceRequest,
-            "patient=Patient/p1".into(),
-            &[],
-        ),
-        (
-            ResourceType::CarePlan,
-            "based-on=ServiceRequest/s1".into(),
-            &[],
-        ),
+        (ResourceType::Task, "requester=Organization/GP0001".into(), &[]),
+        (ResourceType::Task, "owner=Organization/CLW001&status=requested".into(), &[]),
+        (ResourceType::Task, "owner:missing=true&status=requested".into(), &[]),
+        (ResourceType::Task, format!("owner:identifier={ODS}|CLW001&status=requested"), &[]),
+        (ResourceType::ServiceRequest, "patient=Patient/p1".into(), &[]),
+        (ResourceType::CarePlan, "based-on=ServiceRequest/s1".into(), &[]),
     ];
     for (resource_type, query, sort) in cases {
-        let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let params: Vec<(String, String)> =
+            url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         let parsed = parse_search(resource_type, &params, &context).expect("parses");
         // As the service does: a horizon for searches on `_lastUpdated` only.
         let horizon = parsed.query.uses_last_updated().then(Instant::now);
-        let page = SearchPage {
-            query: &parsed.query,
-            sort,
-            horizon,
-            position: None,
-            limit: 51,
-        };
+        let page = SearchPage { query: &parsed.query, sort, horizon, position: None, limit: 51 };
         let plan = store.explain_search(&scope, &page).await.expect("explain");
         assert!(!plan.is_empty(), "{resource_type}?{query}: a plan");
         if std::env::var_os("LINKBRIDGE_SHOW_PLANS").is_some() {

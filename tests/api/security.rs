@@ -86,8 +86,7 @@ fn ec_client_key() -> EncodingKey {
 }
 
 fn rsa_jwks_text() -> String {
-    std::fs::read_to_string(fixtures().join("keys").join("rsa-client-jwks.json"))
-        .expect("fixture JWKS")
+    std::fs::read_to_string(fixtures().join("keys").join("rsa-client-jwks.json")).expect("fixture JWKS")
 }
 
 /// The header of a GP system's assertion (RS384 with the RSA fixture key).
@@ -112,13 +111,7 @@ fn sign_gp(header: &Value, claims: &Value) -> String {
 // The token endpoint.
 
 async fn post_token_form(app: &TestApp, form: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
-    let response = app
-        .http
-        .post(app.token_url())
-        .form(form)
-        .send()
-        .await
-        .expect("token request");
+    let response = app.http.post(app.token_url()).form(form).send().await.expect("token request");
     let headers = response.headers().clone();
     let (status, body) = json_of(response).await;
     (status, headers, body)
@@ -147,9 +140,7 @@ async fn check_token_refused(app: &TestApp, case: &str, assertion: &str, expecte
 
 /// Registers an extra client directly in the app's database.
 async fn register_client(app: &TestApp, client: ClientRecord) {
-    let store = Store::connect(&app.database.url, &PoolSettings::default())
-        .await
-        .expect("store");
+    let store = Store::connect(&app.database.url, &PoolSettings::default()).await.expect("store");
     store.upsert_client(&client).await.expect("register client");
     store.close().await;
 }
@@ -176,10 +167,7 @@ async fn client_assertions_failing_any_check_are_answered_invalid_client() {
 
     let valid = sign_gp(&h, &c());
     let (status, _, body) = post_assertion(&app, &valid, "system/*.cruds").await;
-    assert_eq!(
-        status, 200,
-        "control: the unmodified assertion gets a token: {body}"
-    );
+    assert_eq!(status, 200, "control: the unmodified assertion gets a token: {body}");
 
     let tampered = {
         let signed = sign_gp(&h, &c());
@@ -195,97 +183,37 @@ async fn client_assertions_failing_any_check_are_answered_invalid_client() {
     let cases: Vec<(&str, String)> = vec![
         ("unknown client", as_client("no-such-client")),
         ("client id SQL text", as_client("' OR 1=1 --")),
-        (
-            "another client's id with the GP's key",
-            as_client("clw-tool"),
-        ),
-        (
-            "iss differs from sub",
-            claims(&[("sub", Some(json!("gp-other")))]),
-        ),
-        (
-            "aud is the FHIR base URL",
-            claims(&[("aud", Some(json!(app.address)))]),
-        ),
-        (
-            "aud is another server's token URL",
-            claims(&[("aud", Some(json!("https://elsewhere.example/auth/token")))]),
-        ),
-        (
-            "aud with a trailing slash",
-            claims(&[("aud", Some(json!(format!("{url}/"))))]),
-        ),
+        ("another client's id with the GP's key", as_client("clw-tool")),
+        ("iss differs from sub", claims(&[("sub", Some(json!("gp-other")))])),
+        ("aud is the FHIR base URL", claims(&[("aud", Some(json!(app.address)))])),
+        ("aud is another server's token URL", claims(&[("aud", Some(json!("https://elsewhere.example/auth/token")))])),
+        ("aud with a trailing slash", claims(&[("aud", Some(json!(format!("{url}/"))))])),
         ("aud missing", claims(&[("aud", None)])),
-        (
-            "exp six minutes ahead",
-            claims(&[("exp", Some(json!(now + 360)))]),
-        ),
-        (
-            "exp an hour ahead",
-            claims(&[("exp", Some(json!(now + 3600)))]),
-        ),
-        (
-            "expired",
-            claims(&[
-                ("exp", Some(json!(now - 120))),
-                ("iat", Some(json!(now - 200))),
-            ]),
-        ),
+        ("exp six minutes ahead", claims(&[("exp", Some(json!(now + 360)))])),
+        ("exp an hour ahead", claims(&[("exp", Some(json!(now + 3600)))])),
+        ("expired", claims(&[("exp", Some(json!(now - 120))), ("iat", Some(json!(now - 200)))])),
         ("exp missing", claims(&[("exp", None)])),
-        (
-            "exp as a string",
-            claims(&[("exp", Some(json!((now + 60).to_string())))]),
-        ),
+        ("exp as a string", claims(&[("exp", Some(json!((now + 60).to_string())))])),
         ("jti missing", claims(&[("jti", None)])),
-        (
-            "kid unknown",
-            header(&[("kid", Some(json!("no-such-kid")))]),
-        ),
-        (
-            "kid a path",
-            header(&[("kid", Some(json!("../../dev/null")))]),
-        ),
-        (
-            "kid SQL text",
-            header(&[("kid", Some(json!("' OR 1=1 --")))]),
-        ),
+        ("kid unknown", header(&[("kid", Some(json!("no-such-kid")))])),
+        ("kid a path", header(&[("kid", Some(json!("../../dev/null")))])),
+        ("kid SQL text", header(&[("kid", Some(json!("' OR 1=1 --")))])),
         ("kid missing", header(&[("kid", None)])),
-        (
-            "typ at+jwt (an access token's type)",
-            header(&[("typ", Some(json!("at+jwt")))]),
-        ),
+        ("typ at+jwt (an access token's type)", header(&[("typ", Some(json!("at+jwt")))])),
         ("crit header", header(&[("crit", Some(json!(["exp"])))])),
         (
             "ES384 header naming the RSA key",
-            sign_jws(
-                &with(&h, &[("alg", Some(json!("ES384")))]),
-                &c(),
-                &ec_client_key(),
-                Algorithm::ES384,
-            ),
+            sign_jws(&with(&h, &[("alg", Some(json!("ES384")))]), &c(), &ec_client_key(), Algorithm::ES384),
         ),
         (
             "RS256, not on the allow-list",
-            sign_jws(
-                &with(&h, &[("alg", Some(json!("RS256")))]),
-                &c(),
-                &gp_rsa_key(),
-                Algorithm::RS256,
-            ),
+            sign_jws(&with(&h, &[("alg", Some(json!("RS256")))]), &c(), &gp_rsa_key(), Algorithm::RS256),
         ),
         (
             "HS256 keyed with the client's public JWKS",
-            sign_jws(
-                &with(&h, &[("alg", Some(json!("HS256")))]),
-                &c(),
-                &client_jwks_secret,
-                Algorithm::HS256,
-            ),
+            sign_jws(&with(&h, &[("alg", Some(json!("HS256")))]), &c(), &client_jwks_secret, Algorithm::HS256),
         ),
-        (
-            "alg none",
-            unsigned_jws(&with(&h, &[("alg", Some(json!("none")))]), &c()),
-        ),
+        ("alg none", unsigned_jws(&with(&h, &[("alg", Some(json!("none")))]), &c())),
         ("signature of other claims", tampered),
         ("not a JWS", "not-an-assertion".to_owned()),
     ];
@@ -301,28 +229,10 @@ async fn a_client_assertion_is_accepted_once_and_its_jti_never_again() {
     let assertion = sign_gp(&gp_header(), &claims);
     let (status, _, body) = post_assertion(&app, &assertion, "system/*.cruds").await;
     assert_eq!(status, 200, "first use: {body}");
-    check_token_refused(
-        &app,
-        "the same assertion again",
-        &assertion,
-        "invalid_client",
-    )
-    .await;
-    let resigned = sign_gp(
-        &gp_header(),
-        &with(&claims, &[("exp", Some(json!(now() + 120)))]),
-    );
-    check_token_refused(
-        &app,
-        "the same jti in a newly signed assertion",
-        &resigned,
-        "invalid_client",
-    )
-    .await;
-    let fresh = sign_gp(
-        &gp_header(),
-        &assertion_claims("gp-system", &app.token_url()),
-    );
+    check_token_refused(&app, "the same assertion again", &assertion, "invalid_client").await;
+    let resigned = sign_gp(&gp_header(), &with(&claims, &[("exp", Some(json!(now() + 120)))]));
+    check_token_refused(&app, "the same jti in a newly signed assertion", &resigned, "invalid_client").await;
+    let fresh = sign_gp(&gp_header(), &assertion_claims("gp-system", &app.token_url()));
     let (status, _, body) = post_assertion(&app, &fresh, "system/*.cruds").await;
     assert_eq!(status, 200, "control: a new jti is accepted: {body}");
 }
@@ -332,34 +242,20 @@ async fn token_requests_with_the_wrong_grant_or_client_authentication_are_refuse
     let app = spawn_app().await;
     let assertion = || client_assertion(Party::Gp, &app.token_url(), &Value::Null);
     let cases: Vec<(&str, FormFields, &str)> = vec![
-        (
-            "grant_type authorization_code",
-            vec![("grant_type", "authorization_code".into())],
-            "unsupported_grant_type",
-        ),
-        (
-            "grant_type password",
-            vec![("grant_type", "password".into())],
-            "unsupported_grant_type",
-        ),
+        ("grant_type authorization_code", vec![("grant_type", "authorization_code".into())], "unsupported_grant_type"),
+        ("grant_type password", vec![("grant_type", "password".into())], "unsupported_grant_type"),
         ("grant_type missing", vec![], "invalid_request"),
         (
             "client_assertion_type of another kind",
             vec![
                 ("grant_type", "client_credentials".into()),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:saml2-bearer".into(),
-                ),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:saml2-bearer".into()),
             ],
             "invalid_client",
         ),
         (
             "client_assertion missing",
-            vec![
-                ("grant_type", "client_credentials".into()),
-                ("client_assertion", String::new()),
-            ],
+            vec![("grant_type", "client_credentials".into()), ("client_assertion", String::new())],
             "invalid_client",
         ),
     ];
@@ -387,62 +283,32 @@ async fn a_successful_token_response_is_an_uncached_bearer_at_jwt_for_the_regist
     let app = spawn_app().await;
     // The request claims another organisation and role: the registration must win.
     let overrides = json!({"organization": "GP0002", "role": "operator"});
-    let response = app
-        .request_token(Party::Gp, "system/*.cruds", &overrides)
-        .await;
+    let response = app.request_token(Party::Gp, "system/*.cruds", &overrides).await;
     let headers = response.headers().clone();
     let (status, body) = json_of(response).await;
     assert_eq!(status, 200, "token issued: {body}");
     assert!(
-        headers
-            .get("cache-control")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("no-store")),
+        headers.get("cache-control").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("no-store")),
         "Cache-Control: no-store, got {:?}",
         headers.get("cache-control")
     );
     assert!(
-        headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json")),
+        headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")),
         "JSON response"
     );
     assert_eq!(body["token_type"], "bearer", "token_type");
     let expires_in = body["expires_in"].as_i64().expect("expires_in is a number");
-    assert!(
-        (1..=300).contains(&expires_in),
-        "expires_in at most 300 s, got {expires_in}"
-    );
-    assert_eq!(
-        body["scope"], "system/*.cruds",
-        "the registered scope, as asked"
-    );
+    assert!((1..=300).contains(&expires_in), "expires_in at most 300 s, got {expires_in}");
+    assert_eq!(body["scope"], "system/*.cruds", "the registered scope, as asked");
 
     let token = body["access_token"].as_str().expect("access_token");
     let header = jws_part(token, 0);
     let claims = jws_part(token, 1);
     assert_eq!(header["typ"], "at+jwt", "RFC 9068 explicit typing");
     assert_eq!(header["alg"], "ES384", "signed with the service key");
-    let (_, jwks) = json_of(
-        app.http
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .expect("jwks"),
-    )
-    .await;
-    let kids: Vec<&Value> = jwks["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .map(|k| &k["kid"])
-        .collect();
-    assert!(
-        kids.contains(&&header["kid"]),
-        "kid {} is published in {kids:?}",
-        header["kid"]
-    );
+    let (_, jwks) = json_of(app.http.get(app.url("/.well-known/jwks.json")).send().await.expect("jwks")).await;
+    let kids: Vec<&Value> = jwks["keys"].as_array().expect("keys").iter().map(|k| &k["kid"]).collect();
+    assert!(kids.contains(&&header["kid"]), "kid {} is published in {kids:?}", header["kid"]);
 
     let expected = [
         ("iss", json!(app.address)),
@@ -457,22 +323,14 @@ async fn a_successful_token_response_is_an_uncached_bearer_at_jwt_for_the_regist
         assert_eq!(claims[claim], value, "claim {claim}");
     }
     for claim in ["exp", "iat", "nbf"] {
-        assert!(
-            claims[claim].is_i64(),
-            "claim {claim} is a NumericDate: {claims}"
-        );
+        assert!(claims[claim].is_i64(), "claim {claim} is a NumericDate: {claims}");
     }
     assert_eq!(
-        claims["exp"]
-            .as_i64()
-            .map(|e| e - claims["iat"].as_i64().unwrap_or(0)),
+        claims["exp"].as_i64().map(|e| e - claims["iat"].as_i64().unwrap_or(0)),
         Some(expires_in),
         "exp - iat = expires_in"
     );
-    assert!(
-        claims["jti"].as_str().is_some_and(|j| !j.is_empty()),
-        "jti present"
-    );
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()), "jti present");
 }
 
 #[tokio::test]
@@ -484,28 +342,17 @@ async fn scopes_beyond_the_registration_are_narrowed_or_refused_never_widened() 
     let token_for = |scope: &'static str| {
         let app = &app;
         async move {
-            let assertion = sign_gp(
-                &gp_header(),
-                &assertion_claims("gp-narrow", &app.token_url()),
-            );
+            let assertion = sign_gp(&gp_header(), &assertion_claims("gp-narrow", &app.token_url()));
             post_assertion(app, &assertion, scope).await
         }
     };
 
     // Asked within the registration: exactly what was asked, not the whole registration.
     let (status, _, body) = token_for("system/Patient.r").await;
-    assert_eq!(
-        (status, &body["scope"]),
-        (200, &json!("system/Patient.r")),
-        "a subset is granted as asked: {body}"
-    );
+    assert_eq!((status, &body["scope"]), (200, &json!("system/Patient.r")), "a subset is granted as asked: {body}");
 
     // Asked beyond it: refused, or granted only within it.
-    for asked in [
-        "system/*.cruds",
-        "system/Patient.cruds",
-        "system/Patient.rs system/Task.c",
-    ] {
+    for asked in ["system/*.cruds", "system/Patient.cruds", "system/Patient.rs system/Task.c"] {
         let (status, _, body) = token_for(asked).await;
         if status == 400 {
             assert_eq!(body["error"], "invalid_scope", "{asked}: refusal code");
@@ -514,16 +361,9 @@ async fn scopes_beyond_the_registration_are_narrowed_or_refused_never_widened() 
         assert_eq!(status, 200, "{asked}: granted or refused, got {body}");
         let granted_text = body["scope"].as_str().expect("scope in the response");
         let granted = ScopeSet::parse(granted_text).expect("granted scope parses");
-        assert!(
-            granted.is_subset_of(&registered),
-            "{asked}: granted {granted_text} is within {registered_text}"
-        );
+        assert!(granted.is_subset_of(&registered), "{asked}: granted {granted_text} is within {registered_text}");
         let token = body["access_token"].as_str().expect("access_token");
-        assert_eq!(
-            jws_part(token, 1)["scope"],
-            json!(granted_text),
-            "{asked}: the token carries the granted scope"
-        );
+        assert_eq!(jws_part(token, 1)["scope"], json!(granted_text), "{asked}: the token carries the granted scope");
         let create = app
             .http
             .post(app.url("/Patient"))
@@ -534,32 +374,16 @@ async fn scopes_beyond_the_registration_are_narrowed_or_refused_never_widened() 
             .await
             .expect("create");
         assert_eq!(create.status(), 403, "{asked}: the token cannot create");
-        let read = app
-            .http
-            .get(app.url("/Patient/_history"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("history");
-        assert_eq!(
-            read.status(),
-            200,
-            "{asked}: the token can do what the registration allows"
-        );
+        let read = app.http.get(app.url("/Patient/_history")).bearer_auth(token).send().await.expect("history");
+        assert_eq!(read.status(), 200, "{asked}: the token can do what the registration allows");
     }
 
     // Nothing in common with the registration, or not a valid scope at all: refused.
-    for asked in [
-        "system/Task.c",
-        "system/Patient.sr",
-        "user/Patient.read",
-        "",
-    ] {
+    for asked in ["system/Task.c", "system/Patient.sr", "user/Patient.read", ""] {
         let (status, _, body) = token_for(asked).await;
         assert_eq!(status, 400, "{asked:?}: refused, got {body}");
         assert!(
-            body["error"] == "invalid_scope"
-                || (asked.is_empty() && body["error"] == "invalid_request"),
+            body["error"] == "invalid_scope" || (asked.is_empty() && body["error"] == "invalid_request"),
             "{asked:?}: invalid_scope, got {body}"
         );
     }
@@ -577,13 +401,8 @@ struct CountingServer {
 
 impl CountingServer {
     async fn serving(body: String) -> CountingServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let url = format!(
-            "http://{}/jwks.json",
-            listener.local_addr().expect("address")
-        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let url = format!("http://{}/jwks.json", listener.local_addr().expect("address"));
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
         let task = tokio::spawn(async move {
@@ -593,8 +412,7 @@ impl CountingServer {
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buffer = [0_u8; 4096];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024
-                    {
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
                         match socket.read(&mut buffer).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => request.extend_from_slice(&buffer[..n]),
@@ -632,31 +450,19 @@ async fn a_client_registered_with_a_jwks_url_is_authenticated_with_the_keys_serv
     client.jwks_url = Some(registered.url.clone());
     register_client(&app, client).await;
 
-    let assertion = sign_gp(
-        &gp_header(),
-        &assertion_claims("gp-by-url", &app.token_url()),
-    );
+    let assertion = sign_gp(&gp_header(), &assertion_claims("gp-by-url", &app.token_url()));
     let (status, _, body) = post_assertion(&app, &assertion, "system/*.cruds").await;
     assert_eq!(status, 200, "token for a JWKS-URL client: {body}");
-    assert!(
-        registered.hits() >= 1,
-        "the registered JWKS URL was fetched"
-    );
+    assert!(registered.hits() >= 1, "the registered JWKS URL was fetched");
     let claims = jws_part(body["access_token"].as_str().expect("access_token"), 1);
-    assert_eq!(
-        claims["organization"], "GP0003",
-        "the tenant of that registration"
-    );
+    assert_eq!(claims["organization"], "GP0003", "the tenant of that registration");
 
     let with_jku = sign_gp(
         &with(&gp_header(), &[("jku", Some(json!(registered.url)))]),
         &assertion_claims("gp-by-url", &app.token_url()),
     );
     let (status, _, body) = post_assertion(&app, &with_jku, "system/*.cruds").await;
-    assert_eq!(
-        status, 200,
-        "a jku equal to the registered URL is accepted: {body}"
-    );
+    assert_eq!(status, 200, "a jku equal to the registered URL is accepted: {body}");
 }
 
 #[tokio::test]
@@ -670,33 +476,16 @@ async fn a_jku_other_than_the_registered_url_is_refused_without_being_fetched() 
     register_client(&app, by_url).await;
 
     let jku_header = with(&gp_header(), &[("jku", Some(json!(attacker.url)))]);
-    let cases = [
-        ("inline-registered client", "gp-system"),
-        ("client registered by JWKS URL", "gp-by-url"),
-    ];
+    let cases = [("inline-registered client", "gp-system"), ("client registered by JWKS URL", "gp-by-url")];
     for (case, client_id) in cases {
         let assertion = sign_gp(&jku_header, &assertion_claims(client_id, &app.token_url()));
         check_token_refused(&app, case, &assertion, "invalid_client").await;
-        assert_eq!(
-            attacker.hits(),
-            0,
-            "{case}: nothing was fetched from the jku"
-        );
+        assert_eq!(attacker.hits(), 0, "{case}: nothing was fetched from the jku");
     }
-    let control = sign_gp(
-        &gp_header(),
-        &assertion_claims("gp-by-url", &app.token_url()),
-    );
+    let control = sign_gp(&gp_header(), &assertion_claims("gp-by-url", &app.token_url()));
     let (status, _, body) = post_assertion(&app, &control, "system/*.cruds").await;
-    assert_eq!(
-        status, 200,
-        "control: the same client without the jku gets a token: {body}"
-    );
-    assert_eq!(
-        attacker.hits(),
-        0,
-        "the attacker's server was never contacted"
-    );
+    assert_eq!(status, 200, "control: the same client without the jku gets a token: {body}");
+    assert_eq!(attacker.hits(), 0, "the attacker's server was never contacted");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,27 +509,17 @@ fn server_signing_key_pem(app: &TestApp) -> String {
 /// not echo the token.
 async fn check_unauthorized(case: &str, request: reqwest::RequestBuilder, token: Option<&str>) {
     let response = request.send().await.expect("request");
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_default();
+    let challenge =
+        response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();
     let (status, body) = json_of(response).await;
     assert_eq!(status, 401, "{case}: status, body {body}");
     assert!(
         challenge.starts_with("Bearer") && challenge.contains("error=\"invalid_token\""),
         "{case}: WWW-Authenticate, got {challenge:?}"
     );
-    assert_eq!(
-        body["resourceType"], "OperationOutcome",
-        "{case}: body {body}"
-    );
+    assert_eq!(body["resourceType"], "OperationOutcome", "{case}: body {body}");
     if let Some(token) = token.filter(|t| t.len() > 16) {
-        assert!(
-            !body.to_string().contains(token),
-            "{case}: the token is not echoed"
-        );
+        assert!(!body.to_string().contains(token), "{case}: the token is not echoed");
     }
 }
 
@@ -748,10 +527,7 @@ async fn check_unauthorized(case: &str, request: reqwest::RequestBuilder, token:
 async fn access_tokens_that_are_missing_malformed_forged_or_misdirected_answer_401() {
     let app = spawn_app().await;
     let real = app.token(Party::Gp).await;
-    let id = app.created(Party::Gp, &patient("9434765919")).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = app.created(Party::Gp, &patient("9434765919")).await["id"].as_str().expect("id").to_owned();
     let path = format!("/Patient/{id}");
 
     let pem = server_signing_key_pem(&app);
@@ -763,20 +539,9 @@ async fn access_tokens_that_are_missing_malformed_forged_or_misdirected_answer_4
 
     let control = forge(&h, &c);
     let response = read_with(&control).send().await.expect("read");
-    assert_eq!(
-        response.status(),
-        200,
-        "control: a token re-signed with the server key is accepted"
-    );
+    assert_eq!(response.status(), 200, "control: a token re-signed with the server key is accepted");
 
-    let (_, jwks) = json_of(
-        app.http
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .expect("jwks"),
-    )
-    .await;
+    let (_, jwks) = json_of(app.http.get(app.url("/.well-known/jwks.json")).send().await.expect("jwks")).await;
     let server_jwk = jwks["keys"][0].clone();
     let server_public_pem = {
         use p384::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
@@ -794,49 +559,24 @@ async fn access_tokens_that_are_missing_malformed_forged_or_misdirected_answer_4
 
     let cases: Vec<(&str, Option<String>)> = vec![
         ("no Authorization header", None),
-        (
-            "another scheme",
-            Some("Basic Z3Atc3lzdGVtOnNlY3JldA==".into()),
-        ),
+        ("another scheme", Some("Basic Z3Atc3lzdGVtOnNlY3JldA==".into())),
         ("Bearer and nothing", Some("Bearer ".into())),
         ("not a JWS", Some("Bearer not-a-token".into())),
         ("three parts of garbage", Some("Bearer a.b.c".into())),
         (
             "payload tampered: another organisation",
-            Some(with_payload(&with(
-                &c,
-                &[("organization", Some(json!("GP0002")))],
-            ))),
+            Some(with_payload(&with(&c, &[("organization", Some(json!("GP0002")))]))),
         ),
-        (
-            "payload tampered: longer expiry",
-            Some(with_payload(&with(&c, &[("exp", Some(json!(now + 290)))]))),
-        ),
-        (
-            "signature removed",
-            Some(format!("{}.{}.", parts[0], parts[1])),
-        ),
-        (
-            "alg none",
-            Some(unsigned_jws(&with(&h, &[("alg", Some(json!("none")))]), &c)),
-        ),
+        ("payload tampered: longer expiry", Some(with_payload(&with(&c, &[("exp", Some(json!(now + 290)))])))),
+        ("signature removed", Some(format!("{}.{}.", parts[0], parts[1]))),
+        ("alg none", Some(unsigned_jws(&with(&h, &[("alg", Some(json!("none")))]), &c))),
         (
             "HS256 keyed with the server's public JWK",
-            Some(sign_jws(
-                &hs256,
-                &c,
-                &EncodingKey::from_secret(server_jwk.to_string().as_bytes()),
-                Algorithm::HS256,
-            )),
+            Some(sign_jws(&hs256, &c, &EncodingKey::from_secret(server_jwk.to_string().as_bytes()), Algorithm::HS256)),
         ),
         (
             "HS256 keyed with the server's public key PEM",
-            Some(sign_jws(
-                &hs256,
-                &c,
-                &EncodingKey::from_secret(server_public_pem.as_bytes()),
-                Algorithm::HS256,
-            )),
+            Some(sign_jws(&hs256, &c, &EncodingKey::from_secret(server_public_pem.as_bytes()), Algorithm::HS256)),
         ),
         (
             "expired",
@@ -858,72 +598,28 @@ async fn access_tokens_that_are_missing_malformed_forged_or_misdirected_answer_4
                 &h,
                 &with(
                     &c,
-                    &[
-                        ("iat", Some(json!(now))),
-                        ("nbf", Some(json!(now + 120))),
-                        ("exp", Some(json!(now + 240))),
-                    ],
+                    &[("iat", Some(json!(now))), ("nbf", Some(json!(now + 120))), ("exp", Some(json!(now + 240)))],
                 ),
             )),
         ),
-        (
-            "exp as a string",
-            Some(forge(
-                &h,
-                &with(&c, &[("exp", Some(json!((now + 240).to_string())))]),
-            )),
-        ),
+        ("exp as a string", Some(forge(&h, &with(&c, &[("exp", Some(json!((now + 240).to_string())))])))),
         ("exp missing", Some(forge(&h, &with(&c, &[("exp", None)])))),
         (
             "lifetime longer than the server issues",
             Some(forge(
                 &h,
-                &with(
-                    &c,
-                    &[
-                        ("iat", Some(json!(now))),
-                        ("nbf", Some(json!(now))),
-                        ("exp", Some(json!(now + 3600))),
-                    ],
-                ),
+                &with(&c, &[("iat", Some(json!(now))), ("nbf", Some(json!(now))), ("exp", Some(json!(now + 3600)))]),
             )),
         ),
-        (
-            "wrong aud",
-            Some(forge(
-                &h,
-                &with(&c, &[("aud", Some(json!("https://other-fhir.example")))]),
-            )),
-        ),
+        ("wrong aud", Some(forge(&h, &with(&c, &[("aud", Some(json!("https://other-fhir.example")))])))),
         ("aud missing", Some(forge(&h, &with(&c, &[("aud", None)])))),
-        (
-            "wrong iss",
-            Some(forge(
-                &h,
-                &with(&c, &[("iss", Some(json!("https://evil.example")))]),
-            )),
-        ),
+        ("wrong iss", Some(forge(&h, &with(&c, &[("iss", Some(json!("https://evil.example")))])))),
         ("iss missing", Some(forge(&h, &with(&c, &[("iss", None)])))),
-        (
-            "typ JWT though signed by the server",
-            Some(forge(&with(&h, &[("typ", Some(json!("JWT")))]), &c)),
-        ),
+        ("typ JWT though signed by the server", Some(forge(&with(&h, &[("typ", Some(json!("JWT")))]), &c))),
         ("typ missing", Some(forge(&with(&h, &[("typ", None)]), &c))),
-        (
-            "kid unknown",
-            Some(forge(&with(&h, &[("kid", Some(json!("no-such-kid")))]), &c)),
-        ),
-        (
-            "jku header",
-            Some(forge(
-                &with(&h, &[("jku", Some(json!("http://127.0.0.1:9/jwks.json")))]),
-                &c,
-            )),
-        ),
-        (
-            "a client assertion presented as an access token",
-            Some(assertion_as_token),
-        ),
+        ("kid unknown", Some(forge(&with(&h, &[("kid", Some(json!("no-such-kid")))]), &c))),
+        ("jku header", Some(forge(&with(&h, &[("jku", Some(json!("http://127.0.0.1:9/jwks.json")))]), &c))),
+        ("a client assertion presented as an access token", Some(assertion_as_token)),
     ];
     for (case, token) in cases {
         let request = app.http.get(app.url(&path));
@@ -943,42 +639,17 @@ async fn a_token_without_the_needed_scope_answers_403_insufficient_scope_and_cha
     let app = spawn_app().await;
     let existing = app.created(Party::Gp, &patient("9434765919")).await;
     let id = existing["id"].as_str().expect("id").to_owned();
-    let response = app
-        .request_token(Party::Gp, "system/Patient.r", &Value::Null)
-        .await;
+    let response = app.request_token(Party::Gp, "system/Patient.r", &Value::Null).await;
     let (status, body) = json_of(response).await;
     assert_eq!(status, 200, "read-only token: {body}");
-    let read_only = body["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_owned();
+    let read_only = body["access_token"].as_str().expect("access_token").to_owned();
 
-    let read = app
-        .http
-        .get(app.url(&format!("/Patient/{id}")))
-        .bearer_auth(&read_only)
-        .send()
-        .await
-        .expect("read");
-    assert_eq!(
-        read.status(),
-        200,
-        "control: the token is valid for what it allows"
-    );
+    let read = app.http.get(app.url(&format!("/Patient/{id}"))).bearer_auth(&read_only).send().await.expect("read");
+    assert_eq!(read.status(), 200, "control: the token is valid for what it allows");
 
     let cases: Vec<(&str, Method, String, Payload)> = vec![
-        (
-            "create",
-            Method::POST,
-            "/Patient".into(),
-            Some(("application/fhir+json", patient("9434765919").to_string())),
-        ),
-        (
-            "update",
-            Method::PUT,
-            format!("/Patient/{id}"),
-            Some(("application/fhir+json", existing.to_string())),
-        ),
+        ("create", Method::POST, "/Patient".into(), Some(("application/fhir+json", patient("9434765919").to_string()))),
+        ("update", Method::PUT, format!("/Patient/{id}"), Some(("application/fhir+json", existing.to_string()))),
         (
             "patch",
             Method::PATCH,
@@ -989,86 +660,42 @@ async fn a_token_without_the_needed_scope_answers_403_insufficient_scope_and_cha
             )),
         ),
         ("delete", Method::DELETE, format!("/Patient/{id}"), None),
-        (
-            "type history (a search interaction)",
-            Method::GET,
-            "/Patient/_history".into(),
-            None,
-        ),
-        (
-            "another type",
-            Method::GET,
-            "/ServiceRequest/_history".into(),
-            None,
-        ),
+        ("type history (a search interaction)", Method::GET, "/Patient/_history".into(), None),
+        ("another type", Method::GET, "/ServiceRequest/_history".into(), None),
     ];
     for (case, method, path, body) in cases {
-        let mut request = app
-            .http
-            .request(method, app.url(&path))
-            .bearer_auth(&read_only);
+        let mut request = app.http.request(method, app.url(&path)).bearer_auth(&read_only);
         if let Some((content_type, body)) = body {
             request = request.header("Content-Type", content_type).body(body);
         }
         let response = request.send().await.expect("request");
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let challenge =
+            response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let (status, outcome) = json_of(response).await;
         assert_eq!(status, 403, "{case}: status, body {outcome}");
-        assert!(
-            challenge.contains("error=\"insufficient_scope\""),
-            "{case}: WWW-Authenticate, got {challenge:?}"
-        );
+        assert!(challenge.contains("error=\"insufficient_scope\""), "{case}: WWW-Authenticate, got {challenge:?}");
         assert_eq!(outcome["resourceType"], "OperationOutcome", "{case}: body");
     }
     let (_, history) = json_of(app.get(Party::Gp, "/Patient/_history").await).await;
-    assert_eq!(
-        history["entry"].as_array().map(Vec::len),
-        Some(1),
-        "nothing was written: {history}"
-    );
+    assert_eq!(history["entry"].as_array().map(Vec::len), Some(1), "nothing was written: {history}");
 }
 
 #[tokio::test]
 async fn discovery_and_probe_endpoints_need_no_token() {
     let app = spawn_app().await;
-    for path in [
-        "/metadata",
-        "/.well-known/smart-configuration",
-        "/.well-known/jwks.json",
-        "/healthz",
-        "/readyz",
-    ] {
+    for path in ["/metadata", "/.well-known/smart-configuration", "/.well-known/jwks.json", "/healthz", "/readyz"] {
         let response = app.http.get(app.url(path)).send().await.expect("request");
         assert_eq!(response.status(), 200, "{path} without a token");
     }
     // FHIR routes without a token, including ones whose path starts like a public one.
-    for path in [
-        "/Patient/_history",
-        "/.well-known/_history",
-        "/.well-known/x/_history",
-        "/metadata/_history",
-    ] {
+    for path in ["/Patient/_history", "/.well-known/_history", "/.well-known/x/_history", "/metadata/_history"] {
         let response = app.http.get(app.url(path)).send().await.expect("request");
         assert_eq!(response.status(), 401, "{path} without a token");
     }
 
-    let response = app
-        .http
-        .get(app.url("/.well-known/smart-configuration"))
-        .send()
-        .await
-        .expect("request");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let response = app.http.get(app.url("/.well-known/smart-configuration")).send().await.expect("request");
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert!(
         content_type.starts_with("application/json"),
         "smart-configuration is application/json, got {content_type}"
@@ -1077,59 +704,35 @@ async fn discovery_and_probe_endpoints_need_no_token() {
     let exact = [
         ("token_endpoint", json!(app.token_url())),
         ("grant_types_supported", json!(["client_credentials"])),
-        (
-            "token_endpoint_auth_methods_supported",
-            json!(["private_key_jwt"]),
-        ),
+        ("token_endpoint_auth_methods_supported", json!(["private_key_jwt"])),
         ("code_challenge_methods_supported", json!(["S256"])),
     ];
     for (field, value) in exact {
         assert_eq!(config[field], value, "smart-configuration {field}");
     }
     let contains = [
-        (
-            "token_endpoint_auth_signing_alg_values_supported",
-            vec!["RS384", "ES384"],
-        ),
-        (
-            "capabilities",
-            vec!["client-confidential-asymmetric", "permission-v2"],
-        ),
+        ("token_endpoint_auth_signing_alg_values_supported", vec!["RS384", "ES384"]),
+        ("capabilities", vec!["client-confidential-asymmetric", "permission-v2"]),
     ];
     for (field, wanted) in contains {
         let values = config[field].as_array().cloned().unwrap_or_default();
         for value in wanted {
-            assert!(
-                values.contains(&json!(value)),
-                "smart-configuration {field} has {value}: {values:?}"
-            );
+            assert!(values.contains(&json!(value)), "smart-configuration {field} has {value}: {values:?}");
         }
     }
     assert!(
         config["scopes_supported"]
             .as_array()
-            .is_some_and(|s| !s.is_empty()
-                && s.iter()
-                    .all(|s| s.as_str().is_some_and(|s| s.starts_with("system/")))),
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s.as_str().is_some_and(|s| s.starts_with("system/")))),
         "smart-configuration scopes_supported lists system scopes: {}",
         config["scopes_supported"]
     );
 
-    let (_, jwks) = json_of(
-        app.http
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .expect("jwks"),
-    )
-    .await;
+    let (_, jwks) = json_of(app.http.get(app.url("/.well-known/jwks.json")).send().await.expect("jwks")).await;
     let keys = jwks["keys"].as_array().expect("a JWK Set");
     assert!(!keys.is_empty(), "at least one published key");
     for key in keys {
-        assert!(
-            key.get("d").is_none(),
-            "no private key material is published: {key}"
-        );
+        assert!(key.get("d").is_none(), "no private key material is published: {key}");
     }
 }
 
@@ -1140,21 +743,10 @@ async fn discovery_and_probe_endpoints_need_no_token() {
 /// placeholder (so two 404s for two ids compare equal when they say the same thing).
 async fn observed(response: reqwest::Response, id: &str) -> (u16, Vec<(String, String)>, String) {
     let status = response.status().as_u16();
-    let headers = [
-        "etag",
-        "location",
-        "last-modified",
-        "content-location",
-        "content-type",
-    ]
-    .iter()
-    .filter_map(|name| {
-        Some((
-            (*name).to_owned(),
-            response.headers().get(*name)?.to_str().ok()?.to_owned(),
-        ))
-    })
-    .collect();
+    let headers = ["etag", "location", "last-modified", "content-location", "content-type"]
+        .iter()
+        .filter_map(|name| Some(((*name).to_owned(), response.headers().get(*name)?.to_str().ok()?.to_owned())))
+        .collect();
     let body = response.text().await.expect("body").replace(id, "{id}");
     (status, headers, body)
 }
@@ -1182,45 +774,19 @@ async fn another_organisations_resource_answers_404_exactly_like_a_missing_one()
     let app = spawn_app().await;
     let patient_body = app.created(Party::Gp, &patient("9434765919")).await;
     let patient_id = patient_body["id"].as_str().expect("id").to_owned();
-    let referral = app
-        .created(Party::Gp, &service_request(&patient_id, "GP0001", "CLW001"))
-        .await;
+    let referral = app.created(Party::Gp, &service_request(&patient_id, "GP0001", "CLW001")).await;
     let deleted = app.created(Party::Gp, &patient("9876543210")).await;
     let deleted_id = deleted["id"].as_str().expect("id").to_owned();
-    let response = app
-        .as_party(Party::Gp, Method::DELETE, &format!("/Patient/{deleted_id}"))
-        .await
-        .send()
-        .await
-        .expect("delete");
+    let response =
+        app.as_party(Party::Gp, Method::DELETE, &format!("/Patient/{deleted_id}")).await.send().await.expect("delete");
     assert_eq!(response.status(), 204, "setup: delete");
     let missing_id = uuid::Uuid::new_v4().to_string();
 
     let targets = [
-        (
-            "another practice's Patient",
-            Party::OtherGp,
-            "Patient",
-            patient_body.clone(),
-        ),
-        (
-            "another practice's referral",
-            Party::OtherGp,
-            "ServiceRequest",
-            referral.clone(),
-        ),
-        (
-            "a referral for another CLW service",
-            Party::OtherClw,
-            "ServiceRequest",
-            referral.clone(),
-        ),
-        (
-            "another practice's deleted Patient",
-            Party::OtherGp,
-            "Patient",
-            deleted.clone(),
-        ),
+        ("another practice's Patient", Party::OtherGp, "Patient", patient_body.clone()),
+        ("another practice's referral", Party::OtherGp, "ServiceRequest", referral.clone()),
+        ("a referral for another CLW service", Party::OtherClw, "ServiceRequest", referral.clone()),
+        ("another practice's deleted Patient", Party::OtherGp, "Patient", deleted.clone()),
     ];
     for (what, stranger, resource_type, resource) in &targets {
         let id = resource["id"].as_str().expect("id");
@@ -1233,20 +799,8 @@ async fn another_organisations_resource_answers_404_exactly_like_a_missing_one()
         let patch = json!([{"op": "add", "path": "/language", "value": "en"}]).to_string();
         let interactions: Vec<(&str, Method, String, Payload, Option<&str>)> = vec![
             ("read", Method::GET, "/{type}/{id}".into(), None, None),
-            (
-                "vread",
-                Method::GET,
-                "/{type}/{id}/_history/1".into(),
-                None,
-                None,
-            ),
-            (
-                "instance history",
-                Method::GET,
-                "/{type}/{id}/_history".into(),
-                None,
-                None,
-            ),
+            ("vread", Method::GET, "/{type}/{id}/_history/1".into(), None, None),
+            ("instance history", Method::GET, "/{type}/{id}/_history".into(), None, None),
             (
                 "update with If-Match",
                 Method::PUT,
@@ -1261,87 +815,39 @@ async fn another_organisations_resource_answers_404_exactly_like_a_missing_one()
                 Some(("application/fhir+json", String::new())),
                 None,
             ),
-            (
-                "patch",
-                Method::PATCH,
-                "/{type}/{id}".into(),
-                Some(("application/json-patch+json", patch.clone())),
-                None,
-            ),
+            ("patch", Method::PATCH, "/{type}/{id}".into(), Some(("application/json-patch+json", patch.clone())), None),
             ("delete", Method::DELETE, "/{type}/{id}".into(), None, None),
         ];
         for (interaction, method, template, body, if_match) in interactions {
             let case = format!("{what}: {interaction}");
-            let path_for = |id: &str| {
-                template
-                    .replace("{type}", resource_type)
-                    .replace("{id}", id)
-            };
-            let body_for = |id: &str| {
-                body.as_ref()
-                    .map(|(ct, b)| (*ct, if b.is_empty() { with_id(id) } else { b.clone() }))
-            };
-            let existing = observed(
-                send_as(
-                    &app,
-                    *stranger,
-                    method.clone(),
-                    &path_for(id),
-                    body_for(id),
-                    if_match,
-                )
-                .await,
-                id,
-            )
-            .await;
+            let path_for = |id: &str| template.replace("{type}", resource_type).replace("{id}", id);
+            let body_for =
+                |id: &str| body.as_ref().map(|(ct, b)| (*ct, if b.is_empty() { with_id(id) } else { b.clone() }));
+            let existing =
+                observed(send_as(&app, *stranger, method.clone(), &path_for(id), body_for(id), if_match).await, id)
+                    .await;
             let absent = observed(
-                send_as(
-                    &app,
-                    *stranger,
-                    method.clone(),
-                    &path_for(&missing_id),
-                    body_for(&missing_id),
-                    if_match,
-                )
-                .await,
+                send_as(&app, *stranger, method.clone(), &path_for(&missing_id), body_for(&missing_id), if_match).await,
                 &missing_id,
             )
             .await;
             assert_eq!(existing.0, 404, "{case}: status, body {}", existing.2);
-            assert_eq!(
-                existing, absent,
-                "{case}: the same answer as for a resource that does not exist"
-            );
+            assert_eq!(existing, absent, "{case}: the same answer as for a resource that does not exist");
         }
     }
 
     // Nothing the strangers tried changed anything.
-    for (what, resource_type, resource) in [
-        ("Patient", "Patient", &patient_body),
-        ("referral", "ServiceRequest", &referral),
-    ] {
+    for (what, resource_type, resource) in
+        [("Patient", "Patient", &patient_body), ("referral", "ServiceRequest", &referral)]
+    {
         let (status, now) = json_of(
-            app.get(
-                Party::Gp,
-                &format!(
-                    "/{resource_type}/{}",
-                    resource["id"].as_str().unwrap_or_default()
-                ),
-            )
-            .await,
+            app.get(Party::Gp, &format!("/{resource_type}/{}", resource["id"].as_str().unwrap_or_default())).await,
         )
         .await;
-        assert_eq!(
-            (status, now),
-            (200, (*resource).clone()),
-            "{what} is unchanged for its owner"
-        );
+        assert_eq!((status, now), (200, (*resource).clone()), "{what} is unchanged for its owner");
     }
     let (status, _) = json_of(app.get(Party::Gp, &format!("/Patient/{deleted_id}")).await).await;
-    assert_eq!(
-        status, 410,
-        "the deleted Patient is still deleted (and its owner is told so)"
-    );
+    assert_eq!(status, 410, "the deleted Patient is still deleted (and its owner is told so)");
 }
 
 #[tokio::test]
@@ -1351,33 +857,13 @@ async fn type_history_leaves_out_another_organisations_resources() {
     let theirs = app.created(Party::Gp, &patient("9876543210")).await;
     let theirs_id = theirs["id"].as_str().expect("id");
     let mine_id = mine["id"].as_str().expect("id");
-    let referral = app
-        .created(Party::Gp, &service_request(theirs_id, "GP0001", "CLW001"))
-        .await;
+    let referral = app.created(Party::Gp, &service_request(theirs_id, "GP0001", "CLW001")).await;
     let referral_id = referral["id"].as_str().expect("id");
 
     let cases = [
-        (
-            "another practice's Patients",
-            Party::OtherGp,
-            "/Patient/_history",
-            vec![mine_id],
-            theirs_id,
-        ),
-        (
-            "another practice's referrals",
-            Party::OtherGp,
-            "/ServiceRequest/_history",
-            vec![],
-            referral_id,
-        ),
-        (
-            "referrals for another CLW service",
-            Party::OtherClw,
-            "/ServiceRequest/_history",
-            vec![],
-            referral_id,
-        ),
+        ("another practice's Patients", Party::OtherGp, "/Patient/_history", vec![mine_id], theirs_id),
+        ("another practice's referrals", Party::OtherGp, "/ServiceRequest/_history", vec![], referral_id),
+        ("referrals for another CLW service", Party::OtherClw, "/ServiceRequest/_history", vec![], referral_id),
     ];
     for (case, party, path, expected_ids, hidden_id) in cases {
         let response = app.get(party, path).await;
@@ -1385,24 +871,12 @@ async fn type_history_leaves_out_another_organisations_resources() {
         assert_eq!(status, 200, "{case}: status, body {bundle}");
         let ids: Vec<&str> = bundle["entry"]
             .as_array()
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter_map(|e| e["resource"]["id"].as_str())
-                    .collect()
-            })
+            .map(|entries| entries.iter().filter_map(|e| e["resource"]["id"].as_str()).collect())
             .unwrap_or_default();
         assert_eq!(ids, expected_ids, "{case}: only the caller's own versions");
-        assert!(
-            !bundle.to_string().contains(hidden_id),
-            "{case}: the hidden id appears nowhere in the bundle"
-        );
+        assert!(!bundle.to_string().contains(hidden_id), "{case}: the hidden id appears nowhere in the bundle");
         if let Some(total) = bundle.get("total") {
-            assert_eq!(
-                total,
-                &json!(expected_ids.len()),
-                "{case}: total counts only what the caller sees"
-            );
+            assert_eq!(total, &json!(expected_ids.len()), "{case}: total counts only what the caller sees");
         }
     }
 }
@@ -1414,12 +888,7 @@ async fn conditional_create_matching_another_organisations_identifier_never_reve
     let single_id = single["id"].as_str().expect("id").to_owned();
     let mut twins = Vec::new();
     for _ in 0..2 {
-        twins.push(
-            app.created(Party::Gp, &patient("9876543210")).await["id"]
-                .as_str()
-                .expect("id")
-                .to_owned(),
-        );
+        twins.push(app.created(Party::Gp, &patient("9876543210")).await["id"].as_str().expect("id").to_owned());
     }
 
     let conditional = |party: Party, nhs: &'static str| {
@@ -1429,10 +898,7 @@ async fn conditional_create_matching_another_organisations_identifier_never_reve
                 .as_party(party, Method::POST, "/Patient")
                 .await
                 .header("Content-Type", "application/fhir+json")
-                .header(
-                    "If-None-Exist",
-                    format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"),
-                )
+                .header("If-None-Exist", format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"))
                 .body(patient(nhs).to_string())
                 .send()
                 .await
@@ -1441,28 +907,14 @@ async fn conditional_create_matching_another_organisations_identifier_never_reve
         }
     };
     let cases = [
-        (
-            "one match in another practice",
-            "9434765919",
-            vec![single_id.clone()],
-        ),
-        (
-            "two matches in another practice (ambiguous there)",
-            "9876543210",
-            twins.clone(),
-        ),
+        ("one match in another practice", "9434765919", vec![single_id.clone()]),
+        ("two matches in another practice (ambiguous there)", "9876543210", twins.clone()),
     ];
     for (case, nhs, hidden) in cases {
         let (status, created) = conditional(Party::OtherGp, nhs).await;
-        assert_eq!(
-            status, 201,
-            "{case}: created as if nothing matched, body {created}"
-        );
+        assert_eq!(status, 201, "{case}: created as if nothing matched, body {created}");
         for id in &hidden {
-            assert!(
-                !created.to_string().contains(id.as_str()),
-                "{case}: the other practice's id is not revealed"
-            );
+            assert!(!created.to_string().contains(id.as_str()), "{case}: the other practice's id is not revealed");
         }
         let (again_status, again) = conditional(Party::OtherGp, nhs).await;
         assert_eq!(
@@ -1471,11 +923,6 @@ async fn conditional_create_matching_another_organisations_identifier_never_reve
             "{case}: a repeat matches the caller's own resource only"
         );
     }
-    let (status, owner_view) =
-        json_of(app.get(Party::Gp, &format!("/Patient/{single_id}")).await).await;
-    assert_eq!(
-        (status, owner_view),
-        (200, single),
-        "the original is untouched"
-    );
+    let (status, owner_view) = json_of(app.get(Party::Gp, &format!("/Patient/{single_id}")).await).await;
+    assert_eq!((status, owner_view), (200, single), "the original is untouched");
 }

@@ -48,11 +48,7 @@ async fn a_created_resource_reads_back_with_its_version(db: Db) {
     let Some((store, _db)) = test_store(db).await else { return };
     let id = ResourceId::generate();
     store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
-    let read = store
-        .read_current(&practice("GP1"), ResourceType::Patient, &id)
-        .await
-        .expect("read")
-        .expect("found");
+    let read = store.read_current(&practice("GP1"), ResourceType::Patient, &id).await.expect("read").expect("found");
     assert_eq!(read.version.get(), 1);
     assert!(read.body.contains("Smith"), "body served as stored: {}", read.body);
     assert!(!read.deleted);
@@ -69,7 +65,8 @@ async fn another_organisation_cannot_see_a_resource(db: Db) {
         .await
         .expect("history");
     assert!(history.is_empty(), "nor its history");
-    let criteria = parse_criteria(ResourceType::Patient, "identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-Smith").expect("criteria");
+    let criteria = parse_criteria(ResourceType::Patient, "identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-Smith")
+        .expect("criteria");
     assert!(store.find_ids(&practice("GP2"), &criteria, 5).await.expect("search").is_empty(), "nor find it");
     assert_eq!(store.find_ids(&practice("GP1"), &criteria, 5).await.expect("search"), vec![id], "its owner finds it");
 }
@@ -102,7 +99,12 @@ async fn a_failed_write_set_leaves_nothing_behind(db: Db) {
     assert!(store.commit(write_set).await.is_err());
     assert_eq!(store.read_current(&TenantScope::Everything, ResourceType::Patient, &fresh).await.expect("read"), None);
     let history = store
-        .history(&TenantScope::Everything, ResourceType::Patient, Some(&fresh), &HistoryQuery { count: 10, ..Default::default() })
+        .history(
+            &TenantScope::Everything,
+            ResourceType::Patient,
+            Some(&fresh),
+            &HistoryQuery { count: 10, ..Default::default() },
+        )
         .await
         .expect("history");
     assert!(history.is_empty(), "no history of a write that did not happen");
@@ -132,12 +134,14 @@ async fn concurrent_claims_of_one_conditional_key_make_one_winner(db: Db) {
     let results = futures::future::join_all(attempts).await;
     let winners = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(winners, 1, "one claim wins: {results:?}");
-    assert!(results
-        .iter()
-        .filter_map(|r| r.as_ref().err())
-        .all(|e| matches!(e, StoreError::ConditionalClaimTaken)));
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, StoreError::ConditionalClaimTaken)));
     let all = store
-        .history(&TenantScope::Everything, ResourceType::Patient, None, &HistoryQuery { count: 50, ..Default::default() })
+        .history(
+            &TenantScope::Everything,
+            ResourceType::Patient,
+            None,
+            &HistoryQuery { count: 50, ..Default::default() },
+        )
         .await
         .expect("history");
     assert_eq!(all.len(), 1, "the losers wrote nothing");
@@ -163,7 +167,12 @@ async fn history_lists_versions_newest_first_and_pages_by_cursor(db: Db) {
     assert_eq!(versions, vec![4, 3, 2]);
     let cursor = page1.last().map(|v| v.change_seq);
     let page2 = store
-        .history(&scope, ResourceType::Patient, Some(&id), &HistoryQuery { count: 3, before_seq: cursor, ..Default::default() })
+        .history(
+            &scope,
+            ResourceType::Patient,
+            Some(&id),
+            &HistoryQuery { count: 3, before_seq: cursor, ..Default::default() },
+        )
         .await
         .expect("page 2");
     assert_eq!(page2.iter().map(|v| v.version.get()).collect::<Vec<_>>(), vec![1]);
@@ -182,7 +191,13 @@ async fn concurrent_write_sets_commit_independently_when_some_fail(db: Db) {
             let fresh = ResourceId::generate();
             let mut writes = vec![patient_write(&fresh, 1, Precondition::Absent, "Batch", "GP1")];
             if i % 4 == 0 {
-                writes.push(patient_write(&existing, 9, Precondition::CurrentVersion(VersionId::parse("8").expect("v")), "X", "GP1"));
+                writes.push(patient_write(
+                    &existing,
+                    9,
+                    Precondition::CurrentVersion(VersionId::parse("8").expect("v")),
+                    "X",
+                    "GP1",
+                ));
             }
             let outcome = store.commit(WriteSet { resources: writes, ..Default::default() }).await;
             (fresh, outcome.is_ok())

@@ -7,8 +7,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::fixtures::{
-    bundle_of, care_plan, nhs_number, org_ref, patient, referral_transaction, service_request,
-    task, CONSENT_ENTRY, PATIENT_ENTRY, SERVICE_REQUEST_ENTRY, TASK_ENTRY,
+    bundle_of, care_plan, nhs_number, org_ref, patient, referral_transaction, service_request, task, CONSENT_ENTRY,
+    PATIENT_ENTRY, SERVICE_REQUEST_ENTRY, TASK_ENTRY,
 };
 use crate::helpers::{json_of, spawn_app, spawn_app_on, Db, Party, TestApp};
 use crate::on_both_databases;
@@ -33,18 +33,10 @@ async fn audited_writes(app: &TestApp) -> Vec<(String, String)> {
     let mut next = Some("/AuditEvent?_count=100".to_owned());
     while let Some(url) = next {
         let page = read(app, Party::Operator, &url).await;
-        for event in page["entry"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|e| &e["resource"])
-        {
+        for event in page["entry"].as_array().cloned().unwrap_or_default().iter().map(|e| &e["resource"]) {
             let action = event["action"].as_str().unwrap_or_default();
             if ["C", "U", "D"].contains(&action) && event["outcome"] == "0" {
-                let entity = event["entity"][0]["what"]["reference"]
-                    .as_str()
-                    .unwrap_or_default();
+                let entity = event["entity"][0]["what"]["reference"].as_str().unwrap_or_default();
                 writes.push((action.to_owned(), entity.to_owned()));
             }
         }
@@ -59,25 +51,14 @@ async fn audited_writes(app: &TestApp) -> Vec<(String, String)> {
 
 /// The `(type, id)` each response entry names, in order.
 fn created_by(response: &Value) -> Vec<(String, String)> {
-    response["entry"]
-        .as_array()
-        .map(|entries| entries.iter().map(location_of).collect())
-        .unwrap_or_default()
+    response["entry"].as_array().map(|entries| entries.iter().map(location_of).collect()).unwrap_or_default()
 }
 
 fn entry_statuses(response: &Value) -> Vec<String> {
     response["entry"]
         .as_array()
         .map(|entries| {
-            entries
-                .iter()
-                .map(|e| {
-                    e["response"]["status"]
-                        .as_str()
-                        .unwrap_or("(none)")
-                        .to_owned()
-                })
-                .collect()
+            entries.iter().map(|e| e["response"]["status"].as_str().unwrap_or("(none)").to_owned()).collect()
         })
         .unwrap_or_default()
 }
@@ -86,40 +67,20 @@ async fn a_referral_transaction_creates_every_entry_and_links_them_by_their_new_
     let Some(app) = spawn_app_on(db).await else {
         return;
     };
-    let (status, response) = post_bundle(
-        &app,
-        Party::Gp,
-        &referral_transaction(&nhs_number(), "GP0001", Some("CLW001")),
-        &[],
-    )
-    .await;
+    let (status, response) =
+        post_bundle(&app, Party::Gp, &referral_transaction(&nhs_number(), "GP0001", Some("CLW001")), &[]).await;
     assert_eq!(status, 200, "the transaction succeeds: {response}");
     assert_eq!(response["resourceType"], "Bundle", "{response}");
     assert_eq!(response["type"], "transaction-response", "{response}");
     let statuses = entry_statuses(&response);
-    assert_eq!(
-        statuses.len(),
-        4,
-        "one response entry per request entry: {response}"
-    );
-    assert!(
-        statuses.iter().all(|s| s.starts_with("201")),
-        "every entry created: {statuses:?}"
-    );
+    assert_eq!(statuses.len(), 4, "one response entry per request entry: {response}");
+    assert!(statuses.iter().all(|s| s.starts_with("201")), "every entry created: {statuses:?}");
     let created = created_by(&response);
     let types: Vec<&str> = created.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(
-        types,
-        vec!["Patient", "Consent", "ServiceRequest", "Task"],
-        "the entries answer in request order"
-    );
+    assert_eq!(types, vec!["Patient", "Consent", "ServiceRequest", "Task"], "the entries answer in request order");
     let id = |entry: usize| created[entry].1.clone();
-    let (patient_id, consent_id, sr_id, task_id) = (
-        id(PATIENT_ENTRY),
-        id(CONSENT_ENTRY),
-        id(SERVICE_REQUEST_ENTRY),
-        id(TASK_ENTRY),
-    );
+    let (patient_id, consent_id, sr_id, task_id) =
+        (id(PATIENT_ENTRY), id(CONSENT_ENTRY), id(SERVICE_REQUEST_ENTRY), id(TASK_ENTRY));
 
     let stored_task = read(&app, Party::Gp, &format!("/Task/{task_id}")).await;
     assert_eq!(
@@ -127,32 +88,18 @@ async fn a_referral_transaction_creates_every_entry_and_links_them_by_their_new_
         format!("ServiceRequest/{sr_id}"),
         "Task.focus names the new referral"
     );
-    assert_eq!(
-        stored_task["for"]["reference"],
-        format!("Patient/{patient_id}"),
-        "Task.for names the new patient"
-    );
+    assert_eq!(stored_task["for"]["reference"], format!("Patient/{patient_id}"), "Task.for names the new patient");
     let stored_sr = read(&app, Party::Gp, &format!("/ServiceRequest/{sr_id}")).await;
-    assert_eq!(
-        stored_sr["subject"]["reference"],
-        format!("Patient/{patient_id}"),
-        "ServiceRequest.subject"
-    );
+    assert_eq!(stored_sr["subject"]["reference"], format!("Patient/{patient_id}"), "ServiceRequest.subject");
     assert_eq!(
         stored_sr["supportingInfo"][0]["reference"],
         format!("Consent/{consent_id}"),
         "ServiceRequest.supportingInfo"
     );
     let stored_consent = read(&app, Party::Gp, &format!("/Consent/{consent_id}")).await;
-    assert_eq!(
-        stored_consent["patient"]["reference"],
-        format!("Patient/{patient_id}"),
-        "Consent.patient"
-    );
+    assert_eq!(stored_consent["patient"]["reference"], format!("Patient/{patient_id}"), "Consent.patient");
     assert!(
-        !serde_json::to_string(&[&stored_task, &stored_sr, &stored_consent])
-            .unwrap_or_default()
-            .contains("urn:uuid:"),
+        !serde_json::to_string(&[&stored_task, &stored_sr, &stored_consent]).unwrap_or_default().contains("urn:uuid:"),
         "no urn:uuid: reference is left in what was stored"
     );
     read(&app, Party::Clw, &format!("/Task/{task_id}")).await;
@@ -171,40 +118,20 @@ async fn a_referral_transaction_creates_every_entry_and_links_them_by_their_new_
 async fn a_second_transaction_for_the_same_patient_reuses_the_patient_its_if_none_exist_matches() {
     let app = spawn_app().await;
     let nhs = nhs_number();
-    let (status, first) = post_bundle(
-        &app,
-        Party::Gp,
-        &referral_transaction(&nhs, "GP0001", Some("CLW001")),
-        &[],
-    )
-    .await;
+    let (status, first) =
+        post_bundle(&app, Party::Gp, &referral_transaction(&nhs, "GP0001", Some("CLW001")), &[]).await;
     assert_eq!(status, 200, "first referral: {first}");
     let patient_id = created_by(&first)[PATIENT_ENTRY].1.clone();
 
     // The same patient referred to another service (one open referral per patient and service).
-    let (status, second) = post_bundle(
-        &app,
-        Party::Gp,
-        &referral_transaction(&nhs, "GP0001", Some("CLW002")),
-        &[],
-    )
-    .await;
+    let (status, second) =
+        post_bundle(&app, Party::Gp, &referral_transaction(&nhs, "GP0001", Some("CLW002")), &[]).await;
     assert_eq!(status, 200, "second referral: {second}");
     let statuses = entry_statuses(&second);
-    assert!(
-        statuses[PATIENT_ENTRY].starts_with("200"),
-        "the Patient entry finds the existing patient: {statuses:?}"
-    );
-    assert!(
-        statuses[TASK_ENTRY].starts_with("201"),
-        "the rest is created: {statuses:?}"
-    );
+    assert!(statuses[PATIENT_ENTRY].starts_with("200"), "the Patient entry finds the existing patient: {statuses:?}");
+    assert!(statuses[TASK_ENTRY].starts_with("201"), "the rest is created: {statuses:?}");
     let created = created_by(&second);
-    assert_eq!(
-        created[PATIENT_ENTRY],
-        ("Patient".to_owned(), patient_id.clone()),
-        "the same patient"
-    );
+    assert_eq!(created[PATIENT_ENTRY], ("Patient".to_owned(), patient_id.clone()), "the same patient");
     let task_id = &created[TASK_ENTRY].1;
     let stored_task = read(&app, Party::Gp, &format!("/Task/{task_id}")).await;
     assert_eq!(
@@ -214,16 +141,8 @@ async fn a_second_transaction_for_the_same_patient_reuses_the_patient_its_if_non
     );
     let sr_id = &created[SERVICE_REQUEST_ENTRY].1;
     let stored_sr = read(&app, Party::Gp, &format!("/ServiceRequest/{sr_id}")).await;
-    assert_eq!(
-        stored_sr["subject"]["reference"],
-        format!("Patient/{patient_id}"),
-        "so is the new referral"
-    );
-    assert_eq!(
-        history_len(&app, Party::Operator, "/Patient/_history").await,
-        1,
-        "one patient, one version"
-    );
+    assert_eq!(stored_sr["subject"]["reference"], format!("Patient/{patient_id}"), "so is the new referral");
+    assert_eq!(history_len(&app, Party::Operator, "/Patient/_history").await, 1, "one patient, one version");
 }
 
 /// A referral transaction spoiled in one way, who sends it, and the answers allowed.
@@ -248,17 +167,10 @@ async fn check_rejected_whole(app: &TestApp, case: &Spoiled) {
         "{}: the refusal is an OperationOutcome: {outcome}",
         case.what
     );
-    assert_eq!(
-        totals(app).await,
-        before,
-        "{}: nothing was written, nothing audited as written",
-        case.what
-    );
+    assert_eq!(totals(app).await, before, "{}: nothing was written, nothing audited as written", case.what);
 }
 
-async fn a_transaction_with_one_invalid_or_forbidden_entry_is_rejected_whole_and_writes_nothing(
-    db: Db,
-) {
+async fn a_transaction_with_one_invalid_or_forbidden_entry_is_rejected_whole_and_writes_nothing(db: Db) {
     let Some(app) = spawn_app_on(db).await else {
         return;
     };
@@ -302,9 +214,7 @@ async fn a_transaction_with_one_invalid_or_forbidden_entry_is_rejected_whole_and
         Spoiled {
             what: "a ServiceRequest in another practice's name",
             party: Party::Gp,
-            bundle: spoil(&|b| {
-                b["entry"][SERVICE_REQUEST_ENTRY]["resource"]["requester"] = org_ref("GP0002")
-            }),
+            bundle: spoil(&|b| b["entry"][SERVICE_REQUEST_ENTRY]["resource"]["requester"] = org_ref("GP0002")),
             allowed: &[403, 422],
         },
         Spoiled {
@@ -332,12 +242,7 @@ async fn a_transaction_with_one_invalid_or_forbidden_entry_is_rejected_whole_and
             what: "an update of another practice's Task",
             party: Party::Gp,
             bundle: spoil(&|b| {
-                let mut stolen = task(
-                    &theirs.service_request,
-                    &theirs.patient,
-                    "GP0002",
-                    Some("CLW001"),
-                );
+                let mut stolen = task(&theirs.service_request, &theirs.patient, "GP0002", Some("CLW001"));
                 stolen["id"] = json!(theirs.task);
                 stolen["status"] = json!("cancelled");
                 stolen["statusReason"] = json!({"text": "mine now"});
@@ -365,20 +270,10 @@ async fn a_transaction_with_one_invalid_or_forbidden_entry_is_rejected_whole_and
 
     // The refused transactions left no conditional-create claim behind: the same patient
     // sent again is created, not "found".
-    let (status, response) = post_bundle(
-        &app,
-        Party::Gp,
-        &referral_transaction(&nhs_numbers[1], "GP0001", Some("CLW001")),
-        &[],
-    )
-    .await;
+    let (status, response) =
+        post_bundle(&app, Party::Gp, &referral_transaction(&nhs_numbers[1], "GP0001", Some("CLW001")), &[]).await;
     assert_eq!(status, 200, "the repaired referral: {response}");
-    assert!(
-        entry_statuses(&response)
-            .iter()
-            .all(|s| s.starts_with("201")),
-        "everything is new: {response}"
-    );
+    assert!(entry_statuses(&response).iter().all(|s| s.starts_with("201")), "everything is new: {response}");
 }
 
 #[tokio::test]
@@ -394,21 +289,12 @@ async fn a_performer_transaction_holds_only_what_the_performer_may_do_itself() {
         "transaction",
         vec![
             accept_entry.clone(),
-            (
-                service_request(&referral.patient, "GP0001", "CLW001"),
-                "POST",
-                "ServiceRequest".to_owned(),
-            ),
+            (service_request(&referral.patient, "GP0001", "CLW001"), "POST", "ServiceRequest".to_owned()),
         ],
     );
     check_rejected_whole(
         &app,
-        &Spoiled {
-            what: "accepting and writing a referral",
-            party: Party::Clw,
-            bundle: forbidden,
-            allowed: &[403],
-        },
+        &Spoiled { what: "accepting and writing a referral", party: Party::Clw, bundle: forbidden, allowed: &[403] },
     )
     .await;
     assert_eq!(
@@ -417,25 +303,12 @@ async fn a_performer_transaction_holds_only_what_the_performer_may_do_itself() {
         "the acceptance was rolled back too"
     );
 
-    let allowed = bundle_of(
-        "transaction",
-        vec![accept_entry, (plan, "POST", "CarePlan".to_owned())],
-    );
+    let allowed = bundle_of("transaction", vec![accept_entry, (plan, "POST", "CarePlan".to_owned())]);
     let (status, response) = post_bundle(&app, Party::Clw, &allowed, &[]).await;
-    assert_eq!(
-        status, 200,
-        "accepting and writing the CarePlan: {response}"
-    );
+    assert_eq!(status, 200, "accepting and writing the CarePlan: {response}");
     let statuses = entry_statuses(&response);
-    assert!(
-        statuses[0].starts_with("200") && statuses[1].starts_with("201"),
-        "{statuses:?}"
-    );
-    assert_eq!(
-        read(&app, Party::Gp, &referral.task_path()).await["status"],
-        "accepted",
-        "the GP sees the acceptance"
-    );
+    assert!(statuses[0].starts_with("200") && statuses[1].starts_with("201"), "{statuses:?}");
+    assert_eq!(read(&app, Party::Gp, &referral.task_path()).await["status"], "accepted", "the GP sees the acceptance");
 }
 
 async fn a_batch_answers_each_entry_on_its_own(db: Db) {
@@ -452,25 +325,14 @@ async fn a_batch_answers_each_entry_on_its_own(db: Db) {
             (patient(&nhs_number()), "POST", "Patient".to_owned()),
             (bogus, "POST", "Task".to_owned()),
             (patient(&nhs_number()), "POST", "Patient".to_owned()),
-            (
-                service_request(&patient_id, "GP0002", "CLW001"),
-                "POST",
-                "ServiceRequest".to_owned(),
-            ),
+            (service_request(&patient_id, "GP0002", "CLW001"), "POST", "ServiceRequest".to_owned()),
         ],
     );
     let (status, response) = post_bundle(&app, Party::Gp, &batch, &[]).await;
-    assert_eq!(
-        status, 200,
-        "a batch answers 200 whatever its entries do: {response}"
-    );
+    assert_eq!(status, 200, "a batch answers 200 whatever its entries do: {response}");
     assert_eq!(response["type"], "batch-response", "{response}");
     let entries = response["entry"].as_array().cloned().unwrap_or_default();
-    assert_eq!(
-        entries.len(),
-        4,
-        "one response entry per request entry: {response}"
-    );
+    assert_eq!(entries.len(), 4, "one response entry per request entry: {response}");
     let expectations: [(&str, &[&str]); 4] = [
         ("a valid Patient", &["201"]),
         ("a Task with status bogus", &["400", "422"]),
@@ -494,18 +356,11 @@ async fn a_batch_answers_each_entry_on_its_own(db: Db) {
         }
     }
     let after = totals(&app).await;
-    let grown: Vec<(String, usize)> = after
-        .iter()
-        .zip(&before)
-        .filter(|(a, b)| a.1 != b.1)
-        .map(|(a, b)| (a.0.clone(), a.1 - b.1))
-        .collect();
+    let grown: Vec<(String, usize)> =
+        after.iter().zip(&before).filter(|(a, b)| a.1 != b.1).map(|(a, b)| (a.0.clone(), a.1 - b.1)).collect();
     assert_eq!(
         grown,
-        vec![
-            ("Patient versions".to_owned(), 2),
-            ("audited writes".to_owned(), 2)
-        ],
+        vec![("Patient versions".to_owned(), 2), ("audited writes".to_owned(), 2)],
         "only the two valid entries were written (and audited)"
     );
 }
@@ -522,10 +377,7 @@ async fn a_bundle_that_is_not_a_transaction_or_batch_is_refused_with_400() {
         ("a searchset", bundle_of("searchset", entries())),
         ("a history", bundle_of("history", entries())),
         ("a message", bundle_of("message", entries())),
-        (
-            "a transaction-response",
-            bundle_of("transaction-response", entries()),
-        ),
+        ("a transaction-response", bundle_of("transaction-response", entries())),
         ("a Bundle without a type", untyped),
         ("a Patient", patient(&nhs_number())),
     ];
@@ -534,29 +386,12 @@ async fn a_bundle_that_is_not_a_transaction_or_batch_is_refused_with_400() {
         assert_eq!(status, 400, "{what}: {outcome}");
         assert_eq!(outcome["resourceType"], "OperationOutcome", "{what}");
     }
-    let (status, outcome) = send(
-        &app,
-        Party::Gp,
-        Method::POST,
-        "/",
-        Some(("application/json-patch+json", "[]".to_owned())),
-        &[],
-    )
-    .await;
-    assert_eq!(
-        status, 415,
-        "a transaction is FHIR JSON (or XML): {outcome}"
-    );
-    assert_eq!(
-        history_len(&app, Party::Operator, "/Patient/_history").await,
-        0,
-        "nothing was written"
-    );
+    let (status, outcome) =
+        send(&app, Party::Gp, Method::POST, "/", Some(("application/json-patch+json", "[]".to_owned())), &[]).await;
+    assert_eq!(status, 415, "a transaction is FHIR JSON (or XML): {outcome}");
+    assert_eq!(history_len(&app, Party::Operator, "/Patient/_history").await, 0, "nothing was written");
     let (status, _) = json_of(app.get(Party::Gp, "/").await).await;
-    assert!(
-        status == 404 || status == 405,
-        "the base URL takes only POST: {status}"
-    );
+    assert!(status == 404 || status == 405, "the base URL takes only POST: {status}");
 }
 
 on_both_databases!(

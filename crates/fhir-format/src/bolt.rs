@@ -9,9 +9,7 @@ use serde_json::Value;
 
 /// Strict mode rejects unknown elements instead of dropping them silently.
 fn strict() -> Option<DeserializationConfig> {
-    Some(DeserializationConfig {
-        mode: DeserializationMode::Strict,
-    })
+    Some(DeserializationConfig { mode: DeserializationMode::Strict })
 }
 
 /// Parses a resource; the error is fhirbolt's raw message (no position: it comes from a

@@ -40,10 +40,7 @@ pub struct FormatError {
 
 impl FormatError {
     fn new(message: impl Into<String>, expression: Option<String>) -> Self {
-        Self {
-            message: message.into(),
-            expression,
-        }
+        Self { message: message.into(), expression }
     }
 }
 
@@ -90,12 +87,8 @@ pub fn xml_to_json(xml: &[u8]) -> Result<Value, FormatError> {
         bolt::XmlFailure::Malformed(raw) => FormatError::new(format!("malformed XML: {raw}"), None),
         bolt::XmlFailure::Structure(raw) => locate::explain(&raw, &shape),
     })?;
-    let json = bolt::resource_to_json(resource).map_err(|raw| {
-        FormatError::new(
-            format!("could not convert the resource to JSON: {raw}"),
-            None,
-        )
-    })?;
+    let json = bolt::resource_to_json(resource)
+        .map_err(|raw| FormatError::new(format!("could not convert the resource to JSON: {raw}"), None))?;
     // A document within the XML limit can still be deeper as JSON (arrays add a level);
     // what this returns must pass `check_json_structure`.
     nesting::check_json_depth(&json, MAX_NESTING_DEPTH)?;
@@ -105,14 +98,9 @@ pub fn xml_to_json(xml: &[u8]) -> Result<Value, FormatError> {
 /// FHIR JSON -> FHIR XML text (the value has already been checked).
 pub fn json_to_xml(resource: &Value) -> Result<String, FormatError> {
     check_resource_envelope(resource)?;
-    let parsed = bolt::resource_from_json(resource.clone())
-        .map_err(|raw| locate::explain(&raw, resource))?;
-    bolt::resource_to_xml(&parsed).map_err(|raw| {
-        FormatError::new(
-            format!("could not convert the resource to XML: {raw}"),
-            None,
-        )
-    })
+    let parsed = bolt::resource_from_json(resource.clone()).map_err(|raw| locate::explain(&raw, resource))?;
+    bolt::resource_to_xml(&parsed)
+        .map_err(|raw| FormatError::new(format!("could not convert the resource to XML: {raw}"), None))
 }
 
 /// What must hold before fhirbolt sees a value: bounded nesting (stack safety) and a
@@ -124,18 +112,14 @@ fn check_resource_envelope(resource: &Value) -> Result<(), FormatError> {
 
 fn check_root_resource_type(resource: &Value) -> Result<(), FormatError> {
     let Value::Object(object) = resource else {
-        return Err(FormatError::new(
-            "a FHIR resource must be a JSON object",
-            None,
-        ));
+        return Err(FormatError::new("a FHIR resource must be a JSON object", None));
     };
     match object.get("resourceType") {
         None => Err(FormatError::new("missing resourceType", None)),
         Some(Value::String(resource_type)) if locate::is_r4_resource_type(resource_type) => Ok(()),
-        Some(Value::String(resource_type)) => Err(FormatError::new(
-            format!("unknown resourceType '{resource_type}' (not a FHIR R4 resource)"),
-            None,
-        )),
+        Some(Value::String(resource_type)) => {
+            Err(FormatError::new(format!("unknown resourceType '{resource_type}' (not a FHIR R4 resource)"), None))
+        }
         Some(_) => Err(FormatError::new("resourceType must be a string", None)),
     }
 }

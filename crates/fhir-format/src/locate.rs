@@ -232,22 +232,13 @@ impl<'m> Problem<'m> {
         // `format!("{:?}", err)` of `str::parse` in fhirbolt's generated primitive
         // deserialisers, and fhirbolt-serde `decimal.rs` (raised when serialising).
         if raw == "ParseBoolError" {
-            return Self::Unparsable {
-                kind: LeafKind::Boolean,
-            };
+            return Self::Unparsable { kind: LeafKind::Boolean };
         }
         if raw.starts_with("ParseIntError") {
-            return Self::Unparsable {
-                kind: LeafKind::Integer,
-            };
+            return Self::Unparsable { kind: LeafKind::Integer };
         }
-        if matches!(
-            raw,
-            "error serializing decimal" | "invalid decimal" | "expected decimal"
-        ) {
-            return Self::Unparsable {
-                kind: LeafKind::Decimal,
-            };
+        if matches!(raw, "error serializing decimal" | "invalid decimal" | "expected decimal") {
+            return Self::Unparsable { kind: LeafKind::Decimal };
         }
         let body = raw
             .strip_prefix("invalid type: ")
@@ -255,10 +246,7 @@ impl<'m> Problem<'m> {
             .or_else(|| raw.strip_prefix("invalid value: ").map(|body| (body, true)));
         if let Some((body, is_value)) = body {
             if let Some((found, expected)) = body.rsplit_once(", expected ") {
-                return Self::WrongType {
-                    found: Found::parse(found, is_value),
-                    expected,
-                };
+                return Self::WrongType { found: Found::parse(found, is_value), expected };
             }
         }
         Self::Unrecognised
@@ -274,18 +262,11 @@ impl<'m> Problem<'m> {
                 None => format!("element '{name}' given more than once"),
             },
             Self::Unparsable { kind } => match detail {
-                Some(text) => format!(
-                    "invalid value: expected {}, found '{text}'",
-                    kind.expectation()
-                ),
+                Some(text) => format!("invalid value: expected {}, found '{text}'", kind.expectation()),
                 None => format!("invalid value: expected {}", kind.expectation()),
             },
             Self::WrongType { found, expected } => {
-                format!(
-                    "wrong type: expected {}, found {}",
-                    plain_expectation(expected),
-                    found.describe()
-                )
+                format!("wrong type: expected {}, found {}", plain_expectation(expected), found.describe())
             }
             Self::UnknownResourceType => match detail {
                 Some(name) => format!("unknown resourceType '{name}' (not a FHIR R4 resource)"),
@@ -351,9 +332,7 @@ fn quoted_after<'m>(raw: &'m str, prefix: &str) -> Option<&'m str> {
 
 /// `x` in "kind `x`".
 fn backticked<'m>(text: &'m str, kind: &str) -> Option<&'m str> {
-    text.strip_prefix(kind)?
-        .strip_prefix(" `")?
-        .strip_suffix('`')
+    text.strip_prefix(kind)?.strip_prefix(" `")?.strip_suffix('`')
 }
 
 /// Builds the FormatError for a fhirbolt message about `resource`.
@@ -364,10 +343,7 @@ pub(crate) fn explain(raw: &str, resource: &Value) -> FormatError {
         (_, Value::Object(object)) => Walker::new(&problem).walk_root(object),
         _ => None,
     };
-    FormatError::new(
-        problem.describe(raw, located.as_ref()),
-        located.map(|located| located.expression),
-    )
+    FormatError::new(problem.describe(raw, located.as_ref()), located.map(|located| located.expression))
 }
 
 /// Where a problem is, and for an unknown resourceType which one.
@@ -465,18 +441,12 @@ impl<'p, 'm> Walker<'p, 'm> {
     }
 
     fn here(&self) -> Located {
-        Located {
-            expression: self.segments.render(&self.root),
-            detail: None,
-        }
+        Located { expression: self.segments.render(&self.root), detail: None }
     }
 
     /// The current position, with the offending text for messages.
     fn leaf_here(&self, leaf: &Value) -> Located {
-        Located {
-            detail: leaf.as_str().map(str::to_owned),
-            ..self.here()
-        }
+        Located { detail: leaf.as_str().map(str::to_owned), ..self.here() }
     }
 
     /// The choice prefix (`value`) when `object` holds `name` (`valueString`, as fhirbolt
@@ -502,10 +472,8 @@ impl<'p, 'm> Walker<'p, 'm> {
             _ => return matches!(self.problem, Problem::MissingResourceType).then(|| self.here()),
         };
         if !is_r4_resource_type(resource_type) {
-            return matches!(self.problem, Problem::UnknownResourceType).then(|| Located {
-                detail: Some(resource_type.clone()),
-                ..self.here()
-            });
+            return matches!(self.problem, Problem::UnknownResourceType)
+                .then(|| Located { detail: Some(resource_type.clone()), ..self.here() });
         }
         self.path.push(resource_type);
         self.type_keys.push(resource_type.clone());
@@ -527,10 +495,7 @@ impl<'p, 'm> Walker<'p, 'm> {
         if let Problem::DuplicateElement { name } = self.problem {
             if let Some(prefix) = self.duplicated_choice(object, name) {
                 self.segments.push_field(prefix);
-                let located = Located {
-                    detail: Some(format!("{prefix}[x]")),
-                    ..self.here()
-                };
+                let located = Located { detail: Some(format!("{prefix}[x]")), ..self.here() };
                 self.segments.pop();
                 return Some(located);
             }
@@ -542,8 +507,7 @@ impl<'p, 'm> Walker<'p, 'm> {
             }
             let name = key.strip_prefix('_').unwrap_or(key);
             if !self.is_valid_child(name, in_primitive) {
-                if matches!(self.problem, Problem::UnknownElement { name: unknown } if *unknown == name)
-                {
+                if matches!(self.problem, Problem::UnknownElement { name: unknown } if *unknown == name) {
                     self.segments.push_field(key);
                     let located = self.here();
                     self.segments.pop();
@@ -566,11 +530,7 @@ impl<'p, 'm> Walker<'p, 'm> {
             let repeated = matches!(self.problem, Problem::DuplicateElement { name: duplicate } if *duplicate == name)
                 && value.is_array()
                 && !self.path.current_element_is_sequence();
-            let found = if repeated {
-                Some(self.here())
-            } else {
-                self.walk_member(value)
-            };
+            let found = if repeated { Some(self.here()) } else { self.walk_member(value) };
             self.segments.pop();
             self.type_keys.pop();
             self.path.pop();
@@ -592,27 +552,16 @@ impl<'p, 'm> Walker<'p, 'm> {
     fn walk_member(&mut self, value: &Value) -> Option<Located> {
         match value {
             Value::Array(items) => {
-                if matches!(
-                    self.problem,
-                    Problem::WrongType {
-                        found: Found::Sequence,
-                        ..
-                    }
-                ) && !self.path.current_element_is_sequence()
+                if matches!(self.problem, Problem::WrongType { found: Found::Sequence, .. })
+                    && !self.path.current_element_is_sequence()
                 {
                     return Some(self.here());
                 }
                 for (index, item) in items.iter().enumerate() {
                     self.segments.push_index(index);
                     let found = match item {
-                        Value::Array(_) => matches!(
-                            self.problem,
-                            Problem::WrongType {
-                                found: Found::Sequence,
-                                ..
-                            }
-                        )
-                        .then(|| self.here()),
+                        Value::Array(_) => matches!(self.problem, Problem::WrongType { found: Found::Sequence, .. })
+                            .then(|| self.here()),
                         other => self.walk_value(other),
                     };
                     self.segments.pop();
@@ -638,9 +587,7 @@ impl<'p, 'm> Walker<'p, 'm> {
         if in_primitive {
             PRIMITIVE_CHILDREN.contains(&name)
         } else {
-            self.path
-                .children()
-                .is_some_and(|children| children.contains(name))
+            self.path.children().is_some_and(|children| children.contains(name))
         }
     }
 
@@ -657,11 +604,7 @@ impl<'p, 'm> Walker<'p, 'm> {
     /// The type key of child `name` of the current element, mirroring how
     /// fhirbolt-shared's `ElementPath` resolves types (`resolve_current_type`).
     fn child_type_key(&self, name: &str) -> String {
-        let parent = self
-            .type_keys
-            .last()
-            .map(String::as_str)
-            .unwrap_or_default();
+        let parent = self.type_keys.last().map(String::as_str).unwrap_or_default();
         if name == "extension" || name == "modifierExtension" {
             return "Extension".to_owned();
         }
@@ -712,8 +655,7 @@ impl<'p, 'm> Walker<'p, 'm> {
             }
             Problem::Unparsable { kind } => {
                 let here = self.leaf_kind();
-                let same_kind = here == *kind
-                    || (*kind == LeafKind::Integer && here == LeafKind::UnsignedInteger);
+                let same_kind = here == *kind || (*kind == LeafKind::Integer && here == LeafKind::UnsignedInteger);
                 same_kind && matches!(leaf, Value::String(text) if !here.parses(text))
             }
             _ => false,
@@ -723,12 +665,9 @@ impl<'p, 'm> Walker<'p, 'm> {
     fn leaf_kind(&self) -> LeafKind {
         if self.path.current_element_is_boolean() {
             LeafKind::Boolean
-        } else if self.path.current_element_is_positive_integer()
-            || self.path.current_element_is_unsigned_integer()
-        {
+        } else if self.path.current_element_is_positive_integer() || self.path.current_element_is_unsigned_integer() {
             LeafKind::UnsignedInteger
-        } else if self.path.current_element_is_integer() || self.path.current_element_is_integer64()
-        {
+        } else if self.path.current_element_is_integer() || self.path.current_element_is_integer64() {
             LeafKind::Integer
         } else if self.path.current_element_is_decimal() {
             LeafKind::Decimal
@@ -767,12 +706,8 @@ impl LeafKind {
         match (self, leaf) {
             (Self::Boolean, Value::Bool(_)) => false,
             (Self::Boolean, Value::String(text)) => text.parse::<bool>().is_err(),
-            (Self::Integer | Self::UnsignedInteger, Value::Number(number)) => {
-                !(number.is_i64() || number.is_u64())
-            }
-            (Self::Integer | Self::UnsignedInteger, Value::String(text)) => {
-                text.parse::<i32>().is_err()
-            }
+            (Self::Integer | Self::UnsignedInteger, Value::Number(number)) => !(number.is_i64() || number.is_u64()),
+            (Self::Integer | Self::UnsignedInteger, Value::String(text)) => text.parse::<i32>().is_err(),
             (Self::Decimal, Value::Number(_) | Value::String(_)) => false,
             (Self::Text, Value::String(_)) => false,
             (_, Value::Bool(_) | Value::Number(_)) => true,
@@ -797,7 +732,5 @@ impl Found<'_> {
 /// `valueString` is a choice of `value`: the prefix followed by an upper-case type name
 /// (R4 section 2.24.0.1 "Choice of Data Types").
 fn is_choice_of(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix)
-        .and_then(|rest| rest.chars().next())
-        .is_some_and(char::is_uppercase)
+    name.strip_prefix(prefix).and_then(|rest| rest.chars().next()).is_some_and(char::is_uppercase)
 }

@@ -52,11 +52,7 @@ pub(crate) fn scan(xml: &[u8], limit: usize) -> Result<XmlOutline, TooDeep> {
         } else {
             let tag = read_start_tag(xml, offset + 1);
             at = tag.end;
-            let node = Node {
-                name: tag.name,
-                value: tag.value,
-                children: Vec::new(),
-            };
+            let node = Node { name: tag.name, value: tag.value, children: Vec::new() };
             if tag.self_closing {
                 attach(node, &mut open, &mut root);
             } else {
@@ -135,17 +131,9 @@ fn insert_children(object: &mut Map<String, Value>, node: &Node) {
         }
     }
     for name in names {
-        let mut shapes: Vec<Value> = node
-            .children
-            .iter()
-            .filter(|child| child.name == name)
-            .map(element_shape)
-            .collect();
-        let shape = if shapes.len() == 1 {
-            shapes.remove(0)
-        } else {
-            Value::Array(shapes)
-        };
+        let mut shapes: Vec<Value> =
+            node.children.iter().filter(|child| child.name == name).map(element_shape).collect();
+        let shape = if shapes.len() == 1 { shapes.remove(0) } else { Value::Array(shapes) };
         object.insert(name.to_owned(), shape);
     }
 }
@@ -171,29 +159,10 @@ fn read_start_tag(xml: &[u8], start: usize) -> StartTag {
             at += 1;
         }
         match xml.get(at) {
-            None => {
-                return StartTag {
-                    name,
-                    value,
-                    self_closing: false,
-                    end: xml.len(),
-                }
-            }
-            Some(b'>') => {
-                return StartTag {
-                    name,
-                    value,
-                    self_closing: false,
-                    end: at + 1,
-                }
-            }
+            None => return StartTag { name, value, self_closing: false, end: xml.len() },
+            Some(b'>') => return StartTag { name, value, self_closing: false, end: at + 1 },
             Some(b'/') if xml.get(at + 1) == Some(&b'>') => {
-                return StartTag {
-                    name,
-                    value,
-                    self_closing: true,
-                    end: at + 2,
-                }
+                return StartTag { name, value, self_closing: true, end: at + 2 }
             }
             Some(_) => {}
         }
@@ -221,9 +190,7 @@ fn read_start_tag(xml: &[u8], start: usize) -> StartTag {
         let value_start = at + 1;
         let value_end = find(xml, value_start, &[quote]).unwrap_or(xml.len());
         if attribute == "value" {
-            value = Some(decode_entities(&String::from_utf8_lossy(
-                &xml[value_start..value_end],
-            )));
+            value = Some(decode_entities(&String::from_utf8_lossy(&xml[value_start..value_end])));
         }
         at = (value_end + 1).min(xml.len());
     }
@@ -281,10 +248,7 @@ fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
     if from >= haystack.len() || needle.is_empty() {
         return None;
     }
-    haystack[from..]
-        .windows(needle.len())
-        .position(|window| window == needle)
-        .map(|position| from + position)
+    haystack[from..].windows(needle.len()).position(|window| window == needle).map(|position| from + position)
 }
 
 /// Index just past `terminator` found after `from`, or the end of input.

@@ -15,22 +15,9 @@ fn check(name: &str, resource: Value, expected: Expected) {
             panic!("{name}: accepted, expected an error containing {fragment:?}")
         }
         (Err(error), None) => panic!("{name}: rejected a valid resource: {error:?}"),
-        (
-            Err(FormatError {
-                message,
-                expression,
-            }),
-            Some((fragment, want_expression)),
-        ) => {
-            assert!(
-                message.contains(fragment),
-                "{name}: message {message:?} should contain {fragment:?}"
-            );
-            assert_eq!(
-                expression.as_deref(),
-                want_expression,
-                "{name}: expression for {message:?}"
-            );
+        (Err(FormatError { message, expression }), Some((fragment, want_expression))) => {
+            assert!(message.contains(fragment), "{name}: message {message:?} should contain {fragment:?}");
+            assert_eq!(expression.as_deref(), want_expression, "{name}: expression for {message:?}");
         }
     }
 }
@@ -52,11 +39,7 @@ fn task() -> Value {
 
 fn with(mut resource: Value, pointer: &str, value: Value) -> Value {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
-    let target = resource
-        .pointer_mut(parent)
-        .expect("parent exists")
-        .as_object_mut()
-        .expect("parent is an object");
+    let target = resource.pointer_mut(parent).expect("parent exists").as_object_mut().expect("parent is an object");
     target.insert(key.to_owned(), value);
     resource
 }
@@ -94,18 +77,12 @@ fn structural_check_accepts_valid_resources_and_locates_each_kind_of_error() {
         (
             "a boolean where a string is expected",
             with(task(), "/description", json!(true)),
-            Some((
-                "expected a string, found boolean true",
-                Some("Task.description"),
-            )),
+            Some(("expected a string, found boolean true", Some("Task.description"))),
         ),
         (
             "a number where a string is expected in an array item",
             with(task(), "/input/0/valueString", json!(5)),
-            Some((
-                "expected a string, found number 5",
-                Some("Task.input[0].valueString"),
-            )),
+            Some(("expected a string, found number 5", Some("Task.input[0].valueString"))),
         ),
         (
             "two types for one choice element in a backbone element",
@@ -132,37 +109,15 @@ fn structural_check_accepts_valid_resources_and_locates_each_kind_of_error() {
             json!({"resourceType": "Task", "status": "draft", "intent": "order", "contained": [
                 {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
             ]}),
-            Some((
-                "missing required element 'code'",
-                Some("Task.contained[0].issue[0]"),
-            )),
+            Some(("missing required element 'code'", Some("Task.contained[0].issue[0]"))),
         ),
-        (
-            "an unknown resourceType",
-            json!({"resourceType": "Tusk"}),
-            Some(("unknown resourceType 'Tusk'", None)),
-        ),
-        (
-            "a missing resourceType",
-            json!({"status": "draft"}),
-            Some(("missing resourceType", None)),
-        ),
-        (
-            "an array instead of an object",
-            json!([task()]),
-            Some(("must be a JSON object", None)),
-        ),
+        ("an unknown resourceType", json!({"resourceType": "Tusk"}), Some(("unknown resourceType 'Tusk'", None))),
+        ("a missing resourceType", json!({"status": "draft"}), Some(("missing resourceType", None))),
+        ("an array instead of an object", json!([task()]), Some(("must be a JSON object", None))),
         (
             "an unknown element in a contained resource",
-            with(
-                task(),
-                "/contained",
-                json!([{"resourceType": "Patient", "id": "p", "nickname": "Al"}]),
-            ),
-            Some((
-                "unknown element 'nickname'",
-                Some("Task.contained[0].nickname"),
-            )),
+            with(task(), "/contained", json!([{"resourceType": "Patient", "id": "p", "nickname": "Al"}])),
+            Some(("unknown element 'nickname'", Some("Task.contained[0].nickname"))),
         ),
         (
             "an unknown element in a primitive's extension sibling",
@@ -181,20 +136,14 @@ fn structural_check_accepts_valid_resources_and_locates_each_kind_of_error() {
                 {"resource": {"resourceType": "Patient"}},
                 {"resource": {"resourceType": "Patient", "gender": "male", "sex": "m"}}
             ]}),
-            Some((
-                "unknown element 'sex'",
-                Some("Bundle.entry[1].resource.sex"),
-            )),
+            Some(("unknown element 'sex'", Some("Bundle.entry[1].resource.sex"))),
         ),
         (
             "two types for one choice element",
             json!({"resourceType": "Patient", "extension": [
                 {"url": "http://example.org/x", "valueString": "a", "valueBoolean": true}
             ]}),
-            Some((
-                "choice element 'value[x]'",
-                Some("Patient.extension[0].value"),
-            )),
+            Some(("choice element 'value[x]'", Some("Patient.extension[0].value"))),
         ),
     ];
     for (name, resource, expected) in cases {
@@ -226,19 +175,11 @@ fn nested_extensions(levels: usize) -> Value {
 fn structural_check_rejects_nesting_beyond_the_limit_without_overflowing_the_stack() {
     let deepest_allowed = (MAX_NESTING_DEPTH - 1) / 2;
     let allowed = on_small_stack(move || check_json_structure(&nested_extensions(deepest_allowed)));
-    assert_eq!(
-        allowed,
-        Ok(()),
-        "{deepest_allowed} nested extensions are within the limit"
-    );
+    assert_eq!(allowed, Ok(()), "{deepest_allowed} nested extensions are within the limit");
 
-    let refused =
-        on_small_stack(move || check_json_structure(&nested_extensions(deepest_allowed + 1)));
+    let refused = on_small_stack(move || check_json_structure(&nested_extensions(deepest_allowed + 1)));
     let error = refused.expect_err("one more level is beyond the limit");
-    assert!(
-        error.message.contains("nested more than 64 levels"),
-        "message names the limit: {error:?}"
-    );
+    assert!(error.message.contains("nested more than 64 levels"), "message names the limit: {error:?}");
     assert!(
         error
             .expression
@@ -295,34 +236,22 @@ const PATIENT_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 #[test]
 fn xml_converts_to_json_and_back_without_loss() {
     let json = xml_to_json(PATIENT_XML.as_bytes()).expect("valid Patient XML converts");
-    assert_eq!(
-        json["resourceType"], "Patient",
-        "resourceType from the root element"
-    );
+    assert_eq!(json["resourceType"], "Patient", "resourceType from the root element");
     assert_eq!(json["active"], json!(true), "booleans become JSON booleans");
-    assert_eq!(
-        json["name"][0]["given"],
-        json!(["Alice", "Jane"]),
-        "repeats become arrays"
-    );
+    assert_eq!(json["name"][0]["given"], json!(["Alice", "Jane"]), "repeats become arrays");
     assert_eq!(
         json["_birthDate"]["extension"][0]["valueDateTime"], "1970-01-01T08:30:00Z",
         "primitive extensions go to the underscore sibling"
     );
     assert!(
-        json["text"]["div"]
-            .as_str()
-            .is_some_and(|div| div.contains("Alice &amp; co")),
+        json["text"]["div"].as_str().is_some_and(|div| div.contains("Alice &amp; co")),
         "narrative XHTML is kept: {}",
         json["text"]["div"]
     );
     check_json_structure(&json).expect("converted JSON passes the structural check");
 
     let xml = json_to_xml(&json).expect("checked JSON converts to XML");
-    assert!(
-        xml.contains(r#"<Patient xmlns="http://hl7.org/fhir">"#),
-        "XML has the FHIR namespace: {xml}"
-    );
+    assert!(xml.contains(r#"<Patient xmlns="http://hl7.org/fhir">"#), "XML has the FHIR namespace: {xml}");
     let again = xml_to_json(xml.as_bytes()).expect("our own XML converts back");
     assert_eq!(again, json, "JSON -> XML -> JSON is lossless");
 }
@@ -336,12 +265,7 @@ fn xml_errors_say_what_and_where() {
             "malformed XML",
             None,
         ),
-        (
-            "not XML at all",
-            "{\"resourceType\": \"Patient\"}".to_owned(),
-            "malformed XML",
-            None,
-        ),
+        ("not XML at all", "{\"resourceType\": \"Patient\"}".to_owned(), "malformed XML", None),
         (
             "an unknown element",
             PATIENT_XML.replace("<gender value=\"female\"/>", "<sex value=\"female\"/>"),
@@ -350,10 +274,7 @@ fn xml_errors_say_what_and_where() {
         ),
         (
             "an unknown element in a repeated element",
-            PATIENT_XML.replace(
-                "<given value=\"Jane\"/>",
-                "<given value=\"Jane\"/><nick value=\"J\"/>",
-            ),
+            PATIENT_XML.replace("<given value=\"Jane\"/>", "<given value=\"Jane\"/><nick value=\"J\"/>"),
             "unknown element 'nick'",
             Some("Patient.name.nick"),
         ),
@@ -384,33 +305,22 @@ fn xml_errors_say_what_and_where() {
         let xml_bytes = xml.into_bytes();
         let outcome = on_small_stack(move || xml_to_json(&xml_bytes));
         let error = outcome.expect_err(name);
-        assert!(
-            error.message.contains(fragment),
-            "{name}: message {:?} should contain {fragment:?}",
-            error.message
-        );
-        assert_eq!(
-            error.expression.as_deref(),
-            expression,
-            "{name}: expression of {error:?}"
-        );
+        assert!(error.message.contains(fragment), "{name}: message {:?} should contain {fragment:?}", error.message);
+        assert_eq!(error.expression.as_deref(), expression, "{name}: expression of {error:?}");
     }
 }
 
 #[test]
 fn json_to_xml_reports_structural_errors_instead_of_panicking() {
-    let error = json_to_xml(&with(task(), "/input/0/foo", json!(1)))
-        .expect_err("an unknown element cannot be converted");
+    let error =
+        json_to_xml(&with(task(), "/input/0/foo", json!(1))).expect_err("an unknown element cannot be converted");
     assert_eq!(
         error.expression.as_deref(),
         Some("Task.input[0].foo"),
         "same location as the structural check: {error:?}"
     );
     let xml = json_to_xml(&task()).expect("a valid Task converts");
-    assert!(
-        xml.contains("<status value=\"requested\"/>"),
-        "status is written: {xml}"
-    );
+    assert!(xml.contains("<status value=\"requested\"/>"), "status is written: {xml}");
 }
 
 #[test]
@@ -418,24 +328,11 @@ fn structural_check_does_not_judge_values() {
     // Documented limits of fhirbolt that linkbridge::fhir::check_values covers.
     let cases = [
         ("an unknown code", with(task(), "/status", json!("bogus"))),
-        (
-            "an impossible date",
-            with(task(), "/authoredOn", json!("2024-13-45")),
-        ),
-        (
-            "a boolean given as a string",
-            json!({"resourceType": "Patient", "active": "true"}),
-        ),
-        (
-            "a single object where an array belongs",
-            json!({"resourceType": "Patient", "name": {"family": "Smith"}}),
-        ),
+        ("an impossible date", with(task(), "/authoredOn", json!("2024-13-45"))),
+        ("a boolean given as a string", json!({"resourceType": "Patient", "active": "true"})),
+        ("a single object where an array belongs", json!({"resourceType": "Patient", "name": {"family": "Smith"}})),
     ];
     for (name, resource) in cases {
-        assert_eq!(
-            check_json_structure(&resource),
-            Ok(()),
-            "{name} passes the structural check"
-        );
+        assert_eq!(check_json_structure(&resource), Ok(()), "{name} passes the structural check");
     }
 }
