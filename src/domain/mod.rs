@@ -2,6 +2,7 @@
 //! parameter registry. Nothing in `domain` does IO.
 
 pub mod audit;
+pub mod identifiers;
 pub mod ids;
 pub mod instant;
 pub mod outcome;

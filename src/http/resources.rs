@@ -14,7 +14,7 @@ use crate::domain::instant::Instant;
 use crate::domain::outcome::{operation_outcome, Issue, IssueCode, Severity};
 use crate::domain::resource_type::ResourceType;
 use crate::service::idempotency::RequestKey;
-use crate::service::resources::CreateOutcome;
+use crate::service::resources::{CreateOutcome, WriteConditions};
 use crate::store::{HistoryQuery, StoredVersion};
 
 pub(super) fn resource_type(raw: &str) -> Result<ResourceType, ApiError> {
@@ -69,12 +69,6 @@ pub(super) fn request_key(
     let raw = value.to_str().map_err(|_| ApiError::bad_request(IssueCode::Invalid, "X-Request-ID must be a UUID"))?;
     let key = RequestKey::new(principal, raw, &[req.method().as_str().as_bytes(), req.path().as_bytes(), body])?;
     Ok(Some(key))
-}
-
-async fn read_resource_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<Value, ApiError> {
-    let format = body_format(req)?;
-    let bytes = read_body(payload, state.max_body_bytes).await?;
-    parse_resource(format, &bytes)
 }
 
 /// A response for one stored version, with the headers R4 http.html asks for.
@@ -183,10 +177,12 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     rendering(&req)?;
-    let expected = if_match(&req)?;
-    let body = read_resource_body(&req, payload, &state).await?;
     let principal = caller.require(resource_type, Interaction::Update)?;
-    let version = state.resources.update_resource(principal, resource_type, &id, body, expected).await?;
+    let format = body_format(&req)?;
+    let bytes = read_body(payload, state.max_body_bytes).await?;
+    let conditions = WriteConditions { if_match: if_match(&req)?, request: request_key(&req, principal, &bytes)? };
+    let body = parse_resource(format, &bytes)?;
+    let version = state.resources.update_resource(principal, resource_type, &id, body, &conditions).await?;
     version_response(&req, &state, StatusCode::OK, &version, false)
 }
 
@@ -205,25 +201,27 @@ pub async fn patch(
         "application/json-patch+json",
         "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)",
     )?;
-    let expected = if_match(&req)?;
+    let principal = caller.require(resource_type, Interaction::Update)?;
     let bytes = read_body(payload, state.max_body_bytes).await?;
+    let conditions = WriteConditions { if_match: if_match(&req)?, request: request_key(&req, principal, &bytes)? };
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(IssueCode::Structure, format!("the body is not a JSON Patch document: {e}"))
     })?;
-    let principal = caller.require(resource_type, Interaction::Update)?;
-    let version = state.resources.patch_resource(principal, resource_type, &id, &patch, expected).await?;
+    let version = state.resources.patch_resource(principal, resource_type, &id, &patch, &conditions).await?;
     version_response(&req, &state, StatusCode::OK, &version, false)
 }
 
-/// `DELETE [type]/[id]`.
+/// `DELETE [type]/[id]` (with optional `If-Match`).
 pub async fn delete(
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     let principal = caller.require(resource_type, Interaction::Delete)?;
-    state.resources.delete_resource(principal, resource_type, &id).await?;
+    let conditions = WriteConditions { if_match: if_match(&req)?, request: request_key(&req, principal, &[])? };
+    state.resources.delete_resource(principal, resource_type, &id, &conditions).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

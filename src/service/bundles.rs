@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::idempotency::RequestKey;
 use super::ingest::{check_resource, structure_issue};
-use super::resources::{CreateOutcome, ResourceService};
+use super::resources::{CreateOutcome, ResourceService, WriteConditions};
 use super::rules::Pending;
 use super::ServiceError;
 use crate::auth::Interaction;
@@ -506,13 +506,14 @@ impl ResourceService {
                 CreateOutcome::Existing(v) => Ok(located(&v, "200 OK")),
             },
             "PUT" => {
-                let v = self
-                    .update_resource(caller, entry.resource_type, &need_id()?, need_body()?, entry.if_match)
-                    .await?;
+                let conditions = WriteConditions { if_match: entry.if_match, request: None };
+                let v =
+                    self.update_resource(caller, entry.resource_type, &need_id()?, need_body()?, &conditions).await?;
                 Ok(located(&v, "200 OK"))
             }
             _ => {
-                self.delete_resource(caller, entry.resource_type, &need_id()?).await?;
+                let conditions = WriteConditions { if_match: entry.if_match, request: None };
+                self.delete_resource(caller, entry.resource_type, &need_id()?, &conditions).await?;
                 Ok(entry_response("204 No Content", None, None, None))
             }
         }

@@ -30,6 +30,14 @@ pub enum CreateOutcome {
     Existing(StoredVersion),
 }
 
+/// What a change to an existing resource is conditional on: the version the client read
+/// (`If-Match`) and the request's de-duplication key (`X-Request-ID`).
+#[derive(Debug, Clone, Default)]
+pub struct WriteConditions {
+    pub if_match: Option<VersionId>,
+    pub request: Option<RequestKey>,
+}
+
 /// The resource-level use cases over one store.
 #[derive(Clone)]
 pub struct ResourceService {
@@ -378,23 +386,37 @@ impl ResourceService {
         caller: &Principal,
         resource_type: ResourceType,
         id: &ResourceId,
-        if_match: Option<VersionId>,
+        conditions: &WriteConditions,
         method: WriteMethod,
         mut next_body: F,
     ) -> Result<StoredVersion, ServiceError>
     where
         F: FnMut(&StoredVersion) -> Result<Value, ServiceError>,
     {
+        let if_match = conditions.if_match;
+        if let Some(key) = &conditions.request {
+            key.refuse_if_seen(&self.store).await?;
+        }
         for _ in 0..UNCONDITIONAL_RETRIES {
             let current = self.current_for_write(caller, resource_type, id).await?;
             Self::check_if_match(&current, if_match)?;
             let resource = next_body(&current)?;
-            let (write_set, write) = self
+            let (mut write_set, write) = self
                 .plan(caller, resource_type, id.clone(), Some(&current), Some((resource, method)), &Pending::new())
                 .await?;
+            write_set.request = conditions
+                .request
+                .as_ref()
+                .map(|k| k.record(format!("{resource_type}/{id}/_history/{}", write.version)));
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(Self::written(write)),
                 Err(StoreError::ConditionalClaimTaken) => continue,
+                Err(StoreError::DuplicateRequest) => {
+                    if let Some(key) = &conditions.request {
+                        key.refuse_if_seen(&self.store).await?;
+                    }
+                    continue;
+                }
                 Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
                 Err(StoreError::VersionConflict { .. }) => {
                     return Err(ServiceError::PreconditionFailed(format!(
@@ -419,7 +441,7 @@ impl ResourceService {
         resource_type: ResourceType,
         id: &ResourceId,
         resource: Value,
-        if_match: Option<VersionId>,
+        conditions: &WriteConditions,
     ) -> Result<StoredVersion, ServiceError> {
         check_resource(&resource, resource_type)?;
         match resource.get("id").and_then(Value::as_str) {
@@ -439,7 +461,8 @@ impl ResourceService {
                 ))
             }
         }
-        self.write_new_version(caller, resource_type, id, if_match, WriteMethod::Update, |_| Ok(resource.clone())).await
+        self.write_new_version(caller, resource_type, id, conditions, WriteMethod::Update, |_| Ok(resource.clone()))
+            .await
     }
 
     /// `PATCH [type]/[id]` with a JSON Patch document (RFC 6902). The patched resource is
@@ -450,9 +473,9 @@ impl ResourceService {
         resource_type: ResourceType,
         id: &ResourceId,
         patch: &json_patch::Patch,
-        if_match: Option<VersionId>,
+        conditions: &WriteConditions,
     ) -> Result<StoredVersion, ServiceError> {
-        self.write_new_version(caller, resource_type, id, if_match, WriteMethod::Patch, |current| {
+        self.write_new_version(caller, resource_type, id, conditions, WriteMethod::Patch, |current| {
             if current.deleted {
                 return Err(ServiceError::Gone(label(resource_type, id)));
             }
@@ -487,16 +510,38 @@ impl ResourceService {
         caller: &Principal,
         resource_type: ResourceType,
         id: &ResourceId,
+        conditions: &WriteConditions,
     ) -> Result<(), ServiceError> {
+        if let Some(key) = &conditions.request {
+            key.refuse_if_seen(&self.store).await?;
+        }
         for _ in 0..UNCONDITIONAL_RETRIES {
             let current = self.current_for_write(caller, resource_type, id).await?;
             if current.deleted {
                 return Ok(());
             }
-            let (write_set, _) =
+            Self::check_if_match(&current, conditions.if_match)?;
+            let (mut write_set, write) =
                 self.plan(caller, resource_type, id.clone(), Some(&current), None, &Pending::new()).await?;
+            write_set.request = conditions
+                .request
+                .as_ref()
+                .map(|k| k.record(format!("{resource_type}/{id}/_history/{}", write.version)));
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(()),
+                Err(StoreError::DuplicateRequest) => {
+                    if let Some(key) = &conditions.request {
+                        key.refuse_if_seen(&self.store).await?;
+                    }
+                    continue;
+                }
+                Err(StoreError::VersionConflict { .. }) if conditions.if_match.is_some() => {
+                    return Err(ServiceError::PreconditionFailed(format!(
+                        "{} was changed by another request since version {}",
+                        label(resource_type, id),
+                        current.version
+                    )))
+                }
                 Err(StoreError::VersionConflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }

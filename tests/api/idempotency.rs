@@ -277,3 +277,43 @@ on_both_databases!(
     a_transaction_replayed_with_its_x_request_id_writes_nothing_more,
     parallel_referrals_of_one_patient_to_one_service_open_exactly_one_task,
 );
+
+#[tokio::test]
+async fn a_replayed_patch_with_the_same_x_request_id_changes_the_task_once() {
+    let app = crate::helpers::spawn_app().await;
+    let patient_id =
+        app.created(Party::Gp, &crate::fixtures::patient("9434765919")).await["id"].as_str().expect("id").to_owned();
+    let sr = app.created(Party::Gp, &crate::fixtures::service_request(&patient_id, "GP0001", "CLW001")).await;
+    let task = app
+        .created(
+            Party::Gp,
+            &crate::fixtures::task(sr["id"].as_str().expect("id"), &patient_id, "GP0001", Some("CLW001")),
+        )
+        .await;
+    let path = format!("/Task/{}", task["id"].as_str().expect("id"));
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let accept = || async {
+        crate::helpers::json_of(
+            app.as_party(Party::Clw, reqwest::Method::PATCH, &path)
+                .await
+                .header("Content-Type", "application/json-patch+json")
+                .header("X-Request-ID", &request_id)
+                .body(serde_json::json!([{"op": "replace", "path": "/status", "value": "accepted"}]).to_string())
+                .send()
+                .await
+                .expect("patch"),
+        )
+        .await
+    };
+    let (first, _) = accept().await;
+    assert_eq!(first, 200, "the first PATCH applies");
+    let (replay, outcome) = accept().await;
+    assert_eq!(replay, 409, "the replay is a duplicate: {outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "duplicate");
+    assert!(
+        outcome["issue"][0]["diagnostics"].as_str().is_some_and(|d| d.contains("_history/2")),
+        "names the version: {outcome}"
+    );
+    let (_, history) = crate::helpers::json_of(app.get(Party::Gp, &format!("{path}/_history")).await).await;
+    assert_eq!(history["entry"].as_array().map(Vec::len), Some(2), "one change, not two");
+}
