@@ -17,7 +17,7 @@ use crate::domain::outcome::{operation_outcome, Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::parse_criteria;
 use crate::domain::tenancy::{Principal, Visibility};
-use crate::store::{ConditionalClaim, StoreError, WriteMethod, WriteSet};
+use crate::store::{ConditionalClaim, ResourceWrite, StoreError, WriteMethod, WriteSet};
 
 /// How many times a transaction is replanned when a concurrent request took a key it needed.
 const TRANSACTION_RETRIES: usize = 5;
@@ -131,6 +131,23 @@ fn required_interaction(method: &str) -> Option<Interaction> {
         "DELETE" => Some(Interaction::Delete),
         "GET" => Some(Interaction::Read),
         _ => None,
+    }
+}
+
+/// The response of an entry that wrote a version.
+fn written_entry(status: &str, write: &ResourceWrite) -> Value {
+    entry_response(
+        status,
+        Some(format!("{}/{}/_history/{}", write.resource_type, write.id, write.version)),
+        Some(write.version.etag()),
+        Some(write.last_updated.to_fhir()),
+    )
+}
+
+/// Makes a version written by an earlier entry visible to the rules of the later ones.
+fn remember(pending: &mut Pending, write: &ResourceWrite) {
+    if let Ok(body) = serde_json::from_str::<Value>(&write.body) {
+        pending.insert((write.resource_type, write.id.as_str().to_owned()), body);
     }
 }
 
@@ -346,19 +363,8 @@ impl ResourceService {
                         )
                         .await
                         .map_err(fail)?;
-                    pending.insert(
-                        (entry.resource_type, id.as_str().to_owned()),
-                        serde_json::from_str(&write.body).unwrap_or(Value::Null),
-                    );
-                    responses.push((
-                        entry.index,
-                        entry_response(
-                            "201 Created",
-                            Some(format!("{}/{}/_history/1", entry.resource_type, id)),
-                            Some(write.version.etag()),
-                            Some(write.last_updated.to_fhir()),
-                        ),
-                    ));
+                    remember(&mut pending, &write);
+                    responses.push((entry.index, written_entry("201 Created", &write)));
                     write_set.absorb(planned);
                 }
                 "PUT" | "DELETE" => {
@@ -404,21 +410,8 @@ impl ResourceService {
                         .await
                         .map_err(fail)?;
                     let status = if method == WriteMethod::Delete { "204 No Content" } else { "200 OK" };
-                    if method != WriteMethod::Delete {
-                        pending.insert(
-                            (entry.resource_type, id.as_str().to_owned()),
-                            serde_json::from_str(&write.body).unwrap_or(Value::Null),
-                        );
-                    }
-                    responses.push((
-                        entry.index,
-                        entry_response(
-                            status,
-                            Some(format!("{}/{}/_history/{}", entry.resource_type, id, write.version)),
-                            Some(write.version.etag()),
-                            Some(write.last_updated.to_fhir()),
-                        ),
-                    ));
+                    remember(&mut pending, &write);
+                    responses.push((entry.index, written_entry(status, &write)));
                     write_set.absorb(planned);
                 }
                 _ => {

@@ -179,21 +179,13 @@ impl Rules<'_> {
             }
             if before.get("owner") != after.get("owner") {
                 if let Some(ods) = &new_owner {
-                    if !self.store.organization_has_role(ods.as_str(), Role::Performer.as_str()).await? {
-                        return Err(unprocessable(
-                            format!("the owner {ods} is not a registered CLW service (performer)"),
-                            "Task.owner",
-                        ));
-                    }
-                    effects.grants.extend(self.referral_grants(after, &Visibility::Organization(ods.clone())).await?);
-                    effects.claims.extend(self.open_referral_claim(id, after, ods).await?);
+                    self.assign_to_performer(id, after, ods, &mut effects).await?;
                 }
             }
         }
         if claiming {
             if let Some(ods) = &new_owner {
-                effects.grants.extend(self.referral_grants(after, &Visibility::Organization(ods.clone())).await?);
-                effects.claims.extend(self.open_referral_claim(id, after, ods).await?);
+                self.assign_to_performer(id, after, ods, &mut effects).await?;
                 effects.revocations.extend(self.open_referral_revocations(id, after).await?);
             }
         }
@@ -221,18 +213,29 @@ impl Rules<'_> {
             None => {
                 effects.grants.extend(self.referral_grants(task, &Visibility::AnyPerformer).await?);
             }
-            Some(ods) => {
-                if !self.store.organization_has_role(ods.as_str(), Role::Performer.as_str()).await? {
-                    return Err(unprocessable(
-                        format!("the owner {ods} is not a registered CLW service (performer)"),
-                        "Task.owner",
-                    ));
-                }
-                effects.grants.extend(self.referral_grants(task, &Visibility::Organization(ods.clone())).await?);
-                effects.claims.extend(self.open_referral_claim(id, task, ods).await?);
-            }
+            Some(ods) => self.assign_to_performer(id, task, ods, &mut effects).await?,
         }
         Ok(effects)
+    }
+
+    /// A Task given to a CLW service: it must be a registered performer; it may now read the
+    /// referral; and the patient may have only this one open referral with it.
+    async fn assign_to_performer(
+        &self,
+        id: &ResourceId,
+        task: &Value,
+        owner: &OdsCode,
+        effects: &mut RuleEffects,
+    ) -> Result<(), ServiceError> {
+        if !self.store.organization_has_role(owner.as_str(), Role::Performer.as_str()).await? {
+            return Err(unprocessable(
+                format!("the owner {owner} is not a registered CLW service (performer)"),
+                "Task.owner",
+            ));
+        }
+        effects.grants.extend(self.referral_grants(task, &Visibility::Organization(owner.clone())).await?);
+        effects.claims.extend(self.open_referral_claim(id, task, owner).await?);
+        Ok(())
     }
 
     /// `focus` is an existing ServiceRequest the requester owns; `for` is its subject.
