@@ -9,6 +9,7 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::profiles::ValidationMode;
 use crate::store::{DatabaseUrl, PoolSettings};
 
 /// Every setting of the server. See README.md "Configuration" for each one.
@@ -49,6 +50,11 @@ pub struct Settings {
     pub external_issuer: Option<ExternalIssuerSettings>,
     /// Refuse a second open referral for one patient to one CLW service (BaRS rule).
     pub single_open_referral: bool,
+    /// What writes do with a resource that breaks its profiles: `enforce` (422), `warn`
+    /// (accept and log) or `off`.
+    pub profile_validation: ValidationMode,
+    /// A directory holding a profile package to use instead of the compiled-in one.
+    pub profiles_dir: Option<PathBuf>,
 }
 
 /// The operator's OAuth server: its tokens name a registered client (`client_id` claim), and
@@ -108,6 +114,8 @@ impl Default for Settings {
             workers: None,
             external_issuer: None,
             single_open_referral: true,
+            profile_validation: ValidationMode::Enforce,
+            profiles_dir: None,
         }
     }
 }
@@ -137,6 +145,8 @@ impl Settings {
         "external_issuer",
         "settle_window_ms",
         "single_open_referral",
+        "profile_validation",
+        "profiles_dir",
     ];
 
     /// Defaults, then the file (if given and present), then `LINKBRIDGE_*` variables.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod fhir;
 pub mod http;
+pub mod profiles;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -9,6 +9,7 @@ use actix_web::{web, App, HttpServer};
 use crate::auth::{AccessTokenPolicy, ExternalIssuerPolicy, HttpJwksSource, JwksFetchConfig, SigningKeys};
 use crate::config::{ConfigError, Settings};
 use crate::http::{self, AppState};
+use crate::profiles::{PackageError, ProfileCheck};
 use crate::service::auth::{AuthService, ExternalIssuer};
 use crate::service::resources::ResourceService;
 use crate::store::{Store, StoreError};
@@ -24,6 +25,8 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
     #[error("authentication setup failed: {0}")]
     Auth(String),
+    #[error(transparent)]
+    Profiles(#[from] PackageError),
 }
 
 /// A built, bound, not yet running service.
@@ -45,8 +48,10 @@ impl Application {
             .map(|url| url.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("http://{local}"));
         let auth = build_auth(settings, &store, &base_url)?;
+        let profiles = ProfileCheck::load(settings.profiles_dir.as_ref(), settings.profile_validation)?;
         let state = AppState {
-            resources: ResourceService::new(store.clone()).with_single_open_referral(settings.single_open_referral),
+            resources: ResourceService::new(store.clone(), profiles)
+                .with_single_open_referral(settings.single_open_referral),
             auth,
             base_url: base_url.clone(),
             max_body_bytes: settings.max_body_bytes,

@@ -4,15 +4,20 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
+use super::conformance::CONFORMANCE_TYPES;
 use super::error::ApiError;
 use super::negotiate::{render_resource_text, rendering};
 use super::state::AppState;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::params_for;
 use crate::domain::search_query::{includes_of, revincludes_of};
+use crate::profiles::Validator;
 
-/// The CapabilityStatement as FHIR JSON.
-pub fn capability_statement_json(base_url: &str) -> Value {
+/// The CapabilityStatement as FHIR JSON. `validator` names the profiles each type supports.
+pub fn capability_statement_json(base_url: &str, validator: &Validator) -> Value {
+    let profiles_of = |resource_type: &str| -> Vec<&str> {
+        validator.profiles().iter().filter(|p| p.resource_type() == resource_type).map(|p| p.url()).collect()
+    };
     let mut resources: Vec<Value> = ResourceType::ALL
         .into_iter()
         .map(|resource_type| {
@@ -28,7 +33,7 @@ pub fn capability_statement_json(base_url: &str) -> Value {
             search_params.extend(params_for(resource_type).map(|p| {
                 json!({"name": p.name, "definition": p.definition_url(), "type": p.kind.code()})
             }));
-            json!({
+            let mut resource = json!({
                 "type": resource_type.as_str(),
                 "interaction": interactions,
                 "versioning": "versioned-update",
@@ -40,9 +45,24 @@ pub fn capability_statement_json(base_url: &str) -> Value {
                 "searchInclude": includes_of(resource_type).iter().map(|i| i.code()).collect::<Vec<_>>(),
                 "searchRevInclude": revincludes_of(resource_type).iter().map(|i| i.code()).collect::<Vec<_>>(),
                 "searchParam": search_params,
-            })
+                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+            });
+            // FHIR JSON has no empty arrays: only types with profiles name them.
+            let profiles = profiles_of(resource_type.as_str());
+            if !profiles.is_empty() {
+                resource["supportedProfile"] = json!(profiles);
+            }
+            resource
         })
         .collect();
+    // The conformance package (http::conformance), read-only.
+    for conformance_type in CONFORMANCE_TYPES {
+        resources.push(json!({
+            "type": conformance_type,
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [{"name": "url", "type": "uri", "definition": format!("http://hl7.org/fhir/SearchParameter/{conformance_type}-url")}],
+        }));
+    }
     // The audit trail, for the operator role (http::audit_events).
     resources.push(json!({
         "type": "AuditEvent",
@@ -75,6 +95,9 @@ pub fn capability_statement_json(base_url: &str) -> Value {
 
 pub async fn capability_statement(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let render = rendering(&req)?;
-    let (text, content_type) = render_resource_text(render, &capability_statement_json(&state.base_url).to_string())?;
+    let (text, content_type) = render_resource_text(
+        render,
+        &capability_statement_json(&state.base_url, state.resources.profiles().validator()).to_string(),
+    )?;
     Ok(HttpResponse::Ok().content_type(content_type).body(text))
 }

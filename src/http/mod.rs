@@ -6,6 +6,7 @@ pub mod audit_events;
 pub mod auth;
 pub mod bundle;
 pub mod bundles;
+pub mod conformance;
 pub mod error;
 pub mod health;
 pub mod logging;
@@ -14,6 +15,7 @@ pub mod negotiate;
 pub mod resources;
 pub mod search;
 pub mod state;
+pub mod validate;
 
 use actix_web::{web, HttpResponse};
 
@@ -59,6 +61,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/{type}/{id}/_history/{vid}")
                 .route(web::get().to(resources::vread))
+                .default_service(web::to(method_not_allowed)),
+        )
+        // The conformance package (read-only), before the served types' patterns.
+        .service(
+            web::resource("/{type:StructureDefinition|ValueSet|CodeSystem}/{id}")
+                .route(web::get().to(conformance::read))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/{type:StructureDefinition|ValueSet|CodeSystem}")
+                .route(web::get().to(conformance::search))
+                .default_service(web::to(method_not_allowed)),
+        )
+        // Before `/{type}/{id}`, which would otherwise take `$validate` for an id.
+        .service(
+            web::resource("/{type}/$validate")
+                .route(web::post().to(validate::validate))
                 .default_service(web::to(method_not_allowed)),
         )
         // Before `/{type}/{id}`, which would otherwise take `_search` for an id.

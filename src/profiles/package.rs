@@ -21,7 +21,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "StructureDefinition-linkbridge-link-worker-careplan.json",
         include_str!("../../profiles/StructureDefinition-linkbridge-link-worker-careplan.json"),
     ),
-    ("StructureDefinition-linkbridge-patient.json", include_str!("../../profiles/StructureDefinition-linkbridge-patient.json")),
+    (
+        "StructureDefinition-linkbridge-patient.json",
+        include_str!("../../profiles/StructureDefinition-linkbridge-patient.json"),
+    ),
     ("ValueSet-social-need-category.json", include_str!("../../profiles/ValueSet-social-need-category.json")),
     ("ValueSet-referral-status-reason.json", include_str!("../../profiles/ValueSet-referral-status-reason.json")),
     ("ValueSet-referral-business-status.json", include_str!("../../profiles/ValueSet-referral-business-status.json")),
@@ -30,7 +33,10 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("ValueSet-referral-task-status.json", include_str!("../../profiles/ValueSet-referral-task-status.json")),
     ("CodeSystem-social-need-category.json", include_str!("../../profiles/CodeSystem-social-need-category.json")),
     ("CodeSystem-referral-status-reason.json", include_str!("../../profiles/CodeSystem-referral-status-reason.json")),
-    ("CodeSystem-referral-business-status.json", include_str!("../../profiles/CodeSystem-referral-business-status.json")),
+    (
+        "CodeSystem-referral-business-status.json",
+        include_str!("../../profiles/CodeSystem-referral-business-status.json"),
+    ),
     ("CodeSystem-referral-outcome.json", include_str!("../../profiles/CodeSystem-referral-outcome.json")),
     ("CodeSystem-contact-preference.json", include_str!("../../profiles/CodeSystem-contact-preference.json")),
 ];
@@ -102,6 +108,9 @@ impl Package {
 
     /// The conformance resource with this type and id.
     pub fn find(&self, resource_type: &str, id: &str) -> Option<&Value> {
-        self.of_type(resource_type).find(|r| r.get("id").and_then(Value::as_str) == Some(id))
+        self.resources.iter().find(|r| {
+            r.get("resourceType").and_then(Value::as_str) == Some(resource_type)
+                && r.get("id").and_then(Value::as_str) == Some(id)
+        })
     }
 }

@@ -351,7 +351,7 @@ impl ResourceService {
                     let body = resource.ok_or_else(|| {
                         fail(ServiceError::invalid(IssueCode::Required, "a POST entry needs a resource", None))
                     })?;
-                    check_resource(&body, entry.resource_type).map_err(fail)?;
+                    check_resource(&body, entry.resource_type, &self.profiles).map_err(fail)?;
                     let (planned, write) = self
                         .plan(
                             caller,
@@ -392,7 +392,7 @@ impl ResourceService {
                         let body = resource.ok_or_else(|| {
                             fail(ServiceError::invalid(IssueCode::Required, "a PUT entry needs a resource", None))
                         })?;
-                        check_resource(&body, entry.resource_type).map_err(fail)?;
+                        check_resource(&body, entry.resource_type, &self.profiles).map_err(fail)?;
                         if body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                             return Err(fail(ServiceError::invalid(
                                 IssueCode::Invalid,

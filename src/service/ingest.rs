@@ -1,6 +1,7 @@
 //! Turning a request body into a resource the store may keep: the type must be the one
 //! addressed, the structure must be FHIR R4 (fhirbolt, strict), and primitive values and
-//! required codes must be valid (our own checks: fhirbolt checks structure, not values).
+//! required codes must be valid (our own checks: fhirbolt checks structure, not values), and
+//! the resource must conform to the linkbridge profiles that apply to it (`profiles`).
 
 use serde_json::Value;
 
@@ -8,9 +9,50 @@ use super::ServiceError;
 use crate::domain::ids::ResourceId;
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
+use crate::profiles::ProfileCheck;
 
-/// Checks an incoming resource of the expected type. All value problems are reported at once.
-pub fn check_resource(resource: &Value, expected: ResourceType) -> Result<(), ServiceError> {
+/// Checks an incoming resource of the expected type. All value problems are reported at once
+/// (400); a resource that is valid FHIR but breaks its profiles is refused with every profile
+/// issue (422) when `profiles` enforces them. Every write path (create, update, patch result,
+/// transaction and batch entries) comes through here, so no write skips the profiles.
+pub fn check_resource(resource: &Value, expected: ResourceType, profiles: &ProfileCheck) -> Result<(), ServiceError> {
+    check_fhir(resource, expected)?;
+    let profile_issues = profiles.check_write(resource);
+    if profile_issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::Unprocessable(profile_issues))
+    }
+}
+
+/// `$validate`: every issue a write would meet (FHIR structure and values, then profiles:
+/// those that apply, or only `profile` when named), whatever the write mode. Nothing is stored.
+pub fn validate_resource(
+    resource: &Value,
+    expected: ResourceType,
+    profiles: &ProfileCheck,
+    profile: Option<&str>,
+) -> Result<Vec<Issue>, ServiceError> {
+    match check_fhir(resource, expected) {
+        Ok(()) => {}
+        Err(ServiceError::Invalid(issues)) => return Ok(issues),
+        Err(other) => return Err(other),
+    }
+    let validator = profiles.validator();
+    match profile {
+        None => Ok(validator.validate(resource)),
+        Some(url) => validator.validate_against(resource, url).ok_or_else(|| {
+            ServiceError::invalid(
+                IssueCode::NotSupported,
+                format!("the profile {url} is not one of this server's (see the CapabilityStatement)"),
+                None,
+            )
+        }),
+    }
+}
+
+/// The type addressed, R4 structure (fhirbolt) and R4 values (`fhir::check_values`).
+fn check_fhir(resource: &Value, expected: ResourceType) -> Result<(), ServiceError> {
     let Some(object) = resource.as_object() else {
         return Err(ServiceError::invalid(
             IssueCode::Structure,

@@ -15,6 +15,7 @@ use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::extract_index;
 use crate::domain::search_query::{parse_criteria, SearchQuery};
 use crate::domain::tenancy::{derived_visibility, Principal, Visibility};
+use crate::profiles::ProfileCheck;
 use crate::store::{
     ConditionalClaim, HistoryQuery, Precondition, ResourceWrite, Store, StoreError, StoredVersion, WriteMethod,
     WriteSet,
@@ -44,6 +45,8 @@ pub struct ResourceService {
     store: Store,
     /// Refuse a second open referral for one patient to one CLW service (BaRS).
     single_open_referral: bool,
+    /// The profiles every write is checked against.
+    pub(super) profiles: ProfileCheck,
 }
 
 fn label(resource_type: ResourceType, id: &ResourceId) -> String {
@@ -51,8 +54,13 @@ fn label(resource_type: ResourceType, id: &ResourceId) -> String {
 }
 
 impl ResourceService {
-    pub fn new(store: Store) -> Self {
-        ResourceService { store, single_open_referral: true }
+    pub fn new(store: Store, profiles: ProfileCheck) -> Self {
+        ResourceService { store, single_open_referral: true, profiles }
+    }
+
+    /// The profiles writes are checked against (`$validate` uses the same).
+    pub fn profiles(&self) -> &ProfileCheck {
+        &self.profiles
     }
 
     pub fn with_single_open_referral(mut self, enabled: bool) -> Self {
@@ -205,7 +213,7 @@ impl ResourceService {
         if_none_exist: Option<&str>,
         request: Option<&RequestKey>,
     ) -> Result<CreateOutcome, ServiceError> {
-        check_resource(&resource, resource_type)?;
+        check_resource(&resource, resource_type, &self.profiles)?;
         if let Some(key) = request {
             key.refuse_if_seen(&self.store).await?;
         }
@@ -443,7 +451,7 @@ impl ResourceService {
         resource: Value,
         conditions: &WriteConditions,
     ) -> Result<StoredVersion, ServiceError> {
-        check_resource(&resource, resource_type)?;
+        check_resource(&resource, resource_type, &self.profiles)?;
         match resource.get("id").and_then(Value::as_str) {
             Some(body_id) if body_id == id.as_str() => {}
             Some(body_id) => {
@@ -494,7 +502,7 @@ impl ResourceService {
                 )
                 .at(format!("{resource_type}.id"))]));
             }
-            check_resource(&resource, resource_type).map_err(|e| match e {
+            check_resource(&resource, resource_type, &self.profiles).map_err(|e| match e {
                 // The patch document was fine; the resource it produced is not (422).
                 ServiceError::Invalid(issues) => ServiceError::Unprocessable(issues),
                 other => other,

@@ -129,7 +129,9 @@ async fn the_capability_statement_lists_every_served_type_and_its_interactions()
     assert_eq!(capability["resourceType"], "CapabilityStatement");
     assert_eq!(capability["fhirVersion"], "4.0.1");
     let resources = capability["rest"][0]["resource"].as_array().expect("resources");
-    let types: Vec<&str> = resources.iter().filter_map(|r| r["type"].as_str()).filter(|t| *t != "AuditEvent").collect();
+    // The audit trail and the read-only profile package are listed beside the served types.
+    let listed_beside = |t: &str| t == "AuditEvent" || linkbridge::http::conformance::CONFORMANCE_TYPES.contains(&t);
+    let types: Vec<&str> = resources.iter().filter_map(|r| r["type"].as_str()).filter(|t| !listed_beside(t)).collect();
     let served: Vec<&str> = linkbridge::domain::resource_type::ResourceType::ALL.iter().map(|t| t.as_str()).collect();
     assert_eq!(types, served, "generated from the router's registry");
     let system: Vec<&str> = capability["rest"][0]["interaction"]
@@ -139,7 +141,7 @@ async fn the_capability_statement_lists_every_served_type_and_its_interactions()
         .filter_map(|i| i["code"].as_str())
         .collect();
     assert_eq!(system, vec!["transaction", "batch"]);
-    for resource in resources.iter().filter(|r| r["type"] != "AuditEvent") {
+    for resource in resources.iter().filter(|r| !r["type"].as_str().is_some_and(listed_beside)) {
         let interactions: Vec<&str> =
             resource["interaction"].as_array().expect("i").iter().filter_map(|i| i["code"].as_str()).collect();
         for expected in ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"] {

@@ -10,6 +10,7 @@ mod formats;
 mod helpers;
 mod idempotency;
 mod processes;
+mod profiles;
 mod readme;
 mod replicas;
 mod search;
