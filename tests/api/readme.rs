@@ -37,6 +37,13 @@ async fn the_readme_referral_transaction_is_accepted_and_the_clw_service_can_acc
     let task_location = response["entry"][3]["response"]["location"].as_str().expect("task location");
     let task_path = format!("/{}", task_location.split("/_history").next().expect("path"));
 
+    let poll = "/Task?owner:identifier=https://fhir.nhs.uk/Id/ods-organization-code|CLW001&status=requested";
+    let (status, found) = json_of(app.get(Party::Clw, poll).await).await;
+    assert_eq!(status, 200, "{found}");
+    let found_ids: Vec<&str> =
+        found["entry"].as_array().expect("entries").iter().filter_map(|e| e["resource"]["id"].as_str()).collect();
+    assert_eq!(found_ids.len(), 1, "the README's CLW poll finds the new referral: {found}");
+    assert!(task_path.ends_with(found_ids[0]), "and it is the Task the transaction made");
     let (status, task) = json_of(app.get(Party::Clw, &task_path).await).await;
     assert_eq!(status, 200, "the CLW service sees the Task assigned to it: {task}");
     let focus = task["focus"]["reference"].as_str().expect("focus");
