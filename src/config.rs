@@ -50,6 +50,8 @@ pub struct Settings {
     pub external_issuer: Option<ExternalIssuerSettings>,
     /// Refuse a second open referral for one patient to one CLW service (BaRS rule).
     pub single_open_referral: bool,
+    /// The identifier system of CHI numbers (no single URI is agreed nationally).
+    pub chi_system: String,
     /// What writes do with a resource that breaks its profiles: `enforce` (422), `warn`
     /// (accept and log) or `off`.
     pub profile_validation: ValidationMode,
@@ -114,6 +116,7 @@ impl Default for Settings {
             workers: None,
             external_issuer: None,
             single_open_referral: true,
+            chi_system: crate::domain::identifiers::DEFAULT_CHI_SYSTEM.to_owned(),
             profile_validation: ValidationMode::Enforce,
             profiles_dir: None,
         }
@@ -145,6 +148,7 @@ impl Settings {
         "external_issuer",
         "settle_window_ms",
         "single_open_referral",
+        "chi_system",
         "profile_validation",
         "profiles_dir",
     ];

@@ -48,7 +48,8 @@ impl Application {
             .map(|url| url.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("http://{local}"));
         let auth = build_auth(settings, &store, &base_url)?;
-        let profiles = ProfileCheck::load(settings.profiles_dir.as_ref(), settings.profile_validation)?;
+        let profiles =
+            ProfileCheck::load(settings.profiles_dir.as_ref(), settings.profile_validation, &settings.chi_system)?;
         let state = AppState {
             resources: ResourceService::new(store.clone(), profiles)
                 .with_single_open_referral(settings.single_open_referral),

@@ -5,11 +5,10 @@
 /// FHIR identifier system of the NHS number.
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
-/// FHIR identifier systems seen for the CHI number. No single URI is agreed yet (see
-/// docs: referral-workflow "Identifiers and codes"); the first is UK Core's draft and the one
-/// linkbridge documents, the second is accepted because Scottish systems send it.
-pub const CHI_NUMBER_SYSTEMS: &[&str] =
-    &["https://fhir.nhs.uk/Id/chi-number", "http://fhir.nhs.scot.uk/Id/national/chi-number"];
+/// The FHIR identifier system of the CHI number unless the operator configures another
+/// (`chi_system`). No single URI is agreed (referral-workflow "Identifiers and codes"): this is
+/// UK Core's draft; Scottish systems also send `http://fhir.nhs.scot.uk/Id/national/chi-number`.
+pub const DEFAULT_CHI_SYSTEM: &str = "https://fhir.nhs.uk/Id/chi-number";
 
 /// Why a number is not a valid CHI or NHS number. The message never repeats the number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use super::invariants::{check_for, InvariantCheck};
+use super::invariants::{check_for, InvariantCheck, InvariantContext};
 use super::package::{Package, PackageError};
 use crate::domain::outcome::{Issue, IssueCode};
 
@@ -95,6 +95,7 @@ impl BindingRule {
 pub struct Validator {
     package: Package,
     profiles: Vec<Profile>,
+    context: InvariantContext,
 }
 
 impl Validator {
@@ -104,7 +105,13 @@ impl Validator {
             .of_type("StructureDefinition")
             .map(|definition| compile_profile(&package, definition))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Validator { package, profiles })
+        Ok(Validator { package, profiles, context: InvariantContext::default() })
+    }
+
+    /// Recognise CHI numbers by this identifier system (configuration `chi_system`).
+    pub fn with_chi_system(mut self, system: &str) -> Self {
+        self.context.chi_system = system.to_owned();
+        self
     }
 
     pub fn package(&self) -> &Package {
@@ -154,7 +161,7 @@ impl Validator {
             }
         }
         for profile in applicable {
-            issues.extend(check_profile(profile, resource));
+            issues.extend(check_profile(profile, resource, &self.context));
         }
         issues
     }
@@ -171,7 +178,7 @@ impl Validator {
             )
             .at(resource_type.to_owned())]);
         }
-        Some(check_profile(profile, resource))
+        Some(check_profile(profile, resource, &self.context))
     }
 }
 
@@ -373,13 +380,13 @@ fn select<'a>(root: &'a Value, root_expression: &str, segments: &[String]) -> Ve
     nodes
 }
 
-fn check_profile(profile: &Profile, resource: &Value) -> Vec<Issue> {
+fn check_profile(profile: &Profile, resource: &Value, context: &InvariantContext) -> Vec<Issue> {
     let mut issues = Vec::new();
     let root = profile.resource_type.as_str();
     for rule in &profile.rules {
         let Some((name, parent_segments)) = rule.segments.split_last() else {
             for (key, check) in &rule.invariants {
-                issues.extend(invariant_issues(profile, key, check(resource, root)));
+                issues.extend(invariant_issues(profile, key, check(resource, root, context)));
             }
             continue;
         };
@@ -406,7 +413,7 @@ fn check_profile(profile: &Profile, resource: &Value) -> Vec<Issue> {
                 );
             }
             for (expression, value) in &found {
-                issues.extend(check_value(profile, rule, name, expression, value));
+                issues.extend(check_value(profile, rule, name, expression, value, context));
             }
         }
     }
@@ -422,7 +429,14 @@ fn invariant_issues(profile: &Profile, key: &str, findings: Vec<(String, String)
         .collect()
 }
 
-fn check_value(profile: &Profile, rule: &ElementRule, name: &str, expression: &str, value: &Value) -> Vec<Issue> {
+fn check_value(
+    profile: &Profile,
+    rule: &ElementRule,
+    name: &str,
+    expression: &str,
+    value: &Value,
+    context: &InvariantContext,
+) -> Vec<Issue> {
     let mut issues = Vec::new();
     let value_issue = |message: String| Issue::error(IssueCode::Value, message).at(expression.to_owned());
     if let Some(fixed) = rule.fixed.as_ref().filter(|fixed| *fixed != value) {
@@ -459,7 +473,7 @@ fn check_value(profile: &Profile, rule: &ElementRule, name: &str, expression: &s
         }
     }
     for (key, check) in &rule.invariants {
-        issues.extend(invariant_issues(profile, key, check(value, expression)));
+        issues.extend(invariant_issues(profile, key, check(value, expression, context)));
     }
     issues
 }

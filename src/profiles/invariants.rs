@@ -4,13 +4,26 @@
 
 use serde_json::Value;
 
-use crate::domain::identifiers::{check_chi_number, check_nhs_number, CHI_NUMBER_SYSTEMS, NHS_NUMBER_SYSTEM};
+use crate::domain::identifiers::{check_chi_number, check_nhs_number, DEFAULT_CHI_SYSTEM, NHS_NUMBER_SYSTEM};
 
 /// A problem an invariant found: the FHIRPath of the element and what is wrong.
 pub type Finding = (String, String);
 
+/// What the invariants depend on besides the instance: deployment configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvariantContext {
+    /// The identifier system of CHI numbers (configuration: no single URI is agreed).
+    pub chi_system: String,
+}
+
+impl Default for InvariantContext {
+    fn default() -> Self {
+        InvariantContext { chi_system: DEFAULT_CHI_SYSTEM.to_owned() }
+    }
+}
+
 /// Checks one element (`node` at `expression`) for an invariant.
-pub type InvariantCheck = fn(node: &Value, expression: &str) -> Vec<Finding>;
+pub type InvariantCheck = fn(node: &Value, expression: &str, context: &InvariantContext) -> Vec<Finding>;
 
 /// The check enforcing the constraint with this key.
 pub fn check_for(key: &str) -> Option<InvariantCheck> {
@@ -31,8 +44,8 @@ fn system_of(identifier: &Value) -> Option<&str> {
     identifier.get("system").and_then(Value::as_str)
 }
 
-fn has_chi_or_nhs_number(node: &Value, expression: &str) -> Vec<Finding> {
-    let national = |system: &str| system == NHS_NUMBER_SYSTEM || CHI_NUMBER_SYSTEMS.contains(&system);
+fn has_chi_or_nhs_number(node: &Value, expression: &str, context: &InvariantContext) -> Vec<Finding> {
+    let national = |system: &str| system == NHS_NUMBER_SYSTEM || system == context.chi_system;
     if identifiers(node).any(|(_, identifier)| system_of(identifier).is_some_and(national)) {
         return Vec::new();
     }
@@ -57,16 +70,16 @@ fn numbers_are_valid(
         .collect()
 }
 
-fn nhs_numbers_are_valid(node: &Value, expression: &str) -> Vec<Finding> {
+fn nhs_numbers_are_valid(node: &Value, expression: &str, _context: &InvariantContext) -> Vec<Finding> {
     numbers_are_valid(node, expression, |s| s == NHS_NUMBER_SYSTEM, "NHS number", check_nhs_number)
 }
 
-fn chi_numbers_are_valid(node: &Value, expression: &str) -> Vec<Finding> {
-    numbers_are_valid(node, expression, |s| CHI_NUMBER_SYSTEMS.contains(&s), "CHI number", check_chi_number)
+fn chi_numbers_are_valid(node: &Value, expression: &str, context: &InvariantContext) -> Vec<Finding> {
+    numbers_are_valid(node, expression, |s| s == context.chi_system, "CHI number", check_chi_number)
 }
 
 /// The referral state machine: these statuses need a reason a person can read.
-fn stopped_task_says_why(node: &Value, expression: &str) -> Vec<Finding> {
+fn stopped_task_says_why(node: &Value, expression: &str, _context: &InvariantContext) -> Vec<Finding> {
     let status = node.get("status").and_then(Value::as_str).unwrap_or_default();
     if !matches!(status, "rejected" | "cancelled" | "on-hold" | "failed") {
         return Vec::new();
@@ -87,14 +100,14 @@ mod tests {
     #[test]
     fn each_invariant_reports_exactly_the_elements_that_break_it() {
         let nhs = |value: &str| json!({"system": NHS_NUMBER_SYSTEM, "value": value});
-        let chi = |value: &str| json!({"system": CHI_NUMBER_SYSTEMS[0], "value": value});
+        let chi = |value: &str| json!({"system": DEFAULT_CHI_SYSTEM, "value": value});
         let cases: Vec<(&str, &str, Value, Vec<&str>)> = vec![
             ("an NHS number satisfies lb-pat-1", "lb-pat-1", json!({"identifier": [nhs("9434765919")]}), vec![]),
             (
-                "the Scottish CHI system satisfies lb-pat-1",
+                "a CHI system other than the configured one does not satisfy lb-pat-1",
                 "lb-pat-1",
-                json!({"identifier": [{"system": CHI_NUMBER_SYSTEMS[1], "value": "1204610126"}]}),
-                vec![],
+                json!({"identifier": [{"system": "http://fhir.nhs.scot.uk/Id/national/chi-number", "value": "1204610126"}]}),
+                vec!["Patient.identifier"],
             ),
             (
                 "a local identifier alone breaks lb-pat-1",
@@ -140,9 +153,25 @@ mod tests {
         ];
         for (what, key, node, expected) in cases {
             let check = check_for(key).expect("every key in the table has a check");
-            let found: Vec<String> = check(&node, "Patient").into_iter().map(|(expression, _)| expression).collect();
+            let found: Vec<String> = check(&node, "Patient", &InvariantContext::default())
+                .into_iter()
+                .map(|(expression, _)| expression)
+                .collect();
             assert_eq!(found, expected, "{what}");
         }
+    }
+
+    #[test]
+    fn the_chi_system_is_the_configured_one() {
+        let scottish = "http://fhir.nhs.scot.uk/Id/national/chi-number";
+        let context = InvariantContext { chi_system: scottish.to_owned() };
+        let patient = json!({"identifier": [{"system": scottish, "value": "3002001234"}]});
+        assert!(has_chi_or_nhs_number(&patient, "Patient", &context).is_empty(), "recognised as a CHI number");
+        assert_eq!(
+            chi_numbers_are_valid(&patient, "Patient", &context).len(),
+            1,
+            "and checked as one (30 February is no date of birth)"
+        );
     }
 
     #[test]
