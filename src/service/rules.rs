@@ -114,24 +114,97 @@ impl Rules<'_> {
         after: Option<&mut Value>,
     ) -> Result<RuleEffects, ServiceError> {
         let role = self.caller.role();
-        if role == Role::Operator {
-            return Ok(RuleEffects::default());
-        }
+        let mut after = after;
         use ResourceType as T;
-        match (resource_type, role) {
-            (T::Task, _) => self.check_task(id, before, after).await,
-            (T::ServiceRequest, Role::Referrer) => self.check_service_request(id, before, after).await,
-            (T::CarePlan, Role::Performer) => self.check_care_plan(after).await,
-            (T::Patient | T::Consent, Role::Referrer) => Ok(RuleEffects::default()),
-            (T::Organization | T::Practitioner | T::PractitionerRole, _) => Ok(RuleEffects::default()),
-            (T::ServiceRequest | T::Patient | T::Consent, _) => Err(forbidden(
-                format!("a CLW service reads {resource_type} resources but does not write them"),
-                resource_type.as_str(),
-            )),
+        let mut effects = match (resource_type, role) {
+            (_, Role::Operator) => RuleEffects::default(),
+            (T::Task, _) => self.check_task(id, before, after.as_deref_mut()).await?,
+            (T::ServiceRequest, Role::Referrer) => self.check_service_request(id, before, after.as_deref_mut()).await?,
+            (T::CarePlan, Role::Performer) => self.check_care_plan(after.as_deref_mut()).await?,
+            (T::Patient | T::Consent, Role::Referrer) => RuleEffects::default(),
+            (T::Organization | T::PractitionerRole, _) => {
+                self.check_directory_entry(resource_type, before, after.as_deref()).await?
+            }
+            (T::Practitioner, _) => RuleEffects::default(),
+            (T::ServiceRequest | T::Patient | T::Consent, _) => {
+                return Err(forbidden(
+                    format!("a CLW service reads {resource_type} resources but does not write them"),
+                    resource_type.as_str(),
+                ))
+            }
             (T::CarePlan, _) => {
-                Err(forbidden("CarePlans are written by the CLW service that works the referral", "CarePlan"))
+                return Err(forbidden("CarePlans are written by the CLW service that works the referral", "CarePlan"))
+            }
+        };
+        if let Some(after) = after.as_deref() {
+            effects.extra_visibility.extend(self.party_visibility(resource_type, after).await?);
+        }
+        Ok(effects)
+    }
+
+    /// The organisations a referral resource names as its parties (by ODS identifier or by a
+    /// literal reference into the directory) may see it: the content-derived visibility
+    /// `domain::tenancy::derived_visibility` cannot resolve references, the rules can.
+    async fn party_visibility(
+        &self,
+        resource_type: ResourceType,
+        resource: &Value,
+    ) -> Result<Vec<String>, ServiceError> {
+        let elements: &[&str] = match resource_type {
+            ResourceType::Task => &["requester", "owner"],
+            ResourceType::ServiceRequest => &["requester", "performer"],
+            ResourceType::CarePlan => &["author", "contributor"],
+            _ => return Ok(Vec::new()),
+        };
+        let mut keys = Vec::new();
+        for element in elements {
+            let references: Vec<&Value> = match resource.get(*element) {
+                Some(Value::Array(items)) => items.iter().collect(),
+                Some(single) => vec![single],
+                None => Vec::new(),
+            };
+            for reference in references {
+                if let Some(ods) = self.organization_of(Some(reference)).await? {
+                    keys.push(Visibility::Organization(ods).key());
+                }
             }
         }
+        Ok(keys)
+    }
+
+    /// The directory is shared by every tenant, so an organisation maintains only its own
+    /// entry (an Organization carrying its ODS code) and the roles of its own staff (a
+    /// PractitionerRole in it); the operator maintains the rest.
+    async fn check_directory_entry(
+        &self,
+        resource_type: ResourceType,
+        before: Option<&Value>,
+        after: Option<&Value>,
+    ) -> Result<RuleEffects, ServiceError> {
+        let mut own = true;
+        for entry in [before, after].into_iter().flatten() {
+            let organization = match resource_type {
+                ResourceType::Organization => entry
+                    .get("identifier")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|identifier| ods_code_of(&json!({"identifier": identifier}))),
+                _ => self.organization_of(entry.get("organization")).await?,
+            };
+            own &= self.is_caller(organization.as_ref());
+        }
+        if own {
+            return Ok(RuleEffects::default());
+        }
+        let element = match resource_type {
+            ResourceType::Organization => "Organization.identifier",
+            _ => "PractitionerRole.organization",
+        };
+        Err(forbidden(
+            "an organisation maintains only its own directory entries (its ODS code); the operator maintains the rest",
+            element,
+        ))
     }
 
     async fn check_task(

@@ -3,6 +3,7 @@
 
 mod audit;
 mod crud;
+mod directory;
 mod errors;
 mod external_issuer;
 mod fixtures;
