@@ -16,6 +16,7 @@ mod readme;
 mod replicas;
 mod search;
 mod security;
+mod shutdown;
 mod store_contract;
 mod transactions;
 mod workflow;
