@@ -214,7 +214,7 @@ impl Rules<'_> {
         after: Option<&mut Value>,
     ) -> Result<RuleEffects, ServiceError> {
         let Some(after) = after else {
-            // Deleting a referral's Task: only its requester, and only before it is worked.
+            // Deleting a referral's Task: only its requester may (the performer cancels or fails it).
             let before = before.ok_or_else(|| unprocessable("nothing to delete", "Task"))?;
             let requester = self.organization_of(before.get("requester")).await?;
             if !self.is_caller(requester.as_ref()) {
