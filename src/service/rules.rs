@@ -17,6 +17,9 @@ use crate::domain::task_workflow::{check_new_task, check_task_change, status_of,
 use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
 use crate::store::{ConditionalClaim, Store, StoredVersion, VisibilityGrant};
 
+/// More Tasks than any one referral or patient has; bounds the rules' look-ups.
+const MAX_LINKED_TASKS: u32 = 1000;
+
 /// Resources written earlier in the same transaction, visible to the later entries' rules.
 pub(crate) type Pending = HashMap<(ResourceType, String), Value>;
 
@@ -71,6 +74,25 @@ impl Rules<'_> {
             Some(v) if !v.deleted => serde_json::from_str(&v.body).ok(),
             _ => None,
         })
+    }
+
+    /// The live Tasks whose `param` points at `target_type/target_id`, with their parsed bodies:
+    /// one query, no read per Task.
+    async fn tasks_referencing(
+        &self,
+        scope: &TenantScope,
+        param: &str,
+        target_type: ResourceType,
+        target_id: &str,
+    ) -> Result<Vec<(StoredVersion, Value)>, ServiceError> {
+        let versions = self
+            .store
+            .referencing(scope, ResourceType::Task, param, target_type, &[target_id], MAX_LINKED_TASKS)
+            .await?;
+        Ok(versions
+            .into_iter()
+            .filter_map(|version| serde_json::from_str(&version.body).ok().map(|task| (version, task)))
+            .collect())
     }
 
     /// The ODS code of the organisation a Reference names: by identifier, or through a
@@ -385,24 +407,11 @@ impl Rules<'_> {
                 ResourceType::Patient => "patient",
                 _ => continue,
             };
-            let others = self
-                .store
-                .referencing_ids(
-                    &TenantScope::Everything,
-                    ResourceType::Task,
-                    param,
-                    grant.resource_type,
-                    grant.id.as_str(),
-                )
-                .await?;
-            let mut still_open = false;
-            for other in others.iter().filter(|other| *other != id) {
-                let current = self.store.read_current(&TenantScope::Everything, ResourceType::Task, other).await?;
-                let open = current
-                    .and_then(|v| serde_json::from_str::<Value>(&v.body).ok())
-                    .is_some_and(|t| t.get("owner").is_none() && status_of(&t).is_some_and(|s| !s.is_terminal()));
-                still_open |= open;
-            }
+            let others =
+                self.tasks_referencing(&TenantScope::Everything, param, grant.resource_type, grant.id.as_str()).await?;
+            let still_open = others.iter().any(|(other, task)| {
+                other.id != *id && task.get("owner").is_none() && status_of(task).is_some_and(|s| !s.is_terminal())
+            });
             if !still_open {
                 revocations.push(grant);
             }
@@ -492,21 +501,9 @@ impl Rules<'_> {
         if revoked && !was_revoked && before.is_some() {
             // linkbridge: revoking the referral cancels its open Tasks in the same transaction.
             let tasks = self
-                .store
-                .referencing_ids(
-                    &self.caller.scope(),
-                    ResourceType::Task,
-                    "focus",
-                    ResourceType::ServiceRequest,
-                    id.as_str(),
-                )
+                .tasks_referencing(&self.caller.scope(), "focus", ResourceType::ServiceRequest, id.as_str())
                 .await?;
-            for task_id in tasks {
-                let Some(current) = self.store.read_current(&self.caller.scope(), ResourceType::Task, &task_id).await?
-                else {
-                    continue;
-                };
-                let Ok(mut task) = serde_json::from_str::<Value>(&current.body) else { continue };
+            for (current, mut task) in tasks {
                 if status_of(&task).is_none_or(TaskStatus::is_terminal) {
                     continue;
                 }
@@ -540,23 +537,13 @@ impl Rules<'_> {
             .find(ResourceType::ServiceRequest, &based_on.1)
             .await?
             .ok_or_else(|| unprocessable(format!("ServiceRequest/{} is not known", based_on.1), "CarePlan.basedOn"))?;
-        let tasks = self
-            .store
-            .referencing_ids(
-                &self.caller.scope(),
-                ResourceType::Task,
-                "focus",
-                ResourceType::ServiceRequest,
-                &based_on.1,
-            )
-            .await?;
+        let tasks =
+            self.tasks_referencing(&self.caller.scope(), "focus", ResourceType::ServiceRequest, &based_on.1).await?;
         let mut owns_a_task = false;
-        for task_id in tasks {
-            if let Some(task) = self.find(ResourceType::Task, task_id.as_str()).await? {
-                if self.is_caller(self.organization_of(task.get("owner")).await?.as_ref()) {
-                    owns_a_task = true;
-                    break;
-                }
+        for (_, task) in &tasks {
+            if self.is_caller(self.organization_of(task.get("owner")).await?.as_ref()) {
+                owns_a_task = true;
+                break;
             }
         }
         if !owns_a_task {

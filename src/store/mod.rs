@@ -13,7 +13,6 @@ mod apply;
 mod audit;
 mod clients;
 mod connect;
-mod links;
 mod reads;
 mod search;
 mod sqlite_writer;

@@ -9,27 +9,11 @@ use crate::helpers::{json_of, spawn_app, spawn_app_on, Db, Party, TestApp};
 use crate::on_both_databases;
 
 async fn put(app: &TestApp, party: Party, path: &str, body: &Value, if_match: Option<&str>) -> reqwest::Response {
-    let mut request = app
-        .as_party(party, Method::PUT, path)
-        .await
-        .header("Content-Type", "application/fhir+json")
-        .body(body.to_string());
-    if let Some(etag) = if_match {
-        request = request.header("If-Match", etag);
-    }
-    request.send().await.expect("put")
+    app.send_as(party, Method::PUT, path, Some(("application/fhir+json", body.to_string())), if_match).await
 }
 
 async fn patch(app: &TestApp, path: &str, ops: &Value, if_match: Option<&str>) -> reqwest::Response {
-    let mut request = app
-        .as_party(Party::Gp, Method::PATCH, path)
-        .await
-        .header("Content-Type", "application/json-patch+json")
-        .body(ops.to_string());
-    if let Some(etag) = if_match {
-        request = request.header("If-Match", etag);
-    }
-    request.send().await.expect("patch")
+    app.send_as(Party::Gp, Method::PATCH, path, Some(("application/json-patch+json", ops.to_string())), if_match).await
 }
 
 #[tokio::test]

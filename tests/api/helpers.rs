@@ -331,6 +331,25 @@ impl TestApp {
         self.http.request(method, self.url(path)).bearer_auth(token)
     }
 
+    /// A request as `party` with an optional body (content type, text) and `If-Match`.
+    pub async fn send_as(
+        &self,
+        party: Party,
+        method: Method,
+        path: &str,
+        body: Option<(&str, String)>,
+        if_match: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.as_party(party, method, path).await;
+        if let Some((content_type, body)) = body {
+            request = request.header("Content-Type", content_type).body(body);
+        }
+        if let Some(etag) = if_match {
+            request = request.header("If-Match", etag);
+        }
+        request.send().await.expect("request")
+    }
+
     /// POSTs a FHIR JSON resource as `party`.
     pub async fn create(&self, party: Party, resource: &Value) -> reqwest::Response {
         let resource_type = resource["resourceType"].as_str().expect("resourceType");

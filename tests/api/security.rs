@@ -751,24 +751,6 @@ async fn observed(response: reqwest::Response, id: &str) -> (u16, Vec<(String, S
     (status, headers, body)
 }
 
-async fn send_as(
-    app: &TestApp,
-    party: Party,
-    method: Method,
-    path: &str,
-    body: Option<(&str, String)>,
-    if_match: Option<&str>,
-) -> reqwest::Response {
-    let mut request = app.as_party(party, method, path).await;
-    if let Some((content_type, body)) = body {
-        request = request.header("Content-Type", content_type).body(body);
-    }
-    if let Some(etag) = if_match {
-        request = request.header("If-Match", etag);
-    }
-    request.send().await.expect("request")
-}
-
 #[tokio::test]
 async fn another_organisations_resource_answers_404_exactly_like_a_missing_one() {
     let app = spawn_app().await;
@@ -824,10 +806,9 @@ async fn another_organisations_resource_answers_404_exactly_like_a_missing_one()
             let body_for =
                 |id: &str| body.as_ref().map(|(ct, b)| (*ct, if b.is_empty() { with_id(id) } else { b.clone() }));
             let existing =
-                observed(send_as(&app, *stranger, method.clone(), &path_for(id), body_for(id), if_match).await, id)
-                    .await;
+                observed(app.send_as(*stranger, method.clone(), &path_for(id), body_for(id), if_match).await, id).await;
             let absent = observed(
-                send_as(&app, *stranger, method.clone(), &path_for(&missing_id), body_for(&missing_id), if_match).await,
+                app.send_as(*stranger, method.clone(), &path_for(&missing_id), body_for(&missing_id), if_match).await,
                 &missing_id,
             )
             .await;
