@@ -9,7 +9,10 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::subscriptions::EndpointPolicy;
+use crate::domain::webhook::RetrySchedule;
 use crate::profiles::ValidationMode;
+use crate::service::delivery::DeliverySettings;
 use crate::store::{DatabaseUrl, PoolSettings};
 
 /// Every setting of the server. See README.md "Configuration" for each one.
@@ -57,6 +60,20 @@ pub struct Settings {
     pub profile_validation: ValidationMode,
     /// A directory holding a profile package to use instead of the compiled-in one.
     pub profiles_dir: Option<PathBuf>,
+    /// Lets subscriptions name http endpoints and private, loopback or link-local addresses.
+    /// For tests and closed networks only: it opens the server to SSRF.
+    pub allow_private_webhook_endpoints: bool,
+    /// Delays between webhook delivery attempts (`10s,1m,…,24h`); after the last the event is
+    /// kept as dead and its subscription goes to `error`.
+    pub delivery_retry_schedule: String,
+    /// How often each replica looks for due notifications, in milliseconds (its own commits
+    /// wake it at once).
+    pub delivery_poll_interval_ms: u64,
+    /// How long a replica's claim on a notification lasts, in seconds; a replica that dies
+    /// holding one leaves it to another after this.
+    pub delivery_lease_secs: u64,
+    /// Timeout of one webhook request, in seconds.
+    pub delivery_timeout_secs: u64,
 }
 
 /// The operator's OAuth server: its tokens name a registered client (`client_id` claim), and
@@ -119,6 +136,11 @@ impl Default for Settings {
             chi_system: crate::domain::identifiers::DEFAULT_CHI_SYSTEM.to_owned(),
             profile_validation: ValidationMode::Enforce,
             profiles_dir: None,
+            allow_private_webhook_endpoints: false,
+            delivery_retry_schedule: crate::domain::webhook::RetrySchedule::DEFAULT.to_owned(),
+            delivery_poll_interval_ms: 1_000,
+            delivery_lease_secs: 60,
+            delivery_timeout_secs: 10,
         }
     }
 }
@@ -151,6 +173,11 @@ impl Settings {
         "chi_system",
         "profile_validation",
         "profiles_dir",
+        "allow_private_webhook_endpoints",
+        "delivery_retry_schedule",
+        "delivery_poll_interval_ms",
+        "delivery_lease_secs",
+        "delivery_timeout_secs",
     ];
 
     /// Defaults, then the file (if given and present), then `LINKBRIDGE_*` variables.
@@ -179,6 +206,30 @@ impl Settings {
             Some(url) => DatabaseUrl::parse(url.expose_secret()).map_err(|e| ConfigError::Invalid(e.to_string())),
             None => Ok(DatabaseUrl::sqlite_in(&self.data_dir)),
         }
+    }
+
+    /// The webhook delivery settings, checked.
+    pub fn delivery(&self, base_url: &str) -> Result<DeliverySettings, ConfigError> {
+        let schedule = RetrySchedule::parse(&self.delivery_retry_schedule)
+            .map_err(|e| ConfigError::Invalid(format!("delivery_retry_schedule: {e}")))?;
+        if self.delivery_lease_secs <= self.delivery_timeout_secs {
+            return Err(ConfigError::Invalid(
+                "delivery_lease_secs must be longer than delivery_timeout_secs, or a slow delivery could be claimed twice"
+                    .to_owned(),
+            ));
+        }
+        Ok(DeliverySettings {
+            base_url: base_url.to_owned(),
+            schedule,
+            policy: self.endpoint_policy(),
+            poll_interval: std::time::Duration::from_millis(self.delivery_poll_interval_ms.max(10)),
+            lease: std::time::Duration::from_secs(self.delivery_lease_secs),
+            timeout: std::time::Duration::from_secs(self.delivery_timeout_secs.max(1)),
+        })
+    }
+
+    pub fn endpoint_policy(&self) -> EndpointPolicy {
+        EndpointPolicy { allow_private: self.allow_private_webhook_endpoints }
     }
 
     pub fn pool(&self) -> PoolSettings {

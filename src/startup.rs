@@ -11,6 +11,7 @@ use crate::config::{ConfigError, Settings};
 use crate::http::{self, AppState};
 use crate::profiles::{PackageError, ProfileCheck};
 use crate::service::auth::{AuthService, ExternalIssuer};
+use crate::service::delivery::DeliveryWorker;
 use crate::service::resources::ResourceService;
 use crate::store::{Store, StoreError};
 
@@ -27,6 +28,8 @@ pub enum StartupError {
     Auth(String),
     #[error(transparent)]
     Profiles(#[from] PackageError),
+    #[error("webhook delivery setup failed: {0}")]
+    Delivery(String),
 }
 
 /// A built, bound, not yet running service.
@@ -35,6 +38,9 @@ pub struct Application {
     base_url: String,
     server: Server,
     store: Store,
+    /// This replica's webhook delivery worker, stopped after the HTTP server.
+    delivery: tokio::task::JoinHandle<()>,
+    stop_delivery: tokio::sync::watch::Sender<bool>,
 }
 
 impl Application {
@@ -50,9 +56,13 @@ impl Application {
         let auth = build_auth(settings, &store, &base_url)?;
         let profiles =
             ProfileCheck::load(settings.profiles_dir.as_ref(), settings.profile_validation, &settings.chi_system)?;
+        let resources = ResourceService::new(store.clone(), profiles)
+            .with_single_open_referral(settings.single_open_referral)
+            .with_endpoint_policy(settings.endpoint_policy());
+        let delivery = DeliveryWorker::new(resources.clone(), settings.delivery(&base_url)?)
+            .map_err(|e| StartupError::Delivery(e.to_string()))?;
         let state = AppState {
-            resources: ResourceService::new(store.clone(), profiles)
-                .with_single_open_referral(settings.single_open_referral),
+            resources: resources.clone(),
             auth,
             base_url: base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
@@ -76,8 +86,10 @@ impl Application {
         // Graceful shutdown on SIGTERM / ctrl-c: stop accepting, finish in-flight requests.
         .shutdown_timeout(30)
         .run();
+        let (stop_delivery, stop) = tokio::sync::watch::channel(false);
+        let delivery = tokio::spawn(delivery.run(stop));
         tracing::info!(address = %local, database = ?store.kind(), "linkbridge listening");
-        Ok(Application { port: local.port(), base_url, server, store })
+        Ok(Application { port: local.port(), base_url, server, store, delivery, stop_delivery })
     }
 
     pub fn port(&self) -> u16 {
@@ -91,6 +103,9 @@ impl Application {
     /// Serves until the server is stopped (signal), then flushes and closes the store.
     pub async fn run_until_stopped(self) -> Result<(), std::io::Error> {
         let result = self.server.await;
+        // Deliveries in flight finish (or their leases lapse for another replica to take).
+        let _ = self.stop_delivery.send(true);
+        let _ = self.delivery.await;
         self.store.close().await;
         tracing::info!("linkbridge stopped");
         result

@@ -1,13 +1,16 @@
 //! Pure rules of the referral exchange: resource types, identities, tenancy and the search
-//! parameter registry. Nothing in `domain` does IO.
+//! parameter registry, subscriptions and webhooks. Nothing in `domain` does IO.
 
 pub mod audit;
 pub mod identifiers;
 pub mod ids;
 pub mod instant;
+pub mod notification;
 pub mod outcome;
 pub mod resource_type;
 pub mod search_params;
 pub mod search_query;
+pub mod subscriptions;
 pub mod task_workflow;
 pub mod tenancy;
+pub mod webhook;

@@ -14,6 +14,8 @@ pub enum ResourceType {
     Practitioner,
     PractitionerRole,
     Consent,
+    /// A topic-based subscription (Subscriptions R5 Backport IG): how a GP system hears of changes.
+    Subscription,
 }
 
 /// The RESTful interactions of FHIR R4 http.html that linkbridge offers per type.
@@ -53,7 +55,7 @@ impl Interaction {
 pub struct UnsupportedResourceType(pub String);
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 8] = [
+    pub const ALL: [ResourceType; 9] = [
         ResourceType::ServiceRequest,
         ResourceType::Task,
         ResourceType::CarePlan,
@@ -62,6 +64,7 @@ impl ResourceType {
         ResourceType::Practitioner,
         ResourceType::PractitionerRole,
         ResourceType::Consent,
+        ResourceType::Subscription,
     ];
 
     pub fn parse(name: &str) -> Result<Self, UnsupportedResourceType> {
@@ -78,6 +81,7 @@ impl ResourceType {
             ResourceType::Practitioner => "Practitioner",
             ResourceType::PractitionerRole => "PractitionerRole",
             ResourceType::Consent => "Consent",
+            ResourceType::Subscription => "Subscription",
         }
     }
 

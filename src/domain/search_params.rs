@@ -163,6 +163,11 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::Consent, "patient", Reference, &["patient"], &[T::Patient], "clinical-patient"),
     p(T::Consent, "status", Token, &["status"], &[], "Consent-status"),
     p(T::Consent, "category", Token, &["category"], &[], "Consent-category"),
+    // Subscription
+    p(T::Subscription, "status", Token, &["status"], &[], "Subscription-status"),
+    p(T::Subscription, "criteria", Token, &["criteria"], &[], "Subscription-criteria"),
+    p(T::Subscription, "url", Token, &["channel.endpoint"], &[], "Subscription-url"),
+    p(T::Subscription, "type", Token, &["channel.type"], &[], "Subscription-type"),
 ];
 
 impl SearchParam {

@@ -175,7 +175,8 @@ pub fn derived_visibility(
         T::Task => &["requester", "owner"],
         T::ServiceRequest => &["requester", "performer"],
         T::CarePlan => &["author", "contributor"],
-        T::Patient | T::Consent => &[],
+        // A Subscription is its creator's alone (the creation grant).
+        T::Patient | T::Consent | T::Subscription => &[],
     };
     let mut out = Vec::new();
     if resource_type == T::Task && resource.get("owner").is_none() {

@@ -28,6 +28,9 @@ fn interaction(pattern: &str, method: &Method) -> Option<(AuditAction, &'static 
         "/{type}/_search" => (AuditAction::Execute, "search-type"),
         "/{type}" if *method == Method::POST => (AuditAction::Create, "create"),
         "/" if *method == Method::POST => (AuditAction::Execute, "transaction"),
+        "/Subscription/{id}/$status" => (AuditAction::Execute, "operation-status"),
+        "/Subscription/{id}/$events" => (AuditAction::Execute, "operation-events"),
+        "/Subscription/{id}/$resend" => (AuditAction::Execute, "operation-resend"),
         _ => return None,
     })
 }

@@ -11,6 +11,7 @@ use super::state::AppState;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::params_for;
 use crate::domain::search_query::{includes_of, revincludes_of};
+use crate::domain::subscriptions::{backport, Topic};
 use crate::profiles::Validator;
 
 /// The CapabilityStatement as FHIR JSON. `validator` names the profiles each type supports.
@@ -52,6 +53,9 @@ pub fn capability_statement_json(base_url: &str, validator: &Validator) -> Value
             if !profiles.is_empty() {
                 resource["supportedProfile"] = json!(profiles);
             }
+            if resource_type == ResourceType::Subscription {
+                describe_subscriptions(&mut resource);
+            }
             resource
         })
         .collect();
@@ -91,6 +95,24 @@ pub fn capability_statement_json(base_url: &str, validator: &Validator) -> Value
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }],
     })
+}
+
+/// The topics (Backport IG: one `subscriptiontopic-canonical` extension each) and the
+/// subscription operations.
+fn describe_subscriptions(resource: &mut Value) {
+    resource["extension"] = Topic::ALL
+        .iter()
+        .map(|topic| json!({"url": backport::TOPIC_CANONICAL, "valueCanonical": topic.url()}))
+        .collect();
+    resource["supportedProfile"] = json!([backport::SUBSCRIPTION_PROFILE]);
+    if let Some(operations) = resource["operation"].as_array_mut() {
+        operations.extend([
+            json!({"name": "status", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"}),
+            json!({"name": "events", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"}),
+            json!({"name": "resend", "definition": "https://linkbridge.scot/fhir/OperationDefinition/subscription-resend",
+                   "documentation": "Delivers the subscription's dead notifications again and makes it active"}),
+        ]);
+    }
 }
 
 pub async fn capability_statement(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -15,6 +15,7 @@ pub mod negotiate;
 pub mod resources;
 pub mod search;
 pub mod state;
+pub mod subscriptions;
 pub mod validate;
 
 use actix_web::{web, HttpResponse};
@@ -72,6 +73,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/{type:StructureDefinition|ValueSet|CodeSystem}")
                 .route(web::get().to(conformance::search))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/$outbox-status")
+                .route(web::get().to(subscriptions::outbox_status))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/Subscription/{id}/$status")
+                .route(web::get().to(subscriptions::status))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/Subscription/{id}/$events")
+                .route(web::get().to(subscriptions::events))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/Subscription/{id}/$resend")
+                .route(web::post().to(subscriptions::resend))
                 .default_service(web::to(method_not_allowed)),
         )
         // Before `/{type}/{id}`, which would otherwise take `$validate` for an id.

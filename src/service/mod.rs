@@ -4,11 +4,13 @@
 
 pub mod auth;
 pub mod bundles;
+pub mod delivery;
 pub mod idempotency;
 pub mod ingest;
 pub mod resources;
 pub(crate) mod rules;
 pub mod search;
+pub mod subscriptions;
 
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::store::StoreError;

@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::idempotency::RequestKey;
 use super::ingest::{check_resource, stamp};
 use super::rules::{Pending, Rules};
+use super::subscriptions::{add_notifications, plan_subscription_write, SubscriptionEffects};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
@@ -14,6 +15,7 @@ use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::extract_index;
 use crate::domain::search_query::{parse_criteria, SearchQuery};
+use crate::domain::subscriptions::EndpointPolicy;
 use crate::domain::tenancy::{derived_visibility, Principal, Visibility};
 use crate::profiles::ProfileCheck;
 use crate::store::{
@@ -47,6 +49,8 @@ pub struct ResourceService {
     single_open_referral: bool,
     /// The profiles every write is checked against.
     pub(super) profiles: ProfileCheck,
+    /// Which webhook endpoints subscriptions may name.
+    endpoint_policy: EndpointPolicy,
 }
 
 fn label(resource_type: ResourceType, id: &ResourceId) -> String {
@@ -55,7 +59,7 @@ fn label(resource_type: ResourceType, id: &ResourceId) -> String {
 
 impl ResourceService {
     pub fn new(store: Store, profiles: ProfileCheck) -> Self {
-        ResourceService { store, single_open_referral: true, profiles }
+        ResourceService { store, single_open_referral: true, profiles, endpoint_policy: EndpointPolicy::default() }
     }
 
     /// The profiles writes are checked against (`$validate` uses the same).
@@ -66,6 +70,15 @@ impl ResourceService {
     pub fn with_single_open_referral(mut self, enabled: bool) -> Self {
         self.single_open_referral = enabled;
         self
+    }
+
+    pub fn with_endpoint_policy(mut self, policy: EndpointPolicy) -> Self {
+        self.endpoint_policy = policy;
+        self
+    }
+
+    pub fn endpoint_policy(&self) -> EndpointPolicy {
+        self.endpoint_policy
     }
 
     /// Plans one write through the referral rules: the new version (`change`: the content and
@@ -91,6 +104,13 @@ impl ResourceService {
                 .map(|c| serde_json::from_str(&c.body))
                 .transpose()
                 .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
+        let subscription = match resource_type {
+            ResourceType::Subscription => {
+                plan_subscription_write(caller, &id, before.as_ref(), after.as_mut(), &self.endpoint_policy)?
+            }
+            _ => SubscriptionEffects::default(),
+        };
+        let deleting = after.is_none();
         let rules = Rules { store: &self.store, caller, pending, single_open_referral: self.single_open_referral };
         let effects = rules.check(resource_type, &id, before.as_ref(), after.as_mut()).await?;
         let (version, precondition) = match current {
@@ -128,6 +148,9 @@ impl ResourceService {
             );
             write_set.absorb(Self::write_set_of(caller, cancel, Vec::new()));
         }
+        write_set.subscription_changes = subscription.changes;
+        write_set.notifications = subscription.notifications;
+        add_notifications(&self.store, &mut write_set, before.as_ref().filter(|_| deleting)).await?;
         Ok((write_set, write))
     }
 

@@ -139,7 +139,8 @@ impl Rules<'_> {
         let mut after = after;
         use ResourceType as T;
         let mut effects = match (resource_type, role) {
-            (_, Role::Operator) => RuleEffects::default(),
+            // Anyone may subscribe, in its own tenancy (`service::subscriptions`).
+            (T::Subscription, _) | (_, Role::Operator) => RuleEffects::default(),
             (T::Task, _) => self.check_task(id, before, after.as_deref_mut()).await?,
             (T::ServiceRequest, Role::Referrer) => self.check_service_request(id, before, after.as_deref_mut()).await?,
             (T::CarePlan, Role::Performer) => self.check_care_plan(after.as_deref_mut()).await?,

@@ -5,7 +5,9 @@ use std::time::Duration;
 use sqlx::any::AnyArguments;
 use sqlx::{AnyConnection, Arguments};
 
-use super::write_set::{ConditionalClaim, Precondition, ResourceWrite, WriteSet};
+use super::write_set::{
+    ConditionalClaim, OutboxEntry, OutboxKind, Precondition, ResourceWrite, SubscriptionChange, WriteSet,
+};
 use super::StoreError;
 use crate::domain::audit::AuditRecord;
 use crate::domain::instant::Instant;
@@ -61,6 +63,109 @@ pub(super) async fn apply_write_set(
         .execute(&mut *conn)
         .await?;
     }
+    for change in &write_set.subscription_changes {
+        apply_subscription_change(conn, change).await?;
+    }
+    // In subscription order, so that transactions notifying several subscriptions lock their
+    // counters in one order and cannot deadlock one another on PostgreSQL.
+    let mut notifications: Vec<&OutboxEntry> = write_set.notifications.iter().collect();
+    notifications.sort_by(|a, b| a.subscription_id.as_str().cmp(b.subscription_id.as_str()));
+    for entry in notifications {
+        insert_outbox_entry(conn, entry).await?;
+    }
+    Ok(())
+}
+
+async fn apply_subscription_change(conn: &mut AnyConnection, change: &SubscriptionChange) -> Result<(), StoreError> {
+    match change {
+        SubscriptionChange::Save(record) => {
+            let filters = serde_json::to_string(&record.filters)
+                .map_err(|e| StoreError::Config(format!("cannot encode filters: {e}")))?;
+            let headers = serde_json::to_string(&record.headers)
+                .map_err(|e| StoreError::Config(format!("cannot encode headers: {e}")))?;
+            // The secret only comes with a create or a rotation; an update without one keeps
+            // the stored secret (the resource never carries it).
+            sqlx::query(
+                "INSERT INTO subscriptions (id, organization, topic, filters, endpoint, payload, headers, heartbeat_secs, \
+                 secret, status, error, role) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, ''), $10, $11, $12) \
+                 ON CONFLICT (id) DO UPDATE SET organization = excluded.organization, role = excluded.role, \
+                 topic = excluded.topic, \
+                 filters = excluded.filters, endpoint = excluded.endpoint, payload = excluded.payload, \
+                 headers = excluded.headers, heartbeat_secs = excluded.heartbeat_secs, \
+                 secret = COALESCE($9, subscriptions.secret), status = excluded.status, error = excluded.error, \
+                 deleted = 0",
+            )
+            .bind(record.id.as_str())
+            .bind(record.organization.as_str())
+            .bind(record.topic.as_str())
+            .bind(filters)
+            .bind(record.endpoint.as_str())
+            .bind(record.payload.as_str())
+            .bind(headers)
+            .bind(record.heartbeat_secs)
+            .bind(record.secret.as_deref())
+            .bind(record.status.as_str())
+            .bind(record.error.as_deref())
+            .bind(record.role.as_str())
+            .execute(&mut *conn)
+            .await?;
+        }
+        SubscriptionChange::Status { id, status, error } => {
+            sqlx::query("UPDATE subscriptions SET status = $1, error = $2 WHERE id = $3")
+                .bind(status.as_str())
+                .bind(error.as_deref())
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+        SubscriptionChange::Delete(id) => {
+            sqlx::query("UPDATE subscriptions SET status = 'off', deleted = 1 WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Records one notification. An event takes the next number of its subscription's counter
+/// (a row lock on PostgreSQL until COMMIT, so numbers follow commit order); a subscription
+/// that is off or gone by now records nothing.
+async fn insert_outbox_entry(conn: &mut AnyConnection, entry: &OutboxEntry) -> Result<(), StoreError> {
+    let number: Option<i64> = match entry.kind {
+        OutboxKind::Handshake => None,
+        OutboxKind::Event => {
+            let row = sqlx::query(
+                "UPDATE subscriptions SET events_since_start = events_since_start + 1 \
+                 WHERE id = $1 AND deleted = 0 AND status IN ('active', 'error') RETURNING events_since_start",
+            )
+            .bind(entry.subscription_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            match row {
+                Some(row) => Some(sqlx::Row::try_get(&row, 0)?),
+                None => return Ok(()),
+            }
+        }
+    };
+    let (focus_type, focus_id, focus_version) = match &entry.focus {
+        Some((t, id, v)) => (Some(t.as_str()), Some(id.as_str()), Some(v.get())),
+        None => (None, None, None),
+    };
+    sqlx::query(
+        "INSERT INTO outbox_events (id, subscription_id, kind, event_number, focus_type, focus_id, focus_version, \
+         created_at, state, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $8)",
+    )
+    .bind(entry.id.as_str())
+    .bind(entry.subscription_id.as_str())
+    .bind(entry.kind.as_str())
+    .bind(number)
+    .bind(focus_type)
+    .bind(focus_id)
+    .bind(focus_version)
+    .bind(entry.created_at.micros())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

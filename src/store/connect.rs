@@ -112,6 +112,7 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
             pool,
             backend: Backend::Sqlite { writer: SqliteWriter::start(writer_conn, settings.settle_window) },
             settle_window: settings.settle_window,
+            outbox_signal: tokio::sync::Notify::new(),
         }),
     })
 }
@@ -131,6 +132,7 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
             pool,
             backend: Backend::Postgres,
             settle_window: settings.settle_window,
+            outbox_signal: tokio::sync::Notify::new(),
         }),
     })
 }

@@ -16,10 +16,12 @@ mod connect;
 mod reads;
 mod search;
 mod sqlite_writer;
+mod subscriptions;
 mod write_set;
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use sqlx::AnyPool;
 
 pub use audit::StoredAuditEvent;
@@ -27,8 +29,10 @@ pub use clients::ClientRecord;
 pub use connect::{DatabaseUrl, PoolSettings};
 pub use reads::{HistoryQuery, StoredVersion};
 pub use search::{Position, SearchHit, SearchPage};
+pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxRow, OutboxStats, SubscriptionRow};
 pub use write_set::{
-    ConditionalClaim, Precondition, RequestRecord, ResourceWrite, VisibilityGrant, WriteMethod, WriteSet,
+    ConditionalClaim, OutboxEntry, OutboxKind, Precondition, RequestRecord, ResourceWrite, SubscriptionChange,
+    SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,
 };
 
 use sqlite_writer::SqliteWriter;
@@ -87,6 +91,8 @@ struct StoreInner {
     backend: Backend,
     /// See [`PoolSettings::settle_window`].
     settle_window: std::time::Duration,
+    /// Wakes this process's delivery worker when a commit adds notifications.
+    outbox_signal: tokio::sync::Notify,
 }
 
 impl Store {
@@ -105,8 +111,9 @@ impl Store {
 
     /// Applies a write set atomically: all of it, or none of it and an error.
     pub async fn commit(&self, write_set: WriteSet) -> Result<(), StoreError> {
+        let notifies = !write_set.notifications.is_empty();
         match &self.inner.backend {
-            Backend::Sqlite { writer } => writer.submit(write_set).await,
+            Backend::Sqlite { writer } => writer.submit(write_set).await?,
             Backend::Postgres => {
                 let mut tx = self.inner.pool.begin().await?;
                 apply::apply_write_set(&mut tx, &write_set, self.inner.settle_window).await?;
@@ -114,7 +121,51 @@ impl Store {
                 // must not commit rows that `_lastUpdated` pollers may already have passed.
                 apply::check_write_set_settled(&write_set, self.inner.settle_window)?;
                 tx.commit().await?;
-                Ok(())
+            }
+        }
+        if notifies {
+            self.inner.outbox_signal.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Resolves when a commit of this process has added notifications (other replicas' are
+    /// found by polling).
+    pub async fn outbox_changed(&self) {
+        self.inner.outbox_signal.notified().await;
+    }
+
+    /// Runs `job` in a write transaction: on SQLite through the single writer (its own
+    /// savepoint in the next shared commit, i.e. an immediate transaction), on PostgreSQL in a
+    /// transaction of its own. Returns the job's value once the commit is durable.
+    pub(crate) async fn in_write_transaction<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+    {
+        match &self.inner.backend {
+            Backend::Sqlite { writer } => {
+                let slot = Arc::new(std::sync::Mutex::new(None));
+                let out = Arc::clone(&slot);
+                writer
+                    .run(Box::new(move |conn| {
+                        Box::pin(async move {
+                            let value = job(conn).await?;
+                            if let Ok(mut guard) = out.lock() {
+                                *guard = Some(value);
+                            }
+                            Ok(())
+                        })
+                    }))
+                    .await?;
+                let value = slot.lock().ok().and_then(|mut guard| guard.take());
+                value.ok_or(StoreError::WriterGone)
+            }
+            Backend::Postgres => {
+                let mut tx = self.inner.pool.begin().await?;
+                let value = job(&mut tx).await?;
+                tx.commit().await?;
+                Ok(value)
             }
         }
     }

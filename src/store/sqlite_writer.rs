@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::{AnyConnection, Executor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
@@ -21,8 +22,22 @@ const MAX_BATCH: usize = 512;
 /// Where a write set's outcome goes once its commit is durable (or has failed).
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
+/// Work other than a write set that must run on the write connection (claiming outbox rows,
+/// recording delivery outcomes): it shares the batch's commit like a write set does.
+pub(super) type Job =
+    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(), StoreError>> + Send + 'static>;
+
 enum Message {
-    Write { write_set: WriteSet, reply: oneshot::Sender<Result<(), StoreError>> },
+    Write { write_set: WriteSet, reply: Reply },
+    Job { job: Job, reply: Reply },
+}
+
+impl Message {
+    fn into_reply(self) -> Reply {
+        match self {
+            Message::Write { reply, .. } | Message::Job { reply, .. } => reply,
+        }
+    }
 }
 
 pub(super) struct SqliteWriter {
@@ -42,6 +57,14 @@ impl SqliteWriter {
     pub(super) async fn submit(&self, write_set: WriteSet) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.sender.send(Message::Write { write_set, reply }).await.map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Runs `job` on the write connection, in its own savepoint of the next shared commit;
+    /// returns once that commit is durable.
+    pub(super) async fn run(&self, job: Job) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(Message::Job { job, reply }).await.map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -94,18 +117,38 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
     let mut outcomes: Vec<(Reply, Result<(), StoreError>)> = Vec::with_capacity(batch.len());
     if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
         tracing::error!(error = %e, "sqlite writer could not begin a transaction");
-        for Message::Write { reply, .. } in batch {
-            let _ = reply.send(Err(StoreError::CommitFailed(e.to_string())));
+        for message in batch {
+            let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
         }
         return;
     }
     let mut applied = Vec::new();
-    for Message::Write { write_set, reply } in batch {
-        let outcome = apply_in_savepoint(conn, &write_set, settle_window).await;
-        if outcome.is_ok() {
-            applied.push(write_set);
+    for message in batch {
+        match message {
+            Message::Write { write_set, reply } => {
+                let outcome = match conn.execute("SAVEPOINT write_set").await {
+                    Ok(_) => {
+                        let applied = apply_write_set(conn, &write_set, settle_window).await;
+                        end_savepoint(conn, applied).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                if outcome.is_ok() {
+                    applied.push(write_set);
+                }
+                outcomes.push((reply, outcome));
+            }
+            Message::Job { job, reply } => {
+                let outcome = match conn.execute("SAVEPOINT write_set").await {
+                    Ok(_) => {
+                        let done = job(conn).await;
+                        end_savepoint(conn, done).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                outcomes.push((reply, outcome));
+            }
         }
-        outcomes.push((reply, outcome));
     }
     // Again just before COMMIT (see `service::search`): if the batch took so long that one of
     // its writes is now older than the settle window allows, none of it commits; every
@@ -138,13 +181,10 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
     }
 }
 
-async fn apply_in_savepoint(
-    conn: &mut AnyConnection,
-    write_set: &WriteSet,
-    settle_window: Duration,
-) -> Result<(), StoreError> {
-    conn.execute("SAVEPOINT write_set").await?;
-    match apply_write_set(conn, write_set, settle_window).await {
+/// Ends the savepoint each write set or job runs under: kept if it succeeded; otherwise what
+/// it did is undone and nobody else's work in the batch is touched.
+async fn end_savepoint(conn: &mut AnyConnection, outcome: Result<(), StoreError>) -> Result<(), StoreError> {
+    match outcome {
         Ok(()) => {
             conn.execute("RELEASE write_set").await?;
             Ok(())

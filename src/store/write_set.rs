@@ -108,6 +108,11 @@ pub struct WriteSet {
     /// Visibility withdrawn from other resources (an open referral once claimed).
     pub revocations: Vec<VisibilityGrant>,
     pub request: Option<RequestRecord>,
+    /// The delivery-side record of Subscriptions this change writes.
+    pub subscription_changes: Vec<SubscriptionChange>,
+    /// Notifications of this change (the transactional outbox): committed with it, or not
+    /// at all.
+    pub notifications: Vec<OutboxEntry>,
 }
 
 impl WriteSet {
@@ -118,5 +123,78 @@ impl WriteSet {
         self.audit.extend(other.audit);
         self.grants.extend(other.grants);
         self.revocations.extend(other.revocations);
+        self.subscription_changes.extend(other.subscription_changes);
+        self.notifications.extend(other.notifications);
     }
+}
+
+/// What delivery needs to know of one Subscription, saved with each version of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub id: ResourceId,
+    /// The subscriber's organisation (ODS code).
+    pub organization: String,
+    /// The subscriber's role (referrer, performer, operator).
+    pub role: String,
+    pub topic: String,
+    /// `backport-filter-criteria` values, all of which must match.
+    pub filters: Vec<String>,
+    pub endpoint: String,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+    pub heartbeat_secs: Option<i64>,
+    /// The signing secret (`whsec_…`); `None` keeps the stored one.
+    pub secret: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// A change to the delivery-side record of a Subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionChange {
+    /// Created or updated by its owner. The event counter is kept on update.
+    Save(SubscriptionRecord),
+    /// The server moved it (handshake done, delivery failed, endpoint gone...).
+    Status { id: ResourceId, status: String, error: Option<String> },
+    /// Deleted: nothing more is recorded or delivered for it.
+    Delete(ResourceId),
+}
+
+/// What an outbox row announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// The first notification of a new (or re-requested) subscription.
+    Handshake,
+    /// A change of a resource the subscription's topic and filters match.
+    Event,
+}
+
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Handshake => "handshake",
+            OutboxKind::Event => "event-notification",
+        }
+    }
+
+    pub fn from_stored(raw: &str) -> OutboxKind {
+        if raw == "handshake" {
+            OutboxKind::Handshake
+        } else {
+            OutboxKind::Event
+        }
+    }
+}
+
+/// One notification to deliver. An event's number is given out by the store when it is
+/// applied (the subscription's counter, in the same transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The Standard Webhooks message id, the same on every retry.
+    pub id: String,
+    pub subscription_id: ResourceId,
+    pub kind: OutboxKind,
+    /// The resource version the event is about.
+    pub focus: Option<(ResourceType, ResourceId, VersionId)>,
+    pub created_at: Instant,
 }

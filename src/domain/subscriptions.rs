@@ -1,0 +1,688 @@
+//! Topic-based subscriptions in the shape of the FHIR Subscriptions R5 Backport IG on R4
+//! (`referral-workflow.md`, "Subscriptions"): the topics this server publishes, a
+//! Subscription resource parsed into what delivery needs, and the filters that decide which
+//! changes a subscription hears of. Pure: no I/O, no clock.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::outcome::{Issue, IssueCode};
+use super::resource_type::ResourceType;
+use super::search_params::{self, IndexEntry, ParamKind};
+use super::search_query::{parse_reference, parse_token, Predicate, SystemMatch};
+use super::tenancy::OdsCode;
+use super::webhook::WebhookSecret;
+
+/// The Backport IG's extension and profile URLs.
+pub mod backport {
+    const BASE: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+    pub const FILTER_CRITERIA: &str =
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria";
+    pub const PAYLOAD_CONTENT: &str =
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content";
+    pub const HEARTBEAT_PERIOD: &str =
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period";
+    pub const TIMEOUT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-timeout";
+    pub const STATUS_PROFILE: &str =
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4";
+    pub const SUBSCRIPTION_PROFILE: &str =
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription";
+    pub const TOPIC_CANONICAL: &str =
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical";
+
+    /// For documentation: every URL above starts here.
+    pub fn base() -> &'static str {
+        BASE
+    }
+}
+
+/// linkbridge's own extension carrying the subscriber's webhook signing secret. The server
+/// keeps the secret out of the stored resource (and so out of reads and history).
+pub const WEBHOOK_SECRET_EXTENSION: &str = "https://linkbridge.scot/fhir/StructureDefinition/webhook-secret";
+
+/// A topic this server publishes (R5 SubscriptionTopic, referenced by canonical URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// A referral Task was created, changed (accepted, rejected, in progress, completed...) or deleted.
+    ReferralTask,
+    /// A referral ServiceRequest was created, changed (e.g. revoked) or deleted.
+    ReferralServiceRequest,
+    /// A link worker CarePlan was created or updated.
+    CarePlan,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 3] = [Topic::ReferralTask, Topic::ReferralServiceRequest, Topic::CarePlan];
+
+    pub fn url(self) -> &'static str {
+        match self {
+            Topic::ReferralTask => "https://linkbridge.scot/fhir/SubscriptionTopic/referral-task",
+            Topic::ReferralServiceRequest => "https://linkbridge.scot/fhir/SubscriptionTopic/referral-servicerequest",
+            Topic::CarePlan => "https://linkbridge.scot/fhir/SubscriptionTopic/link-worker-careplan",
+        }
+    }
+
+    pub fn parse(url: &str) -> Option<Topic> {
+        Self::ALL.into_iter().find(|t| t.url() == url)
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Topic::ReferralTask => "Referral Task created, changed or deleted",
+            Topic::ReferralServiceRequest => "Referral ServiceRequest created, changed or deleted",
+            Topic::CarePlan => "Link worker CarePlan created or updated",
+        }
+    }
+
+    pub fn resource_type(self) -> ResourceType {
+        match self {
+            Topic::ReferralTask => ResourceType::Task,
+            Topic::ReferralServiceRequest => ResourceType::ServiceRequest,
+            Topic::CarePlan => ResourceType::CarePlan,
+        }
+    }
+
+    /// The topics a change of `resource_type` belongs to.
+    pub fn of(resource_type: ResourceType) -> Option<Topic> {
+        Self::ALL.into_iter().find(|t| t.resource_type() == resource_type)
+    }
+
+    /// The search parameters a filter of this topic may use (R5 `canFilterBy`).
+    pub fn filter_parameters(self) -> &'static [&'static str] {
+        match self {
+            Topic::ReferralTask => &["requester", "owner", "status", "code", "business-status", "patient", "focus"],
+            Topic::ReferralServiceRequest => &["requester", "performer", "status", "code", "patient"],
+            Topic::CarePlan => &["author", "status", "patient", "based-on"],
+        }
+    }
+
+    /// Whether deletions notify (a CarePlan topic is about creation and updates).
+    pub fn notifies_deletion(self) -> bool {
+        !matches!(self, Topic::CarePlan)
+    }
+}
+
+/// What a notification carries (`backport-payload-content`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadContent {
+    /// No resource ids at all: the subscriber asks `$events` what happened.
+    Empty,
+    /// The focus reference; the subscriber reads it with its own (audited) token.
+    IdOnly,
+    /// The focus resource itself, as of the event.
+    FullResource,
+}
+
+impl PayloadContent {
+    pub fn code(self) -> &'static str {
+        match self {
+            PayloadContent::Empty => "empty",
+            PayloadContent::IdOnly => "id-only",
+            PayloadContent::FullResource => "full-resource",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Self> {
+        match code {
+            "empty" => Some(PayloadContent::Empty),
+            "id-only" => Some(PayloadContent::IdOnly),
+            "full-resource" => Some(PayloadContent::FullResource),
+            _ => None,
+        }
+    }
+}
+
+/// The server's view of a subscription (R4 `Subscription.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    /// Created; the handshake has not succeeded yet.
+    Requested,
+    /// Notifications are delivered.
+    Active,
+    /// Delivery failed (handshake, or an event's last retry): events are kept, not sent,
+    /// until the subscriber or operator asks for them to be resent.
+    Error,
+    /// Turned off by the subscriber, or by the endpoint answering 410.
+    Off,
+}
+
+impl SubscriptionStatus {
+    pub fn code(self) -> &'static str {
+        match self {
+            SubscriptionStatus::Requested => "requested",
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Error => "error",
+            SubscriptionStatus::Off => "off",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Self> {
+        match code {
+            "requested" => Some(SubscriptionStatus::Requested),
+            "active" => Some(SubscriptionStatus::Active),
+            "error" => Some(SubscriptionStatus::Error),
+            "off" => Some(SubscriptionStatus::Off),
+            _ => None,
+        }
+    }
+}
+
+/// One `backport-filter-criteria` value, e.g. `Task?owner=Organization/CLW001&status=completed`:
+/// every parameter must hold (AND), each with any of its comma-separated values (OR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicFilter {
+    raw: String,
+    clauses: Vec<(&'static str, Vec<Predicate>)>,
+}
+
+impl TopicFilter {
+    pub fn parse(topic: Topic, raw: &str) -> Result<TopicFilter, Issue> {
+        let invalid = |message: String| {
+            Issue::error(IssueCode::Invalid, message)
+                .at("Subscription.criteria.extension('backport-filter-criteria')".to_owned())
+        };
+        let resource_type = topic.resource_type();
+        let query = raw
+            .strip_prefix(resource_type.as_str())
+            .and_then(|rest| rest.strip_prefix('?'))
+            .ok_or_else(|| invalid(format!("filter '{raw}' must start with '{resource_type}?' for this topic")))?;
+        let mut clauses = Vec::new();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if !topic.filter_parameters().contains(&name.as_ref()) {
+                return Err(invalid(format!(
+                    "'{name}' cannot filter topic {}; it accepts: {}",
+                    topic.url(),
+                    topic.filter_parameters().join(", ")
+                )));
+            }
+            let param = search_params::find(resource_type, &name)
+                .ok_or_else(|| invalid(format!("'{name}' is not a search parameter of {resource_type}")))?;
+            if value.is_empty() {
+                return Err(invalid(format!("filter parameter '{name}' has no value")));
+            }
+            let alternatives = value
+                .split(',')
+                .map(|alternative| match param.kind {
+                    ParamKind::Reference => parse_reference(alternative).map_err(|_| {
+                        invalid(format!("'{alternative}' is not a reference (Type/id) for filter parameter '{name}'"))
+                    }),
+                    _ => Ok(parse_token(alternative)),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            clauses.push((param.name, alternatives));
+        }
+        if clauses.is_empty() {
+            return Err(invalid(format!("filter '{raw}' has no parameters")));
+        }
+        Ok(TopicFilter { raw: raw.to_owned(), clauses })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Whether a resource with these index entries passes the filter.
+    pub fn matches(&self, index: &[IndexEntry]) -> bool {
+        self.clauses.iter().all(|(param, alternatives)| {
+            alternatives.iter().any(|predicate| index.iter().any(|entry| entry_matches(param, predicate, entry)))
+        })
+    }
+
+    /// The organisations (ODS codes) a reference parameter of this filter names.
+    fn organizations_in(&self, parameter: &str) -> Vec<String> {
+        self.clauses
+            .iter()
+            .filter(|(param, _)| *param == parameter)
+            .flat_map(|(_, alternatives)| alternatives)
+            .filter_map(|predicate| match predicate {
+                Predicate::Reference { target_type, target_id }
+                    if target_type.as_deref().is_none_or(|t| t == "Organization") =>
+                {
+                    Some(target_id.to_ascii_uppercase())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn entry_matches(param: &str, predicate: &Predicate, entry: &IndexEntry) -> bool {
+    match (predicate, entry) {
+        (Predicate::Token { system, code }, IndexEntry::Token { param: p, system: s, code: c, .. }) if *p == param => {
+            let system_ok = match system {
+                SystemMatch::Any => true,
+                SystemMatch::None => s.is_none(),
+                SystemMatch::Exactly(expected) => s.as_deref() == Some(expected.as_str()),
+            };
+            system_ok && code.as_ref().is_none_or(|code| c.as_deref() == Some(code.as_str()))
+        }
+        (
+            Predicate::Reference { target_type, target_id },
+            IndexEntry::Reference {
+                param: p,
+                target_type: t,
+                target_id: i,
+                identifier_system,
+                identifier_value,
+            },
+        ) if *p == param => {
+            let literal = i.as_deref() == Some(target_id.as_str())
+                && target_type.as_ref().is_none_or(|expected| t.as_deref() == Some(expected.as_str()));
+            // Organisations are named by ODS code in referrals: `Organization/GP0001` also
+            // matches a reference by identifier to ODS code GP0001.
+            let by_ods_code = target_type.as_deref().is_none_or(|t| t == "Organization")
+                && identifier_system.as_deref() == Some(OdsCode::SYSTEM)
+                && identifier_value.as_deref().is_some_and(|v| v.eq_ignore_ascii_case(target_id));
+            literal || by_ods_code
+        }
+        _ => false,
+    }
+}
+
+/// Which endpoints the operator lets subscriptions name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointPolicy {
+    /// Allow http and private, loopback and link-local addresses (tests, closed networks).
+    pub allow_private: bool,
+}
+
+impl EndpointPolicy {
+    /// Checks a rest-hook endpoint: https, no credentials in the URL, and not an address
+    /// inside the server's own network (SSRF). Host names are checked again when resolved
+    /// at delivery (see `service::delivery`), so a name pointing inwards is refused too.
+    pub fn check(&self, raw: &str) -> Result<url::Url, String> {
+        let url = url::Url::parse(raw).map_err(|e| format!("'{raw}' is not an absolute URL: {e}"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_private => {}
+            other => return Err(format!("the endpoint must use https, not '{other}'")),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("the endpoint must not carry credentials; use channel.header".to_owned());
+        }
+        if url.fragment().is_some() {
+            return Err("the endpoint must not have a fragment".to_owned());
+        }
+        if self.allow_private {
+            return Ok(url);
+        }
+        match url.host() {
+            None => Err("the endpoint has no host".to_owned()),
+            Some(url::Host::Ipv4(ip)) if !is_public_address(IpAddr::V4(ip)) => {
+                Err(format!("the endpoint address {ip} is private, loopback or link-local"))
+            }
+            Some(url::Host::Ipv6(ip)) if !is_public_address(IpAddr::V6(ip)) => {
+                Err(format!("the endpoint address {ip} is private, loopback or link-local"))
+            }
+            Some(url::Host::Domain(name)) if is_internal_name(name) => {
+                Err(format!("the endpoint host '{name}' names this network, not a public server"))
+            }
+            Some(_) => Ok(url),
+        }
+    }
+}
+
+fn is_internal_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || [".localhost", ".local", ".internal", ".localdomain"].iter().any(|suffix| name.ends_with(suffix))
+        || !name.contains('.')
+}
+
+/// Whether an address is one a webhook may be delivered to: not loopback, private,
+/// link-local, shared (CGNAT), unspecified, multicast or documentation space.
+pub fn is_public_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_address(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// What the subscriber asked for in its Subscription resource, checked. The status and the
+/// error are the server's; see [`requested_status`].
+#[derive(Debug, Clone)]
+pub struct SubscriptionRequest {
+    pub topic: Topic,
+    pub filters: Vec<TopicFilter>,
+    pub endpoint: url::Url,
+    pub payload: PayloadContent,
+    /// `channel.header`, as `(name, value)`.
+    pub headers: Vec<(String, String)>,
+    pub heartbeat_period: Option<Duration>,
+    /// Present when the resource carries the secret extension (create, or rotation).
+    pub secret: Option<WebhookSecret>,
+}
+
+/// Headers the server sets itself and a subscription may not override.
+const RESERVED_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+];
+
+/// The longest heartbeat period: a day.
+const MAX_HEARTBEAT_SECS: u64 = 86_400;
+/// The shortest heartbeat period, so that heartbeats cannot be used to flood an endpoint.
+const MIN_HEARTBEAT_SECS: u64 = 10;
+
+impl SubscriptionRequest {
+    /// Parses a Subscription resource (already structurally valid R4).
+    pub fn parse(resource: &Value, policy: &EndpointPolicy) -> Result<SubscriptionRequest, Vec<Issue>> {
+        let mut issues = Vec::new();
+        let issue = |code: IssueCode, message: String, at: &str| Issue::error(code, message).at(at.to_owned());
+        let criteria = resource.get("criteria").and_then(Value::as_str).unwrap_or_default();
+        let topic = Topic::parse(criteria);
+        if topic.is_none() {
+            let known: Vec<&str> = Topic::ALL.iter().map(|t| t.url()).collect();
+            issues.push(issue(
+                IssueCode::Value,
+                format!("criteria '{criteria}' is not a topic of this server; topics: {}", known.join(", ")),
+                "Subscription.criteria",
+            ));
+        }
+        let mut filters = Vec::new();
+        if let Some(topic) = topic {
+            for raw in extension_values(resource.get("_criteria"), backport::FILTER_CRITERIA, "valueString") {
+                match TopicFilter::parse(topic, raw) {
+                    Ok(filter) => filters.push(filter),
+                    Err(e) => issues.push(e),
+                }
+            }
+        }
+        let channel = resource.get("channel").cloned().unwrap_or(Value::Null);
+        if channel.get("type").and_then(Value::as_str) != Some("rest-hook") {
+            issues.push(issue(
+                IssueCode::NotSupported,
+                "only channel type 'rest-hook' is supported".to_owned(),
+                "Subscription.channel.type",
+            ));
+        }
+        let endpoint = match channel.get("endpoint").and_then(Value::as_str) {
+            None => {
+                issues.push(issue(
+                    IssueCode::Required,
+                    "a rest-hook channel needs an endpoint".to_owned(),
+                    "Subscription.channel.endpoint",
+                ));
+                None
+            }
+            Some(raw) => match policy.check(raw) {
+                Ok(url) => Some(url),
+                Err(reason) => {
+                    issues.push(issue(IssueCode::Value, reason, "Subscription.channel.endpoint"));
+                    None
+                }
+            },
+        };
+        match channel.get("payload").and_then(Value::as_str) {
+            None | Some("application/fhir+json") | Some("application/json") => {}
+            Some(other) => issues.push(issue(
+                IssueCode::NotSupported,
+                format!("payload type '{other}' is not supported; use application/fhir+json"),
+                "Subscription.channel.payload",
+            )),
+        }
+        let payload = match extension_values(channel.get("_payload"), backport::PAYLOAD_CONTENT, "valueCode").first() {
+            None => PayloadContent::IdOnly,
+            Some(code) => PayloadContent::parse(code).unwrap_or_else(|| {
+                issues.push(issue(
+                    IssueCode::Value,
+                    format!("payload content '{code}' is not one of empty, id-only, full-resource"),
+                    "Subscription.channel.payload.extension('backport-payload-content')",
+                ));
+                PayloadContent::IdOnly
+            }),
+        };
+        let mut headers = Vec::new();
+        for raw in channel.get("header").and_then(Value::as_array).into_iter().flatten() {
+            match raw.as_str().map(parse_header) {
+                Some(Ok(header)) => headers.push(header),
+                Some(Err(reason)) => issues.push(issue(IssueCode::Value, reason, "Subscription.channel.header")),
+                None => {}
+            }
+        }
+        let heartbeat_period = match channel
+            .get("extension")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|e| e.get("url").and_then(Value::as_str) == Some(backport::HEARTBEAT_PERIOD))
+            .and_then(|e| e.get("valueUnsignedInt"))
+            .and_then(Value::as_u64)
+        {
+            None | Some(0) => None,
+            Some(secs) if (MIN_HEARTBEAT_SECS..=MAX_HEARTBEAT_SECS).contains(&secs) => {
+                Some(Duration::from_secs(secs))
+            }
+            Some(secs) => {
+                issues.push(issue(
+                    IssueCode::Value,
+                    format!("heartbeat period {secs} s is outside {MIN_HEARTBEAT_SECS}..={MAX_HEARTBEAT_SECS} s"),
+                    "Subscription.channel.extension('backport-heartbeat-period')",
+                ));
+                None
+            }
+        };
+        let secret = match secret_extension(&channel) {
+            None => None,
+            Some(raw) => match WebhookSecret::parse(raw) {
+                Ok(secret) => Some(secret),
+                Err(reason) => {
+                    issues.push(issue(
+                        IssueCode::Value,
+                        reason,
+                        "Subscription.channel.extension('https://linkbridge.scot/fhir/StructureDefinition/webhook-secret')",
+                    ));
+                    None
+                }
+            },
+        };
+        match (topic, endpoint) {
+            (Some(topic), Some(endpoint)) if issues.is_empty() => {
+                Ok(SubscriptionRequest { topic, filters, endpoint, payload, headers, heartbeat_period, secret })
+            }
+            _ => Err(issues),
+        }
+    }
+
+    /// The organisations this subscription's filters name for `parameter`.
+    pub fn filtered_organizations(&self, parameter: &str) -> Vec<String> {
+        self.filters.iter().flat_map(|f| f.organizations_in(parameter)).collect()
+    }
+}
+
+/// The raw value of the webhook secret extension on `channel`, if any.
+fn secret_extension(channel: &Value) -> Option<&str> {
+    channel
+        .get("extension")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(WEBHOOK_SECRET_EXTENSION))
+        .and_then(|e| e.get("valueString"))
+        .and_then(Value::as_str)
+}
+
+/// Removes the webhook secret extension from a Subscription before it is stored.
+pub fn strip_secret(resource: &mut Value) {
+    let Some(extensions) = resource.pointer_mut("/channel/extension").and_then(Value::as_array_mut) else {
+        return;
+    };
+    extensions.retain(|e| e.get("url").and_then(Value::as_str) != Some(WEBHOOK_SECRET_EXTENSION));
+    if extensions.is_empty() {
+        if let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut) {
+            channel.remove("extension");
+        }
+    }
+}
+
+/// The status a subscriber's write asks for: a create always starts `requested`; on update
+/// the subscriber may ask for `requested` (handshake again, e.g. after fixing its endpoint) or
+/// `off`; anything else keeps the server's current status.
+pub fn requested_status(
+    written: Option<&str>,
+    current: Option<SubscriptionStatus>,
+) -> SubscriptionStatus {
+    match (current, written.and_then(SubscriptionStatus::parse)) {
+        (None, _) => SubscriptionStatus::Requested,
+        (Some(_), Some(SubscriptionStatus::Off)) => SubscriptionStatus::Off,
+        (Some(_), Some(SubscriptionStatus::Requested)) => SubscriptionStatus::Requested,
+        (Some(current), _) => current,
+    }
+}
+
+/// The string values of the extensions with `url` in a primitive's `_element` (or an
+/// element's own `extension`).
+fn extension_values<'v>(element: Option<&'v Value>, url: &str, value_key: &str) -> Vec<&'v str> {
+    element
+        .and_then(|e| e.get("extension"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("url").and_then(Value::as_str) == Some(url))
+        .filter_map(|e| e.get(value_key).and_then(Value::as_str))
+        .collect()
+}
+
+fn parse_header(raw: &str) -> Result<(String, String), String> {
+    let (name, value) =
+        raw.split_once(':').ok_or_else(|| format!("header '{raw}' is not in the form 'Name: value'"))?;
+    let name = name.trim();
+    let value = value.trim();
+    let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+    if !valid_name {
+        return Err(format!("'{name}' is not a valid header name"));
+    }
+    if value.bytes().any(|b| b.is_ascii_control()) {
+        return Err(format!("the value of header '{name}' contains control characters"));
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!("header '{name}' is set by the server and cannot be overridden"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::search_params::extract_index;
+    use serde_json::json;
+
+    fn task(owner: &str, status: &str) -> Vec<IndexEntry> {
+        extract_index(
+            ResourceType::Task,
+            &json!({
+                "resourceType": "Task", "status": status, "intent": "order",
+                "requester": {"identifier": {"system": OdsCode::SYSTEM, "value": "GP0001"}},
+                "owner": {"identifier": {"system": OdsCode::SYSTEM, "value": owner}},
+                "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]}
+            }),
+        )
+    }
+
+    #[test]
+    fn a_filter_naming_an_organisation_matches_references_by_ods_code() {
+        let filter = TopicFilter::parse(Topic::ReferralTask, "Task?owner=Organization/CLW001").expect("filter");
+        assert!(filter.matches(&task("CLW001", "requested")));
+        assert!(!filter.matches(&task("CLW002", "requested")));
+    }
+
+    #[test]
+    fn filter_parameters_are_anded_and_their_values_ored() {
+        let filter =
+            TopicFilter::parse(Topic::ReferralTask, "Task?owner=Organization/CLW001&status=accepted,rejected")
+                .expect("filter");
+        assert!(filter.matches(&task("CLW001", "accepted")));
+        assert!(filter.matches(&task("CLW001", "rejected")));
+        assert!(!filter.matches(&task("CLW001", "requested")), "status must match");
+        assert!(!filter.matches(&task("CLW002", "accepted")), "owner must match");
+    }
+
+    #[test]
+    fn a_code_filter_with_a_system_matches_only_that_system() {
+        let filter = TopicFilter::parse(Topic::ReferralTask, "Task?code=http://hl7.org/fhir/CodeSystem/task-code|fulfill")
+            .expect("filter");
+        assert!(filter.matches(&task("CLW001", "requested")));
+        let other = TopicFilter::parse(Topic::ReferralTask, "Task?code=http://example.org|fulfill").expect("filter");
+        assert!(!other.matches(&task("CLW001", "requested")));
+    }
+
+    #[test]
+    fn filters_on_parameters_the_topic_does_not_offer_or_another_type_are_refused() {
+        for raw in ["Task?intent=order", "ServiceRequest?status=active", "Task?", "owner=Organization/X", "Task?owner="] {
+            assert!(TopicFilter::parse(Topic::ReferralTask, raw).is_err(), "{raw} should be refused");
+        }
+    }
+
+    #[test]
+    fn endpoints_inside_the_network_are_refused_unless_the_operator_allows_them() {
+        let strict = EndpointPolicy::default();
+        for raw in [
+            "http://gp.example.org/hook",
+            "https://127.0.0.1/hook",
+            "https://10.1.2.3/hook",
+            "https://192.168.0.1/hook",
+            "https://169.254.169.254/latest",
+            "https://[::1]/hook",
+            "https://[fe80::1]/hook",
+            "https://[::ffff:127.0.0.1]/hook",
+            "https://localhost/hook",
+            "https://metadata.internal/hook",
+            "https://user:pw@gp.example.org/hook",
+            "ftp://gp.example.org/hook",
+        ] {
+            assert!(strict.check(raw).is_err(), "{raw} should be refused");
+        }
+        assert!(strict.check("https://gp.example.org/hook").is_ok());
+        assert!(strict.check("https://203.0.114.10/hook").is_ok());
+        let open = EndpointPolicy { allow_private: true };
+        assert!(open.check("http://127.0.0.1:8080/hook").is_ok());
+    }
+
+    #[test]
+    fn a_subscriber_may_ask_for_requested_or_off_but_not_for_active() {
+        use SubscriptionStatus as S;
+        assert_eq!(requested_status(Some("active"), None), S::Requested);
+        assert_eq!(requested_status(Some("active"), Some(S::Error)), S::Error);
+        assert_eq!(requested_status(Some("off"), Some(S::Active)), S::Off);
+        assert_eq!(requested_status(Some("requested"), Some(S::Off)), S::Requested);
+        assert_eq!(requested_status(Some("error"), Some(S::Active)), S::Active);
+    }
+
+    #[test]
+    fn reserved_and_malformed_headers_are_refused() {
+        assert!(parse_header("Authorization: Bearer abc").is_ok());
+        for raw in ["webhook-id: x", "Content-Type: text/plain", "no colon", "Bad Name: x", "X-A: a\nb"] {
+            assert!(parse_header(raw).is_err(), "{raw:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Subscriptions as use cases: what a Subscription write records for delivery, which changes
+//! notify whom (added to the change's own write set: the transactional outbox), the
+//! `$status`, `$events` and `$resend` operations, and the status moves the server makes.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::resources::ResourceService;
+use super::ServiceError;
+use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
+use crate::domain::ids::{ResourceId, VersionId};
+use crate::domain::instant::Instant;
+use crate::domain::notification::{
+    notification_bundle, Focus, NotificationEvent, NotificationType, SubscriptionSnapshot,
+};
+use crate::domain::outcome::{Issue, IssueCode};
+use crate::domain::resource_type::ResourceType;
+use crate::domain::search_params::extract_index;
+use crate::domain::subscriptions::{
+    requested_status, strip_secret, EndpointPolicy, PayloadContent, SubscriptionRequest, SubscriptionStatus, Topic,
+    TopicFilter,
+};
+use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, Role, TenantScope, Visibility};
+use crate::store::{
+    OutboxEntry, OutboxKind, OutboxRow, OutboxStats, Precondition, Store, StoreError, SubscriptionChange,
+    SubscriptionRecord, SubscriptionRow, WriteMethod, WriteSet,
+};
+
+/// The most events one `$events` call returns.
+const MAX_EVENTS_PER_QUERY: u32 = 500;
+
+/// What a Subscription write records besides the resource.
+#[derive(Debug, Default)]
+pub(crate) struct SubscriptionEffects {
+    pub changes: Vec<SubscriptionChange>,
+    pub notifications: Vec<OutboxEntry>,
+}
+
+fn unprocessable(issues: Vec<Issue>) -> ServiceError {
+    ServiceError::Unprocessable(issues)
+}
+
+/// Checks a subscriber's write of a Subscription and plans its delivery-side record. `after`
+/// is adjusted: the status and error are the server's, and the signing secret is taken out
+/// (it is kept only where delivery reads it).
+pub(crate) fn plan_subscription_write(
+    caller: &Principal,
+    id: &ResourceId,
+    before: Option<&Value>,
+    after: Option<&mut Value>,
+    policy: &EndpointPolicy,
+) -> Result<SubscriptionEffects, ServiceError> {
+    let Some(after) = after else {
+        return Ok(SubscriptionEffects { changes: vec![SubscriptionChange::Delete(id.clone())], ..Default::default() });
+    };
+    let request = SubscriptionRequest::parse(after, policy).map_err(unprocessable)?;
+    check_filters_are_the_callers_own(caller, &request)?;
+    if before.is_none() && request.secret.is_none() {
+        return Err(unprocessable(vec![Issue::error(
+            IssueCode::Required,
+            format!(
+                "a new subscription needs a signing secret: channel.extension '{}' with valueString 'whsec_' + base64 of 24-64 random bytes",
+                crate::domain::subscriptions::WEBHOOK_SECRET_EXTENSION
+            ),
+        )
+        .at("Subscription.channel.extension".to_owned())]));
+    }
+    let current = before.and_then(|b| b.get("status")).and_then(Value::as_str).and_then(SubscriptionStatus::parse);
+    let status = requested_status(after.get("status").and_then(Value::as_str), current);
+    // The error stays while the status does; a new handshake or a turn off clears it.
+    let error = match status {
+        SubscriptionStatus::Error => before.and_then(|b| b.get("error")).and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    };
+    strip_secret(after);
+    if let Some(map) = after.as_object_mut() {
+        map.insert("status".into(), json!(status.code()));
+        match &error {
+            Some(text) => map.insert("error".into(), json!(text)),
+            None => map.remove("error"),
+        };
+    }
+    let record = SubscriptionRecord {
+        id: id.clone(),
+        organization: caller.organization().as_str().to_owned(),
+        role: caller.role().as_str().to_owned(),
+        topic: request.topic.url().to_owned(),
+        filters: request.filters.iter().map(|f| f.as_str().to_owned()).collect(),
+        endpoint: request.endpoint.to_string(),
+        payload: request.payload.code().to_owned(),
+        headers: request.headers.clone(),
+        heartbeat_secs: request.heartbeat_period.map(|p| i64::try_from(p.as_secs()).unwrap_or(i64::MAX)),
+        secret: request.secret.as_ref().map(|s| s.encoded()),
+        status: status.code().to_owned(),
+        error,
+    };
+    let mut effects = SubscriptionEffects { changes: vec![SubscriptionChange::Save(record)], ..Default::default() };
+    let asks_for_handshake = status == SubscriptionStatus::Requested && current != Some(SubscriptionStatus::Requested);
+    if asks_for_handshake || before.is_none() {
+        effects.notifications.push(OutboxEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            subscription_id: id.clone(),
+            kind: OutboxKind::Handshake,
+            focus: None,
+            created_at: Instant::now(),
+        });
+    }
+    Ok(effects)
+}
+
+/// A GP system follows its own referrals and a CLW service the Tasks it owns: a filter naming
+/// another organisation as requester (or owner, performer, author) would only ever match
+/// nothing after narrowing, so it is refused as the mistake it is.
+fn check_filters_are_the_callers_own(caller: &Principal, request: &SubscriptionRequest) -> Result<(), ServiceError> {
+    let own_parameter = match (caller.role(), request.topic) {
+        (Role::Referrer, Topic::ReferralTask | Topic::ReferralServiceRequest) => "requester",
+        (Role::Performer, Topic::ReferralTask) => "owner",
+        (Role::Performer, Topic::ReferralServiceRequest) => "performer",
+        (Role::Performer, Topic::CarePlan) => "author",
+        _ => return Ok(()),
+    };
+    let own = caller.organization().as_str();
+    if let Some(other) = request.filtered_organizations(own_parameter).into_iter().find(|ods| ods != own) {
+        return Err(ServiceError::ForbiddenAt(
+            Issue::error(
+                IssueCode::Forbidden,
+                format!("{own_parameter}=Organization/{other} names another organisation; you may subscribe to your own ({own}) only"),
+            )
+            .at("Subscription.criteria.extension('backport-filter-criteria')".to_owned()),
+        ));
+    }
+    Ok(())
+}
+
+/// The visibility keys a subscriber reads with: the same as a request of its client would.
+pub(crate) fn subscriber_scope(row: &SubscriptionRow) -> Option<TenantScope> {
+    let organization = OdsCode::parse(&row.organization).ok()?;
+    let role = Role::parse(&row.role)?;
+    Some(Principal::new(String::new(), organization, role).scope())
+}
+
+fn may_see(scope: &TenantScope, visibility: &[String]) -> bool {
+    match scope {
+        TenantScope::Everything => true,
+        TenantScope::Keys(keys) => keys.iter().any(|key| visibility.contains(key)),
+    }
+}
+
+/// Adds to `write_set` a notification for each live subscription whose topic, filters and
+/// tenancy match one of its resource writes. `deleted_before` is the content of the resource
+/// deleted by the write set's first write, if it deletes one (a deletion has no index of its
+/// own to match against).
+pub(crate) async fn add_notifications(
+    store: &Store,
+    write_set: &mut WriteSet,
+    deleted_before: Option<&Value>,
+) -> Result<(), ServiceError> {
+    let mut listeners: HashMap<Topic, Vec<(SubscriptionRow, Vec<TopicFilter>)>> = HashMap::new();
+    let mut notifications = Vec::new();
+    for write in &write_set.resources {
+        let Some(topic) = Topic::of(write.resource_type) else { continue };
+        let deleted = write.body.is_empty();
+        let (index, visibility) = if deleted {
+            let Some(before) = deleted_before.filter(|_| topic.notifies_deletion()) else { continue };
+            let keys = derived_visibility(write.resource_type, before).iter().map(Visibility::key).collect();
+            (extract_index(write.resource_type, before), keys)
+        } else {
+            let keys: Vec<String> = write.visibility.iter().chain(&write.visibility_grants).cloned().collect();
+            (write.index.clone(), keys)
+        };
+        if !listeners.contains_key(&topic) {
+            let rows = store.subscriptions_for_topic(topic.url()).await?;
+            let parsed = rows
+                .into_iter()
+                .map(|row| {
+                    // Stored filters were checked when saved; one that no longer parses (a
+                    // parameter withdrawn) matches nothing rather than everything.
+                    let filters: Option<Vec<TopicFilter>> =
+                        row.filters.iter().map(|raw| TopicFilter::parse(topic, raw).ok()).collect();
+                    (row, filters)
+                })
+                .filter_map(|(row, filters)| filters.map(|f| (row, f)))
+                .collect();
+            listeners.insert(topic, parsed);
+        }
+        for (row, filters) in listeners.get(&topic).into_iter().flatten() {
+            let Some(scope) = subscriber_scope(row) else { continue };
+            if !may_see(&scope, &visibility) || !filters.iter().all(|f| f.matches(&index)) {
+                continue;
+            }
+            let Ok(subscription_id) = ResourceId::parse(&row.id) else { continue };
+            notifications.push(OutboxEntry {
+                id: uuid::Uuid::new_v4().to_string(),
+                subscription_id,
+                kind: OutboxKind::Event,
+                focus: Some((write.resource_type, write.id.clone(), write.version)),
+                created_at: write.last_updated,
+            });
+        }
+    }
+    write_set.notifications.extend(notifications);
+    Ok(())
+}
+
+/// The server itself, as the author of status changes in the audit trail.
+fn server_agent() -> AuditAgent {
+    AuditAgent { client_id: "linkbridge".to_owned(), organization: "linkbridge".to_owned() }
+}
+
+/// Which events `$events` returns.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRange {
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub content: Option<PayloadContent>,
+}
+
+impl ResourceService {
+    /// Moves a subscription to `status` (with `error` as the reason), as a new version of the
+    /// Subscription written by the server. A deleted subscription stays deleted.
+    pub async fn set_subscription_status(
+        &self,
+        id: &str,
+        status: SubscriptionStatus,
+        error: Option<String>,
+    ) -> Result<(), ServiceError> {
+        let Ok(id) = ResourceId::parse(id) else { return Ok(()) };
+        for _ in 0..5 {
+            let Some(current) =
+                self.store().read_current(&TenantScope::Everything, ResourceType::Subscription, &id).await?
+            else {
+                return Ok(());
+            };
+            if current.deleted {
+                return Ok(());
+            }
+            let mut body: Value = serde_json::from_str(&current.body)
+                .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
+            if let Some(map) = body.as_object_mut() {
+                map.insert("status".into(), json!(status.code()));
+                match &error {
+                    Some(text) => map.insert("error".into(), json!(text)),
+                    None => map.remove("error"),
+                };
+            }
+            let write = Self::prepare_system_write(ResourceType::Subscription, id.clone(), body, &current.version);
+            let audit = AuditRecord::new(
+                server_agent(),
+                AuditAction::Update,
+                "update",
+                AuditOutcome::Success,
+                Some(ResourceType::Subscription.as_str()),
+                Some(id.as_str()),
+            );
+            let write_set = WriteSet {
+                resources: vec![write],
+                audit: vec![audit],
+                subscription_changes: vec![SubscriptionChange::Status {
+                    id: id.clone(),
+                    status: status.code().to_owned(),
+                    error: error.clone(),
+                }],
+                ..Default::default()
+            };
+            match self.store().commit(write_set).await {
+                Ok(()) => return Ok(()),
+                // The subscriber changed it meanwhile: apply the status to the newer version.
+                Err(StoreError::VersionConflict { .. } | StoreError::SettleWindowPassed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(Issue::error(IssueCode::Transient, "the subscription kept changing; retry")))
+    }
+
+    fn prepare_system_write(
+        resource_type: ResourceType,
+        id: ResourceId,
+        body: Value,
+        current: &VersionId,
+    ) -> crate::store::ResourceWrite {
+        // The server acts for nobody's organisation: a system write creates nothing, so the
+        // caller's organisation (only used for the creation grant) is never read.
+        let Ok(nobody) = OdsCode::parse("LINKBRIDGE") else { unreachable!("a valid ODS code") };
+        let system = Principal::new("linkbridge", nobody, Role::Operator);
+        Self::prepare_write(
+            &system,
+            resource_type,
+            id,
+            body,
+            current.next(),
+            WriteMethod::Update,
+            Precondition::CurrentVersion(*current),
+        )
+    }
+
+    /// The subscription row of a Subscription the caller may read (404 otherwise).
+    async fn subscription_of(&self, caller: &Principal, id: &ResourceId) -> Result<SubscriptionRow, ServiceError> {
+        self.read_resource(caller, ResourceType::Subscription, id).await?;
+        self.store()
+            .subscription(id.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("Subscription/{id}")))
+    }
+
+    /// `GET Subscription/{id}/$status`: a Bundle with the subscription's status Parameters.
+    pub async fn subscription_status(
+        &self,
+        caller: &Principal,
+        id: &ResourceId,
+        base_url: &str,
+    ) -> Result<Value, ServiceError> {
+        let row = self.subscription_of(caller, id).await?;
+        let stats = self.store().outbox_stats(Some(id.as_str())).await?;
+        let mut bundle = notification_bundle(
+            base_url,
+            &uuid::Uuid::new_v4().to_string(),
+            &Instant::now(),
+            NotificationType::QueryStatus,
+            &snapshot_of(&row)?,
+            &[],
+            PayloadContent::Empty,
+        );
+        bundle["type"] = json!("searchset");
+        bundle["total"] = json!(1);
+        if let Some(parameters) = bundle.pointer_mut("/entry/0/resource/parameter").and_then(Value::as_array_mut) {
+            parameters.extend(delivery_parameters(&stats));
+        }
+        Ok(bundle)
+    }
+
+    /// `GET Subscription/{id}/$events`: the events numbered in the range, whatever their
+    /// delivery state, so a subscriber can fetch what it missed.
+    pub async fn subscription_events(
+        &self,
+        caller: &Principal,
+        id: &ResourceId,
+        range: EventRange,
+        base_url: &str,
+    ) -> Result<Value, ServiceError> {
+        let row = self.subscription_of(caller, id).await?;
+        let since = range.since.unwrap_or(1).max(1);
+        let until = range.until.unwrap_or(i64::MAX);
+        if until < since {
+            return Err(ServiceError::invalid(
+                IssueCode::Value,
+                format!("eventsUntilNumber {until} is before eventsSinceNumber {since}"),
+                Some("eventsUntilNumber"),
+            ));
+        }
+        let payload = range
+            .content
+            .or_else(|| PayloadContent::parse(&row.payload))
+            .unwrap_or(PayloadContent::IdOnly);
+        let rows = self.store().notification_events(id.as_str(), since, until, MAX_EVENTS_PER_QUERY).await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for event in &rows {
+            // Read with the caller's own scope: what it may no longer see is not handed out.
+            let resource = match (payload, focus_of(event)) {
+                (PayloadContent::FullResource, Some(focus)) => self.focus_body(&caller.scope(), &focus).await?,
+                _ => None,
+            };
+            events.push(event_of(event, resource));
+        }
+        let mut bundle = notification_bundle(
+            base_url,
+            &uuid::Uuid::new_v4().to_string(),
+            &Instant::now(),
+            NotificationType::QueryEvent,
+            &snapshot_of(&row)?,
+            &events,
+            payload,
+        );
+        bundle["type"] = json!("history");
+        Ok(bundle)
+    }
+
+    /// `POST Subscription/{id}/$resend`: puts dead notifications back in line and makes the
+    /// subscription active again. Returns how many notifications were requeued.
+    pub async fn resend_subscription(&self, caller: &Principal, id: &ResourceId) -> Result<u64, ServiceError> {
+        let row = self.subscription_of(caller, id).await?;
+        if row.status == SubscriptionStatus::Off.code() {
+            return Err(ServiceError::Unprocessable(vec![Issue::error(
+                IssueCode::BusinessRule,
+                "the subscription is off; update it with status 'requested' to start it again",
+            )]));
+        }
+        let requeued = self.store().resend_dead_notifications(id.as_str(), Instant::now()).await?;
+        if row.status == SubscriptionStatus::Error.code() {
+            self.set_subscription_status(id.as_str(), SubscriptionStatus::Active, None).await?;
+        }
+        Ok(requeued)
+    }
+
+    /// The body of the version an event is about, if `scope` may see it and it is not deleted.
+    pub(crate) async fn focus_body(&self, scope: &TenantScope, focus: &Focus) -> Result<Option<Value>, ServiceError> {
+        let (Ok(resource_type), Ok(id)) = (ResourceType::parse(&focus.resource_type), ResourceId::parse(&focus.id))
+        else {
+            return Ok(None);
+        };
+        let version = VersionId::from_stored(focus.version);
+        let found = self.store().read_version(scope, resource_type, &id, version).await?;
+        Ok(found.filter(|v| !v.deleted).and_then(|v| serde_json::from_str(&v.body).ok()))
+    }
+
+    /// The operator's view of the outbox.
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, ServiceError> {
+        Ok(self.store().outbox_stats(None).await?)
+    }
+}
+
+/// The outbox figures as status parameters (linkbridge's own, after the Backport's).
+pub fn delivery_parameters(stats: &OutboxStats) -> Vec<Value> {
+    let mut parameters = vec![
+        json!({"name": "pending", "valueInteger": stats.pending}),
+        json!({"name": "delivered", "valueInteger": stats.delivered}),
+        json!({"name": "dead", "valueInteger": stats.dead}),
+        json!({"name": "attempts", "valueInteger": stats.attempts}),
+        json!({"name": "failures", "valueInteger": stats.failures}),
+    ];
+    if let Some(oldest) = &stats.oldest_pending {
+        parameters.push(json!({"name": "oldest-pending", "valueInstant": oldest.to_fhir()}));
+        let age = (Instant::now().micros() - oldest.micros()).max(0) / 1_000_000;
+        parameters.push(json!({"name": "oldest-pending-age-seconds", "valueInteger": age}));
+    }
+    parameters
+}
+
+pub(crate) fn snapshot_of(row: &SubscriptionRow) -> Result<SubscriptionSnapshot, ServiceError> {
+    let corrupt = |what: &str| ServiceError::Store(StoreError::Config(format!("stored subscription has a bad {what}")));
+    Ok(SubscriptionSnapshot {
+        id: row.id.clone(),
+        topic: Topic::parse(&row.topic).ok_or_else(|| corrupt("topic"))?,
+        status: SubscriptionStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+        events_since_start: row.events_since_start,
+        error: row.error.clone(),
+    })
+}
+
+pub(crate) fn focus_of(event: &OutboxRow) -> Option<Focus> {
+    Some(Focus {
+        resource_type: event.focus_type.clone()?,
+        id: event.focus_id.clone()?,
+        version: event.focus_version?,
+    })
+}
+
+pub(crate) fn event_of(event: &OutboxRow, resource: Option<Value>) -> NotificationEvent {
+    NotificationEvent {
+        number: event.event_number.unwrap_or(0),
+        timestamp: event.created_at,
+        focus: focus_of(event),
+        resource,
+    }
+}
