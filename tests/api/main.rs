@@ -18,5 +18,7 @@ mod search;
 mod security;
 mod shutdown;
 mod store_contract;
+mod subscriptions;
 mod transactions;
+mod webhook_receiver;
 mod workflow;

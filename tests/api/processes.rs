@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use crate::helpers::{client_assertion, json_of, Party};
+
 /// How long a process may take to answer `/healthz` (debug builds on two shared cores are slow
 /// to start, and PostgreSQL migrations run at startup).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -130,6 +134,47 @@ impl ServerProcess {
     /// Everything the process has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl ServerProcess {
+    /// An access token for `party` from this process's token endpoint.
+    pub async fn token(&self, http: &reqwest::Client, party: Party) -> String {
+        let assertion = client_assertion(party, &self.token_endpoint(), &Value::Null);
+        let response = http
+            .post(self.url("/auth/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "system/*.cruds"),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", assertion.as_str()),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, 200, "token from {}: {body}\n{}", self.address, self.logs());
+        body["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// Sends a FHIR request with `token`, an optional JSON body and an optional `If-Match`.
+    pub async fn send(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.header("Content-Type", "application/fhir+json").body(body.to_string());
+        }
+        if let Some(etag) = if_match {
+            request = request.header("If-Match", etag);
+        }
+        json_of(request.send().await.expect("request")).await
     }
 }
 

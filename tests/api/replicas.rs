@@ -65,10 +65,7 @@ impl Replicas {
 
     /// An access token for `party` from `replica`'s token endpoint.
     async fn token(&self, replica: &ServerProcess, party: Party) -> String {
-        let assertion = client_assertion(party, &replica.token_endpoint(), &Value::Null);
-        let (status, body) = self.post_assertion(replica, &assertion).await;
-        assert_eq!(status, 200, "token from {}: {body}\n{}", replica.address, replica.logs());
-        body["access_token"].as_str().expect("access_token").to_owned()
+        replica.token(&self.http, party).await
     }
 
     async fn send(
@@ -80,14 +77,7 @@ impl Replicas {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> (u16, Value) {
-        let mut request = self.http.request(method, replica.url(path)).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.header("Content-Type", "application/fhir+json").body(body.to_string());
-        }
-        if let Some(etag) = if_match {
-            request = request.header("If-Match", etag);
-        }
-        json_of(request.send().await.expect("request")).await
+        replica.send(&self.http, token, method, path, body, if_match).await
     }
 }
 
