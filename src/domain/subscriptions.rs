@@ -260,13 +260,7 @@ fn entry_matches(param: &str, predicate: &Predicate, entry: &IndexEntry) -> bool
         }
         (
             Predicate::Reference { target_type, target_id },
-            IndexEntry::Reference {
-                param: p,
-                target_type: t,
-                target_id: i,
-                identifier_system,
-                identifier_value,
-            },
+            IndexEntry::Reference { param: p, target_type: t, target_id: i, identifier_system, identifier_value },
         ) if *p == param => {
             let literal = i.as_deref() == Some(target_id.as_str())
                 && target_type.as_ref().is_none_or(|expected| t.as_deref() == Some(expected.as_str()));
@@ -481,9 +475,7 @@ impl SubscriptionRequest {
             .and_then(Value::as_u64)
         {
             None | Some(0) => None,
-            Some(secs) if (MIN_HEARTBEAT_SECS..=MAX_HEARTBEAT_SECS).contains(&secs) => {
-                Some(Duration::from_secs(secs))
-            }
+            Some(secs) if (MIN_HEARTBEAT_SECS..=MAX_HEARTBEAT_SECS).contains(&secs) => Some(Duration::from_secs(secs)),
             Some(secs) => {
                 issues.push(issue(
                     IssueCode::Value,
@@ -548,10 +540,7 @@ pub fn strip_secret(resource: &mut Value) {
 /// The status a subscriber's write asks for: a create always starts `requested`; on update
 /// the subscriber may ask for `requested` (handshake again, e.g. after fixing its endpoint) or
 /// `off`; anything else keeps the server's current status.
-pub fn requested_status(
-    written: Option<&str>,
-    current: Option<SubscriptionStatus>,
-) -> SubscriptionStatus {
+pub fn requested_status(written: Option<&str>, current: Option<SubscriptionStatus>) -> SubscriptionStatus {
     match (current, written.and_then(SubscriptionStatus::parse)) {
         (None, _) => SubscriptionStatus::Requested,
         (Some(_), Some(SubscriptionStatus::Off)) => SubscriptionStatus::Off,
@@ -618,9 +607,8 @@ mod tests {
 
     #[test]
     fn filter_parameters_are_anded_and_their_values_ored() {
-        let filter =
-            TopicFilter::parse(Topic::ReferralTask, "Task?owner=Organization/CLW001&status=accepted,rejected")
-                .expect("filter");
+        let filter = TopicFilter::parse(Topic::ReferralTask, "Task?owner=Organization/CLW001&status=accepted,rejected")
+            .expect("filter");
         assert!(filter.matches(&task("CLW001", "accepted")));
         assert!(filter.matches(&task("CLW001", "rejected")));
         assert!(!filter.matches(&task("CLW001", "requested")), "status must match");
@@ -629,8 +617,9 @@ mod tests {
 
     #[test]
     fn a_code_filter_with_a_system_matches_only_that_system() {
-        let filter = TopicFilter::parse(Topic::ReferralTask, "Task?code=http://hl7.org/fhir/CodeSystem/task-code|fulfill")
-            .expect("filter");
+        let filter =
+            TopicFilter::parse(Topic::ReferralTask, "Task?code=http://hl7.org/fhir/CodeSystem/task-code|fulfill")
+                .expect("filter");
         assert!(filter.matches(&task("CLW001", "requested")));
         let other = TopicFilter::parse(Topic::ReferralTask, "Task?code=http://example.org|fulfill").expect("filter");
         assert!(!other.matches(&task("CLW001", "requested")));
@@ -638,7 +627,8 @@ mod tests {
 
     #[test]
     fn filters_on_parameters_the_topic_does_not_offer_or_another_type_are_refused() {
-        for raw in ["Task?intent=order", "ServiceRequest?status=active", "Task?", "owner=Organization/X", "Task?owner="] {
+        for raw in ["Task?intent=order", "ServiceRequest?status=active", "Task?", "owner=Organization/X", "Task?owner="]
+        {
             assert!(TopicFilter::parse(Topic::ReferralTask, raw).is_err(), "{raw} should be refused");
         }
     }

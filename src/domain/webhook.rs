@@ -22,9 +22,9 @@ impl WebhookSecret {
     pub const MAX_BYTES: usize = 64;
 
     pub fn parse(raw: &str) -> Result<WebhookSecret, String> {
-        let encoded = raw.strip_prefix(Self::PREFIX).ok_or_else(|| {
-            format!("the webhook secret must start with '{}' followed by base64", Self::PREFIX)
-        })?;
+        let encoded = raw
+            .strip_prefix(Self::PREFIX)
+            .ok_or_else(|| format!("the webhook secret must start with '{}' followed by base64", Self::PREFIX))?;
         let key = STANDARD.decode(encoded).map_err(|_| "the webhook secret is not valid base64".to_owned())?;
         if !(Self::MIN_BYTES..=Self::MAX_BYTES).contains(&key.len()) {
             return Err(format!(
@@ -142,11 +142,7 @@ mod tests {
     fn the_signature_follows_standard_webhooks() {
         // The Standard Webhooks reference test vector.
         let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("secret");
-        let signature = secret.sign(
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1614265330,
-            br#"{"test": 2432232314}"#,
-        );
+        let signature = secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 

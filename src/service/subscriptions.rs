@@ -2,6 +2,7 @@
 //! notify whom (added to the change's own write set: the transactional outbox), the
 //! `$status`, `$events` and `$resend` operations, and the status moves the server makes.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
@@ -95,7 +96,8 @@ pub(crate) fn plan_subscription_write(
         status: status.code().to_owned(),
         error,
     };
-    let mut effects = SubscriptionEffects { changes: vec![SubscriptionChange::Save(record)], ..Default::default() };
+    let mut effects =
+        SubscriptionEffects { changes: vec![SubscriptionChange::Save(Box::new(record))], ..Default::default() };
     let asks_for_handshake = status == SubscriptionStatus::Requested && current != Some(SubscriptionStatus::Requested);
     if asks_for_handshake || before.is_none() {
         effects.notifications.push(OutboxEntry {
@@ -169,7 +171,7 @@ pub(crate) async fn add_notifications(
             let keys: Vec<String> = write.visibility.iter().chain(&write.visibility_grants).cloned().collect();
             (write.index.clone(), keys)
         };
-        if !listeners.contains_key(&topic) {
+        if let Entry::Vacant(slot) = listeners.entry(topic) {
             let rows = store.subscriptions_for_topic(topic.url()).await?;
             let parsed = rows
                 .into_iter()
@@ -182,7 +184,7 @@ pub(crate) async fn add_notifications(
                 })
                 .filter_map(|(row, filters)| filters.map(|f| (row, f)))
                 .collect();
-            listeners.insert(topic, parsed);
+            slot.insert(parsed);
         }
         for (row, filters) in listeners.get(&topic).into_iter().flatten() {
             let Some(scope) = subscriber_scope(row) else { continue };
@@ -348,10 +350,7 @@ impl ResourceService {
                 Some("eventsUntilNumber"),
             ));
         }
-        let payload = range
-            .content
-            .or_else(|| PayloadContent::parse(&row.payload))
-            .unwrap_or(PayloadContent::IdOnly);
+        let payload = range.content.or_else(|| PayloadContent::parse(&row.payload)).unwrap_or(PayloadContent::IdOnly);
         let rows = self.store().notification_events(id.as_str(), since, until, MAX_EVENTS_PER_QUERY).await?;
         let mut events = Vec::with_capacity(rows.len());
         for event in &rows {
@@ -438,11 +437,7 @@ pub(crate) fn snapshot_of(row: &SubscriptionRow) -> Result<SubscriptionSnapshot,
 }
 
 pub(crate) fn focus_of(event: &OutboxRow) -> Option<Focus> {
-    Some(Focus {
-        resource_type: event.focus_type.clone()?,
-        id: event.focus_id.clone()?,
-        version: event.focus_version?,
-    })
+    Some(Focus { resource_type: event.focus_type.clone()?, id: event.focus_id.clone()?, version: event.focus_version? })
 }
 
 pub(crate) fn event_of(event: &OutboxRow, resource: Option<Value>) -> NotificationEvent {

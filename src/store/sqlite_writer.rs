@@ -28,7 +28,8 @@ pub(super) type Job =
     Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(), StoreError>> + Send + 'static>;
 
 enum Message {
-    Write { write_set: WriteSet, reply: Reply },
+    // Boxed: a write set is large, and the queue holds many messages.
+    Write { write_set: Box<WriteSet>, reply: Reply },
     Job { job: Job, reply: Reply },
 }
 
@@ -56,7 +57,10 @@ impl SqliteWriter {
 
     pub(super) async fn submit(&self, write_set: WriteSet) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send(Message::Write { write_set, reply }).await.map_err(|_| StoreError::WriterGone)?;
+        self.sender
+            .send(Message::Write { write_set: Box::new(write_set), reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -134,7 +138,7 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
                     Err(e) => Err(e.into()),
                 };
                 if outcome.is_ok() {
-                    applied.push(write_set);
+                    applied.push(*write_set);
                 }
                 outcomes.push((reply, outcome));
             }

@@ -83,7 +83,8 @@ pub struct OutboxStats {
     pub failures: i64,
 }
 
-const SUBSCRIPTION_COLUMNS: &str = "id, organization, role, topic, filters, endpoint, payload, headers, heartbeat_secs, \
+const SUBSCRIPTION_COLUMNS: &str =
+    "id, organization, role, topic, filters, endpoint, payload, headers, heartbeat_secs, \
                                     secret, status, error, events_since_start, last_sent_at";
 
 /// A notification is due (with `$1` = now): pending, its time has come, not under a live
@@ -149,20 +150,23 @@ impl Store {
     }
 
     pub async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1 AND deleted = 0"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
+        let row =
+            sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1 AND deleted = 0"))
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
         row.as_ref().map(subscription_from_row).transpose()
     }
 
     /// Whether any notification is due: a cheap read on the reader pool, so that an idle
     /// replica's poll does not queue a write.
     pub async fn has_due_notifications(&self, now: Instant) -> Result<bool, StoreError> {
-        let row = sqlx::query(&format!("SELECT 1 FROM outbox_events o JOIN subscriptions s ON s.id = o.subscription_id WHERE {DUE} LIMIT 1"))
-            .bind(now.micros())
-            .fetch_optional(self.pool())
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT 1 FROM outbox_events o JOIN subscriptions s ON s.id = o.subscription_id WHERE {DUE} LIMIT 1"
+        ))
+        .bind(now.micros())
+        .fetch_optional(self.pool())
+        .await?;
         Ok(row.is_some())
     }
 

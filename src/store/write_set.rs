@@ -153,7 +153,7 @@ pub struct SubscriptionRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscriptionChange {
     /// Created or updated by its owner. The event counter is kept on update.
-    Save(SubscriptionRecord),
+    Save(Box<SubscriptionRecord>),
     /// The server moved it (handshake done, delivery failed, endpoint gone...).
     Status { id: ResourceId, status: String, error: Option<String> },
     /// Deleted: nothing more is recorded or delivered for it.

@@ -1,30 +1,10 @@
 //! SIGTERM stops the service gracefully: it exits cleanly, and what it acknowledged before is
 //! there when it starts again (the SQLite writer commits what it holds before stopping).
 
-use serde_json::Value;
-
 use crate::fixtures::patient;
-use crate::helpers::{client_assertion, json_of, register_test_clients, Party};
+use crate::helpers::{json_of, register_test_clients, Party};
 use crate::processes::{ServerOptions, ServerProcess};
 use linkbridge::store::DatabaseUrl;
-
-async fn token(http: &reqwest::Client, server: &ServerProcess) -> String {
-    let assertion = client_assertion(Party::Gp, &server.token_endpoint(), &Value::Null);
-    let response = http
-        .post(server.url("/auth/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("scope", "system/*.cruds"),
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-            ("client_assertion", assertion.as_str()),
-        ])
-        .send()
-        .await
-        .expect("token request");
-    let (status, body) = json_of(response).await;
-    assert_eq!(status, 200, "token: {body}");
-    body["access_token"].as_str().expect("access_token").to_owned()
-}
 
 #[tokio::test]
 async fn sigterm_stops_the_server_cleanly_and_keeps_what_it_acknowledged() {
@@ -34,7 +14,7 @@ async fn sigterm_stops_the_server_cleanly_and_keeps_what_it_acknowledged() {
     let http = reqwest::Client::new();
 
     let first = ServerProcess::start(&options).await;
-    let bearer = token(&http, &first).await;
+    let bearer = first.token(&http, Party::Gp).await;
     let created = http
         .post(first.url("/Patient"))
         .bearer_auth(&bearer)
@@ -51,7 +31,7 @@ async fn sigterm_stops_the_server_cleanly_and_keeps_what_it_acknowledged() {
     assert!(exit.success(), "a clean exit on SIGTERM: {exit:?}\n{logs_before_stop}");
 
     let second = ServerProcess::start(&options).await;
-    let bearer = token(&http, &second).await;
+    let bearer = second.token(&http, Party::Gp).await;
     let read = http.get(second.url(&format!("/Patient/{id}"))).bearer_auth(&bearer).send().await.expect("read");
     let (status, body) = json_of(read).await;
     assert_eq!(status, 200, "the acknowledged write survived the restart: {body}");

@@ -7,7 +7,8 @@ use linkbridge::domain::search_params::extract_index;
 use linkbridge::domain::search_query::parse_criteria;
 use linkbridge::domain::tenancy::TenantScope;
 use linkbridge::store::{
-    ConditionalClaim, HistoryQuery, Precondition, ResourceWrite, Store, StoreError, WriteMethod, WriteSet,
+    ConditionalClaim, DeliveryOutcome, HistoryQuery, OutboxEntry, OutboxKind, Precondition, ResourceWrite, Store,
+    StoreError, SubscriptionChange, SubscriptionRecord, WriteMethod, WriteSet,
 };
 use serde_json::json;
 
@@ -211,6 +212,90 @@ async fn concurrent_write_sets_commit_independently_when_some_fail(db: Db) {
     }
 }
 
+/// A subscription record (active) and `n` event notifications of it, committed.
+async fn outbox_with_events(store: &Store, n: usize) -> String {
+    let id = ResourceId::generate();
+    let record = SubscriptionRecord {
+        id: id.clone(),
+        organization: "GP0001".into(),
+        role: "referrer".into(),
+        topic: "https://linkbridge.scot/fhir/SubscriptionTopic/referral-task".into(),
+        filters: vec![],
+        endpoint: "https://gp.example.org/hook".into(),
+        payload: "id-only".into(),
+        headers: vec![],
+        heartbeat_secs: None,
+        secret: Some(format!("whsec_{}", "A".repeat(32))),
+        status: "active".into(),
+        error: None,
+    };
+    store
+        .commit(WriteSet {
+            subscription_changes: vec![SubscriptionChange::Save(Box::new(record))],
+            ..Default::default()
+        })
+        .await
+        .expect("subscription saved");
+    let notifications = (0..n)
+        .map(|_| OutboxEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            subscription_id: id.clone(),
+            kind: OutboxKind::Event,
+            focus: None,
+            created_at: Instant::now(),
+        })
+        .collect();
+    store.commit(WriteSet { notifications, ..Default::default() }).await.expect("events recorded");
+    id.as_str().to_owned()
+}
+
+async fn a_lapsed_claim_is_taken_over_and_its_late_outcome_is_refused(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    outbox_with_events(&store, 1).await;
+    let lease = std::time::Duration::from_millis(300);
+    let first = store.claim_due_notifications(Instant::now(), lease, 10).await.expect("claim");
+    assert_eq!(first.len(), 1, "the event is claimed");
+    assert_eq!(first[0].event.event_number, Some(1), "numbered from 1");
+    let again = store.claim_due_notifications(Instant::now(), lease, 10).await.expect("claim");
+    assert!(again.is_empty(), "a live claim is not claimed twice");
+
+    // The claimant "dies": its lease lapses and another replica takes the event over.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let second = store.claim_due_notifications(Instant::now(), lease, 10).await.expect("claim");
+    assert_eq!(second.len(), 1, "a lapsed claim is taken over");
+    assert_eq!(second[0].event.id, first[0].event.id, "the same event, so the same webhook-id");
+    assert_eq!(second[0].event.attempts, 2, "the takeover counts as another attempt");
+
+    let late = store
+        .finish_delivery(&first[0], DeliveryOutcome::Delivered { status: 200 }, Instant::now())
+        .await
+        .expect("finish");
+    assert!(!late, "the first claimant's late outcome is fenced off");
+    let current = store
+        .finish_delivery(&second[0], DeliveryOutcome::Delivered { status: 200 }, Instant::now())
+        .await
+        .expect("finish");
+    assert!(current, "the current claimant records the delivery");
+    let stats = store.outbox_stats(None).await.expect("stats");
+    assert_eq!((stats.pending, stats.delivered), (0, 1), "{stats:?}");
+}
+
+async fn concurrent_claims_take_disjoint_notifications(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    outbox_with_events(&store, 40).await;
+    let lease = std::time::Duration::from_secs(30);
+    let claims = (0..8).map(|_| store.claim_due_notifications(Instant::now(), lease, 7));
+    let claimed: Vec<String> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .flat_map(|c| c.expect("claim"))
+        .map(|c| c.event.id)
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = claimed.iter().collect();
+    assert_eq!(claimed.len(), distinct.len(), "no notification claimed by two claimants at once");
+    assert_eq!(claimed.len(), 40, "eight claims of seven take all forty");
+}
+
 on_both_databases!(
     concurrent_write_sets_commit_independently_when_some_fail,
     a_created_resource_reads_back_with_its_version,
@@ -219,4 +304,6 @@ on_both_databases!(
     a_failed_write_set_leaves_nothing_behind,
     concurrent_claims_of_one_conditional_key_make_one_winner,
     history_lists_versions_newest_first_and_pages_by_cursor,
+    a_lapsed_claim_is_taken_over_and_its_late_outcome_is_refused,
+    concurrent_claims_take_disjoint_notifications,
 );

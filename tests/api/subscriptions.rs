@@ -16,7 +16,7 @@ use crate::helpers::{
 use crate::on_both_databases;
 use crate::processes::{ServerOptions, ServerProcess};
 use crate::webhook_receiver::{new_secret, verify_signature, Delivery, Mode, WebhookReceiver};
-use crate::workflow::{drive, id_of, move_to, patch_as, post_as, post_bundle, put_as, refer, send};
+use crate::workflow::{drive, id_of, post_as, post_bundle, put_as, refer, send};
 use linkbridge::store::DatabaseUrl;
 
 const TASK_TOPIC: &str = "https://linkbridge.scot/fhir/SubscriptionTopic/referral-task";
@@ -201,7 +201,8 @@ async fn a_receiver_that_is_down_for_a_while_receives_everything_when_it_recover
 
     let received = wait_for_events(&receiver, 3).await;
     let all = receiver.deliveries();
-    let refused_ids: BTreeSet<&str> = all.iter().filter(|d| d.status == 500).filter_map(|d| d.header("webhook-id")).collect();
+    let refused_ids: BTreeSet<&str> =
+        all.iter().filter(|d| d.status == 500).filter_map(|d| d.header("webhook-id")).collect();
     assert!(!refused_ids.is_empty(), "the receiver saw failed attempts while it answered 500");
     let first_event_id = received[&1][0].header("webhook-id").expect("webhook-id");
     assert!(refused_ids.contains(first_event_id), "the retry that succeeded carries the failed attempts' webhook-id");
@@ -226,7 +227,8 @@ async fn a_rolled_back_transaction_notifies_nobody_and_leaves_no_gap_in_event_nu
     // A transaction whose Task is fine but whose ServiceRequest breaks the rules (another
     // practice as requester): nothing of it commits, so nothing is announced.
     let mut broken = referral_transaction(&nhs_number(), Party::Gp.ods(), Some(Party::Clw.ods()));
-    broken["entry"][crate::fixtures::SERVICE_REQUEST_ENTRY]["resource"]["requester"] = json!({"identifier": {"system": crate::fixtures::ODS, "value": "GP0002"}});
+    broken["entry"][crate::fixtures::SERVICE_REQUEST_ENTRY]["resource"]["requester"] =
+        json!({"identifier": {"system": crate::fixtures::ODS, "value": "GP0002"}});
     let (status, outcome) = post_bundle(&app, Party::Gp, &broken, &[]).await;
     assert!((400..500).contains(&status), "the transaction is refused: {status} {outcome}");
 
@@ -237,7 +239,8 @@ async fn a_rolled_back_transaction_notifies_nobody_and_leaves_no_gap_in_event_nu
     tokio::time::sleep(Duration::from_millis(500)).await;
     let received = events_received(&receiver);
     assert_eq!(received.keys().copied().collect::<Vec<_>>(), vec![1], "only the committed Task was announced");
-    let (_, status_bundle) = send(&app, Party::Gp, Method::GET, &format!("/Subscription/{id}/$status"), None, &[]).await;
+    let (_, status_bundle) =
+        send(&app, Party::Gp, Method::GET, &format!("/Subscription/{id}/$status"), None, &[]).await;
     assert_eq!(parameter(&status_bundle, "events-since-subscription-start"), Some(json!("1")));
 }
 
@@ -246,9 +249,14 @@ async fn a_subscription_never_hears_of_another_organisations_referrals(db: Db) {
     let gp_receiver = WebhookReceiver::start().await;
     let clw_receiver = WebhookReceiver::start().await;
     // No filter at all: narrowing to the subscriber's tenancy is the server's job.
-    subscribe(&app, Party::Gp, &subscription(&gp_receiver.url(), &new_secret(), TASK_TOPIC, &[], "full-resource")).await;
-    subscribe(&app, Party::OtherClw, &subscription(&clw_receiver.url(), &new_secret(), TASK_TOPIC, &[], "full-resource"))
+    subscribe(&app, Party::Gp, &subscription(&gp_receiver.url(), &new_secret(), TASK_TOPIC, &[], "full-resource"))
         .await;
+    subscribe(
+        &app,
+        Party::OtherClw,
+        &subscription(&clw_receiver.url(), &new_secret(), TASK_TOPIC, &[], "full-resource"),
+    )
+    .await;
 
     // The other practice refers to CLW001 and it is worked; then one of GP0001's own.
     let theirs = refer(&app, Party::OtherGp, Some(Party::Clw.ods()), "requested").await;
@@ -267,9 +275,13 @@ async fn a_subscription_never_hears_of_another_organisations_referrals(db: Db) {
 
     // A filter naming another organisation is refused outright.
     let other = format!("Task?requester=Organization/{}", Party::OtherGp.ods());
-    let (status, outcome) =
-        post_as(&app, Party::Gp, &subscription(&gp_receiver.url(), &new_secret(), TASK_TOPIC, &[&other], "id-only"), &[])
-            .await;
+    let (status, outcome) = post_as(
+        &app,
+        Party::Gp,
+        &subscription(&gp_receiver.url(), &new_secret(), TASK_TOPIC, &[&other], "id-only"),
+        &[],
+    )
+    .await;
     assert_eq!(status, 403, "{outcome}");
     // And someone else's subscription is not even visible.
     let (status, _) = send(&app, Party::OtherGp, Method::GET, "/Subscription", None, &[]).await;
@@ -348,7 +360,10 @@ async fn subscriptions_with_unsafe_or_unusable_settings_are_refused_and_the_secr
         ("plain http", subscription("http://gp.example.org/hook", &secret, TASK_TOPIC, &[], "id-only")),
         ("loopback", subscription("https://127.0.0.1/hook", &secret, TASK_TOPIC, &[], "id-only")),
         ("metadata service", subscription("https://169.254.169.254/hook", &secret, TASK_TOPIC, &[], "id-only")),
-        ("unknown topic", subscription("https://gp.example.org/hook", &secret, "https://x.example/topic", &[], "id-only")),
+        (
+            "unknown topic",
+            subscription("https://gp.example.org/hook", &secret, "https://x.example/topic", &[], "id-only"),
+        ),
         (
             "filter on a parameter the topic lacks",
             subscription("https://gp.example.org/hook", &secret, TASK_TOPIC, &["Task?intent=order"], "id-only"),
@@ -366,9 +381,13 @@ async fn subscriptions_with_unsafe_or_unusable_settings_are_refused_and_the_secr
     let (status, outcome) = post_as(&app, Party::Gp, &no_secret, &[]).await;
     assert_eq!(status, 422, "a new subscription needs a secret: {outcome}");
 
-    let (status, created) =
-        post_as(&app, Party::Gp, &subscription("https://gp.example.org/hook", &secret, CAREPLAN_TOPIC, &[], "id-only"), &[])
-            .await;
+    let (status, created) = post_as(
+        &app,
+        Party::Gp,
+        &subscription("https://gp.example.org/hook", &secret, CAREPLAN_TOPIC, &[], "id-only"),
+        &[],
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
     let path = format!("/Subscription/{}", id_of(&created));
     let (_, read) = send(&app, Party::Gp, Method::GET, &path, None, &[]).await;
@@ -395,3 +414,186 @@ on_both_databases!(
     a_subscription_never_hears_of_another_organisations_referrals,
     an_event_that_exhausts_its_retries_is_kept_as_dead_and_a_resend_delivers_it,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gp_hears_of_the_link_workers_care_plan_and_of_heartbeats_while_quiet() {
+    let app = spawn_webhook_app(Db::Sqlite).await.expect("sqlite");
+    let receiver = WebhookReceiver::start().await;
+    let secret = new_secret();
+    let mut resource = subscription(&receiver.url(), &secret, CAREPLAN_TOPIC, &[], "full-resource");
+    resource["channel"]["extension"].as_array_mut().expect("extensions").push(json!({
+        "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period",
+        "valueUnsignedInt": 10
+    }));
+    let id = subscribe(&app, Party::Gp, &resource).await;
+    let referral = refer(&app, Party::Gp, Some(Party::Clw.ods()), "requested").await;
+    drive(&app, &referral.task_path(), &[(Party::Clw, "accepted")]).await;
+    let plan = crate::fixtures::care_plan(&referral.service_request, &referral.patient, Party::Clw.ods());
+    let (status, created) = post_as(&app, Party::Clw, &plan, &[]).await;
+    assert_eq!(status, 201, "{created}");
+
+    let received = wait_for_events(&receiver, 1).await;
+    let notification = received[&1][0].json();
+    assert_eq!(notification["entry"][1]["resource"]["resourceType"], "CarePlan");
+    assert_eq!(notification["entry"][1]["resource"]["id"], created["id"]);
+
+    // $events can give the same event with the resource, or without.
+    let path = format!("/Subscription/{id}/$events?eventsSinceNumber=1&eventsUntilNumber=1&content=id-only");
+    let (status, events) = send(&app, Party::Gp, Method::GET, &path, None, &[]).await;
+    assert_eq!(status, 200, "{events}");
+    assert_eq!(events_of(&events).len(), 1);
+    assert!(events["entry"][1].get("resource").is_none(), "content=id-only leaves the resource out: {events}");
+    let (status, _) = send(&app, Party::OtherGp, Method::GET, &path, None, &[]).await;
+    assert_eq!(status, 404, "another practice cannot read this subscription's events");
+
+    // Nothing more happens: a heartbeat follows within the period.
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let heartbeat = receiver.accepted().into_iter().find(|d| notification_type(d) == "heartbeat");
+        if let Some(heartbeat) = heartbeat {
+            verify_signature(&secret, &heartbeat).expect("heartbeats are signed");
+            assert_eq!(parameter(&heartbeat.json(), "events-since-subscription-start"), Some(json!("1")));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no heartbeat within the period");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_endpoint_is_retried_no_sooner_than_its_retry_after() {
+    let app = spawn_webhook_app(Db::Sqlite).await.expect("sqlite");
+    let receiver = WebhookReceiver::start().await;
+    subscribe(&app, Party::Gp, &subscription(&receiver.url(), &new_secret(), TASK_TOPIC, &[], "id-only")).await;
+    receiver.set_mode(Mode::RetryAfter { status: 429, seconds: 2 }).await;
+    refer(&app, Party::Gp, Some(Party::Clw.ods()), "requested").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while receiver.deliveries().iter().all(|d| d.status != 429) {
+        assert!(std::time::Instant::now() < deadline, "the event was attempted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    receiver.set_mode(Mode::Accept).await;
+    let received = wait_for_events(&receiver, 1).await;
+    let refused = receiver.deliveries().into_iter().find(|d| d.status == 429).expect("the refused attempt");
+    let waited = received[&1][0].received_at.duration_since(refused.received_at);
+    // The schedule alone would retry after about 200 ms.
+    assert!(waited >= Duration::from_millis(1900), "retried after {waited:?}, before Retry-After allowed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real processes: kills, restarts and two replicas.
+
+/// The webhook settings of `webhook_settings`, as an operator passes them to a process.
+fn webhook_env() -> Vec<(String, String)> {
+    [
+        ("LINKBRIDGE_ALLOW_PRIVATE_WEBHOOK_ENDPOINTS", "true"),
+        ("LINKBRIDGE_DELIVERY_RETRY_SCHEDULE", "300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms"),
+        ("LINKBRIDGE_DELIVERY_POLL_INTERVAL_MS", "100"),
+        ("LINKBRIDGE_DELIVERY_LEASE_SECS", "3"),
+        ("LINKBRIDGE_DELIVERY_TIMEOUT_SECS", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Creates a subscription through `process` and waits until the handshake made it active.
+async fn subscribe_through(process: &ServerProcess, http: &reqwest::Client, token: &str, resource: &Value) -> String {
+    let (status, created) = process.send(http, token, Method::POST, "/Subscription", Some(resource), None).await;
+    assert_eq!(status, 201, "subscription: {created}\n{}", process.logs());
+    let id = id_of(&created);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, current) = process.send(http, token, Method::GET, &format!("/Subscription/{id}"), None, None).await;
+        if current["status"] == "active" {
+            return id;
+        }
+        assert!(std::time::Instant::now() < deadline, "never active: {current}\n{}", process.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A referral (one transaction Bundle: one new Task) sent through `process`.
+async fn refer_through(process: &ServerProcess, http: &reqwest::Client, token: &str) -> String {
+    let bundle = referral_transaction(&nhs_number(), Party::Gp.ods(), Some(Party::Clw.ods()));
+    let (status, response) = process.send(http, token, Method::POST, "/", Some(&bundle), None).await;
+    assert_eq!(status, 200, "referral through {}: {response}\n{}", process.address, process.logs());
+    let (_, id) = crate::workflow::location_of(&response["entry"][crate::fixtures::TASK_ENTRY]);
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_between_commit_and_delivery_delivers_after_restart() {
+    let database = test_database(Db::Sqlite).await.expect("sqlite");
+    register_test_clients(&database.url).await;
+    let options = ServerOptions { env: webhook_env(), ..ServerOptions::new(database.dir.path()) };
+    let http = reqwest::Client::new();
+    let receiver = WebhookReceiver::start().await;
+    let secret = new_secret();
+
+    let first = ServerProcess::start(&options).await;
+    let token = first.token(&http, Party::Gp).await;
+    let resource = subscription(&receiver.url(), &secret, TASK_TOPIC, &[], "id-only");
+    subscribe_through(&first, &http, &token, &resource).await;
+    receiver.go_down().await;
+    let task = refer_through(&first, &http, &token).await;
+    // The referral is committed; its notification cannot have reached anyone. kill -9.
+    drop(first);
+
+    receiver.come_back().await;
+    let second = ServerProcess::start(&options).await;
+    let received = wait_for_events(&receiver, 1).await;
+    assert_eq!(received[&1].len(), 1, "delivered once after the restart\n{}", second.logs());
+    let focus = events_of(&received[&1][0].json())[0].1.clone().expect("focus");
+    assert!(focus.contains(&format!("/Task/{task}/")), "{focus}");
+    verify_signature(&secret, &received[&1][0]).expect("signed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgresql_deliver_every_event_exactly_once_between_them() {
+    let Some(database) = test_database(Db::Postgres).await else { return };
+    register_test_clients(&database.url).await;
+    let DatabaseUrl::Postgres(url) = &database.url else { panic!("a PostgreSQL URL") };
+    let options = ServerOptions {
+        database_url: Some(url.clone()),
+        public_base_url: Some("http://linkbridge.replicas.test".to_owned()),
+        env: webhook_env(),
+        ..ServerOptions::new(database.dir.path())
+    };
+    let a = ServerProcess::start(&options).await;
+    let b = ServerProcess::start(&options).await;
+    let http = reqwest::Client::new();
+    let (token_a, token_b) = (a.token(&http, Party::Gp).await, b.token(&http, Party::Gp).await);
+    let receiver = WebhookReceiver::start().await;
+    let secret = new_secret();
+    subscribe_through(&a, &http, &token_a, &subscription(&receiver.url(), &secret, TASK_TOPIC, &[], "id-only")).await;
+
+    // Referrals through both replicas at once; both workers race for the notifications.
+    const REFERRALS: usize = 24;
+    let sends = (0..REFERRALS).map(|i| {
+        let (process, token) = if i % 2 == 0 { (&a, &token_a) } else { (&b, &token_b) };
+        refer_through(process, &http, token)
+    });
+    let tasks: BTreeSet<String> = futures::future::join_all(sends).await.into_iter().collect();
+    let received = wait_for_events(&receiver, REFERRALS as i64).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received_later = events_received(&receiver);
+    assert_eq!(received_later.len(), REFERRALS, "no event numbers beyond the referrals: {:?}", received_later.keys());
+    for (number, deliveries) in &received_later {
+        assert_eq!(
+            deliveries.len(),
+            1,
+            "event {number} delivered once, not by both replicas\nA:\n{}\nB:\n{}",
+            a.logs(),
+            b.logs()
+        );
+        verify_signature(&secret, &deliveries[0]).expect("signed");
+    }
+    let focused: BTreeSet<String> = received
+        .values()
+        .flatten()
+        .filter_map(|d| events_of(&d.json())[0].1.clone())
+        .filter_map(|focus| focus.split("/Task/").nth(1).and_then(|rest| rest.split('/').next()).map(str::to_owned))
+        .collect();
+    assert_eq!(focused, tasks, "every referral's Task was announced");
+}
