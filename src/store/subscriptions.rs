@@ -307,15 +307,16 @@ impl Store {
         .await
     }
 
-    /// Puts a subscription's dead notifications back in line (resend), due now. Returns how
-    /// many.
+    /// Puts a subscription's dead event notifications back in line (resend), due now. Returns
+    /// how many. A dead handshake is not resent: asking for `requested` again makes a new one.
     pub async fn resend_dead_notifications(&self, subscription_id: &str, now: Instant) -> Result<u64, StoreError> {
         let subscription_id = subscription_id.to_owned();
         self.in_write_transaction(move |conn| {
             Box::pin(async move {
                 let result = sqlx::query(
                     "UPDATE outbox_events SET state = 'pending', attempts = 0, next_attempt_at = $2, \
-                     lease_token = NULL, lease_until = NULL WHERE subscription_id = $1 AND state = 'dead'",
+                     lease_token = NULL, lease_until = NULL \
+                     WHERE subscription_id = $1 AND state = 'dead' AND kind = 'event-notification'",
                 )
                 .bind(subscription_id.as_str())
                 .bind(now.micros())
