@@ -17,7 +17,6 @@ use super::webhook::WebhookSecret;
 
 /// The Backport IG's extension and profile URLs.
 pub mod backport {
-    const BASE: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
     pub const FILTER_CRITERIA: &str =
         "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria";
     pub const PAYLOAD_CONTENT: &str =
@@ -31,11 +30,6 @@ pub mod backport {
         "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription";
     pub const TOPIC_CANONICAL: &str =
         "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical";
-
-    /// For documentation: every URL above starts here.
-    pub fn base() -> &'static str {
-        BASE
-    }
 }
 
 /// linkbridge's own extension carrying the subscriber's webhook signing secret. The server

@@ -162,6 +162,17 @@ pub enum TenantScope {
     Everything,
 }
 
+impl TenantScope {
+    /// Whether a resource carrying these visibility keys is within the scope: the rule the
+    /// store applies in SQL (`store::reads::scope_filter`), for resources held in memory.
+    pub fn admits(&self, visibility: &[String]) -> bool {
+        match self {
+            TenantScope::Everything => true,
+            TenantScope::Keys(keys) => keys.iter().any(|key| visibility.contains(key)),
+        }
+    }
+}
+
 /// Visibility that follows from a resource's content: directory entries are for everyone, an
 /// open Task is for every performer, and organisations named by ODS code in the referral's
 /// party elements (requester, owner, performer, author) are parties to it.

@@ -16,7 +16,7 @@ use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::extract_index;
 use crate::domain::search_query::{parse_criteria, SearchQuery};
 use crate::domain::subscriptions::EndpointPolicy;
-use crate::domain::tenancy::{derived_visibility, Principal, Visibility};
+use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, Visibility};
 use crate::profiles::ProfileCheck;
 use crate::store::{
     ConditionalClaim, HistoryQuery, Precondition, ResourceWrite, Store, StoreError, StoredVersion, WriteMethod,
@@ -53,6 +53,12 @@ pub struct ResourceService {
     endpoint_policy: EndpointPolicy,
 }
 
+/// A stored body as JSON; the store only holds what the service wrote, so a failure is a fault.
+pub(super) fn stored_json(body: &str) -> Result<Value, ServiceError> {
+    serde_json::from_str(body)
+        .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))
+}
+
 fn label(resource_type: ResourceType, id: &ResourceId) -> String {
     format!("{resource_type}/{id}")
 }
@@ -77,10 +83,6 @@ impl ResourceService {
         self
     }
 
-    pub fn endpoint_policy(&self) -> EndpointPolicy {
-        self.endpoint_policy
-    }
-
     /// Plans one write through the referral rules: the new version (`change`: the content and
     /// how it came about; `None` deletes) of `resource_type/id` from `current`, with its audit record and everything the rules add
     /// (visibility, cascaded Task cancellations, the open-referral key). Every write path
@@ -98,12 +100,7 @@ impl ResourceService {
             Some((body, method)) => (Some(body), method),
             None => (None, WriteMethod::Delete),
         };
-        let before: Option<Value> =
-            current
-                .filter(|c| !c.deleted)
-                .map(|c| serde_json::from_str(&c.body))
-                .transpose()
-                .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
+        let before: Option<Value> = current.filter(|c| !c.deleted).map(|c| stored_json(&c.body)).transpose()?;
         let subscription = match resource_type {
             ResourceType::Subscription => {
                 plan_subscription_write(caller, &id, before.as_ref(), after.as_mut(), &self.endpoint_policy)?
@@ -118,7 +115,9 @@ impl ResourceService {
             None => (VersionId::FIRST, Precondition::Absent),
         };
         let mut write = match after {
-            Some(body) => Self::prepare_write(caller, resource_type, id, body, version, method, precondition),
+            Some(body) => {
+                Self::prepare_write(Some(caller.organization()), resource_type, id, body, version, method, precondition)
+            }
             None => ResourceWrite {
                 resource_type,
                 id,
@@ -138,7 +137,7 @@ impl ResourceService {
         write_set.revocations = effects.revocations;
         for (task, body) in effects.cancel_tasks {
             let cancel = Self::prepare_write(
-                caller,
+                Some(caller.organization()),
                 ResourceType::Task,
                 task.id.clone(),
                 body,
@@ -159,9 +158,9 @@ impl ResourceService {
     }
 
     /// Builds the write of one new version: stamps the server-owned elements, serialises the
-    /// body and extracts its index and visibility.
+    /// body and extracts its index and visibility. A create grants visibility to `creator`.
     pub(crate) fn prepare_write(
-        caller: &Principal,
+        creator: Option<&OdsCode>,
         resource_type: ResourceType,
         id: ResourceId,
         mut resource: Value,
@@ -176,8 +175,8 @@ impl ResourceService {
             derived_visibility(resource_type, &resource).iter().map(Visibility::key).collect();
         visibility.sort();
         visibility.dedup();
-        let visibility_grants = match method {
-            WriteMethod::Create => vec![Visibility::Organization(caller.organization().clone()).key()],
+        let visibility_grants = match (method, creator) {
+            (WriteMethod::Create, Some(creator)) => vec![Visibility::Organization(creator.clone()).key()],
             _ => Vec::new(),
         };
         ResourceWrite {
@@ -510,8 +509,7 @@ impl ResourceService {
             if current.deleted {
                 return Err(ServiceError::Gone(label(resource_type, id)));
             }
-            let mut resource: Value = serde_json::from_str(&current.body)
-                .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
+            let mut resource = stored_json(&current.body)?;
             json_patch::patch(&mut resource, patch).map_err(|e| {
                 ServiceError::Unprocessable(vec![Issue::error(
                     IssueCode::Processing,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::resources::ResourceService;
+use super::resources::{stored_json, ResourceService};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
@@ -38,10 +38,6 @@ pub(crate) struct SubscriptionEffects {
     pub notifications: Vec<OutboxEntry>,
 }
 
-fn unprocessable(issues: Vec<Issue>) -> ServiceError {
-    ServiceError::Unprocessable(issues)
-}
-
 /// Checks a subscriber's write of a Subscription and plans its delivery-side record. `after`
 /// is adjusted: the status and error are the server's, and the signing secret is taken out
 /// (it is kept only where delivery reads it).
@@ -55,10 +51,10 @@ pub(crate) fn plan_subscription_write(
     let Some(after) = after else {
         return Ok(SubscriptionEffects { changes: vec![SubscriptionChange::Delete(id.clone())], ..Default::default() });
     };
-    let request = SubscriptionRequest::parse(after, policy).map_err(unprocessable)?;
+    let request = SubscriptionRequest::parse(after, policy).map_err(ServiceError::Unprocessable)?;
     check_filters_are_the_callers_own(caller, &request)?;
     if before.is_none() && request.secret.is_none() {
-        return Err(unprocessable(vec![Issue::error(
+        return Err(ServiceError::Unprocessable(vec![Issue::error(
             IssueCode::Required,
             format!(
                 "a new subscription needs a signing secret: channel.extension '{}' with valueString 'whsec_' + base64 of 24-64 random bytes",
@@ -98,8 +94,8 @@ pub(crate) fn plan_subscription_write(
     };
     let mut effects =
         SubscriptionEffects { changes: vec![SubscriptionChange::Save(Box::new(record))], ..Default::default() };
-    let asks_for_handshake = status == SubscriptionStatus::Requested && current != Some(SubscriptionStatus::Requested);
-    if asks_for_handshake || before.is_none() {
+    // A create starts `requested` (see `requested_status`), so it always asks for one.
+    if status == SubscriptionStatus::Requested && current != Some(SubscriptionStatus::Requested) {
         effects.notifications.push(OutboxEntry {
             id: uuid::Uuid::new_v4().to_string(),
             subscription_id: id.clone(),
@@ -142,13 +138,6 @@ pub(crate) fn subscriber_scope(row: &SubscriptionRow) -> Option<TenantScope> {
     Some(Principal::new(String::new(), organization, role).scope())
 }
 
-fn may_see(scope: &TenantScope, visibility: &[String]) -> bool {
-    match scope {
-        TenantScope::Everything => true,
-        TenantScope::Keys(keys) => keys.iter().any(|key| visibility.contains(key)),
-    }
-}
-
 /// Adds to `write_set` a notification for each live subscription whose topic, filters and
 /// tenancy match one of its resource writes. `deleted_before` is the content of the resource
 /// deleted by the write set's first write, if it deletes one (a deletion has no index of its
@@ -188,7 +177,7 @@ pub(crate) async fn add_notifications(
         }
         for (row, filters) in listeners.get(&topic).into_iter().flatten() {
             let Some(scope) = subscriber_scope(row) else { continue };
-            if !may_see(&scope, &visibility) || !filters.iter().all(|f| f.matches(&index)) {
+            if !scope.admits(&visibility) || !filters.iter().all(|f| f.matches(&index)) {
                 continue;
             }
             let Ok(subscription_id) = ResourceId::parse(&row.id) else { continue };
@@ -237,8 +226,7 @@ impl ResourceService {
             if current.deleted {
                 return Ok(());
             }
-            let mut body: Value = serde_json::from_str(&current.body)
-                .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))?;
+            let mut body = stored_json(&current.body)?;
             if let Some(map) = body.as_object_mut() {
                 map.insert("status".into(), json!(status.code()));
                 match &error {
@@ -246,7 +234,16 @@ impl ResourceService {
                     None => map.remove("error"),
                 };
             }
-            let write = Self::prepare_system_write(ResourceType::Subscription, id.clone(), body, &current.version);
+            // The server creates nothing here, so there is no creator to grant visibility to.
+            let write = Self::prepare_write(
+                None,
+                ResourceType::Subscription,
+                id.clone(),
+                body,
+                current.version.next(),
+                WriteMethod::Update,
+                Precondition::CurrentVersion(current.version),
+            );
             let audit = AuditRecord::new(
                 server_agent(),
                 AuditAction::Update,
@@ -273,27 +270,6 @@ impl ResourceService {
             }
         }
         Err(ServiceError::Conflict(Issue::error(IssueCode::Transient, "the subscription kept changing; retry")))
-    }
-
-    fn prepare_system_write(
-        resource_type: ResourceType,
-        id: ResourceId,
-        body: Value,
-        current: &VersionId,
-    ) -> crate::store::ResourceWrite {
-        // The server acts for nobody's organisation: a system write creates nothing, so the
-        // caller's organisation (only used for the creation grant) is never read.
-        let Ok(nobody) = OdsCode::parse("LINKBRIDGE") else { unreachable!("a valid ODS code") };
-        let system = Principal::new("linkbridge", nobody, Role::Operator);
-        Self::prepare_write(
-            &system,
-            resource_type,
-            id,
-            body,
-            current.next(),
-            WriteMethod::Update,
-            Precondition::CurrentVersion(*current),
-        )
     }
 
     /// The subscription row of a Subscription the caller may read (404 otherwise).

@@ -223,57 +223,58 @@ impl Store {
         let subscription_id = claim.event.subscription_id.clone();
         self.in_write_transaction(move |conn| {
             Box::pin(async move {
-                let fenced = "WHERE id = $1 AND lease_token = $2";
-                let (sql, arguments) = match &outcome {
-                    DeliveryOutcome::Delivered { status } => (
-                        format!(
-                            "UPDATE outbox_events SET state = 'delivered', delivered_at = $3, last_status = $4, \
-                             lease_token = NULL, lease_until = NULL {fenced}"
-                        ),
-                        args(|a| {
-                            a.push_text(&id)?;
-                            a.push_text(&token)?;
-                            a.push_int(now.micros())?;
-                            a.push_int(i64::from(*status))
-                        })?,
-                    ),
-                    DeliveryOutcome::Retry { next_attempt_at, status, error } => (
-                        format!(
-                            "UPDATE outbox_events SET next_attempt_at = $3, last_status = $4, last_error = $5, \
-                             failures = failures + 1, lease_token = NULL, lease_until = NULL {fenced}"
-                        ),
-                        args(|a| {
-                            a.push_text(&id)?;
-                            a.push_text(&token)?;
-                            a.push_int(next_attempt_at.micros())?;
-                            a.push_opt_int(status.map(i64::from))?;
-                            a.push_text(error)
-                        })?,
-                    ),
-                    DeliveryOutcome::Dead { status, error } => (
-                        format!(
-                            "UPDATE outbox_events SET state = 'dead', last_status = $3, last_error = $4, \
-                             failures = failures + 1, lease_token = NULL, lease_until = NULL {fenced}"
-                        ),
-                        args(|a| {
-                            a.push_text(&id)?;
-                            a.push_text(&token)?;
-                            a.push_opt_int(status.map(i64::from))?;
-                            a.push_text(error)
-                        })?,
-                    ),
-                    DeliveryOutcome::Released => (
-                        format!(
+                // Every outcome is fenced: `WHERE id = $1 AND lease_token = $2`.
+                let result =
+                    match &outcome {
+                        DeliveryOutcome::Delivered { status } => {
+                            sqlx::query(
+                                "UPDATE outbox_events SET state = 'delivered', delivered_at = $3, last_status = $4, \
+                             lease_token = NULL, lease_until = NULL WHERE id = $1 AND lease_token = $2",
+                            )
+                            .bind(id.as_str())
+                            .bind(token.as_str())
+                            .bind(now.micros())
+                            .bind(i64::from(*status))
+                            .execute(&mut *conn)
+                            .await?
+                        }
+                        DeliveryOutcome::Retry { next_attempt_at, status, error } => {
+                            sqlx::query(
+                                "UPDATE outbox_events SET next_attempt_at = $3, last_status = $4, last_error = $5, \
+                             failures = failures + 1, lease_token = NULL, lease_until = NULL \
+                             WHERE id = $1 AND lease_token = $2",
+                            )
+                            .bind(id.as_str())
+                            .bind(token.as_str())
+                            .bind(next_attempt_at.micros())
+                            .bind(status.map(i64::from))
+                            .bind(error.as_str())
+                            .execute(&mut *conn)
+                            .await?
+                        }
+                        DeliveryOutcome::Dead { status, error } => {
+                            sqlx::query(
+                                "UPDATE outbox_events SET state = 'dead', last_status = $3, last_error = $4, \
+                             failures = failures + 1, lease_token = NULL, lease_until = NULL \
+                             WHERE id = $1 AND lease_token = $2",
+                            )
+                            .bind(id.as_str())
+                            .bind(token.as_str())
+                            .bind(status.map(i64::from))
+                            .bind(error.as_str())
+                            .execute(&mut *conn)
+                            .await?
+                        }
+                        DeliveryOutcome::Released => sqlx::query(
                             "UPDATE outbox_events SET attempts = attempts - 1, lease_token = NULL, lease_until = NULL \
-                             {fenced}"
-                        ),
-                        args(|a| {
-                            a.push_text(&id)?;
-                            a.push_text(&token)
-                        })?,
-                    ),
-                };
-                let held = sqlx::query_with(&sql, arguments).execute(&mut *conn).await?.rows_affected() == 1;
+                             WHERE id = $1 AND lease_token = $2",
+                        )
+                        .bind(id.as_str())
+                        .bind(token.as_str())
+                        .execute(&mut *conn)
+                        .await?,
+                    };
+                let held = result.rows_affected() == 1;
                 if held {
                     match &outcome {
                         DeliveryOutcome::Delivered { .. } => {
@@ -415,29 +416,4 @@ impl Store {
             failures: row.try_get("failures")?,
         })
     }
-}
-
-/// Query arguments built in order, for statements whose argument list varies by case.
-struct ArgList(sqlx::any::AnyArguments<'static>);
-
-impl ArgList {
-    fn push_text(&mut self, value: &str) -> Result<(), StoreError> {
-        sqlx::Arguments::add(&mut self.0, value.to_owned()).map_err(super::reads::bind_error)
-    }
-
-    fn push_int(&mut self, value: i64) -> Result<(), StoreError> {
-        sqlx::Arguments::add(&mut self.0, value).map_err(super::reads::bind_error)
-    }
-
-    fn push_opt_int(&mut self, value: Option<i64>) -> Result<(), StoreError> {
-        sqlx::Arguments::add(&mut self.0, value).map_err(super::reads::bind_error)
-    }
-}
-
-fn args(
-    fill: impl FnOnce(&mut ArgList) -> Result<(), StoreError>,
-) -> Result<sqlx::any::AnyArguments<'static>, StoreError> {
-    let mut list = ArgList(sqlx::any::AnyArguments::default());
-    fill(&mut list)?;
-    Ok(list.0)
 }
