@@ -171,6 +171,14 @@ pub async fn demo_setup(settings: &Settings) -> Result<String, AdminError> {
     ))
 }
 
+/// Registers the demo clients unless both already have their keys in the data directory.
+pub async fn ensure_demo_clients(settings: &Settings) -> Result<(), AdminError> {
+    if DEMO_CLIENTS.iter().all(|(client_id, _, _)| demo_key_path(settings, client_id).exists()) {
+        return Ok(());
+    }
+    demo_setup(settings).await.map(drop)
+}
+
 /// `linkbridge demo token <client>`: signs a client assertion with the demo client's key and
 /// asks the running server's token endpoint for an access token, exactly as a real client
 /// system would (SMART Backend Services).

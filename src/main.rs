@@ -98,6 +98,12 @@ enum KeysAction {
 enum DemoAction {
     /// Register demo-gp (referrer) and demo-clw (performer) with generated keys.
     Setup,
+    /// Seed the running server with a sandbox: the demo practice and CLW service, four
+    /// patients and their referrals at different stages (registers the demo clients if needed).
+    Seed {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
     /// Print an access token for a demo client from the running server's token endpoint.
     Token {
         client_id: String,
@@ -177,6 +183,7 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<String, admi
         Command::Keys { action: KeysAction::Rotate } => admin::rotate_keys(settings),
         Command::Demo { action } => match action {
             DemoAction::Setup => admin::demo_setup(settings).await,
+            DemoAction::Seed { server } => linkbridge::sandbox::seed(settings, &server).await,
             DemoAction::Token { client_id, server, scope } => {
                 admin::demo_token(settings, &client_id, &server, &scope).await
             }

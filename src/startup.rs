@@ -9,6 +9,7 @@ use actix_web::{web, App, HttpServer};
 use crate::auth::{AccessTokenPolicy, ExternalIssuerPolicy, HttpJwksSource, JwksFetchConfig, SigningKeys};
 use crate::config::{ConfigError, Settings};
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::profiles::{PackageError, ProfileCheck};
 use crate::service::auth::{AuthService, ExternalIssuer};
 use crate::service::delivery::DeliveryWorker;
@@ -59,7 +60,8 @@ impl Application {
         let resources = ResourceService::new(store.clone(), profiles)
             .with_single_open_referral(settings.single_open_referral)
             .with_endpoint_policy(settings.endpoint_policy());
-        let delivery = DeliveryWorker::new(resources.clone(), settings.delivery(&base_url)?)
+        let metrics = Metrics::new();
+        let delivery = DeliveryWorker::new(resources.clone(), settings.delivery(&base_url)?, metrics.clone())
             .map_err(|e| StartupError::Delivery(e.to_string()))?;
         let state = AppState {
             resources: resources.clone(),
@@ -68,6 +70,7 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             default_page_size: settings.default_page_size,
             max_page_size: settings.max_page_size,
+            metrics,
         };
         let state = web::Data::new(state);
         let server = HttpServer::new(move || {
@@ -75,10 +78,12 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::error::query_error))
                 .app_data(web::PathConfig::default().error_handler(http::error::path_error))
-                // Outermost last: logging, then audit (so refusals are audited), then the token gate.
+                // Outermost last: metrics, logging, then audit (so refusals are audited), then the
+                // token gate.
                 .wrap(actix_web::middleware::from_fn(http::auth::require_token))
                 .wrap(actix_web::middleware::from_fn(http::audit::audit_access))
                 .wrap(actix_web::middleware::from_fn(http::logging::log_request))
+                .wrap(actix_web::middleware::from_fn(http::metrics::observe_request))
                 .configure(http::configure)
         })
         .workers(settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)))

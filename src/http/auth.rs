@@ -1,7 +1,7 @@
 //! The authorization server's endpoints and the resource server's gate.
 //!
-//! Every route except `/metadata`, `/.well-known/*`, `/auth/token`, `/healthz`, `/readyz` and
-//! `/docs` passes through [`require_token`]; a request without a valid access token never
+//! Every route except `/metadata`, `/.well-known/*`, `/auth/token`, `/healthz`, `/readyz`,
+//! `/metrics`, `/docs` and `/openapi.yaml` passes through [`require_token`]; a request without a valid access token never
 //! reaches a handler.
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -18,7 +18,7 @@ use crate::service::auth::{TokenRequest, TokenRequestError};
 
 /// Paths served without a token: discovery, the token endpoint itself, probes and docs.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/metadata" | "/auth/token" | "/healthz" | "/readyz")
+    matches!(path, "/metadata" | "/auth/token" | "/healthz" | "/readyz" | "/openapi.yaml" | "/metrics")
         || path.starts_with("/.well-known/")
         || path == "/docs"
         || path.starts_with("/docs/")
@@ -44,8 +44,10 @@ async fn authenticate(req: &ServiceRequest) -> Result<(), ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("server misconfigured: no authentication state".into()))?;
     let header_value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     // The scheme is case-insensitive (RFC 9110 section 11.1).
-    let token = crate::auth::access_token::bearer_token(header_value)
-        .map_err(|_| ApiError::Unauthorized("an access token is required (Authorization: Bearer ...)".into()))?;
+    let token = crate::auth::access_token::bearer_token(header_value).map_err(|_| {
+        state.metrics.token_refused("resource_server", "missing_token");
+        ApiError::Unauthorized("an access token is required (Authorization: Bearer ...)".into())
+    })?;
     match state.auth.authenticate(token).await {
         Ok((principal, scopes)) => {
             req.extensions_mut().insert(Caller::new(principal, scopes));
@@ -53,6 +55,7 @@ async fn authenticate(req: &ServiceRequest) -> Result<(), ApiError> {
         }
         Err(e) => {
             tracing::info!(reason = e.reason(), "access token refused");
+            state.metrics.token_refused("resource_server", e.reason());
             Err(ApiError::Unauthorized("the access token is not valid".into()))
         }
     }
@@ -82,6 +85,11 @@ pub async fn token(state: web::Data<AppState>, form: web::Bytes) -> HttpResponse
                 }
                 _ => {
                     tracing::info!(refusal = %e, "token request refused");
+                    let reason = match &e {
+                        TokenRequestError::InvalidClient(reason) => reason,
+                        other => other.oauth_error(),
+                    };
+                    state.metrics.token_refused("token_endpoint", reason);
                     actix_web::http::StatusCode::BAD_REQUEST
                 }
             };

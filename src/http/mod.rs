@@ -7,10 +7,12 @@ pub mod auth;
 pub mod bundle;
 pub mod bundles;
 pub mod conformance;
+pub mod docs;
 pub mod error;
 pub mod health;
 pub mod logging;
 pub mod metadata;
+pub mod metrics;
 pub mod negotiate;
 pub mod resources;
 pub mod search;
@@ -18,111 +20,93 @@ pub mod state;
 pub mod subscriptions;
 pub mod validate;
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse, Route};
 
 pub use error::ApiError;
 pub use state::AppState;
 
-/// Registers every route. The CapabilityStatement is generated from the same type registry
-/// (`ResourceType::interactions`) that these routes serve.
+/// One routed path: its template (actix syntax) and the methods it answers, each with the
+/// route that serves it. [`configure`] registers exactly this table, and the OpenAPI drift test
+/// (`tests/api/openapi.rs`) reads it, so the contract is checked against what is really routed.
+pub struct Endpoint {
+    pub path: &'static str,
+    pub methods: &'static [(Method, MakeRoute)],
+}
+
+/// Builds the route of one method (a handler, before its method guard is added).
+pub type MakeRoute = fn() -> Route;
+
+/// Every route. Actix takes the first resource whose path matches, so the order matters: the
+/// `{type}` operations (`_history`, `_search`, `$validate`) come before the fixed-type reads
+/// (`/AuditEvent/{id}`, the conformance types), so that `/AuditEvent/_search` is refused as an
+/// unsupported type rather than read as a resource with id `_search`; the generic
+/// `/{type}/{id}` and `/{type}` come last.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint { path: "/healthz", methods: &[(Method::GET, || web::to(health::healthz))] },
+    Endpoint { path: "/readyz", methods: &[(Method::GET, || web::to(health::readyz))] },
+    Endpoint { path: "/metrics", methods: &[(Method::GET, || web::to(metrics::scrape))] },
+    Endpoint { path: "/auth/token", methods: &[(Method::POST, || web::to(auth::token))] },
+    Endpoint {
+        path: "/.well-known/smart-configuration",
+        methods: &[(Method::GET, || web::to(auth::smart_configuration))],
+    },
+    Endpoint { path: "/.well-known/jwks.json", methods: &[(Method::GET, || web::to(auth::jwks))] },
+    Endpoint { path: "/docs", methods: &[(Method::GET, || web::to(docs::page))] },
+    Endpoint { path: "/docs/{asset}", methods: &[(Method::GET, || web::to(docs::asset))] },
+    Endpoint { path: "/openapi.yaml", methods: &[(Method::GET, || web::to(docs::openapi))] },
+    Endpoint { path: "/metadata", methods: &[(Method::GET, || web::to(metadata::capability_statement))] },
+    Endpoint { path: "/", methods: &[(Method::POST, || web::to(bundles::process))] },
+    Endpoint { path: "/$outbox-status", methods: &[(Method::GET, || web::to(subscriptions::outbox_status))] },
+    Endpoint { path: "/{type}/_history", methods: &[(Method::GET, || web::to(resources::history_type))] },
+    Endpoint { path: "/{type}/{id}/_history", methods: &[(Method::GET, || web::to(resources::history_instance))] },
+    Endpoint { path: "/{type}/{id}/_history/{vid}", methods: &[(Method::GET, || web::to(resources::vread))] },
+    Endpoint { path: "/{type}/$validate", methods: &[(Method::POST, || web::to(validate::validate))] },
+    Endpoint {
+        path: "/{type}/_search",
+        methods: &[(Method::POST, || web::to(search::search_post)), (Method::GET, || web::to(search::search_get))],
+    },
+    Endpoint { path: "/AuditEvent", methods: &[(Method::GET, || web::to(audit_events::search))] },
+    Endpoint { path: "/AuditEvent/{id}", methods: &[(Method::GET, || web::to(audit_events::read))] },
+    // The conformance resources of profiles/, read-only, served from memory.
+    Endpoint {
+        path: "/{type:StructureDefinition|ValueSet|CodeSystem}/{id}",
+        methods: &[(Method::GET, || web::to(conformance::read))],
+    },
+    Endpoint {
+        path: "/{type:StructureDefinition|ValueSet|CodeSystem}",
+        methods: &[(Method::GET, || web::to(conformance::search))],
+    },
+    Endpoint { path: "/Subscription/{id}/$status", methods: &[(Method::GET, || web::to(subscriptions::status))] },
+    Endpoint { path: "/Subscription/{id}/$events", methods: &[(Method::GET, || web::to(subscriptions::events))] },
+    Endpoint { path: "/Subscription/{id}/$resend", methods: &[(Method::POST, || web::to(subscriptions::resend))] },
+    Endpoint {
+        path: "/{type}/{id}",
+        methods: &[
+            (Method::GET, || web::to(resources::read)),
+            (Method::PUT, || web::to(resources::update)),
+            (Method::PATCH, || web::to(resources::patch)),
+            (Method::DELETE, || web::to(resources::delete)),
+        ],
+    },
+    Endpoint {
+        path: "/{type}",
+        methods: &[(Method::GET, || web::to(search::search_get)), (Method::POST, || web::to(resources::create))],
+    },
+];
+
+/// Registers every route of [`ENDPOINTS`]; any other method on a routed path is 405 and any
+/// other path 404, both as OperationOutcomes. The CapabilityStatement is generated from the
+/// same type registry (`ResourceType::interactions`) that the `{type}` routes serve.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/auth/token", web::post().to(auth::token))
-        .route("/.well-known/smart-configuration", web::get().to(auth::smart_configuration))
-        .route("/.well-known/jwks.json", web::get().to(auth::jwks))
-        .service(
-            web::resource("/metadata")
-                .route(web::get().to(metadata::capability_statement))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/").route(web::post().to(bundles::process)).default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/AuditEvent")
-                .route(web::get().to(audit_events::search))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/AuditEvent/{id}")
-                .route(web::get().to(audit_events::read))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/{type}/_history")
-                .route(web::get().to(resources::history_type))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/{type}/{id}/_history")
-                .route(web::get().to(resources::history_instance))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/{type}/{id}/_history/{vid}")
-                .route(web::get().to(resources::vread))
-                .default_service(web::to(method_not_allowed)),
-        )
-        // The conformance package (read-only), before the served types' patterns.
-        .service(
-            web::resource("/{type:StructureDefinition|ValueSet|CodeSystem}/{id}")
-                .route(web::get().to(conformance::read))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/{type:StructureDefinition|ValueSet|CodeSystem}")
-                .route(web::get().to(conformance::search))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/$outbox-status")
-                .route(web::get().to(subscriptions::outbox_status))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/Subscription/{id}/$status")
-                .route(web::get().to(subscriptions::status))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/Subscription/{id}/$events")
-                .route(web::get().to(subscriptions::events))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/Subscription/{id}/$resend")
-                .route(web::post().to(subscriptions::resend))
-                .default_service(web::to(method_not_allowed)),
-        )
-        // Before `/{type}/{id}`, which would otherwise take `$validate` for an id.
-        .service(
-            web::resource("/{type}/$validate")
-                .route(web::post().to(validate::validate))
-                .default_service(web::to(method_not_allowed)),
-        )
-        // Before `/{type}/{id}`, which would otherwise take `_search` for an id.
-        .service(
-            web::resource("/{type}/_search")
-                .route(web::post().to(search::search_post))
-                .route(web::get().to(search::search_get))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/{type}/{id}")
-                .route(web::get().to(resources::read))
-                .route(web::put().to(resources::update))
-                .route(web::patch().to(resources::patch))
-                .route(web::delete().to(resources::delete))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/{type}")
-                .route(web::get().to(search::search_get))
-                .route(web::post().to(resources::create))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .default_service(web::to(not_found));
+    for endpoint in ENDPOINTS {
+        let mut resource = web::resource(endpoint.path);
+        for (method, route) in endpoint.methods {
+            resource = resource.route(route().method(method.clone()));
+        }
+        cfg.service(resource.default_service(web::to(method_not_allowed)));
+    }
+    cfg.default_service(web::to(not_found));
 }
 
 async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -36,6 +36,8 @@ pub async fn search_post(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
+    // An unknown type is refused as such, whatever the body.
+    resource_type(&path)?;
     super::negotiate::require_content_type(
         &req,
         "application/x-www-form-urlencoded",

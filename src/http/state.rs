@@ -9,6 +9,7 @@ use super::error::ApiError;
 use crate::auth::{Interaction, ScopeSet};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::tenancy::Principal;
+use crate::metrics::Metrics;
 use crate::service::auth::AuthService;
 use crate::service::resources::ResourceService;
 
@@ -23,6 +24,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub default_page_size: u32,
     pub max_page_size: u32,
+    pub metrics: Metrics,
 }
 
 /// The authenticated caller of a FHIR endpoint, put in the request by the authentication

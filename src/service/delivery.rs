@@ -24,6 +24,7 @@ use crate::domain::instant::Instant;
 use crate::domain::notification::{notification_bundle, NotificationType};
 use crate::domain::subscriptions::{is_public_address, EndpointPolicy, PayloadContent, SubscriptionStatus};
 use crate::domain::webhook::{RetrySchedule, WebhookSecret};
+use crate::metrics::Metrics;
 use crate::store::{ClaimedEvent, DeliveryOutcome, OutboxKind, SubscriptionRow};
 
 /// A failing handshake is retried this often (within the schedule) before the subscription
@@ -60,6 +61,7 @@ pub struct DeliveryWorker {
     service: ResourceService,
     client: reqwest::Client,
     settings: Arc<DeliverySettings>,
+    metrics: Metrics,
 }
 
 /// Why the worker could not be built.
@@ -95,7 +97,11 @@ struct Attempt {
 }
 
 impl DeliveryWorker {
-    pub fn new(service: ResourceService, settings: DeliverySettings) -> Result<Self, DeliveryWorkerError> {
+    pub fn new(
+        service: ResourceService,
+        settings: DeliverySettings,
+        metrics: Metrics,
+    ) -> Result<Self, DeliveryWorkerError> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.timeout)
@@ -106,7 +112,7 @@ impl DeliveryWorker {
             builder = builder.dns_resolver(Arc::new(PublicAddressesOnly));
         }
         let client = builder.build().map_err(|e| DeliveryWorkerError(e.to_string()))?;
-        Ok(DeliveryWorker { service, client, settings: Arc::new(settings) })
+        Ok(DeliveryWorker { service, client, settings: Arc::new(settings), metrics })
     }
 
     /// Delivers until `stop` turns true; deliveries in flight finish first.
@@ -253,6 +259,7 @@ impl DeliveryWorker {
         let handshake = claim.event.kind == OutboxKind::Handshake;
         let attempts = u32::try_from(claim.event.attempts).unwrap_or(u32::MAX);
         let Some(error) = attempt.error else {
+            self.metrics.delivery("delivered");
             let status = attempt.status.unwrap_or(200);
             if store.finish_delivery(claim, DeliveryOutcome::Delivered { status }, now).await? && handshake {
                 self.service.set_subscription_status(&subscription.id, SubscriptionStatus::Active, None).await?;
@@ -269,6 +276,7 @@ impl DeliveryWorker {
             "webhook delivery failed"
         );
         if attempt.status == Some(410) {
+            self.metrics.delivery("gone");
             if store.finish_delivery(claim, DeliveryOutcome::Released, now).await? {
                 let reason = "the endpoint answered 410 Gone: the subscription was turned off".to_owned();
                 self.service.set_subscription_status(&subscription.id, SubscriptionStatus::Off, Some(reason)).await?;
@@ -291,6 +299,7 @@ impl DeliveryWorker {
         };
         match delay {
             Some(delay) => {
+                self.metrics.delivery("retry");
                 let next_attempt_at = Instant::from_micros(
                     now.micros().saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX)),
                 );
@@ -298,6 +307,7 @@ impl DeliveryWorker {
                 store.finish_delivery(claim, outcome, now).await?;
             }
             None => {
+                self.metrics.delivery("dead");
                 let reason = match (handshake, claim.event.event_number) {
                     (true, _) => format!("the handshake failed after {attempts} attempts: {error}"),
                     (false, Some(n)) => format!("event {n} could not be delivered after {attempts} attempts: {error}"),

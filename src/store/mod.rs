@@ -103,6 +103,11 @@ impl Store {
         }
     }
 
+    /// Connections of the pool (readers on SQLite, all on PostgreSQL): open, and idle of those.
+    pub fn pool_connections(&self) -> (u32, usize) {
+        (self.inner.pool.size(), self.inner.pool.num_idle())
+    }
+
     /// Answers whether the database can be reached (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.inner.pool).await?;

@@ -19,7 +19,7 @@ use crate::webhook_receiver::{new_secret, verify_signature, Delivery, Mode, Webh
 use crate::workflow::{drive, id_of, post_as, post_bundle, put_as, refer, send};
 use linkbridge::store::DatabaseUrl;
 
-const TASK_TOPIC: &str = "https://linkbridge.scot/fhir/SubscriptionTopic/referral-task";
+pub(crate) const TASK_TOPIC: &str = "https://linkbridge.scot/fhir/SubscriptionTopic/referral-task";
 const CAREPLAN_TOPIC: &str = "https://linkbridge.scot/fhir/SubscriptionTopic/link-worker-careplan";
 const FILTER: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria";
 const PAYLOAD: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content";
@@ -28,7 +28,7 @@ const SECRET: &str = "https://linkbridge.scot/fhir/StructureDefinition/webhook-s
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A rest-hook Subscription to `topic` with `filters`, `payload` content and `secret`.
-fn subscription(endpoint: &str, secret: &str, topic: &str, filters: &[&str], payload: &str) -> Value {
+pub(crate) fn subscription(endpoint: &str, secret: &str, topic: &str, filters: &[&str], payload: &str) -> Value {
     let mut resource = json!({
         "resourceType": "Subscription",
         "status": "requested",

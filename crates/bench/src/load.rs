@@ -1,0 +1,98 @@
+//! A closed-loop load generator: `concurrency` workers each send one request, wait for the
+//! answer, and send the next, until the time is up. Latency is measured per request from send
+//! to the end of the body; throughput counts successful requests only.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// One request of a scenario, by worker number and the worker's request count: `Ok(true)` for a
+/// success, `Ok(false)` for an answer the scenario counts as an error.
+pub type Operation =
+    Arc<dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send>> + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Microseconds.
+    pub latency: Histogram<u64>,
+    pub first_error: Option<String>,
+}
+
+impl LoadResult {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Runs `operation` from `concurrency` workers for `duration` after a `warmup` whose requests
+/// are not counted.
+pub async fn run(operation: Operation, concurrency: usize, warmup: Duration, duration: Duration) -> LoadResult {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let deadline = measure_from + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let operation = operation.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds");
+            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+            let mut n = 0u64;
+            loop {
+                let sent = Instant::now();
+                if sent >= deadline {
+                    break;
+                }
+                let outcome = operation(worker, n).await;
+                n += 1;
+                let done = Instant::now();
+                if sent < measure_from {
+                    continue;
+                }
+                match outcome {
+                    Ok(true) => {
+                        ok += 1;
+                        let micros = u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+                        latency.saturating_record(micros.max(1));
+                    }
+                    Ok(false) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            (ok, errors, latency, first_error)
+        }));
+    }
+    let mut result = LoadResult {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+        first_error: None,
+    };
+    for worker in workers {
+        let Ok((ok, errors, latency, first_error)) = worker.await else {
+            result.errors += 1;
+            continue;
+        };
+        result.ok += ok;
+        result.errors += errors;
+        result.latency.add(&latency).expect("same bounds");
+        if result.first_error.is_none() {
+            result.first_error = first_error;
+        }
+    }
+    result.elapsed = Instant::now().saturating_duration_since(measure_from).max(Duration::from_millis(1));
+    result
+}

@@ -1,0 +1,207 @@
+//! `linkbridge-bench`: measures a linkbridge binary under load on SQLite and PostgreSQL, with
+//! authentication on and durable writes, next to the physical limits of the same machine measured
+//! in the same run. See BENCHMARKS.md for what is measured, why, and the results.
+//!
+//! ```sh
+//! cargo build --release --bin linkbridge
+//! cargo run --release -p linkbridge-bench -- --binary target/release/linkbridge \
+//!     --postgres postgres://postgres@127.0.0.1:5432/postgres
+//! ```
+
+mod limits;
+mod load;
+mod process;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sqlx::Executor;
+
+use crate::load::{LoadResult, Operation};
+use crate::process::{Server, Usage};
+use crate::report::{Measurement, Report};
+use crate::scenarios::Api;
+
+#[derive(Debug, Parser)]
+#[command(name = "linkbridge-bench", about = "Load benchmarks of linkbridge against the machine's physical limits")]
+struct Cli {
+    /// The linkbridge binary to measure (a release build for real figures).
+    #[arg(long, default_value = "target/release/linkbridge")]
+    binary: PathBuf,
+    /// PostgreSQL server URL whose user may create databases; without it only SQLite is measured.
+    #[arg(long, env = "LINKBRIDGE_BENCH_POSTGRES_URL")]
+    postgres: Option<String>,
+    /// Concurrency levels (closed-loop clients).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Seconds measured per scenario and concurrency.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds of unmeasured load before each measurement.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// A smoke run (short, low concurrency) that keeps the harness working; not for figures.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the results as Markdown (also printed).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// How long and how hard each measurement runs.
+#[derive(Clone)]
+struct Plan {
+    concurrency: Vec<usize>,
+    warmup: Duration,
+    duration: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let plan = if cli.quick {
+        Plan { concurrency: vec![1, 4], warmup: Duration::from_millis(200), duration: Duration::from_secs(1) }
+    } else {
+        Plan {
+            concurrency: cli.concurrency.clone(),
+            warmup: Duration::from_secs(cli.warmup),
+            duration: Duration::from_secs(cli.seconds),
+        }
+    };
+    let binary =
+        std::fs::canonicalize(&cli.binary).with_context(|| format!("no binary at {}", cli.binary.display()))?;
+    let mut report = Report::new(&binary, cli.quick);
+
+    let trivial = limits::TrivialServer::start(2)?;
+    for &c in &plan.concurrency {
+        let http = Api::new("http://unused", String::new(), c).http;
+        let result = measure(&plan, limits::trivial_operation(http, trivial.url.clone()), c).await;
+        report.add(Measurement::new("limit", "http", "trivial route (actix-web)", c, &result, None));
+    }
+    trivial.stop().await;
+
+    let scratch = std::env::temp_dir().join(format!("linkbridge-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch)?;
+    let sqlite_result = bench_database(&plan, &binary, &scratch.join("sqlite"), None, &mut report).await;
+    let postgres_result = match &cli.postgres {
+        Some(server) => {
+            let database = format!("lb_bench_{}", uuid::Uuid::new_v4().simple());
+            let admin = sqlx::PgPool::connect(server).await.context("connecting to PostgreSQL")?;
+            admin.execute(format!("CREATE DATABASE {database}").as_str()).await?;
+            let url = format!("{}/{database}", server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s));
+            let result = bench_database(&plan, &binary, &scratch.join("postgres"), Some(&url), &mut report).await;
+            admin.execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str()).await?;
+            result
+        }
+        None => {
+            eprintln!("linkbridge-bench: no --postgres URL; PostgreSQL was not measured");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    sqlite_result?;
+    postgres_result?;
+
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let Some(path) = &cli.out {
+        std::fs::write(path, &markdown)?;
+    }
+    report.check_sanity()
+}
+
+async fn measure(plan: &Plan, operation: Operation, concurrency: usize) -> LoadResult {
+    load::run(operation, concurrency, plan.warmup, plan.duration).await
+}
+
+/// Measures `operation` and the server's CPU and peak memory over it.
+async fn measure_server(plan: &Plan, server: &Server, operation: Operation, concurrency: usize) -> (LoadResult, Usage) {
+    let before = server.usage().unwrap_or_default();
+    let started = std::time::Instant::now();
+    let result = measure(plan, operation, concurrency).await;
+    let wall = started.elapsed().as_secs_f64();
+    let after = server.usage().unwrap_or_default();
+    let usage = Usage { cpu_secs: (after.cpu_secs - before.cpu_secs) / wall, peak_rss_mib: after.peak_rss_mib };
+    (result, usage)
+}
+
+async fn bench_database(
+    plan: &Plan,
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    postgres: Option<&str>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let db = if postgres.is_some() { "postgres" } else { "sqlite" };
+    std::fs::create_dir_all(dir)?;
+    let max = plan.concurrency.iter().copied().max().unwrap_or(1);
+
+    // The physical limits first, on their own database file or schema.
+    for &c in &plan.concurrency {
+        let raw = Arc::new(match postgres {
+            Some(url) => limits::RawDb::postgres(url, c as u32).await?,
+            None => limits::RawDb::sqlite(&dir.join("raw.db"), c as u32).await?,
+        });
+        let result = measure(plan, limits::raw_insert_operation(raw.clone()), c).await;
+        report.add(Measurement::new("limit", db, "referral rows inserted (driver)", c, &result, None));
+        let ids = raw.seed(200).await?;
+        let result = measure(plan, limits::raw_read_operation(raw.clone(), ids), c).await;
+        report.add(Measurement::new("limit", db, "row read by id (driver)", c, &result, None));
+        if let Ok(raw) = Arc::try_unwrap(raw) {
+            raw.close().await;
+        }
+    }
+    if let Some(url) = postgres {
+        let pool = sqlx::PgPool::connect(url).await?;
+        pool.execute("DROP TABLE IF EXISTS raw_resources").await?;
+        pool.close().await;
+    }
+
+    let server = Server::start(binary, dir, postgres).await?;
+    // Access tokens live at most 5 minutes: each round of measurements takes fresh ones.
+    let gp = Api::new(&server.base, server.token("demo-gp")?, max);
+    let clw = Api::new(&server.base, server.token("demo-clw")?, max);
+
+    // Data the reads, polls and status changes work on: referrals, some of them in progress.
+    let nhs = scenarios::NhsNumbers::new();
+    let mut tasks = Vec::new();
+    for _ in 0..(200 + max) {
+        tasks.push(scenarios::submit(&gp, &nhs).await?.context("a setup referral was refused")?);
+    }
+    let since = scenarios::last_updated(&gp, &tasks[tasks.len() - 11]).await?;
+    let (readable, working) = tasks.split_at(200);
+    let readable = Arc::new(readable.to_vec());
+    let working = Arc::new(working.to_vec());
+    let mut versions = Vec::new();
+    for task in working.iter() {
+        versions.push(AtomicU64::new(scenarios::prepare_in_progress(&clw, task).await?));
+    }
+    let versions = Arc::new(versions);
+    // Polls only see changes older than the settle window (5 s by default).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    for &c in &plan.concurrency {
+        let gp = Api { token: server.token("demo-gp")?, ..gp.clone() };
+        let clw = Api { token: server.token("demo-clw")?, ..clw.clone() };
+        let scenarios: [(&str, Operation); 4] = [
+            ("Task read", scenarios::read_operation(gp.clone(), readable.clone())),
+            ("GP polling search", scenarios::poll_operation(gp.clone(), since.clone())),
+            (
+                "Task status change (PATCH, If-Match)",
+                scenarios::status_change_operation(clw.clone(), working.clone(), versions.clone()),
+            ),
+            ("referral submission (transaction)", scenarios::submit_operation(gp.clone())),
+        ];
+        for (name, operation) in scenarios {
+            let (result, usage) = measure_server(plan, &server, operation, c).await;
+            report.add(Measurement::new("linkbridge", db, name, c, &result, Some(usage)));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The results as Markdown: every measurement with its physical limit and the ratio, then the
+//! targets of issue 9, met or not.
+
+use std::path::Path;
+
+use crate::load::LoadResult;
+use crate::process::Usage;
+
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// `linkbridge` or `limit`.
+    pub subject: &'static str,
+    /// `sqlite`, `postgres` or `http`.
+    pub db: &'static str,
+    pub name: &'static str,
+    pub concurrency: usize,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+impl Measurement {
+    pub fn new(
+        subject: &'static str,
+        db: &'static str,
+        name: &'static str,
+        concurrency: usize,
+        result: &LoadResult,
+        usage: Option<Usage>,
+    ) -> Self {
+        let measurement = Measurement {
+            subject,
+            db,
+            name,
+            concurrency,
+            throughput: result.throughput(),
+            p50_ms: result.percentile_ms(0.5),
+            p99_ms: result.percentile_ms(0.99),
+            ok: result.ok,
+            errors: result.errors,
+            first_error: result.first_error.clone(),
+            usage,
+        };
+        eprintln!(
+            "{subject:>10} {db:>8} {name:<40} c={concurrency:<3} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {}{}",
+            measurement.throughput,
+            measurement.p50_ms,
+            measurement.p99_ms,
+            measurement.errors,
+            measurement.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+        );
+        measurement
+    }
+}
+
+pub struct Report {
+    binary: String,
+    quick: bool,
+    measurements: Vec<Measurement>,
+}
+
+/// Which limit each linkbridge interaction is compared with: the same work done by the driver
+/// alone (a read for a read, one durable transaction for a write).
+fn limit_of(name: &str) -> &'static str {
+    match name {
+        "Task read" | "GP polling search" => "row read by id (driver)",
+        _ => "referral rows inserted (driver)",
+    }
+}
+
+impl Report {
+    pub fn new(binary: &Path, quick: bool) -> Self {
+        Report { binary: binary.display().to_string(), quick, measurements: Vec::new() }
+    }
+
+    pub fn add(&mut self, measurement: Measurement) {
+        self.measurements.push(measurement);
+    }
+
+    fn find(&self, subject: &str, db: &str, name: &str, concurrency: usize) -> Option<&Measurement> {
+        self.measurements
+            .iter()
+            .find(|m| m.subject == subject && m.db == db && m.name == name && m.concurrency == concurrency)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let machine = machine_description();
+        out.push_str(&format!(
+            "Binary: `{}`{}\n\n{machine}\n\n",
+            self.binary,
+            if self.quick { " (quick mode: not figures)" } else { "" }
+        ));
+        out.push_str("| database | interaction | clients | req/s | p50 ms | p99 ms | errors | server CPU (cores) | peak RSS MiB | physical limit req/s | ratio | ratio to trivial HTTP |\n");
+        out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for m in self.measurements.iter().filter(|m| m.subject == "linkbridge") {
+            let limit = self.find("limit", m.db, limit_of(m.name), m.concurrency);
+            let http = self.find("limit", "http", "trivial route (actix-web)", m.concurrency);
+            let usage = m.usage.unwrap_or_default();
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.0} | {} | {} | {} |\n",
+                m.db,
+                m.name,
+                m.concurrency,
+                m.throughput,
+                m.p50_ms,
+                m.p99_ms,
+                m.errors,
+                usage.cpu_secs,
+                usage.peak_rss_mib,
+                limit.map_or("-".to_owned(), |l| format!("{:.0} ({})", l.throughput, l.name)),
+                limit.map_or("-".to_owned(), |l| format!("{:.2}", m.throughput / l.throughput)),
+                http.map_or("-".to_owned(), |h| format!("{:.2}", m.throughput / h.throughput)),
+            ));
+        }
+        out.push_str("\nThe limits on their own:\n\n| measured | what | clients | req/s | p50 ms | p99 ms |\n|---|---|---:|---:|---:|---:|\n");
+        for m in self.measurements.iter().filter(|m| m.subject == "limit") {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} |\n",
+                m.db, m.name, m.concurrency, m.throughput, m.p50_ms, m.p99_ms
+            ));
+        }
+        out.push_str(&self.targets());
+        out
+    }
+
+    fn best(&self, db: &str, name: &str) -> Option<&Measurement> {
+        self.measurements
+            .iter()
+            .filter(|m| m.subject == "linkbridge" && m.db == db && m.name == name)
+            .max_by(|a, b| a.throughput.total_cmp(&b.throughput))
+    }
+
+    /// The targets of issue 9, each with the figure it was judged on.
+    fn targets(&self) -> String {
+        let mut rows = Vec::new();
+        let mut target = |what: &str, figure: Option<f64>, goal: f64, higher: bool, unit: &str| {
+            let verdict = match figure {
+                None => "not measured".to_owned(),
+                Some(f) if (higher && f >= goal) || (!higher && f < goal) => "met".to_owned(),
+                Some(_) => "**not met**".to_owned(),
+            };
+            let shown = figure.map_or("-".to_owned(), |f| format!("{f:.1} {unit}"));
+            rows.push(format!("| {what} | {} {goal} {unit} | {shown} | {verdict} |", if higher { ">=" } else { "<" }));
+        };
+        let at64 = |db: &str, name: &str| self.find("linkbridge", db, name, 64);
+        target(
+            "Task reads on SQLite (best concurrency)",
+            self.best("sqlite", "Task read").map(|m| m.throughput),
+            10_000.0,
+            true,
+            "req/s",
+        );
+        target(
+            "polling searches on SQLite (best concurrency)",
+            self.best("sqlite", "GP polling search").map(|m| m.throughput),
+            3_000.0,
+            true,
+            "req/s",
+        );
+        target(
+            "referral submissions on SQLite, 64 clients",
+            at64("sqlite", "referral submission (transaction)").map(|m| m.throughput),
+            2_000.0,
+            true,
+            "req/s",
+        );
+        let pg_ratio = at64("postgres", "referral submission (transaction)")
+            .zip(self.find("limit", "postgres", "referral rows inserted (driver)", 64))
+            .map(|(m, l)| 100.0 * m.throughput / l.throughput);
+        target("referral submissions on PostgreSQL vs raw inserts, 64 clients", pg_ratio, 50.0, true, "%");
+        let worst_p99 = self
+            .measurements
+            .iter()
+            .filter(|m| m.subject == "linkbridge" && m.concurrency == 64)
+            .map(|m| m.p99_ms)
+            .reduce(f64::max);
+        target("p99 latency at 64 clients (worst interaction)", worst_p99, 50.0, false, "ms");
+        let peak = self.measurements.iter().filter_map(|m| m.usage).map(|u| u.peak_rss_mib).reduce(f64::max);
+        target("peak RSS of the server", peak, 150.0, false, "MiB");
+        format!(
+            "\nTargets (issue 9):\n\n| target | goal | measured | verdict |\n|---|---|---|---|\n{}\n",
+            rows.join("\n")
+        )
+    }
+
+    /// Every linkbridge measurement answered, without errors: what the quick mode in CI checks.
+    pub fn check_sanity(&self) -> anyhow::Result<()> {
+        let broken: Vec<String> = self
+            .measurements
+            .iter()
+            .filter(|m| m.ok == 0 || m.errors > 0)
+            .map(|m| {
+                format!(
+                    "{} {} {} c={}: {} ok, {} errors {:?}",
+                    m.subject, m.db, m.name, m.concurrency, m.ok, m.errors, m.first_error
+                )
+            })
+            .collect();
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("measurements that failed:\n{}", broken.join("\n"))
+        }
+    }
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| info.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or("?".to_owned(), |kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0));
+    format!("Machine: {cpu}, {cores} cores, {memory} RAM; load generator and server share it.")
+}
