@@ -45,6 +45,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Lifetime of issued access tokens, in seconds (at most 300).
     pub access_token_lifetime_secs: u64,
+    /// A signing key file younger than this verifies and is published but does not sign yet, so
+    /// that replicas restarted one after another all trust a new key before any signs with it.
+    pub signing_key_activation_secs: u64,
     /// Lets client JWKS URLs be plain http on 127.0.0.1 / [::1]. For tests only.
     pub allow_insecure_loopback_jwks: bool,
     /// HTTP worker threads; unset means one per CPU core.
@@ -129,6 +132,7 @@ impl Default for Settings {
             db_max_connections: 16,
             log_format: LogFormat::Text,
             access_token_lifetime_secs: 300,
+            signing_key_activation_secs: 0,
             allow_insecure_loopback_jwks: false,
             workers: None,
             external_issuer: None,
@@ -165,6 +169,7 @@ impl Settings {
         "db_max_connections",
         "log_format",
         "access_token_lifetime_secs",
+        "signing_key_activation_secs",
         "allow_insecure_loopback_jwks",
         "workers",
         "external_issuer",

@@ -2,6 +2,7 @@
 //! services, bind the listener (port 0 in tests) and serve until stopped.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -120,8 +121,9 @@ impl Application {
 /// The service's signing keys (created in the data directory on first start), the access
 /// token policy and the JWKS fetcher for clients registered by URL.
 fn build_auth(settings: &Settings, store: &Store, base_url: &str) -> Result<AuthService, StartupError> {
-    let keys = SigningKeys::load_or_create(&settings.data_dir)
-        .map_err(|e| StartupError::Auth(format!("signing keys in {}: {e}", settings.data_dir.display())))?;
+    let keys =
+        SigningKeys::load_or_create(&settings.data_dir, Duration::from_secs(settings.signing_key_activation_secs))
+            .map_err(|e| StartupError::Auth(format!("signing keys in {}: {e}", settings.data_dir.display())))?;
     let policy = AccessTokenPolicy::new(base_url, base_url)
         .and_then(|p| p.with_lifetime_secs(settings.access_token_lifetime_secs))
         .map_err(|e| StartupError::Auth(e.to_string()))?;

@@ -15,9 +15,10 @@
 //!    leeway, at most 6 minutes, after every replica switched), delete the old key's file and
 //!    reload again. From then on tokens it signed fail with `unknown_kid`.
 //!
-//! With several replicas that reload at different times, use [`SigningKeys::load`] with an
-//! activation delay longer than the reload interval: a new key is then published and trusted by
-//! every replica before any replica signs with it.
+//! With several replicas that restart at different times, set `signing_key_activation_secs`
+//! longer than a rolling restart takes: a new key file younger than that is published and
+//! trusted by every replica restarted since, but signs only from the next restart after it
+//! ripened, when every replica already knows it.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -204,9 +205,9 @@ impl SigningKeys {
         json!({ "keys": keys })
     }
 
-    /// Loads `dir/signing-keys/*.pem`, creating the directory and a first key if there is none.
-    /// The newest file is the active key.
-    pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
+    /// Loads `dir/signing-keys/*.pem` (see [`SigningKeys::load`]), creating the directory and a
+    /// first key if there is none.
+    pub fn load_or_create(dir: &Path, activation_delay: Duration) -> Result<Self, KeyError> {
         let keys_dir = keys_dir(dir);
         create_private_dir(&keys_dir)?;
         if key_files(&keys_dir)?.is_empty() {
@@ -214,7 +215,7 @@ impl SigningKeys {
             write_key_file(&keys_dir, &key)?;
             tracing::info!(kid = key.kid(), "created the first access-token signing key");
         }
-        Self::load(dir, Duration::ZERO)
+        Self::load(dir, activation_delay)
     }
 
     /// Loads `dir/signing-keys/*.pem`. The active key is the newest file that is at least
@@ -409,7 +410,7 @@ mod tests {
     #[test]
     fn load_or_create_creates_one_private_key_file_on_first_start_and_reuses_it() {
         let dir = temp_dir();
-        let first = SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("first: {e}"));
+        let first = SigningKeys::load_or_create(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("first: {e}"));
         let path = key_path(dir.path(), first.active().kid());
         assert!(path.is_file(), "the key is stored as <kid>.pem");
         #[cfg(unix)]
@@ -420,7 +421,7 @@ mod tests {
             let dir_mode = fs::metadata(keys_dir(dir.path())).map(|m| m.permissions().mode() & 0o777);
             assert_eq!(dir_mode.ok(), Some(0o700), "key directory is 0700");
         }
-        let second = SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("second: {e}"));
+        let second = SigningKeys::load_or_create(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("second: {e}"));
         assert_eq!(second.active().kid(), first.active().kid(), "restart keeps the key");
         assert_eq!(second.kids().len(), 1, "no second key is created");
     }
@@ -428,7 +429,7 @@ mod tests {
     #[test]
     fn rotation_makes_the_newest_key_active_and_keeps_the_old_one_for_verification() {
         let dir = temp_dir();
-        let original = SigningKeys::load_or_create(dir.path()).unwrap_or_else(|e| panic!("load: {e}"));
+        let original = SigningKeys::load_or_create(dir.path(), Duration::ZERO).unwrap_or_else(|e| panic!("load: {e}"));
         let old_kid = original.active().kid().to_owned();
         let now = SystemTime::now();
         set_mtime(&key_path(dir.path(), &old_kid), now - Duration::from_secs(3600));

@@ -71,6 +71,44 @@ pub struct AuthService {
     token_endpoint: String,
     jwks_source: Arc<dyn JwksSource>,
     external: Option<ExternalIssuer>,
+    verified: Arc<VerifiedTokens>,
+}
+
+/// Our own access tokens this process has verified, so that a client's every request does not
+/// pay for an ECDSA P-384 verification (the largest CPU cost of a read). Keyed by the token's
+/// SHA-256 (the token itself is not kept); an entry serves only until the token's own expiry,
+/// so a cached token is accepted exactly as long as verifying it again would accept it
+/// (signing keys are not withdrawn before the tokens they signed expire).
+struct VerifiedTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, ScopeSet, OffsetDateTime)>>,
+}
+
+/// Enough for every client of a large board many times over; a full cache first drops
+/// expired entries, then starts again (a verification each is the worst case).
+const VERIFIED_TOKENS_CAPACITY: usize = 10_000;
+
+impl VerifiedTokens {
+    fn key(bearer: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(bearer.as_bytes()).into()
+    }
+
+    fn get(&self, bearer: &str, now: OffsetDateTime) -> Option<(Principal, ScopeSet)> {
+        let entries = self.entries.lock().ok()?;
+        let (principal, scopes, expires_at) = entries.get(&Self::key(bearer))?;
+        (now < *expires_at).then(|| (principal.clone(), scopes.clone()))
+    }
+
+    fn insert(&self, bearer: &str, verified: (Principal, ScopeSet), expires_at: OffsetDateTime, now: OffsetDateTime) {
+        let Ok(mut entries) = self.entries.lock() else { return };
+        if entries.len() >= VERIFIED_TOKENS_CAPACITY {
+            entries.retain(|_, (_, _, expiry)| *expiry > now);
+            if entries.len() >= VERIFIED_TOKENS_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(Self::key(bearer), (verified.0, verified.1, expires_at));
+    }
 }
 
 /// Turns a stored registration's organisation and role into domain values. A registration
@@ -87,7 +125,8 @@ impl AuthService {
         token_endpoint: String,
         jwks_source: Arc<dyn JwksSource>,
     ) -> Self {
-        AuthService { store, keys, policy, token_endpoint, jwks_source, external: None }
+        let verified = Arc::new(VerifiedTokens { entries: Default::default() });
+        AuthService { store, keys, policy, token_endpoint, jwks_source, external: None, verified }
     }
 
     /// Also accept tokens from the operator's own OAuth server.
@@ -164,12 +203,18 @@ impl AuthService {
     /// Verifies a bearer token and returns who is calling and what they may do. Our own
     /// tokens are tried first; then, when configured, the external issuer's.
     pub async fn authenticate(&self, bearer: &str) -> Result<(Principal, ScopeSet), TokenError> {
-        let own = self.policy.verify(&self.keys, bearer, OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc();
+        if let Some(verified) = self.verified.get(bearer, now) {
+            return Ok(verified);
+        }
+        let own = self.policy.verify(&self.keys, bearer, now);
         match (own, &self.external) {
             (Ok(claims), _) => {
                 let principal =
                     Principal::new(claims.client_id().as_str(), claims.organization().clone(), claims.role());
-                Ok((principal, claims.scope().clone()))
+                let verified = (principal, claims.scope().clone());
+                self.verified.insert(bearer, verified.clone(), claims.expires_at(), now);
+                Ok(verified)
             }
             (Err(_), Some(external)) => self.authenticate_external(external, bearer).await,
             (Err(e), None) => Err(e),
@@ -212,5 +257,22 @@ impl AuthService {
         let registered = ScopeSet::parse(&client.scopes).map_err(|_| TokenError::InvalidClaim("scope"))?;
         let principal = Principal::new(client.client_id.as_str(), organization, role);
         Ok((principal, claims.scope().narrow_to(&registered)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_token_is_remembered_until_its_own_expiry_and_no_other_token_matches_it() {
+        let cache = VerifiedTokens { entries: Default::default() };
+        let now = OffsetDateTime::now_utc();
+        let principal = Principal::new("gp-system", OdsCode::parse("GP0001").expect("ods"), Role::Referrer);
+        let scopes = ScopeSet::parse("system/*.rs").expect("scopes");
+        cache.insert("token-a", (principal.clone(), scopes.clone()), now + time::Duration::seconds(60), now);
+        assert_eq!(cache.get("token-a", now), Some((principal, scopes)));
+        assert_eq!(cache.get("token-b", now), None);
+        assert_eq!(cache.get("token-a", now + time::Duration::seconds(60)), None, "not at or after expiry");
     }
 }

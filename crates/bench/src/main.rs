@@ -49,6 +49,10 @@ struct Cli {
     /// A smoke run (short, low concurrency) that keeps the harness working; not for figures.
     #[arg(long)]
     quick: bool,
+    /// Measure only the linkbridge interactions whose name contains this (e.g. "read"), and
+    /// skip the limits: for profiling one path.
+    #[arg(long)]
+    only: Option<String>,
     /// Where to write the results as Markdown (also printed).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -58,6 +62,7 @@ struct Cli {
 #[derive(Clone)]
 struct Plan {
     concurrency: Vec<usize>,
+    only: Option<String>,
     warmup: Duration,
     duration: Duration,
 }
@@ -66,10 +71,16 @@ struct Plan {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let plan = if cli.quick {
-        Plan { concurrency: vec![1, 4], warmup: Duration::from_millis(200), duration: Duration::from_secs(1) }
+        Plan {
+            concurrency: vec![1, 4],
+            only: None,
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_secs(1),
+        }
     } else {
         Plan {
             concurrency: cli.concurrency.clone(),
+            only: cli.only.clone(),
             warmup: Duration::from_secs(cli.warmup),
             duration: Duration::from_secs(cli.seconds),
         }
@@ -79,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = Report::new(&binary, cli.quick);
 
     let trivial = limits::TrivialServer::start(2)?;
-    for &c in &plan.concurrency {
+    for &c in plan.concurrency.iter().filter(|_| plan.only.is_none()) {
         let http = Api::new("http://unused", String::new(), c).http;
         let result = measure(&plan, limits::trivial_operation(http, trivial.url.clone()), c).await;
         report.add(Measurement::new("limit", "http", "trivial route (actix-web)", c, &result, None));
@@ -143,7 +154,7 @@ async fn bench_database(
     let max = plan.concurrency.iter().copied().max().unwrap_or(1);
 
     // The physical limits first, on their own database file or schema.
-    for &c in &plan.concurrency {
+    for &c in plan.concurrency.iter().filter(|_| plan.only.is_none()) {
         let raw = Arc::new(match postgres {
             Some(url) => limits::RawDb::postgres(url, c as u32).await?,
             None => limits::RawDb::sqlite(&dir.join("raw.db"), c as u32).await?,
@@ -198,7 +209,8 @@ async fn bench_database(
             ),
             ("referral submission (transaction)", scenarios::submit_operation(gp.clone())),
         ];
-        for (name, operation) in scenarios {
+        let wanted = |name: &str| plan.only.as_deref().is_none_or(|only| name.contains(only));
+        for (name, operation) in scenarios.into_iter().filter(|(name, _)| wanted(name)) {
             let (result, usage) = measure_server(plan, &server, operation, c).await;
             report.add(Measurement::new("linkbridge", db, name, c, &result, Some(usage)));
         }
