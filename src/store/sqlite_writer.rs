@@ -12,7 +12,7 @@ use sqlx::{AnyConnection, Executor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
-use super::apply::{apply_write_set, check_write_set_settled};
+use super::apply::{apply_write_set, check_write_set_settled, insert_audit_rows};
 use super::write_set::WriteSet;
 use super::StoreError;
 
@@ -127,6 +127,7 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
         return;
     }
     let mut applied = Vec::new();
+    let batch = insert_access_records(conn, batch, &mut outcomes).await;
     for message in batch {
         match message {
             Message::Write { write_set, reply } => {
@@ -185,17 +186,66 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
     }
 }
 
+/// The access records of reads and searches (write sets of audit records only) go in together,
+/// a few multi-row statements for the whole batch instead of a savepoint and an insert each.
+/// Should that fail, they are left in the batch and go one by one, each under its savepoint, so
+/// that one bad record costs nobody else theirs. Returns the messages still to apply.
+async fn insert_access_records(
+    conn: &mut AnyConnection,
+    batch: Vec<Message>,
+    outcomes: &mut Vec<(Reply, Result<(), StoreError>)>,
+) -> Vec<Message> {
+    let (access, rest): (Vec<Message>, Vec<Message>) = batch
+        .into_iter()
+        .partition(|message| matches!(message, Message::Write { write_set, .. } if write_set.is_audit_only()));
+    if access.len() < 2 {
+        return access.into_iter().chain(rest).collect();
+    }
+    let records: Vec<&crate::domain::audit::AuditRecord> = access
+        .iter()
+        .flat_map(|message| match message {
+            Message::Write { write_set, .. } => write_set.audit.iter().collect::<Vec<_>>(),
+            Message::Job { .. } => Vec::new(),
+        })
+        .collect();
+    let together = match conn.execute("SAVEPOINT access_records").await {
+        Ok(_) => {
+            let inserted = insert_audit_rows(conn, &records).await;
+            end_savepoint_named(conn, "access_records", inserted).await
+        }
+        Err(e) => Err(e.into()),
+    };
+    match together {
+        Ok(()) => {
+            outcomes.extend(access.into_iter().map(|message| (message.into_reply(), Ok(()))));
+            rest
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "access records did not go in together; inserting them one by one");
+            access.into_iter().chain(rest).collect()
+        }
+    }
+}
+
 /// Ends the savepoint each write set or job runs under: kept if it succeeded; otherwise what
 /// it did is undone and nobody else's work in the batch is touched.
 async fn end_savepoint(conn: &mut AnyConnection, outcome: Result<(), StoreError>) -> Result<(), StoreError> {
+    end_savepoint_named(conn, "write_set", outcome).await
+}
+
+async fn end_savepoint_named(
+    conn: &mut AnyConnection,
+    name: &str,
+    outcome: Result<(), StoreError>,
+) -> Result<(), StoreError> {
     match outcome {
         Ok(()) => {
-            conn.execute("RELEASE write_set").await?;
+            conn.execute(format!("RELEASE {name}").as_str()).await?;
             Ok(())
         }
         Err(e) => {
-            conn.execute("ROLLBACK TO write_set").await?;
-            conn.execute("RELEASE write_set").await?;
+            conn.execute(format!("ROLLBACK TO {name}").as_str()).await?;
+            conn.execute(format!("RELEASE {name}").as_str()).await?;
             Err(e)
         }
     }

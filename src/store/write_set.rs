@@ -116,6 +116,17 @@ pub struct WriteSet {
 }
 
 impl WriteSet {
+    /// Only audit records: the access record of a read, search or refusal.
+    pub fn is_audit_only(&self) -> bool {
+        self.resources.is_empty()
+            && self.conditional_claims.is_empty()
+            && self.grants.is_empty()
+            && self.revocations.is_empty()
+            && self.request.is_none()
+            && self.subscription_changes.is_empty()
+            && self.notifications.is_empty()
+    }
+
     /// Adds another write set's content (transactions build one from many entries).
     pub fn absorb(&mut self, other: WriteSet) {
         self.resources.extend(other.resources);

@@ -212,6 +212,34 @@ async fn concurrent_write_sets_commit_independently_when_some_fail(db: Db) {
     }
 }
 
+async fn concurrent_access_records_are_all_kept_and_a_bad_one_fails_alone(db: Db) {
+    use linkbridge::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
+    let Some((store, _db)) = test_store(db).await else { return };
+    let record = |entity: &str| {
+        AuditRecord::new(
+            AuditAgent::unauthenticated(),
+            AuditAction::Read,
+            "read",
+            AuditOutcome::from_status(200),
+            Some("Task"),
+            Some(entity),
+        )
+    };
+    // Sixty reads' access records at once (on SQLite they go in together, in one statement);
+    // two carry the same event id, so exactly one of those two must be refused.
+    let duplicate = record("twin");
+    let writers = (0..60).map(|i| {
+        let store = store.clone();
+        let mine = if i == 7 || i == 41 { duplicate.clone() } else { record(&format!("task-{i}")) };
+        async move { store.record_audit(vec![mine]).await.is_ok() }
+    });
+    let results = futures::future::join_all(writers).await;
+    assert_eq!(results.iter().filter(|ok| !**ok).count(), 1, "only one of the twins fails: {results:?}");
+    assert!(results.iter().enumerate().all(|(i, ok)| *ok || i == 7 || i == 41));
+    let kept = store.audit_events(None, None, 500).await.expect("audit events");
+    assert_eq!(kept.len(), 59, "every other access record is durable");
+}
+
 /// A subscription record (active) and `n` event notifications of it, committed.
 async fn outbox_with_events(store: &Store, n: usize) -> String {
     let id = ResourceId::generate();
@@ -306,4 +334,5 @@ on_both_databases!(
     history_lists_versions_newest_first_and_pages_by_cursor,
     a_lapsed_claim_is_taken_over_and_its_late_outcome_is_refused,
     concurrent_claims_take_disjoint_notifications,
+    concurrent_access_records_are_all_kept_and_a_bad_one_fails_alone,
 );
