@@ -90,8 +90,11 @@ impl Issue {
         Issue { severity: Severity::Error, code, diagnostics: diagnostics.into(), expression: None }
     }
 
+    /// Locates the issue; an empty expression (e.g. a query parameter with no name) is left
+    /// out, since an OperationOutcome's `expression` strings must not be empty.
     pub fn at(mut self, expression: impl Into<String>) -> Self {
-        self.expression = Some(expression.into());
+        let expression = expression.into();
+        self.expression = (!expression.is_empty()).then_some(expression);
         self
     }
 

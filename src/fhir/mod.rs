@@ -8,11 +8,20 @@
 //! table generated from the R4 definitions by `tools/gen_fhir_tables.py`.
 
 mod element_types;
+pub mod format;
 mod primitives;
 mod schema;
 mod values;
 
 pub use values::{check_values, ValueIssue};
+
+/// Whether `json_key` (e.g. `status`, `_status`, `valueString`) names an element of
+/// `resource_type` that R4 makes mandatory (min 1). A subset of a resource (`_elements`) keeps
+/// these: R4 search.html#elements, "servers SHOULD always return mandatory elements".
+pub fn is_mandatory_element(resource_type: &str, json_key: &str) -> bool {
+    let name = json_key.strip_prefix('_').unwrap_or(json_key);
+    schema::element_for(resource_type, name).is_some_and(|(element, _)| element.min > 0)
+}
 
 #[cfg(test)]
 mod tests {

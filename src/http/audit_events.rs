@@ -79,10 +79,10 @@ pub async fn search(
         })
         .collect();
     let bundle = format!(
-        r#"{{"resourceType":"Bundle","type":"searchset","meta":{{"lastUpdated":"{}"}},"link":{},"entry":[{}]}}"#,
+        r#"{{"resourceType":"Bundle","type":"searchset","meta":{{"lastUpdated":"{}"}},"link":{}{}}}"#,
         Instant::now().to_fhir(),
         Value::Array(links),
-        entries.join(",")
+        super::bundle::entries_member(&entries)
     );
     let (text, content_type) = render_resource_text(render, &bundle)?;
     Ok(HttpResponse::Ok().content_type(content_type).body(text))

@@ -6,6 +6,16 @@ use crate::domain::instant::Instant;
 use crate::store::StoredVersion;
 
 /// One entry of a history Bundle (R4 http.html#history: request and response per version).
+/// `,"entry":[...]` with the already serialised entries, or nothing when there are none: FHIR
+/// JSON never has an empty array (R4 2.6.2), so an empty Bundle has no `entry` at all.
+pub fn entries_member(entries: &[String]) -> String {
+    if entries.is_empty() {
+        String::new()
+    } else {
+        format!(r#","entry":[{}]"#, entries.join(","))
+    }
+}
+
 fn history_entry(base_url: &str, version: &StoredVersion) -> String {
     let full_url = format!("{base_url}/{}/{}", version.resource_type, version.id);
     let request_url = match version.method.as_str() {
@@ -39,10 +49,10 @@ pub fn history_bundle(base_url: &str, versions: &[StoredVersion], links: &[(&str
     let links: Vec<Value> = links.iter().map(|(relation, url)| json!({"relation": relation, "url": url})).collect();
     let entries: Vec<String> = versions.iter().map(|v| history_entry(base_url, v)).collect();
     format!(
-        r#"{{"resourceType":"Bundle","id":{},"meta":{{"lastUpdated":"{}"}},"type":"history","link":{},"entry":[{}]}}"#,
+        r#"{{"resourceType":"Bundle","id":{},"meta":{{"lastUpdated":"{}"}},"type":"history","link":{}{}}}"#,
         Value::String(uuid::Uuid::new_v4().to_string()),
         Instant::now().to_fhir(),
         Value::Array(links),
-        entries.join(",")
+        entries_member(&entries)
     )
 }

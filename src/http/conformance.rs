@@ -64,6 +64,10 @@ pub async fn search(
             json!({"fullUrl": format!("{}/{resource_type}/{id}", state.base_url), "resource": r, "search": {"mode": "match"}})
         })
         .collect();
-    let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries});
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len()});
+    // FHIR JSON has no empty arrays: no matches, no `entry`.
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
     respond(&req, &bundle)
 }

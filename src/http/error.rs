@@ -21,8 +21,9 @@ pub enum ApiError {
     NotAcceptable(String),
     #[error("payload too large: {0}")]
     PayloadTooLarge(String),
-    #[error("method not allowed: {0}")]
-    MethodNotAllowed(String),
+    /// 405, with the methods the path does answer (the `Allow` header, RFC 9110 15.5.6).
+    #[error("method not allowed: {message}")]
+    MethodNotAllowed { message: String, allow: String },
     #[error("unknown route: {0}")]
     UnknownRoute(String),
     #[error("unsupported resource type: {0}")]
@@ -59,7 +60,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(why) => one(S::UNSUPPORTED_MEDIA_TYPE, IssueCode::NotSupported, why),
             ApiError::NotAcceptable(why) => one(S::NOT_ACCEPTABLE, IssueCode::NotSupported, why),
             ApiError::PayloadTooLarge(why) => one(S::PAYLOAD_TOO_LARGE, IssueCode::TooLong, why),
-            ApiError::MethodNotAllowed(why) => one(S::METHOD_NOT_ALLOWED, IssueCode::NotSupported, why),
+            ApiError::MethodNotAllowed { message, .. } => one(S::METHOD_NOT_ALLOWED, IssueCode::NotSupported, message),
             ApiError::UnknownRoute(path) => {
                 one(S::NOT_FOUND, IssueCode::NotSupported, &format!("no FHIR endpoint at '{path}'"))
             }
@@ -101,6 +102,11 @@ impl ResponseError for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
                 ));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                if let Ok(allow) = HeaderValue::from_str(allow) {
+                    response.insert_header((header::ALLOW, allow));
+                }
             }
             ApiError::Unavailable(_)
             | ApiError::Service(ServiceError::Store(crate::store::StoreError::SettleWindowPassed { .. })) => {

@@ -43,12 +43,19 @@ pub fn capability_statement_json(base_url: &str, validator: &Validator) -> Value
                 "conditionalCreate": true,
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-                "searchInclude": includes_of(resource_type).iter().map(|i| i.code()).collect::<Vec<_>>(),
-                "searchRevInclude": revincludes_of(resource_type).iter().map(|i| i.code()).collect::<Vec<_>>(),
+
                 "searchParam": search_params,
                 "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
             });
-            // FHIR JSON has no empty arrays: only types with profiles name them.
+            // FHIR JSON has no empty arrays: only the lists that have members are written.
+            let includes: Vec<String> = includes_of(resource_type).iter().map(|i| i.code()).collect();
+            if !includes.is_empty() {
+                resource["searchInclude"] = json!(includes);
+            }
+            let revincludes: Vec<String> = revincludes_of(resource_type).iter().map(|i| i.code()).collect();
+            if !revincludes.is_empty() {
+                resource["searchRevInclude"] = json!(revincludes);
+            }
             let profiles = profiles_of(resource_type.as_str());
             if !profiles.is_empty() {
                 resource["supportedProfile"] = json!(profiles);

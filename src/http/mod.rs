@@ -104,13 +104,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         for (method, route) in endpoint.methods {
             resource = resource.route(route().method(method.clone()));
         }
-        cfg.service(resource.default_service(web::to(method_not_allowed)));
+        let methods = endpoint.methods;
+        let refuse = move |req: actix_web::HttpRequest| async move { method_not_allowed(req, methods) };
+        cfg.service(resource.default_service(web::to(refuse)));
     }
     cfg.default_service(web::to(not_found));
 }
 
-async fn method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
+fn method_not_allowed(req: actix_web::HttpRequest, methods: &[(Method, MakeRoute)]) -> Result<HttpResponse, ApiError> {
+    let allow = methods.iter().map(|(method, _)| method.as_str()).collect::<Vec<_>>().join(", ");
+    let message = format!("{} is not allowed on {} (allowed: {allow})", req.method(), req.path());
+    Err(ApiError::MethodNotAllowed { message, allow })
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {

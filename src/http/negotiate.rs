@@ -135,7 +135,7 @@ pub fn parse_resource(format: Format, bytes: &[u8]) -> Result<Value, ApiError> {
     match format {
         Format::Json => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(IssueCode::Structure, format!("the body is not valid JSON: {e}"))),
-        Format::Xml => fhir_format::xml_to_json(bytes)
+        Format::Xml => crate::fhir::format::xml_to_json(bytes)
             .map_err(|e| ApiError::BadRequest(crate::service::ingest::structure_issue(e))),
     }
 }
@@ -151,7 +151,7 @@ pub fn render_resource_text(rendering: Rendering, json_text: &str) -> Result<(St
         }
         (Format::Xml, _) => {
             let value: Value = serde_json::from_str(json_text).map_err(internal_json)?;
-            let xml = fhir_format::json_to_xml(&value).map_err(|e| {
+            let xml = crate::fhir::format::json_to_xml(&value).map_err(|e| {
                 ApiError::Service(crate::service::ServiceError::Store(crate::store::StoreError::Config(format!(
                     "stored resource cannot be rendered as XML: {}",
                     e.message

@@ -114,11 +114,11 @@ pub fn searchset_bundle(base_url: &str, result: &SearchResult) -> Result<String,
     }
     let total = result.total.map(|t| format!(r#","total":{t}"#)).unwrap_or_default();
     Ok(format!(
-        r#"{{"resourceType":"Bundle","id":{},"meta":{{"lastUpdated":"{}"}},"type":"searchset"{total},"link":{},"entry":[{}]}}"#,
+        r#"{{"resourceType":"Bundle","id":{},"meta":{{"lastUpdated":"{}"}},"type":"searchset"{total},"link":{}{}}}"#,
         Value::String(uuid::Uuid::new_v4().to_string()),
         Instant::now().to_fhir(),
         Value::Array(links),
-        entries.join(",")
+        super::bundle::entries_member(&entries)
     ))
 }
 
@@ -137,7 +137,8 @@ fn shape(version: &StoredVersion, result: &SearchResult) -> Result<String, ApiEr
     }
 }
 
-/// Keeps `resourceType`, `id`, `meta` and the elements `keep` accepts, and marks the result
+/// Keeps `resourceType`, `id`, `meta`, the mandatory elements and those `keep` accepts, and
+/// marks the result
 /// SUBSETTED (R4 search.html#elements: "the server SHOULD mark the resources with the tag
 /// SUBSETTED").
 fn subset(body: &str, keep: impl Fn(&str) -> bool) -> Result<String, ApiError> {
@@ -145,7 +146,12 @@ fn subset(body: &str, keep: impl Fn(&str) -> bool) -> Result<String, ApiError> {
         ApiError::Service(ServiceError::Store(StoreError::Config(format!("stored resource is not JSON: {e}"))))
     })?;
     if let Value::Object(map) = &mut value {
-        map.retain(|name, _| matches!(name.as_str(), "resourceType" | "id" | "meta") || keep(name));
+        let resource_type = map.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
+        map.retain(|name, _| {
+            matches!(name.as_str(), "resourceType" | "id" | "meta")
+                || keep(name)
+                || crate::fhir::is_mandatory_element(&resource_type, name)
+        });
         let meta = map.entry("meta").or_insert_with(|| json!({}));
         if let Value::Object(meta) = meta {
             let tags = meta.entry("tag").or_insert_with(|| json!([]));
@@ -174,5 +180,16 @@ mod tests {
         assert_eq!(got["id"], "t1", "id kept");
         assert_eq!(got["meta"]["versionId"], "2", "meta kept");
         assert_eq!(got["meta"]["tag"][0]["code"], "SUBSETTED", "marked");
+    }
+
+    #[test]
+    fn a_subset_keeps_the_mandatory_elements_whatever_was_asked() {
+        let body = r#"{"resourceType":"Consent","id":"c1","status":"active","scope":{"text":"privacy"},"category":[{"text":"consent"}],"dateTime":"2026-11-23"}"#;
+        let got: Value = serde_json::from_str(&subset(body, |n| n == "status").expect("subset")).expect("json");
+        assert!(
+            got.get("scope").is_some() && got.get("category").is_some(),
+            "Consent.scope and .category are 1..: {got}"
+        );
+        assert!(got.get("dateTime").is_none(), "optional and not asked for: {got}");
     }
 }

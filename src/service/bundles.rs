@@ -189,7 +189,7 @@ impl ResourceService {
                 Some("resourceType"),
             ));
         }
-        fhir_format::check_json_structure(&bundle).map_err(|e| ServiceError::Invalid(vec![structure_issue(e)]))?;
+        crate::fhir::format::check_structure(&bundle).map_err(|e| ServiceError::Invalid(vec![structure_issue(e)]))?;
         match bundle.get("type").and_then(Value::as_str) {
             Some("transaction") => self.transaction(caller, &bundle, authorize, request).await,
             Some("batch") => Ok(self.batch(caller, &bundle, authorize).await),
@@ -234,13 +234,7 @@ impl ResourceService {
                         responses.iter().filter_map(|r| r["response"]["location"].as_str()).collect();
                     write_set.request = request.map(|k| k.record(format!("the transaction of {}", created.join(", "))));
                     match self.store().commit(write_set).await {
-                        Ok(()) => {
-                            return Ok(json!({
-                                "resourceType": "Bundle",
-                                "type": "transaction-response",
-                                "entry": responses,
-                            }))
-                        }
+                        Ok(()) => return Ok(response_bundle("transaction-response", responses)),
                         Err(StoreError::ConditionalClaimTaken) => continue,
                         Err(StoreError::DuplicateRequest) => {
                             if let Some(key) = request {
@@ -441,7 +435,7 @@ impl ResourceService {
                 Err(e) => failure_entry(&entry_error(entry.index, e)),
             });
         }
-        json!({"resourceType": "Bundle", "type": "batch-response", "entry": responses})
+        response_bundle("batch-response", responses)
     }
 
     async fn batch_entry(
@@ -517,4 +511,14 @@ impl ResourceService {
 fn failure_entry(error: &ServiceError) -> Value {
     let (status, issues) = error.status_and_issues();
     json!({"response": {"status": status.to_string(), "outcome": operation_outcome(&issues)}})
+}
+
+/// A batch or transaction response; without `entry` when the request had none (FHIR JSON never
+/// has an empty array).
+fn response_bundle(kind: &str, responses: Vec<Value>) -> Value {
+    let mut bundle = json!({"resourceType": "Bundle", "type": kind});
+    if !responses.is_empty() {
+        bundle["entry"] = Value::Array(responses);
+    }
+    bundle
 }

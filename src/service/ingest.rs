@@ -77,7 +77,7 @@ fn check_fhir(resource: &Value, expected: ResourceType) -> Result<(), ServiceErr
             ))
         }
     }
-    if let Err(e) = fhir_format::check_json_structure(resource) {
+    if let Err(e) = crate::fhir::format::check_structure(resource) {
         return Err(ServiceError::Invalid(vec![structure_issue(e)]));
     }
     let issues: Vec<Issue> = crate::fhir::check_values(resource)

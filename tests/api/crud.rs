@@ -325,7 +325,7 @@ async fn type_history_pages_with_next_links_and_honours_since() {
     seen.dedup();
     assert_eq!(seen.len(), 5, "paging visits every version once");
     let (_, none) = json_of(app.get(Party::Gp, "/Patient/_history?_since=2999-01-01T00:00:00Z").await).await;
-    assert_eq!(none["entry"].as_array().map(Vec::len), Some(0), "nothing after the future");
+    assert!(none.get("entry").is_none(), "nothing after the future (and no empty array): {none}");
     let (status, _) = json_of(app.get(Party::Gp, "/Patient/_history?_since=yesterday").await).await;
     assert_eq!(status, 400, "a malformed _since is a 400");
 }

@@ -174,3 +174,82 @@ async fn a_task_with_a_bogus_status_and_an_impossible_date_is_refused_with_both_
     assert!(expressions.contains(&"Task.status"), "status reported: {outcome}");
     assert!(expressions.contains(&"Task.authoredOn"), "date reported: {outcome}");
 }
+
+#[tokio::test]
+async fn empty_arrays_in_any_body_are_refused_with_their_path_and_the_server_keeps_serving() {
+    let app = spawn_app().await;
+    // $validate reports what it found with 200 (R4 resource-operation-validate); the rest refuse.
+    let cases: [(&str, Value, u16, &str); 4] = [
+        ("/Patient", json!({"resourceType": "Patient", "name": []}), 400, "Patient.name"),
+        ("/Patient", json!({"resourceType": "Patient", "name": [{"given": []}]}), 400, "Patient.name[0].given"),
+        ("/Patient/$validate", json!({"resourceType": "Patient", "name": []}), 200, "Patient.name"),
+        ("/", json!({"resourceType": "Bundle", "type": "batch", "entry": []}), 400, "Bundle.entry"),
+    ];
+    for (path, body, expected, expression) in cases {
+        let (status, outcome) = post_raw(&app, path, "application/fhir+json", body.to_string()).await;
+        assert_eq!(status, expected, "{path} {body}: {outcome}");
+        assert_eq!(outcome["issue"][0]["expression"][0], expression, "{outcome}");
+    }
+    let created = app.created(Party::Gp, &patient(&crate::fixtures::nhs_number())).await;
+    let id = created["id"].as_str().expect("id");
+    let patch = json!([{"op": "add", "path": "/identifier", "value": []}]);
+    let (status, outcome) = json_of(
+        app.as_party(Party::Gp, Method::PATCH, &format!("/Patient/{id}"))
+            .await
+            .header("Content-Type", "application/json-patch+json")
+            .body(patch.to_string())
+            .send()
+            .await
+            .expect("patch"),
+    )
+    .await;
+    assert!(status == 400 || status == 422, "a patch leaving an empty array is refused: {status} {outcome}");
+    let (status, _) = json_of(app.get(Party::Gp, &format!("/Patient/{id}")).await).await;
+    assert_eq!(status, 200, "the server still serves after every refusal");
+}
+
+#[tokio::test]
+async fn empty_results_are_bundles_without_entries_in_json_and_in_xml() {
+    let app = spawn_app().await;
+    for path in ["/Task", "/Task?_summary=count", "/Task/_history", "/CodeSystem?url=urn:nothing", "/Task?_format=xml"]
+    {
+        let response = app.get(Party::Gp, path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let text = response.text().await.expect("body");
+        assert!(!text.contains(r#""entry":[]"#) && !text.contains("<entry"), "{path}: {text}");
+    }
+    let (status, response) =
+        post_raw(&app, "/", "application/fhir+json", r#"{"resourceType":"Bundle","type":"batch"}"#).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["type"], "batch-response");
+    assert!(response.get("entry").is_none(), "{response}");
+    let metadata = app.http.get(app.url("/metadata?_format=xml")).send().await.expect("metadata");
+    assert_eq!(metadata.status(), 200, "the CapabilityStatement renders as XML");
+}
+
+#[tokio::test]
+async fn a_subset_keeps_mandatory_elements_so_it_renders_as_xml() {
+    let app = spawn_app().await;
+    let patient = app.created(Party::Gp, &patient(&crate::fixtures::nhs_number())).await;
+    let consent = crate::fixtures::consent(&format!("Patient/{}", patient["id"].as_str().expect("id")));
+    app.created(Party::Gp, &consent).await;
+    let response = app.get(Party::Gp, "/Consent?_elements=status&_format=xml").await;
+    assert_eq!(response.status(), 200);
+    let xml = response.text().await.expect("xml");
+    assert!(xml.contains("<scope>") && xml.contains("SUBSETTED"), "{xml}");
+}
+
+#[tokio::test]
+async fn a_nameless_query_parameter_and_a_wrong_method_get_well_formed_refusals() {
+    let app = spawn_app().await;
+    let response =
+        app.as_party(Party::Gp, Method::GET, "/Task?=x").await.header("Prefer", "handling=strict").send().await;
+    let (status, outcome) = json_of(response.expect("search")).await;
+    assert_eq!(status, 400, "{outcome}");
+    assert!(outcome["issue"][0].get("expression").is_none(), "no empty expression: {outcome}");
+    for (method, path, allow) in [(Method::DELETE, "/metadata", "GET"), (Method::PUT, "/Task", "GET, POST")] {
+        let response = app.as_party(Party::Gp, method.clone(), path).await.send().await.expect("request");
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+    }
+}
