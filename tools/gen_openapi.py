@@ -1,8 +1,9 @@
-# Generates openapi/linkbridge.openapi.yaml (first draft, issue 8): run `python3 tools/gen_openapi.py`
-# (needs PyYAML). The per-type paths repeat for nine types, so they are written by this script.
-# The search parameters below mirror src/domain/search_params.rs; the drift test planned for
-# issue 8 is what will keep the two in step.
-import json, yaml, pathlib
+# Generates openapi/linkbridge.openapi.yaml (issue 8): run `python3 tools/gen_openapi.py` (needs
+# PyYAML), never edit the YAML by hand. The per-type paths repeat for nine types, so they are
+# written by this script. The search parameters below mirror src/domain/search_params.rs;
+# tests/api/openapi.rs holds the contract to the routes and search parameters, and
+# tools/contract/run.sh holds it to a running server (schemathesis).
+import base64, json, yaml, pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EX = ROOT / 'profiles/examples'
@@ -212,6 +213,29 @@ for rt in ['Organization','Practitioner','PractitionerRole','Consent']:
         props.update({'active':{'type':'boolean'},'practitioner':sref('Reference'),'organization':sref('Reference'),'code':{'type':'array','items':sref('CodeableConcept')}})
     S[rt] = {'type':'object','description':f'A FHIR R4 {rt} (base resource, no linkbridge profile; loose schema).','required':req,'properties':props,'additionalProperties':True}
 
+# Base R4 shapes of the profiled types. A profile applies only to the instances it selects (README
+# "Which resources are checked": a claim in meta.profile, or for ServiceRequest and Task the
+# profile's code pattern); the server takes any other valid R4 instance of the type, so request
+# bodies are `anyOf` the profile and the base shape, and only R4's own required elements are
+# required by the latter.
+BASE_REQUIRED = {'ServiceRequest':['resourceType','status','intent','subject'],'Task':['resourceType','status','intent'],
+                 'CarePlan':['resourceType','status','intent','subject'],'Patient':['resourceType']}
+BASE_STATUS = {'ServiceRequest':REQUEST_STATUS,'CarePlan':REQUEST_STATUS,
+               'Task':['draft','requested','received','accepted','rejected','ready','cancelled','in-progress','on-hold','failed','completed','entered-in-error']}
+BASE_INTENT = {'ServiceRequest':['proposal','plan','directive','order','original-order','reflex-order','filler-order','instance-order','option'],
+               'Task':['unknown','proposal','plan','order','original-order','reflex-order','filler-order','instance-order','option'],
+               'CarePlan':['proposal','plan','order','option']}
+for rt in PROFILED:
+    props = common_props(rt)
+    if rt in BASE_STATUS:
+        props['status'] = {'type':'string','enum':BASE_STATUS[rt]}
+        props['intent'] = {'type':'string','enum':BASE_INTENT[rt]}
+    if rt in ('ServiceRequest','CarePlan'):
+        props['subject'] = sref('Reference')
+    S[f'{rt}Base'] = {'type':'object','required':BASE_REQUIRED[rt],'properties':props,'additionalProperties':True,
+                      'description':f'Any valid FHIR R4 {rt} the profile does not select (base resource; R4\'s required elements only). '
+                                    'Elements not listed are any other element R4 defines for the type.'}
+
 # Stored (response) shapes of the profiled types: the server stores base-R4 instances that do not claim the profile.
 for rt in PROFILED:
     S[f'{rt}Stored'] = {'type':'object','required':['resourceType','id'],'description':f'A stored {rt} as served. Instances the profile applies to conform to #/components/schemas/{rt}; others are any valid R4 {rt}.',
@@ -230,6 +254,34 @@ S['SmartConfiguration'] = {'type':'object','required':['token_endpoint'],'proper
   'capabilities':{'type':'array','items':{'type':'string'}}},'additionalProperties':True}
 S['Jwks'] = {'type':'object','required':['keys'],'properties':{'keys':{'type':'array','items':{'type':'object','required':['kty'],'properties':{'kty':{'type':'string'},'kid':{'type':'string'},'alg':{'type':'string'},'use':{'type':'string'}},'additionalProperties':True}}}}
 S['Probe'] = {'type':'object','required':['status'],'properties':{'status':{'type':'string'}}}
+
+# The FHIR JSON format (R4 json.html): no empty arrays, no empty strings, no empty objects, and
+# `null` only inside an array (where it keeps a primitive array aligned with its `_name` twin).
+# Every FHIR JSON response body is held to it (fhir_json below); request bodies that break it are 400s.
+# FHIR JSON has no arrays of arrays, so an array item is FhirJsonItem (written without anyOf: the
+# spec validator follows `items` and `anyOf` through references without noticing cycles).
+S['FhirJson'] = {'description':'Any value of a FHIR JSON document (R4 json.html): objects have at least one property, arrays at least one item and no arrays in them, strings at least one character; `null` appears only as an array item.',
+  'type':['object','array','string','number','boolean'],'minProperties':1,'additionalProperties':sref('FhirJson'),
+  'minItems':1,'items':sref('FhirJsonItem'),'minLength':1}
+S['FhirJsonItem'] = {'description':'An item of an array of a FHIR JSON document: a FhirJson value other than an array, or `null`.',
+  'type':['object','string','number','boolean','null'],'minProperties':1,'additionalProperties':sref('FhirJson'),'minLength':1}
+
+# The same rules on the hand-written FHIR schemas, so that generated requests respect them too.
+NOT_FHIR = {'TokenRequest','TokenResponse','OAuthError','SmartConfiguration','Jwks','Probe','JsonPatch','FhirJson','FhirJsonItem'}
+def fhir_rules(node):
+    if isinstance(node, dict):
+        if node.get('type') == 'array':
+            node.setdefault('minItems', 1)
+        if node.get('type') == 'string' and not ({'const','enum','pattern','minLength'} & node.keys()):
+            node['minLength'] = 1
+        for value in node.values():
+            fhir_rules(value)
+    elif isinstance(node, list):
+        for value in node:
+            fhir_rules(value)
+for name, schema in S.items():
+    if name not in NOT_FHIR:
+        fhir_rules(schema)
 
 # ---------------------------------------------------------------- headers
 H = {
@@ -298,13 +350,16 @@ COMMON_SEARCH = ['_id','_lastUpdated','_count','_total','_summary','_elements','
 RENDER = ['_format','_pretty']
 
 # ---------------------------------------------------------------- responses
-FHIR_ERR = {'application/fhir+json':{'schema':sref('OperationOutcome')}}
+def fhir_json(schema):
+    """A FHIR JSON response body: `schema`, and the rules of the FHIR JSON format on every value in it."""
+    return {'allOf':[schema, sref('FhirJson')]}
+FHIR_ERR = {'application/fhir+json':{'schema':fhir_json(sref('OperationOutcome'))}}
 R = {}
 def err(desc, headers=None):
     r = {'description':desc,'content':FHIR_ERR}
     if headers: r['headers'] = {h: href(h) for h in headers}
     return r
-R['BadRequest'] = err('Malformed request: unparsable or structurally invalid body (strict FHIR parsing), bad id/version/header/query, invalid search parameter.')
+R['BadRequest'] = err('Malformed request: unparsable or structurally invalid body (strict FHIR parsing: an element FHIR R4 does not define for the type, even where the schema here is open, a wrong JSON type, a missing required element, an empty array or string, a malformed primitive, a code outside a required binding), bad id/version/header/query, invalid search parameter.')
 R['Unauthorized'] = err('Missing or invalid access token.', ['WWW-Authenticate'])
 R['Forbidden'] = err('The token lacks the scope for the interaction (`WWW-Authenticate: Bearer error="insufficient_scope"`), or the caller\'s organisation or role may not make this change.', ['WWW-Authenticate'])
 R['NotFound'] = err('Unknown resource, or one of another organisation (indistinguishable), or unknown route/type.')
@@ -318,9 +373,9 @@ R['UnsupportedMediaType'] = err('`Content-Type` missing or not one this endpoint
 R['Unprocessable'] = err('Well-formed but breaks a business rule or profile (every issue listed, with FHIRPath `expression`), or an `X-Request-ID` reused with another body.')
 R['ServiceUnavailable'] = err('Transient: the access could not be audited, or the write could not commit within the settle window. Retry after `Retry-After`.', ['Retry-After'])
 R['ServerError'] = err('Internal error (details logged, not returned).')
-R['OperationOutcomeOK'] = {'description':'An OperationOutcome.','content':{'application/fhir+json':{'schema':sref('OperationOutcome')},'application/fhir+xml':{'schema':{'type':'string'}}}}
-R['SearchsetBundle'] = {'description':'A `searchset` Bundle (matches, then `_include`/`_revinclude` entries; `self`/`next`/`previous` links).','content':{'application/fhir+json':{'schema':sref('Bundle')},'application/fhir+xml':{'schema':{'type':'string'}}}}
-R['HistoryBundle'] = {'description':'A `history` Bundle, newest first, with `next` links.','content':{'application/fhir+json':{'schema':sref('Bundle')},'application/fhir+xml':{'schema':{'type':'string'}}}}
+R['OperationOutcomeOK'] = {'description':'An OperationOutcome.','content':{'application/fhir+json':{'schema':fhir_json(sref('OperationOutcome'))},'application/fhir+xml':{'schema':{'type':'string'}}}}
+R['SearchsetBundle'] = {'description':'A `searchset` Bundle (matches, then `_include`/`_revinclude` entries; `self`/`next`/`previous` links).','content':{'application/fhir+json':{'schema':fhir_json(sref('Bundle'))},'application/fhir+xml':{'schema':{'type':'string'}}}}
+R['HistoryBundle'] = {'description':'A `history` Bundle, newest first, with `next` links.','content':{'application/fhir+json':{'schema':fhir_json(sref('Bundle'))},'application/fhir+xml':{'schema':{'type':'string'}}}}
 
 def codes_(*cs): 
     m = {'400':'BadRequest','401':'Unauthorized','403':'Forbidden','404':'NotFound','406':'NotAcceptable','409':'Conflict','410':'Gone','412':'PreconditionFailed',
@@ -328,7 +383,7 @@ def codes_(*cs):
     return {c: rref(m[c]) for c in cs}
 
 def fhir_content(schema, example=None):
-    j = {'schema':schema}
+    j = {'schema':fhir_json(schema)}
     return {'application/fhir+json':j,'application/fhir+xml':{'schema':{'type':'string'}}}
 
 def resource_ok(rt, desc, status_headers=('ETag','Last-Modified'), may_be_outcome=False):
@@ -348,13 +403,22 @@ SUB_EXAMPLE = {"resourceType":"Subscription","status":"requested","reason":"refe
   "_criteria":{"extension":[{"url":"http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria","valueString":"Task?status=accepted,rejected,completed"}]},
   "channel":{"type":"rest-hook","endpoint":"https://gp-system.example.org/linkbridge-hook","payload":"application/fhir+json",
     "_payload":{"extension":[{"url":"http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content","valueCode":"id-only"}]},
-    "extension":[{"url":"http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period","valueUnsignedInt":3600}]}}
+    "extension":[{"url":"http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period","valueUnsignedInt":3600},
+                 # A new subscription must carry its signing secret (422 otherwise). This one is public: make your own
+                 # with `echo "whsec_$(head -c 32 /dev/urandom | base64)"`.
+                 {"url":"https://linkbridge.scot/fhir/StructureDefinition/webhook-secret",
+                  "valueString":"whsec_" + base64.b64encode(b'example secret: make your own!!!').decode()}]}}
 
 def request_body(rt, with_examples):
-    j = {'schema':sref(rt)}
+    schema = sref(rt)
+    if rt in PROFILED:
+        schema = {'anyOf':[sref(rt), sref(f'{rt}Base')],'description':f'A {rt}: where its profile applies (a claim in `meta.profile`'
+                  + (', or the profile\'s code' if rt in ('ServiceRequest','Task') else '') + ') it must conform to it (422 otherwise); any other valid R4 '
+                  + f'{rt} is taken as it is.'}
+    j = {'schema':schema}
     if with_examples:
         ex = body_examples(rt)
-        if rt == 'Subscription': ex = {'rest-hook':{'summary':'README example (without webhook-secret)','value':SUB_EXAMPLE}}
+        if rt == 'Subscription': ex = {'rest-hook':{'summary':'README example (its webhook secret is public: make your own)','value':SUB_EXAMPLE}}
         if ex: j['examples'] = ex
     return {'required':True,'content':{'application/fhir+json':j,'application/fhir+xml':{'schema':{'type':'string','description':f'The {rt} in FHIR XML.'}}}}
 
@@ -397,7 +461,7 @@ for rt in TYPES:
                  {'required':True,'content':{'application/fhir+json':{'schema':{'type':'object','description':f'The {rt} to check (valid or not), or a Parameters resource with a `resource` parameter and optionally `profile`.'},
                      **({'examples':body_examples(rt)} if body_examples(rt) else {})},
                    'application/fhir+xml':{'schema':{'type':'string'}}}},
-                 {'200':{'description':'The resource was read: its issues, or one informational issue ("no issues"). Nothing is written.','content':{'application/fhir+json':{'schema':sref('OperationOutcome')},'application/fhir+xml':{'schema':{'type':'string'}}}},
+                 {'200':{'description':'The resource was read: its issues, or one informational issue ("no issues"). Nothing is written.','content':{'application/fhir+json':{'schema':fhir_json(sref('OperationOutcome'))},'application/fhir+xml':{'schema':{'type':'string'}}}},
                   **codes_('400','401','403','406','413','415','500','503')},
                  desc='Needs a create or update scope on the type.')}
     paths[f'/{rt}/{{id}}'] = {
@@ -433,7 +497,9 @@ P['content'] = {'name':'content','in':'query','schema':{'type':'string','enum':[
 paths['/Subscription/{id}/$events'] = {'parameters':[pref('id')],'get': op('Subscription events by number', 'subscriptionEvents', ['Subscription'], ['eventsSinceNumber','eventsUntilNumber','content'] + RENDER, None,
    {'200':{'description':'A Bundle of the events (Backport IG `$events`).','content':fhir_content(sref('Bundle'))}, **sub_err})}
 paths['/Subscription/{id}/$resend'] = {'parameters':[pref('id')],'post': op('Resend dead notifications', 'subscriptionResend', ['Subscription'], RENDER, None,
-   {'200':{'description':'Informational OperationOutcome: how many notifications were queued again; a subscription in `error` becomes active.','content':fhir_content(sref('OperationOutcome'))}, **sub_err},
+   {'200':{'description':'Informational OperationOutcome: how many notifications were queued again; a subscription in `error` becomes active.','content':fhir_content(sref('OperationOutcome'))}, **sub_err,
+    # 409: the server kept changing the subscription's status meanwhile; 422: the subscription is `off`.
+    **codes_('409','422')},
    desc='Needs update scope on Subscription (the subscriber or the operator). No request body.')}
 paths['/$outbox-status'] = {'get': op('Notification outbox status (operator role)', 'outboxStatus', ['Operator'], RENDER, None,
    {'200':{'description':'Parameters: pending, delivered and dead counts, oldest pending notification and its age, attempts, failures.','content':fhir_content(sref('Parameters'))},
@@ -445,8 +511,8 @@ paths['/'] = {'post': op('Process a transaction or batch Bundle', 'transaction',
    {'required':True,'content':{'application/fhir+json':{'schema':sref('TransactionBundle'),'examples':{'referral-transaction':{'summary':'examples/referral-transaction.json','value':txn}}},
                                'application/fhir+xml':{'schema':{'type':'string'}}}},
    {'200':{'description':'A `transaction-response` or `batch-response` Bundle (batch: per-entry statuses and OperationOutcomes).','content':fhir_content(sref('Bundle'))},
-    **codes_('400','401','403','404','406','409','412','413','415','422','500','503')},
-   desc='A transaction is all or nothing: the first failing entry\'s status is the response\'s. Entries are authorised per type and interaction.')}
+    **codes_('400','401','403','404','406','409','410','412','413','415','422','500','503')},
+   desc='A transaction is all or nothing: the first failing entry\'s status is the response\'s (410 for an entry on a deleted resource). Entries are authorised per type and interaction.')}
 
 # audit
 P['audit_count'] = {'name':'_count','in':'query','schema':{'type':'integer','minimum':0,'maximum':4294967295}}
@@ -469,7 +535,7 @@ for ct in ['StructureDefinition','ValueSet','CodeSystem']:
 
 # public endpoints
 paths['/metadata'] = {'get': op('CapabilityStatement', 'capabilities', ['Discovery'], RENDER, None,
-   {'200':{'description':'The CapabilityStatement.','content':fhir_content(sref('CapabilityStatement'))}, **codes_('406')}, security=[])}
+   {'200':{'description':'The CapabilityStatement.','content':fhir_content(sref('CapabilityStatement'))}, **codes_('406','500')}, security=[])}
 paths['/.well-known/smart-configuration'] = {'get': op('SMART configuration', 'smartConfiguration', ['Discovery'], None, None,
    {'200':{'description':'SMART App Launch 2.x discovery (Backend Services).','content':{'application/json':{'schema':sref('SmartConfiguration')}}}}, security=[])}
 paths['/.well-known/jwks.json'] = {'get': op('Access-token signing keys', 'jwks', ['Discovery'], None, None,
@@ -483,6 +549,19 @@ paths['/auth/token'] = {'post': op('Get an access token (SMART Backend Services)
    desc='client_credentials grant with a `private_key_jwt` client assertion. The body is parsed as a form whatever its Content-Type.', security=[])}
 paths['/healthz'] = {'get': op('Liveness probe', 'healthz', ['Probes'], None, None,
    {'200':{'description':'The process serves HTTP.','content':{'application/json':{'schema':sref('Probe'),'example':{'status':'ok'}}}}}, security=[])}
+paths['/metrics'] = {'get': op('Prometheus metrics', 'metrics', ['Probes'], None, None,
+   {'200':{'description':'Prometheus text exposition format 0.0.4: request counts and durations by route template, token refusals, database pool, outbox depth. Counts only, no identifiers; keep it off the public side of the load balancer.',
+           'content':{'text/plain':{'schema':{'type':'string'}}}},
+    **codes_('500','503')}, security=[])}
+DOCS_ASSETS = ['swagger-ui-bundle.js','swagger-ui.css','init.js','LICENSE']
+paths['/docs'] = {'get': op('API reference (Swagger UI)', 'docs', ['Docs'], None, None,
+   {'200':{'description':'An HTML page showing this contract; its scripts and styles come from /docs/{asset} (no other site).','content':{'text/html':{'schema':{'type':'string'}}}}}, security=[])}
+P['docs_asset'] = {'name':'asset','in':'path','required':True,'schema':{'type':'string','enum':DOCS_ASSETS},'description':'A vendored Swagger UI file (npm swagger-ui-dist, Apache-2.0).'}
+paths['/docs/{asset}'] = {'parameters':[pref('docs_asset')],'get': op('API reference assets', 'docsAsset', ['Docs'], None, None,
+   {'200':{'description':'The file.','content':{'text/javascript':{'schema':{'type':'string'}},'text/css':{'schema':{'type':'string'}},'text/plain':{'schema':{'type':'string'}}}},
+    '404':rref('NotFound')}, security=[])}
+paths['/openapi.yaml'] = {'get': op('This contract', 'openapi', ['Docs'], None, None,
+   {'200':{'description':'This OpenAPI document, with `servers` naming the server that serves it.','content':{'application/yaml':{'schema':{'type':'object','required':['openapi','info','paths'],'properties':{'openapi':{'type':'string','const':'3.1.0'}}}}}}}, security=[])}
 paths['/readyz'] = {'get': op('Readiness probe', 'readyz', ['Probes'], None, None,
    {'200':{'description':'The database is reachable.','content':{'application/json':{'schema':sref('Probe'),'example':{'status':'ready'}}}},
     '503':{'description':'The database is unreachable.','headers':{'Retry-After':href('Retry-After')},'content':{'application/json':{'schema':sref('Probe'),'example':{'status':'database unreachable'}}}}}, security=[])}
@@ -499,9 +578,12 @@ doc = {
  'info':{'title':'linkbridge FHIR R4 API','version':'0.1.0',
    'summary':'FHIR R4 exchange of social prescribing referrals between GP practices and Community Link Worker services.',
    'description':(
-     'First draft of the contract of linkbridge (written from src/http/*.rs, src/domain/*.rs, README.md and profiles/).\n\n'
+     'The HTTP contract of linkbridge, checked against the server\'s routes (tests/api/openapi.rs) and against a running server (tools/contract/run.sh, schemathesis).\n\n'
      '* FHIR R4 (4.0.1) RESTful API: `application/fhir+json` (default) and `application/fhir+xml`, chosen by `_format` then `Accept`; `_pretty=true` indents.\n'
-     '* Request bodies are parsed strictly: unknown elements, wrong JSON types, missing required elements, malformed primitives and codes outside required bindings are 400.\n'
+     '* Request bodies are parsed strictly: unknown elements, wrong JSON types, missing required elements, malformed primitives and codes outside required bindings are 400. '
+     'The resource schemas here name the elements linkbridge uses and leave the others open (`additionalProperties`) for brevity: an element is accepted only if FHIR R4 defines it for that type, anything else is a 400.\n'
+     '* FHIR JSON (R4 json.html): no empty arrays, empty strings or empty objects, in requests (400) or responses.\n'
+     '* A successful create, update or patch with `Prefer: return=minimal` has no body (and so no `Content-Type`), whatever its response below says.\n'
      '* Every error of the FHIR endpoints is an `OperationOutcome` served as `application/fhir+json`.\n'
      '* Any method a path does not list answers **405** with an OperationOutcome; an unknown path or resource type answers 404.\n'
      '* Every FHIR endpoint needs a SMART Backend Services access token; every organisation sees only its own data (another organisation\'s resource is a 404).\n'
@@ -510,7 +592,7 @@ doc = {
    'license':{'name':'MIT OR Apache-2.0','identifier':'MIT OR Apache-2.0'}},
  'servers':[{'url':'http://127.0.0.1:8080','description':'Local default (`listen = 127.0.0.1:8080`).'}],
  'security':[{'smart':[]},{'bearer':[]}],
- 'tags':[{'name':rt} for rt in TYPES] + [{'name':n} for n in ['System','Operator','Conformance','Discovery','Auth','Probes']],
+ 'tags':[{'name':rt} for rt in TYPES] + [{'name':n} for n in ['System','Operator','Conformance','Discovery','Auth','Probes','Docs']],
  'paths':paths,
  'components':{
    'securitySchemes':{
@@ -542,7 +624,7 @@ Dumper.add_representer(dict, dict_presenter)
 Dumper.add_representer(list, list_presenter)
 out = ROOT/'openapi/linkbridge.openapi.yaml'
 out.parent.mkdir(exist_ok=True)
-header = ('# linkbridge OpenAPI 3.1 contract - FIRST DRAFT.\n'
-          '# Written from the sources (src/http, src/domain, README.md, profiles/); not yet checked against a running server.\n')
+header = ('# linkbridge OpenAPI 3.1 contract. GENERATED by tools/gen_openapi.py: do not edit, regenerate.\n'
+          '# Checked against the routes by tests/api/openapi.rs and against a running server by tools/contract/run.sh.\n')
 out.write_text(header + yaml.dump(doc, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=160))
 print('written', out, len(out.read_text().splitlines()), 'lines')
