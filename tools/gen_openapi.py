@@ -45,7 +45,8 @@ TASK_STATUS = ['draft','requested','accepted','rejected','cancelled','in-progres
 TOPICS = ['https://linkbridge.scot/fhir/SubscriptionTopic/referral-task',
           'https://linkbridge.scot/fhir/SubscriptionTopic/referral-servicerequest',
           'https://linkbridge.scot/fhir/SubscriptionTopic/link-worker-careplan']
-PROFILED = {'ServiceRequest','Task','CarePlan','Patient'}
+# A list, not a set: the output must not depend on hash order.
+PROFILED = ['ServiceRequest','Task','CarePlan','Patient']
 
 def ref(kind, name): return {'$ref': f'#/components/{kind}/{name}'}
 def sref(name): return ref('schemas', name)
