@@ -15,8 +15,8 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::fixtures::{nhs_number, referral_transaction};
-use crate::helpers::{client_assertion, json_of, register_test_clients, Party};
-use crate::processes::free_port;
+use crate::helpers::{json_of, register_test_clients, Party};
+use crate::processes::{free_port, token_from};
 use crate::subscriptions::{subscription, TASK_TOPIC};
 use crate::webhook_receiver::{new_secret, WebhookReceiver};
 use linkbridge::store::DatabaseUrl;
@@ -112,21 +112,7 @@ async fn start_topology(postgres: &str) -> Topology {
 /// An access token from the load balancer's token endpoint (either replica may issue it).
 async fn token(http: &reqwest::Client, lb: &str, party: Party) -> String {
     let token_url = format!("{lb}/auth/token");
-    let assertion = client_assertion(party, &token_url, &Value::Null);
-    let response = http
-        .post(&token_url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("scope", "system/*.cruds"),
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-            ("client_assertion", assertion.as_str()),
-        ])
-        .send()
-        .await
-        .expect("token request");
-    let (status, body) = json_of(response).await;
-    assert_eq!(status, 200, "token: {body}");
-    body["access_token"].as_str().expect("access_token").to_owned()
+    token_from(http, &token_url, &token_url, party).await.unwrap_or_else(|body| panic!("token: {body}"))
 }
 
 /// How many requests a replica has answered, by its own `/metrics`.
