@@ -202,11 +202,24 @@ fn index_condition(sql: &mut Sql, predicate: &Predicate) -> Result<Option<String
     }))
 }
 
+/// How an indexed clause is tested against the rows the query walks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// `r.id IN (every id with a matching index row)`: the set is built once per statement,
+    /// good when the clause is what narrows the search.
+    Set,
+    /// `EXISTS (a matching index row of this r)`, one index probe per row walked: for searches
+    /// walked along `last_updated` (polls), whose few recent rows must not cost a set of every
+    /// resource the clause matches (a practice's every Task, which only grows).
+    PerRow,
+}
+
 fn predicate_sql(
     sql: &mut Sql,
     resource_type: ResourceType,
     param: ParamRef,
     predicate: &Predicate,
+    probe: Probe,
 ) -> Result<String, StoreError> {
     match (param, predicate) {
         (ParamRef::Id, Predicate::Id(id)) => Ok(format!("r.id = {}", sql.text(id.as_str())?)),
@@ -219,10 +232,16 @@ fn predicate_sql(
             let type_placeholder = sql.text(resource_type.as_str())?;
             let param_placeholder = sql.text(p.name)?;
             let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
-            Ok(format!(
-                "r.id IN (SELECT x.id FROM {table} x WHERE x.resource_type = {type_placeholder} \
-                 AND x.param = {param_placeholder}{condition})"
-            ))
+            Ok(match probe {
+                Probe::Set => format!(
+                    "r.id IN (SELECT x.id FROM {table} x WHERE x.resource_type = {type_placeholder} \
+                     AND x.param = {param_placeholder}{condition})"
+                ),
+                Probe::PerRow => format!(
+                    "EXISTS (SELECT 1 FROM {table} x WHERE x.resource_type = r.resource_type AND x.id = r.id \
+                     AND x.resource_type = {type_placeholder} AND x.param = {param_placeholder}{condition})"
+                ),
+            })
         }
         (param, predicate) => {
             Err(StoreError::Config(format!("the predicate {predicate:?} does not apply to {}", param.name())))
@@ -230,11 +249,11 @@ fn predicate_sql(
     }
 }
 
-fn clause_sql(sql: &mut Sql, resource_type: ResourceType, clause: &Clause) -> Result<String, StoreError> {
+fn clause_sql(sql: &mut Sql, resource_type: ResourceType, clause: &Clause, probe: Probe) -> Result<String, StoreError> {
     let alternatives = clause
         .any_of
         .iter()
-        .map(|p| predicate_sql(sql, resource_type, clause.param, p))
+        .map(|p| predicate_sql(sql, resource_type, clause.param, p, probe))
         .collect::<Result<Vec<_>, _>>()?;
     let any = format!("({})", alternatives.join(" OR "));
     Ok(if clause.negated { format!("NOT {any}") } else { any })
@@ -299,7 +318,9 @@ fn from_and_filter(
             conditions.push("r.id = d.id".to_owned());
             continue;
         }
-        conditions.push(clause_sql(sql, query.resource_type, clause)?);
+        // Not driven by a clause: walked along `last_updated` (a poll), probe per row.
+        let probe = if drive { Probe::Set } else { Probe::PerRow };
+        conditions.push(clause_sql(sql, query.resource_type, clause, probe)?);
     }
     if let Some(horizon) = horizon {
         conditions.push(format!("r.last_updated <= {}", sql.int(horizon.micros())?));

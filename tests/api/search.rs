@@ -1146,5 +1146,18 @@ async fn the_polling_queries_use_indexes(db: Db) {
             "{db:?} {resource_type}?{query} must not read every row of a type:\n{}",
             plan.join("\n")
         );
+        // A poll walks the few rows changed since its last one; it must not first collect every
+        // resource its other clauses match (a practice's every Task, which only grows).
+        if parsed.query.uses_last_updated() {
+            let sets: Vec<&String> = plan.iter().filter(|line| line.contains("LIST SUBQUERY")).collect();
+            assert!(sets.is_empty(), "{db:?} {resource_type}?{query} builds a set per poll:\n{}", plan.join("\n"));
+            // On SQLite each probe is an equality down to the resource id, not a walk through
+            // the organisation's index rows.
+            let walks: Vec<&String> = plan
+                .iter()
+                .filter(|line| line.trim_start().starts_with("SEARCH x") && !line.contains("id=?)"))
+                .collect();
+            assert!(walks.is_empty(), "{db:?} {resource_type}?{query} probes without the id:\n{}", plan.join("\n"));
+        }
     }
 }

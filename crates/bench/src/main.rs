@@ -185,7 +185,6 @@ async fn bench_database(
     for _ in 0..(200 + max) {
         tasks.push(scenarios::submit(&gp, &nhs).await?.context("a setup referral was refused")?);
     }
-    let since = scenarios::last_updated(&gp, &tasks[tasks.len() - 11]).await?;
     let (readable, working) = tasks.split_at(200);
     let readable = Arc::new(readable.to_vec());
     let working = Arc::new(working.to_vec());
@@ -194,12 +193,19 @@ async fn bench_database(
         versions.push(AtomicU64::new(scenarios::prepare_in_progress(&clw, task).await?));
     }
     let versions = Arc::new(versions);
-    // Polls only see changes older than the settle window (5 s by default).
-    tokio::time::sleep(Duration::from_secs(6)).await;
 
     for &c in &plan.concurrency {
         let gp = Api { token: server.token("demo-gp")?, ..gp.clone() };
         let clw = Api { token: server.token("demo-clw")?, ..clw.clone() };
+        // A poller asks for what changed since its last poll: here ten new referrals. Polls see
+        // changes only once they are older than the settle window (5 s by default).
+        let mut recent = Vec::new();
+        for _ in 0..10 {
+            recent.push(scenarios::submit(&gp, &nhs).await?.context("a setup referral was refused")?);
+        }
+        let first_recent = scenarios::last_updated(&gp, &recent[0]).await?;
+        let since = scenarios::just_before(&first_recent)?;
+        tokio::time::sleep(Duration::from_secs(6)).await;
         let scenarios: [(&str, Operation); 4] = [
             ("Task read", scenarios::read_operation(gp.clone(), readable.clone())),
             ("GP polling search", scenarios::poll_operation(gp.clone(), since.clone())),

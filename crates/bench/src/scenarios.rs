@@ -210,3 +210,18 @@ pub async fn last_updated(api: &Api, task: &str) -> anyhow::Result<String> {
     let body: Value = api.request(reqwest::Method::GET, &format!("/Task/{task}")).send().await?.json().await?;
     body["meta"]["lastUpdated"].as_str().map(str::to_owned).context("a Task without meta.lastUpdated")
 }
+
+/// An instant a millisecond before `instant` (FHIR `instant` text, `Z` zone, as the server
+/// writes it), for a `_lastUpdated=gt` that includes `instant` itself.
+pub fn just_before(instant: &str) -> anyhow::Result<String> {
+    let (seconds, fraction) =
+        instant.trim_end_matches('Z').split_once('.').unwrap_or((instant.trim_end_matches('Z'), "0"));
+    let micros: u64 = format!("{fraction:0<6}")[..6].parse().context("an instant's fraction")?;
+    if micros >= 1000 {
+        return Ok(format!("{seconds}.{:06}Z", micros - 1000));
+    }
+    // Rare: the instant is within a millisecond of a whole second; a second earlier is as good.
+    let time = seconds.rsplit_once(':').context("an instant with seconds")?;
+    let second: u32 = time.1.parse().context("seconds")?;
+    Ok(format!("{}:{:02}.000000Z", time.0, second.saturating_sub(1)))
+}
