@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::negotiate::{render_resource_text, rendering};
+use super::negotiate::ok_resource;
 use super::state::{AppState, Caller};
 
 /// The conformance resource types the package holds.
@@ -18,11 +18,6 @@ fn conformance_type(raw: &str) -> Result<&'static str, ApiError> {
         .into_iter()
         .find(|t| *t == raw)
         .ok_or_else(|| ApiError::UnsupportedType(raw.chars().take(64).collect()))
-}
-
-fn respond(req: &HttpRequest, resource: &Value) -> Result<HttpResponse, ApiError> {
-    let (text, content_type) = render_resource_text(rendering(req)?, &resource.to_string())?;
-    Ok(HttpResponse::Ok().content_type(content_type).body(text))
 }
 
 /// `GET /{conformance type}/{id}`.
@@ -37,7 +32,7 @@ pub async fn read(
     let resource = package.find(resource_type, &path.1).ok_or_else(|| {
         ApiError::Service(crate::service::ServiceError::NotFound(format!("{resource_type}/{}", path.1)))
     })?;
-    respond(&req, resource)
+    ok_resource(&req, resource)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -69,5 +64,5 @@ pub async fn search(
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);
     }
-    respond(&req, &bundle)
+    ok_resource(&req, &bundle)
 }

@@ -44,8 +44,7 @@ fn route_label(pattern: Option<&str>, type_segment: Option<&str>, path: &str) ->
     // A request refused before routing (no token) has no match info: the type is the first
     // path segment.
     let type_name = type_segment.or_else(|| path.split('/').nth(1)).unwrap_or_default();
-    let known = ResourceType::parse(type_name).is_ok()
-        || ["StructureDefinition", "ValueSet", "CodeSystem"].contains(&type_name);
+    let known = ResourceType::parse(type_name).is_ok() || super::conformance::CONFORMANCE_TYPES.contains(&type_name);
     let written = if known { type_name } else { "{type}" };
     format!("{}{written}{}", &pattern[..start], &pattern[end..])
 }

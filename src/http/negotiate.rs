@@ -140,6 +140,12 @@ pub fn parse_resource(format: Format, bytes: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
+/// A 200 with `resource` in the format the request negotiated (JSON or XML).
+pub fn ok_resource(req: &HttpRequest, resource: &Value) -> Result<actix_web::HttpResponse, ApiError> {
+    let (text, content_type) = render_resource_text(rendering(req)?, &resource.to_string())?;
+    Ok(actix_web::HttpResponse::Ok().content_type(content_type).body(text))
+}
+
 /// Renders one resource's stored JSON text. JSON is served as stored, without re-parsing,
 /// unless pretty printing is asked for.
 pub fn render_resource_text(rendering: Rendering, json_text: &str) -> Result<(String, &'static str), ApiError> {

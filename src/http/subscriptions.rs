@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::negotiate::{render_resource_text, rendering};
+use super::negotiate::{ok_resource, rendering};
 use super::state::{AppState, Caller};
 use crate::auth::Interaction;
 use crate::domain::ids::ResourceId;
@@ -20,11 +20,6 @@ fn subscription_id(raw: &str) -> Result<ResourceId, ApiError> {
     ResourceId::parse(raw).map_err(|e| ApiError::bad_request(IssueCode::Invalid, e.to_string()))
 }
 
-fn json_response(req: &HttpRequest, body: &serde_json::Value) -> Result<HttpResponse, ApiError> {
-    let (text, content_type) = render_resource_text(rendering(req)?, &body.to_string())?;
-    Ok(HttpResponse::Ok().content_type(content_type).body(text))
-}
-
 /// `GET Subscription/{id}/$status`.
 pub async fn status(
     req: HttpRequest,
@@ -36,7 +31,7 @@ pub async fn status(
     rendering(&req)?;
     let principal = caller.require(ResourceType::Subscription, Interaction::Read)?;
     let bundle = state.resources.subscription_status(principal, &id, &state.base_url).await?;
-    json_response(&req, &bundle)
+    ok_resource(&req, &bundle)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -69,7 +64,7 @@ pub async fn events(
         .transpose()?;
     let range = EventRange { since: query.events_since_number, until: query.events_until_number, content };
     let bundle = state.resources.subscription_events(principal, &id, range, &state.base_url).await?;
-    json_response(&req, &bundle)
+    ok_resource(&req, &bundle)
 }
 
 /// `POST Subscription/{id}/$resend`: dead notifications are delivered again and a
@@ -89,7 +84,7 @@ pub async fn resend(
         format!("{requeued} undelivered notification(s) of Subscription/{id} queued again"),
     )
     .with_severity(Severity::Information)]);
-    json_response(&req, &outcome)
+    ok_resource(&req, &outcome)
 }
 
 /// `GET /$outbox-status`: outbox depth, oldest pending notification, attempts and failures,
@@ -104,5 +99,5 @@ pub async fn outbox_status(
         return Err(ApiError::Forbidden("the outbox status is readable by the operator role only".into()));
     }
     let stats = state.resources.outbox_stats().await?;
-    json_response(&req, &json!({"resourceType": "Parameters", "parameter": delivery_parameters(&stats)}))
+    ok_resource(&req, &json!({"resourceType": "Parameters", "parameter": delivery_parameters(&stats)}))
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use linkbridge::domain::resource_type::ResourceType;
 use linkbridge::domain::search_params;
+use linkbridge::http::conformance::CONFORMANCE_TYPES;
 use linkbridge::http::ENDPOINTS;
 use reqwest::Method;
 use serde_json::Value;
@@ -14,9 +15,6 @@ use serde_json::Value;
 use crate::helpers::{spawn_app, Party, TestApp};
 
 const CONTRACT: &str = include_str!("../../openapi/linkbridge.openapi.yaml");
-
-/// The conformance types served read-only from `profiles/`.
-const CONFORMANCE_TYPES: [&str; 3] = ["StructureDefinition", "ValueSet", "CodeSystem"];
 
 /// Names that may stand in a `{type}` segment: everything served, the conformance and audit
 /// types, and one type linkbridge does not serve (to prove it is refused, not routed).
