@@ -48,6 +48,17 @@ pub(super) fn scope_filter(
     args: &mut AnyArguments<'_>,
     next_placeholder: &mut usize,
 ) -> Result<ScopeFilter, StoreError> {
+    scope_filter_fenced(scope, alias, args, next_placeholder, "")
+}
+
+/// [`scope_filter`] whose subquery ends with `fence` (see `store::search::Probe::PerRow`).
+pub(super) fn scope_filter_fenced(
+    scope: &TenantScope,
+    alias: &str,
+    args: &mut AnyArguments<'_>,
+    next_placeholder: &mut usize,
+    fence: &str,
+) -> Result<ScopeFilter, StoreError> {
     match scope {
         TenantScope::Everything => Ok(ScopeFilter { sql: "1 = 1".to_owned() }),
         TenantScope::Keys(keys) if keys.is_empty() => Ok(ScopeFilter { sql: "1 = 0".to_owned() }),
@@ -61,7 +72,7 @@ pub(super) fn scope_filter(
             Ok(ScopeFilter {
                 sql: format!(
                     "EXISTS (SELECT 1 FROM resource_visibility v WHERE v.resource_type = {alias}.resource_type \
-                     AND v.id = {alias}.id AND v.visibility_key IN ({}))",
+                     AND v.id = {alias}.id AND v.visibility_key IN ({}){fence})",
                     placeholders.join(", ")
                 ),
             })

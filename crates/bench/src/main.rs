@@ -56,6 +56,13 @@ struct Cli {
     /// Where to write the results as Markdown (also printed).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Which databases to measure (PostgreSQL also needs `--postgres`).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    databases: Vec<String>,
+    /// Keep the scratch directory and the PostgreSQL database afterwards (their names are
+    /// printed), to look at the data the measurements left, e.g. with `EXPLAIN ANALYZE`.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// How long and how hard each measurement runs.
@@ -99,15 +106,25 @@ async fn main() -> anyhow::Result<()> {
 
     let scratch = std::env::temp_dir().join(format!("linkbridge-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&scratch)?;
-    let sqlite_result = bench_database(&plan, &binary, &scratch.join("sqlite"), None, &mut report).await;
+    let measured = |db: &str| cli.databases.iter().any(|d| d == db);
+    let sqlite_result = if measured("sqlite") {
+        bench_database(&plan, &binary, &scratch.join("sqlite"), None, &mut report).await
+    } else {
+        Ok(())
+    };
     let postgres_result = match &cli.postgres {
+        Some(_) if !measured("postgres") => Ok(()),
         Some(server) => {
             let database = format!("lb_bench_{}", uuid::Uuid::new_v4().simple());
             let admin = sqlx::PgPool::connect(server).await.context("connecting to PostgreSQL")?;
             admin.execute(format!("CREATE DATABASE {database}").as_str()).await?;
             let url = format!("{}/{database}", server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s));
             let result = bench_database(&plan, &binary, &scratch.join("postgres"), Some(&url), &mut report).await;
-            admin.execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str()).await?;
+            if cli.keep {
+                eprintln!("linkbridge-bench: kept the PostgreSQL database {url}");
+            } else {
+                admin.execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str()).await?;
+            }
             result
         }
         None => {
@@ -115,7 +132,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     };
-    let _ = std::fs::remove_dir_all(&scratch);
+    if cli.keep {
+        eprintln!("linkbridge-bench: kept the scratch directory {}", scratch.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     sqlite_result?;
     postgres_result?;
 
