@@ -102,7 +102,8 @@ impl AuditRecord {
         entity_id: Option<&str>,
     ) -> Self {
         AuditRecord {
-            id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered like resource ids (see `ResourceId::generate`).
+            id: uuid::Uuid::now_v7().to_string(),
             recorded: Instant::now(),
             agent,
             action,

@@ -69,9 +69,13 @@ impl Default for PoolSettings {
 
 /// Pragmas every SQLite connection needs. WAL lets readers run beside the writer;
 /// `synchronous=FULL` makes every acknowledged commit survive power loss (the WAL is fsynced
-/// at each commit); the busy timeout covers checkpoints and a second process.
+/// at each commit); the busy timeout covers checkpoints and a second process. Temporary
+/// storage in memory keeps the savepoint journal of the group commit (each write set runs
+/// under a savepoint, which copies every page it first touches) out of temporary files: a
+/// write to a file per page was a sixth of the writer's time.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                              PRAGMA temp_store = MEMORY;";
 
 impl Store {
     /// Connects, applies pending migrations and starts the SQLite writer where needed.
