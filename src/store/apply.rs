@@ -18,9 +18,7 @@ pub(super) async fn apply_write_set(
     write_set: &WriteSet,
     settle_window: Duration,
 ) -> Result<(), StoreError> {
-    for write in &write_set.resources {
-        apply_resource_write(conn, write, settle_window).await?;
-    }
+    apply_resource_writes(conn, &write_set.resources, settle_window).await?;
     for claim in &write_set.conditional_claims {
         apply_claim(conn, claim).await?;
     }
@@ -224,117 +222,244 @@ pub(super) fn check_write_set_settled(write_set: &WriteSet, settle_window: Durat
     write_set.resources.iter().try_for_each(|write| check_settle_window(write, settle_window))
 }
 
-async fn apply_resource_write(
+/// The search index tables, each with the owning resource's `(resource_type, id)`.
+const INDEX_TABLES: [&str; 4] = ["idx_token", "idx_reference", "idx_date", "idx_string"];
+
+/// Bound values per statement at most: under SQLite's 32,766 and PostgreSQL's 65,535.
+const MAX_BOUND_VALUES: usize = 30_000;
+
+/// Applies the resource writes of a write set a few statements per table for all of them
+/// together, not one per table per resource: on SQLite every statement is a round trip to the
+/// single writer's thread, on PostgreSQL one over the network. A set writing one resource
+/// twice (a transaction updating what it created) is applied in waves, each resource at most
+/// once per wave, so that every wave sees the one before it.
+async fn apply_resource_writes(
     conn: &mut AnyConnection,
-    write: &ResourceWrite,
+    writes: &[ResourceWrite],
     settle_window: Duration,
 ) -> Result<(), StoreError> {
-    check_settle_window(write, settle_window)?;
-    let conflict = || StoreError::VersionConflict {
-        resource_type: write.resource_type.as_str().to_owned(),
-        id: write.id.as_str().to_owned(),
-    };
-    // Stored as 0/1: sqlx::Any cannot decode SQLite booleans.
-    let deleted = i64::from(write.body.is_empty());
-    // The history row goes first: its unique (type, id, version) key is what makes two
-    // writers racing from the same version collide, on both databases.
-    let inserted = sqlx::query(
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING change_seq",
-    )
-    .bind(write.resource_type.as_str())
-    .bind(write.id.as_str())
-    .bind(write.version.get())
-    .bind(write.last_updated.micros())
-    .bind(deleted)
-    .bind(write.method.as_str())
-    .bind(write.body.as_str())
-    .fetch_one(&mut *conn)
-    .await;
-    let change_seq: i64 = match inserted {
-        Ok(row) => sqlx::Row::try_get(&row, 0)?,
-        Err(e) if is_unique_violation(&e) => return Err(conflict()),
-        Err(e) => return Err(e.into()),
-    };
+    for write in writes {
+        check_settle_window(write, settle_window)?;
+    }
+    for wave in waves_of_distinct_resources(writes) {
+        apply_wave(conn, &wave).await?;
+    }
+    Ok(())
+}
 
-    match write.precondition {
-        Precondition::Absent => {
-            let result = sqlx::query(
-                "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(write.resource_type.as_str())
-            .bind(write.id.as_str())
-            .bind(write.version.get())
-            .bind(write.last_updated.micros())
-            .bind(deleted)
-            .bind(write.body.as_str())
-            .bind(change_seq)
-            .execute(&mut *conn)
-            .await;
-            match result {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => return Err(conflict()),
-                Err(e) => return Err(e.into()),
-            }
+/// Splits writes, in order, into runs in which each resource appears once.
+fn waves_of_distinct_resources(writes: &[ResourceWrite]) -> Vec<Vec<&ResourceWrite>> {
+    let mut waves: Vec<Vec<&ResourceWrite>> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for write in writes {
+        let key = (write.resource_type, write.id.as_str());
+        if waves.is_empty() || !seen.insert(key) {
+            seen.clear();
+            seen.insert(key);
+            waves.push(Vec::new());
         }
-        Precondition::CurrentVersion(expected) => {
-            let result = sqlx::query(
-                "UPDATE resources SET version_id = $1, last_updated = $2, deleted = $3, body = $4, change_seq = $5 \
-                 WHERE resource_type = $6 AND id = $7 AND version_id = $8",
-            )
-            .bind(write.version.get())
-            .bind(write.last_updated.micros())
-            .bind(deleted)
-            .bind(write.body.as_str())
-            .bind(change_seq)
-            .bind(write.resource_type.as_str())
-            .bind(write.id.as_str())
-            .bind(expected.get())
-            .execute(&mut *conn)
-            .await?;
-            if result.rows_affected() != 1 {
-                return Err(conflict());
-            }
-            for table in ["idx_token", "idx_reference", "idx_date", "idx_string"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND id = $2"))
-                    .bind(write.resource_type.as_str())
-                    .bind(write.id.as_str())
-                    .execute(&mut *conn)
-                    .await?;
-            }
+        if let Some(wave) = waves.last_mut() {
+            wave.push(write);
         }
     }
-    insert_index(conn, write).await?;
+    waves
+}
+
+fn version_conflict(write: &ResourceWrite) -> StoreError {
+    StoreError::VersionConflict {
+        resource_type: write.resource_type.as_str().to_owned(),
+        id: write.id.as_str().to_owned(),
+    }
+}
+
+async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<(), StoreError> {
+    insert_history(conn, writes).await?;
+    let (created, updated): (Vec<&ResourceWrite>, Vec<&ResourceWrite>) =
+        writes.iter().copied().partition(|w| w.precondition == Precondition::Absent);
+    insert_current(conn, &created).await?;
+    for write in &updated {
+        update_current(conn, write).await?;
+    }
+    for table in INDEX_TABLES {
+        delete_rows_of(conn, table, &updated, "").await?;
+    }
+    insert_index(conn, writes).await?;
     // Content-derived visibility follows the current version; granted visibility (the
     // creator, grants through a referral) stays. A deletion keeps both, so those who could
     // see the resource get 410 rather than 404.
-    if !write.body.is_empty() {
-        if matches!(write.precondition, Precondition::CurrentVersion(_)) {
-            sqlx::query("DELETE FROM resource_visibility WHERE resource_type = $1 AND id = $2 AND source = 'content'")
-                .bind(write.resource_type.as_str())
-                .bind(write.id.as_str())
-                .execute(&mut *conn)
-                .await?;
+    let live: Vec<&ResourceWrite> = writes.iter().copied().filter(|w| !w.body.is_empty()).collect();
+    let live_updates: Vec<&ResourceWrite> =
+        live.iter().copied().filter(|w| w.precondition != Precondition::Absent).collect();
+    delete_rows_of(conn, "resource_visibility", &live_updates, " AND source = 'content'").await?;
+    let mut rows = Vec::new();
+    for write in &live {
+        let sourced = write.visibility_grants.iter().map(|key| (key, "grant"));
+        for (key, source) in sourced.chain(write.visibility.iter().map(|key| (key, "content"))) {
+            let mut row = RowArgs::new(write);
+            row.text(Some(key));
+            row.text(Some(source));
+            rows.push(row);
         }
-        let keyed = |key: &String, source: &str| {
-            let mut args = RowArgs::new(write);
-            args.text(Some(key));
-            args.text(Some(source));
-            args
-        };
-        insert_rows(
-            conn,
-            "resource_visibility (resource_type, id, visibility_key, source)",
-            write
-                .visibility_grants
-                .iter()
-                .map(|key| keyed(key, "grant"))
-                .chain(write.visibility.iter().map(|key| keyed(key, "content"))),
-        )
-        .await?;
+    }
+    insert_rows(conn, "resource_visibility (resource_type, id, visibility_key, source)", rows).await
+}
+
+/// The history rows go first: their unique (type, id, version) key is what makes two writers
+/// racing from the same version collide, on both databases. One statement per chunk of rows,
+/// skipping rows that collide (`ON CONFLICT DO NOTHING`: on PostgreSQL a failed statement would
+/// abort the transaction, and it waits for a racing writer's outcome either way); a skipped
+/// row means a version that exists already, and the first such resource is named.
+async fn insert_history(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<(), StoreError> {
+    const WIDTH: usize = 7;
+    for chunk in writes.chunks(MAX_BOUND_VALUES / WIDTH) {
+        let mut args = AnyArguments::default();
+        for write in chunk {
+            // Stored as 0/1: sqlx::Any cannot decode SQLite booleans.
+            let deleted = i64::from(write.body.is_empty());
+            bind_all(&mut args, |args| {
+                args.add(write.resource_type.as_str())?;
+                args.add(write.id.as_str())?;
+                args.add(write.version.get())?;
+                args.add(write.last_updated.micros())?;
+                args.add(deleted)?;
+                args.add(write.method.as_str())?;
+                args.add(write.body.as_str())
+            })?;
+        }
+        let sql = format!(
+            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
+             VALUES {} ON CONFLICT DO NOTHING RETURNING resource_type, id",
+            values_placeholders(chunk.len(), WIDTH)
+        );
+        let inserted = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?;
+        first_skipped(chunk, &inserted)?;
     }
     Ok(())
+}
+
+/// The current rows of new resources, copied from their history rows just written (body and
+/// change sequence included, so the body is not sent twice).
+async fn insert_current(conn: &mut AnyConnection, created: &[&ResourceWrite]) -> Result<(), StoreError> {
+    const WIDTH: usize = 3;
+    for chunk in created.chunks(MAX_BOUND_VALUES / WIDTH) {
+        let mut args = AnyArguments::default();
+        for write in chunk {
+            bind_all(&mut args, |args| {
+                args.add(write.resource_type.as_str())?;
+                args.add(write.id.as_str())?;
+                args.add(write.version.get())
+            })?;
+        }
+        // `column1..3` name the columns of a VALUES list on both databases; CROSS JOIN keeps
+        // SQLite walking the list and probing the history's unique key.
+        let sql = format!(
+            "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
+             SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.deleted, h.body, h.change_seq \
+             FROM (VALUES {}) w CROSS JOIN resource_history h \
+             WHERE h.resource_type = w.column1 AND h.id = w.column2 AND h.version_id = w.column3 \
+             ON CONFLICT DO NOTHING RETURNING resource_type, id",
+            values_placeholders(chunk.len(), WIDTH)
+        );
+        let inserted = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?;
+        first_skipped(chunk, &inserted)?;
+    }
+    Ok(())
+}
+
+/// Moves the current row of an existing resource to the new version, only from the version
+/// the write was planned on (checked in the same statement).
+async fn update_current(conn: &mut AnyConnection, write: &ResourceWrite) -> Result<(), StoreError> {
+    let Precondition::CurrentVersion(expected) = write.precondition else {
+        return Err(StoreError::Config("an update without the version it starts from".to_owned()));
+    };
+    let result = sqlx::query(
+        "UPDATE resources SET version_id = $1, last_updated = $2, deleted = $3, body = $4, \
+         change_seq = (SELECT h.change_seq FROM resource_history h \
+                       WHERE h.resource_type = $5 AND h.id = $6 AND h.version_id = $1) \
+         WHERE resource_type = $5 AND id = $6 AND version_id = $7",
+    )
+    .bind(write.version.get())
+    .bind(write.last_updated.micros())
+    .bind(i64::from(write.body.is_empty()))
+    .bind(write.body.as_str())
+    .bind(write.resource_type.as_str())
+    .bind(write.id.as_str())
+    .bind(expected.get())
+    .execute(&mut *conn)
+    .await?;
+    if result.rows_affected() != 1 {
+        return Err(version_conflict(write));
+    }
+    Ok(())
+}
+
+/// The conflict naming the first of `writes` an insert skipped (`inserted`: the
+/// `(resource_type, id)` rows it returned), if any.
+fn first_skipped(writes: &[&ResourceWrite], inserted: &[sqlx::any::AnyRow]) -> Result<(), StoreError> {
+    if inserted.len() == writes.len() {
+        return Ok(());
+    }
+    let mut written = std::collections::HashSet::with_capacity(inserted.len());
+    for row in inserted {
+        written.insert((sqlx::Row::try_get::<String, _>(row, 0)?, sqlx::Row::try_get::<String, _>(row, 1)?));
+    }
+    let skipped =
+        writes.iter().find(|w| !written.contains(&(w.resource_type.as_str().to_owned(), w.id.as_str().to_owned())));
+    Err(match skipped {
+        Some(write) => version_conflict(write),
+        None => StoreError::Config("an insert skipped a row it did not name".to_owned()),
+    })
+}
+
+/// Deletes the rows of `table` owned by any of `writes` (plus `extra` conditions).
+async fn delete_rows_of(
+    conn: &mut AnyConnection,
+    table: &str,
+    writes: &[&ResourceWrite],
+    extra: &str,
+) -> Result<(), StoreError> {
+    const WIDTH: usize = 2;
+    for chunk in writes.chunks(MAX_BOUND_VALUES / WIDTH) {
+        let mut args = AnyArguments::default();
+        let mut owners = Vec::with_capacity(chunk.len());
+        for (i, write) in chunk.iter().enumerate() {
+            bind_all(&mut args, |args| {
+                args.add(write.resource_type.as_str())?;
+                args.add(write.id.as_str())
+            })?;
+            owners.push(format!("(resource_type = ${} AND id = ${})", 2 * i + 1, 2 * i + 2));
+        }
+        let sql = format!("DELETE FROM {table} WHERE ({}){extra}", owners.join(" OR "));
+        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// `($1, $2), ($3, $4)…`: `rows` rows of `width` placeholders.
+fn values_placeholders(rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * width + column + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Runs `bind`, turning a binding error into a store error.
+fn bind_all<'q>(
+    args: &mut AnyArguments<'q>,
+    bind: impl FnOnce(&mut AnyArguments<'q>) -> Result<(), sqlx::error::BoxDynError>,
+) -> Result<(), StoreError> {
+    bind(args).map_err(|e| StoreError::Config(format!("cannot bind a value: {e}")))
 }
 
 /// The values of one index row, starting with the resource's type and id.
@@ -379,84 +504,75 @@ impl RowArgs {
 
 /// Inserts many rows with one multi-row statement: far fewer round trips through the single
 /// SQLite writer than a statement per row.
-async fn insert_rows(
-    conn: &mut AnyConnection,
-    table_and_columns: &str,
-    rows: impl Iterator<Item = RowArgs>,
-) -> Result<(), StoreError> {
-    let rows: Vec<RowArgs> = rows.collect();
+async fn insert_rows(conn: &mut AnyConnection, table_and_columns: &str, rows: Vec<RowArgs>) -> Result<(), StoreError> {
     let Some(width) = rows.first().map(RowArgs::width) else {
         return Ok(());
     };
-    let mut sql = format!("INSERT INTO {table_and_columns} VALUES ");
-    let mut args = AnyArguments::default();
-    let mut n = 0;
-    for (i, row) in rows.into_iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<RowArgs> = rows.by_ref().take(MAX_BOUND_VALUES / width).collect();
+        let sql = format!(
+            "INSERT INTO {table_and_columns} VALUES {} ON CONFLICT DO NOTHING",
+            values_placeholders(chunk.len(), width)
+        );
+        let mut args = AnyArguments::default();
+        for row in chunk {
+            row.bind_into(&mut args)?;
         }
-        sql.push('(');
-        for c in 0..width {
-            n += 1;
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${n}"));
-        }
-        sql.push(')');
-        row.bind_into(&mut args)?;
+        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
     }
-    sql.push_str(" ON CONFLICT DO NOTHING");
-    sqlx::query_with(&sql, args).execute(&mut *conn).await?;
     Ok(())
 }
 
-async fn insert_index(conn: &mut AnyConnection, write: &ResourceWrite) -> Result<(), StoreError> {
+/// The index rows of all `writes`, one statement per index table.
+async fn insert_index(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<(), StoreError> {
     let mut tokens = Vec::new();
     let mut references = Vec::new();
     let mut dates = Vec::new();
     let mut strings = Vec::new();
-    for entry in &write.index {
-        let mut row = RowArgs::new(write);
-        match entry {
-            IndexEntry::Token { param, system, code, text } => {
-                row.text(Some(param));
-                row.text(system.as_deref());
-                row.text(code.as_deref());
-                row.text(text.as_deref());
-                tokens.push(row);
-            }
-            IndexEntry::Reference { param, target_type, target_id, identifier_system, identifier_value } => {
-                row.text(Some(param));
-                row.text(target_type.as_deref());
-                row.text(target_id.as_deref());
-                row.text(identifier_system.as_deref());
-                row.text(identifier_value.as_deref());
-                references.push(row);
-            }
-            IndexEntry::Date { param, low, high } => {
-                row.text(Some(param));
-                row.number(*low);
-                row.number(*high);
-                dates.push(row);
-            }
-            IndexEntry::String { param, value, exact } => {
-                row.text(Some(param));
-                row.text(Some(value));
-                row.text(Some(exact));
-                strings.push(row);
+    for write in writes {
+        for entry in &write.index {
+            let mut row = RowArgs::new(write);
+            match entry {
+                IndexEntry::Token { param, system, code, text } => {
+                    row.text(Some(param));
+                    row.text(system.as_deref());
+                    row.text(code.as_deref());
+                    row.text(text.as_deref());
+                    tokens.push(row);
+                }
+                IndexEntry::Reference { param, target_type, target_id, identifier_system, identifier_value } => {
+                    row.text(Some(param));
+                    row.text(target_type.as_deref());
+                    row.text(target_id.as_deref());
+                    row.text(identifier_system.as_deref());
+                    row.text(identifier_value.as_deref());
+                    references.push(row);
+                }
+                IndexEntry::Date { param, low, high } => {
+                    row.text(Some(param));
+                    row.number(*low);
+                    row.number(*high);
+                    dates.push(row);
+                }
+                IndexEntry::String { param, value, exact } => {
+                    row.text(Some(param));
+                    row.text(Some(value));
+                    row.text(Some(exact));
+                    strings.push(row);
+                }
             }
         }
     }
-    insert_rows(conn, "idx_token (resource_type, id, param, system, code, text)", tokens.into_iter()).await?;
+    insert_rows(conn, "idx_token (resource_type, id, param, system, code, text)", tokens).await?;
     insert_rows(
         conn,
         "idx_reference (resource_type, id, param, target_type, target_id, identifier_system, identifier_value)",
-        references.into_iter(),
+        references,
     )
     .await?;
-    insert_rows(conn, "idx_date (resource_type, id, param, low, high)", dates.into_iter()).await?;
-    insert_rows(conn, "idx_string (resource_type, id, param, value, exact)", strings.into_iter()).await?;
+    insert_rows(conn, "idx_date (resource_type, id, param, low, high)", dates).await?;
+    insert_rows(conn, "idx_string (resource_type, id, param, value, exact)", strings).await?;
     Ok(())
 }
 
@@ -496,5 +612,47 @@ async fn apply_claim(conn: &mut AnyConnection, claim: &ConditionalClaim) -> Resu
                 Err(StoreError::ConditionalClaimTaken)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{ResourceId, VersionId};
+    use crate::domain::resource_type::ResourceType;
+    use crate::store::write_set::WriteMethod;
+
+    fn write(id: &ResourceId, version: i64) -> ResourceWrite {
+        ResourceWrite {
+            resource_type: ResourceType::Patient,
+            id: id.clone(),
+            version: VersionId::parse(&version.to_string()).expect("version"),
+            last_updated: Instant::now(),
+            method: WriteMethod::Create,
+            precondition: Precondition::Absent,
+            body: "{}".to_owned(),
+            index: Vec::new(),
+            visibility: Vec::new(),
+            visibility_grants: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_resource_written_twice_starts_a_new_wave_and_order_is_kept() {
+        let (a, b) = (ResourceId::generate(), ResourceId::generate());
+        let writes = [write(&a, 1), write(&b, 1), write(&a, 2), write(&b, 2), write(&a, 3)];
+        let waves: Vec<Vec<(String, i64)>> = waves_of_distinct_resources(&writes)
+            .iter()
+            .map(|wave| wave.iter().map(|w| (w.id.as_str().to_owned(), w.version.get())).collect())
+            .collect();
+        let (a, b) = (a.as_str().to_owned(), b.as_str().to_owned());
+        assert_eq!(waves, vec![vec![(a.clone(), 1), (b.clone(), 1)], vec![(a.clone(), 2), (b, 2)], vec![(a, 3)]]);
+        assert!(waves_of_distinct_resources(&[]).is_empty());
+    }
+
+    #[test]
+    fn values_placeholders_number_rows_after_one_another() {
+        assert_eq!(values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_placeholders(1, 1), "($1)");
     }
 }

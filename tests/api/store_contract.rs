@@ -111,6 +111,56 @@ async fn a_failed_write_set_leaves_nothing_behind(db: Db) {
     assert!(history.is_empty(), "no history of a write that did not happen");
 }
 
+async fn a_conflict_in_a_set_of_several_writes_names_the_resource_that_moved_on(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let moved = ResourceId::generate();
+    store.commit(one(patient_write(&moved, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    store
+        .commit(one(patient_write(&moved, 2, Precondition::CurrentVersion(VersionId::FIRST), "Jones", "GP1")))
+        .await
+        .expect("update");
+    let write_set = WriteSet {
+        resources: vec![
+            patient_write(&ResourceId::generate(), 1, Precondition::Absent, "A", "GP1"),
+            patient_write(&moved, 2, Precondition::CurrentVersion(VersionId::FIRST), "Late", "GP1"),
+            patient_write(&ResourceId::generate(), 1, Precondition::Absent, "B", "GP1"),
+        ],
+        ..Default::default()
+    };
+    match store.commit(write_set).await {
+        Err(StoreError::VersionConflict { resource_type, id }) => {
+            assert_eq!((resource_type.as_str(), id.as_str()), ("Patient", moved.as_str()), "the one that moved on")
+        }
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+    let current = store.read_current(&practice("GP1"), ResourceType::Patient, &moved).await.expect("read");
+    assert!(current.expect("still there").body.contains("Jones"), "the losing write changed nothing");
+}
+
+async fn a_set_that_creates_and_then_updates_one_resource_keeps_only_the_last_versions_index(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let id = ResourceId::generate();
+    let write_set = WriteSet {
+        resources: vec![
+            patient_write(&id, 1, Precondition::Absent, "Before", "GP1"),
+            patient_write(&id, 2, Precondition::CurrentVersion(VersionId::FIRST), "After", "GP1"),
+        ],
+        ..Default::default()
+    };
+    store.commit(write_set).await.expect("both versions in one set");
+    let current = store.read_current(&practice("GP1"), ResourceType::Patient, &id).await.expect("read");
+    assert_eq!(current.expect("exists").version.get(), 2);
+    let find = |family: &str| {
+        parse_criteria(ResourceType::Patient, &format!("identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-{family}"))
+            .expect("criteria")
+    };
+    assert_eq!(store.find_ids(&practice("GP1"), &find("After"), 5).await.expect("search"), vec![id]);
+    assert!(
+        store.find_ids(&practice("GP1"), &find("Before"), 5).await.expect("search").is_empty(),
+        "the first version's index rows are gone"
+    );
+}
+
 async fn concurrent_claims_of_one_conditional_key_make_one_winner(db: Db) {
     let Some((store, _db)) = test_store(db).await else { return };
     let attempts = (0..8).map(|_| {
@@ -330,6 +380,8 @@ on_both_databases!(
     another_organisation_cannot_see_a_resource,
     two_updates_from_the_same_version_cannot_both_succeed,
     a_failed_write_set_leaves_nothing_behind,
+    a_conflict_in_a_set_of_several_writes_names_the_resource_that_moved_on,
+    a_set_that_creates_and_then_updates_one_resource_keeps_only_the_last_versions_index,
     concurrent_claims_of_one_conditional_key_make_one_winner,
     history_lists_versions_newest_first_and_pages_by_cursor,
     a_lapsed_claim_is_taken_over_and_its_late_outcome_is_refused,
