@@ -18,12 +18,26 @@ pub(super) async fn apply_write_set(
     write_set: &WriteSet,
     settle_window: Duration,
 ) -> Result<(), StoreError> {
-    apply_resource_writes(conn, &write_set.resources, settle_window).await?;
-    for claim in &write_set.conditional_claims {
+    apply_write_sets(conn, &[write_set], settle_window).await
+}
+
+/// Applies several write sets as one: the same few statements per table whatever their
+/// number (the SQLite writer's group commit tries a batch this way first). Their order among
+/// each other is not kept: they were planned concurrently, against the same committed state,
+/// so any order is one they could have committed in; anything that depends on it (two
+/// versions from one, one conditional key twice) collides and fails the whole call.
+pub(super) async fn apply_write_sets(
+    conn: &mut AnyConnection,
+    write_sets: &[&WriteSet],
+    settle_window: Duration,
+) -> Result<(), StoreError> {
+    let resources: Vec<&ResourceWrite> = write_sets.iter().flat_map(|ws| &ws.resources).collect();
+    apply_resource_writes(conn, &resources, settle_window).await?;
+    for claim in write_sets.iter().flat_map(|ws| &ws.conditional_claims) {
         apply_claim(conn, claim).await?;
     }
-    insert_audit_rows(conn, &write_set.audit.iter().collect::<Vec<_>>()).await?;
-    if let Some(request) = &write_set.request {
+    insert_audit_rows(conn, &write_sets.iter().flat_map(|ws| &ws.audit).collect::<Vec<_>>()).await?;
+    for request in write_sets.iter().filter_map(|ws| ws.request.as_ref()) {
         let inserted = sqlx::query(
             "INSERT INTO request_ids (client_id, request_id, body_hash, outcome, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -40,7 +54,7 @@ pub(super) async fn apply_write_set(
             Err(e) => return Err(e.into()),
         }
     }
-    for revoked in &write_set.revocations {
+    for revoked in write_sets.iter().flat_map(|ws| &ws.revocations) {
         sqlx::query("DELETE FROM resource_visibility WHERE resource_type = $1 AND id = $2 AND visibility_key = $3")
             .bind(revoked.resource_type.as_str())
             .bind(revoked.id.as_str())
@@ -48,23 +62,23 @@ pub(super) async fn apply_write_set(
             .execute(&mut *conn)
             .await?;
     }
-    for grant in &write_set.grants {
-        sqlx::query(
-            "INSERT INTO resource_visibility (resource_type, id, visibility_key, source) VALUES ($1, $2, $3, 'grant') \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(grant.resource_type.as_str())
-        .bind(grant.id.as_str())
-        .bind(grant.key.as_str())
-        .execute(&mut *conn)
-        .await?;
-    }
-    for change in &write_set.subscription_changes {
+    let grants = write_sets
+        .iter()
+        .flat_map(|ws| &ws.grants)
+        .map(|grant| {
+            let mut row = RowArgs::of(grant.resource_type.as_str(), grant.id.as_str());
+            row.text(Some(&grant.key));
+            row.text(Some("grant"));
+            row
+        })
+        .collect();
+    insert_rows(conn, "resource_visibility (resource_type, id, visibility_key, source)", grants).await?;
+    for change in write_sets.iter().flat_map(|ws| &ws.subscription_changes) {
         apply_subscription_change(conn, change).await?;
     }
     // In subscription order, so that transactions notifying several subscriptions lock their
     // counters in one order and cannot deadlock one another on PostgreSQL.
-    let mut notifications: Vec<&OutboxEntry> = write_set.notifications.iter().collect();
+    let mut notifications: Vec<&OutboxEntry> = write_sets.iter().flat_map(|ws| &ws.notifications).collect();
     notifications.sort_by(|a, b| a.subscription_id.as_str().cmp(b.subscription_id.as_str()));
     for entry in notifications {
         insert_outbox_entry(conn, entry).await?;
@@ -235,7 +249,7 @@ const MAX_BOUND_VALUES: usize = 30_000;
 /// once per wave, so that every wave sees the one before it.
 async fn apply_resource_writes(
     conn: &mut AnyConnection,
-    writes: &[ResourceWrite],
+    writes: &[&ResourceWrite],
     settle_window: Duration,
 ) -> Result<(), StoreError> {
     for write in writes {
@@ -248,10 +262,10 @@ async fn apply_resource_writes(
 }
 
 /// Splits writes, in order, into runs in which each resource appears once.
-fn waves_of_distinct_resources(writes: &[ResourceWrite]) -> Vec<Vec<&ResourceWrite>> {
+fn waves_of_distinct_resources<'w>(writes: &[&'w ResourceWrite]) -> Vec<Vec<&'w ResourceWrite>> {
     let mut waves: Vec<Vec<&ResourceWrite>> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for write in writes {
+    for &write in writes {
         let key = (write.resource_type, write.id.as_str());
         if waves.is_empty() || !seen.insert(key) {
             seen.clear();
@@ -470,10 +484,11 @@ struct RowArgs {
 
 impl RowArgs {
     fn new(write: &ResourceWrite) -> Self {
-        RowArgs {
-            values: vec![Some(write.resource_type.as_str().to_owned()), Some(write.id.as_str().to_owned())],
-            numbers: Vec::new(),
-        }
+        RowArgs::of(write.resource_type.as_str(), write.id.as_str())
+    }
+
+    fn of(resource_type: &str, id: &str) -> Self {
+        RowArgs { values: vec![Some(resource_type.to_owned()), Some(id.to_owned())], numbers: Vec::new() }
     }
 
     fn text(&mut self, value: Option<&str>) {
@@ -641,6 +656,7 @@ mod tests {
     fn a_resource_written_twice_starts_a_new_wave_and_order_is_kept() {
         let (a, b) = (ResourceId::generate(), ResourceId::generate());
         let writes = [write(&a, 1), write(&b, 1), write(&a, 2), write(&b, 2), write(&a, 3)];
+        let writes: Vec<&ResourceWrite> = writes.iter().collect();
         let waves: Vec<Vec<(String, i64)>> = waves_of_distinct_resources(&writes)
             .iter()
             .map(|wave| wave.iter().map(|w| (w.id.as_str().to_owned(), w.version.get())).collect())

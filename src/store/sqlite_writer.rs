@@ -12,7 +12,7 @@ use sqlx::{AnyConnection, Executor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
-use super::apply::{apply_write_set, check_write_set_settled, insert_audit_rows};
+use super::apply::{apply_write_set, apply_write_sets, check_write_set_settled, insert_audit_rows};
 use super::write_set::WriteSet;
 use super::StoreError;
 
@@ -128,6 +128,7 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
     }
     let mut applied = Vec::new();
     let batch = insert_access_records(conn, batch, &mut outcomes).await;
+    let batch = apply_writes_together(conn, batch, &mut outcomes, &mut applied, settle_window).await;
     for message in batch {
         match message {
             Message::Write { write_set, reply } => {
@@ -223,6 +224,55 @@ async fn insert_access_records(
         Err(e) => {
             tracing::warn!(error = %e, "access records did not go in together; inserting them one by one");
             access.into_iter().chain(rest).collect()
+        }
+    }
+}
+
+/// The batch's write sets applied as one (a few statements per table for all of them, see
+/// `apply_write_sets`) under one savepoint: each statement is a round trip to the connection's
+/// thread, and one per table per write set made the writer the limit of submissions. Should
+/// anything fail (a version conflict, a taken conditional key, a late write), nothing of it
+/// is kept and the write sets go one by one, each under its own savepoint, so that the failure
+/// is answered to its own request alone. Returns the messages still to apply.
+async fn apply_writes_together(
+    conn: &mut AnyConnection,
+    batch: Vec<Message>,
+    outcomes: &mut Vec<(Reply, Result<(), StoreError>)>,
+    applied: &mut Vec<WriteSet>,
+    settle_window: Duration,
+) -> Vec<Message> {
+    let (writes, jobs): (Vec<Message>, Vec<Message>) =
+        batch.into_iter().partition(|message| matches!(message, Message::Write { .. }));
+    if writes.len() < 2 {
+        return writes.into_iter().chain(jobs).collect();
+    }
+    let sets: Vec<&WriteSet> = writes
+        .iter()
+        .filter_map(|message| match message {
+            Message::Write { write_set, .. } => Some(&**write_set),
+            Message::Job { .. } => None,
+        })
+        .collect();
+    let together = match conn.execute("SAVEPOINT together").await {
+        Ok(_) => {
+            let done = apply_write_sets(conn, &sets, settle_window).await;
+            end_savepoint_named(conn, "together", done).await
+        }
+        Err(e) => Err(e.into()),
+    };
+    match together {
+        Ok(()) => {
+            for message in writes {
+                if let Message::Write { write_set, reply } = message {
+                    applied.push(*write_set);
+                    outcomes.push((reply, Ok(())));
+                }
+            }
+            jobs
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "write sets did not apply together; applying them one by one");
+            writes.into_iter().chain(jobs).collect()
         }
     }
 }
