@@ -10,7 +10,7 @@
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Arguments, Row};
 
-use super::reads::{bind_error, scope_filter, scope_filter_fenced, version_from_row, StoredVersion};
+use super::reads::{bind_error, scope_filter_fenced, version_from_row, StoredVersion};
 use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
@@ -564,9 +564,13 @@ impl Store {
         let type_placeholder = sql.text(source.as_str())?;
         let param_placeholder = sql.text(param)?;
         let list = sql.list(ids.iter().copied())?;
+        // The ids' own index rows first (the owner index), then their parameter: fenced, so that
+        // PostgreSQL without statistics cannot walk the parameter's rows of every resource.
         let text = format!(
-            "SELECT DISTINCT x.target_type, x.target_id FROM idx_reference x WHERE x.resource_type = {type_placeholder} \
-             AND x.id IN ({list}) AND x.param = {param_placeholder} AND x.target_id IS NOT NULL AND x.target_type IS NOT NULL"
+            "SELECT DISTINCT s.target_type, s.target_id FROM (SELECT x.param, x.target_type, x.target_id \
+             FROM idx_reference x WHERE x.resource_type = {type_placeholder} AND x.id IN ({list}){}) s \
+             WHERE s.param = {param_placeholder} AND s.target_id IS NOT NULL AND s.target_type IS NOT NULL",
+            sql.per_row_fence()
         );
         let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
         rows.iter().map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?))).collect()
@@ -585,7 +589,9 @@ impl Store {
         let mut sql = Sql::new(self.kind());
         let type_placeholder = sql.text(resource_type.as_str())?;
         let list = sql.list(ids.iter().copied())?;
-        let filter = scope_filter(scope, "r", &mut sql.args, &mut sql.next)?;
+        // Read by id, the tenancy tested per row (see `Sql::per_row_fence`).
+        let fence = sql.per_row_fence();
+        let filter = scope_filter_fenced(scope, "r", &mut sql.args, &mut sql.next, fence)?;
         let text = format!(
             "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {type_placeholder} \
              AND r.deleted = 0 AND r.id IN ({list}) AND {} ORDER BY r.id",
@@ -615,7 +621,8 @@ impl Store {
         let param_placeholder = sql.text(param)?;
         let target_placeholder = sql.text(target_type.as_str())?;
         let list = sql.list(target_ids.iter().copied())?;
-        let filter = scope_filter(scope, "r", &mut sql.args, &mut sql.next)?;
+        let fence = sql.per_row_fence();
+        let filter = scope_filter_fenced(scope, "r", &mut sql.args, &mut sql.next, fence)?;
         let limit = sql.int(i64::from(limit))?;
         let text = format!(
             "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {source_placeholder} AND r.deleted = 0 \
