@@ -83,6 +83,17 @@ impl Sql {
         }
     }
 
+    /// Names the index a SQLite table reference must use. SQLite plans without statistics and
+    /// preferred a covering index on the type alone (every Task's `focus` row) to the owner
+    /// index for an `_include`'s few ids; PostgreSQL has no such syntax (its plan is held by
+    /// [`Sql::per_row_fence`] instead).
+    fn sqlite_index(&self, index: &str) -> String {
+        match self.backend {
+            BackendKind::Sqlite => format!(" INDEXED BY {index}"),
+            BackendKind::Postgres => String::new(),
+        }
+    }
+
     fn placeholder(&mut self) -> String {
         let p = format!("${}", self.next);
         self.next += 1;
@@ -482,6 +493,48 @@ fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError>
     Ok(SearchHit { version, keys })
 }
 
+/// The statement of [`Store::reference_targets`].
+fn reference_targets_statement(
+    sql: &mut Sql,
+    source: ResourceType,
+    param: &str,
+    ids: &[&str],
+) -> Result<String, StoreError> {
+    let type_placeholder = sql.text(source.as_str())?;
+    let param_placeholder = sql.text(param)?;
+    let list = sql.list(ids.iter().copied())?;
+    // The ids' own index rows first (the owner index), then their parameter, so that neither
+    // database walks the parameter's rows of every resource instead.
+    let text = format!(
+        "SELECT DISTINCT s.target_type, s.target_id FROM (SELECT x.param, x.target_type, x.target_id \
+         FROM idx_reference x{} WHERE x.resource_type = {type_placeholder} AND x.id IN ({list}){}) s \
+         WHERE s.param = {param_placeholder} AND s.target_id IS NOT NULL AND s.target_type IS NOT NULL",
+        sql.sqlite_index("idx_reference_owner"),
+        sql.per_row_fence()
+    );
+    Ok(text)
+}
+
+/// The statement of [`Store::read_live`].
+fn read_live_statement(
+    sql: &mut Sql,
+    scope: &TenantScope,
+    resource_type: ResourceType,
+    ids: &[&str],
+) -> Result<String, StoreError> {
+    let type_placeholder = sql.text(resource_type.as_str())?;
+    let list = sql.list(ids.iter().copied())?;
+    // Read by id, the tenancy tested per row (see `Sql::per_row_fence`).
+    let fence = sql.per_row_fence();
+    let filter = scope_filter_fenced(scope, "r", &mut sql.args, &mut sql.next, fence)?;
+    let text = format!(
+        "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {type_placeholder} \
+         AND r.deleted = 0 AND r.id IN ({list}) AND {} ORDER BY r.id",
+        filter.sql
+    );
+    Ok(text)
+}
+
 impl Store {
     /// One page of live resources matching the query, in the caller's tenancy, in the order
     /// asked for (reversed back to it when read backwards from a `previous` cursor).
@@ -517,6 +570,29 @@ impl Store {
     pub async fn explain_search(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<String>, StoreError> {
         let mut sql = Sql::new(self.kind());
         let (text, _) = page_statement(&mut sql, scope, page)?;
+        self.explain(&text, sql).await
+    }
+
+    /// The plans of the two reads of an `_include` (the targets the caller's matches `ids`
+    /// reference through `param`, then those targets of `target_type` read through the scope),
+    /// as [`Store::explain_search`] gives them. For the plan regression tests.
+    pub async fn explain_include(
+        &self,
+        scope: &TenantScope,
+        source: ResourceType,
+        param: &str,
+        target_type: ResourceType,
+        ids: &[&str],
+    ) -> Result<[Vec<String>; 2], StoreError> {
+        let mut sql = Sql::new(self.kind());
+        let text = reference_targets_statement(&mut sql, source, param, ids)?;
+        let targets = self.explain(&text, sql).await?;
+        let mut sql = Sql::new(self.kind());
+        let text = read_live_statement(&mut sql, scope, target_type, ids)?;
+        Ok([targets, self.explain(&text, sql).await?])
+    }
+
+    async fn explain(&self, text: &str, sql: Sql) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let rows = match self.kind() {
             BackendKind::Sqlite => {
@@ -561,17 +637,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new(self.kind());
-        let type_placeholder = sql.text(source.as_str())?;
-        let param_placeholder = sql.text(param)?;
-        let list = sql.list(ids.iter().copied())?;
-        // The ids' own index rows first (the owner index), then their parameter: fenced, so that
-        // PostgreSQL without statistics cannot walk the parameter's rows of every resource.
-        let text = format!(
-            "SELECT DISTINCT s.target_type, s.target_id FROM (SELECT x.param, x.target_type, x.target_id \
-             FROM idx_reference x WHERE x.resource_type = {type_placeholder} AND x.id IN ({list}){}) s \
-             WHERE s.param = {param_placeholder} AND s.target_id IS NOT NULL AND s.target_type IS NOT NULL",
-            sql.per_row_fence()
-        );
+        let text = reference_targets_statement(&mut sql, source, param, ids)?;
         let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
         rows.iter().map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?))).collect()
     }
@@ -587,16 +653,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new(self.kind());
-        let type_placeholder = sql.text(resource_type.as_str())?;
-        let list = sql.list(ids.iter().copied())?;
-        // Read by id, the tenancy tested per row (see `Sql::per_row_fence`).
-        let fence = sql.per_row_fence();
-        let filter = scope_filter_fenced(scope, "r", &mut sql.args, &mut sql.next, fence)?;
-        let text = format!(
-            "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {type_placeholder} \
-             AND r.deleted = 0 AND r.id IN ({list}) AND {} ORDER BY r.id",
-            filter.sql
-        );
+        let text = read_live_statement(&mut sql, scope, resource_type, ids)?;
         let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
         rows.iter().map(version_from_row).collect()
     }

@@ -1044,6 +1044,34 @@ fn full_scans(plan: &[String]) -> Vec<String> {
     found
 }
 
+/// The two reads of a poll's `_include=Task:focus` go by the ids of the page, never through a
+/// practice's every index row or visibility key.
+async fn assert_include_reads_probe_by_id(store: &Store, db: Db, statistics: &str) {
+    let scope = TenantScope::Keys(vec![format!("org:{GP}"), "everyone".to_owned()]);
+    let ids = ["a-task", "another-task"];
+    let [targets, reads] = store
+        .explain_include(&scope, ResourceType::Task, "focus", ResourceType::ServiceRequest, &ids)
+        .await
+        .expect("explain");
+    if std::env::var_os("LINKBRIDGE_SHOW_PLANS").is_some() {
+        eprintln!("{db:?} {statistics} _include\n{}\n{}\n", targets.join("\n"), reads.join("\n"));
+    }
+    let by_id = |line: &String| line.contains("id=?") || line.contains("id = ANY");
+    let unkeyed: Vec<&String> = targets
+        .iter()
+        .enumerate()
+        .filter(|(i, line)| {
+            let reads_index = line.contains("SEARCH x") || line.contains(" on idx_reference");
+            reads_index && !by_id(line) && !targets[i + 1..].iter().take(2).any(|l| l.contains("Cond:") && by_id(l))
+        })
+        .map(|(_, line)| line)
+        .collect();
+    assert!(unkeyed.is_empty(), "{db:?} {statistics}: _include targets not found by id:\n{}", targets.join("\n"));
+    assert!(full_scans(&reads).is_empty(), "{db:?} {statistics}: _include read scans:\n{}", reads.join("\n"));
+    let unkeyed = postgres_probes_without_id(&reads);
+    assert!(unkeyed.is_empty(), "{db:?} {statistics}: _include read probes {unkeyed:?}:\n{}", reads.join("\n"));
+}
+
 /// PostgreSQL plan nodes reading an index table or the visibility table whose condition is
 /// not keyed by the walked row's id (a poll would then visit every row its clause matches).
 fn postgres_probes_without_id(plan: &[String]) -> Vec<String> {
@@ -1131,6 +1159,7 @@ async fn the_polling_queries_use_indexes(db: Db) {
 }
 
 async fn assert_plans_use_indexes(store: &Store, db: Db, statistics: &str) {
+    assert_include_reads_probe_by_id(store, db, statistics).await;
     let scope = TenantScope::Keys(vec![format!("org:{GP}"), "everyone".to_owned()]);
     let context = ParseContext { base_url: "http://lb.test", strict: true, now: Instant::now() };
     let last_updated = [SortKey { field: SortField::LastUpdated, descending: false }];
