@@ -97,6 +97,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fresh_ids_sort_in_the_order_they_were_made() {
+        let ids: Vec<ResourceId> = (0..1000).map(|_| ResourceId::generate()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0].as_str() < pair[1].as_str()), "time-ordered (UUIDv7) ids");
+        assert!(ids.iter().all(|id| ResourceId::parse(id.as_str()).is_ok()), "and valid FHIR ids");
+    }
+
+    #[test]
     fn ids_follow_the_r4_id_rule() {
         let cases = [
             ("abc-123.X", true),

@@ -179,36 +179,30 @@ async fn insert_outbox_entry(conn: &mut AnyConnection, entry: &OutboxEntry) -> R
     Ok(())
 }
 
-/// Audit rows per statement: 9 parameters each, well under SQLite's 32,766 variables.
-const AUDIT_ROWS_PER_STATEMENT: usize = 256;
-
 /// Many audit records in a few multi-row statements: the reads and searches a group commit
-/// carries cost the single SQLite writer one statement per few hundred, not three each.
-pub(super) async fn insert_audit_rows(conn: &mut AnyConnection, records: &[&AuditRecord]) -> Result<(), StoreError> {
-    for chunk in records.chunks(AUDIT_ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO audit_events (id, recorded, client_id, organization, action, outcome, entity_type, entity_id, body) VALUES ",
-        );
+/// carries cost the single SQLite writer one statement per few thousand, not one each.
+async fn insert_audit_rows(conn: &mut AnyConnection, records: &[&AuditRecord]) -> Result<(), StoreError> {
+    const WIDTH: usize = 9;
+    for chunk in records.chunks(MAX_BOUND_VALUES / WIDTH) {
         let mut args = AnyArguments::default();
-        for (i, record) in chunk.iter().enumerate() {
-            let first = i * 9;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            sql.push_str(&(1..=9).map(|n| format!("${}", first + n)).collect::<Vec<_>>().join(", "));
-            sql.push(')');
-            let bind = |e: sqlx::error::BoxDynError| StoreError::Config(format!("cannot bind an audit value: {e}"));
-            args.add(record.id.as_str().to_owned()).map_err(bind)?;
-            args.add(record.recorded.micros()).map_err(bind)?;
-            args.add(record.agent.client_id.as_str().to_owned()).map_err(bind)?;
-            args.add(record.agent.organization.as_str().to_owned()).map_err(bind)?;
-            args.add(record.action.code().to_owned()).map_err(bind)?;
-            args.add(record.outcome.code().to_owned()).map_err(bind)?;
-            args.add(record.entity_type.clone()).map_err(bind)?;
-            args.add(record.entity_id.clone()).map_err(bind)?;
-            args.add(record.to_fhir().to_string()).map_err(bind)?;
+        for record in chunk {
+            bind_all(&mut args, |args| {
+                args.add(record.id.as_str())?;
+                args.add(record.recorded.micros())?;
+                args.add(record.agent.client_id.as_str())?;
+                args.add(record.agent.organization.as_str())?;
+                args.add(record.action.code())?;
+                args.add(record.outcome.code())?;
+                args.add(record.entity_type.as_deref())?;
+                args.add(record.entity_id.as_deref())?;
+                args.add(record.to_fhir().to_string())
+            })?;
         }
+        let sql = format!(
+            "INSERT INTO audit_events (id, recorded, client_id, organization, action, outcome, entity_type, \
+             entity_id, body) VALUES {}",
+            values_placeholders(chunk.len(), WIDTH)
+        );
         sqlx::query_with(&sql, args).execute(&mut *conn).await?;
     }
     Ok(())
@@ -279,6 +273,11 @@ fn waves_of_distinct_resources<'w>(writes: &[&'w ResourceWrite]) -> Vec<Vec<&'w 
     waves
 }
 
+/// Whether the version is a deletion, stored as 0/1: sqlx::Any cannot decode SQLite booleans.
+fn deleted_flag(write: &ResourceWrite) -> i64 {
+    i64::from(write.body.is_empty())
+}
+
 fn version_conflict(write: &ResourceWrite) -> StoreError {
     StoreError::VersionConflict {
         resource_type: write.resource_type.as_str().to_owned(),
@@ -328,14 +327,12 @@ async fn insert_history(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> 
     for chunk in writes.chunks(MAX_BOUND_VALUES / WIDTH) {
         let mut args = AnyArguments::default();
         for write in chunk {
-            // Stored as 0/1: sqlx::Any cannot decode SQLite booleans.
-            let deleted = i64::from(write.body.is_empty());
             bind_all(&mut args, |args| {
                 args.add(write.resource_type.as_str())?;
                 args.add(write.id.as_str())?;
                 args.add(write.version.get())?;
                 args.add(write.last_updated.micros())?;
-                args.add(deleted)?;
+                args.add(deleted_flag(write))?;
                 args.add(write.method.as_str())?;
                 args.add(write.body.as_str())
             })?;
@@ -365,7 +362,7 @@ async fn insert_current(conn: &mut AnyConnection, created: &[&ResourceWrite]) ->
                 args.add(write.id.as_str())?;
                 args.add(write.version.get())?;
                 args.add(write.last_updated.micros())?;
-                args.add(i64::from(write.body.is_empty()))?;
+                args.add(deleted_flag(write))?;
                 args.add(write.body.as_str())
             })?;
             let [t, id, v, at, deleted, body] = std::array::from_fn(|c| format!("${}", i * WIDTH + c + 1));
@@ -399,7 +396,7 @@ async fn update_current(conn: &mut AnyConnection, write: &ResourceWrite) -> Resu
     )
     .bind(write.version.get())
     .bind(write.last_updated.micros())
-    .bind(i64::from(write.body.is_empty()))
+    .bind(deleted_flag(write))
     .bind(write.body.as_str())
     .bind(write.resource_type.as_str())
     .bind(write.id.as_str())

@@ -83,6 +83,16 @@ impl Sql {
         }
     }
 
+    /// The caller's tenancy on the resources `r`: a set the planner may drive from (`Probe::Set`),
+    /// or tested for each row read (`Probe::PerRow`: fenced, see [`Sql::per_row_fence`]).
+    fn tenancy(&mut self, scope: &TenantScope, probe: Probe) -> Result<String, StoreError> {
+        let fence = match probe {
+            Probe::Set => "",
+            Probe::PerRow => self.per_row_fence(),
+        };
+        Ok(scope_filter_fenced(scope, "r", &mut self.args, &mut self.next, fence)?.sql)
+    }
+
     /// Names the index a SQLite table reference must use. SQLite plans without statistics and
     /// preferred a covering index on the type alone (every Task's `focus` row) to the owner
     /// index for an `_include`'s few ids; PostgreSQL has no such syntax (its plan is held by
@@ -325,6 +335,9 @@ fn from_and_filter(
     drive: bool,
 ) -> Result<(String, Vec<String>), StoreError> {
     let driver = if drive { driver_clause(query) } else { None };
+    // Not driven by a clause: walked along `last_updated` (a poll), every other test is made
+    // per row walked.
+    let probe = if drive { Probe::Set } else { Probe::PerRow };
     let mut from = "resources r".to_owned();
     let mut conditions =
         vec![format!("r.resource_type = {}", sql.text(query.resource_type.as_str())?), "r.deleted = 0".to_owned()];
@@ -344,8 +357,6 @@ fn from_and_filter(
             conditions.push("r.id = d.id".to_owned());
             continue;
         }
-        // Not driven by a clause: walked along `last_updated` (a poll), probe per row.
-        let probe = if drive { Probe::Set } else { Probe::PerRow };
         conditions.push(clause_sql(sql, query.resource_type, clause, probe)?);
     }
     if let Some(horizon) = horizon {
@@ -353,8 +364,7 @@ fn from_and_filter(
     }
     // Walked along `last_updated`, the tenancy is a per-row probe too: driving the walk from
     // the caller's visibility keys would visit everything the caller can see.
-    let fence = if drive { "" } else { sql.per_row_fence() };
-    conditions.push(scope_filter_fenced(scope, "r", &mut sql.args, &mut sql.next, fence)?.sql);
+    conditions.push(sql.tenancy(scope, probe)?);
     Ok((from, conditions))
 }
 
@@ -524,13 +534,11 @@ fn read_live_statement(
 ) -> Result<String, StoreError> {
     let type_placeholder = sql.text(resource_type.as_str())?;
     let list = sql.list(ids.iter().copied())?;
-    // Read by id, the tenancy tested per row (see `Sql::per_row_fence`).
-    let fence = sql.per_row_fence();
-    let filter = scope_filter_fenced(scope, "r", &mut sql.args, &mut sql.next, fence)?;
+    // Read by id, the tenancy tested per row.
+    let tenancy = sql.tenancy(scope, Probe::PerRow)?;
     let text = format!(
         "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {type_placeholder} \
-         AND r.deleted = 0 AND r.id IN ({list}) AND {} ORDER BY r.id",
-        filter.sql
+         AND r.deleted = 0 AND r.id IN ({list}) AND {tenancy} ORDER BY r.id"
     );
     Ok(text)
 }
@@ -678,15 +686,13 @@ impl Store {
         let param_placeholder = sql.text(param)?;
         let target_placeholder = sql.text(target_type.as_str())?;
         let list = sql.list(target_ids.iter().copied())?;
-        let fence = sql.per_row_fence();
-        let filter = scope_filter_fenced(scope, "r", &mut sql.args, &mut sql.next, fence)?;
+        let tenancy = sql.tenancy(scope, Probe::PerRow)?;
         let limit = sql.int(i64::from(limit))?;
         let text = format!(
             "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {source_placeholder} AND r.deleted = 0 \
              AND r.id IN (SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
              AND x.param = {param_placeholder} AND x.target_id IN ({list}) AND x.target_type = {target_placeholder}) \
-             AND {} ORDER BY r.id LIMIT {limit}",
-            filter.sql
+             AND {tenancy} ORDER BY r.id LIMIT {limit}"
         );
         let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
         rows.iter().map(version_from_row).collect()

@@ -12,7 +12,7 @@ use sqlx::{AnyConnection, Executor};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
-use super::apply::{apply_write_set, apply_write_sets, check_write_set_settled, insert_audit_rows};
+use super::apply::{apply_write_set, apply_write_sets, check_write_set_settled};
 use super::write_set::WriteSet;
 use super::StoreError;
 
@@ -127,8 +127,12 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
         return;
     }
     let mut applied = Vec::new();
-    let batch = insert_access_records(conn, batch, &mut outcomes).await;
-    let batch = apply_writes_together(conn, batch, &mut outcomes, &mut applied, settle_window).await;
+    // The access records of reads and searches first, on their own: a conflict among the
+    // changes must not send them one by one too.
+    let access_records = Together { name: "access_records", selected: WriteSet::is_audit_only, settle_window };
+    let batch = apply_together(conn, batch, access_records, &mut outcomes, &mut applied).await;
+    let changes = Together { name: "changes", selected: |_| true, settle_window };
+    let batch = apply_together(conn, batch, changes, &mut outcomes, &mut applied).await;
     for message in batch {
         match message {
             Message::Write { write_set, reply } => {
@@ -187,94 +191,62 @@ async fn commit_batch(conn: &mut AnyConnection, batch: Vec<Message>, settle_wind
     }
 }
 
-/// The access records of reads and searches (write sets of audit records only) go in together,
-/// a few multi-row statements for the whole batch instead of a savepoint and an insert each.
-/// Should that fail, they are left in the batch and go one by one, each under its savepoint, so
-/// that one bad record costs nobody else theirs. Returns the messages still to apply.
-async fn insert_access_records(
+/// Applies the write sets `selected` picks from the batch as one (a few statements per table for
+/// all of them, see `apply_write_sets`) under the savepoint `name`: each statement is a round
+/// trip to the connection's thread, and one per table per write set made the writer the limit.
+/// Should anything fail (a version conflict, a taken conditional key, a late write), nothing of
+/// it is kept and those write sets stay in the batch, to go one by one under savepoints of their
+/// own, so that the failure is answered to its own request alone. Returns the messages still
+/// to apply.
+async fn apply_together(
     conn: &mut AnyConnection,
     batch: Vec<Message>,
-    outcomes: &mut Vec<(Reply, Result<(), StoreError>)>,
-) -> Vec<Message> {
-    let (access, rest): (Vec<Message>, Vec<Message>) = batch
-        .into_iter()
-        .partition(|message| matches!(message, Message::Write { write_set, .. } if write_set.is_audit_only()));
-    if access.len() < 2 {
-        return access.into_iter().chain(rest).collect();
-    }
-    let records: Vec<&crate::domain::audit::AuditRecord> = access
-        .iter()
-        .flat_map(|message| match message {
-            Message::Write { write_set, .. } => write_set.audit.iter().collect::<Vec<_>>(),
-            Message::Job { .. } => Vec::new(),
-        })
-        .collect();
-    let together = match conn.execute("SAVEPOINT access_records").await {
-        Ok(_) => {
-            let inserted = insert_audit_rows(conn, &records).await;
-            end_savepoint_named(conn, "access_records", inserted).await
-        }
-        Err(e) => Err(e.into()),
-    };
-    match together {
-        Ok(()) => {
-            outcomes.extend(access.into_iter().map(|message| (message.into_reply(), Ok(()))));
-            rest
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "access records did not go in together; inserting them one by one");
-            access.into_iter().chain(rest).collect()
-        }
-    }
-}
-
-/// The batch's write sets applied as one (a few statements per table for all of them, see
-/// `apply_write_sets`) under one savepoint: each statement is a round trip to the connection's
-/// thread, and one per table per write set made the writer the limit of submissions. Should
-/// anything fail (a version conflict, a taken conditional key, a late write), nothing of it
-/// is kept and the write sets go one by one, each under its own savepoint, so that the failure
-/// is answered to its own request alone. Returns the messages still to apply.
-async fn apply_writes_together(
-    conn: &mut AnyConnection,
-    batch: Vec<Message>,
+    together: Together,
     outcomes: &mut Vec<(Reply, Result<(), StoreError>)>,
     applied: &mut Vec<WriteSet>,
-    settle_window: Duration,
 ) -> Vec<Message> {
-    let (writes, jobs): (Vec<Message>, Vec<Message>) =
-        batch.into_iter().partition(|message| matches!(message, Message::Write { .. }));
-    if writes.len() < 2 {
-        return writes.into_iter().chain(jobs).collect();
+    let (chosen, rest): (Vec<Message>, Vec<Message>) = batch
+        .into_iter()
+        .partition(|message| matches!(message, Message::Write { write_set, .. } if (together.selected)(write_set)));
+    if chosen.len() < 2 {
+        return chosen.into_iter().chain(rest).collect();
     }
-    let sets: Vec<&WriteSet> = writes
+    let sets: Vec<&WriteSet> = chosen
         .iter()
         .filter_map(|message| match message {
             Message::Write { write_set, .. } => Some(&**write_set),
             Message::Job { .. } => None,
         })
         .collect();
-    let together = match conn.execute("SAVEPOINT together").await {
+    let done = match conn.execute(format!("SAVEPOINT {}", together.name).as_str()).await {
         Ok(_) => {
-            let done = apply_write_sets(conn, &sets, settle_window).await;
-            end_savepoint_named(conn, "together", done).await
+            let done = apply_write_sets(conn, &sets, together.settle_window).await;
+            end_savepoint_named(conn, together.name, done).await
         }
         Err(e) => Err(e.into()),
     };
-    match together {
+    match done {
         Ok(()) => {
-            for message in writes {
+            for message in chosen {
                 if let Message::Write { write_set, reply } = message {
                     applied.push(*write_set);
                     outcomes.push((reply, Ok(())));
                 }
             }
-            jobs
+            rest
         }
         Err(e) => {
-            tracing::debug!(error = %e, "write sets did not apply together; applying them one by one");
-            writes.into_iter().chain(jobs).collect()
+            tracing::debug!(error = %e, savepoint = together.name, "write sets did not apply together; one by one");
+            chosen.into_iter().chain(rest).collect()
         }
     }
+}
+
+/// Which write sets of a batch [`apply_together`] takes, under which savepoint.
+struct Together {
+    name: &'static str,
+    selected: fn(&WriteSet) -> bool,
+    settle_window: Duration,
 }
 
 /// Ends the savepoint each write set or job runs under: kept if it succeeded; otherwise what
