@@ -8,6 +8,12 @@ use linkbridge::admin;
 use linkbridge::config::Settings;
 use linkbridge::startup::Application;
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small
+/// strings and JSON values, and glibc's malloc and free were a tenth of the machine's CPU
+/// under load (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// linkbridge: FHIR R4 exchange for social prescribing referrals between GP practices and
 /// Community Link Worker services.
 ///
