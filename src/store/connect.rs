@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
 
+use super::sqlite_checkpoint::WRITER_AUTOCHECKPOINT_PAGES;
 use super::sqlite_writer::SqliteWriter;
 use super::{Backend, Store, StoreError, StoreInner};
 
@@ -98,11 +99,16 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
 
     let mut writer_conn = AnyConnection::connect_with(&options).await?;
     writer_conn.execute(SQLITE_PRAGMAS).await?;
+    // Checkpoints run in the background (see `sqlite_checkpoint`); this is the backstop.
+    writer_conn.execute(format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}").as_str()).await?;
     sqlx::migrate!("./migrations/sqlite").run(&mut writer_conn).await?;
 
-    let pool = AnyPoolOptions::new()
+    let readers = AnyPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
+        // A connection to a local file does not go stale. The test sqlx makes by default is a
+        // round trip to the connection's thread on every acquire: one more per statement.
+        .test_before_acquire(false)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute(SQLITE_PRAGMAS).await?;
@@ -111,10 +117,11 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
         })
         .connect_with(options)
         .await?;
+    let writer = SqliteWriter::start(writer_conn, readers.clone(), settings.settle_window);
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
-            pool,
-            backend: Backend::Sqlite { writer: SqliteWriter::start(writer_conn, settings.settle_window) },
+            pool: readers,
+            backend: Backend::Sqlite { writer },
             settle_window: settings.settle_window,
             outbox_signal: tokio::sync::Notify::new(),
         }),

@@ -15,6 +15,7 @@ mod clients;
 mod connect;
 mod reads;
 mod search;
+mod sqlite_checkpoint;
 mod sqlite_writer;
 mod subscriptions;
 mod write_set;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
 use super::apply::{apply_write_set, apply_write_sets, check_write_set_settled};
+use super::sqlite_checkpoint::Checkpointer;
 use super::write_set::WriteSet;
 use super::StoreError;
 
@@ -45,14 +46,17 @@ pub(super) struct SqliteWriter {
     sender: mpsc::Sender<Message>,
     task: Mutex<Option<JoinHandle<()>>>,
     closed: tokio::sync::watch::Sender<bool>,
+    checkpointer: std::sync::Arc<Checkpointer>,
 }
 
 impl SqliteWriter {
-    pub(super) fn start(conn: AnyConnection, settle_window: Duration) -> Self {
+    /// Starts the writer on `conn`; `readers` is the pool the WAL checkpoints run from.
+    pub(super) fn start(conn: AnyConnection, readers: sqlx::AnyPool, settle_window: Duration) -> Self {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
         let (closed, closed_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run(conn, receiver, closed_rx, settle_window));
-        SqliteWriter { sender, task: Mutex::new(Some(task)), closed }
+        let checkpointer = std::sync::Arc::new(Checkpointer::start(readers));
+        let task = tokio::spawn(run(conn, receiver, closed_rx, settle_window, std::sync::Arc::clone(&checkpointer)));
+        SqliteWriter { sender, task: Mutex::new(Some(task)), closed, checkpointer }
     }
 
     pub(super) async fn submit(&self, write_set: WriteSet) -> Result<(), StoreError> {
@@ -78,6 +82,7 @@ impl SqliteWriter {
         if let Some(task) = self.task.lock().await.take() {
             let _ = task.await;
         }
+        self.checkpointer.stop();
     }
 }
 
@@ -86,6 +91,7 @@ async fn run(
     mut receiver: mpsc::Receiver<Message>,
     mut closed: tokio::sync::watch::Receiver<bool>,
     settle_window: Duration,
+    checkpointer: std::sync::Arc<Checkpointer>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -103,6 +109,7 @@ async fn run(
                 if !batch.is_empty() {
                     commit_batch(&mut conn, std::mem::take(&mut batch), settle_window).await;
                 }
+                // The last connection to close checkpoints the log anyway.
                 break;
             }
         }
@@ -113,6 +120,7 @@ async fn run(
             }
         }
         commit_batch(&mut conn, std::mem::take(&mut batch), settle_window).await;
+        checkpointer.committed();
     }
     let _ = sqlx::Connection::close(conn).await;
 }
