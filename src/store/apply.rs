@@ -33,7 +33,16 @@ pub(super) async fn apply_write_sets(
 ) -> Result<(), StoreError> {
     let resources: Vec<&ResourceWrite> = write_sets.iter().flat_map(|ws| &ws.resources).collect();
     apply_resource_writes(conn, &resources, settle_window).await?;
-    for claim in write_sets.iter().flat_map(|ws| &ws.conditional_claims) {
+    // In key order, like the resources of a wave (see `apply_resource_writes`).
+    let mut claims: Vec<&ConditionalClaim> = write_sets.iter().flat_map(|ws| &ws.conditional_claims).collect();
+    claims.sort_by(|a, b| {
+        (a.scope_key.as_str(), a.resource_type.as_str(), a.criteria.as_str()).cmp(&(
+            b.scope_key.as_str(),
+            b.resource_type.as_str(),
+            b.criteria.as_str(),
+        ))
+    });
+    for claim in claims {
         apply_claim(conn, claim).await?;
     }
     insert_audit_rows(conn, &write_sets.iter().flat_map(|ws| &ws.audit).collect::<Vec<_>>()).await?;
@@ -240,7 +249,9 @@ const MAX_BOUND_VALUES: usize = 30_000;
 /// together, not one per table per resource: on SQLite every statement is a round trip to the
 /// single writer's thread, on PostgreSQL one over the network. A set writing one resource
 /// twice (a transaction updating what it created) is applied in waves, each resource at most
-/// once per wave, so that every wave sees the one before it.
+/// once per wave, so that every wave sees the one before it. A wave writes its resources in
+/// key order: on PostgreSQL each row's unique key is locked until COMMIT, and two replicas'
+/// group commits taking the keys of the same resources in different orders could deadlock.
 async fn apply_resource_writes(
     conn: &mut AnyConnection,
     writes: &[&ResourceWrite],
@@ -249,7 +260,8 @@ async fn apply_resource_writes(
     for write in writes {
         check_settle_window(write, settle_window)?;
     }
-    for wave in waves_of_distinct_resources(writes) {
+    for mut wave in waves_of_distinct_resources(writes) {
+        wave.sort_by(|a, b| (a.resource_type.as_str(), a.id.as_str()).cmp(&(b.resource_type.as_str(), b.id.as_str())));
         apply_wave(conn, &wave).await?;
     }
     Ok(())

@@ -7,9 +7,9 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
 
-use super::sqlite_checkpoint::WRITER_AUTOCHECKPOINT_PAGES;
-use super::sqlite_writer::SqliteWriter;
-use super::{Backend, Store, StoreError, StoreInner};
+use super::group_commit::{GroupCommit, WriteConnection};
+use super::sqlite_checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
+use super::{BackendKind, Store, StoreError, StoreInner};
 
 /// Where the data lives. The URL may hold a password, so it is never printed whole.
 #[derive(Clone, PartialEq, Eq)]
@@ -117,11 +117,16 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
         })
         .connect_with(options)
         .await?;
-    let writer = SqliteWriter::start(writer_conn, readers.clone(), settings.settle_window);
+    let checkpointer = Checkpointer::start(readers.clone());
+    let writer = GroupCommit::start(
+        WriteConnection::Sqlite { conn: Box::new(writer_conn), checkpointer },
+        settings.settle_window,
+    );
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
             pool: readers,
-            backend: Backend::Sqlite { writer },
+            kind: BackendKind::Sqlite,
+            writer,
             settle_window: settings.settle_window,
             outbox_signal: tokio::sync::Notify::new(),
         }),
@@ -138,10 +143,12 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     // sqlx takes a PostgreSQL advisory lock while migrating, so replicas starting together
     // apply each migration once.
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    let writer = GroupCommit::start(WriteConnection::Postgres(pool.clone()), settings.settle_window);
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
             pool,
-            backend: Backend::Postgres,
+            kind: BackendKind::Postgres,
+            writer,
             settle_window: settings.settle_window,
             outbox_signal: tokio::sync::Notify::new(),
         }),

@@ -5,18 +5,18 @@
 //!
 //! Writes are described as a [`WriteSet`]: everything one request changes (resource versions,
 //! index rows, visibility, conditional-create claims) with its preconditions. A write set is
-//! applied atomically or not at all. On SQLite a single writer task applies the write sets of
-//! concurrent requests in one shared transaction, each under its own savepoint, so one fsync
-//! makes many requests durable (see [`sqlite_writer`]).
+//! applied atomically or not at all. On both databases a writer task applies the write sets of
+//! concurrent requests in one shared transaction (each under its own savepoint where they
+//! cannot go together), so one commit makes many requests durable (see [`group_commit`]).
 
 mod apply;
 mod audit;
 mod clients;
 mod connect;
+mod group_commit;
 mod reads;
 mod search;
 mod sqlite_checkpoint;
-mod sqlite_writer;
 mod subscriptions;
 mod write_set;
 
@@ -36,7 +36,7 @@ pub use write_set::{
     SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,
 };
 
-use sqlite_writer::SqliteWriter;
+use group_commit::GroupCommit;
 
 /// Everything that can go wrong in the store. Conflicts are expected outcomes the service
 /// turns into 409/412 answers; `Database` is a fault.
@@ -75,11 +75,6 @@ pub enum BackendKind {
     Postgres,
 }
 
-enum Backend {
-    Sqlite { writer: SqliteWriter },
-    Postgres,
-}
-
 /// A cheap-to-clone handle on the database.
 #[derive(Clone)]
 pub struct Store {
@@ -89,7 +84,9 @@ pub struct Store {
 struct StoreInner {
     /// Readers (SQLite, WAL lets them run beside the writer) or every connection (PostgreSQL).
     pool: AnyPool,
-    backend: Backend,
+    kind: BackendKind,
+    /// Every write set goes through it (see [`group_commit`]).
+    writer: GroupCommit,
     /// See [`PoolSettings::settle_window`].
     settle_window: std::time::Duration,
     /// Wakes this process's delivery worker when a commit adds notifications.
@@ -98,10 +95,7 @@ struct StoreInner {
 
 impl Store {
     pub fn kind(&self) -> BackendKind {
-        match self.inner.backend {
-            Backend::Sqlite { .. } => BackendKind::Sqlite,
-            Backend::Postgres => BackendKind::Postgres,
-        }
+        self.inner.kind
     }
 
     /// Connections of the pool (readers on SQLite, all on PostgreSQL): open, and idle of those.
@@ -118,17 +112,7 @@ impl Store {
     /// Applies a write set atomically: all of it, or none of it and an error.
     pub async fn commit(&self, write_set: WriteSet) -> Result<(), StoreError> {
         let notifies = !write_set.notifications.is_empty();
-        match &self.inner.backend {
-            Backend::Sqlite { writer } => writer.submit(write_set).await?,
-            Backend::Postgres => {
-                let mut tx = self.inner.pool.begin().await?;
-                apply::apply_write_set(&mut tx, &write_set, self.inner.settle_window).await?;
-                // Again just before COMMIT: a transaction slowed down after its first check
-                // must not commit rows that `_lastUpdated` pollers may already have passed.
-                apply::check_write_set_settled(&write_set, self.inner.settle_window)?;
-                tx.commit().await?;
-            }
-        }
+        self.inner.writer.submit(write_set).await?;
         if notifies {
             self.inner.outbox_signal.notify_one();
         }
@@ -143,17 +127,18 @@ impl Store {
 
     /// Runs `job` in a write transaction: on SQLite through the single writer (its own
     /// savepoint in the next shared commit, i.e. an immediate transaction), on PostgreSQL in a
-    /// transaction of its own. Returns the job's value once the commit is durable.
+    /// transaction of its own (jobs are few: they need no shared commit). Returns the job's value once the commit is durable.
     pub(crate) async fn in_write_transaction<T, F>(&self, job: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
     {
-        match &self.inner.backend {
-            Backend::Sqlite { writer } => {
+        match self.kind() {
+            BackendKind::Sqlite => {
                 let slot = Arc::new(std::sync::Mutex::new(None));
                 let out = Arc::clone(&slot);
-                writer
+                self.inner
+                    .writer
                     .run(Box::new(move |conn| {
                         Box::pin(async move {
                             let value = job(conn).await?;
@@ -167,7 +152,7 @@ impl Store {
                 let value = slot.lock().ok().and_then(|mut guard| guard.take());
                 value.ok_or(StoreError::WriterGone)
             }
-            Backend::Postgres => {
+            BackendKind::Postgres => {
                 let mut tx = self.inner.pool.begin().await?;
                 let value = job(&mut tx).await?;
                 tx.commit().await?;
@@ -176,11 +161,9 @@ impl Store {
         }
     }
 
-    /// Stops the SQLite writer after it has committed what it holds, and closes the pool.
+    /// Stops the writer after it has committed what it holds, and closes the pool.
     pub async fn close(&self) {
-        if let Backend::Sqlite { writer } = &self.inner.backend {
-            writer.shutdown().await;
-        }
+        self.inner.writer.shutdown().await;
         self.inner.pool.close().await;
     }
 

@@ -374,6 +374,53 @@ async fn concurrent_claims_take_disjoint_notifications(db: Db) {
     assert_eq!(claimed.len(), 40, "eight claims of seven take all forty");
 }
 
+async fn two_replicas_group_commits_over_the_same_resources_keep_each_write_set_whole(db: Db) {
+    use linkbridge::store::PoolSettings;
+    let Some((first, database)) = test_store(db).await else { return };
+    // A second replica: its own writer (and on PostgreSQL its own batches) on the same data.
+    let second = Store::connect(&database.url, &PoolSettings::default()).await.expect("second replica");
+    let ids: Vec<ResourceId> = (0..6).map(|_| ResourceId::generate()).collect();
+    for id in &ids {
+        first.commit(one(patient_write(id, 1, Precondition::Absent, "Start", "GP1"))).await.expect("create");
+    }
+    // Forty write sets at once, half through each replica, each moving two of the six
+    // resources from version 1 to 2, the pairs overlapping and named in both orders.
+    let v1 = VersionId::parse("1").expect("v");
+    let writers = (0..40).map(|i| {
+        let store = if i % 2 == 0 { first.clone() } else { second.clone() };
+        let (a, b) = (ids[i % 6].clone(), ids[(i * 5 + 1) % 6].clone());
+        let b = if a == b { ids[(i + 3) % 6].clone() } else { b };
+        let family = format!("Writer{i}");
+        async move {
+            let writes = vec![
+                patient_write(&a, 2, Precondition::CurrentVersion(v1), &family, "GP1"),
+                patient_write(&b, 2, Precondition::CurrentVersion(v1), &family, "GP1"),
+            ];
+            let outcome = store.commit(WriteSet { resources: writes, ..Default::default() }).await;
+            (family, a, b, outcome)
+        }
+    });
+    let results = futures::future::join_all(writers).await;
+    let mut winners = 0;
+    for (family, a, b, outcome) in &results {
+        match outcome {
+            Ok(()) => {
+                winners += 1;
+                for id in [a, b] {
+                    let now = second.read_current(&TenantScope::Everything, ResourceType::Patient, id).await;
+                    let now = now.expect("read").expect("exists");
+                    assert_eq!(now.version.get(), 2, "{family} succeeded: {id:?} is at version 2");
+                    assert!(now.body.contains(family.as_str()), "{family} wrote both of its resources: {}", now.body);
+                }
+            }
+            Err(StoreError::VersionConflict { .. }) => {}
+            Err(other) => panic!("{family}: only version conflicts may refuse a write set, got {other}"),
+        }
+    }
+    assert!(winners >= 1, "at least one write set wins");
+    second.close().await;
+}
+
 on_both_databases!(
     concurrent_write_sets_commit_independently_when_some_fail,
     a_created_resource_reads_back_with_its_version,
@@ -387,4 +434,5 @@ on_both_databases!(
     a_lapsed_claim_is_taken_over_and_its_late_outcome_is_refused,
     concurrent_claims_take_disjoint_notifications,
     concurrent_access_records_are_all_kept_and_a_bad_one_fails_alone,
+    two_replicas_group_commits_over_the_same_resources_keep_each_write_set_whole,
 );
