@@ -39,7 +39,8 @@ pub struct Settings {
     /// W/2 of their `meta.lastUpdated` or are refused (503), and such searches return only
     /// changes at least W old, so that a poller never misses a late commit.
     pub settle_window_ms: u64,
-    /// Database connection pool size per process.
+    /// Database connection pool size per process (on PostgreSQL the group commit's writer
+    /// has one connection more, of its own).
     pub db_max_connections: u32,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,

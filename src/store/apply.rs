@@ -42,8 +42,12 @@ pub(super) async fn apply_write_sets(
             b.criteria.as_str(),
         ))
     });
+    let fresh: Vec<&ConditionalClaim> = claims.iter().copied().filter(|claim| claim.replaces.is_none()).collect();
+    insert_claims(conn, &fresh).await?;
     for claim in claims {
-        apply_claim(conn, claim).await?;
+        if let Some(stale_id) = &claim.replaces {
+            take_over_claim(conn, claim, stale_id).await?;
+        }
     }
     insert_audit_rows(conn, &write_sets.iter().flat_map(|ws| &ws.audit).collect::<Vec<_>>()).await?;
     for request in write_sets.iter().filter_map(|ws| ws.request.as_ref()) {
@@ -657,42 +661,51 @@ async fn insert_index(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Re
     Ok(())
 }
 
-async fn apply_claim(conn: &mut AnyConnection, claim: &ConditionalClaim) -> Result<(), StoreError> {
-    match &claim.replaces {
-        None => {
-            let result = sqlx::query(
-                "INSERT INTO conditional_keys (scope_key, resource_type, criteria, id) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(claim.scope_key.as_str())
-            .bind(claim.resource_type.as_str())
-            .bind(claim.criteria.as_str())
-            .bind(claim.id.as_str())
-            .execute(&mut *conn)
-            .await;
-            match result {
-                Ok(_) => Ok(()),
-                Err(e) if is_unique_violation(&e) => Err(StoreError::ConditionalClaimTaken),
-                Err(e) => Err(e.into()),
-            }
+/// Claims fresh conditional-create keys, all of them in a few statements; a key already
+/// taken (by a committed or a concurrent write) refuses the whole call.
+async fn insert_claims(conn: &mut AnyConnection, claims: &[&ConditionalClaim]) -> Result<(), StoreError> {
+    const WIDTH: usize = 4;
+    let placeholders = Placeholders::of(conn);
+    for chunk in claims.chunks(MAX_BOUND_VALUES / WIDTH) {
+        let mut args = AnyArguments::default();
+        for claim in chunk {
+            bind_all(&mut args, |args| {
+                args.add(claim.scope_key.as_str())?;
+                args.add(claim.resource_type.as_str())?;
+                args.add(claim.criteria.as_str())?;
+                args.add(claim.id.as_str())
+            })?;
         }
-        Some(stale_id) => {
-            let result = sqlx::query(
-                "UPDATE conditional_keys SET id = $1 \
-                 WHERE scope_key = $2 AND resource_type = $3 AND criteria = $4 AND id = $5",
-            )
-            .bind(claim.id.as_str())
-            .bind(claim.scope_key.as_str())
-            .bind(claim.resource_type.as_str())
-            .bind(claim.criteria.as_str())
-            .bind(stale_id.as_str())
-            .execute(&mut *conn)
-            .await?;
-            if result.rows_affected() == 1 {
-                Ok(())
-            } else {
-                Err(StoreError::ConditionalClaimTaken)
-            }
+        let sql = format!(
+            "INSERT INTO conditional_keys (scope_key, resource_type, criteria, id) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING id",
+            values_placeholders(placeholders, chunk.len(), WIDTH)
+        );
+        let inserted = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?;
+        if inserted.len() != chunk.len() {
+            return Err(StoreError::ConditionalClaimTaken);
         }
+    }
+    Ok(())
+}
+
+/// Takes over a stale key (its resource no longer matches) by compare-and-swap: only from the
+/// resource the write was planned against.
+async fn take_over_claim(conn: &mut AnyConnection, claim: &ConditionalClaim, stale_id: &str) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "UPDATE conditional_keys SET id = $1 WHERE scope_key = $2 AND resource_type = $3 AND criteria = $4 AND id = $5",
+    )
+    .bind(claim.id.as_str())
+    .bind(claim.scope_key.as_str())
+    .bind(claim.resource_type.as_str())
+    .bind(claim.criteria.as_str())
+    .bind(stale_id)
+    .execute(&mut *conn)
+    .await?;
+    if result.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::ConditionalClaimTaken)
     }
 }
 

@@ -138,12 +138,17 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     let pool = AnyPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
-        .connect_with(options)
+        .connect_with(options.clone())
         .await?;
+    // The writer's own connection, outside the request pool: queued behind every waiting
+    // request's reads, the group commit would wait longest when most is waiting on it. A pool
+    // of one rather than a bare connection, so that one lost to a server restart is replaced.
+    let writer_pool =
+        AnyPoolOptions::new().max_connections(1).acquire_timeout(settings.acquire_timeout).connect_lazy_with(options);
     // sqlx takes a PostgreSQL advisory lock while migrating, so replicas starting together
     // apply each migration once.
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-    let writer = GroupCommit::start(WriteConnection::Postgres(pool.clone()), settings.settle_window);
+    let writer = GroupCommit::start(WriteConnection::Postgres(writer_pool), settings.settle_window);
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
             pool,

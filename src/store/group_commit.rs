@@ -7,9 +7,9 @@
 //! nobody else), commits once, and only then answers every request. Each answer therefore
 //! means "durable", and many requests share one commit.
 //!
-//! On SQLite the writer owns the only write connection. On PostgreSQL it takes a pool
-//! connection per batch (the pool replaces one that died with a server restart); other
-//! replicas run writers of their own, and PostgreSQL's locks order their batches.
+//! On SQLite the writer owns the only write connection. On PostgreSQL it has a pool of one
+//! connection of its own (the pool replaces one lost to a server restart); other replicas run
+//! writers of their own, and PostgreSQL's locks order their batches.
 
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ impl Message {
 pub(super) enum WriteConnection {
     /// SQLite's only write connection, and the WAL checkpoints that follow its commits.
     Sqlite { conn: Box<AnyConnection>, checkpointer: Checkpointer },
-    /// A PostgreSQL pool: one connection per batch.
+    /// The writer's own PostgreSQL pool of one connection, taken for each batch.
     Postgres(sqlx::AnyPool),
 }
 
