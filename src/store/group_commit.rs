@@ -67,18 +67,14 @@ impl WriteConnection {
 
     /// Commits one batch on a connection of this kind.
     async fn commit(&mut self, batch: Vec<Message>, settle_window: Duration) {
-        let begin = match self.kind() {
-            // Takes the write lock at once: a deferred transaction could fail to upgrade.
-            BackendKind::Sqlite => "BEGIN IMMEDIATE",
-            BackendKind::Postgres => "BEGIN",
-        };
+        let kind = self.kind();
         match self {
             WriteConnection::Sqlite { conn, checkpointer } => {
-                commit_batch(conn, begin, batch, settle_window).await;
+                commit_batch(conn, kind, batch, settle_window).await;
                 checkpointer.committed();
             }
             WriteConnection::Postgres(pool) => match pool.acquire().await {
-                Ok(mut conn) => commit_batch(&mut conn, begin, batch, settle_window).await,
+                Ok(mut conn) => commit_batch(&mut conn, kind, batch, settle_window).await,
                 Err(e) => {
                     tracing::error!(error = %e, "the writer could not get a database connection");
                     for message in batch {
@@ -177,9 +173,9 @@ async fn run(
     connection.close().await;
 }
 
-async fn commit_batch(conn: &mut AnyConnection, begin: &str, batch: Vec<Message>, settle_window: Duration) {
+async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>, settle_window: Duration) {
     let mut outcomes: Vec<(Reply, Result<(), StoreError>)> = Vec::with_capacity(batch.len());
-    if let Err(e) = conn.execute(begin).await {
+    if let Err(e) = conn.execute(begin_statement(kind)).await {
         tracing::error!(error = %e, "the writer could not begin a transaction");
         for message in batch {
             let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
@@ -192,34 +188,86 @@ async fn commit_batch(conn: &mut AnyConnection, begin: &str, batch: Vec<Message>
     let access_records = Together { name: "access_records", selected: WriteSet::is_audit_only, settle_window };
     let batch = apply_together(conn, batch, access_records, &mut outcomes, &mut applied).await;
     let changes = Together { name: "changes", selected: |_| true, settle_window };
-    let batch = apply_together(conn, batch, changes, &mut outcomes, &mut applied).await;
-    for message in batch {
-        match message {
-            Message::Write { write_set, reply } => {
-                let outcome = match conn.execute("SAVEPOINT write_set").await {
-                    Ok(_) => {
-                        let applied = apply_write_set(conn, &write_set, settle_window).await;
-                        end_savepoint(conn, applied).await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                if outcome.is_ok() {
-                    applied.push(*write_set);
-                }
-                outcomes.push((reply, outcome));
+    let rest = apply_together(conn, batch, changes, &mut outcomes, &mut applied).await;
+    match kind {
+        BackendKind::Sqlite => {
+            for message in rest {
+                apply_one(conn, message, settle_window, &mut outcomes, &mut applied).await;
             }
-            Message::Job { job, reply } => {
-                let outcome = match conn.execute("SAVEPOINT write_set").await {
-                    Ok(_) => {
-                        let done = job(conn).await;
-                        end_savepoint(conn, done).await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                outcomes.push((reply, outcome));
+            finish(conn, outcomes, &applied, settle_window).await;
+        }
+        // What went together commits now, and each write set left over commits in a
+        // transaction of its own. Another replica's writer holds row locks of its own batch:
+        // one by one inside this transaction, an earlier write set's locks would be held while
+        // a later one waits, and two batches could wait on each other (PostgreSQL breaks such
+        // a deadlock only after a second, and the waits pushed writes past the settle window).
+        BackendKind::Postgres => {
+            finish(conn, outcomes, &applied, settle_window).await;
+            for message in rest {
+                let (mut outcomes, mut applied) = (Vec::with_capacity(1), Vec::with_capacity(1));
+                if let Err(e) = conn.execute(begin_statement(kind)).await {
+                    tracing::error!(error = %e, "the writer could not begin a transaction");
+                    let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
+                    continue;
+                }
+                apply_one(conn, message, settle_window, &mut outcomes, &mut applied).await;
+                finish(conn, outcomes, &applied, settle_window).await;
             }
         }
     }
+}
+
+fn begin_statement(kind: BackendKind) -> &'static str {
+    match kind {
+        // Takes the write lock at once: a deferred transaction could fail to upgrade.
+        BackendKind::Sqlite => "BEGIN IMMEDIATE",
+        BackendKind::Postgres => "BEGIN",
+    }
+}
+
+/// Applies one write set or job under a savepoint of its own: kept if it succeeds, undone
+/// without touching the rest of the transaction if it fails.
+async fn apply_one(
+    conn: &mut AnyConnection,
+    message: Message,
+    settle_window: Duration,
+    outcomes: &mut Vec<(Reply, Result<(), StoreError>)>,
+    applied: &mut Vec<WriteSet>,
+) {
+    match message {
+        Message::Write { write_set, reply } => {
+            let outcome = match conn.execute("SAVEPOINT write_set").await {
+                Ok(_) => {
+                    let done = apply_write_set(conn, &write_set, settle_window).await;
+                    end_savepoint(conn, done).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            if outcome.is_ok() {
+                applied.push(*write_set);
+            }
+            outcomes.push((reply, outcome));
+        }
+        Message::Job { job, reply } => {
+            let outcome = match conn.execute("SAVEPOINT write_set").await {
+                Ok(_) => {
+                    let done = job(conn).await;
+                    end_savepoint(conn, done).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            outcomes.push((reply, outcome));
+        }
+    }
+}
+
+/// Commits the open transaction and answers each request with its outcome once it is durable.
+async fn finish(
+    conn: &mut AnyConnection,
+    outcomes: Vec<(Reply, Result<(), StoreError>)>,
+    applied: &[WriteSet],
+    settle_window: Duration,
+) {
     // Again just before COMMIT (see `service::search`): if the batch took so long that one of
     // its writes is now older than the settle window allows, none of it commits; every
     // request of the batch is answered SettleWindowPassed and may retry.
@@ -255,9 +303,8 @@ async fn commit_batch(conn: &mut AnyConnection, begin: &str, batch: Vec<Message>
 /// all of them, see `apply_write_sets`) under the savepoint `name`: each statement is a round
 /// trip to the connection's thread, and one per table per write set made the writer the limit.
 /// Should anything fail (a version conflict, a taken conditional key, a late write), nothing of
-/// it is kept and those write sets stay in the batch, to go one by one under savepoints of their
-/// own, so that the failure is answered to its own request alone. Returns the messages still
-/// to apply.
+/// it is kept and those write sets stay in the batch, to go one by one (see `commit_batch`), so
+/// that the failure is answered to its own request alone. Returns the messages still to apply.
 async fn apply_together(
     conn: &mut AnyConnection,
     batch: Vec<Message>,

@@ -421,6 +421,31 @@ async fn two_replicas_group_commits_over_the_same_resources_keep_each_write_set_
     second.close().await;
 }
 
+/// SQLite only: the write-ahead log reaches the database file in the background, not only when
+/// the writer's own automatic checkpoint (pushed out to 20,000 pages) runs inside a COMMIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_committed_pages_into_the_database_file_in_the_background() {
+    let Some((store, database)) = test_store(Db::Sqlite).await else { return };
+    let linkbridge::store::DatabaseUrl::Sqlite(path) = database.url.clone() else {
+        panic!("the SQLite test database is a file")
+    };
+    let size = || std::fs::metadata(&path).map(|m| m.len()).expect("database file");
+    let before = size();
+    // About 200 pages of log: far below any automatic checkpoint of the writer.
+    for n in 0..100 {
+        let id = ResourceId::generate();
+        let mut write = patient_write(&id, 1, Precondition::Absent, &format!("Family{n}"), "GP1");
+        write.body = write.body.replace("Family", &"x".repeat(4000));
+        store.commit(one(write)).await.expect("commit");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() < before + 400_000 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(size() >= before + 400_000, "the database file grew from {before} to {} bytes: no checkpoint ran", size());
+    store.close().await;
+}
+
 on_both_databases!(
     concurrent_write_sets_commit_independently_when_some_fail,
     a_created_resource_reads_back_with_its_version,
