@@ -196,25 +196,22 @@ async fn insert_outbox_entry(conn: &mut AnyConnection, entry: &OutboxEntry) -> R
 /// carries cost the single SQLite writer one statement per few thousand, not one each.
 async fn insert_audit_rows(conn: &mut AnyConnection, records: &[&AuditRecord]) -> Result<(), StoreError> {
     const WIDTH: usize = 9;
+    let placeholders = Placeholders::of(conn);
     for chunk in records.chunks(MAX_BOUND_VALUES / WIDTH) {
-        let mut args = AnyArguments::default();
-        for record in chunk {
-            bind_all(&mut args, |args| {
-                args.add(record.id.as_str())?;
-                args.add(record.recorded.micros())?;
-                args.add(record.agent.client_id.as_str())?;
-                args.add(record.agent.organization.as_str())?;
-                args.add(record.action.code())?;
-                args.add(record.outcome.code())?;
-                args.add(record.entity_type.as_deref())?;
-                args.add(record.entity_id.as_deref())?;
-                args.add(record.to_fhir().to_string())
-            })?;
-        }
+        let (values, args) = values_of(placeholders, chunk, WIDTH, |args, record| {
+            args.add(record.id.as_str())?;
+            args.add(record.recorded.micros())?;
+            args.add(record.agent.client_id.as_str())?;
+            args.add(record.agent.organization.as_str())?;
+            args.add(record.action.code())?;
+            args.add(record.outcome.code())?;
+            args.add(record.entity_type.as_deref())?;
+            args.add(record.entity_id.as_deref())?;
+            args.add(record.to_fhir().to_string())
+        })?;
         let sql = format!(
             "INSERT INTO audit_events (id, recorded, client_id, organization, action, outcome, entity_type, \
-             entity_id, body) VALUES {}",
-            values_placeholders(Placeholders::of(conn), chunk.len(), WIDTH)
+             entity_id, body) VALUES {values}"
         );
         sqlx::query_with(&sql, args).execute(&mut *conn).await?;
     }
@@ -340,23 +337,20 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
 /// row means a version that exists already, and the first such resource is named.
 async fn insert_history(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<(), StoreError> {
     const WIDTH: usize = 7;
+    let placeholders = Placeholders::of(conn);
     for chunk in writes.chunks(MAX_BOUND_VALUES / WIDTH) {
-        let mut args = AnyArguments::default();
-        for write in chunk {
-            bind_all(&mut args, |args| {
-                args.add(write.resource_type.as_str())?;
-                args.add(write.id.as_str())?;
-                args.add(write.version.get())?;
-                args.add(write.last_updated.micros())?;
-                args.add(deleted_flag(write))?;
-                args.add(write.method.as_str())?;
-                args.add(write.body.as_str())
-            })?;
-        }
+        let (values, args) = values_of(placeholders, chunk, WIDTH, |args, write| {
+            args.add(write.resource_type.as_str())?;
+            args.add(write.id.as_str())?;
+            args.add(write.version.get())?;
+            args.add(write.last_updated.micros())?;
+            args.add(deleted_flag(write))?;
+            args.add(write.method.as_str())?;
+            args.add(write.body.as_str())
+        })?;
         let sql = format!(
             "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
-             VALUES {} ON CONFLICT DO NOTHING RETURNING resource_type, id",
-            values_placeholders(Placeholders::of(conn), chunk.len(), WIDTH)
+             VALUES {values} ON CONFLICT DO NOTHING RETURNING resource_type, id"
         );
         let inserted = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?;
         first_skipped(chunk, &inserted)?;
@@ -537,6 +531,21 @@ fn values_placeholders(placeholders: Placeholders, rows: usize, width: usize) ->
     sql
 }
 
+/// The `VALUES` rows of `chunk`, `width` values each as `bind_row` binds them, and the bound
+/// arguments.
+fn values_of<'q, T>(
+    placeholders: Placeholders,
+    chunk: &'q [T],
+    width: usize,
+    bind_row: impl Fn(&mut AnyArguments<'q>, &'q T) -> Result<(), sqlx::error::BoxDynError>,
+) -> Result<(String, AnyArguments<'q>), StoreError> {
+    let mut args = AnyArguments::default();
+    for item in chunk {
+        bind_all(&mut args, |args| bind_row(args, item))?;
+    }
+    Ok((values_placeholders(placeholders, chunk.len(), width), args))
+}
+
 /// Runs `bind`, turning a binding error into a store error.
 fn bind_all<'q>(
     args: &mut AnyArguments<'q>,
@@ -667,19 +676,15 @@ async fn insert_claims(conn: &mut AnyConnection, claims: &[&ConditionalClaim]) -
     const WIDTH: usize = 4;
     let placeholders = Placeholders::of(conn);
     for chunk in claims.chunks(MAX_BOUND_VALUES / WIDTH) {
-        let mut args = AnyArguments::default();
-        for claim in chunk {
-            bind_all(&mut args, |args| {
-                args.add(claim.scope_key.as_str())?;
-                args.add(claim.resource_type.as_str())?;
-                args.add(claim.criteria.as_str())?;
-                args.add(claim.id.as_str())
-            })?;
-        }
+        let (values, args) = values_of(placeholders, chunk, WIDTH, |args, claim| {
+            args.add(claim.scope_key.as_str())?;
+            args.add(claim.resource_type.as_str())?;
+            args.add(claim.criteria.as_str())?;
+            args.add(claim.id.as_str())
+        })?;
         let sql = format!(
-            "INSERT INTO conditional_keys (scope_key, resource_type, criteria, id) VALUES {} \
-             ON CONFLICT DO NOTHING RETURNING id",
-            values_placeholders(placeholders, chunk.len(), WIDTH)
+            "INSERT INTO conditional_keys (scope_key, resource_type, criteria, id) VALUES {values} \
+             ON CONFLICT DO NOTHING RETURNING id"
         );
         let inserted = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?;
         if inserted.len() != chunk.len() {
