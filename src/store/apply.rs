@@ -197,7 +197,7 @@ async fn insert_outbox_entry(conn: &mut AnyConnection, entry: &OutboxEntry) -> R
 async fn insert_audit_rows(conn: &mut AnyConnection, records: &[&AuditRecord]) -> Result<(), StoreError> {
     const WIDTH: usize = 9;
     let placeholders = Placeholders::of(conn);
-    for chunk in records.chunks(MAX_BOUND_VALUES / WIDTH) {
+    for chunk in statement_chunks(records, WIDTH) {
         let (values, args) = values_of(placeholders, chunk, WIDTH, |args, record| {
             args.add(record.id.as_str())?;
             args.add(record.recorded.micros())?;
@@ -245,6 +245,28 @@ const INDEX_TABLES: [&str; 4] = ["idx_token", "idx_reference", "idx_date", "idx_
 
 /// Bound values per statement at most: under SQLite's 32,766 and PostgreSQL's 65,535.
 const MAX_BOUND_VALUES: usize = 30_000;
+
+/// Rows per multi-row statement at most (a power of two).
+const MAX_ROWS_PER_STATEMENT: usize = 256;
+
+/// Splits `items` into the chunks of one multi-row statement each: powers of two, largest
+/// first (300 rows: 256, 32, 8, 4). Each statement text is then one of a few per table, which
+/// the connection's statement cache keeps prepared; a statement for every batch's exact row
+/// count had to be parsed and compiled anew each time, thousands of values long.
+fn statement_chunks<T>(items: &[T], width: usize) -> impl Iterator<Item = &[T]> {
+    let most = (MAX_BOUND_VALUES / width.max(1)).min(MAX_ROWS_PER_STATEMENT);
+    let most = if most.is_power_of_two() { most } else { most.next_power_of_two() / 2 };
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = if rest.len() >= most { most } else { 1 << rest.len().ilog2() };
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        Some(chunk)
+    })
+}
 
 /// Applies the resource writes of a write set a few statements per table for all of them
 /// together, not one per table per resource: on SQLite every statement is a round trip to the
@@ -338,7 +360,7 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
 async fn insert_history(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<(), StoreError> {
     const WIDTH: usize = 7;
     let placeholders = Placeholders::of(conn);
-    for chunk in writes.chunks(MAX_BOUND_VALUES / WIDTH) {
+    for chunk in statement_chunks(writes, WIDTH) {
         let (values, args) = values_of(placeholders, chunk, WIDTH, |args, write| {
             args.add(write.resource_type.as_str())?;
             args.add(write.id.as_str())?;
@@ -365,7 +387,7 @@ async fn insert_current(conn: &mut AnyConnection, created: &[&ResourceWrite]) ->
     // The type, id and version are bound twice: once as values, once for the lookup.
     const WIDTH: usize = 9;
     let placeholders = Placeholders::of(conn);
-    for chunk in created.chunks(MAX_BOUND_VALUES / WIDTH) {
+    for chunk in statement_chunks(created, WIDTH) {
         let mut args = AnyArguments::default();
         let mut rows = Vec::with_capacity(chunk.len());
         for (i, write) in chunk.iter().enumerate() {
@@ -452,7 +474,7 @@ async fn delete_rows_of(
 ) -> Result<(), StoreError> {
     const WIDTH: usize = 2;
     let placeholders = Placeholders::of(conn);
-    for chunk in writes.chunks(MAX_BOUND_VALUES / WIDTH) {
+    for chunk in statement_chunks(writes, WIDTH) {
         let mut args = AnyArguments::default();
         let mut owners = Vec::with_capacity(chunk.len());
         for (i, write) in chunk.iter().enumerate() {
@@ -602,9 +624,10 @@ async fn insert_rows(conn: &mut AnyConnection, table_and_columns: &str, rows: Ve
         return Ok(());
     };
     let placeholders = Placeholders::of(conn);
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<RowArgs> = rows.by_ref().take(MAX_BOUND_VALUES / width).collect();
+    let sizes: Vec<usize> = statement_chunks(&rows, width).map(<[RowArgs]>::len).collect();
+    let mut rows = rows.into_iter();
+    for size in sizes {
+        let chunk: Vec<RowArgs> = rows.by_ref().take(size).collect();
         let sql = format!(
             "INSERT INTO {table_and_columns} VALUES {} ON CONFLICT DO NOTHING",
             values_placeholders(placeholders, chunk.len(), width)
@@ -675,7 +698,7 @@ async fn insert_index(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Re
 async fn insert_claims(conn: &mut AnyConnection, claims: &[&ConditionalClaim]) -> Result<(), StoreError> {
     const WIDTH: usize = 4;
     let placeholders = Placeholders::of(conn);
-    for chunk in claims.chunks(MAX_BOUND_VALUES / WIDTH) {
+    for chunk in statement_chunks(claims, WIDTH) {
         let (values, args) = values_of(placeholders, chunk, WIDTH, |args, claim| {
             args.add(claim.scope_key.as_str())?;
             args.add(claim.resource_type.as_str())?;
@@ -754,6 +777,17 @@ mod tests {
     fn values_placeholders_number_rows_after_one_another() {
         assert_eq!(values_placeholders(Placeholders::Numbered, 2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(values_placeholders(Placeholders::Numbered, 1, 1), "($1)");
+    }
+
+    #[test]
+    fn statements_take_rows_in_powers_of_two_largest_first() {
+        let rows: Vec<usize> = (0..300).collect();
+        let sizes: Vec<usize> = statement_chunks(&rows, 6).map(<[usize]>::len).collect();
+        assert_eq!(sizes, vec![256, 32, 8, 4]);
+        let rejoined: Vec<usize> = statement_chunks(&rows, 6).flatten().copied().collect();
+        assert_eq!(rejoined, rows, "every row once, in order");
+        assert_eq!(statement_chunks(&rows[..1], 6).count(), 1);
+        assert_eq!(statement_chunks::<usize>(&[], 6).count(), 0);
     }
 
     #[test]
