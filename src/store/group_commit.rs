@@ -92,7 +92,7 @@ impl WriteConnection {
                 // The last connection to close checkpoints the log anyway.
                 let _ = sqlx::Connection::close(*conn).await;
             }
-            WriteConnection::Postgres(_) => {}
+            WriteConnection::Postgres(pool) => pool.close().await,
         }
     }
 }
