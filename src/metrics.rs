@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub outbox_dead: i64,
     pub outbox_oldest_pending_age_secs: f64,
     pub outbox_delivery_failures: i64,
+    /// Batches the group commit has committed in this process, and the write sets they held.
+    pub group_commit_batches: u64,
+    pub group_commit_write_sets: u64,
 }
 
 /// The process's metrics; cheap to clone (shared).
@@ -64,6 +67,10 @@ struct Inner {
     outbox_events: Family<StateLabels, Gauge>,
     outbox_oldest_pending_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     outbox_delivery_failures: Gauge,
+    group_commit_batches: Counter,
+    group_commit_write_sets: Counter,
+    /// Brings the two counters above up to the store's totals one scrape at a time.
+    group_commit_sync: std::sync::Mutex<()>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -118,6 +125,18 @@ impl Metrics {
             "Failed delivery attempts recorded in the outbox (whole database)",
             outbox_delivery_failures.clone(),
         );
+        let group_commit_batches = Counter::default();
+        registry.register(
+            "group_commit_batches",
+            "Transactions the group commit ran for this process's writes and access records",
+            group_commit_batches.clone(),
+        );
+        let group_commit_write_sets = Counter::default();
+        registry.register(
+            "group_commit_write_sets",
+            "Write sets (changes and access records) those transactions held: divided by the batches, the mean batch",
+            group_commit_write_sets.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -128,6 +147,9 @@ impl Metrics {
                 outbox_events,
                 outbox_oldest_pending_age,
                 outbox_delivery_failures,
+                group_commit_batches,
+                group_commit_write_sets,
+                group_commit_sync: std::sync::Mutex::new(()),
             }),
         }
     }
@@ -156,6 +178,14 @@ impl Metrics {
         inner.outbox_events.get_or_create(&StateLabels { state: "dead" }).set(snapshot.outbox_dead);
         inner.outbox_oldest_pending_age.set(snapshot.outbox_oldest_pending_age_secs);
         inner.outbox_delivery_failures.set(snapshot.outbox_delivery_failures);
+        if let Ok(_one_scrape_at_a_time) = inner.group_commit_sync.lock() {
+            for (counter, total) in [
+                (&inner.group_commit_batches, snapshot.group_commit_batches),
+                (&inner.group_commit_write_sets, snapshot.group_commit_write_sets),
+            ] {
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &inner.registry)?;
         Ok(text)

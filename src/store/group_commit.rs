@@ -11,6 +11,8 @@
 //! connection of its own (the pool replaces one lost to a server restart); other replicas run
 //! writers of their own, and PostgreSQL's locks order their batches.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -66,7 +68,10 @@ impl WriteConnection {
     }
 
     /// Commits one batch on a connection of this kind.
-    async fn commit(&mut self, batch: Vec<Message>, settle_window: Duration) {
+    async fn commit(&mut self, batch: Vec<Message>, settle_window: Duration, totals: &CommitTotals) {
+        totals.batches.fetch_add(1, Ordering::Relaxed);
+        let writes = batch.iter().filter(|message| matches!(message, Message::Write { .. })).count();
+        totals.write_sets.fetch_add(writes as u64, Ordering::Relaxed);
         let kind = self.kind();
         match self {
             WriteConnection::Sqlite { conn, checkpointer } => {
@@ -97,18 +102,33 @@ impl WriteConnection {
     }
 }
 
+/// How many batches the writer has committed (or tried to), and how many write sets they held:
+/// their ratio is the mean batch, what the group commit shares.
+#[derive(Debug, Default)]
+pub(super) struct CommitTotals {
+    batches: AtomicU64,
+    write_sets: AtomicU64,
+}
+
 pub(super) struct GroupCommit {
     sender: mpsc::Sender<Message>,
     task: Mutex<Option<JoinHandle<()>>>,
     closed: tokio::sync::watch::Sender<bool>,
+    totals: Arc<CommitTotals>,
 }
 
 impl GroupCommit {
     pub(super) fn start(connection: WriteConnection, settle_window: Duration) -> Self {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
         let (closed, closed_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run(connection, receiver, closed_rx, settle_window));
-        GroupCommit { sender, task: Mutex::new(Some(task)), closed }
+        let totals = Arc::new(CommitTotals::default());
+        let task = tokio::spawn(run(connection, receiver, closed_rx, settle_window, Arc::clone(&totals)));
+        GroupCommit { sender, task: Mutex::new(Some(task)), closed, totals }
+    }
+
+    /// Batches committed so far, and the write sets they held.
+    pub(super) fn totals(&self) -> (u64, u64) {
+        (self.totals.batches.load(Ordering::Relaxed), self.totals.write_sets.load(Ordering::Relaxed))
     }
 
     pub(super) async fn submit(&self, write_set: WriteSet) -> Result<(), StoreError> {
@@ -142,6 +162,7 @@ async fn run(
     mut receiver: mpsc::Receiver<Message>,
     mut closed: tokio::sync::watch::Receiver<bool>,
     settle_window: Duration,
+    totals: Arc<CommitTotals>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -157,7 +178,7 @@ async fn run(
                     batch.push(message);
                 }
                 if !batch.is_empty() {
-                    connection.commit(std::mem::take(&mut batch), settle_window).await;
+                    connection.commit(std::mem::take(&mut batch), settle_window, &totals).await;
                 }
                 break;
             }
@@ -168,7 +189,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        connection.commit(std::mem::take(&mut batch), settle_window).await;
+        connection.commit(std::mem::take(&mut batch), settle_window, &totals).await;
     }
     connection.close().await;
 }

@@ -103,6 +103,12 @@ impl Store {
         (self.inner.pool.size(), self.inner.pool.num_idle())
     }
 
+    /// Batches the group commit has committed so far in this process, and the write sets they
+    /// held (for `/metrics`).
+    pub fn group_commit_totals(&self) -> (u64, u64) {
+        self.inner.writer.totals()
+    }
+
     /// Answers whether the database can be reached (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.inner.pool).await?;

@@ -52,6 +52,13 @@ async fn metrics_count_requests_by_route_and_status_and_report_token_refusals_po
     assert_eq!(sample(&text, r#"linkbridge_outbox_events{state="pending"}"#), Some(0.0));
     assert_eq!(sample(&text, r#"linkbridge_outbox_events{state="dead"}"#), Some(0.0));
     assert_eq!(sample(&text, "linkbridge_outbox_oldest_pending_age_seconds"), Some(0.0));
+    // Every request above that reached a handler or was refused committed an access record.
+    let batches = sample(&text, "linkbridge_group_commit_batches_total").expect("batches counted");
+    let write_sets = sample(&text, "linkbridge_group_commit_write_sets_total").expect("write sets counted");
+    assert!(batches >= 1.0 && write_sets >= 5.0 && write_sets >= batches, "{batches} batches, {write_sets} write sets");
+    let again = app.http.get(app.url("/metrics")).send().await.expect("scrape again").text().await.expect("text");
+    let later = sample(&again, "linkbridge_group_commit_write_sets_total").expect("write sets counted");
+    assert!(later >= write_sets, "a counter never goes back: {write_sets} then {later}");
 }
 
 on_both_databases!(metrics_count_requests_by_route_and_status_and_report_token_refusals_pool_and_outbox);
