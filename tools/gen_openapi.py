@@ -551,7 +551,7 @@ paths['/auth/token'] = {'post': op('Get an access token (SMART Backend Services)
 paths['/healthz'] = {'get': op('Liveness probe', 'healthz', ['Probes'], None, None,
    {'200':{'description':'The process serves HTTP.','content':{'application/json':{'schema':sref('Probe'),'example':{'status':'ok'}}}}}, security=[])}
 paths['/metrics'] = {'get': op('Prometheus metrics', 'metrics', ['Probes'], None, None,
-   {'200':{'description':'Prometheus text exposition format 0.0.4: request counts and durations by route template, token refusals, database pool, outbox depth. Counts only, no identifiers; keep it off the public side of the load balancer.',
+   {'200':{'description':'Prometheus text exposition format 0.0.4: request counts and durations by route template, token refusals, database pool, outbox depth, group commit batches. Counts only, no identifiers; keep it off the public side of the load balancer.',
            'content':{'text/plain':{'schema':{'type':'string'}}}},
     **codes_('500','503')}, security=[])}
 DOCS_ASSETS = ['swagger-ui-bundle.js','swagger-ui.css','init.js','LICENSE']

@@ -604,14 +604,13 @@ impl RowArgs {
         self.values.len()
     }
 
-    fn bind_into(self, args: &mut AnyArguments<'_>) -> Result<(), StoreError> {
-        let mut numbers = self.numbers.into_iter().peekable();
-        for (position, value) in self.values.into_iter().enumerate() {
-            let bound = match numbers.next_if(|(p, _)| *p == position) {
-                Some((_, n)) => args.add(n),
-                None => args.add(value),
-            };
-            bound.map_err(|e| StoreError::Config(format!("cannot bind index value: {e}")))?;
+    fn bind_into<'q>(&'q self, args: &mut AnyArguments<'q>) -> Result<(), sqlx::error::BoxDynError> {
+        let mut numbers = self.numbers.iter().peekable();
+        for (position, value) in self.values.iter().enumerate() {
+            match numbers.next_if(|(p, _)| *p == position) {
+                Some((_, n)) => args.add(*n)?,
+                None => args.add(value.as_deref())?,
+            }
         }
         Ok(())
     }
@@ -624,18 +623,9 @@ async fn insert_rows(conn: &mut AnyConnection, table_and_columns: &str, rows: Ve
         return Ok(());
     };
     let placeholders = Placeholders::of(conn);
-    let sizes: Vec<usize> = statement_chunks(&rows, width).map(<[RowArgs]>::len).collect();
-    let mut rows = rows.into_iter();
-    for size in sizes {
-        let chunk: Vec<RowArgs> = rows.by_ref().take(size).collect();
-        let sql = format!(
-            "INSERT INTO {table_and_columns} VALUES {} ON CONFLICT DO NOTHING",
-            values_placeholders(placeholders, chunk.len(), width)
-        );
-        let mut args = AnyArguments::default();
-        for row in chunk {
-            row.bind_into(&mut args)?;
-        }
+    for chunk in statement_chunks(&rows, width) {
+        let (values, args) = values_of(placeholders, chunk, width, |args, row| row.bind_into(args))?;
+        let sql = format!("INSERT INTO {table_and_columns} VALUES {values} ON CONFLICT DO NOTHING");
         sqlx::query_with(&sql, args).execute(&mut *conn).await?;
     }
     Ok(())

@@ -93,7 +93,7 @@ impl WriteConnection {
     async fn close(self) {
         match self {
             WriteConnection::Sqlite { conn, checkpointer } => {
-                checkpointer.stop();
+                drop(checkpointer);
                 // The last connection to close checkpoints the log anyway.
                 let _ = sqlx::Connection::close(*conn).await;
             }
@@ -195,14 +195,8 @@ async fn run(
 }
 
 async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>, settle_window: Duration) {
+    let Some(batch) = begin(conn, kind, batch).await else { return };
     let mut outcomes: Vec<(Reply, Result<(), StoreError>)> = Vec::with_capacity(batch.len());
-    if let Err(e) = conn.execute(begin_statement(kind)).await {
-        tracing::error!(error = %e, "the writer could not begin a transaction");
-        for message in batch {
-            let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
-        }
-        return;
-    }
     let mut applied = Vec::new();
     // The access records of reads and searches first, on their own: a conflict among the
     // changes must not send them one by one too.
@@ -225,24 +219,34 @@ async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Me
         BackendKind::Postgres => {
             finish(conn, outcomes, &applied, settle_window).await;
             for message in rest {
+                let Some(alone) = begin(conn, kind, vec![message]).await else { continue };
                 let (mut outcomes, mut applied) = (Vec::with_capacity(1), Vec::with_capacity(1));
-                if let Err(e) = conn.execute(begin_statement(kind)).await {
-                    tracing::error!(error = %e, "the writer could not begin a transaction");
-                    let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
-                    continue;
+                for message in alone {
+                    apply_one(conn, message, settle_window, &mut outcomes, &mut applied).await;
                 }
-                apply_one(conn, message, settle_window, &mut outcomes, &mut applied).await;
                 finish(conn, outcomes, &applied, settle_window).await;
             }
         }
     }
 }
 
-fn begin_statement(kind: BackendKind) -> &'static str {
-    match kind {
+/// Begins a transaction for `batch`; if it cannot, answers each of its requests so and
+/// returns nothing to apply.
+async fn begin(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>) -> Option<Vec<Message>> {
+    let statement = match kind {
         // Takes the write lock at once: a deferred transaction could fail to upgrade.
         BackendKind::Sqlite => "BEGIN IMMEDIATE",
         BackendKind::Postgres => "BEGIN",
+    };
+    match conn.execute(statement).await {
+        Ok(_) => Some(batch),
+        Err(e) => {
+            tracing::error!(error = %e, "the writer could not begin a transaction");
+            for message in batch {
+                let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
+            }
+            None
+        }
     }
 }
 

@@ -38,8 +38,11 @@ impl Checkpointer {
     pub(super) fn committed(&self) {
         self.committed.notify_one();
     }
+}
 
-    pub(super) fn stop(&self) {
+/// The task stops with its checkpointer, closed or dropped with the store.
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
