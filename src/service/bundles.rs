@@ -147,7 +147,7 @@ fn written_entry(status: &str, write: &ResourceWrite) -> Value {
 /// Makes a version written by an earlier entry visible to the rules of the later ones.
 fn remember(pending: &mut Pending, write: &ResourceWrite) {
     if let Ok(body) = serde_json::from_str::<Value>(&write.body) {
-        pending.insert((write.resource_type, write.id.as_str().to_owned()), body);
+        pending.remember(write.resource_type, write.id.as_str().to_owned(), body);
     }
 }
 

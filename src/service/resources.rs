@@ -149,7 +149,8 @@ impl ResourceService {
         }
         write_set.subscription_changes = subscription.changes;
         write_set.notifications = subscription.notifications;
-        add_notifications(&self.store, &mut write_set, before.as_ref().filter(|_| deleting)).await?;
+        add_notifications(&self.store, &pending.listeners, &mut write_set, before.as_ref().filter(|_| deleting))
+            .await?;
         Ok((write_set, write))
     }
 

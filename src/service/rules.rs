@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
+use super::subscriptions::Listeners;
 use super::ServiceError;
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
@@ -20,8 +21,29 @@ use crate::store::{ConditionalClaim, Store, StoredVersion, VisibilityGrant};
 /// More Tasks than any one referral or patient has; bounds the rules' look-ups.
 const MAX_LINKED_TASKS: u32 = 1000;
 
-/// Resources written earlier in the same transaction, visible to the later entries' rules.
-pub(crate) type Pending = HashMap<(ResourceType, String), Value>;
+/// What a request has planned so far, shared by its writes: the resources written earlier in
+/// the same transaction (visible to the later entries' rules), and the live subscriptions,
+/// read once for all of them.
+#[derive(Default)]
+pub(crate) struct Pending {
+    resources: HashMap<(ResourceType, String), Value>,
+    pub listeners: Listeners,
+}
+
+impl Pending {
+    pub fn new() -> Self {
+        Pending::default()
+    }
+
+    /// Remembers what the transaction wrote to `resource_type/id`, for its later entries.
+    pub fn remember(&mut self, resource_type: ResourceType, id: String, body: Value) {
+        self.resources.insert((resource_type, id), body);
+    }
+
+    fn get(&self, resource_type: ResourceType, id: &str) -> Option<&Value> {
+        self.resources.get(&(resource_type, id.to_owned()))
+    }
+}
 
 /// What a write needs besides itself, as found by the rules.
 #[derive(Debug, Default)]
@@ -65,7 +87,7 @@ pub(crate) struct Rules<'a> {
 impl Rules<'_> {
     /// Reads a resource the caller may see, from this transaction or the store.
     async fn find(&self, resource_type: ResourceType, id: &str) -> Result<Option<Value>, ServiceError> {
-        if let Some(value) = self.pending.get(&(resource_type, id.to_owned())) {
+        if let Some(value) = self.pending.get(resource_type, id) {
             return Ok(Some(value.clone()));
         }
         let Ok(id) = ResourceId::parse(id) else { return Ok(None) };

@@ -2,7 +2,6 @@
 //! notify whom (added to the change's own write set: the transactional outbox), the
 //! `$status`, `$events` and `$resend` operations, and the status moves the server makes.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
@@ -138,16 +137,52 @@ pub(crate) fn subscriber_scope(row: &SubscriptionRow) -> Option<TenantScope> {
     Some(Principal::new(String::new(), organization, role).scope())
 }
 
+/// The live subscriptions of one topic, each with its parsed filters.
+type TopicListeners = Vec<(SubscriptionRow, Vec<TopicFilter>)>;
+
+/// The live subscriptions of every topic, read with one statement the first time a request's
+/// writes need them and kept for its other writes: a referral's ServiceRequest and Task are two
+/// topics, one read (the request sees one state of the subscriptions, as in one transaction).
+#[derive(Default)]
+pub(crate) struct Listeners(tokio::sync::OnceCell<HashMap<Topic, TopicListeners>>);
+
+impl Listeners {
+    async fn of_topic(
+        &self,
+        store: &Store,
+        topic: Topic,
+    ) -> Result<&[(SubscriptionRow, Vec<TopicFilter>)], ServiceError> {
+        let by_topic = self
+            .0
+            .get_or_try_init(|| async {
+                let mut by_topic: HashMap<Topic, TopicListeners> = HashMap::new();
+                for row in store.live_subscriptions().await? {
+                    let Some(topic) = Topic::parse(&row.topic) else { continue };
+                    // Stored filters were checked when saved; one that no longer parses (a
+                    // parameter withdrawn) matches nothing rather than everything.
+                    let filters: Option<Vec<TopicFilter>> =
+                        row.filters.iter().map(|raw| TopicFilter::parse(topic, raw).ok()).collect();
+                    if let Some(filters) = filters {
+                        by_topic.entry(topic).or_default().push((row, filters));
+                    }
+                }
+                Ok::<_, ServiceError>(by_topic)
+            })
+            .await?;
+        Ok(by_topic.get(&topic).map_or(&[], Vec::as_slice))
+    }
+}
+
 /// Adds to `write_set` a notification for each live subscription whose topic, filters and
 /// tenancy match one of its resource writes. `deleted_before` is the content of the resource
 /// deleted by the write set's first write, if it deletes one (a deletion has no index of its
 /// own to match against).
 pub(crate) async fn add_notifications(
     store: &Store,
+    listeners: &Listeners,
     write_set: &mut WriteSet,
     deleted_before: Option<&Value>,
 ) -> Result<(), ServiceError> {
-    let mut listeners: HashMap<Topic, Vec<(SubscriptionRow, Vec<TopicFilter>)>> = HashMap::new();
     let mut notifications = Vec::new();
     for write in &write_set.resources {
         let Some(topic) = Topic::of(write.resource_type) else { continue };
@@ -160,22 +195,7 @@ pub(crate) async fn add_notifications(
             let keys: Vec<String> = write.visibility.iter().chain(&write.visibility_grants).cloned().collect();
             (write.index.clone(), keys)
         };
-        if let Entry::Vacant(slot) = listeners.entry(topic) {
-            let rows = store.subscriptions_for_topic(topic.url()).await?;
-            let parsed = rows
-                .into_iter()
-                .map(|row| {
-                    // Stored filters were checked when saved; one that no longer parses (a
-                    // parameter withdrawn) matches nothing rather than everything.
-                    let filters: Option<Vec<TopicFilter>> =
-                        row.filters.iter().map(|raw| TopicFilter::parse(topic, raw).ok()).collect();
-                    (row, filters)
-                })
-                .filter_map(|(row, filters)| filters.map(|f| (row, f)))
-                .collect();
-            slot.insert(parsed);
-        }
-        for (row, filters) in listeners.get(&topic).into_iter().flatten() {
+        for (row, filters) in listeners.of_topic(store, topic).await? {
             let Some(scope) = subscriber_scope(row) else { continue };
             if !scope.admits(&visibility) || !filters.iter().all(|f| f.matches(&index)) {
                 continue;

@@ -5,7 +5,8 @@
 //! waiting in its queue, applies them in one transaction (together where it can, else each
 //! under its own savepoint: a failing write set is rolled back to its savepoint and touches
 //! nobody else), commits once, and only then answers every request. Each answer therefore
-//! means "durable", and many requests share one commit.
+//! means "durable", and many requests share one commit. A write set alone in its batch needs
+//! no savepoint: its transaction is its own (see `commit_alone`).
 //!
 //! On SQLite the writer owns the only write connection. On PostgreSQL it has a pool of one
 //! connection of its own (the pool replaces one lost to a server restart); other replicas run
@@ -195,6 +196,15 @@ async fn run(
 }
 
 async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>, settle_window: Duration) {
+    // A batch of one, and on PostgreSQL a batch of which nothing goes together, commits each of
+    // its messages in a transaction of its own: no savepoint, and no outer transaction that
+    // would commit nothing (on PostgreSQL each is a round trip).
+    if batch.len() == 1 || (kind == BackendKind::Postgres && !some_go_together(&batch)) {
+        for message in batch {
+            commit_alone(conn, kind, message, settle_window).await;
+        }
+        return;
+    }
     let Some(batch) = begin(conn, kind, batch).await else { return };
     let mut outcomes: Vec<(Reply, Result<(), StoreError>)> = Vec::with_capacity(batch.len());
     let mut applied = Vec::new();
@@ -219,13 +229,38 @@ async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Me
         BackendKind::Postgres => {
             finish(conn, outcomes, &applied, settle_window).await;
             for message in rest {
-                let Some(alone) = begin(conn, kind, vec![message]).await else { continue };
-                let (mut outcomes, mut applied) = (Vec::with_capacity(1), Vec::with_capacity(1));
-                for message in alone {
-                    apply_one(conn, message, settle_window, &mut outcomes, &mut applied).await;
-                }
-                finish(conn, outcomes, &applied, settle_window).await;
+                commit_alone(conn, kind, message, settle_window).await;
             }
+        }
+    }
+}
+
+/// Whether [`apply_together`] would apply some of the batch's write sets together: two access
+/// records or two changes at least.
+fn some_go_together(batch: &[Message]) -> bool {
+    let write_sets = || {
+        batch.iter().filter_map(|message| match message {
+            Message::Write { write_set, .. } => Some(&**write_set),
+            Message::Job { .. } => None,
+        })
+    };
+    let access_records = write_sets().filter(|ws| ws.is_audit_only()).count();
+    access_records >= 2 || write_sets().count() - access_records >= 2
+}
+
+/// Commits one write set or job in a transaction of its own, without a savepoint: should it
+/// fail, rolling the transaction back undoes its work and nobody else's.
+async fn commit_alone(conn: &mut AnyConnection, kind: BackendKind, message: Message, settle_window: Duration) {
+    let Some(message) = begin(conn, kind, vec![message]).await.and_then(|mut alone| alone.pop()) else { return };
+    let (reply, outcome, write_set) = apply_message(conn, message, settle_window).await;
+    match outcome {
+        Ok(()) => {
+            let applied: Vec<WriteSet> = write_set.into_iter().map(|ws| *ws).collect();
+            finish(conn, vec![(reply, Ok(()))], &applied, settle_window).await;
+        }
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK").await;
+            let _ = reply.send(Err(e));
         }
     }
 }
@@ -250,6 +285,22 @@ async fn begin(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>)
     }
 }
 
+/// Applies a write set, or runs a job, in the open transaction: its reply, its outcome, and the
+/// write set (which the settle window is checked on again before COMMIT).
+async fn apply_message(
+    conn: &mut AnyConnection,
+    message: Message,
+    settle_window: Duration,
+) -> (Reply, Result<(), StoreError>, Option<Box<WriteSet>>) {
+    match message {
+        Message::Write { write_set, reply } => {
+            let outcome = apply_write_set(conn, &write_set, settle_window).await;
+            (reply, outcome, Some(write_set))
+        }
+        Message::Job { job, reply } => (reply, job(conn).await, None),
+    }
+}
+
 /// Applies one write set or job under a savepoint of its own: kept if it succeeds, undone
 /// without touching the rest of the transaction if it fails.
 async fn apply_one(
@@ -259,31 +310,18 @@ async fn apply_one(
     outcomes: &mut Vec<(Reply, Result<(), StoreError>)>,
     applied: &mut Vec<WriteSet>,
 ) {
-    match message {
-        Message::Write { write_set, reply } => {
-            let outcome = match conn.execute("SAVEPOINT write_set").await {
-                Ok(_) => {
-                    let done = apply_write_set(conn, &write_set, settle_window).await;
-                    end_savepoint(conn, done).await
-                }
-                Err(e) => Err(e.into()),
-            };
+    let (reply, outcome) = match conn.execute("SAVEPOINT write_set").await {
+        Ok(_) => {
+            let (reply, done, write_set) = apply_message(conn, message, settle_window).await;
+            let outcome = end_savepoint(conn, done).await;
             if outcome.is_ok() {
-                applied.push(*write_set);
+                applied.extend(write_set.map(|ws| *ws));
             }
-            outcomes.push((reply, outcome));
+            (reply, outcome)
         }
-        Message::Job { job, reply } => {
-            let outcome = match conn.execute("SAVEPOINT write_set").await {
-                Ok(_) => {
-                    let done = job(conn).await;
-                    end_savepoint(conn, done).await
-                }
-                Err(e) => Err(e.into()),
-            };
-            outcomes.push((reply, outcome));
-        }
-    }
+        Err(e) => (message.into_reply(), Err(e.into())),
+    };
+    outcomes.push((reply, outcome));
 }
 
 /// Commits the open transaction and answers each request with its outcome once it is durable.
@@ -402,5 +440,38 @@ async fn end_savepoint_named(
             conn.execute(format!("RELEASE {name}").as_str()).await?;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::ResourceId;
+    use crate::domain::resource_type::ResourceType;
+    use crate::store::write_set::VisibilityGrant;
+
+    fn message(write_set: WriteSet) -> Message {
+        Message::Write { write_set: Box::new(write_set), reply: oneshot::channel().0 }
+    }
+
+    fn access_record() -> Message {
+        message(WriteSet::default())
+    }
+
+    fn change() -> Message {
+        let grant = VisibilityGrant {
+            resource_type: ResourceType::Patient,
+            id: ResourceId::generate(),
+            key: "org:GP1".to_owned(),
+        };
+        message(WriteSet { grants: vec![grant], ..Default::default() })
+    }
+
+    #[test]
+    fn write_sets_go_together_only_two_of_a_kind_at_least() {
+        assert!(!some_go_together(&[access_record(), change()]), "one of each: each commits alone");
+        assert!(some_go_together(&[access_record(), access_record()]));
+        assert!(some_go_together(&[change(), access_record(), change()]));
+        assert!(!some_go_together(&[change()]));
     }
 }

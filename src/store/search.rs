@@ -690,22 +690,66 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new(self.kind());
-        let source_placeholder = sql.text(source.as_str())?;
-        let index_source = sql.text(source.as_str())?;
-        let param_placeholder = sql.text(param)?;
-        let target_placeholder = sql.text(target_type.as_str())?;
-        let list = sql.list(target_ids.iter().copied())?;
-        let tenancy = sql.tenancy(scope, Probe::PerRow)?;
-        let limit = sql.int(i64::from(limit))?;
-        let text = format!(
-            "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {source_placeholder} AND r.deleted = 0 \
-             AND r.id IN (SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
-             AND x.param = {param_placeholder} AND x.target_id IN ({list}) AND x.target_type = {target_placeholder}) \
-             AND {tenancy} ORDER BY r.id LIMIT {limit}"
-        );
+        let text = referencing_statement(&mut sql, scope, source, param, target_type, target_ids, limit)?;
         let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
         rows.iter().map(version_from_row).collect()
     }
+
+    /// The plan of a `_revinclude` read ([`Store::referencing`]), as [`Store::explain_search`]
+    /// gives it. For the plan regression tests.
+    pub async fn explain_revinclude(
+        &self,
+        scope: &TenantScope,
+        source: ResourceType,
+        param: &str,
+        target_type: ResourceType,
+        target_ids: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut sql = Sql::new(self.kind());
+        let text = referencing_statement(&mut sql, scope, source, param, target_type, target_ids, 1000)?;
+        self.explain(&text, sql).await
+    }
+}
+
+/// The statement of [`Store::referencing`].
+fn referencing_statement(
+    sql: &mut Sql,
+    scope: &TenantScope,
+    source: ResourceType,
+    param: &str,
+    target_type: ResourceType,
+    target_ids: &[&str],
+    limit: u32,
+) -> Result<String, StoreError> {
+    let source_placeholder = sql.text(source.as_str())?;
+    let index_source = sql.text(source.as_str())?;
+    let param_placeholder = sql.text(param)?;
+    let target_placeholder = sql.text(target_type.as_str())?;
+    // The referencing rows by their target, one probe of the reference index per target id.
+    // PostgreSQL without statistics read a page's ten targets as a filter over every row of
+    // the parameter (every Task's `focus`); a lateral join probes per id whatever the
+    // statistics. SQLite's plan of the `IN` list is already a probe per id.
+    let referencing = match sql.backend {
+        BackendKind::Sqlite => format!(
+            "SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
+             AND x.param = {param_placeholder} AND x.target_id IN ({}) AND x.target_type = {target_placeholder}",
+            sql.list(target_ids.iter().copied())?
+        ),
+        BackendKind::Postgres => format!(
+            "SELECT x.id FROM (VALUES {}) AS wanted(target_id) CROSS JOIN LATERAL \
+             (SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
+              AND x.param = {param_placeholder} AND x.target_id = wanted.target_id \
+              AND x.target_type = {target_placeholder}{}) x",
+            sql.rows(target_ids.iter().copied())?,
+            sql.per_row_fence()
+        ),
+    };
+    let tenancy = sql.tenancy(scope, Probe::PerRow)?;
+    let limit = sql.int(i64::from(limit))?;
+    Ok(format!(
+        "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {source_placeholder} AND r.deleted = 0 \
+         AND r.id IN ({referencing}) AND {tenancy} ORDER BY r.id LIMIT {limit}"
+    ))
 }
 
 #[cfg(test)]

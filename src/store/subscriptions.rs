@@ -136,14 +136,13 @@ fn outbox_from_row(row: &AnyRow) -> Result<OutboxRow, StoreError> {
 }
 
 impl Store {
-    /// The live subscriptions of a topic that still record events (active, or in error and
-    /// waiting for a resend).
-    pub async fn subscriptions_for_topic(&self, topic: &str) -> Result<Vec<SubscriptionRow>, StoreError> {
+    /// The live subscriptions of every topic that still record events (active, or in error
+    /// and waiting for a resend): a few per organisation, read once for all of a request's
+    /// writes whatever topics they touch.
+    pub async fn live_subscriptions(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions \
-             WHERE topic = $1 AND status IN ('active', 'error') AND deleted = 0"
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status IN ('active', 'error') AND deleted = 0"
         ))
-        .bind(topic)
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(subscription_from_row).collect()

@@ -1161,9 +1161,45 @@ async fn the_polling_queries_use_indexes(db: Db) {
     }
 }
 
+/// A `_revinclude=Task:focus` read (a page of ServiceRequests, then the Tasks that name them)
+/// goes by the reference index to the Tasks, never through every Task of the type.
+async fn assert_revinclude_read_probes_by_reference(store: &Store, scope: &TenantScope, db: Db, statistics: &str) {
+    let ids: Vec<String> = (0..10).map(|n| format!("sr-{n}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let plan = store
+        .explain_revinclude(scope, ResourceType::Task, "focus", ResourceType::ServiceRequest, &ids)
+        .await
+        .expect("explain");
+    if std::env::var_os("LINKBRIDGE_SHOW_PLANS").is_some() {
+        eprintln!("{db:?} {statistics} _revinclude\n{}\n", plan.join("\n"));
+    }
+    assert!(full_scans(&plan).is_empty(), "{db:?} {statistics}: _revinclude read scans:\n{}", plan.join("\n"));
+    // Each read of the reference index names the target id in its key (SQLite's `target_id=?`,
+    // PostgreSQL's index condition), never filters the parameter's every row.
+    let by_target = |line: &String| line.contains("target_id=?") || line.contains("(target_id = ");
+    let unkeyed: Vec<&String> = plan
+        .iter()
+        .enumerate()
+        .filter(|(i, line)| {
+            let reads_index = line.contains("SEARCH x") || line.contains(" on idx_reference");
+            reads_index
+                && !by_target(line)
+                && !plan[i + 1..].iter().take(2).any(|l| l.contains("Cond:") && by_target(l))
+        })
+        .map(|(_, line)| line)
+        .collect();
+    assert!(unkeyed.is_empty(), "{db:?} {statistics}: _revinclude not by target id:\n{}", plan.join("\n"));
+    let unkeyed = postgres_probes_without_id(&plan)
+        .into_iter()
+        .filter(|line| !line.contains(" on idx_reference"))
+        .collect::<Vec<_>>();
+    assert!(unkeyed.is_empty(), "{db:?} {statistics}: _revinclude probes {unkeyed:?}:\n{}", plan.join("\n"));
+}
+
 async fn assert_plans_use_indexes(store: &Store, db: Db, statistics: &str) {
     let scope = TenantScope::Keys(vec![format!("org:{GP}"), "everyone".to_owned()]);
     assert_include_reads_probe_by_id(store, &scope, db, statistics).await;
+    assert_revinclude_read_probes_by_reference(store, &scope, db, statistics).await;
     let context = ParseContext { base_url: "http://lb.test", strict: true, now: Instant::now() };
     let last_updated = [SortKey { field: SortField::LastUpdated, descending: false }];
     let cases: Vec<(ResourceType, String, &[SortKey])> = vec![

@@ -446,6 +446,76 @@ async fn sqlite_checkpoints_committed_pages_into_the_database_file_in_the_backgr
     store.close().await;
 }
 
+/// SQLite only: a database written before migration 0008 (visibility and conditional keys in
+/// rowid tables, then rebuilt WITHOUT ROWID) keeps who may see what, and which resource holds
+/// each conditional key.
+#[tokio::test]
+async fn a_sqlite_database_of_the_earlier_layout_keeps_its_visibility_and_conditional_keys() {
+    use sqlx::{Connection, Executor};
+    let database = crate::helpers::test_database(Db::Sqlite).await.expect("SQLite always runs");
+    let linkbridge::store::DatabaseUrl::Sqlite(path) = database.url.clone() else {
+        panic!("the SQLite test database is a file")
+    };
+    std::fs::create_dir_all(path.parent().expect("data directory")).expect("data directory");
+    let id = ResourceId::generate();
+    let criteria = "identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009";
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open");
+        let mut earlier = sqlx::migrate!("./migrations/sqlite");
+        let before_0008: Vec<_> = earlier.migrations.iter().filter(|m| m.version < 8).cloned().collect();
+        assert_eq!(before_0008.len(), 7, "migrations 0001-0007");
+        earlier.migrations = before_0008.into();
+        earlier.run(&mut conn).await.expect("the earlier layout");
+        let body = json!({"resourceType": "Patient", "id": id.as_str(), "meta": {"versionId": "1"}}).to_string();
+        for statement in [
+            format!(
+                "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
+                 VALUES ('Patient', '{id}', 1, 1, 0, 'POST', '{body}')",
+                id = id.as_str()
+            ),
+            format!(
+                "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
+                 VALUES ('Patient', '{id}', 1, 1, 0, '{body}', 1)",
+                id = id.as_str()
+            ),
+            format!(
+                "INSERT INTO resource_visibility (resource_type, id, visibility_key, source) \
+                 VALUES ('Patient', '{id}', 'org:GP1', 'grant')",
+                id = id.as_str()
+            ),
+            format!(
+                "INSERT INTO conditional_keys (scope_key, resource_type, criteria, id) \
+                 VALUES ('org:GP1', 'Patient', '{criteria}', '{id}')",
+                id = id.as_str()
+            ),
+        ] {
+            conn.execute(statement.as_str()).await.expect("a row of the earlier layout");
+        }
+        conn.close().await.expect("close");
+    }
+
+    let store = Store::connect(&database.url, &linkbridge::store::PoolSettings::default()).await.expect("migrates");
+    let read = store.read_current(&practice("GP1"), ResourceType::Patient, &id).await.expect("read");
+    assert_eq!(read.map(|r| r.version.get()), Some(1), "GP1 still sees its patient");
+    let hidden = store.read_current(&practice("GP2"), ResourceType::Patient, &id).await.expect("read");
+    assert_eq!(hidden, None, "and GP2 still does not");
+    let holder = store.conditional_key("org:GP1", ResourceType::Patient, criteria).await.expect("key");
+    assert_eq!(holder.as_deref(), Some(id.as_str()), "the conditional key still names its resource");
+    store.close().await;
+
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open");
+    for table in ["resource_visibility", "conditional_keys"] {
+        let sql: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?")
+            .bind(table)
+            .fetch_one(&mut conn)
+            .await
+            .expect("table definition");
+        assert!(sql.contains("WITHOUT ROWID"), "{table} is kept in its key's B-tree: {sql}");
+    }
+}
+
 on_both_databases!(
     concurrent_write_sets_commit_independently_when_some_fail,
     a_created_resource_reads_back_with_its_version,
