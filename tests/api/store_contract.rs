@@ -7,12 +7,12 @@ use linkbridge::domain::search_params::extract_index;
 use linkbridge::domain::search_query::parse_criteria;
 use linkbridge::domain::tenancy::TenantScope;
 use linkbridge::store::{
-    ConditionalClaim, DeliveryOutcome, HistoryQuery, OutboxEntry, OutboxKind, Precondition, ResourceWrite, Store,
-    StoreError, SubscriptionChange, SubscriptionRecord, WriteMethod, WriteSet,
+    ConditionalClaim, DatabaseUrl, DeliveryOutcome, HistoryQuery, OutboxEntry, OutboxKind, Precondition, ResourceWrite,
+    Store, StoreError, SubscriptionChange, SubscriptionRecord, WriteMethod, WriteSet,
 };
 use serde_json::json;
 
-use crate::helpers::{test_store, Db};
+use crate::helpers::{test_store, Db, POSTGRES_ENV};
 use crate::on_both_databases;
 
 fn practice(org: &str) -> TenantScope {
@@ -514,6 +514,38 @@ async fn a_sqlite_database_of_the_earlier_layout_keeps_its_visibility_and_condit
             .expect("table definition");
         assert!(sql.contains("WITHOUT ROWID"), "{table} is kept in its key's B-tree: {sql}");
     }
+}
+
+/// A PostgreSQL connection the server closed while it sat in the pool (a restart, an idle
+/// timeout, an administrator) is replaced before a read or the writer gets it: the pools skip
+/// sqlx's test on acquire only for connections that were busy a moment ago.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_closed_while_idle_are_replaced_before_they_are_used() {
+    use sqlx::Connection;
+    let Some((store, database)) = test_store(Db::Postgres).await else { return };
+    let id = ResourceId::generate();
+    store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    store.read_current(&practice("GP1"), ResourceType::Patient, &id).await.expect("read").expect("found");
+    let DatabaseUrl::Postgres(url) = &database.url else { panic!("a PostgreSQL test database") };
+    let name = url.rsplit('/').next().and_then(|tail| tail.split('?').next()).expect("database name");
+    let admin_url = std::env::var(POSTGRES_ENV).expect("PostgreSQL configured");
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("admin connection");
+    let closed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate the store's connections");
+    assert!(closed.len() >= 2, "the readers' and the writer's connections were closed: {closed:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let read = store.read_current(&practice("GP1"), ResourceType::Patient, &id).await;
+    assert!(matches!(read, Ok(Some(_))), "the read got a live connection: {read:?}");
+    let update =
+        store.commit(one(patient_write(&id, 2, Precondition::CurrentVersion(VersionId::FIRST), "Jones", "GP1"))).await;
+    assert!(update.is_ok(), "the writer got a live connection: {update:?}");
+    store.close().await;
 }
 
 on_both_databases!(
