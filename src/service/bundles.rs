@@ -17,7 +17,9 @@ use crate::domain::outcome::{operation_outcome, Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::parse_criteria;
 use crate::domain::tenancy::{Principal, Visibility};
-use crate::store::{ConditionalClaim, ResourceWrite, StoreError, WriteMethod, WriteSet};
+use crate::store::{
+    ConditionalClaim, ConditionalKey, ConditionalLookup, ResourceWrite, StoreError, WriteMethod, WriteSet,
+};
 
 /// How many times a transaction is replanned when a concurrent request took a key it needed.
 const TRANSACTION_RETRIES: usize = 5;
@@ -277,8 +279,10 @@ impl ResourceService {
                     .map_err(|issue| entry_error(entry.index, ServiceError::Invalid(vec![issue])))?;
                 let key = criteria.canonical_key();
                 let scope_key = Visibility::Organization(caller.organization().clone()).key();
-                let stale = self.store().conditional_key(&scope_key, entry.resource_type, &key).await?;
-                let matches = self.store().find_ids(&scope, &criteria, 2).await?;
+                let claim =
+                    ConditionalKey { scope_key: &scope_key, resource_type: entry.resource_type, criteria: &key };
+                let ConditionalLookup { claimed: stale, matches } =
+                    self.store().conditional_lookup(&claim, &scope, &criteria, 2).await?;
                 match matches.as_slice() {
                     [] => {
                         let id = ResourceId::generate();

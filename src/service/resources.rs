@@ -19,8 +19,8 @@ use crate::domain::subscriptions::EndpointPolicy;
 use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, Visibility};
 use crate::profiles::ProfileCheck;
 use crate::store::{
-    ConditionalClaim, HistoryQuery, Precondition, ResourceWrite, Store, StoreError, StoredVersion, WriteMethod,
-    WriteSet,
+    ConditionalClaim, ConditionalKey, ConditionalLookup, HistoryQuery, Precondition, ResourceWrite, Store, StoreError,
+    StoredVersion, WriteMethod, WriteSet,
 };
 
 /// How often a write without `If-Match` is retried when another writer got in first.
@@ -294,11 +294,9 @@ impl ResourceService {
         let scope_key = Visibility::Organization(caller.organization().clone()).key();
         let key = criteria.canonical_key();
         for _ in 0..UNCONDITIONAL_RETRIES {
-            // The key is read before searching: the key and its resource commit together, so
-            // a key whose resource the later search does not find is truly stale (deleted or
-            // changed), never merely not yet visible.
-            let stale = self.store.conditional_key(&scope_key, resource_type, &key).await?;
-            let matches = self.store.find_ids(&scope, criteria, 2).await?;
+            let claim = ConditionalKey { scope_key: &scope_key, resource_type, criteria: &key };
+            let ConditionalLookup { claimed: stale, matches } =
+                self.store.conditional_lookup(&claim, &scope, criteria, 2).await?;
             match matches.as_slice() {
                 [] => {}
                 [one] => {

@@ -16,7 +16,17 @@ use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::split_reference;
 use crate::domain::task_workflow::{check_new_task, check_task_change, status_of, Refusal, TaskParty, TaskStatus};
 use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
-use crate::store::{ConditionalClaim, Store, StoredVersion, VisibilityGrant};
+use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoredVersion, VisibilityGrant};
+
+/// The scope of the open-referral keys (one open referral per patient and CLW service), and
+/// the first part of their criteria.
+const OPEN_REFERRAL: &str = "open-referral";
+
+/// The key a Task with an open referral claims, and the patient it names.
+struct OpenReferral {
+    patient: String,
+    criteria: String,
+}
 
 /// More Tasks than any one referral or patient has; bounds the rules' look-ups.
 const MAX_LINKED_TASKS: u32 = 1000;
@@ -337,7 +347,8 @@ impl Rules<'_> {
     }
 
     /// A Task given to a CLW service: it must be a registered performer; it may now read the
-    /// referral; and the patient may have only this one open referral with it.
+    /// referral; and the patient may have only this one open referral with it. One read
+    /// answers both whether the owner is a performer and which Task holds the open referral.
     async fn assign_to_performer(
         &self,
         id: &ResourceId,
@@ -345,14 +356,24 @@ impl Rules<'_> {
         owner: &OdsCode,
         effects: &mut RuleEffects,
     ) -> Result<(), ServiceError> {
-        if !self.store.organization_has_role(owner.as_str(), Role::Performer.as_str()).await? {
+        let open_referral = self.open_referral(task, owner);
+        let key = open_referral.as_ref().map(|o| ConditionalKey {
+            scope_key: OPEN_REFERRAL,
+            resource_type: ResourceType::Task,
+            criteria: &o.criteria,
+        });
+        let RoleAndClaim { has_role, claimed_by } =
+            self.store.role_and_claim(owner.as_str(), Role::Performer.as_str(), key.as_ref()).await?;
+        if !has_role {
             return Err(unprocessable(
                 format!("the owner {owner} is not a registered CLW service (performer)"),
                 "Task.owner",
             ));
         }
         effects.grants.extend(self.referral_grants(task, &Visibility::Organization(owner.clone())).await?);
-        effects.claims.extend(self.open_referral_claim(id, task, owner).await?);
+        if let Some(open_referral) = open_referral {
+            effects.claims.extend(self.open_referral_claim(id, open_referral, owner, claimed_by).await?);
+        }
         Ok(())
     }
 
@@ -442,22 +463,26 @@ impl Rules<'_> {
         Ok(revocations)
     }
 
-    /// One open referral per patient and CLW service: a unique key claimed with the Task. A
-    /// key left by a Task that has since ended (or gone) is taken over.
+    /// The open-referral key a Task claims, if it claims one: one open referral per patient
+    /// and CLW service (when the rule is on), and a Task that has ended holds none.
+    fn open_referral(&self, task: &Value, owner: &OdsCode) -> Option<OpenReferral> {
+        if !self.single_open_referral || status_of(task).is_some_and(TaskStatus::is_terminal) {
+            return None;
+        }
+        let patient = task.get("for").and_then(|f| f.get("reference")).and_then(Value::as_str)?;
+        Some(OpenReferral { patient: patient.to_owned(), criteria: format!("{OPEN_REFERRAL}|{patient}|{owner}") })
+    }
+
+    /// The Task's claim of its open-referral key, which `holder` holds now: a key left by a
+    /// Task that has since ended (or gone) is taken over; one held by an open Task refuses it.
     async fn open_referral_claim(
         &self,
         id: &ResourceId,
-        task: &Value,
+        open_referral: OpenReferral,
         owner: &OdsCode,
+        holder: Option<String>,
     ) -> Result<Vec<ConditionalClaim>, ServiceError> {
-        if !self.single_open_referral || status_of(task).is_some_and(TaskStatus::is_terminal) {
-            return Ok(Vec::new());
-        }
-        let Some(patient) = task.get("for").and_then(|f| f.get("reference")).and_then(Value::as_str) else {
-            return Ok(Vec::new());
-        };
-        let criteria = format!("open-referral|{patient}|{owner}");
-        let holder = self.store.conditional_key("open-referral", ResourceType::Task, &criteria).await?;
+        let OpenReferral { patient, criteria } = open_referral;
         let replaces = match holder {
             None => None,
             Some(holder_id) if holder_id == id.as_str() => return Ok(Vec::new()),
@@ -483,7 +508,7 @@ impl Rules<'_> {
             }
         };
         Ok(vec![ConditionalClaim {
-            scope_key: "open-referral".into(),
+            scope_key: OPEN_REFERRAL.into(),
             resource_type: ResourceType::Task,
             criteria,
             id: id.clone(),

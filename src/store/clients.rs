@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use super::reads::ConditionalKey;
 use super::{Store, StoreError};
 use crate::domain::instant::Instant;
 
@@ -91,6 +92,39 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// Whether `organization` has a client of `role`, and, when `key` is given, which
+    /// resource holds that conditional key now: one round trip for the two checks of a Task
+    /// given to an organisation (see `service::rules`).
+    pub async fn role_and_claim(
+        &self,
+        organization: &str,
+        role: &str,
+        key: Option<&ConditionalKey<'_>>,
+    ) -> Result<RoleAndClaim, StoreError> {
+        let Some(key) = key else {
+            return Ok(RoleAndClaim {
+                has_role: self.organization_has_role(organization, role).await?,
+                claimed_by: None,
+            });
+        };
+        // A row only if the organisation has the role; its one column is the key's holder.
+        let row = sqlx::query(
+            "SELECT (SELECT id FROM conditional_keys WHERE scope_key = $3 AND resource_type = $4 AND criteria = $5) \
+             FROM clients WHERE organization = $1 AND role = $2 LIMIT 1",
+        )
+        .bind(organization)
+        .bind(role)
+        .bind(key.scope_key)
+        .bind(key.resource_type.as_str())
+        .bind(key.criteria)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            Some(row) => RoleAndClaim { has_role: true, claimed_by: row.try_get::<Option<String>, _>(0)? },
+            None => RoleAndClaim { has_role: false, claimed_by: None },
+        })
+    }
+
     /// Records a client assertion's `jti`. Answers `false` when this issuer used it before:
     /// a replay. The unique key makes this hold across replicas; expired rows are purged.
     pub async fn record_assertion_jti(&self, issuer: &str, jti: &str, expires_at: Instant) -> Result<bool, StoreError> {
@@ -124,4 +158,12 @@ impl Store {
             .await?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
+}
+
+/// What [`Store::role_and_claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleAndClaim {
+    pub has_role: bool,
+    /// The resource holding the key (nothing when the organisation lacks the role).
+    pub claimed_by: Option<String>,
 }

@@ -26,10 +26,10 @@ use futures::future::BoxFuture;
 use sqlx::AnyPool;
 
 pub use audit::StoredAuditEvent;
-pub use clients::ClientRecord;
+pub use clients::{ClientRecord, RoleAndClaim};
 pub use connect::{DatabaseUrl, PoolSettings};
-pub use reads::{HistoryQuery, StoredVersion};
-pub use search::{Position, SearchHit, SearchPage};
+pub use reads::{ConditionalKey, HistoryQuery, StoredVersion};
+pub use search::{ConditionalLookup, Position, SearchHit, SearchPage};
 pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxRow, OutboxStats, SubscriptionRow};
 pub use write_set::{
     ConditionalClaim, OutboxEntry, OutboxKind, Precondition, RequestRecord, ResourceWrite, SubscriptionChange,

@@ -195,20 +195,30 @@ impl Store {
     }
 
     /// The resource id a conditional-create key currently points at, if any.
-    pub async fn conditional_key(
-        &self,
-        scope_key: &str,
-        resource_type: ResourceType,
-        criteria: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id FROM conditional_keys WHERE scope_key = $1 AND resource_type = $2 AND criteria = $3",
-        )
-        .bind(scope_key)
-        .bind(resource_type.as_str())
-        .bind(criteria)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
+    pub async fn conditional_key(&self, key: &ConditionalKey<'_>) -> Result<Option<String>, StoreError> {
+        conditional_key_with(self.pool(), key).await
     }
+}
+
+/// A conditional-create key: `criteria` (canonical) of `resource_type` within `scope_key`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConditionalKey<'a> {
+    pub scope_key: &'a str,
+    pub resource_type: ResourceType,
+    pub criteria: &'a str,
+}
+
+/// The resource id `key` currently points at, read through `executor`.
+pub(super) async fn conditional_key_with<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    key: &ConditionalKey<'_>,
+) -> Result<Option<String>, StoreError> {
+    let row =
+        sqlx::query("SELECT id FROM conditional_keys WHERE scope_key = $1 AND resource_type = $2 AND criteria = $3")
+            .bind(key.scope_key)
+            .bind(key.resource_type.as_str())
+            .bind(key.criteria)
+            .fetch_optional(executor)
+            .await?;
+    Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
 }

@@ -10,7 +10,9 @@
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Arguments, Row};
 
-use super::reads::{bind_error, scope_filter_fenced, version_from_row, StoredVersion};
+use super::reads::{
+    bind_error, conditional_key_with, scope_filter_fenced, version_from_row, ConditionalKey, StoredVersion,
+};
 use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
@@ -56,6 +58,14 @@ pub struct Position<'a> {
 pub struct SearchHit {
     pub version: StoredVersion,
     pub keys: Vec<SortValue>,
+}
+
+/// What [`Store::conditional_lookup`] found: the id the key points at now (a claim to take
+/// over if its resource no longer matches), and the ids of live matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionalLookup {
+    pub claimed: Option<String>,
+    pub matches: Vec<ResourceId>,
 }
 
 /// Bound arguments and the next `$n`, for one database's dialect.
@@ -556,14 +566,7 @@ impl Store {
     /// One page of live resources matching the query, in the caller's tenancy, in the order
     /// asked for (reversed back to it when read backwards from a `previous` cursor).
     pub async fn search_page(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<SearchHit>, StoreError> {
-        let mut sql = Sql::new(self.kind());
-        let (text, keys) = page_statement(&mut sql, scope, page)?;
-        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
-        let mut hits = rows.iter().map(|row| hit_from_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
-        if page.position.is_some_and(|p| p.direction == PageDirection::Before) {
-            hits.reverse();
-        }
-        Ok(hits)
+        search_page_with(self.pool(), self.kind(), scope, page).await
     }
 
     /// How many live resources match, in the caller's tenancy (`_total`).
@@ -628,8 +631,27 @@ impl Store {
         rows.iter().map(|row| Ok(row.try_get::<String, _>(column)?)).collect()
     }
 
-    /// Ids of live resources matching every clause, at most `limit` of them (conditional
-    /// create).
+    /// What a conditional create must know before it claims its key, in two reads on one
+    /// connection (each pool checkout costs a round trip when it is returned): the resource
+    /// the key points at now, and the ids of live resources matching the criteria, at most
+    /// `limit`. The key is read first: the key and its resource commit together, so a key
+    /// whose resource the later search does not find is truly stale (deleted or changed),
+    /// never merely not yet visible.
+    pub async fn conditional_lookup(
+        &self,
+        claim: &ConditionalKey<'_>,
+        scope: &TenantScope,
+        query: &SearchQuery,
+        limit: u32,
+    ) -> Result<ConditionalLookup, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let claimed = conditional_key_with(&mut *conn, claim).await?;
+        let page = SearchPage { query, sort: &[], horizon: None, position: None, limit };
+        let hits = search_page_with(&mut *conn, self.kind(), scope, &page).await?;
+        Ok(ConditionalLookup { claimed, matches: hits.into_iter().map(|hit| hit.version.id).collect() })
+    }
+
+    /// Ids of live resources matching every clause, at most `limit` of them.
     pub async fn find_ids(
         &self,
         scope: &TenantScope,
@@ -750,6 +772,24 @@ fn referencing_statement(
         "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {source_placeholder} AND r.deleted = 0 \
          AND r.id IN ({referencing}) AND {tenancy} ORDER BY r.id LIMIT {limit}"
     ))
+}
+
+/// A page of matches, read through `executor` (the pool, or a connection a caller holds for
+/// several reads).
+async fn search_page_with<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    kind: BackendKind,
+    scope: &TenantScope,
+    page: &SearchPage<'_>,
+) -> Result<Vec<SearchHit>, StoreError> {
+    let mut sql = Sql::new(kind);
+    let (text, keys) = page_statement(&mut sql, scope, page)?;
+    let rows = sqlx::query_with(&text, sql.args).fetch_all(executor).await?;
+    let mut hits = rows.iter().map(|row| hit_from_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
+    if page.position.is_some_and(|p| p.direction == PageDirection::Before) {
+        hits.reverse();
+    }
+    Ok(hits)
 }
 
 #[cfg(test)]

@@ -271,11 +271,31 @@ async fn parallel_referrals_of_one_patient_to_one_service_open_exactly_one_task(
     );
 }
 
+/// One read answers both checks of a Task given to a service (see `service::rules`): that the
+/// owner is a registered CLW service, and which Task holds the patient's open referral to it.
+async fn a_task_for_an_unregistered_service_is_refused_and_a_second_open_referral_names_the_first(db: Db) {
+    let Some(app) = spawn_app_on(db).await else {
+        return;
+    };
+    let first = task_in(&app, "requested").await;
+    for (owner, what) in [("CLW999", "an unknown organisation"), ("GP0001", "a practice, not a performer")] {
+        let (status, outcome) = refer_again(&app, &first.patient, None, owner).await;
+        assert_eq!(status, 422, "a Task owned by {what}: {outcome}");
+        assert!(outcome.to_string().contains("not a registered CLW service"), "{what}: says why: {outcome}");
+    }
+    let (status, outcome) = refer_again(&app, &first.patient, None, "CLW001").await;
+    assert_eq!(status, 409, "a second open referral to CLW001: {outcome}");
+    assert!(outcome.to_string().contains(&format!("Task/{}", first.task)), "names the open Task: {outcome}");
+    let (status, outcome) = refer_again(&app, &first.patient, None, "CLW002").await;
+    assert_eq!(status, 201, "a referral to another registered service: {outcome}");
+}
+
 on_both_databases!(
     a_replayed_create_with_the_same_x_request_id_answers_409_duplicate_naming_the_first_result,
     parallel_identical_creates_with_one_x_request_id_create_exactly_one,
     a_transaction_replayed_with_its_x_request_id_writes_nothing_more,
     parallel_referrals_of_one_patient_to_one_service_open_exactly_one_task,
+    a_task_for_an_unregistered_service_is_refused_and_a_second_open_referral_names_the_first,
 );
 
 #[tokio::test]

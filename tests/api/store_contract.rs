@@ -7,8 +7,8 @@ use linkbridge::domain::search_params::extract_index;
 use linkbridge::domain::search_query::parse_criteria;
 use linkbridge::domain::tenancy::TenantScope;
 use linkbridge::store::{
-    ConditionalClaim, DatabaseUrl, DeliveryOutcome, HistoryQuery, OutboxEntry, OutboxKind, Precondition, ResourceWrite,
-    Store, StoreError, SubscriptionChange, SubscriptionRecord, WriteMethod, WriteSet,
+    ConditionalClaim, ConditionalKey, DatabaseUrl, DeliveryOutcome, HistoryQuery, OutboxEntry, OutboxKind,
+    Precondition, ResourceWrite, Store, StoreError, SubscriptionChange, SubscriptionRecord, WriteMethod, WriteSet,
 };
 use serde_json::json;
 
@@ -500,7 +500,10 @@ async fn a_sqlite_database_of_the_earlier_layout_keeps_its_visibility_and_condit
     assert_eq!(read.map(|r| r.version.get()), Some(1), "GP1 still sees its patient");
     let hidden = store.read_current(&practice("GP2"), ResourceType::Patient, &id).await.expect("read");
     assert_eq!(hidden, None, "and GP2 still does not");
-    let holder = store.conditional_key("org:GP1", ResourceType::Patient, criteria).await.expect("key");
+    let holder = store
+        .conditional_key(&ConditionalKey { scope_key: "org:GP1", resource_type: ResourceType::Patient, criteria })
+        .await
+        .expect("key");
     assert_eq!(holder.as_deref(), Some(id.as_str()), "the conditional key still names its resource");
     store.close().await;
 
