@@ -122,7 +122,7 @@ impl Metrics {
         let outbox_delivery_failures = Gauge::default();
         registry.register(
             "outbox_delivery_failures",
-            "Failed delivery attempts recorded in the outbox (whole database)",
+            "Failed delivery attempts of the notifications not yet delivered, pending or dead (whole database)",
             outbox_delivery_failures.clone(),
         );
         let group_commit_batches = Counter::default();

@@ -55,7 +55,7 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     let store = state.resources.store();
     let (pool_open, pool_idle) = store.pool_connections();
     let (group_commit_batches, group_commit_write_sets) = store.group_commit_totals();
-    let outbox = store.outbox_stats(None).await.map_err(|e| ApiError::Service(e.into()))?;
+    let outbox = store.outbox_backlog().await.map_err(|e| ApiError::Service(e.into()))?;
     let oldest_age = outbox
         .oldest_pending
         .map_or(0.0, |oldest| (Instant::now().micros().saturating_sub(oldest.micros()) as f64 / 1e6).max(0.0));

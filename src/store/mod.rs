@@ -30,7 +30,7 @@ pub use clients::{ClientRecord, RoleAndClaim};
 pub use connect::{DatabaseUrl, PoolSettings};
 pub use reads::{ConditionalKey, HistoryQuery, StoredVersion};
 pub use search::{ConditionalLookup, Position, SearchHit, SearchPage};
-pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxRow, OutboxStats, SubscriptionRow};
+pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxBacklog, OutboxRow, OutboxStats, SubscriptionRow};
 pub use write_set::{
     ConditionalClaim, OutboxEntry, OutboxKind, Precondition, RequestRecord, ResourceWrite, SubscriptionChange,
     SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,

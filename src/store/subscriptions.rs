@@ -83,6 +83,17 @@ pub struct OutboxStats {
     pub failures: i64,
 }
 
+/// The outbox's undelivered notifications, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    pub pending: i64,
+    pub dead: i64,
+    /// Creation instant of the oldest notification still pending.
+    pub oldest_pending: Option<Instant>,
+    /// Failed delivery attempts of the pending and dead notifications.
+    pub failures: i64,
+}
+
 const SUBSCRIPTION_COLUMNS: &str =
     "id, organization, role, topic, filters, endpoint, payload, headers, heartbeat_secs, \
                                     secret, status, error, events_since_start, last_sent_at";
@@ -392,6 +403,34 @@ impl Store {
     }
 
     /// The outbox as the operator sees it, for one subscription or all.
+    /// The undelivered notifications (pending and dead): how many, the oldest pending one,
+    /// and their failed attempts. Read through the outbox's index on `state`, so that a
+    /// scrape costs the backlog and not the history: the outbox keeps every delivered
+    /// notification (a subscription's `$events`), and [`Store::outbox_stats`] sums them all.
+    pub async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, CAST(COUNT(*) AS BIGINT), MIN(created_at), CAST(COALESCE(SUM(failures), 0) AS BIGINT) \
+             FROM outbox_events WHERE state IN ('pending', 'dead') GROUP BY state",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut backlog = OutboxBacklog::default();
+        for row in &rows {
+            let state: String = row.try_get(0)?;
+            let count: i64 = row.try_get(1)?;
+            backlog.failures += row.try_get::<i64, _>(3)?;
+            if state == "pending" {
+                backlog.pending = count;
+                backlog.oldest_pending = row.try_get::<Option<i64>, _>(2)?.map(Instant::from_micros);
+            } else {
+                backlog.dead = count;
+            }
+        }
+        Ok(backlog)
+    }
+
+    /// Every notification's counts (the operator's `$outbox-status`, or one subscription's
+    /// `$status`): a pass over all of them, delivered ones included.
     pub async fn outbox_stats(&self, subscription_id: Option<&str>) -> Result<OutboxStats, StoreError> {
         let row = sqlx::query(
             "SELECT \

@@ -551,6 +551,33 @@ async fn postgres_connections_closed_while_idle_are_replaced_before_they_are_use
     store.close().await;
 }
 
+async fn the_outbox_backlog_counts_what_is_not_delivered_and_its_failures(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    outbox_with_events(&store, 4).await;
+    let claimed =
+        store.claim_due_notifications(Instant::now(), std::time::Duration::from_secs(30), 10).await.expect("claim");
+    assert_eq!(claimed.len(), 4, "setup: all four claimed");
+    let later = Instant::from_micros(Instant::now().micros() + 3_600_000_000);
+    let outcomes = [
+        DeliveryOutcome::Delivered { status: 200 },
+        DeliveryOutcome::Retry { next_attempt_at: later, status: Some(503), error: "unavailable".into() },
+        DeliveryOutcome::Dead { status: Some(410), error: "gone".into() },
+    ];
+    for (claim, outcome) in claimed.iter().zip(outcomes) {
+        assert!(store.finish_delivery(claim, outcome, Instant::now()).await.expect("finish"), "outcome recorded");
+    }
+    // The fourth is still in flight: pending, under its lease.
+    let backlog = store.outbox_backlog().await.expect("backlog");
+    assert_eq!((backlog.pending, backlog.dead, backlog.failures), (2, 1, 2), "{backlog:?}");
+    assert!(backlog.oldest_pending.is_some(), "the oldest pending notification's age is known");
+    let stats = store.outbox_stats(None).await.expect("stats");
+    assert_eq!(stats.delivered, 1, "the delivered one is history, not backlog: {stats:?}");
+    assert_eq!(
+        (stats.pending, stats.dead, stats.oldest_pending),
+        (backlog.pending, backlog.dead, backlog.oldest_pending)
+    );
+}
+
 on_both_databases!(
     concurrent_write_sets_commit_independently_when_some_fail,
     a_created_resource_reads_back_with_its_version,
@@ -565,4 +592,5 @@ on_both_databases!(
     concurrent_claims_take_disjoint_notifications,
     concurrent_access_records_are_all_kept_and_a_bad_one_fails_alone,
     two_replicas_group_commits_over_the_same_resources_keep_each_write_set_whole,
+    the_outbox_backlog_counts_what_is_not_delivered_and_its_failures,
 );
