@@ -61,7 +61,9 @@ live_pid() {
     pid="$(cat "$state/$name.pid")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$expect" || return 1
+    # `grep >/dev/null`, not `grep -q`, here and below: -q may exit at the first match and,
+    # under pipefail, the writer's SIGPIPE (exit 141) would fail the whole pipeline.
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -F -- "$expect" >/dev/null || return 1
     echo "$pid"
 }
 
@@ -307,7 +309,7 @@ cmd_restart() {
     start_replica "$i" "$binary"
     wait_for "replica $i" "http://127.0.0.1:${replica_ports[$((i - 1))]}/readyz" "replica-$i" || exit 1
     local deadline=$((SECONDS + health_timeout))
-    until lb_servers | grep -qx "linkbridge-$i UP"; do
+    until lb_servers | grep -x "linkbridge-$i UP" >/dev/null; do
         [ "$SECONDS" -lt "$deadline" ] || die "HAProxy does not see replica $i UP"
         sleep 0.5
     done
