@@ -108,17 +108,11 @@ impl Store {
             });
         };
         // A row only if the organisation has the role; its one column is the key's holder.
-        let row = sqlx::query(
-            "SELECT (SELECT id FROM conditional_keys WHERE scope_key = $3 AND resource_type = $4 AND criteria = $5) \
-             FROM clients WHERE organization = $1 AND role = $2 LIMIT 1",
-        )
-        .bind(organization)
-        .bind(role)
-        .bind(key.scope_key)
-        .bind(key.resource_type.as_str())
-        .bind(key.criteria)
-        .fetch_optional(self.pool())
-        .await?;
+        let sql = format!(
+            "SELECT ({}) FROM clients WHERE organization = $1 AND role = $2 LIMIT 1",
+            ConditionalKey::lookup(3)
+        );
+        let row = key.bind_to(sqlx::query(&sql).bind(organization).bind(role)).fetch_optional(self.pool()).await?;
         Ok(match row {
             Some(row) => RoleAndClaim { has_role: true, claimed_by: row.try_get::<Option<String>, _>(0)? },
             None => RoleAndClaim { has_role: false, claimed_by: None },

@@ -208,17 +208,35 @@ pub struct ConditionalKey<'a> {
     pub criteria: &'a str,
 }
 
+impl<'a> ConditionalKey<'a> {
+    /// The statement reading the id this key points at, its three values bound from `$first`
+    /// on (with [`ConditionalKey::bind_to`]): alone, or as a subquery of a larger read.
+    pub(super) fn lookup(first: usize) -> String {
+        let (scope, resource_type, criteria) = (first, first + 1, first + 2);
+        format!(
+            "SELECT id FROM conditional_keys \
+             WHERE scope_key = ${scope} AND resource_type = ${resource_type} AND criteria = ${criteria}"
+        )
+    }
+
+    /// Binds the key's values, in the order [`ConditionalKey::lookup`] names them.
+    pub(super) fn bind_to<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, AnyArguments<'q>>
+    where
+        'a: 'q,
+    {
+        query.bind(self.scope_key).bind(self.resource_type.as_str()).bind(self.criteria)
+    }
+}
+
 /// The resource id `key` currently points at, read through `executor`.
 pub(super) async fn conditional_key_with<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
     key: &ConditionalKey<'_>,
 ) -> Result<Option<String>, StoreError> {
-    let row =
-        sqlx::query("SELECT id FROM conditional_keys WHERE scope_key = $1 AND resource_type = $2 AND criteria = $3")
-            .bind(key.scope_key)
-            .bind(key.resource_type.as_str())
-            .bind(key.criteria)
-            .fetch_optional(executor)
-            .await?;
+    let sql = ConditionalKey::lookup(1);
+    let row = key.bind_to(sqlx::query(&sql)).fetch_optional(executor).await?;
     Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
 }

@@ -402,7 +402,6 @@ impl Store {
         rows.iter().map(outbox_from_row).collect()
     }
 
-    /// The outbox as the operator sees it, for one subscription or all.
     /// The undelivered notifications (pending and dead): how many, the oldest pending one,
     /// and their failed attempts. Read through the outbox's index on `state`, so that a
     /// scrape costs the backlog and not the history: the outbox keeps every delivered
