@@ -49,7 +49,7 @@ impl Store {
         .bind(entity.map_or("", |e| e.1))
         .bind(before_seq.unwrap_or(i64::MAX))
         .bind(i64::from(count))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -57,7 +57,7 @@ impl Store {
     pub async fn audit_event(&self, id: &str) -> Result<Option<StoredAuditEvent>, StoreError> {
         let row = sqlx::query("SELECT seq, id, recorded, body FROM audit_events WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.as_ref().map(event_from_row).transpose()
     }

@@ -54,7 +54,7 @@ impl Store {
         .bind(client.jwks_url.as_deref())
         .bind(&client.scopes)
         .bind(client.created_at.micros())
-        .execute(self.pool())
+        .execute(&mut *self.reader().await?)
         .await?;
         Ok(())
     }
@@ -62,22 +62,24 @@ impl Store {
     pub async fn find_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
         let row = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = $1"))
             .bind(client_id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.as_ref().map(record_from_row).transpose()
     }
 
     pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY client_id"))
-            .fetch_all(self.pool())
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.iter().map(record_from_row).collect()
     }
 
     /// Removes a registration; answers whether there was one.
     pub async fn remove_client(&self, client_id: &str) -> Result<bool, StoreError> {
-        let result =
-            sqlx::query("DELETE FROM clients WHERE client_id = $1").bind(client_id).execute(self.pool()).await?;
+        let result = sqlx::query("DELETE FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *self.reader().await?)
+            .await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -87,7 +89,7 @@ impl Store {
         let row = sqlx::query("SELECT 1 FROM clients WHERE organization = $1 AND role = $2 LIMIT 1")
             .bind(organization)
             .bind(role)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         Ok(row.is_some())
     }
@@ -112,7 +114,10 @@ impl Store {
             "SELECT ({}) FROM clients WHERE organization = $1 AND role = $2 LIMIT 1",
             ConditionalKey::lookup(3)
         );
-        let row = key.bind_to(sqlx::query(&sql).bind(organization).bind(role)).fetch_optional(self.pool()).await?;
+        let row = key
+            .bind_to(sqlx::query(&sql).bind(organization).bind(role))
+            .fetch_optional(&mut *self.reader().await?)
+            .await?;
         Ok(match row {
             Some(row) => RoleAndClaim { has_role: true, claimed_by: row.try_get::<Option<String>, _>(0)? },
             None => RoleAndClaim { has_role: false, claimed_by: None },
@@ -124,7 +129,7 @@ impl Store {
     pub async fn record_assertion_jti(&self, issuer: &str, jti: &str, expires_at: Instant) -> Result<bool, StoreError> {
         sqlx::query("DELETE FROM assertion_jtis WHERE expires_at < $1")
             .bind(Instant::now().micros())
-            .execute(self.pool())
+            .execute(&mut *self.reader().await?)
             .await?;
         let result = sqlx::query(
             "INSERT INTO assertion_jtis (issuer, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -132,7 +137,7 @@ impl Store {
         .bind(issuer)
         .bind(jti)
         .bind(expires_at.micros())
-        .execute(self.pool())
+        .execute(&mut *self.reader().await?)
         .await?;
         Ok(result.rows_affected() == 1)
     }
@@ -148,7 +153,7 @@ impl Store {
         let row = sqlx::query("SELECT body_hash, outcome FROM request_ids WHERE client_id = $1 AND request_id = $2")
             .bind(client_id)
             .bind(request_id)
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }

@@ -8,6 +8,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
 
 use super::group_commit::{GroupCommit, WriteConnection};
+use super::readers::{reader_pool, take, TRUSTED_IDLE};
 use super::sqlite_checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use super::{BackendKind, Store, StoreError, StoreInner};
 
@@ -71,9 +72,9 @@ impl Default for PoolSettings {
 /// Pragmas every SQLite connection needs. WAL lets readers run beside the writer;
 /// `synchronous=FULL` makes every acknowledged commit survive power loss (the WAL is fsynced
 /// at each commit); the busy timeout covers checkpoints and a second process. Temporary
-/// storage in memory keeps the savepoint journal of the group commit (each write set runs
-/// under a savepoint, which copies every page it first touches) out of temporary files: a
-/// write to a file per page was a sixth of the writer's time.
+/// storage in memory keeps the journal of a savepoint (which copies every page it first
+/// touches; the group commit opens them when a batch goes in parts) out of temporary files:
+/// a write to a file per page was a sixth of the writer's time.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                               PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
                               PRAGMA temp_store = MEMORY;";
@@ -106,20 +107,9 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
     writer_conn.execute("PRAGMA cache_size = -16384").await?;
     sqlx::migrate!("./migrations/sqlite").run(&mut writer_conn).await?;
 
-    let readers = AnyPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        // A connection to a local file does not go stale. The test sqlx makes by default is a
-        // round trip to the connection's thread on every acquire: one more per statement.
-        .test_before_acquire(false)
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                conn.execute(SQLITE_PRAGMAS).await?;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await?;
+    // A connection to a local file does not go stale: tested only after a failure.
+    let readers =
+        reader_pool(options, Some(SQLITE_PRAGMAS), false, settings.max_connections, settings.acquire_timeout)?;
     let checkpointer = Checkpointer::start(readers.clone());
     let writer = GroupCommit::start(
         WriteConnection::Sqlite { conn: Box::new(writer_conn), checkpointer },
@@ -138,15 +128,15 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
 
 async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, StoreError> {
     let options = AnyConnectOptions::from_str(raw)?.disable_statement_logging();
-    let pool =
-        postgres_pool_options(settings.max_connections, settings.acquire_timeout).connect_with(options.clone()).await?;
+    let pool = reader_pool(options.clone(), None, true, settings.max_connections, settings.acquire_timeout)?;
     // The writer's own connection, outside the request pool: queued behind every waiting
     // request's reads, the group commit would wait longest when most is waiting on it. A pool
     // of one rather than a bare connection, so that one lost to a server restart is replaced.
     let writer_pool = postgres_pool_options(1, settings.acquire_timeout).connect_lazy_with(options);
     // sqlx takes a PostgreSQL advisory lock while migrating, so replicas starting together
-    // apply each migration once.
-    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    // apply each migration once. This first connection also fails the start at once if the
+    // server cannot be reached.
+    sqlx::migrate!("./migrations/postgres").run(&mut *take(&pool).await?).await?;
     let writer = GroupCommit::start(WriteConnection::Postgres(writer_pool), settings.settle_window);
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
@@ -159,15 +149,9 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     })
 }
 
-/// How long a PostgreSQL connection may sit idle in a pool and still be handed out untested.
-const TRUSTED_IDLE: Duration = Duration::from_secs(1);
-
-/// A PostgreSQL pool that tests a connection before handing it out only if it sat idle for
-/// longer than [`TRUSTED_IDLE`]. sqlx's default test is a round trip on every acquire, and a
-/// submission takes a connection for each of its reads: under load that was one round trip in
-/// five, and removing it gave PostgreSQL submissions about a fifth more throughput (see
-/// BENCHMARKS.md). A connection busy a moment ago was tested when it was released (sqlx pings
-/// on release); one that has rested, across a server restart say, is still tested.
+/// The group commit's PostgreSQL pool (of one), which tests its connection before a batch
+/// only if it sat idle for longer than [`TRUSTED_IDLE`]: sqlx tests it again anyway when the
+/// batch gives it back.
 fn postgres_pool_options(max_connections: u32, acquire_timeout: Duration) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)

@@ -8,12 +8,14 @@
 //! applied atomically or not at all. On both databases a writer task applies the write sets of
 //! concurrent requests in one shared transaction (each under its own savepoint where they
 //! cannot go together), so one commit makes many requests durable (see [`group_commit`]).
+//! Reads take their connections from a pool of their own (see [`readers`]).
 
 mod apply;
 mod audit;
 mod clients;
 mod connect;
 mod group_commit;
+mod readers;
 mod reads;
 mod search;
 mod sqlite_checkpoint;
@@ -23,7 +25,6 @@ mod write_set;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use sqlx::AnyPool;
 
 pub use audit::StoredAuditEvent;
 pub use clients::{ClientRecord, RoleAndClaim};
@@ -52,7 +53,7 @@ pub enum StoreError {
     #[error("the X-Request-ID was already used")]
     DuplicateRequest,
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the shared commit failed: {0}")]
@@ -66,6 +67,13 @@ pub enum StoreError {
     /// retry is stamped afresh). See `service::search` for why late commits are refused.
     #[error("the write was stamped {late_by_ms} ms before it could commit, more than the settle window allows")]
     SettleWindowPassed { late_by_ms: i64 },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        readers::note_failure(&error);
+        StoreError::Database(error)
+    }
 }
 
 /// Which database the store runs on.
@@ -82,8 +90,9 @@ pub struct Store {
 }
 
 struct StoreInner {
-    /// Readers (SQLite, WAL lets them run beside the writer) or every connection (PostgreSQL).
-    pool: AnyPool,
+    /// Readers (SQLite, WAL lets them run beside the writer) or every connection but the
+    /// writer's (PostgreSQL).
+    pool: readers::ReaderPool,
     kind: BackendKind,
     /// Every write set goes through it (see [`group_commit`]).
     writer: GroupCommit,
@@ -100,7 +109,8 @@ impl Store {
 
     /// Connections of the pool (readers on SQLite, all on PostgreSQL): open, and idle of those.
     pub fn pool_connections(&self) -> (u32, usize) {
-        (self.inner.pool.size(), self.inner.pool.num_idle())
+        let status = self.inner.pool.status();
+        (u32::try_from(status.size).unwrap_or(u32::MAX), status.available)
     }
 
     /// Batches the group commit has committed so far in this process, and the write sets they
@@ -111,7 +121,7 @@ impl Store {
 
     /// Answers whether the database can be reached (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        sqlx::query("SELECT 1").execute(&mut *self.reader().await?).await?;
         Ok(())
     }
 
@@ -159,7 +169,8 @@ impl Store {
                 value.ok_or(StoreError::WriterGone)
             }
             BackendKind::Postgres => {
-                let mut tx = self.inner.pool.begin().await?;
+                let mut conn = self.reader().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 let value = job(&mut tx).await?;
                 tx.commit().await?;
                 Ok(value)
@@ -170,7 +181,7 @@ impl Store {
     /// Stops the writer after it has committed what it holds, and closes the pool.
     pub async fn close(&self) {
         self.inner.writer.shutdown().await;
-        self.inner.pool.close().await;
+        readers::close(&self.inner.pool).await;
     }
 
     /// The settle window W: writes commit within W/2 of their `last_updated`, or not at all.
@@ -178,7 +189,9 @@ impl Store {
         self.inner.settle_window
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.inner.pool
+    /// A connection to read through (on PostgreSQL also to write outside the group commit),
+    /// back in the pool when dropped.
+    pub(crate) async fn reader(&self) -> Result<readers::Reader, StoreError> {
+        readers::take(&self.inner.pool).await
     }
 }

@@ -123,7 +123,7 @@ impl Store {
              FROM resources r WHERE r.resource_type = $1 AND r.id = $2 AND {}",
             filter.sql
         );
-        let row = sqlx::query_with(&sql, args).fetch_optional(self.pool()).await?;
+        let row = sqlx::query_with(&sql, args).fetch_optional(&mut *self.reader().await?).await?;
         row.as_ref().map(version_from_row).transpose()
     }
 
@@ -146,7 +146,7 @@ impl Store {
              FROM resource_history r WHERE r.resource_type = $1 AND r.id = $2 AND r.version_id = $3 AND {}",
             filter.sql
         );
-        let row = sqlx::query_with(&sql, args).fetch_optional(self.pool()).await?;
+        let row = sqlx::query_with(&sql, args).fetch_optional(&mut *self.reader().await?).await?;
         row.as_ref().map(version_from_row).transpose()
     }
 
@@ -190,13 +190,13 @@ impl Store {
              FROM resource_history r WHERE {} ORDER BY r.change_seq DESC LIMIT ${next}",
             conditions.join(" AND ")
         );
-        let rows = sqlx::query_with(&sql, args).fetch_all(self.pool()).await?;
+        let rows = sqlx::query_with(&sql, args).fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(version_from_row).collect()
     }
 
     /// The resource id a conditional-create key currently points at, if any.
     pub async fn conditional_key(&self, key: &ConditionalKey<'_>) -> Result<Option<String>, StoreError> {
-        conditional_key_with(self.pool(), key).await
+        conditional_key_with(&mut *self.reader().await?, key).await
     }
 }
 

@@ -566,7 +566,7 @@ impl Store {
     /// One page of live resources matching the query, in the caller's tenancy, in the order
     /// asked for (reversed back to it when read backwards from a `previous` cursor).
     pub async fn search_page(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<SearchHit>, StoreError> {
-        search_page_with(self.pool(), self.kind(), scope, page).await
+        search_page_with(&mut *self.reader().await?, self.kind(), scope, page).await
     }
 
     /// How many live resources match, in the caller's tenancy (`_total`).
@@ -579,7 +579,7 @@ impl Store {
         let mut sql = Sql::new(self.kind());
         let (from, conditions) = from_and_filter(&mut sql, scope, query, horizon, !query.uses_last_updated())?;
         let text = format!("SELECT COUNT(*) FROM {from} WHERE {}", conditions.join(" AND "));
-        let row = sqlx::query_with(&text, sql.args).fetch_one(self.pool()).await?;
+        let row = sqlx::query_with(&text, sql.args).fetch_one(&mut *self.reader().await?).await?;
         let count: i64 = row.try_get(0)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
@@ -613,7 +613,8 @@ impl Store {
     }
 
     async fn explain(&self, text: &str, sql: Sql) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut conn = self.reader().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let rows = match self.kind() {
             BackendKind::Sqlite => {
                 sqlx::query_with(&format!("EXPLAIN QUERY PLAN {text}"), sql.args).fetch_all(&mut *tx).await?
@@ -632,7 +633,7 @@ impl Store {
     }
 
     /// What a conditional create must know before it claims its key, in two reads on one
-    /// connection (each pool checkout costs a round trip when it is returned): the resource
+    /// connection (one checkout, and the two statements back to back): the resource
     /// the key points at now, and the ids of live resources matching the criteria, at most
     /// `limit`. The key is read first: the key and its resource commit together, so a key
     /// whose resource the later search does not find is truly stale (deleted or changed),
@@ -644,7 +645,7 @@ impl Store {
         query: &SearchQuery,
         limit: u32,
     ) -> Result<ConditionalLookup, StoreError> {
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.reader().await?;
         let claimed = conditional_key_with(&mut *conn, claim).await?;
         let page = SearchPage { query, sort: &[], horizon: None, position: None, limit };
         let hits = search_page_with(&mut *conn, self.kind(), scope, &page).await?;
@@ -677,7 +678,7 @@ impl Store {
         }
         let mut sql = Sql::new(self.kind());
         let text = reference_targets_statement(&mut sql, source, param, ids)?;
-        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?))).collect()
     }
 
@@ -693,7 +694,7 @@ impl Store {
         }
         let mut sql = Sql::new(self.kind());
         let text = read_live_statement(&mut sql, scope, resource_type, ids)?;
-        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(version_from_row).collect()
     }
 
@@ -713,7 +714,7 @@ impl Store {
         }
         let mut sql = Sql::new(self.kind());
         let text = referencing_statement(&mut sql, scope, source, param, target_type, target_ids, limit)?;
-        let rows = sqlx::query_with(&text, sql.args).fetch_all(self.pool()).await?;
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(version_from_row).collect()
     }
 

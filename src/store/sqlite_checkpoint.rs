@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::AnyPool;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use super::readers::ReaderPool;
 
 /// Pages of write-ahead log after which the writer checkpoints inside its own COMMIT: the
 /// backstop, should the background checkpoints fall behind (SQLite's default is 1,000).
@@ -28,7 +29,7 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub(super) fn start(pool: AnyPool) -> Self {
+    pub(super) fn start(pool: ReaderPool) -> Self {
         let committed = Arc::new(Notify::new());
         let task = tokio::spawn(run(pool, Arc::clone(&committed)));
         Checkpointer { committed, task }
@@ -47,10 +48,15 @@ impl Drop for Checkpointer {
     }
 }
 
-async fn run(pool: AnyPool, committed: Arc<Notify>) {
+async fn run(pool: ReaderPool, committed: Arc<Notify>) {
     loop {
         committed.notified().await;
-        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+        let checkpoint = async {
+            let mut conn = super::readers::take(&pool).await?;
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *conn).await?;
+            Ok::<_, super::StoreError>(())
+        };
+        match checkpoint.await {
             Ok(_) => {}
             // The next commit tries again; the writer's backstop keeps the log bounded.
             Err(e) => tracing::warn!(error = %e, "background WAL checkpoint failed"),

@@ -154,7 +154,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status IN ('active', 'error') AND deleted = 0"
         ))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter().map(subscription_from_row).collect()
     }
@@ -163,7 +163,7 @@ impl Store {
         let row =
             sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1 AND deleted = 0"))
                 .bind(id)
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut *self.reader().await?)
                 .await?;
         row.as_ref().map(subscription_from_row).transpose()
     }
@@ -175,7 +175,7 @@ impl Store {
             "SELECT 1 FROM outbox_events o JOIN subscriptions s ON s.id = o.subscription_id WHERE {DUE} LIMIT 1"
         ))
         .bind(now.micros())
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         Ok(row.is_some())
     }
@@ -355,7 +355,7 @@ impl Store {
              AND heartbeat_secs IS NOT NULL AND COALESCE(last_sent_at, 0) + heartbeat_secs * 1000000 <= $1"
         ))
         .bind(now.micros())
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter().map(subscription_from_row).collect()
     }
@@ -397,7 +397,7 @@ impl Store {
         .bind(since)
         .bind(until)
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter().map(outbox_from_row).collect()
     }
@@ -411,7 +411,7 @@ impl Store {
             "SELECT state, CAST(COUNT(*) AS BIGINT), MIN(created_at), CAST(COALESCE(SUM(failures), 0) AS BIGINT) \
              FROM outbox_events WHERE state IN ('pending', 'dead') GROUP BY state",
         )
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         let mut backlog = OutboxBacklog::default();
         for row in &rows {
@@ -442,7 +442,7 @@ impl Store {
              FROM outbox_events WHERE ($1 = '' OR subscription_id = $1)",
         )
         .bind(subscription_id.unwrap_or(""))
-        .fetch_one(self.pool())
+        .fetch_one(&mut *self.reader().await?)
         .await?;
         Ok(OutboxStats {
             pending: row.try_get("pending")?,

@@ -520,8 +520,8 @@ async fn a_sqlite_database_of_the_earlier_layout_keeps_its_visibility_and_condit
 }
 
 /// A PostgreSQL connection the server closed while it sat in the pool (a restart, an idle
-/// timeout, an administrator) is replaced before a read or the writer gets it: the pools skip
-/// sqlx's test on acquire only for connections that were busy a moment ago.
+/// timeout, an administrator) is replaced before a read or the writer gets it: the pools test
+/// a connection before handing it out when it rested over a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_closed_while_idle_are_replaced_before_they_are_used() {
     use sqlx::Connection;
@@ -548,6 +548,43 @@ async fn postgres_connections_closed_while_idle_are_replaced_before_they_are_use
     let update =
         store.commit(one(patient_write(&id, 2, Precondition::CurrentVersion(VersionId::FIRST), "Jones", "GP1"))).await;
     assert!(update.is_ok(), "the writer got a live connection: {update:?}");
+    store.close().await;
+}
+
+/// PostgreSQL connections closed a moment after they were used (not long enough to be
+/// tested for their rest) fail one read; that failure has the pool test every connection
+/// before it is handed out again, so the reads after it get live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_closed_while_busy_fail_one_read_and_the_next_get_live_ones() {
+    use sqlx::Connection;
+    let Some((store, database)) = test_store(Db::Postgres).await else { return };
+    let id = ResourceId::generate();
+    store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    // Several connections in the pool, all of them used a moment ago.
+    let scope = practice("GP1");
+    let reads = (0..4).map(|_| store.read_current(&scope, ResourceType::Patient, &id));
+    for read in futures::future::join_all(reads).await {
+        assert!(matches!(read, Ok(Some(_))), "setup read: {read:?}");
+    }
+    let DatabaseUrl::Postgres(url) = &database.url else { panic!("a PostgreSQL test database") };
+    let name = url.rsplit('/').next().and_then(|tail| tail.split('?').next()).expect("database name");
+    let admin_url = std::env::var(POSTGRES_ENV).expect("PostgreSQL configured");
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("admin connection");
+    let closed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate the store's connections");
+    assert!(closed.len() >= 2, "the store's connections were closed: {closed:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let first = store.read_current(&practice("GP1"), ResourceType::Patient, &id).await;
+    for attempt in 2..=6 {
+        let read = store.read_current(&practice("GP1"), ResourceType::Patient, &id).await;
+        assert!(matches!(read, Ok(Some(_))), "read {attempt} got a live connection (the first: {first:?}): {read:?}");
+    }
     store.close().await;
 }
 
