@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::idempotency::RequestKey;
-use super::ingest::{check_resource, structure_issue};
+use super::ingest::{check_entry_resource, structure_issue};
 use super::resources::{CreateOutcome, ResourceService, WriteConditions};
 use super::rules::Pending;
 use super::ServiceError;
@@ -349,7 +349,7 @@ impl ResourceService {
                     let body = resource.ok_or_else(|| {
                         fail(ServiceError::invalid(IssueCode::Required, "a POST entry needs a resource", None))
                     })?;
-                    check_resource(&body, entry.resource_type, &self.profiles).map_err(fail)?;
+                    check_entry_resource(&body, entry.resource_type, &self.profiles).map_err(fail)?;
                     let (planned, write) = self
                         .plan(
                             caller,
@@ -390,7 +390,7 @@ impl ResourceService {
                         let body = resource.ok_or_else(|| {
                             fail(ServiceError::invalid(IssueCode::Required, "a PUT entry needs a resource", None))
                         })?;
-                        check_resource(&body, entry.resource_type, &self.profiles).map_err(fail)?;
+                        check_entry_resource(&body, entry.resource_type, &self.profiles).map_err(fail)?;
                         if body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                             return Err(fail(ServiceError::invalid(
                                 IssueCode::Invalid,

@@ -191,6 +191,12 @@ async fn a_transaction_with_one_invalid_or_forbidden_entry_is_rejected_whole_and
             allowed: &[400, 422],
         },
         Spoiled {
+            what: "a ServiceRequest with an element R4 does not have (the Bundle's structure check covers its entries)",
+            party: Party::Gp,
+            bundle: spoil(&|b| b["entry"][SERVICE_REQUEST_ENTRY]["resource"]["urgency"] = json!("routine")),
+            allowed: &[400],
+        },
+        Spoiled {
             what: "a Task focused on another practice's referral",
             party: Party::Gp,
             bundle: spoil(&|b| {
