@@ -12,7 +12,7 @@ use super::outcome::{Issue, IssueCode};
 use super::resource_type::ResourceType;
 use super::search_params::{self, IndexEntry, ParamKind};
 use super::search_query::{parse_reference, parse_token, Predicate, SystemMatch};
-use super::tenancy::OdsCode;
+use super::tenancy::{OdsCode, Principal, Role, TenantScope};
 use super::webhook::WebhookSecret;
 
 /// The Backport IG's extension and profile URLs.
@@ -239,6 +239,48 @@ impl TopicFilter {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// The visibility keys a subscriber (its organisation and role, as stored) reads with: the
+/// same as a request of its client would.
+pub fn subscriber_scope(organization: &str, role: &str) -> Option<TenantScope> {
+    Some(Principal::new(String::new(), OdsCode::parse(organization).ok()?, Role::parse(role)?).scope())
+}
+
+/// A live subscription as a change is matched against it: its topic, its filters, and what
+/// its subscriber may see (the same visibility keys a request of its client reads with).
+#[derive(Debug)]
+pub struct Listener {
+    topic: Topic,
+    filters: Vec<TopicFilter>,
+    scope: TenantScope,
+}
+
+impl Listener {
+    /// The listener a stored subscription makes: nothing when the record no longer makes sense
+    /// (an unknown topic, organisation or role), and nothing when a stored filter no longer
+    /// parses (a parameter withdrawn): it then matches nothing rather than everything.
+    pub fn parse(topic: &str, filters: &[String], organization: &str, role: &str) -> Option<Listener> {
+        let topic = Topic::parse(topic)?;
+        let filters = filters.iter().map(|raw| TopicFilter::parse(topic, raw).ok()).collect::<Option<Vec<_>>>()?;
+        Some(Listener { topic, filters, scope: subscriber_scope(organization, role)? })
+    }
+
+    /// Whether a version of `resource_type` with these index entries, visible under these
+    /// keys, is news for this subscription. A deletion is matched on the content deleted, and
+    /// only for topics that announce deletions.
+    pub fn hears(
+        &self,
+        resource_type: ResourceType,
+        deleted: bool,
+        index: &[IndexEntry],
+        visibility: &[String],
+    ) -> bool {
+        Topic::of(resource_type) == Some(self.topic)
+            && (!deleted || self.topic.notifies_deletion())
+            && self.scope.admits(visibility)
+            && self.filters.iter().all(|f| f.matches(index))
     }
 }
 
@@ -590,6 +632,40 @@ mod tests {
                 "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]}
             }),
         )
+    }
+
+    fn seen_by(ods: &str) -> Vec<String> {
+        vec![format!("org:{ods}")]
+    }
+
+    #[test]
+    fn a_listener_hears_changes_of_its_topic_that_pass_its_filters_and_its_subscriber_may_see() {
+        let filters = vec!["Task?owner=Organization/CLW001".to_owned()];
+        let listener = Listener::parse(Topic::ReferralTask.url(), &filters, "CLW001", "performer").expect("listener");
+        assert!(listener.hears(ResourceType::Task, false, &task("CLW001", "requested"), &seen_by("CLW001")));
+        assert!(!listener.hears(ResourceType::Task, false, &task("CLW002", "requested"), &seen_by("CLW001")), "filter");
+        assert!(
+            !listener.hears(ResourceType::Task, false, &task("CLW001", "requested"), &seen_by("CLW009")),
+            "tenancy"
+        );
+        assert!(!listener.hears(ResourceType::ServiceRequest, false, &[], &seen_by("CLW001")), "another topic's type");
+    }
+
+    #[test]
+    fn deletions_are_heard_only_on_topics_that_announce_them() {
+        let tasks = Listener::parse(Topic::ReferralTask.url(), &[], "GP0001", "referrer").expect("listener");
+        assert!(tasks.hears(ResourceType::Task, true, &task("CLW001", "requested"), &seen_by("GP0001")));
+        let care_plans = Listener::parse(Topic::CarePlan.url(), &[], "GP0001", "referrer").expect("listener");
+        assert!(care_plans.hears(ResourceType::CarePlan, false, &[], &seen_by("GP0001")));
+        assert!(!care_plans.hears(ResourceType::CarePlan, true, &[], &seen_by("GP0001")));
+    }
+
+    #[test]
+    fn a_stored_subscription_that_no_longer_makes_sense_is_no_listener() {
+        let withdrawn = vec!["Task?no-such-parameter=x".to_owned()];
+        assert!(Listener::parse(Topic::ReferralTask.url(), &withdrawn, "GP0001", "referrer").is_none());
+        assert!(Listener::parse("https://example.org/unknown-topic", &[], "GP0001", "referrer").is_none());
+        assert!(Listener::parse(Topic::ReferralTask.url(), &[], "GP0001", "no-such-role").is_none());
     }
 
     #[test]

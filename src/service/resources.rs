@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::idempotency::RequestKey;
 use super::ingest::{check_resource, stamp};
 use super::rules::{Pending, Rules};
-use super::subscriptions::{add_notifications, plan_subscription_write, SubscriptionEffects};
+use super::subscriptions::{plan_subscription_write, SubscriptionEffects};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
@@ -15,12 +15,12 @@ use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::extract_index;
 use crate::domain::search_query::{parse_criteria, SearchQuery};
-use crate::domain::subscriptions::EndpointPolicy;
+use crate::domain::subscriptions::{EndpointPolicy, Topic};
 use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, Visibility};
 use crate::profiles::ProfileCheck;
 use crate::store::{
-    ConditionalClaim, ConditionalKey, ConditionalLookup, HistoryQuery, Precondition, ResourceWrite, Store, StoreError,
-    StoredVersion, WriteMethod, WriteSet,
+    ConditionalClaim, ConditionalKey, ConditionalLookup, DeletedContent, HistoryQuery, Precondition, ResourceWrite,
+    Store, StoreError, StoredVersion, WriteMethod, WriteSet,
 };
 
 /// How often a write without `If-Match` is retried when another writer got in first.
@@ -149,8 +149,16 @@ impl ResourceService {
         }
         write_set.subscription_changes = subscription.changes;
         write_set.notifications = subscription.notifications;
-        add_notifications(&self.store, &pending.listeners, &mut write_set, before.as_ref().filter(|_| deleting))
-            .await?;
+        // The writer matches the change against the live subscriptions (`store::events`); a
+        // deletion is matched on what was deleted.
+        if let Some(before) = before.as_ref().filter(|_| deleting && Topic::of(resource_type).is_some()) {
+            write_set.deleted_contents.push(DeletedContent {
+                resource_type,
+                id: write.id.clone(),
+                index: extract_index(resource_type, before),
+                visibility: derived_visibility(resource_type, before).iter().map(Visibility::key).collect(),
+            });
+        }
         Ok((write_set, write))
     }
 

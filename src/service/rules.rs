@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::subscriptions::Listeners;
 use super::ServiceError;
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
@@ -32,12 +31,10 @@ struct OpenReferral {
 const MAX_LINKED_TASKS: u32 = 1000;
 
 /// What a request has planned so far, shared by its writes: the resources written earlier in
-/// the same transaction (visible to the later entries' rules), and the live subscriptions,
-/// read once for all of them.
+/// the same transaction, visible to the later entries' rules.
 #[derive(Default)]
 pub(crate) struct Pending {
     resources: HashMap<(ResourceType, String), Value>,
-    pub listeners: Listeners,
 }
 
 impl Pending {

@@ -2,8 +2,6 @@
 //! notify whom (added to the change's own write set: the transactional outbox), the
 //! `$status`, `$events` and `$resend` operations, and the status moves the server makes.
 
-use std::collections::HashMap;
-
 use serde_json::{json, Value};
 
 use super::resources::{stored_json, ResourceService};
@@ -16,15 +14,13 @@ use crate::domain::notification::{
 };
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::extract_index;
 use crate::domain::subscriptions::{
     requested_status, strip_secret, EndpointPolicy, PayloadContent, SubscriptionRequest, SubscriptionStatus, Topic,
-    TopicFilter,
 };
-use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, Role, TenantScope, Visibility};
+use crate::domain::tenancy::{Principal, Role, TenantScope};
 use crate::store::{
-    OutboxEntry, OutboxKind, OutboxRow, OutboxStats, Precondition, Store, StoreError, SubscriptionChange,
-    SubscriptionRecord, SubscriptionRow, WriteMethod, WriteSet,
+    OutboxEntry, OutboxKind, OutboxRow, OutboxStats, Precondition, StoreError, SubscriptionChange, SubscriptionRecord,
+    SubscriptionRow, WriteMethod, WriteSet,
 };
 
 /// The most events one `$events` call returns.
@@ -132,86 +128,7 @@ fn check_filters_are_the_callers_own(caller: &Principal, request: &SubscriptionR
 
 /// The visibility keys a subscriber reads with: the same as a request of its client would.
 pub(crate) fn subscriber_scope(row: &SubscriptionRow) -> Option<TenantScope> {
-    let organization = OdsCode::parse(&row.organization).ok()?;
-    let role = Role::parse(&row.role)?;
-    Some(Principal::new(String::new(), organization, role).scope())
-}
-
-/// The live subscriptions of one topic, each with its parsed filters.
-type TopicListeners = Vec<(SubscriptionRow, Vec<TopicFilter>)>;
-
-/// The live subscriptions of every topic, read with one statement the first time a request's
-/// writes need them and kept for its other writes: a referral's ServiceRequest and Task are two
-/// topics, one read (the request sees one state of the subscriptions, as in one transaction).
-#[derive(Default)]
-pub(crate) struct Listeners(tokio::sync::OnceCell<HashMap<Topic, TopicListeners>>);
-
-impl Listeners {
-    async fn of_topic(
-        &self,
-        store: &Store,
-        topic: Topic,
-    ) -> Result<&[(SubscriptionRow, Vec<TopicFilter>)], ServiceError> {
-        let by_topic = self
-            .0
-            .get_or_try_init(|| async {
-                let mut by_topic: HashMap<Topic, TopicListeners> = HashMap::new();
-                for row in store.live_subscriptions().await? {
-                    let Some(topic) = Topic::parse(&row.topic) else { continue };
-                    // Stored filters were checked when saved; one that no longer parses (a
-                    // parameter withdrawn) matches nothing rather than everything.
-                    let filters: Option<Vec<TopicFilter>> =
-                        row.filters.iter().map(|raw| TopicFilter::parse(topic, raw).ok()).collect();
-                    if let Some(filters) = filters {
-                        by_topic.entry(topic).or_default().push((row, filters));
-                    }
-                }
-                Ok::<_, ServiceError>(by_topic)
-            })
-            .await?;
-        Ok(by_topic.get(&topic).map_or(&[], Vec::as_slice))
-    }
-}
-
-/// Adds to `write_set` a notification for each live subscription whose topic, filters and
-/// tenancy match one of its resource writes. `deleted_before` is the content of the resource
-/// deleted by the write set's first write, if it deletes one (a deletion has no index of its
-/// own to match against).
-pub(crate) async fn add_notifications(
-    store: &Store,
-    listeners: &Listeners,
-    write_set: &mut WriteSet,
-    deleted_before: Option<&Value>,
-) -> Result<(), ServiceError> {
-    let mut notifications = Vec::new();
-    for write in &write_set.resources {
-        let Some(topic) = Topic::of(write.resource_type) else { continue };
-        let deleted = write.body.is_empty();
-        let (index, visibility) = if deleted {
-            let Some(before) = deleted_before.filter(|_| topic.notifies_deletion()) else { continue };
-            let keys = derived_visibility(write.resource_type, before).iter().map(Visibility::key).collect();
-            (extract_index(write.resource_type, before), keys)
-        } else {
-            let keys: Vec<String> = write.visibility.iter().chain(&write.visibility_grants).cloned().collect();
-            (write.index.clone(), keys)
-        };
-        for (row, filters) in listeners.of_topic(store, topic).await? {
-            let Some(scope) = subscriber_scope(row) else { continue };
-            if !scope.admits(&visibility) || !filters.iter().all(|f| f.matches(&index)) {
-                continue;
-            }
-            let Ok(subscription_id) = ResourceId::parse(&row.id) else { continue };
-            notifications.push(OutboxEntry {
-                id: uuid::Uuid::new_v4().to_string(),
-                subscription_id,
-                kind: OutboxKind::Event,
-                focus: Some((write.resource_type, write.id.clone(), write.version)),
-                created_at: write.last_updated,
-            });
-        }
-    }
-    write_set.notifications.extend(notifications);
-    Ok(())
+    crate::domain::subscriptions::subscriber_scope(&row.organization, &row.role)
 }
 
 /// The server itself, as the author of status changes in the audit trail.

@@ -2,10 +2,12 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
+use tokio::sync::Notify;
 
 use super::group_commit::{GroupCommit, WriteConnection};
 use super::readers::{reader_pool, take, TRUSTED_IDLE};
@@ -111,9 +113,11 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
     let readers =
         reader_pool(options, Some(SQLITE_PRAGMAS), false, settings.max_connections, settings.acquire_timeout)?;
     let checkpointer = Checkpointer::start(readers.clone());
+    let outbox_signal = Arc::new(Notify::new());
     let writer = GroupCommit::start(
         WriteConnection::Sqlite { conn: Box::new(writer_conn), checkpointer },
         settings.settle_window,
+        Arc::clone(&outbox_signal),
     );
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
@@ -121,7 +125,7 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
             kind: BackendKind::Sqlite,
             writer,
             settle_window: settings.settle_window,
-            outbox_signal: tokio::sync::Notify::new(),
+            outbox_signal,
         }),
     })
 }
@@ -137,14 +141,16 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     // apply each migration once. This first connection also fails the start at once if the
     // server cannot be reached.
     sqlx::migrate!("./migrations/postgres").run(&mut *take(&pool).await?).await?;
-    let writer = GroupCommit::start(WriteConnection::Postgres(writer_pool), settings.settle_window);
+    let outbox_signal = Arc::new(Notify::new());
+    let writer =
+        GroupCommit::start(WriteConnection::Postgres(writer_pool), settings.settle_window, Arc::clone(&outbox_signal));
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
             pool,
             kind: BackendKind::Postgres,
             writer,
             settle_window: settings.settle_window,
-            outbox_signal: tokio::sync::Notify::new(),
+            outbox_signal,
         }),
     })
 }

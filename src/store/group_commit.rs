@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::{AnyConnection, Executor};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 
 use super::apply::{apply_write_set, apply_write_sets, check_write_set_settled};
+use super::events::add_events;
 use super::sqlite_checkpoint::Checkpointer;
 use super::write_set::WriteSet;
 use super::BackendKind;
@@ -68,24 +69,29 @@ impl WriteConnection {
         }
     }
 
-    /// Commits one batch on a connection of this kind.
-    async fn commit(&mut self, batch: Vec<Message>, settle_window: Duration, totals: &CommitTotals) {
+    /// Commits one batch on a connection of this kind, with the events its changes are for
+    /// the live subscriptions (see `events`). Answers whether notifications were committed.
+    async fn commit(&mut self, batch: Vec<Message>, settle_window: Duration, totals: &CommitTotals) -> bool {
         totals.batches.fetch_add(1, Ordering::Relaxed);
         let writes = batch.iter().filter(|message| matches!(message, Message::Write { .. })).count();
         totals.write_sets.fetch_add(writes as u64, Ordering::Relaxed);
         let kind = self.kind();
         match self {
             WriteConnection::Sqlite { conn, checkpointer } => {
-                commit_batch(conn, kind, batch, settle_window).await;
+                let Some(batch) = with_events(conn, batch).await else { return false };
+                let notified = commit_batch(conn, kind, batch, settle_window).await;
                 checkpointer.committed();
+                notified
             }
             WriteConnection::Postgres(pool) => match pool.acquire().await {
-                Ok(mut conn) => commit_batch(&mut conn, kind, batch, settle_window).await,
+                Ok(mut conn) => {
+                    let Some(batch) = with_events(&mut conn, batch).await else { return false };
+                    commit_batch(&mut conn, kind, batch, settle_window).await
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "the writer could not get a database connection");
-                    for message in batch {
-                        let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
-                    }
+                    answer_all(batch, &e.to_string());
+                    false
                 }
             },
         }
@@ -100,6 +106,35 @@ impl WriteConnection {
             }
             WriteConnection::Postgres(pool) => pool.close().await,
         }
+    }
+}
+
+/// Adds the events of the batch's changes to their write sets (see `events`); if the
+/// subscriptions cannot be read, answers every request so and returns nothing to commit.
+/// Before the batch's transaction begins: PostgreSQL reads committed data statement by
+/// statement, and on SQLite this connection is the only writer.
+async fn with_events(conn: &mut AnyConnection, mut batch: Vec<Message>) -> Option<Vec<Message>> {
+    let write_sets = batch
+        .iter_mut()
+        .filter_map(|message| match message {
+            Message::Write { write_set, .. } => Some(&mut **write_set),
+            Message::Job { .. } => None,
+        })
+        .collect();
+    match add_events(conn, write_sets).await {
+        Ok(()) => Some(batch),
+        Err(e) => {
+            tracing::error!(error = %e, "the writer could not read the live subscriptions");
+            answer_all(batch, &e.to_string());
+            None
+        }
+    }
+}
+
+/// Answers every request of a batch that could not be committed.
+fn answer_all(batch: Vec<Message>, error: &str) {
+    for message in batch {
+        let _ = message.into_reply().send(Err(StoreError::CommitFailed(error.to_owned())));
     }
 }
 
@@ -119,11 +154,13 @@ pub(super) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(super) fn start(connection: WriteConnection, settle_window: Duration) -> Self {
+    /// Starts the writer; `outbox_signal` is told whenever a commit has added notifications.
+    pub(super) fn start(connection: WriteConnection, settle_window: Duration, outbox_signal: Arc<Notify>) -> Self {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
         let (closed, closed_rx) = tokio::sync::watch::channel(false);
         let totals = Arc::new(CommitTotals::default());
-        let task = tokio::spawn(run(connection, receiver, closed_rx, settle_window, Arc::clone(&totals)));
+        let task =
+            tokio::spawn(run(connection, receiver, closed_rx, settle_window, Arc::clone(&totals), outbox_signal));
         GroupCommit { sender, task: Mutex::new(Some(task)), closed, totals }
     }
 
@@ -164,6 +201,7 @@ async fn run(
     mut closed: tokio::sync::watch::Receiver<bool>,
     settle_window: Duration,
     totals: Arc<CommitTotals>,
+    outbox_signal: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -178,8 +216,8 @@ async fn run(
                 while let Ok(message) = receiver.try_recv() {
                     batch.push(message);
                 }
-                if !batch.is_empty() {
-                    connection.commit(std::mem::take(&mut batch), settle_window, &totals).await;
+                if !batch.is_empty() && connection.commit(std::mem::take(&mut batch), settle_window, &totals).await {
+                    outbox_signal.notify_one();
                 }
                 break;
             }
@@ -190,22 +228,31 @@ async fn run(
                 Err(_) => break,
             }
         }
-        connection.commit(std::mem::take(&mut batch), settle_window, &totals).await;
+        if connection.commit(std::mem::take(&mut batch), settle_window, &totals).await {
+            outbox_signal.notify_one();
+        }
     }
     connection.close().await;
 }
 
-async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>, settle_window: Duration) {
+/// Answers whether notifications were committed.
+async fn commit_batch(
+    conn: &mut AnyConnection,
+    kind: BackendKind,
+    batch: Vec<Message>,
+    settle_window: Duration,
+) -> bool {
     // A batch of one, and on PostgreSQL a batch of which nothing goes together, commits each of
     // its messages in a transaction of its own: no savepoint, and no outer transaction that
     // would commit nothing (on PostgreSQL each is a round trip).
     if batch.len() == 1 || (kind == BackendKind::Postgres && !some_go_together(&batch)) {
+        let mut notified = false;
         for message in batch {
-            commit_alone(conn, kind, message, settle_window).await;
+            notified |= commit_alone(conn, kind, message, settle_window).await;
         }
-        return;
+        return notified;
     }
-    let Some(batch) = begin(conn, kind, batch).await else { return };
+    let Some(batch) = begin(conn, kind, batch).await else { return false };
     let mut outcomes: Vec<(Reply, Result<(), StoreError>)> = Vec::with_capacity(batch.len());
     let mut applied = Vec::new();
     let (writes, jobs): (Vec<Message>, Vec<Message>) =
@@ -230,7 +277,7 @@ async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Me
         Err(e) => {
             tracing::debug!(error = %e, "the batch did not apply at once; again, in parts");
             let batch: Vec<Message> = writes.into_iter().chain(jobs).collect();
-            let Some(batch) = restart(conn, kind, batch).await else { return };
+            let Some(batch) = restart(conn, kind, batch).await else { return false };
             apply_access_records_together(conn, batch, settle_window, &mut outcomes, &mut applied).await
         }
     };
@@ -239,7 +286,7 @@ async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Me
             for message in rest {
                 apply_one(conn, message, settle_window, &mut outcomes, &mut applied).await;
             }
-            finish(conn, outcomes, &applied, settle_window).await;
+            finish(conn, outcomes, &applied, settle_window).await
         }
         // What applied commits now, and each write set or job left over commits in a
         // transaction of its own. Another replica's writer holds row locks of its own batch:
@@ -247,10 +294,11 @@ async fn commit_batch(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Me
         // a later one waits, and two batches could wait on each other (PostgreSQL breaks such
         // a deadlock only after a second, and the waits pushed writes past the settle window).
         BackendKind::Postgres => {
-            finish(conn, outcomes, &applied, settle_window).await;
+            let mut notified = finish(conn, outcomes, &applied, settle_window).await;
             for message in rest {
-                commit_alone(conn, kind, message, settle_window).await;
+                notified |= commit_alone(conn, kind, message, settle_window).await;
             }
+            notified
         }
     }
 }
@@ -285,18 +333,22 @@ fn some_go_together(batch: &[Message]) -> bool {
 }
 
 /// Commits one write set or job in a transaction of its own, without a savepoint: should it
-/// fail, rolling the transaction back undoes its work and nobody else's.
-async fn commit_alone(conn: &mut AnyConnection, kind: BackendKind, message: Message, settle_window: Duration) {
-    let Some(message) = begin(conn, kind, vec![message]).await.and_then(|mut alone| alone.pop()) else { return };
+/// fail, rolling the transaction back undoes its work and nobody else's. Answers whether
+/// notifications were committed.
+async fn commit_alone(conn: &mut AnyConnection, kind: BackendKind, message: Message, settle_window: Duration) -> bool {
+    let Some(message) = begin(conn, kind, vec![message]).await.and_then(|mut alone| alone.pop()) else {
+        return false;
+    };
     let (reply, outcome, write_set) = apply_message(conn, message, settle_window).await;
     match outcome {
         Ok(()) => {
             let applied: Vec<WriteSet> = write_set.into_iter().map(|ws| *ws).collect();
-            finish(conn, vec![(reply, Ok(()))], &applied, settle_window).await;
+            finish(conn, vec![(reply, Ok(()))], &applied, settle_window).await
         }
         Err(e) => {
             let _ = conn.execute("ROLLBACK").await;
             let _ = reply.send(Err(e));
+            false
         }
     }
 }
@@ -360,13 +412,14 @@ async fn apply_one(
     outcomes.push((reply, outcome));
 }
 
-/// Commits the open transaction and answers each request with its outcome once it is durable.
+/// Commits the open transaction and answers each request with its outcome once it is durable;
+/// answers whether notifications were committed.
 async fn finish(
     conn: &mut AnyConnection,
     outcomes: Vec<(Reply, Result<(), StoreError>)>,
     applied: &[WriteSet],
     settle_window: Duration,
-) {
+) -> bool {
     // Again just before COMMIT (see `service::search`): if the batch took so long that one of
     // its writes is now older than the settle window allows, none of it commits; every
     // request of the batch is answered SettleWindowPassed and may retry.
@@ -380,13 +433,14 @@ async fn finish(
             let answer = outcome.and(Err(StoreError::SettleWindowPassed { late_by_ms }));
             let _ = reply.send(answer);
         }
-        return;
+        return false;
     }
     match conn.execute("COMMIT").await {
         Ok(_) => {
             for (reply, outcome) in outcomes {
                 let _ = reply.send(outcome);
             }
+            applied.iter().any(|ws| !ws.notifications.is_empty())
         }
         Err(e) => {
             tracing::error!(error = %e, "the writer's commit failed");
@@ -394,6 +448,7 @@ async fn finish(
             for (reply, _) in outcomes {
                 let _ = reply.send(Err(StoreError::CommitFailed(e.to_string())));
             }
+            false
         }
     }
 }

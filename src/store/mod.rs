@@ -14,6 +14,7 @@ mod apply;
 mod audit;
 mod clients;
 mod connect;
+mod events;
 mod group_commit;
 mod readers;
 mod reads;
@@ -33,8 +34,8 @@ pub use reads::{ConditionalKey, HistoryQuery, StoredVersion};
 pub use search::{ConditionalLookup, Position, SearchHit, SearchPage};
 pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxBacklog, OutboxRow, OutboxStats, SubscriptionRow};
 pub use write_set::{
-    ConditionalClaim, OutboxEntry, OutboxKind, Precondition, RequestRecord, ResourceWrite, SubscriptionChange,
-    SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,
+    ConditionalClaim, DeletedContent, OutboxEntry, OutboxKind, Precondition, RequestRecord, ResourceWrite,
+    SubscriptionChange, SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,
 };
 
 use group_commit::GroupCommit;
@@ -99,7 +100,7 @@ struct StoreInner {
     /// See [`PoolSettings::settle_window`].
     settle_window: std::time::Duration,
     /// Wakes this process's delivery worker when a commit adds notifications.
-    outbox_signal: tokio::sync::Notify,
+    outbox_signal: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -127,12 +128,7 @@ impl Store {
 
     /// Applies a write set atomically: all of it, or none of it and an error.
     pub async fn commit(&self, write_set: WriteSet) -> Result<(), StoreError> {
-        let notifies = !write_set.notifications.is_empty();
-        self.inner.writer.submit(write_set).await?;
-        if notifies {
-            self.inner.outbox_signal.notify_one();
-        }
-        Ok(())
+        self.inner.writer.submit(write_set).await
     }
 
     /// Resolves when a commit of this process has added notifications (other replicas' are

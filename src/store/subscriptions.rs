@@ -9,6 +9,7 @@
 //! replica whose lease lapsed and was taken over finds its late outcome refused.
 
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
 use sqlx::Row;
 
 use super::write_set::OutboxKind;
@@ -147,18 +148,6 @@ fn outbox_from_row(row: &AnyRow) -> Result<OutboxRow, StoreError> {
 }
 
 impl Store {
-    /// The live subscriptions of every topic that still record events (active, or in error
-    /// and waiting for a resend): a few per organisation, read once for all of a request's
-    /// writes whatever topics they touch.
-    pub async fn live_subscriptions(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status IN ('active', 'error') AND deleted = 0"
-        ))
-        .fetch_all(&mut *self.reader().await?)
-        .await?;
-        rows.iter().map(subscription_from_row).collect()
-    }
-
     pub async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRow>, StoreError> {
         let row =
             sqlx::query(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1 AND deleted = 0"))
@@ -453,4 +442,15 @@ impl Store {
             failures: row.try_get("failures")?,
         })
     }
+}
+
+/// The live subscriptions of every topic that still record events (active, or in error and
+/// waiting for a resend), read on the writer's connection (see `store::events`).
+pub(super) async fn live_subscriptions(conn: &mut AnyConnection) -> Result<Vec<SubscriptionRow>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status IN ('active', 'error') AND deleted = 0"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(subscription_from_row).collect()
 }

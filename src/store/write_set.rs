@@ -111,8 +111,22 @@ pub struct WriteSet {
     /// The delivery-side record of Subscriptions this change writes.
     pub subscription_changes: Vec<SubscriptionChange>,
     /// Notifications of this change (the transactional outbox): committed with it, or not
-    /// at all.
+    /// at all. The events of its resource writes are added by the writer, which matches them
+    /// against the live subscriptions once per batch (see `store::events`).
     pub notifications: Vec<OutboxEntry>,
+    /// What the resources this change deletes said (a deletion has no index of its own to
+    /// match subscriptions against).
+    pub deleted_contents: Vec<DeletedContent>,
+}
+
+/// The content of a resource a write set deletes, as its deletion is matched against
+/// subscriptions: its index entries and its content-derived visibility keys.
+#[derive(Debug, Clone)]
+pub struct DeletedContent {
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub index: Vec<IndexEntry>,
+    pub visibility: Vec<String>,
 }
 
 impl WriteSet {
@@ -136,6 +150,7 @@ impl WriteSet {
         self.revocations.extend(other.revocations);
         self.subscription_changes.extend(other.subscription_changes);
         self.notifications.extend(other.notifications);
+        self.deleted_contents.extend(other.deleted_contents);
     }
 }
 

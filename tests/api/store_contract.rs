@@ -7,8 +7,9 @@ use linkbridge::domain::search_params::extract_index;
 use linkbridge::domain::search_query::parse_criteria;
 use linkbridge::domain::tenancy::TenantScope;
 use linkbridge::store::{
-    ConditionalClaim, ConditionalKey, DatabaseUrl, DeliveryOutcome, HistoryQuery, OutboxEntry, OutboxKind,
-    Precondition, ResourceWrite, Store, StoreError, SubscriptionChange, SubscriptionRecord, WriteMethod, WriteSet,
+    ConditionalClaim, ConditionalKey, DatabaseUrl, DeletedContent, DeliveryOutcome, HistoryQuery, OutboxEntry,
+    OutboxKind, Precondition, ResourceWrite, Store, StoreError, SubscriptionChange, SubscriptionRecord, WriteMethod,
+    WriteSet,
 };
 use serde_json::json;
 
@@ -615,6 +616,53 @@ async fn the_outbox_backlog_counts_what_is_not_delivered_and_its_failures(db: Db
     );
 }
 
+/// A Task version of `org`'s, as a write.
+fn task_write(id: &ResourceId, version: i64, org: &str) -> ResourceWrite {
+    let body = json!({"resourceType": "Task", "id": id.as_str(), "status": "requested", "intent": "order"});
+    ResourceWrite {
+        resource_type: ResourceType::Task,
+        id: id.clone(),
+        version: VersionId::parse(&version.to_string()).expect("version"),
+        last_updated: Instant::now(),
+        method: WriteMethod::Create,
+        precondition: Precondition::Absent,
+        index: extract_index(ResourceType::Task, &body),
+        body: body.to_string(),
+        visibility: vec![format!("org:{org}")],
+        visibility_grants: Vec::new(),
+    }
+}
+
+async fn the_writer_records_an_event_for_each_change_or_deletion_a_live_subscription_may_see(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    // GP0001's subscription to referral Tasks, no filters.
+    let subscription = outbox_with_events(&store, 0).await;
+    let pending = || async { store.outbox_stats(Some(&subscription)).await.expect("stats").pending };
+    let mine = ResourceId::generate();
+    store.commit(one(task_write(&mine, 1, "GP0001"))).await.expect("create mine");
+    store.commit(one(task_write(&ResourceId::generate(), 1, "GP0002"))).await.expect("create theirs");
+    assert_eq!(pending().await, 1, "an event for GP0001's Task, none for GP0002's");
+
+    let content = task_write(&mine, 1, "GP0001");
+    let deletion = ResourceWrite {
+        version: VersionId::parse("2").expect("version"),
+        method: WriteMethod::Delete,
+        precondition: Precondition::CurrentVersion(VersionId::FIRST),
+        body: String::new(),
+        index: Vec::new(),
+        visibility: Vec::new(),
+        ..content.clone()
+    };
+    let deleted = DeletedContent {
+        resource_type: ResourceType::Task,
+        id: mine.clone(),
+        index: content.index,
+        visibility: content.visibility,
+    };
+    store.commit(WriteSet { deleted_contents: vec![deleted], ..one(deletion) }).await.expect("delete");
+    assert_eq!(pending().await, 2, "the deletion is matched on the content deleted");
+}
+
 on_both_databases!(
     concurrent_write_sets_commit_independently_when_some_fail,
     a_created_resource_reads_back_with_its_version,
@@ -630,4 +678,5 @@ on_both_databases!(
     concurrent_access_records_are_all_kept_and_a_bad_one_fails_alone,
     two_replicas_group_commits_over_the_same_resources_keep_each_write_set_whole,
     the_outbox_backlog_counts_what_is_not_delivered_and_its_failures,
+    the_writer_records_an_event_for_each_change_or_deletion_a_live_subscription_may_see,
 );
