@@ -262,12 +262,7 @@ async fn commit_batch(
     // a subtransaction, to undo what, nearly always, nothing needs undone.
     let rest = match apply_write_sets(conn, &write_sets_of(&writes), settle_window).await {
         Ok(()) => {
-            for message in writes {
-                if let Message::Write { write_set, reply } = message {
-                    applied.push(*write_set);
-                    outcomes.push((reply, Ok(())));
-                }
-            }
+            applied_all(writes, &mut outcomes, &mut applied);
             jobs
         }
         // Something of it failed (a version conflict, a taken conditional key, a late write):
@@ -299,6 +294,21 @@ async fn commit_batch(
                 notified |= commit_alone(conn, kind, message, settle_window).await;
             }
             notified
+        }
+    }
+}
+
+/// Records the write sets among `messages` as applied, each with a successful outcome to send
+/// once the commit is durable.
+fn applied_all(
+    messages: Vec<Message>,
+    outcomes: &mut Vec<(Reply, Result<(), StoreError>)>,
+    applied: &mut Vec<WriteSet>,
+) {
+    for message in messages {
+        if let Message::Write { write_set, reply } = message {
+            applied.push(*write_set);
+            outcomes.push((reply, Ok(())));
         }
     }
 }
@@ -479,12 +489,7 @@ async fn apply_access_records_together(
     };
     match done {
         Ok(()) => {
-            for message in chosen {
-                if let Message::Write { write_set, reply } = message {
-                    applied.push(*write_set);
-                    outcomes.push((reply, Ok(())));
-                }
-            }
+            applied_all(chosen, outcomes, applied);
             rest
         }
         Err(e) => {

@@ -520,27 +520,33 @@ async fn a_sqlite_database_of_the_earlier_layout_keeps_its_visibility_and_condit
     }
 }
 
-/// A PostgreSQL connection the server closed while it sat in the pool (a restart, an idle
-/// timeout, an administrator) is replaced before a read or the writer gets it: the pools test
-/// a connection before handing it out when it rested over a second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_connections_closed_while_idle_are_replaced_before_they_are_used() {
+/// Has PostgreSQL end every connection to the test database at `url` (as a restart or an
+/// administrator would); one result per connection ended.
+async fn terminate_connections_to(url: &DatabaseUrl) -> Vec<bool> {
     use sqlx::Connection;
-    let Some((store, database)) = test_store(Db::Postgres).await else { return };
-    let id = ResourceId::generate();
-    store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
-    store.read_current(&practice("GP1"), ResourceType::Patient, &id).await.expect("read").expect("found");
-    let DatabaseUrl::Postgres(url) = &database.url else { panic!("a PostgreSQL test database") };
+    let DatabaseUrl::Postgres(url) = url else { panic!("a PostgreSQL test database") };
     let name = url.rsplit('/').next().and_then(|tail| tail.split('?').next()).expect("database name");
     let admin_url = std::env::var(POSTGRES_ENV).expect("PostgreSQL configured");
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("admin connection");
-    let closed: Vec<bool> = sqlx::query_scalar(
+    sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
     )
     .bind(name)
     .fetch_all(&mut admin)
     .await
-    .expect("terminate the store's connections");
+    .expect("terminate the store's connections")
+}
+
+/// A PostgreSQL connection the server closed while it sat in the pool (a restart, an idle
+/// timeout, an administrator) is replaced before a read or the writer gets it: the pools test
+/// a connection before handing it out when it rested over a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_closed_while_idle_are_replaced_before_they_are_used() {
+    let Some((store, database)) = test_store(Db::Postgres).await else { return };
+    let id = ResourceId::generate();
+    store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
+    store.read_current(&practice("GP1"), ResourceType::Patient, &id).await.expect("read").expect("found");
+    let closed = terminate_connections_to(&database.url).await;
     assert!(closed.len() >= 2, "the readers' and the writer's connections were closed: {closed:?}");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
@@ -557,7 +563,6 @@ async fn postgres_connections_closed_while_idle_are_replaced_before_they_are_use
 /// before it is handed out again, so the reads after it get live ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_closed_while_busy_fail_one_read_and_the_next_get_live_ones() {
-    use sqlx::Connection;
     let Some((store, database)) = test_store(Db::Postgres).await else { return };
     let id = ResourceId::generate();
     store.commit(one(patient_write(&id, 1, Precondition::Absent, "Smith", "GP1"))).await.expect("create");
@@ -567,17 +572,7 @@ async fn postgres_connections_closed_while_busy_fail_one_read_and_the_next_get_l
     for read in futures::future::join_all(reads).await {
         assert!(matches!(read, Ok(Some(_))), "setup read: {read:?}");
     }
-    let DatabaseUrl::Postgres(url) = &database.url else { panic!("a PostgreSQL test database") };
-    let name = url.rsplit('/').next().and_then(|tail| tail.split('?').next()).expect("database name");
-    let admin_url = std::env::var(POSTGRES_ENV).expect("PostgreSQL configured");
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("admin connection");
-    let closed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(name)
-    .fetch_all(&mut admin)
-    .await
-    .expect("terminate the store's connections");
+    let closed = terminate_connections_to(&database.url).await;
     assert!(closed.len() >= 2, "the store's connections were closed: {closed:?}");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 
