@@ -10,9 +10,7 @@
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Arguments, Row};
 
-use super::reads::{
-    bind_error, conditional_key_with, scope_filter_fenced, version_from_row, ConditionalKey, StoredVersion,
-};
+use super::reads::{bind_error, scope_filter_fenced, version_from_row, ConditionalKey, StoredVersion};
 use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
@@ -492,6 +490,26 @@ fn page_statement(
     Ok((text, keys.to_vec()))
 }
 
+/// The statement of [`Store::conditional_lookup`]: one row per match (at least one row), each
+/// with the id the key points at.
+fn conditional_lookup_statement(
+    sql: &mut Sql,
+    claim: &ConditionalKey<'_>,
+    scope: &TenantScope,
+    page: &SearchPage<'_>,
+) -> Result<String, StoreError> {
+    let first = sql.next;
+    sql.text(claim.scope_key)?;
+    sql.text(claim.resource_type.as_str())?;
+    sql.text(claim.criteria)?;
+    let key = ConditionalKey::lookup(first);
+    let (matches, _) = page_statement(sql, scope, page)?;
+    Ok(format!(
+        "SELECT ({key}) AS claimed, matches.id AS match_id \
+         FROM (SELECT 1 AS one) AS anchor LEFT JOIN ({matches}) AS matches ON 1 = 1"
+    ))
+}
+
 fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError> {
     let version = version_from_row(row)?;
     let keys = keys
@@ -632,12 +650,12 @@ impl Store {
         rows.iter().map(|row| Ok(row.try_get::<String, _>(column)?)).collect()
     }
 
-    /// What a conditional create must know before it claims its key, in two reads on one
-    /// connection (one checkout, and the two statements back to back): the resource
-    /// the key points at now, and the ids of live resources matching the criteria, at most
-    /// `limit`. The key is read first: the key and its resource commit together, so a key
-    /// whose resource the later search does not find is truly stale (deleted or changed),
-    /// never merely not yet visible.
+    /// What a conditional create must know before it claims its key, in one statement: the
+    /// resource the key points at now, and the ids of live resources matching the criteria, at
+    /// most `limit`. One statement reads one state of the database (a snapshot on both), so a
+    /// key whose resource the search does not find is truly stale (deleted or changed), never
+    /// merely not yet visible: the key and its resource commit together. (Two statements, the
+    /// key read first for that reason, were one round trip in three of a submission's reads.)
     pub async fn conditional_lookup(
         &self,
         claim: &ConditionalKey<'_>,
@@ -645,11 +663,18 @@ impl Store {
         query: &SearchQuery,
         limit: u32,
     ) -> Result<ConditionalLookup, StoreError> {
-        let mut conn = self.reader().await?;
-        let claimed = conditional_key_with(&mut *conn, claim).await?;
+        let mut sql = Sql::new(self.kind());
         let page = SearchPage { query, sort: &[], horizon: None, position: None, limit };
-        let hits = search_page_with(&mut *conn, self.kind(), scope, &page).await?;
-        Ok(ConditionalLookup { claimed, matches: hits.into_iter().map(|hit| hit.version.id).collect() })
+        let text = conditional_lookup_statement(&mut sql, claim, scope, &page)?;
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
+        let mut lookup = ConditionalLookup { claimed: None, matches: Vec::new() };
+        for row in &rows {
+            lookup.claimed = row.try_get::<Option<String>, _>("claimed")?;
+            if let Some(id) = row.try_get::<Option<String>, _>("match_id")? {
+                lookup.matches.push(ResourceId::parse(&id).map_err(|e| StoreError::Config(e.to_string()))?);
+            }
+        }
+        Ok(lookup)
     }
 
     /// Ids of live resources matching every clause, at most `limit` of them.

@@ -199,6 +199,41 @@ async fn concurrent_claims_of_one_conditional_key_make_one_winner(db: Db) {
     assert_eq!(all.len(), 1, "the losers wrote nothing");
 }
 
+async fn a_conditional_lookup_sees_the_key_and_the_matches_of_one_moment_and_a_stale_key(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let criteria = "identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-Smith";
+    let query = parse_criteria(ResourceType::Patient, criteria).expect("criteria");
+    let key = ConditionalKey { scope_key: "org:GP1", resource_type: ResourceType::Patient, criteria };
+    let scope = practice("GP1");
+    let nothing = store.conditional_lookup(&key, &scope, &query, 2).await.expect("lookup");
+    assert_eq!((nothing.claimed, nothing.matches), (None, vec![]), "no key, no match");
+
+    let id = ResourceId::generate();
+    let claim = ConditionalClaim {
+        scope_key: "org:GP1".into(),
+        resource_type: ResourceType::Patient,
+        criteria: criteria.into(),
+        id: id.clone(),
+        replaces: None,
+    };
+    let created = WriteSet {
+        resources: vec![patient_write(&id, 1, Precondition::Absent, "Smith", "GP1")],
+        conditional_claims: vec![claim],
+        ..Default::default()
+    };
+    store.commit(created).await.expect("create with its key");
+    let found = store.conditional_lookup(&key, &scope, &query, 2).await.expect("lookup");
+    assert_eq!((found.claimed, found.matches), (Some(id.as_str().to_owned()), vec![id.clone()]));
+
+    // The patient's NHS number changes: the key still points at it, the search no longer finds it.
+    store
+        .commit(one(patient_write(&id, 2, Precondition::CurrentVersion(VersionId::FIRST), "Jones", "GP1")))
+        .await
+        .expect("update");
+    let stale = store.conditional_lookup(&key, &scope, &query, 2).await.expect("lookup");
+    assert_eq!((stale.claimed, stale.matches), (Some(id.as_str().to_owned()), vec![]), "a stale key");
+}
+
 async fn history_lists_versions_newest_first_and_pages_by_cursor(db: Db) {
     let Some((store, _db)) = test_store(db).await else { return };
     let id = ResourceId::generate();
@@ -660,6 +695,7 @@ async fn the_writer_records_an_event_for_each_change_or_deletion_a_live_subscrip
 
 on_both_databases!(
     concurrent_write_sets_commit_independently_when_some_fail,
+    a_conditional_lookup_sees_the_key_and_the_matches_of_one_moment_and_a_stale_key,
     a_created_resource_reads_back_with_its_version,
     another_organisation_cannot_see_a_resource,
     two_updates_from_the_same_version_cannot_both_succeed,
