@@ -18,11 +18,13 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::resources::ResourceService;
-use super::subscriptions::{event_of, focus_of, snapshot_of, subscriber_scope};
+use super::subscriptions::{event_of, focus_of, snapshot_of};
 use super::ServiceError;
 use crate::domain::instant::Instant;
 use crate::domain::notification::{notification_bundle, NotificationType};
-use crate::domain::subscriptions::{is_public_address, EndpointPolicy, PayloadContent, SubscriptionStatus};
+use crate::domain::subscriptions::{
+    is_public_address, subscriber_scope, EndpointPolicy, PayloadContent, SubscriptionStatus,
+};
 use crate::domain::webhook::{RetrySchedule, WebhookSecret};
 use crate::metrics::Metrics;
 use crate::store::{ClaimedEvent, DeliveryOutcome, OutboxKind, SubscriptionRow};
@@ -175,7 +177,11 @@ impl DeliveryWorker {
         let events = match claim.event.kind {
             OutboxKind::Handshake => Vec::new(),
             OutboxKind::Event => {
-                let resource = match (payload, focus_of(&claim.event), subscriber_scope(&subscription)) {
+                let resource = match (
+                    payload,
+                    focus_of(&claim.event),
+                    subscriber_scope(&subscription.organization, &subscription.role),
+                ) {
                     (PayloadContent::FullResource, Some(focus), Some(scope)) => {
                         self.service.focus_body(&scope, &focus).await?
                     }

@@ -126,11 +126,6 @@ fn check_filters_are_the_callers_own(caller: &Principal, request: &SubscriptionR
     Ok(())
 }
 
-/// The visibility keys a subscriber reads with: the same as a request of its client would.
-pub(crate) fn subscriber_scope(row: &SubscriptionRow) -> Option<TenantScope> {
-    crate::domain::subscriptions::subscriber_scope(&row.organization, &row.role)
-}
-
 /// The server itself, as the author of status changes in the audit trail.
 fn server_agent() -> AuditAgent {
     AuditAgent { client_id: "linkbridge".to_owned(), organization: "linkbridge".to_owned() }

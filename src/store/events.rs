@@ -40,7 +40,7 @@ pub(super) async fn add_events(conn: &mut AnyConnection, write_sets: Vec<&mut Wr
 /// The events of one write set's resource writes.
 fn events_of(write_set: &WriteSet, listeners: &[(ResourceId, Listener)]) -> Vec<OutboxEntry> {
     let mut events = Vec::new();
-    for write in &write_set.resources {
+    for write in write_set.resources.iter().filter(|w| Topic::of(w.resource_type).is_some()) {
         let deleted = write.body.is_empty();
         let (index, visibility) = if deleted {
             let deleted_content =

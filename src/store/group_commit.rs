@@ -205,31 +205,29 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        tokio::select! {
+        let stopping = tokio::select! {
             biased;
             received = receiver.recv() => match received {
-                Some(message) => batch.push(message),
+                Some(message) => {
+                    batch.push(message);
+                    false
+                }
                 None => break,
             },
-            _ = closed.changed() => {
-                // Drain what was already queued before stopping.
-                while let Ok(message) = receiver.try_recv() {
-                    batch.push(message);
-                }
-                if !batch.is_empty() && connection.commit(std::mem::take(&mut batch), settle_window, &totals).await {
-                    outbox_signal.notify_one();
-                }
-                break;
-            }
-        }
-        while batch.len() < MAX_BATCH {
+            _ = closed.changed() => true,
+        };
+        // When stopping, everything already queued goes in this last batch.
+        while stopping || batch.len() < MAX_BATCH {
             match receiver.try_recv() {
                 Ok(message) => batch.push(message),
                 Err(_) => break,
             }
         }
-        if connection.commit(std::mem::take(&mut batch), settle_window, &totals).await {
+        if !batch.is_empty() && connection.commit(std::mem::take(&mut batch), settle_window, &totals).await {
             outbox_signal.notify_one();
+        }
+        if stopping {
+            break;
         }
     }
     connection.close().await;

@@ -196,7 +196,9 @@ impl Store {
 
     /// The resource id a conditional-create key currently points at, if any.
     pub async fn conditional_key(&self, key: &ConditionalKey<'_>) -> Result<Option<String>, StoreError> {
-        conditional_key_with(&mut *self.reader().await?, key).await
+        let sql = ConditionalKey::lookup(1);
+        let row = key.bind_to(sqlx::query(&sql)).fetch_optional(&mut *self.reader().await?).await?;
+        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
     }
 }
 
@@ -209,8 +211,8 @@ pub struct ConditionalKey<'a> {
 }
 
 impl<'a> ConditionalKey<'a> {
-    /// The statement reading the id this key points at, its three values bound from `$first`
-    /// on (with [`ConditionalKey::bind_to`]): alone, or as a subquery of a larger read.
+    /// The statement reading the id this key points at, its three [`values`](Self::values)
+    /// bound from `$first` on: alone, or as a subquery of a larger read.
     pub(super) fn lookup(first: usize) -> String {
         let (scope, resource_type, criteria) = (first, first + 1, first + 2);
         format!(
@@ -219,7 +221,12 @@ impl<'a> ConditionalKey<'a> {
         )
     }
 
-    /// Binds the key's values, in the order [`ConditionalKey::lookup`] names them.
+    /// The key's values, in the order [`ConditionalKey::lookup`] names them.
+    pub(super) fn values(&self) -> [&'a str; 3] {
+        [self.scope_key, self.resource_type.as_str(), self.criteria]
+    }
+
+    /// Binds the key's [`values`](Self::values).
     pub(super) fn bind_to<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Any, AnyArguments<'q>>,
@@ -227,16 +234,6 @@ impl<'a> ConditionalKey<'a> {
     where
         'a: 'q,
     {
-        query.bind(self.scope_key).bind(self.resource_type.as_str()).bind(self.criteria)
+        self.values().into_iter().fold(query, |query, value| query.bind(value))
     }
-}
-
-/// The resource id `key` currently points at, read through `executor`.
-pub(super) async fn conditional_key_with<'c>(
-    executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
-    key: &ConditionalKey<'_>,
-) -> Result<Option<String>, StoreError> {
-    let sql = ConditionalKey::lookup(1);
-    let row = key.bind_to(sqlx::query(&sql)).fetch_optional(executor).await?;
-    Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
 }

@@ -499,9 +499,9 @@ fn conditional_lookup_statement(
     page: &SearchPage<'_>,
 ) -> Result<String, StoreError> {
     let first = sql.next;
-    sql.text(claim.scope_key)?;
-    sql.text(claim.resource_type.as_str())?;
-    sql.text(claim.criteria)?;
+    for value in claim.values() {
+        sql.text(value)?;
+    }
     let key = ConditionalKey::lookup(first);
     let (matches, _) = page_statement(sql, scope, page)?;
     Ok(format!(
@@ -584,7 +584,14 @@ impl Store {
     /// One page of live resources matching the query, in the caller's tenancy, in the order
     /// asked for (reversed back to it when read backwards from a `previous` cursor).
     pub async fn search_page(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<SearchHit>, StoreError> {
-        search_page_with(&mut *self.reader().await?, self.kind(), scope, page).await
+        let mut sql = Sql::new(self.kind());
+        let (text, keys) = page_statement(&mut sql, scope, page)?;
+        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
+        let mut hits = rows.iter().map(|row| hit_from_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
+        if page.position.is_some_and(|p| p.direction == PageDirection::Before) {
+            hits.reverse();
+        }
+        Ok(hits)
     }
 
     /// How many live resources match, in the caller's tenancy (`_total`).
@@ -798,24 +805,6 @@ fn referencing_statement(
         "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {source_placeholder} AND r.deleted = 0 \
          AND r.id IN ({referencing}) AND {tenancy} ORDER BY r.id LIMIT {limit}"
     ))
-}
-
-/// A page of matches, read through `executor` (the pool, or a connection a caller holds for
-/// several reads).
-async fn search_page_with<'c>(
-    executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
-    kind: BackendKind,
-    scope: &TenantScope,
-    page: &SearchPage<'_>,
-) -> Result<Vec<SearchHit>, StoreError> {
-    let mut sql = Sql::new(kind);
-    let (text, keys) = page_statement(&mut sql, scope, page)?;
-    let rows = sqlx::query_with(&text, sql.args).fetch_all(executor).await?;
-    let mut hits = rows.iter().map(|row| hit_from_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
-    if page.position.is_some_and(|p| p.direction == PageDirection::Before) {
-        hits.reverse();
-    }
-    Ok(hits)
 }
 
 #[cfg(test)]
