@@ -26,6 +26,13 @@ impl AuditAction {
             AuditAction::Execute => "E",
         }
     }
+
+    /// The action whose [`code`](Self::code) this is.
+    pub fn from_code(code: &str) -> Option<Self> {
+        [AuditAction::Create, AuditAction::Read, AuditAction::Update, AuditAction::Delete, AuditAction::Execute]
+            .into_iter()
+            .find(|action| action.code() == code)
+    }
 }
 
 /// `AuditEvent.outcome` (R4 value set audit-event-outcome).
@@ -46,6 +53,13 @@ impl AuditOutcome {
             AuditOutcome::Refused => "4",
             AuditOutcome::Failed => "8",
         }
+    }
+
+    /// The outcome whose [`code`](Self::code) this is.
+    pub fn from_code(code: &str) -> Option<Self> {
+        [AuditOutcome::Success, AuditOutcome::Refused, AuditOutcome::Failed]
+            .into_iter()
+            .find(|outcome| outcome.code() == code)
     }
 
     pub fn from_status(status: u16) -> Self {
@@ -143,5 +157,24 @@ impl AuditRecord {
             map.insert("entity".into(), json!([{"what": what}]));
         }
         event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_and_outcome_code_reads_back_as_itself_and_others_as_nothing() {
+        for action in
+            [AuditAction::Create, AuditAction::Read, AuditAction::Update, AuditAction::Delete, AuditAction::Execute]
+        {
+            assert_eq!(AuditAction::from_code(action.code()), Some(action));
+        }
+        for outcome in [AuditOutcome::Success, AuditOutcome::Refused, AuditOutcome::Failed] {
+            assert_eq!(AuditOutcome::from_code(outcome.code()), Some(outcome));
+        }
+        assert_eq!(AuditAction::from_code("X"), None);
+        assert_eq!(AuditOutcome::from_code("12"), None);
     }
 }

@@ -85,7 +85,7 @@ pub(super) async fn apply_write_sets(
             row
         })
         .collect();
-    insert_rows(conn, "resource_visibility (resource_type, id, visibility_key, source)", grants).await?;
+    insert_rows(conn, "resource_visibility (resource_type, id, visibility_key, source)", grants, Taken::Skip).await?;
     for change in write_sets.iter().flat_map(|ws| &ws.subscription_changes) {
         apply_subscription_change(conn, change).await?;
     }
@@ -195,7 +195,7 @@ async fn insert_outbox_entry(conn: &mut AnyConnection, entry: &OutboxEntry) -> R
 /// Many audit records in a few multi-row statements: the reads and searches a group commit
 /// carries cost the single SQLite writer one statement per few thousand, not one each.
 async fn insert_audit_rows(conn: &mut AnyConnection, records: &[&AuditRecord]) -> Result<(), StoreError> {
-    const WIDTH: usize = 9;
+    const WIDTH: usize = 10;
     let dialect = Dialect::of(conn);
     for chunk in statement_chunks(records, WIDTH) {
         let (values, args) = values_of(dialect, chunk, WIDTH, |args, record| {
@@ -207,11 +207,13 @@ async fn insert_audit_rows(conn: &mut AnyConnection, records: &[&AuditRecord]) -
             args.add(record.outcome.code())?;
             args.add(record.entity_type.as_deref())?;
             args.add(record.entity_id.as_deref())?;
-            args.add(record.to_fhir().to_string())
+            args.add(record.interaction.as_str())?;
+            // No text: the AuditEvent is built from these columns when read (`store::audit`).
+            args.add("")
         })?;
         let sql = format!(
             "{} audit_events (id, recorded, client_id, organization, action, outcome, entity_type, \
-             entity_id, body) VALUES {values}",
+             entity_id, interaction, body) VALUES {values}",
             dialect.insert_into()
         );
         sqlx::query_with(&sql, args).execute(&mut *conn).await?;
@@ -350,7 +352,7 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
             rows.push(row);
         }
     }
-    insert_rows(conn, "resource_visibility (resource_type, id, visibility_key, source)", rows).await
+    insert_rows(conn, "resource_visibility (resource_type, id, visibility_key, source)", rows, Taken::Skip).await
 }
 
 /// The history rows go first: their unique (type, id, version) key is what makes two writers
@@ -637,16 +639,37 @@ impl RowArgs {
     }
 }
 
+/// What a multi-row insert does about rows whose key is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Skips them (`ON CONFLICT DO NOTHING`): the row there is as good as the new one.
+    Skip,
+    /// Nothing: the table has no unique key (the search index tables). Not `Skip` for safety's
+    /// sake: PostgreSQL inserts every row of an `ON CONFLICT` statement speculatively, a lock
+    /// taken and released and a confirmation written to the WAL per row, even when there is no
+    /// unique index to check. That was 25 of a referral's 42 rows.
+    CannotBe,
+}
+
 /// Inserts many rows with one multi-row statement: far fewer round trips through the single
 /// SQLite writer than a statement per row.
-async fn insert_rows(conn: &mut AnyConnection, table_and_columns: &str, rows: Vec<RowArgs>) -> Result<(), StoreError> {
+async fn insert_rows(
+    conn: &mut AnyConnection,
+    table_and_columns: &str,
+    rows: Vec<RowArgs>,
+    taken: Taken,
+) -> Result<(), StoreError> {
     let Some(width) = rows.first().map(RowArgs::width) else {
         return Ok(());
     };
     let dialect = Dialect::of(conn);
+    let on_conflict = match taken {
+        Taken::Skip => " ON CONFLICT DO NOTHING",
+        Taken::CannotBe => "",
+    };
     for chunk in statement_chunks(&rows, width) {
         let (values, args) = values_of(dialect, chunk, width, |args, row| row.bind_into(args))?;
-        let sql = format!("{} {table_and_columns} VALUES {values} ON CONFLICT DO NOTHING", dialect.insert_into());
+        let sql = format!("{} {table_and_columns} VALUES {values}{on_conflict}", dialect.insert_into());
         sqlx::query_with(&sql, args).execute(&mut *conn).await?;
     }
     Ok(())
@@ -692,15 +715,16 @@ async fn insert_index(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Re
             }
         }
     }
-    insert_rows(conn, "idx_token (resource_type, id, param, system, code, text)", tokens).await?;
+    insert_rows(conn, "idx_token (resource_type, id, param, system, code, text)", tokens, Taken::CannotBe).await?;
     insert_rows(
         conn,
         "idx_reference (resource_type, id, param, target_type, target_id, identifier_system, identifier_value)",
         references,
+        Taken::CannotBe,
     )
     .await?;
-    insert_rows(conn, "idx_date (resource_type, id, param, low, high)", dates).await?;
-    insert_rows(conn, "idx_string (resource_type, id, param, value, exact)", strings).await?;
+    insert_rows(conn, "idx_date (resource_type, id, param, low, high)", dates, Taken::CannotBe).await?;
+    insert_rows(conn, "idx_string (resource_type, id, param, value, exact)", strings, Taken::CannotBe).await?;
     Ok(())
 }
 

@@ -326,6 +326,44 @@ async fn concurrent_access_records_are_all_kept_and_a_bad_one_fails_alone(db: Db
     assert_eq!(kept.len(), 59, "every other access record is durable");
 }
 
+async fn an_audit_event_reads_back_as_its_record_and_an_older_one_as_it_was_stored(db: Db) {
+    use linkbridge::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
+    use sqlx::Connection;
+    let Some((store, database)) = test_store(db).await else { return };
+    let record = AuditRecord::new(
+        AuditAgent { client_id: "gp-system".into(), organization: "GP0001".into() },
+        AuditAction::Update,
+        "patch",
+        AuditOutcome::from_status(409),
+        Some("Task"),
+        Some("task-1"),
+    );
+    store.record_audit(vec![record.clone()]).await.expect("record");
+    let read = store.audit_event(&record.id).await.expect("read").expect("found");
+    let body: serde_json::Value = serde_json::from_str(&read.body).expect("JSON");
+    assert_eq!(body, record.to_fhir(), "the AuditEvent of the record, every fact of it");
+    assert_eq!(read.recorded, record.recorded);
+
+    // An event recorded with its text (before migration 0009) is read as it was stored.
+    let url = match &database.url {
+        DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+        DatabaseUrl::Postgres(url) => url.clone(),
+    };
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("raw connection");
+    sqlx::query(
+        "INSERT INTO audit_events (id, recorded, client_id, organization, action, outcome, entity_type, entity_id, body) \
+         VALUES ('older', 1, 'gp-system', 'GP0001', 'R', '0', 'Task', 'task-1', '{\"resourceType\":\"AuditEvent\",\"id\":\"older\"}')",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("an event as recorded before");
+    let older = store.audit_event("older").await.expect("read").expect("found");
+    assert_eq!(older.body, r#"{"resourceType":"AuditEvent","id":"older"}"#);
+    let about_task = store.audit_events(Some(("Task", "task-1")), None, 10).await.expect("events");
+    assert_eq!(about_task.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["older", record.id.as_str()]);
+}
+
 /// A subscription record (active) and `n` event notifications of it, committed.
 async fn outbox_with_events(store: &Store, n: usize) -> String {
     let id = ResourceId::generate();
@@ -707,6 +745,7 @@ on_both_databases!(
     a_lapsed_claim_is_taken_over_and_its_late_outcome_is_refused,
     concurrent_claims_take_disjoint_notifications,
     concurrent_access_records_are_all_kept_and_a_bad_one_fails_alone,
+    an_audit_event_reads_back_as_its_record_and_an_older_one_as_it_was_stored,
     two_replicas_group_commits_over_the_same_resources_keep_each_write_set_whole,
     the_outbox_backlog_counts_what_is_not_delivered_and_its_failures,
     the_writer_records_an_event_for_each_change_or_deletion_a_live_subscription_may_see,
