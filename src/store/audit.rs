@@ -28,8 +28,8 @@ fn event_from_row(row: &sqlx::any::AnyRow) -> Result<StoredAuditEvent, StoreErro
     let id: String = row.try_get("id")?;
     let recorded = Instant::from_micros(row.try_get("recorded")?);
     let stored: String = row.try_get("body")?;
-    // Events recorded since migration 0009 keep their facts only (see `apply`), and their
-    // AuditEvent is built here; older ones carry the text they were recorded with.
+    // Events recorded since the `audit_facts` migration keep their facts only (see `apply`),
+    // and their AuditEvent is built here; older ones carry the text they were recorded with.
     let body = if stored.is_empty() { record_from_row(row, &id, recorded)?.to_fhir().to_string() } else { stored };
     Ok(StoredAuditEvent { seq: row.try_get("seq")?, id, recorded, body })
 }

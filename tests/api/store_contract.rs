@@ -344,7 +344,7 @@ async fn an_audit_event_reads_back_as_its_record_and_an_older_one_as_it_was_stor
     assert_eq!(body, record.to_fhir(), "the AuditEvent of the record, every fact of it");
     assert_eq!(read.recorded, record.recorded);
 
-    // An event recorded with its text (before migration 0009) is read as it was stored.
+    // An event recorded with its text (before the `audit_facts` migration) is read as stored.
     let url = match &database.url {
         DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
         DatabaseUrl::Postgres(url) => url.clone(),

@@ -22,6 +22,8 @@ pub struct LoadResult {
     /// Microseconds.
     pub latency: Histogram<u64>,
     pub first_error: Option<String>,
+    /// Every request that was answered, warmup included (what the database saw).
+    pub answered: u64,
 }
 
 impl LoadResult {
@@ -71,7 +73,7 @@ pub async fn run(operation: Operation, concurrency: usize, warmup: Duration, dur
                     }
                 }
             }
-            (ok, errors, latency, first_error)
+            (ok, errors, latency, first_error, n)
         }));
     }
     let mut result = LoadResult {
@@ -80,14 +82,16 @@ pub async fn run(operation: Operation, concurrency: usize, warmup: Duration, dur
         elapsed: Duration::ZERO,
         latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
         first_error: None,
+        answered: 0,
     };
     for worker in workers {
-        let Ok((ok, errors, latency, first_error)) = worker.await else {
+        let Ok((ok, errors, latency, first_error, answered)) = worker.await else {
             result.errors += 1;
             continue;
         };
         result.ok += ok;
         result.errors += errors;
+        result.answered += answered;
         result.latency.add(&latency).expect("same bounds");
         if result.first_error.is_none() {
             result.first_error = first_error;

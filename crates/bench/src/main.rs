@@ -153,14 +153,40 @@ async fn measure(plan: &Plan, operation: Operation, concurrency: usize) -> LoadR
 }
 
 /// Measures `operation` and the server's CPU and peak memory over it.
-async fn measure_server(plan: &Plan, server: &Server, operation: Operation, concurrency: usize) -> (LoadResult, Usage) {
+async fn measure_server(
+    plan: &Plan,
+    server: &Server,
+    wal: Option<&sqlx::PgPool>,
+    operation: Operation,
+    concurrency: usize,
+) -> anyhow::Result<(LoadResult, Usage, Option<f64>)> {
     let before = server.usage().unwrap_or_default();
     let started = std::time::Instant::now();
-    let result = measure(plan, operation, concurrency).await;
+    let (result, wal_bytes) = measure_logged(plan, wal, operation, concurrency).await?;
     let wall = started.elapsed().as_secs_f64();
     let after = server.usage().unwrap_or_default();
     let usage = Usage { cpu_secs: (after.cpu_secs - before.cpu_secs) / wall, peak_rss_mib: after.peak_rss_mib };
-    (result, usage)
+    Ok((result, usage, wal_bytes))
+}
+
+/// Measures `operation` and, given a PostgreSQL connection, the log bytes per request it
+/// wrote (the whole cluster's log: nothing else writes to it during a run).
+async fn measure_logged(
+    plan: &Plan,
+    wal: Option<&sqlx::PgPool>,
+    operation: Operation,
+    concurrency: usize,
+) -> anyhow::Result<(LoadResult, Option<f64>)> {
+    let Some(pool) = wal else {
+        return Ok((measure(plan, operation, concurrency).await, None));
+    };
+    let position =
+        || sqlx::query_scalar::<_, f64>("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8").fetch_one(pool);
+    let before = position().await?;
+    let result = measure(plan, operation, concurrency).await;
+    let after = position().await?;
+    let per_request = (after - before) / result.answered.max(1) as f64;
+    Ok((result, Some(per_request)))
 }
 
 async fn bench_database(
@@ -173,6 +199,11 @@ async fn bench_database(
     let db = if postgres.is_some() { "postgres" } else { "sqlite" };
     std::fs::create_dir_all(dir)?;
     let max = plan.concurrency.iter().copied().max().unwrap_or(1);
+    // Where the log bytes of each PostgreSQL measurement are read.
+    let wal = match postgres {
+        Some(url) => Some(sqlx::PgPool::connect(url).await?),
+        None => None,
+    };
 
     // The physical limits first, on their own database file or schema.
     for &c in plan.concurrency.iter().filter(|_| plan.only.is_none()) {
@@ -180,8 +211,11 @@ async fn bench_database(
             Some(url) => limits::RawDb::postgres(url, c as u32).await?,
             None => limits::RawDb::sqlite(&dir.join("raw.db"), c as u32).await?,
         });
-        let result = measure(plan, limits::raw_insert_operation(raw.clone()), c).await;
-        report.add(Measurement::new("limit", db, "referral rows inserted (driver)", c, &result, None));
+        let (result, wal_bytes) =
+            measure_logged(plan, wal.as_ref(), limits::raw_insert_operation(raw.clone()), c).await?;
+        let mut measured = Measurement::new("limit", db, "referral rows inserted (driver)", c, &result, None);
+        measured.wal_bytes_per_request = wal_bytes;
+        report.add(measured);
         let ids = raw.seed(200).await?;
         let result = measure(plan, limits::raw_read_operation(raw.clone(), ids), c).await;
         report.add(Measurement::new("limit", db, "row read by id (driver)", c, &result, None));
@@ -238,9 +272,14 @@ async fn bench_database(
         ];
         let wanted = |name: &str| plan.only.as_deref().is_none_or(|only| name.contains(only));
         for (name, operation) in scenarios.into_iter().filter(|(name, _)| wanted(name)) {
-            let (result, usage) = measure_server(plan, &server, operation, c).await;
-            report.add(Measurement::new("linkbridge", db, name, c, &result, Some(usage)));
+            let (result, usage, wal_bytes) = measure_server(plan, &server, wal.as_ref(), operation, c).await?;
+            let mut measured = Measurement::new("linkbridge", db, name, c, &result, Some(usage));
+            measured.wal_bytes_per_request = wal_bytes;
+            report.add(measured);
         }
+    }
+    if let Some(pool) = wal {
+        pool.close().await;
     }
     Ok(())
 }

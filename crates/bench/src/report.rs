@@ -21,6 +21,9 @@ pub struct Measurement {
     pub errors: u64,
     pub first_error: Option<String>,
     pub usage: Option<Usage>,
+    /// PostgreSQL's log (WAL) bytes per answered request, where measured: the database's work
+    /// per request in a unit the machine's speed does not move.
+    pub wal_bytes_per_request: Option<f64>,
 }
 
 impl Measurement {
@@ -44,6 +47,7 @@ impl Measurement {
             errors: result.errors,
             first_error: result.first_error.clone(),
             usage,
+            wal_bytes_per_request: None,
         };
         eprintln!(
             "{subject:>10} {db:>8} {name:<40} c={concurrency:<3} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {}{}",
@@ -124,7 +128,32 @@ impl Report {
                 m.db, m.name, m.concurrency, m.throughput, m.p50_ms, m.p99_ms
             ));
         }
+        out.push_str(&self.wal_table());
         out.push_str(&self.targets());
+        out
+    }
+
+    /// PostgreSQL's log bytes per request, linkbridge's beside the raw driver's, if measured.
+    fn wal_table(&self) -> String {
+        let logged: Vec<&Measurement> =
+            self.measurements.iter().filter(|m| m.wal_bytes_per_request.is_some()).collect();
+        if logged.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "\nPostgreSQL log (WAL) bytes per request (the whole cluster's log over the warmup and the \
+             measurement, divided by the requests answered in them):\n\n\
+             | measured | what | clients | WAL bytes per request |\n|---|---|---:|---:|\n",
+        );
+        for m in logged {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.0} |\n",
+                m.subject,
+                m.name,
+                m.concurrency,
+                m.wal_bytes_per_request.unwrap_or_default()
+            ));
+        }
         out
     }
 
