@@ -36,6 +36,30 @@ impl LoadResult {
     }
 }
 
+impl LoadResult {
+    /// Nothing measured yet.
+    pub fn empty() -> Self {
+        LoadResult {
+            ok: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            first_error: None,
+            answered: 0,
+        }
+    }
+
+    /// Adds another window's measurement to this one, as if measured in one.
+    pub fn merge(&mut self, other: LoadResult) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latency.add(&other.latency).expect("same bounds");
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.answered += other.answered;
+    }
+}
+
 /// Runs `operation` from `concurrency` workers for `duration` after a `warmup` whose requests
 /// are not counted.
 pub async fn run(operation: Operation, concurrency: usize, warmup: Duration, duration: Duration) -> LoadResult {
@@ -76,14 +100,7 @@ pub async fn run(operation: Operation, concurrency: usize, warmup: Duration, dur
             (ok, errors, latency, first_error, n)
         }));
     }
-    let mut result = LoadResult {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
-        first_error: None,
-        answered: 0,
-    };
+    let mut result = LoadResult::empty();
     for worker in workers {
         let Ok((ok, errors, latency, first_error, answered)) = worker.await else {
             result.errors += 1;

@@ -25,7 +25,7 @@ use sqlx::Executor;
 
 use crate::load::{LoadResult, Operation};
 use crate::process::{Server, Usage};
-use crate::report::{Measurement, Report};
+use crate::report::{limit_of, Measurement, Report};
 use crate::scenarios::Api;
 
 #[derive(Debug, Parser)]
@@ -169,6 +169,48 @@ async fn measure_server(
     Ok((result, usage, wal_bytes))
 }
 
+/// Windows a measurement is split into, alternating with its limit.
+const ALTERNATIONS: u32 = 4;
+
+/// Measures `operation` in windows alternating with `limit` (the same work through the driver
+/// alone), each window with a warmup of its own: both then see the machine in the same phases.
+/// Measured one after the other, minutes apart, the two could differ by half on a VM whose
+/// speed drifts, and so could their ratio. Returns linkbridge's result, CPU and memory, log
+/// bytes per request, and the limit's result.
+async fn measure_alternating(
+    plan: &Plan,
+    server: &Server,
+    wal: Option<&sqlx::PgPool>,
+    operation: Operation,
+    limit: Operation,
+    concurrency: usize,
+) -> anyhow::Result<(LoadResult, Usage, Option<f64>, Option<LoadResult>)> {
+    let window = Plan {
+        concurrency: Vec::new(),
+        only: None,
+        warmup: plan.warmup / ALTERNATIONS,
+        duration: plan.duration / ALTERNATIONS,
+    };
+    let (mut total, mut beside) = (LoadResult::empty(), LoadResult::empty());
+    let (mut cpu_secs, mut peak_rss_mib, mut wal_bytes) = (0.0, 0.0_f64, None::<f64>);
+    for _ in 0..ALTERNATIONS {
+        beside.merge(measure(&window, limit.clone(), concurrency).await);
+        let (result, usage, per_request) = measure_server(&window, server, wal, operation.clone(), concurrency).await?;
+        cpu_secs += usage.cpu_secs * result.elapsed.as_secs_f64();
+        peak_rss_mib = peak_rss_mib.max(usage.peak_rss_mib);
+        if let Some(per_request) = per_request {
+            *wal_bytes.get_or_insert(0.0) += per_request * result.answered as f64;
+        }
+        total.merge(result);
+    }
+    if beside.ok == 0 || beside.errors > 0 {
+        anyhow::bail!("the limit alternating with a measurement failed: {:?}", beside.first_error);
+    }
+    let usage = Usage { cpu_secs: cpu_secs / total.elapsed.as_secs_f64().max(1e-3), peak_rss_mib };
+    let wal_bytes = wal_bytes.map(|bytes| bytes / total.answered.max(1) as f64);
+    Ok((total, usage, wal_bytes, Some(beside)))
+}
+
 /// Measures `operation` and, given a PostgreSQL connection, the log bytes per request it
 /// wrote (the whole cluster's log: nothing else writes to it during a run).
 async fn measure_logged(
@@ -223,12 +265,6 @@ async fn bench_database(
             raw.close().await;
         }
     }
-    if let Some(url) = postgres {
-        let pool = sqlx::PgPool::connect(url).await?;
-        pool.execute("DROP TABLE IF EXISTS raw_resources").await?;
-        pool.close().await;
-    }
-
     let server = Server::start(binary, dir, postgres).await?;
     // Access tokens live at most 5 minutes: each round of measurements takes fresh ones.
     let gp = Api::new(&server.base, server.token("demo-gp")?, max);
@@ -271,14 +307,51 @@ async fn bench_database(
             ("referral submission (transaction)", scenarios::submit_operation(gp.clone())),
         ];
         let wanted = |name: &str| plan.only.as_deref().is_none_or(|only| name.contains(only));
+        // The limits again, alternating with the measurements (not when profiling one path).
+        let raw = match (&plan.only, postgres) {
+            (Some(_), _) => None,
+            (None, Some(url)) => Some(Arc::new(limits::RawDb::postgres(url, c as u32).await?)),
+            (None, None) => Some(Arc::new(limits::RawDb::sqlite(&dir.join("raw.db"), c as u32).await?)),
+        };
+        let raw_ids = match &raw {
+            Some(raw) => Some(raw.seed(200).await?),
+            None => None,
+        };
         for (name, operation) in scenarios.into_iter().filter(|(name, _)| wanted(name)) {
-            let (result, usage, wal_bytes) = measure_server(plan, &server, wal.as_ref(), operation, c).await?;
+            // Not SQLite's durable inserts: 64 connections queue for its one write lock by
+            // sleeping in the busy handler (its p99 is most of a second), which windows of a
+            // few seconds measure at half their rate.
+            let limit = raw.as_ref().zip(raw_ids.as_ref()).and_then(|(raw, ids)| match limit_of(name) {
+                "row read by id (driver)" => Some(limits::raw_read_operation(raw.clone(), ids.clone())),
+                _ if postgres.is_some() => Some(limits::raw_insert_operation(raw.clone())),
+                _ => None,
+            });
+            let (result, usage, wal_bytes, beside) = match limit {
+                Some(limit) => measure_alternating(plan, &server, wal.as_ref(), operation, limit, c).await?,
+                None => {
+                    let (result, usage, wal_bytes) = measure_server(plan, &server, wal.as_ref(), operation, c).await?;
+                    (result, usage, wal_bytes, None)
+                }
+            };
             let mut measured = Measurement::new("linkbridge", db, name, c, &result, Some(usage));
             measured.wal_bytes_per_request = wal_bytes;
+            measured.limit_beside = beside.as_ref().map(LoadResult::throughput);
+            if let Some(beside) = beside {
+                eprintln!(
+                    "{:>10} {db:>8} {:<40} c={c:<3} {:>9.0}/s alternating",
+                    "limit",
+                    limit_of(name),
+                    beside.throughput()
+                );
+            }
             report.add(measured);
+        }
+        if let Some(raw) = raw.and_then(|raw| Arc::try_unwrap(raw).ok()) {
+            raw.close().await;
         }
     }
     if let Some(pool) = wal {
+        pool.execute("DROP TABLE IF EXISTS raw_resources").await?;
         pool.close().await;
     }
     Ok(())

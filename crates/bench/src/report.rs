@@ -24,6 +24,9 @@ pub struct Measurement {
     /// PostgreSQL's log (WAL) bytes per answered request, where measured: the database's work
     /// per request in a unit the machine's speed does not move.
     pub wal_bytes_per_request: Option<f64>,
+    /// The throughput of this measurement's limit, measured in windows alternating with it
+    /// (see `measure_alternating`): the limit its ratio is taken against, where measured.
+    pub limit_beside: Option<f64>,
 }
 
 impl Measurement {
@@ -48,6 +51,7 @@ impl Measurement {
             first_error: result.first_error.clone(),
             usage,
             wal_bytes_per_request: None,
+            limit_beside: None,
         };
         eprintln!(
             "{subject:>10} {db:>8} {name:<40} c={concurrency:<3} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {}{}",
@@ -69,7 +73,7 @@ pub struct Report {
 
 /// Which limit each linkbridge interaction is compared with: the same work done by the driver
 /// alone (a read for a read, one durable transaction for a write).
-fn limit_of(name: &str) -> &'static str {
+pub fn limit_of(name: &str) -> &'static str {
     match name {
         "Task read" | "GP polling search" => "row read by id (driver)",
         _ => "referral rows inserted (driver)",
@@ -102,7 +106,7 @@ impl Report {
         out.push_str("| database | interaction | clients | req/s | p50 ms | p99 ms | errors | server CPU (cores) | peak RSS MiB | physical limit req/s | ratio | ratio to trivial HTTP |\n");
         out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for m in self.measurements.iter().filter(|m| m.subject == "linkbridge") {
-            let limit = self.find("limit", m.db, limit_of(m.name), m.concurrency);
+            let limit = self.limit_for(m);
             let http = self.find("limit", "http", "trivial route (actix-web)", m.concurrency);
             let usage = m.usage.unwrap_or_default();
             out.push_str(&format!(
@@ -116,8 +120,8 @@ impl Report {
                 m.errors,
                 usage.cpu_secs,
                 usage.peak_rss_mib,
-                limit.map_or("-".to_owned(), |l| format!("{:.0} ({})", l.throughput, l.name)),
-                limit.map_or("-".to_owned(), |l| format!("{:.2}", m.throughput / l.throughput)),
+                limit.as_ref().map_or("-".to_owned(), |(throughput, name)| format!("{throughput:.0} ({name})")),
+                limit.as_ref().map_or("-".to_owned(), |(throughput, _)| format!("{:.2}", m.throughput / throughput)),
                 http.map_or("-".to_owned(), |h| format!("{:.2}", m.throughput / h.throughput)),
             ));
         }
@@ -155,6 +159,16 @@ impl Report {
             ));
         }
         out
+    }
+
+    /// The limit a linkbridge measurement is compared with, and its name: the one measured
+    /// alternating with it, or else the one measured on its own before the server started.
+    fn limit_for(&self, m: &Measurement) -> Option<(f64, String)> {
+        let name = limit_of(m.name);
+        match m.limit_beside {
+            Some(throughput) => Some((throughput, format!("{name}, alternating"))),
+            None => self.find("limit", m.db, name, m.concurrency).map(|l| (l.throughput, name.to_owned())),
+        }
     }
 
     fn best(&self, db: &str, name: &str) -> Option<&Measurement> {
@@ -199,8 +213,7 @@ impl Report {
             "req/s",
         );
         let pg_ratio = at64("postgres", "referral submission (transaction)")
-            .zip(self.find("limit", "postgres", "referral rows inserted (driver)", 64))
-            .map(|(m, l)| 100.0 * m.throughput / l.throughput);
+            .and_then(|m| self.limit_for(m).map(|(limit, _)| 100.0 * m.throughput / limit));
         target("referral submissions on PostgreSQL vs raw inserts, 64 clients", pg_ratio, 50.0, true, "%");
         let worst_p99 = self
             .measurements
