@@ -27,11 +27,13 @@ impl AuditAction {
         }
     }
 
+    /// Every action.
+    pub const ALL: [AuditAction; 5] =
+        [AuditAction::Create, AuditAction::Read, AuditAction::Update, AuditAction::Delete, AuditAction::Execute];
+
     /// The action whose [`code`](Self::code) this is.
     pub fn from_code(code: &str) -> Option<Self> {
-        [AuditAction::Create, AuditAction::Read, AuditAction::Update, AuditAction::Delete, AuditAction::Execute]
-            .into_iter()
-            .find(|action| action.code() == code)
+        Self::ALL.into_iter().find(|action| action.code() == code)
     }
 }
 
@@ -55,11 +57,12 @@ impl AuditOutcome {
         }
     }
 
+    /// Every outcome.
+    pub const ALL: [AuditOutcome; 3] = [AuditOutcome::Success, AuditOutcome::Refused, AuditOutcome::Failed];
+
     /// The outcome whose [`code`](Self::code) this is.
     pub fn from_code(code: &str) -> Option<Self> {
-        [AuditOutcome::Success, AuditOutcome::Refused, AuditOutcome::Failed]
-            .into_iter()
-            .find(|outcome| outcome.code() == code)
+        Self::ALL.into_iter().find(|outcome| outcome.code() == code)
     }
 
     pub fn from_status(status: u16) -> Self {
@@ -166,12 +169,10 @@ mod tests {
 
     #[test]
     fn every_action_and_outcome_code_reads_back_as_itself_and_others_as_nothing() {
-        for action in
-            [AuditAction::Create, AuditAction::Read, AuditAction::Update, AuditAction::Delete, AuditAction::Execute]
-        {
+        for action in AuditAction::ALL {
             assert_eq!(AuditAction::from_code(action.code()), Some(action));
         }
-        for outcome in [AuditOutcome::Success, AuditOutcome::Refused, AuditOutcome::Failed] {
+        for outcome in AuditOutcome::ALL {
             assert_eq!(AuditOutcome::from_code(outcome.code()), Some(outcome));
         }
         assert_eq!(AuditAction::from_code("X"), None);

@@ -162,26 +162,27 @@ async fn a_set_that_creates_and_then_updates_one_resource_keeps_only_the_last_ve
     );
 }
 
+/// The creation of GP1's patient Smith as `id`, claiming GP1's conditional key of `criteria`.
+fn patient_claiming(id: &ResourceId, criteria: &str) -> WriteSet {
+    let claim = ConditionalClaim {
+        scope_key: "org:GP1".into(),
+        resource_type: ResourceType::Patient,
+        criteria: criteria.into(),
+        id: id.clone(),
+        replaces: None,
+    };
+    WriteSet {
+        resources: vec![patient_write(id, 1, Precondition::Absent, "Smith", "GP1")],
+        conditional_claims: vec![claim],
+        ..Default::default()
+    }
+}
+
 async fn concurrent_claims_of_one_conditional_key_make_one_winner(db: Db) {
     let Some((store, _db)) = test_store(db).await else { return };
     let attempts = (0..8).map(|_| {
         let store: Store = store.clone();
-        async move {
-            let id = ResourceId::generate();
-            let claim = ConditionalClaim {
-                scope_key: "org:GP1".into(),
-                resource_type: ResourceType::Patient,
-                criteria: "identifier=x|1".into(),
-                id: id.clone(),
-                replaces: None,
-            };
-            let write_set = WriteSet {
-                resources: vec![patient_write(&id, 1, Precondition::Absent, "Smith", "GP1")],
-                conditional_claims: vec![claim],
-                ..Default::default()
-            };
-            store.commit(write_set).await
-        }
+        async move { store.commit(patient_claiming(&ResourceId::generate(), "identifier=x|1")).await }
     });
     let results = futures::future::join_all(attempts).await;
     let winners = results.iter().filter(|r| r.is_ok()).count();
@@ -209,19 +210,7 @@ async fn a_conditional_lookup_sees_the_key_and_the_matches_of_one_moment_and_a_s
     assert_eq!((nothing.claimed, nothing.matches), (None, vec![]), "no key, no match");
 
     let id = ResourceId::generate();
-    let claim = ConditionalClaim {
-        scope_key: "org:GP1".into(),
-        resource_type: ResourceType::Patient,
-        criteria: criteria.into(),
-        id: id.clone(),
-        replaces: None,
-    };
-    let created = WriteSet {
-        resources: vec![patient_write(&id, 1, Precondition::Absent, "Smith", "GP1")],
-        conditional_claims: vec![claim],
-        ..Default::default()
-    };
-    store.commit(created).await.expect("create with its key");
+    store.commit(patient_claiming(&id, criteria)).await.expect("create with its key");
     let found = store.conditional_lookup(&key, &scope, &query, 2).await.expect("lookup");
     assert_eq!((found.claimed, found.matches), (Some(id.as_str().to_owned()), vec![id.clone()]));
 

@@ -34,9 +34,7 @@ impl LoadResult {
     pub fn percentile_ms(&self, q: f64) -> f64 {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
-}
 
-impl LoadResult {
     /// Nothing measured yet.
     pub fn empty() -> Self {
         LoadResult {
@@ -70,48 +68,40 @@ pub async fn run(operation: Operation, concurrency: usize, warmup: Duration, dur
     for worker in 0..concurrency {
         let operation = operation.clone();
         workers.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds");
-            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
-            let mut n = 0u64;
+            // One worker's share: its `elapsed` stays zero, the run's is set below.
+            let mut mine = LoadResult::empty();
             loop {
                 let sent = Instant::now();
                 if sent >= deadline {
                     break;
                 }
-                let outcome = operation(worker, n).await;
-                n += 1;
+                let outcome = operation(worker, mine.answered).await;
+                mine.answered += 1;
                 let done = Instant::now();
                 if sent < measure_from {
                     continue;
                 }
                 match outcome {
                     Ok(true) => {
-                        ok += 1;
+                        mine.ok += 1;
                         let micros = u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
-                        latency.saturating_record(micros.max(1));
+                        mine.latency.saturating_record(micros.max(1));
                     }
-                    Ok(false) => errors += 1,
+                    Ok(false) => mine.errors += 1,
                     Err(e) => {
-                        errors += 1;
-                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                        mine.errors += 1;
+                        mine.first_error.get_or_insert_with(|| format!("{e:#}"));
                     }
                 }
             }
-            (ok, errors, latency, first_error, n)
+            mine
         }));
     }
     let mut result = LoadResult::empty();
     for worker in workers {
-        let Ok((ok, errors, latency, first_error, answered)) = worker.await else {
-            result.errors += 1;
-            continue;
-        };
-        result.ok += ok;
-        result.errors += errors;
-        result.answered += answered;
-        result.latency.add(&latency).expect("same bounds");
-        if result.first_error.is_none() {
-            result.first_error = first_error;
+        match worker.await {
+            Ok(mine) => result.merge(mine),
+            Err(_) => result.errors += 1,
         }
     }
     result.elapsed = Instant::now().saturating_duration_since(measure_from).max(Duration::from_millis(1));

@@ -184,7 +184,7 @@ async fn measure_alternating(
     operation: Operation,
     limit: Operation,
     concurrency: usize,
-) -> anyhow::Result<(LoadResult, Usage, Option<f64>, Option<LoadResult>)> {
+) -> anyhow::Result<(LoadResult, Usage, Option<f64>, LoadResult)> {
     let window = Plan {
         concurrency: Vec::new(),
         only: None,
@@ -208,7 +208,7 @@ async fn measure_alternating(
     }
     let usage = Usage { cpu_secs: cpu_secs / total.elapsed.as_secs_f64().max(1e-3), peak_rss_mib };
     let wal_bytes = wal_bytes.map(|bytes| bytes / total.answered.max(1) as f64);
-    Ok((total, usage, wal_bytes, Some(beside)))
+    Ok((total, usage, wal_bytes, beside))
 }
 
 /// Measures `operation` and, given a PostgreSQL connection, the log bytes per request it
@@ -327,7 +327,11 @@ async fn bench_database(
                 _ => None,
             });
             let (result, usage, wal_bytes, beside) = match limit {
-                Some(limit) => measure_alternating(plan, &server, wal.as_ref(), operation, limit, c).await?,
+                Some(limit) => {
+                    let (result, usage, wal_bytes, beside) =
+                        measure_alternating(plan, &server, wal.as_ref(), operation, limit, c).await?;
+                    (result, usage, wal_bytes, Some(beside))
+                }
                 None => {
                     let (result, usage, wal_bytes) = measure_server(plan, &server, wal.as_ref(), operation, c).await?;
                     (result, usage, wal_bytes, None)
