@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use sqlx::any::AnyArguments;
-use sqlx::{AnyConnection, Arguments};
+use sqlx::AnyConnection;
 
+use super::rows::{delete_owned, insert_all, insert_returning, Cell, Rows, SqlType, Table, Taken, OWNERS};
 use super::write_set::{
     ConditionalClaim, OutboxEntry, OutboxKind, Precondition, ResourceWrite, SubscriptionChange, WriteSet,
 };
@@ -12,6 +12,97 @@ use super::StoreError;
 use crate::domain::audit::AuditRecord;
 use crate::domain::instant::Instant;
 use crate::domain::search_params::IndexEntry;
+
+use SqlType::{BigInt, Text};
+
+// The tables a write set fills, and the columns its rows give.
+static HISTORY: Table = Table {
+    name: "resource_history",
+    columns: &[
+        ("resource_type", Text),
+        ("id", Text),
+        ("version_id", BigInt),
+        ("last_updated", BigInt),
+        ("deleted", BigInt),
+        ("method", Text),
+        ("body", Text),
+    ],
+    bodies: true,
+};
+static CURRENT: Table = Table {
+    name: "resources",
+    columns: &[
+        ("resource_type", Text),
+        ("id", Text),
+        ("version_id", BigInt),
+        ("last_updated", BigInt),
+        ("deleted", BigInt),
+        ("body", Text),
+        ("change_seq", BigInt),
+    ],
+    bodies: true,
+};
+static VISIBILITY: Table = Table {
+    name: "resource_visibility",
+    columns: &[("resource_type", Text), ("id", Text), ("visibility_key", Text), ("source", Text)],
+    bodies: false,
+};
+static TOKENS: Table = Table {
+    name: "idx_token",
+    columns: &[
+        ("resource_type", Text),
+        ("id", Text),
+        ("param", Text),
+        ("system", Text),
+        ("code", Text),
+        ("text", Text),
+    ],
+    bodies: false,
+};
+static REFERENCES: Table = Table {
+    name: "idx_reference",
+    columns: &[
+        ("resource_type", Text),
+        ("id", Text),
+        ("param", Text),
+        ("target_type", Text),
+        ("target_id", Text),
+        ("identifier_system", Text),
+        ("identifier_value", Text),
+    ],
+    bodies: false,
+};
+static DATES: Table = Table {
+    name: "idx_date",
+    columns: &[("resource_type", Text), ("id", Text), ("param", Text), ("low", BigInt), ("high", BigInt)],
+    bodies: false,
+};
+static STRINGS: Table = Table {
+    name: "idx_string",
+    columns: &[("resource_type", Text), ("id", Text), ("param", Text), ("value", Text), ("exact", Text)],
+    bodies: false,
+};
+static CONDITIONAL_KEYS: Table = Table {
+    name: "conditional_keys",
+    columns: &[("scope_key", Text), ("resource_type", Text), ("criteria", Text), ("id", Text)],
+    bodies: false,
+};
+static AUDIT_EVENTS: Table = Table {
+    name: "audit_events",
+    columns: &[
+        ("id", Text),
+        ("recorded", BigInt),
+        ("client_id", Text),
+        ("organization", Text),
+        ("action", Text),
+        ("outcome", Text),
+        ("entity_type", Text),
+        ("entity_id", Text),
+        ("interaction", Text),
+        ("body", Text),
+    ],
+    bodies: false,
+};
 
 pub(super) async fn apply_write_set(
     conn: &mut AnyConnection,
@@ -49,7 +140,6 @@ pub(super) async fn apply_write_sets(
             take_over_claim(conn, claim, stale_id).await?;
         }
     }
-    insert_audit_rows(conn, &write_sets.iter().flat_map(|ws| &ws.audit).collect::<Vec<_>>()).await?;
     for request in write_sets.iter().filter_map(|ws| ws.request.as_ref()) {
         let inserted = sqlx::query(
             "INSERT INTO request_ids (client_id, request_id, body_hash, outcome, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -75,17 +165,17 @@ pub(super) async fn apply_write_sets(
             .execute(&mut *conn)
             .await?;
     }
-    let grants = write_sets
-        .iter()
-        .flat_map(|ws| &ws.grants)
-        .map(|grant| {
-            let mut row = RowArgs::of(grant.resource_type.as_str(), grant.id.as_str());
-            row.text(Some(&grant.key));
-            row.text(Some("grant"));
-            row
-        })
-        .collect();
-    insert_rows(conn, "resource_visibility (resource_type, id, visibility_key, source)", grants, Taken::Skip).await?;
+    let mut grants = Rows::new(&VISIBILITY);
+    for grant in write_sets.iter().flat_map(|ws| &ws.grants) {
+        grants.push([
+            grant.resource_type.as_str().into(),
+            grant.id.as_str().into(),
+            grant.key.as_str().into(),
+            "grant".into(),
+        ]);
+    }
+    let audit = audit_rows(write_sets.iter().flat_map(|ws| &ws.audit));
+    insert_all(conn, &[(&audit, Taken::CannotBe), (&grants, Taken::Skip)]).await?;
     for change in write_sets.iter().flat_map(|ws| &ws.subscription_changes) {
         apply_subscription_change(conn, change).await?;
     }
@@ -192,33 +282,26 @@ async fn insert_outbox_entry(conn: &mut AnyConnection, entry: &OutboxEntry) -> R
     Ok(())
 }
 
-/// Many audit records in a few multi-row statements: the reads and searches a group commit
-/// carries cost the single SQLite writer one statement per few thousand, not one each.
-async fn insert_audit_rows(conn: &mut AnyConnection, records: &[&AuditRecord]) -> Result<(), StoreError> {
-    const WIDTH: usize = 10;
-    let dialect = Dialect::of(conn);
-    for chunk in statement_chunks(records, WIDTH) {
-        let (values, args) = values_of(dialect, chunk, WIDTH, |args, record| {
-            args.add(record.id.as_str())?;
-            args.add(record.recorded.micros())?;
-            args.add(record.agent.client_id.as_str())?;
-            args.add(record.agent.organization.as_str())?;
-            args.add(record.action.code())?;
-            args.add(record.outcome.code())?;
-            args.add(record.entity_type.as_deref())?;
-            args.add(record.entity_id.as_deref())?;
-            args.add(record.interaction.as_str())?;
+/// The rows of audit records. Many go in few statements: the reads and searches a group
+/// commit carries cost the writer one statement per few thousand, not one each.
+fn audit_rows<'a>(records: impl Iterator<Item = &'a AuditRecord>) -> Rows<'a> {
+    let mut rows = Rows::new(&AUDIT_EVENTS);
+    for record in records {
+        rows.push([
+            record.id.as_str().into(),
+            record.recorded.micros().into(),
+            record.agent.client_id.as_str().into(),
+            record.agent.organization.as_str().into(),
+            record.action.code().into(),
+            record.outcome.code().into(),
+            record.entity_type.as_deref().into(),
+            record.entity_id.as_deref().into(),
+            record.interaction.as_str().into(),
             // No text: the AuditEvent is built from these columns when read (`store::audit`).
-            args.add("")
-        })?;
-        let sql = format!(
-            "{} audit_events (id, recorded, client_id, organization, action, outcome, entity_type, \
-             entity_id, interaction, body) VALUES {values}",
-            dialect.insert_into()
-        );
-        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+            "".into(),
+        ]);
     }
-    Ok(())
+    rows
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
@@ -241,34 +324,6 @@ fn check_settle_window(write: &ResourceWrite, settle_window: Duration) -> Result
 /// left unchecked is then only the COMMIT itself.
 pub(super) fn check_write_set_settled(write_set: &WriteSet, settle_window: Duration) -> Result<(), StoreError> {
     write_set.resources.iter().try_for_each(|write| check_settle_window(write, settle_window))
-}
-
-/// The search index tables, each with the owning resource's `(resource_type, id)`.
-const INDEX_TABLES: [&str; 4] = ["idx_token", "idx_reference", "idx_date", "idx_string"];
-
-/// Bound values per statement at most: under SQLite's 32,766 and PostgreSQL's 65,535.
-const MAX_BOUND_VALUES: usize = 30_000;
-
-/// Rows per multi-row statement at most (a power of two).
-const MAX_ROWS_PER_STATEMENT: usize = 256;
-
-/// Splits `items` into the chunks of one multi-row statement each: powers of two, largest
-/// first (300 rows: 256, 32, 8, 4). Each statement text is then one of a few per table, which
-/// the connection's statement cache keeps prepared; a statement for every batch's exact row
-/// count had to be parsed and compiled anew each time, thousands of values long.
-fn statement_chunks<T>(items: &[T], width: usize) -> impl Iterator<Item = &[T]> {
-    let most = (MAX_BOUND_VALUES / width.max(1)).min(MAX_ROWS_PER_STATEMENT);
-    let most = if most.is_power_of_two() { most } else { most.next_power_of_two() / 2 };
-    let mut rest = items;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let size = if rest.len() >= most { most } else { 1 << rest.len().ilog2() };
-        let (chunk, after) = rest.split_at(size);
-        rest = after;
-        Some(chunk)
-    })
 }
 
 /// Applies the resource writes of a write set a few statements per table for all of them
@@ -331,61 +386,77 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
     for write in &updated {
         update_current(conn, write, change_seq_of(&change_seqs, write)?).await?;
     }
-    for table in INDEX_TABLES {
-        delete_rows_of(conn, table, &updated, "").await?;
+    let owners = owner_rows(&updated);
+    for table in [&TOKENS, &REFERENCES, &DATES, &STRINGS] {
+        delete_owned(conn, table.name, &owners, "").await?;
     }
-    insert_index(conn, writes).await?;
     // Content-derived visibility follows the current version; granted visibility (the
     // creator, grants through a referral) stays. A deletion keeps both, so those who could
     // see the resource get 410 rather than 404.
     let live: Vec<&ResourceWrite> = writes.iter().copied().filter(|w| !w.body.is_empty()).collect();
     let live_updates: Vec<&ResourceWrite> =
         live.iter().copied().filter(|w| w.precondition != Precondition::Absent).collect();
-    delete_rows_of(conn, "resource_visibility", &live_updates, " AND source = 'content'").await?;
-    let mut rows = Vec::new();
+    delete_owned(conn, VISIBILITY.name, &owner_rows(&live_updates), " AND source = 'content'").await?;
+    let mut visibility = Rows::new(&VISIBILITY);
     for write in &live {
         let sourced = write.visibility_grants.iter().map(|key| (key, "grant"));
         for (key, source) in sourced.chain(write.visibility.iter().map(|key| (key, "content"))) {
-            let mut row = RowArgs::new(write);
-            row.text(Some(key));
-            row.text(Some(source));
-            rows.push(row);
+            visibility.push([
+                write.resource_type.as_str().into(),
+                write.id.as_str().into(),
+                key.as_str().into(),
+                source.into(),
+            ]);
         }
     }
-    insert_rows(conn, "resource_visibility (resource_type, id, visibility_key, source)", rows, Taken::Skip).await
+    let [tokens, references, dates, strings] = index_rows(writes);
+    insert_all(
+        conn,
+        &[
+            (&tokens, Taken::CannotBe),
+            (&references, Taken::CannotBe),
+            (&dates, Taken::CannotBe),
+            (&strings, Taken::CannotBe),
+            (&visibility, Taken::Skip),
+        ],
+    )
+    .await
+}
+
+/// `(resource_type, id)` of each of `writes`, for [`delete_owned`].
+fn owner_rows<'a>(writes: &[&'a ResourceWrite]) -> Rows<'a> {
+    let mut owners = Rows::new(&OWNERS);
+    for write in writes {
+        owners.push([write.resource_type.as_str().into(), write.id.as_str().into()]);
+    }
+    owners
 }
 
 /// The history rows go first: their unique (type, id, version) key is what makes two writers
-/// racing from the same version collide, on both databases. One statement per chunk of rows,
-/// skipping rows that collide (`ON CONFLICT DO NOTHING`: on PostgreSQL a failed statement would
-/// abort the transaction, and it waits for a racing writer's outcome either way); a skipped
-/// row means a version that exists already, and the first such resource is named. Returns the
-/// change sequence number each row was given, by `(resource_type, id)` (once per wave).
+/// racing from the same version collide, on both databases. Rows that collide are skipped
+/// (`ON CONFLICT DO NOTHING`: on PostgreSQL a failed statement would abort the transaction, and
+/// it waits for a racing writer's outcome either way); a skipped row means a version that
+/// exists already, and the first such resource is named. Returns the change sequence number
+/// each row was given, by `(resource_type, id)` (once per wave).
 async fn insert_history(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<ChangeSeqs, StoreError> {
-    const WIDTH: usize = 7;
-    let dialect = Dialect::of(conn);
+    let mut rows = Rows::new(&HISTORY);
+    for write in writes {
+        rows.push([
+            write.resource_type.as_str().into(),
+            write.id.as_str().into(),
+            write.version.get().into(),
+            write.last_updated.micros().into(),
+            deleted_flag(write).into(),
+            write.method.as_str().into(),
+            write.body.as_str().into(),
+        ]);
+    }
+    let inserted = insert_returning(conn, &rows, Taken::Skip, "RETURNING resource_type, id, change_seq").await?;
+    first_skipped(writes, &inserted)?;
     let mut change_seqs = ChangeSeqs::with_capacity(writes.len());
-    for chunk in statement_chunks(writes, WIDTH) {
-        let (values, args) = values_of(dialect, chunk, WIDTH, |args, write| {
-            args.add(write.resource_type.as_str())?;
-            args.add(write.id.as_str())?;
-            args.add(write.version.get())?;
-            args.add(write.last_updated.micros())?;
-            args.add(deleted_flag(write))?;
-            args.add(write.method.as_str())?;
-            args.add(write.body.as_str())
-        })?;
-        let sql = format!(
-            "{} resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
-             VALUES {values} ON CONFLICT DO NOTHING RETURNING resource_type, id, change_seq",
-            dialect.insert_into()
-        );
-        let inserted = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?;
-        first_skipped(chunk, &inserted)?;
-        for row in &inserted {
-            let key = (sqlx::Row::try_get::<String, _>(row, 0)?, sqlx::Row::try_get::<String, _>(row, 1)?);
-            change_seqs.insert(key, sqlx::Row::try_get::<i64, _>(row, 2)?);
-        }
+    for row in &inserted {
+        let key = (sqlx::Row::try_get::<String, _>(row, 0)?, sqlx::Row::try_get::<String, _>(row, 1)?);
+        change_seqs.insert(key, sqlx::Row::try_get::<i64, _>(row, 2)?);
     }
     Ok(change_seqs)
 }
@@ -409,31 +480,20 @@ async fn insert_current(
     created: &[&ResourceWrite],
     change_seqs: &ChangeSeqs,
 ) -> Result<(), StoreError> {
-    const WIDTH: usize = 7;
-    let dialect = Dialect::of(conn);
-    for chunk in statement_chunks(created, WIDTH) {
-        let rows = chunk
-            .iter()
-            .map(|&write| Ok((write, change_seq_of(change_seqs, write)?)))
-            .collect::<Result<Vec<(&ResourceWrite, i64)>, StoreError>>()?;
-        let (values, args) = values_of(dialect, &rows, WIDTH, |args, (write, seq)| {
-            args.add(write.resource_type.as_str())?;
-            args.add(write.id.as_str())?;
-            args.add(write.version.get())?;
-            args.add(write.last_updated.micros())?;
-            args.add(deleted_flag(write))?;
-            args.add(write.body.as_str())?;
-            args.add(*seq)
-        })?;
-        let sql = format!(
-            "{} resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
-             VALUES {values} ON CONFLICT DO NOTHING RETURNING resource_type, id",
-            dialect.insert_into()
-        );
-        let inserted = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?;
-        first_skipped(chunk, &inserted)?;
+    let mut rows = Rows::new(&CURRENT);
+    for write in created {
+        rows.push([
+            write.resource_type.as_str().into(),
+            write.id.as_str().into(),
+            write.version.get().into(),
+            write.last_updated.micros().into(),
+            deleted_flag(write).into(),
+            write.body.as_str().into(),
+            change_seq_of(change_seqs, write)?.into(),
+        ]);
     }
-    Ok(())
+    let inserted = insert_returning(conn, &rows, Taken::Skip, "RETURNING resource_type, id").await?;
+    first_skipped(created, &inserted)
 }
 
 /// Moves the current row of an existing resource to the new version, only from the version
@@ -480,275 +540,63 @@ fn first_skipped(writes: &[&ResourceWrite], inserted: &[sqlx::any::AnyRow]) -> R
     })
 }
 
-/// Deletes the rows of `table` owned by any of `writes` (plus `extra` conditions).
-async fn delete_rows_of(
-    conn: &mut AnyConnection,
-    table: &str,
-    writes: &[&ResourceWrite],
-    extra: &str,
-) -> Result<(), StoreError> {
-    const WIDTH: usize = 2;
-    let dialect = Dialect::of(conn);
-    for chunk in statement_chunks(writes, WIDTH) {
-        let mut args = AnyArguments::default();
-        let mut owners = Vec::with_capacity(chunk.len());
-        for (i, write) in chunk.iter().enumerate() {
-            bind_all(&mut args, |args| {
-                args.add(write.resource_type.as_str())?;
-                args.add(write.id.as_str())
-            })?;
-            owners.push(format!("(resource_type = {} AND id = {})", dialect.nth(2 * i + 1), dialect.nth(2 * i + 2)));
-        }
-        let sql = format!("DELETE FROM {table} WHERE ({}){extra}", owners.join(" OR "));
-        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// What differs between the two databases in the statements built here. Every placeholder of
-/// a statement is bound once, in the order it appears, so both styles bind the same arguments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    /// Placeholders `$1, $2, …`.
-    Postgres,
-    /// Placeholders `?`: SQLite keeps the names of numbered parameters in a list it searches
-    /// linearly, when preparing and again (through sqlx) when binding each value: quadratic
-    /// in the thousands of values of a group commit's multi-row inserts, a fifth of the
-    /// machine's CPU with 64 clients submitting referrals. Anonymous ones have no name to find.
-    Sqlite,
-}
-
-impl Dialect {
-    fn of(conn: &AnyConnection) -> Self {
-        if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
-            Dialect::Sqlite
-        } else {
-            Dialect::Postgres
-        }
-    }
-
-    /// How a multi-row insert begins. On SQLite, `OR FAIL`: a multi-row `INSERT` that may abort
-    /// (any `NOT NULL` or key) otherwise opens a statement journal, copying every page it
-    /// touches first so that it could undo itself alone; that copying was a sixth of the
-    /// writer's time. A failing statement here never needs that: its whole write set is
-    /// rolled back (to its savepoint, or the transaction) whenever a statement fails.
-    fn insert_into(self) -> &'static str {
-        match self {
-            Dialect::Postgres => "INSERT INTO",
-            Dialect::Sqlite => "INSERT OR FAIL INTO",
-        }
-    }
-
-    /// The placeholder of the `n`th bound value (from 1).
-    fn nth(self, n: usize) -> String {
-        let mut sql = String::new();
-        self.push_nth(&mut sql, n);
-        sql
-    }
-
-    fn push_nth(self, sql: &mut String, n: usize) {
-        match self {
-            Dialect::Postgres => {
-                sql.push('$');
-                sql.push_str(&n.to_string());
-            }
-            Dialect::Sqlite => sql.push('?'),
-        }
-    }
-}
-
-/// `($1, $2), ($3, $4)…` or `(?, ?), (?, ?)…`: `rows` rows of `width` placeholders.
-fn values_placeholders(dialect: Dialect, rows: usize, width: usize) -> String {
-    let mut sql = String::with_capacity(rows * width * 5);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 1..=width {
-            if column > 1 {
-                sql.push_str(", ");
-            }
-            dialect.push_nth(&mut sql, row * width + column);
-        }
-        sql.push(')');
-    }
-    sql
-}
-
-/// The `VALUES` rows of `chunk`, `width` values each as `bind_row` binds them, and the bound
-/// arguments.
-fn values_of<'q, T>(
-    dialect: Dialect,
-    chunk: &'q [T],
-    width: usize,
-    bind_row: impl Fn(&mut AnyArguments<'q>, &'q T) -> Result<(), sqlx::error::BoxDynError>,
-) -> Result<(String, AnyArguments<'q>), StoreError> {
-    let mut args = AnyArguments::default();
-    for item in chunk {
-        bind_all(&mut args, |args| bind_row(args, item))?;
-    }
-    Ok((values_placeholders(dialect, chunk.len(), width), args))
-}
-
-/// Runs `bind`, turning a binding error into a store error.
-fn bind_all<'q>(
-    args: &mut AnyArguments<'q>,
-    bind: impl FnOnce(&mut AnyArguments<'q>) -> Result<(), sqlx::error::BoxDynError>,
-) -> Result<(), StoreError> {
-    bind(args).map_err(|e| StoreError::Config(format!("cannot bind a value: {e}")))
-}
-
-/// The values of one index row, starting with the resource's type and id.
-struct RowArgs {
-    values: Vec<Option<String>>,
-    numbers: Vec<(usize, i64)>,
-}
-
-impl RowArgs {
-    fn new(write: &ResourceWrite) -> Self {
-        RowArgs::of(write.resource_type.as_str(), write.id.as_str())
-    }
-
-    fn of(resource_type: &str, id: &str) -> Self {
-        RowArgs { values: vec![Some(resource_type.to_owned()), Some(id.to_owned())], numbers: Vec::new() }
-    }
-
-    fn text(&mut self, value: Option<&str>) {
-        self.values.push(value.map(str::to_owned));
-    }
-
-    fn number(&mut self, value: i64) {
-        self.numbers.push((self.values.len(), value));
-        self.values.push(None);
-    }
-
-    fn width(&self) -> usize {
-        self.values.len()
-    }
-
-    fn bind_into<'q>(&'q self, args: &mut AnyArguments<'q>) -> Result<(), sqlx::error::BoxDynError> {
-        let mut numbers = self.numbers.iter().peekable();
-        for (position, value) in self.values.iter().enumerate() {
-            match numbers.next_if(|(p, _)| *p == position) {
-                Some((_, n)) => args.add(*n)?,
-                None => args.add(value.as_deref())?,
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What a multi-row insert does about rows whose key is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Taken {
-    /// Skips them (`ON CONFLICT DO NOTHING`): the row there is as good as the new one.
-    Skip,
-    /// Nothing: the table has no unique key (the search index tables). Not `Skip` for safety's
-    /// sake: PostgreSQL inserts every row of an `ON CONFLICT` statement speculatively, a lock
-    /// taken and released and a confirmation written to the WAL per row, even when there is no
-    /// unique index to check. That was 25 of a referral's 42 rows.
-    CannotBe,
-}
-
-/// Inserts many rows with one multi-row statement: far fewer round trips through the single
-/// SQLite writer than a statement per row.
-async fn insert_rows(
-    conn: &mut AnyConnection,
-    table_and_columns: &str,
-    rows: Vec<RowArgs>,
-    taken: Taken,
-) -> Result<(), StoreError> {
-    let Some(width) = rows.first().map(RowArgs::width) else {
-        return Ok(());
-    };
-    let dialect = Dialect::of(conn);
-    let on_conflict = match taken {
-        Taken::Skip => " ON CONFLICT DO NOTHING",
-        Taken::CannotBe => "",
-    };
-    for chunk in statement_chunks(&rows, width) {
-        let (values, args) = values_of(dialect, chunk, width, |args, row| row.bind_into(args))?;
-        let sql = format!("{} {table_and_columns} VALUES {values}{on_conflict}", dialect.insert_into());
-        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// The index rows of all `writes`, one statement per index table.
-async fn insert_index(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<(), StoreError> {
-    let mut tokens = Vec::new();
-    let mut references = Vec::new();
-    let mut dates = Vec::new();
-    let mut strings = Vec::new();
+/// The rows of the four search index tables for all `writes`: tokens, references, dates and
+/// strings.
+fn index_rows<'a>(writes: &[&'a ResourceWrite]) -> [Rows<'a>; 4] {
+    let mut tokens = Rows::new(&TOKENS);
+    let mut references = Rows::new(&REFERENCES);
+    let mut dates = Rows::new(&DATES);
+    let mut strings = Rows::new(&STRINGS);
     for write in writes {
+        let (resource_type, id) = (Cell::from(write.resource_type.as_str()), Cell::from(write.id.as_str()));
         for entry in &write.index {
-            let mut row = RowArgs::new(write);
             match entry {
-                IndexEntry::Token { param, system, code, text } => {
-                    row.text(Some(param));
-                    row.text(system.as_deref());
-                    row.text(code.as_deref());
-                    row.text(text.as_deref());
-                    tokens.push(row);
-                }
+                IndexEntry::Token { param, system, code, text } => tokens.push([
+                    resource_type,
+                    id,
+                    (*param).into(),
+                    system.as_deref().into(),
+                    code.as_deref().into(),
+                    text.as_deref().into(),
+                ]),
                 IndexEntry::Reference { param, target_type, target_id, identifier_system, identifier_value } => {
-                    row.text(Some(param));
-                    row.text(target_type.as_deref());
-                    row.text(target_id.as_deref());
-                    row.text(identifier_system.as_deref());
-                    row.text(identifier_value.as_deref());
-                    references.push(row);
+                    references.push([
+                        resource_type,
+                        id,
+                        (*param).into(),
+                        target_type.as_deref().into(),
+                        target_id.as_deref().into(),
+                        identifier_system.as_deref().into(),
+                        identifier_value.as_deref().into(),
+                    ]);
                 }
                 IndexEntry::Date { param, low, high } => {
-                    row.text(Some(param));
-                    row.number(*low);
-                    row.number(*high);
-                    dates.push(row);
+                    dates.push([resource_type, id, (*param).into(), (*low).into(), (*high).into()]);
                 }
                 IndexEntry::String { param, value, exact } => {
-                    row.text(Some(param));
-                    row.text(Some(value));
-                    row.text(Some(exact));
-                    strings.push(row);
+                    strings.push([resource_type, id, (*param).into(), value.as_str().into(), exact.as_str().into()]);
                 }
             }
         }
     }
-    insert_rows(conn, "idx_token (resource_type, id, param, system, code, text)", tokens, Taken::CannotBe).await?;
-    insert_rows(
-        conn,
-        "idx_reference (resource_type, id, param, target_type, target_id, identifier_system, identifier_value)",
-        references,
-        Taken::CannotBe,
-    )
-    .await?;
-    insert_rows(conn, "idx_date (resource_type, id, param, low, high)", dates, Taken::CannotBe).await?;
-    insert_rows(conn, "idx_string (resource_type, id, param, value, exact)", strings, Taken::CannotBe).await?;
-    Ok(())
+    [tokens, references, dates, strings]
 }
 
 /// Claims fresh conditional-create keys, all of them in a few statements; a key already
 /// taken (by a committed or a concurrent write) refuses the whole call.
 async fn insert_claims(conn: &mut AnyConnection, claims: &[&ConditionalClaim]) -> Result<(), StoreError> {
-    const WIDTH: usize = 4;
-    let dialect = Dialect::of(conn);
-    for chunk in statement_chunks(claims, WIDTH) {
-        let (values, args) = values_of(dialect, chunk, WIDTH, |args, claim| {
-            args.add(claim.scope_key.as_str())?;
-            args.add(claim.resource_type.as_str())?;
-            args.add(claim.criteria.as_str())?;
-            args.add(claim.id.as_str())
-        })?;
-        let sql = format!(
-            "{} conditional_keys (scope_key, resource_type, criteria, id) VALUES {values} \
-             ON CONFLICT DO NOTHING RETURNING id",
-            dialect.insert_into()
-        );
-        let inserted = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?;
-        if inserted.len() != chunk.len() {
-            return Err(StoreError::ConditionalClaimTaken);
-        }
+    let mut rows = Rows::new(&CONDITIONAL_KEYS);
+    for claim in claims {
+        rows.push([
+            claim.scope_key.as_str().into(),
+            claim.resource_type.as_str().into(),
+            claim.criteria.as_str().into(),
+            claim.id.as_str().into(),
+        ]);
+    }
+    let inserted = insert_returning(conn, &rows, Taken::Skip, "RETURNING id").await?;
+    if inserted.len() != claims.len() {
+        return Err(StoreError::ConditionalClaimTaken);
     }
     Ok(())
 }
@@ -807,27 +655,5 @@ mod tests {
         let (a, b) = (a.as_str().to_owned(), b.as_str().to_owned());
         assert_eq!(waves, vec![vec![(a.clone(), 1), (b.clone(), 1)], vec![(a.clone(), 2), (b, 2)], vec![(a, 3)]]);
         assert!(waves_of_distinct_resources(&[]).is_empty());
-    }
-
-    #[test]
-    fn values_placeholders_number_rows_after_one_another() {
-        assert_eq!(values_placeholders(Dialect::Postgres, 2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(values_placeholders(Dialect::Postgres, 1, 1), "($1)");
-    }
-
-    #[test]
-    fn statements_take_rows_in_powers_of_two_largest_first() {
-        let rows: Vec<usize> = (0..300).collect();
-        let sizes: Vec<usize> = statement_chunks(&rows, 6).map(<[usize]>::len).collect();
-        assert_eq!(sizes, vec![256, 32, 8, 4]);
-        let rejoined: Vec<usize> = statement_chunks(&rows, 6).flatten().copied().collect();
-        assert_eq!(rejoined, rows, "every row once, in order");
-        assert_eq!(statement_chunks(&rows[..1], 6).count(), 1);
-        assert_eq!(statement_chunks::<usize>(&[], 6).count(), 0);
-    }
-
-    #[test]
-    fn sqlite_placeholders_are_anonymous_and_as_many() {
-        assert_eq!(values_placeholders(Dialect::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 }

@@ -18,6 +18,7 @@ mod events;
 mod group_commit;
 mod readers;
 mod reads;
+mod rows;
 mod search;
 mod sqlite_checkpoint;
 mod subscriptions;

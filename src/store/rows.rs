@@ -1,0 +1,525 @@
+//! Many rows in few statements, the way each database takes them best.
+//!
+//! The group commit's writer applies the rows of many requests at once, and everything it
+//! does is on the path of every write: on SQLite each statement is a hand-off to the
+//! connection's thread and back, on PostgreSQL a round trip over the socket, each of which
+//! waits for the other side to be scheduled on a busy machine.
+//!
+//! - On SQLite, multi-row `VALUES` statements, chunked in powers of two (see
+//!   [`statement_chunks`]) so that each table has a few statement texts the connection keeps
+//!   prepared.
+//! - On PostgreSQL, one statement per table whatever the number of rows, the rows bound as one
+//!   JSON array of arrays and unpacked by `jsonb_array_elements`; and, where the rows of
+//!   several tables go in at the same point, all of them in one statement (each insert a
+//!   data-modifying `WITH` clause). A referral batch's search index rows, visibility and audit
+//!   records then cost two round trips, not thirty: the statement text is the same for any
+//!   number of rows, so it is prepared once, where `VALUES` chunks were several statements per
+//!   table. Not for rows that carry resource bodies ([`Table::bodies`]): kilobytes of JSON
+//!   quoted inside JSON took PostgreSQL's JSON parser a fifth of the writer's backend to read
+//!   back; those rows are bound value by value, as on SQLite.
+
+use serde::ser::SerializeSeq;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{AnyConnection, Arguments};
+
+use super::StoreError;
+
+/// What differs between the two databases in the statements built here. Every placeholder of
+/// a statement is bound once, in the order it appears, so both styles bind the same arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    /// Placeholders `$1, $2, …`; many rows as one JSON argument.
+    Postgres,
+    /// Placeholders `?`: SQLite keeps the names of numbered parameters in a list it searches
+    /// linearly, when preparing and again (through sqlx) when binding each value: quadratic
+    /// in the thousands of values of a group commit's multi-row inserts, a fifth of the
+    /// machine's CPU with 64 clients submitting referrals. Anonymous ones have no name to find.
+    Sqlite,
+}
+
+impl Dialect {
+    pub(super) fn of(conn: &AnyConnection) -> Self {
+        if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        }
+    }
+
+    /// How a multi-row insert begins. On SQLite, `OR FAIL`: a multi-row `INSERT` that may abort
+    /// (any `NOT NULL` or key) otherwise opens a statement journal, copying every page it
+    /// touches first so that it could undo itself alone; that copying was a sixth of the
+    /// writer's time. A failing statement here never needs that: its whole write set is
+    /// rolled back (to its savepoint, or the transaction) whenever a statement fails.
+    fn insert_into(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "INSERT INTO",
+            Dialect::Sqlite => "INSERT OR FAIL INTO",
+        }
+    }
+
+    fn push_nth(self, sql: &mut String, n: usize) {
+        match self {
+            Dialect::Postgres => {
+                sql.push('$');
+                sql.push_str(&n.to_string());
+            }
+            Dialect::Sqlite => sql.push('?'),
+        }
+    }
+}
+
+/// A column's SQL type, which PostgreSQL's `json_to_recordset` must be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SqlType {
+    Text,
+    BigInt,
+}
+
+impl SqlType {
+    fn name(self) -> &'static str {
+        match self {
+            SqlType::Text => "text",
+            SqlType::BigInt => "bigint",
+        }
+    }
+}
+
+/// A table and the columns a statement fills, in order.
+#[derive(Debug)]
+pub(super) struct Table {
+    pub name: &'static str,
+    pub columns: &'static [(&'static str, SqlType)],
+    /// Whether its rows carry resource bodies (kilobytes of text each): bound value by value
+    /// on PostgreSQL too (see the module's notes).
+    pub bodies: bool,
+}
+
+impl Table {
+    fn column_list(&self) -> String {
+        self.columns.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+    }
+
+    /// `SELECT x->>0, (x->>1)::bigint FROM jsonb_array_elements($n::jsonb) AS r(x)`: the rows
+    /// of the `n`th argument, a JSON array of rows, each an array of the columns' values.
+    fn select_rows_of_argument(&self, n: usize) -> String {
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| match ty {
+                SqlType::Text => format!("x->>{i}"),
+                other => format!("(x->>{i})::{}", other.name()),
+            })
+            .collect();
+        format!("SELECT {} FROM jsonb_array_elements(${n}::jsonb) AS r(x)", columns.join(", "))
+    }
+}
+
+/// One value of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cell<'a> {
+    Text(Option<&'a str>),
+    Int(i64),
+}
+
+impl<'a> From<&'a str> for Cell<'a> {
+    fn from(text: &'a str) -> Self {
+        Cell::Text(Some(text))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Cell<'a> {
+    fn from(text: Option<&'a str>) -> Self {
+        Cell::Text(text)
+    }
+}
+
+impl From<i64> for Cell<'_> {
+    fn from(number: i64) -> Self {
+        Cell::Int(number)
+    }
+}
+
+/// Rows for one table, each with a value for every column of the table, in order.
+#[derive(Debug)]
+pub(super) struct Rows<'a> {
+    table: &'static Table,
+    cells: Vec<Cell<'a>>,
+}
+
+impl<'a> Rows<'a> {
+    pub(super) fn new(table: &'static Table) -> Self {
+        Rows { table, cells: Vec::new() }
+    }
+
+    /// Adds a row. A row of the wrong width is a bug in the caller.
+    pub(super) fn push<const N: usize>(&mut self, row: [Cell<'a>; N]) {
+        assert_eq!(N, self.table.columns.len(), "a row of {} has {} columns", self.table.name, N);
+        self.cells.extend(row);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.cells.len() / self.table.columns.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    fn rows(&self) -> std::slice::ChunksExact<'_, Cell<'a>> {
+        self.cells.chunks_exact(self.table.columns.len())
+    }
+
+    /// The rows as a JSON array of rows, each an array of its values in column order (see
+    /// [`Table::select_rows_of_argument`]).
+    fn to_json(&self) -> Result<String, StoreError> {
+        serde_json::to_string(&JsonRows(self)).map_err(|e| StoreError::Config(format!("cannot encode rows: {e}")))
+    }
+}
+
+struct JsonRows<'r, 'a>(&'r Rows<'a>);
+
+impl serde::Serialize for JsonRows<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut rows = serializer.serialize_seq(Some(self.0.len()))?;
+        for row in self.0.rows() {
+            rows.serialize_element(&JsonRow(row))?;
+        }
+        rows.end()
+    }
+}
+
+struct JsonRow<'r, 'a>(&'r [Cell<'a>]);
+
+impl serde::Serialize for JsonRow<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut values = serializer.serialize_seq(Some(self.0.len()))?;
+        for cell in self.0 {
+            match cell {
+                Cell::Text(text) => values.serialize_element(text)?,
+                Cell::Int(number) => values.serialize_element(number)?,
+            }
+        }
+        values.end()
+    }
+}
+
+/// What an insert does about rows whose key is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// Skips them (`ON CONFLICT DO NOTHING`): the row there is as good as the new one.
+    Skip,
+    /// Nothing: the table has no unique key (the search index tables). Not `Skip` for safety's
+    /// sake: PostgreSQL inserts every row of an `ON CONFLICT` statement speculatively, a lock
+    /// taken and released and a confirmation written to the WAL per row, even when there is no
+    /// unique index to check. That was 25 of a referral's 42 rows.
+    CannotBe,
+}
+
+impl Taken {
+    fn clause(self) -> &'static str {
+        match self {
+            Taken::Skip => " ON CONFLICT DO NOTHING",
+            Taken::CannotBe => "",
+        }
+    }
+}
+
+/// Bound values per statement at most: under SQLite's 32,766 and PostgreSQL's 65,535.
+const MAX_BOUND_VALUES: usize = 30_000;
+
+/// Rows per multi-row statement at most (a power of two).
+const MAX_ROWS_PER_STATEMENT: usize = 256;
+
+/// Splits `items` into the chunks of one multi-row statement each: powers of two, largest
+/// first (300 rows: 256, 32, 8, 4). Each statement text is then one of a few per table, which
+/// the connection's statement cache keeps prepared; a statement for every batch's exact row
+/// count had to be parsed and compiled anew each time, thousands of values long.
+pub(super) fn statement_chunks<T>(items: &[T], width: usize) -> impl Iterator<Item = &[T]> {
+    let most = (MAX_BOUND_VALUES / width.max(1)).min(MAX_ROWS_PER_STATEMENT);
+    let most = if most.is_power_of_two() { most } else { most.next_power_of_two() / 2 };
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = if rest.len() >= most { most } else { 1 << rest.len().ilog2() };
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        Some(chunk)
+    })
+}
+
+/// `($1, $2), ($3, $4)…` or `(?, ?), (?, ?)…`: `rows` rows of `width` placeholders.
+fn values_placeholders(dialect: Dialect, rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 1..=width {
+            if column > 1 {
+                sql.push_str(", ");
+            }
+            dialect.push_nth(&mut sql, row * width + column);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Runs `bind`, turning a binding error into a store error.
+pub(super) fn bind_all<'q>(
+    args: &mut AnyArguments<'q>,
+    bind: impl FnOnce(&mut AnyArguments<'q>) -> Result<(), sqlx::error::BoxDynError>,
+) -> Result<(), StoreError> {
+    bind(args).map_err(|e| StoreError::Config(format!("cannot bind a value: {e}")))
+}
+
+fn bind_cells<'q>(args: &mut AnyArguments<'q>, cells: &[Cell<'q>]) -> Result<(), StoreError> {
+    bind_all(args, |args| {
+        for cell in cells {
+            match *cell {
+                Cell::Text(text) => args.add(text)?,
+                Cell::Int(number) => args.add(number)?,
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The statements inserting `rows` (`tail` after each: a `RETURNING` clause), with their
+/// arguments: on PostgreSQL one (unless the rows carry bodies), otherwise one per chunk.
+fn insert_statements<'q>(
+    dialect: Dialect,
+    rows: &'q Rows<'q>,
+    taken: Taken,
+    tail: &str,
+) -> Result<Vec<(String, AnyArguments<'q>)>, StoreError> {
+    let table = rows.table;
+    let head = format!("{} {} ({})", dialect.insert_into(), table.name, table.column_list());
+    match dialect {
+        Dialect::Postgres if !table.bodies => {
+            let mut args = AnyArguments::default();
+            let json = rows.to_json()?;
+            bind_all(&mut args, |args| args.add(json))?;
+            let sql = format!("{head} {}{}{tail}", table.select_rows_of_argument(1), taken.clause());
+            Ok(vec![(sql, args)])
+        }
+        _ => {
+            let width = table.columns.len();
+            let rows: Vec<&[Cell<'q>]> = rows.rows().collect();
+            statement_chunks(&rows, width)
+                .map(|chunk| {
+                    let mut args = AnyArguments::default();
+                    for row in chunk {
+                        bind_cells(&mut args, row)?;
+                    }
+                    let values = values_placeholders(dialect, chunk.len(), width);
+                    Ok((format!("{head} VALUES {values}{}{tail}", taken.clause()), args))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Inserts the rows of every table in `inserts`: on PostgreSQL all in one statement, on
+/// SQLite a few statements per table.
+pub(super) async fn insert_all(conn: &mut AnyConnection, inserts: &[(&Rows<'_>, Taken)]) -> Result<(), StoreError> {
+    let inserts: Vec<(&Rows<'_>, Taken)> = inserts.iter().copied().filter(|(rows, _)| !rows.is_empty()).collect();
+    let dialect = Dialect::of(conn);
+    if dialect == Dialect::Postgres && inserts.len() > 1 && inserts.iter().all(|(rows, _)| !rows.table.bodies) {
+        let mut args = AnyArguments::default();
+        let mut clauses = Vec::with_capacity(inserts.len());
+        for (n, (rows, taken)) in inserts.iter().enumerate() {
+            let json = rows.to_json()?;
+            bind_all(&mut args, |args| args.add(json))?;
+            let table = rows.table;
+            clauses.push(format!(
+                "i{n} AS (INSERT INTO {} ({}) {}{})",
+                table.name,
+                table.column_list(),
+                table.select_rows_of_argument(n + 1),
+                taken.clause()
+            ));
+        }
+        // Every data-modifying `WITH` clause runs to completion, read or not.
+        let sql = format!("WITH {} SELECT 1", clauses.join(", "));
+        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+        return Ok(());
+    }
+    for (rows, taken) in inserts {
+        for (sql, args) in insert_statements(dialect, rows, taken, "")? {
+            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Inserts `rows` and returns what `returning` (a `RETURNING` clause) names of the rows
+/// inserted.
+pub(super) async fn insert_returning(
+    conn: &mut AnyConnection,
+    rows: &Rows<'_>,
+    taken: Taken,
+    returning: &str,
+) -> Result<Vec<AnyRow>, StoreError> {
+    let mut inserted = Vec::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(inserted);
+    }
+    for (sql, args) in insert_statements(Dialect::of(conn), rows, taken, &format!(" {returning}"))? {
+        inserted.extend(sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?);
+    }
+    Ok(inserted)
+}
+
+/// The owners of rows, for [`delete_owned`].
+pub(super) static OWNERS: Table =
+    Table { name: "owners", columns: &[("resource_type", SqlType::Text), ("id", SqlType::Text)], bodies: false };
+
+/// Deletes the rows of `table` owned by any of `owners` (rows of [`OWNERS`]), with `extra`
+/// conditions (` AND …`).
+pub(super) async fn delete_owned(
+    conn: &mut AnyConnection,
+    table: &str,
+    owners: &Rows<'_>,
+    extra: &str,
+) -> Result<(), StoreError> {
+    if owners.is_empty() {
+        return Ok(());
+    }
+    let dialect = Dialect::of(conn);
+    match dialect {
+        Dialect::Postgres => {
+            let mut args = AnyArguments::default();
+            let json = owners.to_json()?;
+            bind_all(&mut args, |args| args.add(json))?;
+            let sql = format!(
+                "DELETE FROM {table} WHERE (resource_type, id) IN ({}){extra}",
+                OWNERS.select_rows_of_argument(1)
+            );
+            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+        }
+        Dialect::Sqlite => {
+            let rows: Vec<&[Cell<'_>]> = owners.rows().collect();
+            for chunk in statement_chunks(&rows, 2) {
+                let mut args = AnyArguments::default();
+                for owner in chunk {
+                    bind_cells(&mut args, owner)?;
+                }
+                let owners = vec!["(resource_type = ? AND id = ?)"; chunk.len()].join(" OR ");
+                let sql = format!("DELETE FROM {table} WHERE ({owners}){extra}");
+                sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static PAIRS: Table =
+        Table { name: "pairs", columns: &[("name", SqlType::Text), ("n", SqlType::BigInt)], bodies: false };
+    static BODIES: Table =
+        Table { name: "bodies", columns: &[("id", SqlType::Text), ("body", SqlType::Text)], bodies: true };
+
+    #[test]
+    fn values_placeholders_number_rows_after_one_another() {
+        assert_eq!(values_placeholders(Dialect::Postgres, 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_placeholders(Dialect::Postgres, 1, 1), "($1)");
+    }
+
+    #[test]
+    fn sqlite_placeholders_are_anonymous_and_as_many() {
+        assert_eq!(values_placeholders(Dialect::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    }
+
+    #[test]
+    fn statements_take_rows_in_powers_of_two_largest_first() {
+        let rows: Vec<usize> = (0..300).collect();
+        let sizes: Vec<usize> = statement_chunks(&rows, 6).map(<[usize]>::len).collect();
+        assert_eq!(sizes, vec![256, 32, 8, 4]);
+        let rejoined: Vec<usize> = statement_chunks(&rows, 6).flatten().copied().collect();
+        assert_eq!(rejoined, rows, "every row once, in order");
+        assert_eq!(statement_chunks(&rows[..1], 6).count(), 1);
+        assert_eq!(statement_chunks::<usize>(&[], 6).count(), 0);
+    }
+
+    #[test]
+    fn rows_become_json_arrays_in_column_order_with_nulls_and_escapes_kept() {
+        let mut rows = Rows::new(&PAIRS);
+        rows.push(["a \"quoted\"\nline".into(), 7.into()]);
+        rows.push([Cell::Text(None), i64::MIN.into()]);
+        assert_eq!(rows.len(), 2);
+        let json: serde_json::Value = serde_json::from_str(&rows.to_json().expect("json")).expect("parses");
+        assert_eq!(json, serde_json::json!([["a \"quoted\"\nline", 7], [null, i64::MIN]]));
+    }
+
+    #[test]
+    fn postgres_takes_any_number_of_rows_in_one_statement_of_the_same_text() {
+        let statements_for = |count: usize| {
+            let mut rows = Rows::new(&PAIRS);
+            for n in 0..count {
+                rows.push(["x".into(), i64::try_from(n).expect("small").into()]);
+            }
+            let statements = insert_statements(Dialect::Postgres, &rows, Taken::Skip, " RETURNING n")
+                .expect("statements")
+                .into_iter()
+                .map(|(sql, _)| sql)
+                .collect::<Vec<_>>();
+            statements
+        };
+        let one = statements_for(1);
+        assert_eq!(
+            one,
+            vec!["INSERT INTO pairs (name, n) SELECT x->>0, (x->>1)::bigint FROM jsonb_array_elements($1::jsonb) \
+                  AS r(x) ON CONFLICT DO NOTHING RETURNING n"
+                .to_owned()]
+        );
+        assert_eq!(statements_for(300), one);
+    }
+
+    #[test]
+    fn sqlite_takes_rows_in_chunks_of_values() {
+        let mut rows = Rows::new(&PAIRS);
+        for n in 0..3 {
+            rows.push(["x".into(), n.into()]);
+        }
+        let statements: Vec<String> = insert_statements(Dialect::Sqlite, &rows, Taken::CannotBe, "")
+            .expect("statements")
+            .into_iter()
+            .map(|(sql, _)| sql)
+            .collect();
+        assert_eq!(
+            statements,
+            vec![
+                "INSERT OR FAIL INTO pairs (name, n) VALUES (?, ?), (?, ?)".to_owned(),
+                "INSERT OR FAIL INTO pairs (name, n) VALUES (?, ?)".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_with_bodies_are_bound_value_by_value_on_postgres_too() {
+        let mut rows = Rows::new(&BODIES);
+        rows.push(["a".into(), "{}".into()]);
+        let statements: Vec<String> = insert_statements(Dialect::Postgres, &rows, Taken::Skip, "")
+            .expect("statements")
+            .into_iter()
+            .map(|(sql, _)| sql)
+            .collect();
+        assert_eq!(statements, vec!["INSERT INTO bodies (id, body) VALUES ($1, $2) ON CONFLICT DO NOTHING".to_owned()]);
+    }
+
+    #[test]
+    #[should_panic(expected = "a row of pairs has 3 columns")]
+    fn a_row_of_the_wrong_width_is_refused() {
+        let mut rows = Rows::new(&PAIRS);
+        rows.push(["x".into(), 1.into(), 2.into()]);
+    }
+}
