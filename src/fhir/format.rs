@@ -49,17 +49,48 @@ fn guarded<T>(refusal: &str, call: impl FnOnce() -> Result<T, FormatError>) -> R
     })
 }
 
-/// The FHIRPath-like path of the first empty array, depth first.
-fn first_empty_array(value: &Value, path: String) -> Option<String> {
+/// The FHIRPath-like path of the first empty array, depth first. The path is written only
+/// when one is found: formatting every node's path on the way down was most of this walk's
+/// time, on every request body.
+fn first_empty_array(value: &Value, root: String) -> Option<String> {
+    let mut trail = Vec::new();
+    if !trail_to_empty_array(value, &mut trail) {
+        return None;
+    }
+    let mut path = root;
+    for step in trail {
+        match step {
+            Step::Member(name) => {
+                path.push('.');
+                path.push_str(name);
+            }
+            Step::Item(index) => path.push_str(&format!("[{index}]")),
+        }
+    }
+    Some(path)
+}
+
+/// One step down a JSON tree.
+enum Step<'a> {
+    Member(&'a str),
+    Item(usize),
+}
+
+/// Whether `value` holds an empty array; if so, `trail` ends with the steps to the first.
+fn trail_to_empty_array<'a>(value: &'a Value, trail: &mut Vec<Step<'a>>) -> bool {
+    let down = |step: Step<'a>, child: &'a Value, trail: &mut Vec<Step<'a>>| {
+        trail.push(step);
+        let found = trail_to_empty_array(child, trail);
+        if !found {
+            trail.pop();
+        }
+        found
+    };
     match value {
-        Value::Array(items) if items.is_empty() => Some(path),
-        Value::Array(items) => {
-            items.iter().enumerate().find_map(|(i, item)| first_empty_array(item, format!("{path}[{i}]")))
-        }
-        Value::Object(members) => {
-            members.iter().find_map(|(name, member)| first_empty_array(member, format!("{path}.{name}")))
-        }
-        _ => None,
+        Value::Array(items) if items.is_empty() => true,
+        Value::Array(items) => items.iter().enumerate().any(|(i, item)| down(Step::Item(i), item, trail)),
+        Value::Object(members) => members.iter().any(|(name, member)| down(Step::Member(name), member, trail)),
+        _ => false,
     }
 }
 

@@ -80,6 +80,8 @@ impl Walker {
             return;
         }
         self.check_required(type_key, object, expression);
+        // Most objects have no `_name` siblings: no key to build for each member then.
+        let has_siblings = object.keys().any(|key| key.starts_with('_'));
         for (key, value) in object {
             if is_resource && key == "resourceType" {
                 continue;
@@ -96,7 +98,7 @@ impl Walker {
             if is_sibling {
                 self.walk_sibling(value, element, &path, depth);
             } else {
-                let sibling = object.get(&format!("_{name}"));
+                let sibling = if has_siblings { object.get(&format!("_{name}")) } else { None };
                 self.walk_member(value, element, ty, sibling, &path, depth);
             }
         }

@@ -67,7 +67,7 @@ fn invalid_entry(index: usize, message: &str, element: &str) -> ServiceError {
 
 /// Reads the entries of a Bundle into requests.
 fn parse_entries(bundle: &Value) -> Result<Vec<Entry>, ServiceError> {
-    let entries = bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    let entries = bundle.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     entries
         .iter()
         .enumerate()
