@@ -15,10 +15,40 @@ pub enum Db {
 
 pub const POSTGRES_ENV: &str = "LINKBRIDGE_TEST_POSTGRES_URL";
 
-/// A database for one test. SQLite lives in `dir`; PostgreSQL gets its own database.
+/// A database for one test. SQLite lives in `dir`; PostgreSQL gets its own database, dropped
+/// with this (see `Drop`).
 pub struct TestDatabase {
     pub url: DatabaseUrl,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database's name and the server URL it was created through.
+    postgres: Option<(String, String)>,
+}
+
+/// Drops the test's PostgreSQL database. Left behind, every run of the suite added a hundred
+/// databases to the machine's server, whose checkpoints then synced tens of thousands of files
+/// (one took four minutes) and slowed whatever ran on it after: benchmarks, the next CI run.
+/// `WITH (FORCE)` ends the connections a stopped server's pools may still hold. On a thread of
+/// its own, with a runtime of its own: `drop` cannot await, and it may run on the test's
+/// runtime thread.
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((name, admin_url)) = self.postgres.take() else {
+            return;
+        };
+        let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                use sqlx::Executor;
+                let (mut conn, _) = connect_admin(&admin_url).await;
+                conn.execute(statement.as_str()).await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(_))) {
+            eprintln!("could not drop the test database {name}: {dropped:?}");
+        }
+    }
 }
 
 /// Creates a fresh database, or returns `None` (after saying so loudly) when PostgreSQL is
@@ -27,7 +57,7 @@ pub struct TestDatabase {
 pub async fn test_database(db: Db) -> Option<TestDatabase> {
     let dir = tempfile::tempdir().expect("temporary directory");
     match db {
-        Db::Sqlite => Some(TestDatabase { url: DatabaseUrl::sqlite_in(dir.path()), dir }),
+        Db::Sqlite => Some(TestDatabase { url: DatabaseUrl::sqlite_in(dir.path()), dir, postgres: None }),
         Db::Postgres => {
             let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
                 if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -41,7 +71,7 @@ pub async fn test_database(db: Db) -> Option<TestDatabase> {
             use sqlx::Executor;
             conn.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
             let url = replace_database(&admin_url, &name);
-            Some(TestDatabase { url: DatabaseUrl::Postgres(url), dir })
+            Some(TestDatabase { url: DatabaseUrl::Postgres(url), dir, postgres: Some((name, admin_url)) })
         }
     }
 }
