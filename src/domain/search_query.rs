@@ -368,6 +368,15 @@ fn invalid(message: String, expression: &str) -> Issue {
     Issue::error(IssueCode::Invalid, message).at(expression.to_owned())
 }
 
+/// A parameter name or value holding a control character (other than tab, CR and LF), which
+/// no stored value holds (FHIR strings exclude them) and PostgreSQL's text cannot (U+0000):
+/// refused before any query rather than failing in the database.
+fn control_character_in(name: &str, value: &str, expression: &str) -> Option<Issue> {
+    let is_refused = |c: char| c.is_control() && !matches!(c, '\t' | '\r' | '\n');
+    (name.chars().any(is_refused) || value.chars().any(is_refused))
+        .then(|| invalid(format!("search parameter '{}' holds a control character", name.escape_default()), expression))
+}
+
 fn not_supported(message: String, expression: &str) -> Issue {
     Issue::error(IssueCode::NotSupported, message).at(expression.to_owned())
 }
@@ -394,6 +403,10 @@ pub fn parse_search(
     };
     let mut issues = Vec::new();
     for (name, value) in params {
+        if let Some(issue) = control_character_in(name, value, name) {
+            issues.push(issue);
+            continue;
+        }
         let used = match parse_one(resource_type, name, value, context, &mut search) {
             Ok(Use::Keep) => true,
             Ok(Use::Silent) => false,
@@ -867,6 +880,9 @@ pub fn parse_criteria(resource_type: ResourceType, raw: &str) -> Result<SearchQu
     let raw = raw.strip_prefix(resource_type.as_str()).map(|rest| rest.trim_start_matches('?')).unwrap_or(raw);
     let mut clauses = Vec::new();
     for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if let Some(issue) = control_character_in(&name, &value, "If-None-Exist") {
+            return Err(issue);
+        }
         if value.is_empty() {
             return Err(invalid(format!("criterion '{name}' has no value"), "If-None-Exist"));
         }

@@ -465,6 +465,29 @@ async fn post_search_merges_the_form_body_with_the_url_parameters(db: Db) {
     assert_eq!(status, 415, "a _search body must be form-encoded");
 }
 
+async fn a_search_value_with_a_nul_character_is_refused_not_a_server_error(db: Db) {
+    let Some(app) = app(db).await else { return };
+    // PostgreSQL's text cannot hold U+0000: such a value must be refused before any query.
+    for path in
+        ["/Task?status=%00", "/Patient?family=a%00b", "/Task?requester:identifier=sys%7C%00", "/Patient?_id=%00"]
+    {
+        let (status, body) = json_of(app.as_party(Party::Gp, Method::GET, path).await.send().await.expect("get")).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["resourceType"], "OperationOutcome", "{path}: {body}");
+    }
+    // The same in a conditional create's criteria.
+    let response = app
+        .as_party(Party::Gp, Method::POST, "/Patient")
+        .await
+        .header("If-None-Exist", "identifier=https://fhir.nhs.uk/Id/nhs-number%7C%00")
+        .json(&patient("9434765919"))
+        .send()
+        .await
+        .expect("post");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 400, "If-None-Exist: {body}");
+}
+
 async fn unknown_parameters_are_ignored_and_left_out_of_the_self_link_unless_strict(db: Db) {
     let Some(app) = app(db).await else { return };
     create_all(&app, Party::Gp, vec![("a", gp_task(json!({})))]).await;
@@ -779,6 +802,7 @@ on_both_databases!(
     string_search_matches_prefixes_exact_values_and_substrings,
     post_search_merges_the_form_body_with_the_url_parameters,
     unknown_parameters_are_ignored_and_left_out_of_the_self_link_unless_strict,
+    a_search_value_with_a_nul_character_is_refused_not_a_server_error,
     count_is_capped_at_the_maximum_never_an_error,
     paging_by_id_has_no_duplicates_or_gaps_while_data_changes,
     paging_by_a_changing_key_never_returns_a_resource_twice,
