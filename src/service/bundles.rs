@@ -229,8 +229,8 @@ impl ResourceService {
                 ));
             }
         }
-        for _ in 0..TRANSACTION_RETRIES {
-            match self.plan_transaction(caller, &entries).await {
+        for attempt in 0..TRANSACTION_RETRIES {
+            match self.plan_transaction(caller, &entries, attempt).await {
                 Ok((mut write_set, responses)) => {
                     let created: Vec<&str> =
                         responses.iter().filter_map(|r| r["response"]["location"].as_str()).collect();
@@ -261,12 +261,14 @@ impl ResourceService {
         )))
     }
 
-    /// Plans every entry into one write set. Creates come first so that later entries can
-    /// refer to what they create; references to `fullUrl`s are resolved before any check.
+    /// Plans every entry into one write set, for the `attempt`-th time (see
+    /// [`Pending::for_attempt`]). Creates come first so that later entries can refer to what
+    /// they create; references to `fullUrl`s are resolved before any check.
     async fn plan_transaction(
         &self,
         caller: &Principal,
         entries: &[Entry],
+        attempt: usize,
     ) -> Result<(WriteSet, Vec<Value>), ServiceError> {
         let scope = caller.scope();
         let mut ids: HashMap<usize, (ResourceId, bool)> = HashMap::new();
@@ -312,7 +314,7 @@ impl ResourceService {
         }
 
         let mut write_set = WriteSet { conditional_claims: claims, ..Default::default() };
-        let mut pending = Pending::new();
+        let mut pending = Pending::for_attempt(attempt);
         let mut responses: Vec<(usize, Value)> = Vec::new();
         let order = |method: &str| match method {
             "DELETE" => 0,

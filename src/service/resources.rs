@@ -253,7 +253,7 @@ impl ResourceService {
             .transpose()
             .map_err(|issue| ServiceError::Invalid(vec![issue]))?;
         let Some(criteria) = criteria else {
-            for _ in 0..UNCONDITIONAL_RETRIES {
+            for attempt in 0..UNCONDITIONAL_RETRIES {
                 let (mut write_set, write) = self
                     .plan(
                         caller,
@@ -261,7 +261,7 @@ impl ResourceService {
                         ResourceId::generate(),
                         None,
                         Some((resource.clone(), WriteMethod::Create)),
-                        &Pending::new(),
+                        &Pending::for_attempt(attempt),
                     )
                     .await?;
                 write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
@@ -301,7 +301,7 @@ impl ResourceService {
         let scope = caller.scope();
         let scope_key = Visibility::Organization(caller.organization().clone()).key();
         let key = criteria.canonical_key();
-        for _ in 0..UNCONDITIONAL_RETRIES {
+        for attempt in 0..UNCONDITIONAL_RETRIES {
             let claim = ConditionalKey { scope_key: &scope_key, resource_type, criteria: &key };
             let ConditionalLookup { claimed: stale, matches } =
                 self.store.conditional_lookup(&claim, &scope, criteria, 2).await?;
@@ -325,7 +325,7 @@ impl ResourceService {
                     id.clone(),
                     None,
                     Some((resource.clone(), WriteMethod::Create)),
-                    &Pending::new(),
+                    &Pending::for_attempt(attempt),
                 )
                 .await?;
             write_set.conditional_claims.push(ConditionalClaim {
@@ -434,12 +434,19 @@ impl ResourceService {
         if let Some(key) = &conditions.request {
             key.refuse_if_seen(&self.store).await?;
         }
-        for _ in 0..UNCONDITIONAL_RETRIES {
+        for attempt in 0..UNCONDITIONAL_RETRIES {
             let current = self.current_for_write(caller, resource_type, id).await?;
             Self::check_if_match(&current, if_match)?;
             let resource = next_body(&current)?;
             let (mut write_set, write) = self
-                .plan(caller, resource_type, id.clone(), Some(&current), Some((resource, method)), &Pending::new())
+                .plan(
+                    caller,
+                    resource_type,
+                    id.clone(),
+                    Some(&current),
+                    Some((resource, method)),
+                    &Pending::for_attempt(attempt),
+                )
                 .await?;
             write_set.request = conditions
                 .request
@@ -551,14 +558,15 @@ impl ResourceService {
         if let Some(key) = &conditions.request {
             key.refuse_if_seen(&self.store).await?;
         }
-        for _ in 0..UNCONDITIONAL_RETRIES {
+        for attempt in 0..UNCONDITIONAL_RETRIES {
             let current = self.current_for_write(caller, resource_type, id).await?;
             if current.deleted {
                 return Ok(());
             }
             Self::check_if_match(&current, conditions.if_match)?;
-            let (mut write_set, write) =
-                self.plan(caller, resource_type, id.clone(), Some(&current), None, &Pending::new()).await?;
+            let (mut write_set, write) = self
+                .plan(caller, resource_type, id.clone(), Some(&current), None, &Pending::for_attempt(attempt))
+                .await?;
             write_set.request = conditions
                 .request
                 .as_ref()

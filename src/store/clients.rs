@@ -1,11 +1,54 @@
 //! The client registry and the client-assertion replay guard. Both live in the database so
 //! that every replica sees the same registrations and refuses the same replays.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use sqlx::Row;
 
 use super::reads::ConditionalKey;
 use super::{Store, StoreError};
 use crate::domain::instant::Instant;
+
+/// How long a process trusts that an organisation has a client of a role without asking the
+/// database again. Every referral given to a CLW service asks it; registrations change by the
+/// CLI, from any process, so a replica is never told: a removal reaches every replica within
+/// this time. That an organisation lacks a role is never remembered, so a new registration
+/// counts at once.
+const ROLE_TRUSTED_FOR: Duration = Duration::from_secs(30);
+
+/// More (organisation, role) pairs than any deployment has; past it the memory starts afresh.
+const MAX_KNOWN_ROLES: usize = 10_000;
+
+/// The (organisation, role) pairs this process has lately found registered, and when.
+#[derive(Debug, Default)]
+pub(super) struct KnownRoles {
+    seen: Mutex<HashMap<(String, String), std::time::Instant>>,
+}
+
+impl KnownRoles {
+    fn holds(&self, organization: &str, role: &str) -> bool {
+        let Ok(seen) = self.seen.lock() else { return false };
+        seen.get(&(organization.to_owned(), role.to_owned())).is_some_and(|found| found.elapsed() < ROLE_TRUSTED_FOR)
+    }
+
+    fn found(&self, organization: &str, role: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.len() >= MAX_KNOWN_ROLES {
+                seen.clear();
+            }
+            seen.insert((organization.to_owned(), role.to_owned()), std::time::Instant::now());
+        }
+    }
+
+    /// Forgets everything: this process changed a registration.
+    fn forget(&self) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.clear();
+        }
+    }
+}
 
 /// A registered client system, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +99,8 @@ impl Store {
         .bind(client.created_at.micros())
         .execute(&mut *self.reader().await?)
         .await?;
+        // A registration moved to another organisation or role takes the old one's away.
+        self.inner.known_roles.forget();
         Ok(())
     }
 
@@ -80,17 +125,24 @@ impl Store {
             .bind(client_id)
             .execute(&mut *self.reader().await?)
             .await?;
+        self.inner.known_roles.forget();
         Ok(result.rows_affected() > 0)
     }
 
     /// Whether an organisation has a registered client in the given role (e.g. "is this ODS
-    /// code a registered performer?").
+    /// code a registered performer?"). A yes is remembered for [`ROLE_TRUSTED_FOR`].
     pub async fn organization_has_role(&self, organization: &str, role: &str) -> Result<bool, StoreError> {
+        if self.inner.known_roles.holds(organization, role) {
+            return Ok(true);
+        }
         let row = sqlx::query("SELECT 1 FROM clients WHERE organization = $1 AND role = $2 LIMIT 1")
             .bind(organization)
             .bind(role)
             .fetch_optional(&mut *self.reader().await?)
             .await?;
+        if row.is_some() {
+            self.inner.known_roles.found(organization, role);
+        }
         Ok(row.is_some())
     }
 
@@ -119,7 +171,10 @@ impl Store {
             .fetch_optional(&mut *self.reader().await?)
             .await?;
         Ok(match row {
-            Some(row) => RoleAndClaim { has_role: true, claimed_by: row.try_get::<Option<String>, _>(0)? },
+            Some(row) => {
+                self.inner.known_roles.found(organization, role);
+                RoleAndClaim { has_role: true, claimed_by: row.try_get::<Option<String>, _>(0)? }
+            }
             None => RoleAndClaim { has_role: false, claimed_by: None },
         })
     }

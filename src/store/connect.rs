@@ -126,6 +126,7 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
             writer,
             settle_window: settings.settle_window,
             outbox_signal,
+            known_roles: Default::default(),
         }),
     })
 }
@@ -151,6 +152,7 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
             writer,
             settle_window: settings.settle_window,
             outbox_signal,
+            known_roles: Default::default(),
         }),
     })
 }

@@ -102,6 +102,8 @@ struct StoreInner {
     settle_window: std::time::Duration,
     /// Wakes this process's delivery worker when a commit adds notifications.
     outbox_signal: Arc<tokio::sync::Notify>,
+    /// Registered roles lately found (see [`clients`]).
+    known_roles: clients::KnownRoles,
 }
 
 impl Store {

@@ -271,8 +271,9 @@ async fn parallel_referrals_of_one_patient_to_one_service_open_exactly_one_task(
     );
 }
 
-/// One read answers both checks of a Task given to a service (see `service::rules`): that the
-/// owner is a registered CLW service, and which Task holds the patient's open referral to it.
+/// Both checks of a Task given to a service (see `service::rules`): that the owner is a
+/// registered CLW service, and which Task holds the patient's open referral to it (read only
+/// once the key the Task claims turns out to be held).
 async fn a_task_for_an_unregistered_service_is_refused_and_a_second_open_referral_names_the_first(db: Db) {
     let Some(app) = spawn_app_on(db).await else {
         return;

@@ -7,9 +7,9 @@ use linkbridge::domain::search_params::extract_index;
 use linkbridge::domain::search_query::parse_criteria;
 use linkbridge::domain::tenancy::TenantScope;
 use linkbridge::store::{
-    ConditionalClaim, ConditionalKey, DatabaseUrl, DeletedContent, DeliveryOutcome, HistoryQuery, OutboxEntry,
-    OutboxKind, Precondition, ResourceWrite, Store, StoreError, SubscriptionChange, SubscriptionRecord, WriteMethod,
-    WriteSet,
+    ClientRecord, ConditionalClaim, ConditionalKey, DatabaseUrl, DeletedContent, DeliveryOutcome, HistoryQuery,
+    OutboxEntry, OutboxKind, Precondition, ResourceWrite, Store, StoreError, SubscriptionChange, SubscriptionRecord,
+    WriteMethod, WriteSet,
 };
 use serde_json::json;
 
@@ -720,7 +720,42 @@ async fn the_writer_records_an_event_for_each_change_or_deletion_a_live_subscrip
     assert_eq!(pending().await, 2, "the deletion is matched on the content deleted");
 }
 
+fn performer(client_id: &str, organization: &str) -> ClientRecord {
+    ClientRecord {
+        client_id: client_id.into(),
+        organization: organization.into(),
+        role: "performer".into(),
+        jwks: Some(r#"{"keys":[]}"#.into()),
+        jwks_url: None,
+        scopes: "system/Task.rs".into(),
+        created_at: Instant::now(),
+    }
+}
+
+/// A replica remembers for a while that an organisation has a role (every referral to a CLW
+/// service asks); never that it lacks one, and not past a change it made itself.
+async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: Db) {
+    use linkbridge::store::PoolSettings;
+    let Some((replica, database)) = test_store(db).await else { return };
+    // The CLI (or another replica) registers: a store of its own on the same database.
+    let cli = Store::connect(&database.url, &PoolSettings::default()).await.expect("cli store");
+    assert!(!replica.organization_has_role("CLW777", "performer").await.expect("ask"), "not registered yet");
+    cli.upsert_client(&performer("clw-777", "CLW777")).await.expect("register");
+    assert!(replica.organization_has_role("CLW777", "performer").await.expect("ask"), "a no is not remembered");
+    assert!(!replica.organization_has_role("CLW777", "referrer").await.expect("ask"), "only the role it has");
+    replica.remove_client("clw-777").await.expect("remove");
+    assert!(!replica.organization_has_role("CLW777", "performer").await.expect("ask"), "its own removal at once");
+    replica.upsert_client(&performer("clw-777", "CLW777")).await.expect("register again");
+    assert!(replica.organization_has_role("CLW777", "performer").await.expect("ask"));
+    replica
+        .upsert_client(&ClientRecord { organization: "CLW778".into(), ..performer("clw-777", "CLW777") })
+        .await
+        .expect("move");
+    assert!(!replica.organization_has_role("CLW777", "performer").await.expect("ask"), "moved to another organisation");
+}
+
 on_both_databases!(
+    a_registered_role_counts_at_once_and_a_removal_by_this_replica_too,
     concurrent_write_sets_commit_independently_when_some_fail,
     a_conditional_lookup_sees_the_key_and_the_matches_of_one_moment_and_a_stale_key,
     a_created_resource_reads_back_with_its_version,
