@@ -720,6 +720,58 @@ async fn the_writer_records_an_event_for_each_change_or_deletion_a_live_subscrip
     assert_eq!(pending().await, 2, "the deletion is matched on the content deleted");
 }
 
+/// Many writers moving one resource on, each from the version it last read, their write sets
+/// sharing batches and following one another's commits: every success is a version of its
+/// own, none lost, none twice, and only version conflicts fail (to be retried).
+async fn writers_racing_on_one_resource_leave_every_version_once(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let id = ResourceId::generate();
+    store.commit(one(patient_write(&id, 1, Precondition::Absent, "Start", "GP1"))).await.expect("create");
+    let scope = practice("GP1");
+    let (writers, changes_each) = (8, 6);
+    let chains = (0..writers).map(|w| {
+        let (store, id, scope) = (store.clone(), id.clone(), scope.clone());
+        async move {
+            let mut conflicts = 0;
+            for n in 0..changes_each {
+                loop {
+                    let current = store.read_current(&scope, ResourceType::Patient, &id).await.expect("read");
+                    let current = current.expect("exists").version;
+                    let write = patient_write(
+                        &id,
+                        current.get() + 1,
+                        Precondition::CurrentVersion(current),
+                        &format!("W{w}N{n}"),
+                        "GP1",
+                    );
+                    match store.commit(one(write)).await {
+                        Ok(()) => break,
+                        Err(StoreError::VersionConflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("writer {w}: only version conflicts may fail a change: {e}"),
+                    }
+                }
+            }
+            conflicts
+        }
+    });
+    let conflicts: usize = futures::future::join_all(chains).await.into_iter().sum();
+    let expected = 1 + writers * changes_each;
+    let last = store.read_current(&scope, ResourceType::Patient, &id).await.expect("read").expect("exists");
+    assert_eq!(last.version.get(), expected as i64, "one version per success ({conflicts} conflicts retried)");
+    let history = store
+        .history(&scope, ResourceType::Patient, Some(&id), &HistoryQuery { count: 1000, ..Default::default() })
+        .await
+        .expect("history");
+    let versions: Vec<i64> = history.iter().map(|v| v.version.get()).collect();
+    assert_eq!(versions, (1..=expected as i64).rev().collect::<Vec<_>>(), "every version once, newest first");
+    let families: std::collections::HashSet<String> = history
+        .iter()
+        .filter_map(|v| serde_json::from_str::<serde_json::Value>(&v.body).ok())
+        .filter_map(|b| b["name"][0]["family"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(families.len(), expected, "each version holds its own writer's change");
+}
+
 fn performer(client_id: &str, organization: &str) -> ClientRecord {
     ClientRecord {
         client_id: client_id.into(),
@@ -756,6 +808,7 @@ async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: 
 
 on_both_databases!(
     a_registered_role_counts_at_once_and_a_removal_by_this_replica_too,
+    writers_racing_on_one_resource_leave_every_version_once,
     concurrent_write_sets_commit_independently_when_some_fail,
     a_conditional_lookup_sees_the_key_and_the_matches_of_one_moment_and_a_stale_key,
     a_created_resource_reads_back_with_its_version,
