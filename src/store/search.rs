@@ -15,7 +15,7 @@ use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::{ParamKind, SearchParam};
+use crate::domain::search_params::{normalise_string, ParamKind, SearchParam};
 use crate::domain::search_query::{
     Clause, DatePrefix, PageDirection, ParamRef, Predicate, SearchQuery, SortField, SortKey, SortValue, StringMatch,
     SystemMatch,
@@ -229,7 +229,11 @@ fn index_condition(sql: &mut Sql, predicate: &Predicate) -> Result<Option<String
         }
         Predicate::Date { prefix, low, high } => date_sql(sql, "x.low", "x.high", *prefix, *low, *high)?,
         Predicate::String { mode, value } => match mode {
-            StringMatch::Exact => format!("x.exact = {}", sql.text(value.as_str())?),
+            // By the folded value first: the lookup index finds the rows, and the text as
+            // written is checked on them (an index of it cost every string row an entry).
+            StringMatch::Exact => {
+                format!("x.value = {} AND x.exact = {}", sql.text(normalise_string(value))?, sql.text(value.as_str())?)
+            }
             StringMatch::StartsWith => {
                 format!("x.value LIKE {} ESCAPE '\\'", sql.text(format!("{}%", like_escape(value)))?)
             }
