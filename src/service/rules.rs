@@ -45,7 +45,7 @@ pub(crate) enum KeyHolders {
     /// Assumed free: the claim goes to the store as a new key, and should the key be held, the
     /// commit fails with `ConditionalClaimTaken` and the request is planned again with `Read`.
     /// Nearly every referral is its patient's first open one with that service, so this
-    /// saves a database round trip per referral (a fifth of the statements of a submission).
+    /// saves one of the two reads a referral transaction made before it wrote.
     #[default]
     AssumedFree,
     /// Read before the claim is planned: taken over from a Task that has ended, refused while
@@ -55,7 +55,8 @@ pub(crate) enum KeyHolders {
 
 impl Pending {
     /// The `attempt`-th planning of a request (from 0): every one after the first follows a
-    /// taken key, and reads who holds the keys it claims.
+    /// commit that failed (a taken key among the reasons), and reads who holds the keys it
+    /// claims.
     pub fn for_attempt(attempt: usize) -> Self {
         let key_holders = if attempt == 0 { KeyHolders::AssumedFree } else { KeyHolders::Read };
         Pending { key_holders, ..Pending::default() }
