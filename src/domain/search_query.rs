@@ -12,6 +12,7 @@ use super::instant::Instant;
 use super::outcome::{Issue, IssueCode};
 use super::resource_type::ResourceType;
 use super::search_params::{self, normalise_string, partial_date_range, ParamKind, SearchParam};
+use crate::fhir::excluded_from_strings;
 
 /// Which parameter a clause tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,8 +373,7 @@ fn invalid(message: String, expression: &str) -> Issue {
 /// no stored value holds (FHIR strings exclude them) and PostgreSQL's text cannot (U+0000):
 /// refused before any query rather than failing in the database.
 fn control_character_in(name: &str, value: &str, expression: &str) -> Option<Issue> {
-    let is_refused = |c: char| c.is_control() && !matches!(c, '\t' | '\r' | '\n');
-    (name.chars().any(is_refused) || value.chars().any(is_refused))
+    (name.chars().any(excluded_from_strings) || value.chars().any(excluded_from_strings))
         .then(|| invalid(format!("search parameter '{}' holds a control character", name.escape_default()), expression))
 }
 

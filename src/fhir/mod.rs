@@ -13,6 +13,7 @@ mod primitives;
 mod schema;
 mod values;
 
+pub use primitives::excluded_from_strings;
 pub use values::{check_values, ValueIssue};
 
 /// Whether `json_key` (e.g. `status`, `_status`, `valueString`) names an element of

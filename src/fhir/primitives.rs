@@ -79,14 +79,18 @@ fn text_problem(primitive: Primitive, text: &str) -> Option<String> {
     }
 }
 
+/// Whether R4's string regex `[ \r\n\t\S]+` excludes `c`: a control character other than tab,
+/// CR and LF.
+pub fn excluded_from_strings(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\r' | '\n')
+}
+
 /// string: regex `[ \r\n\t\S]+`, i.e. no control characters other than tab, CR and LF.
 fn string_problem(text: &str) -> Option<String> {
     if text.len() > STRING_MAX_BYTES {
         return Some("longer than 1 MB".to_owned());
     }
-    text.chars()
-        .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
-        .then(|| "contains a control character other than tab, CR or LF".to_owned())
+    text.chars().any(excluded_from_strings).then(|| "contains a control character other than tab, CR or LF".to_owned())
 }
 
 /// code: regex `[^\s]+(\s[^\s]+)*`: no leading, trailing or repeated whitespace.

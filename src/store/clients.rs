@@ -18,27 +18,28 @@ use crate::domain::instant::Instant;
 /// counts at once.
 const ROLE_TRUSTED_FOR: Duration = Duration::from_secs(30);
 
-/// More (organisation, role) pairs than any deployment has; past it the memory starts afresh.
-const MAX_KNOWN_ROLES: usize = 10_000;
+/// More organisations than any deployment has; past it the memory starts afresh.
+const MAX_KNOWN_ORGANIZATIONS: usize = 10_000;
 
-/// The (organisation, role) pairs this process has lately found registered, and when.
+/// The roles this process has lately found each organisation registered in, and when. By
+/// organisation, then role: a look-up borrows both names, no key is built per referral.
 #[derive(Debug, Default)]
 pub(super) struct KnownRoles {
-    seen: Mutex<HashMap<(String, String), std::time::Instant>>,
+    seen: Mutex<HashMap<String, HashMap<String, std::time::Instant>>>,
 }
 
 impl KnownRoles {
     fn holds(&self, organization: &str, role: &str) -> bool {
         let Ok(seen) = self.seen.lock() else { return false };
-        seen.get(&(organization.to_owned(), role.to_owned())).is_some_and(|found| found.elapsed() < ROLE_TRUSTED_FOR)
+        seen.get(organization).and_then(|roles| roles.get(role)).is_some_and(|found| found.elapsed() < ROLE_TRUSTED_FOR)
     }
 
     fn found(&self, organization: &str, role: &str) {
         if let Ok(mut seen) = self.seen.lock() {
-            if seen.len() >= MAX_KNOWN_ROLES {
+            if seen.len() >= MAX_KNOWN_ORGANIZATIONS && !seen.contains_key(organization) {
                 seen.clear();
             }
-            seen.insert((organization.to_owned(), role.to_owned()), std::time::Instant::now());
+            seen.entry(organization.to_owned()).or_default().insert(role.to_owned(), std::time::Instant::now());
         }
     }
 

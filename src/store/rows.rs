@@ -58,6 +58,13 @@ impl Dialect {
         }
     }
 
+    /// The `n`-th placeholder (from 1).
+    fn nth(self, n: usize) -> String {
+        let mut placeholder = String::new();
+        self.push_nth(&mut placeholder, n);
+        placeholder
+    }
+
     fn push_nth(self, sql: &mut String, n: usize) {
         match self {
             Dialect::Postgres => {
@@ -400,10 +407,11 @@ pub(super) async fn delete_owned(
         let mut conditions = Vec::with_capacity(chunk.len());
         for (i, owner) in chunk.iter().enumerate() {
             bind_cells(&mut args, owner)?;
-            let (mut resource_type, mut id) = (String::new(), String::new());
-            dialect.push_nth(&mut resource_type, 2 * i + 1);
-            dialect.push_nth(&mut id, 2 * i + 2);
-            conditions.push(format!("(resource_type = {resource_type} AND id = {id})"));
+            conditions.push(format!(
+                "(resource_type = {} AND id = {})",
+                dialect.nth(2 * i + 1),
+                dialect.nth(2 * i + 2)
+            ));
         }
         let sql = format!("DELETE FROM {table} WHERE ({}){extra}", conditions.join(" OR "));
         sqlx::query_with(&sql, args).execute(&mut *conn).await?;
