@@ -42,6 +42,11 @@ pub struct SearchParam {
     pub targets: &'static [ResourceType],
     /// The FHIR core definition this follows, for the CapabilityStatement.
     pub definition: &'static str,
+    /// The parameter whose index rows answer this one: its own name, or (`patient`) the name of
+    /// the parameter on the same element without a target restriction (`subject`). Both would
+    /// index the same rows (extraction keeps every reference, whatever its type; the type is
+    /// tested when searching), and a referral would write two of them twice.
+    pub rows_of: &'static str,
 }
 
 use ParamKind::{Date, Reference, String as Str, Token};
@@ -55,7 +60,13 @@ const fn p(
     targets: &'static [ResourceType],
     definition: &'static str,
 ) -> SearchParam {
-    SearchParam { resource_type, name, kind, paths, targets, definition }
+    SearchParam { resource_type, name, kind, paths, targets, definition, rows_of: name }
+}
+
+/// `param`, answered from the index rows of `rows_of`, a parameter of the same type on the
+/// same element (checked by a unit test).
+const fn answered_from(param: SearchParam, rows_of: &'static str) -> SearchParam {
+    SearchParam { rows_of, ..param }
 }
 
 const CORE: &str = "http://hl7.org/fhir/SearchParameter/";
@@ -78,7 +89,7 @@ pub static REGISTRY: &[SearchParam] = &[
         &[T::Organization, T::Practitioner, T::PractitionerRole],
         "Task-requester",
     ),
-    p(T::Task, "patient", Reference, &["for"], &[T::Patient], "Task-patient"),
+    answered_from(p(T::Task, "patient", Reference, &["for"], &[T::Patient], "Task-patient"), "subject"),
     p(T::Task, "subject", Reference, &["for"], &[], "Task-subject"),
     p(T::Task, "focus", Reference, &["focus"], &[], "Task-focus"),
     p(T::Task, "based-on", Reference, &["basedOn"], &[], "Task-based-on"),
@@ -92,7 +103,10 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::ServiceRequest, "intent", Token, &["intent"], &[], "ServiceRequest-intent"),
     p(T::ServiceRequest, "category", Token, &["category"], &[], "ServiceRequest-category"),
     p(T::ServiceRequest, "code", Token, &["code"], &[], "clinical-code"),
-    p(T::ServiceRequest, "patient", Reference, &["subject"], &[T::Patient], "clinical-patient"),
+    answered_from(
+        p(T::ServiceRequest, "patient", Reference, &["subject"], &[T::Patient], "clinical-patient"),
+        "subject",
+    ),
     p(T::ServiceRequest, "subject", Reference, &["subject"], &[], "ServiceRequest-subject"),
     p(
         T::ServiceRequest,
@@ -119,7 +133,7 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::CarePlan, "status", Token, &["status"], &[], "CarePlan-status"),
     p(T::CarePlan, "intent", Token, &["intent"], &[], "CarePlan-intent"),
     p(T::CarePlan, "category", Token, &["category"], &[], "CarePlan-category"),
-    p(T::CarePlan, "patient", Reference, &["subject"], &[T::Patient], "clinical-patient"),
+    answered_from(p(T::CarePlan, "patient", Reference, &["subject"], &[T::Patient], "clinical-patient"), "subject"),
     p(T::CarePlan, "subject", Reference, &["subject"], &[], "CarePlan-subject"),
     p(T::CarePlan, "based-on", Reference, &["basedOn"], &[], "CarePlan-based-on"),
     p(T::CarePlan, "author", Reference, &["author"], &[], "CarePlan-author"),
@@ -219,10 +233,11 @@ pub enum IndexEntry {
     },
 }
 
-/// Extracts every index entry of a resource according to the registry.
+/// Extracts every index entry of a resource according to the registry: the rows of each
+/// parameter answered from its own ([`SearchParam::rows_of`]).
 pub fn extract_index(resource_type: ResourceType, resource: &Value) -> Vec<IndexEntry> {
     let mut out = Vec::new();
-    for param in params_for(resource_type) {
+    for param in params_for(resource_type).filter(|p| p.rows_of == p.name) {
         for path in param.paths {
             let mut values = Vec::new();
             collect_path(resource, path, &mut values);
@@ -498,6 +513,17 @@ mod tests {
     }
 
     #[test]
+    fn a_parameter_answered_from_another_ones_rows_indexes_the_same_element_more_narrowly() {
+        for p in REGISTRY.iter().filter(|p| p.rows_of != p.name) {
+            let rows = find(p.resource_type, p.rows_of).expect("rows_of names a parameter of the same type");
+            assert_eq!(rows.rows_of, rows.name, "{}:{} answers from its own rows", p.resource_type, rows.name);
+            assert_eq!((rows.kind, rows.paths), (p.kind, p.paths), "{}:{} and {}", p.resource_type, p.name, rows.name);
+            let narrower = rows.targets.is_empty() || p.targets.iter().all(|t| rows.targets.contains(t));
+            assert!(narrower, "{}:{} may point at types {} does not index", p.resource_type, p.name, rows.name);
+        }
+    }
+
+    #[test]
     fn a_task_yields_token_reference_and_date_entries() {
         let task = json!({
             "resourceType": "Task",
@@ -518,12 +544,14 @@ mod tests {
             text: None
         }));
         assert!(has(&IndexEntry::Reference {
-            param: "patient",
+            param: "subject",
             target_type: Some("Patient".into()),
             target_id: Some("p1".into()),
             identifier_system: None,
             identifier_value: None
         }));
+        // `patient` is answered from `subject`'s rows (`SearchParam::rows_of`): written once.
+        assert!(!index.iter().any(|e| matches!(e, IndexEntry::Reference { param: "patient", .. })), "{index:?}");
         assert!(has(&IndexEntry::Reference {
             param: "owner",
             target_type: Some("Organization".into()),

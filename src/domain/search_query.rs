@@ -827,6 +827,7 @@ fn parse_reference_value(
             return Err(invalid(format!("'{raw}' is not a {m} as the modifier ':{m}' requires"), name))
         }
         (None, Some(m)) => Some(m.as_str().to_owned()),
+        (None, None) => only_target(param),
         (t, _) => t,
     };
     if let Some(t) = &target_type {
@@ -918,19 +919,28 @@ pub fn parse_criteria(resource_type: ResourceType, raw: &str) -> Result<SearchQu
 fn criteria_value(param: ParamRef, raw: &str) -> Result<Predicate, Issue> {
     match param {
         ParamRef::Registered(p) if p.kind == ParamKind::Token => Ok(parse_token(raw)),
-        ParamRef::Registered(_) => parse_reference(raw),
+        ParamRef::Registered(p) => parse_reference(p, raw),
         ParamRef::Id | ParamRef::LastUpdated => Ok(Predicate::Id(raw.to_owned())),
     }
 }
 
-/// `Type/id`, `id`, or an absolute URL ending in `Type/id` (conditional criteria, where the
-/// server's base URL is not at hand).
-pub fn parse_reference(raw: &str) -> Result<Predicate, Issue> {
+/// The type a bare id of `param` names: the one type it can point at (`patient`), if one.
+/// `patient` is answered from the rows of `subject`, which may also point at a Group.
+fn only_target(param: &SearchParam) -> Option<String> {
+    match param.targets {
+        [only] => Some(only.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// `Type/id`, `id`, or an absolute URL ending in `Type/id`, of `param` (conditional criteria
+/// and subscription filters, where the server's base URL is not at hand).
+pub fn parse_reference(param: &SearchParam, raw: &str) -> Result<Predicate, Issue> {
     if let Some((target_type, target_id)) = search_params::split_reference(raw) {
         return Ok(Predicate::Reference { target_type: Some(target_type), target_id });
     }
     if !raw.is_empty() && !raw.contains('/') {
-        return Ok(Predicate::Reference { target_type: None, target_id: raw.to_owned() });
+        return Ok(Predicate::Reference { target_type: only_target(param), target_id: raw.to_owned() });
     }
     Err(invalid(format!("'{raw}' is not a reference (Type/id, id or an absolute URL)"), "If-None-Exist"))
 }

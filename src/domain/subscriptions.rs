@@ -168,6 +168,7 @@ impl SubscriptionStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicFilter {
     raw: String,
+    /// By the parameter whose index entries are tested ([`search_params::SearchParam::rows_of`]).
     clauses: Vec<(&'static str, Vec<Predicate>)>,
 }
 
@@ -199,13 +200,13 @@ impl TopicFilter {
             let alternatives = value
                 .split(',')
                 .map(|alternative| match param.kind {
-                    ParamKind::Reference => parse_reference(alternative).map_err(|_| {
+                    ParamKind::Reference => parse_reference(param, alternative).map_err(|_| {
                         invalid(format!("'{alternative}' is not a reference (Type/id) for filter parameter '{name}'"))
                     }),
                     _ => Ok(parse_token(alternative)),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            clauses.push((param.name, alternatives));
+            clauses.push((param.rows_of, alternatives));
         }
         if clauses.is_empty() {
             return Err(invalid(format!("filter '{raw}' has no parameters")));
@@ -673,6 +674,19 @@ mod tests {
         let filter = TopicFilter::parse(Topic::ReferralTask, "Task?owner=Organization/CLW001").expect("filter");
         assert!(filter.matches(&task("CLW001", "requested")));
         assert!(!filter.matches(&task("CLW002", "requested")));
+    }
+
+    #[test]
+    fn a_patient_filter_matches_the_subject_rows_of_a_patient_only() {
+        let task_for = |subject: &str| {
+            extract_index(ResourceType::Task, &json!({"resourceType": "Task", "for": {"reference": subject}}))
+        };
+        for raw in ["Task?patient=Patient/p1", "Task?patient=p1"] {
+            let filter = TopicFilter::parse(Topic::ReferralTask, raw).expect("filter");
+            assert!(filter.matches(&task_for("Patient/p1")), "{raw}");
+            assert!(!filter.matches(&task_for("Patient/p2")), "{raw}");
+            assert!(!filter.matches(&task_for("Group/p1")), "{raw}: a Group is no patient");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::{normalise_string, ParamKind, SearchParam};
+use crate::domain::search_params::{self, normalise_string, ParamKind, SearchParam};
 use crate::domain::search_query::{
     Clause, DatePrefix, PageDirection, ParamRef, Predicate, SearchQuery, SortField, SortKey, SortValue, StringMatch,
     SystemMatch,
@@ -138,6 +138,19 @@ fn index_table(kind: ParamKind) -> &'static str {
         ParamKind::Date => "idx_date",
         ParamKind::String => "idx_string",
     }
+}
+
+/// The parameter whose index rows answer `source`'s parameter `name`
+/// ([`SearchParam::rows_of`]): `patient` is answered from `subject`'s rows, with the target
+/// type the statements test anyway.
+fn rows_of(source: ResourceType, name: &str) -> &str {
+    search_params::find(source, name).map_or(name, |p| p.rows_of)
+}
+
+/// The target types `p` is narrowed to where it reads the rows of a wider parameter (`patient`
+/// answered from `subject`'s rows); `None` where its rows are its own.
+fn narrowed_targets(p: &SearchParam) -> Option<impl Iterator<Item = &'static str>> {
+    (p.rows_of != p.name && !p.targets.is_empty()).then(|| p.targets.iter().map(|t| t.as_str()))
 }
 
 /// `LIKE` pattern text with `%`, `_` and the escape character itself escaped.
@@ -273,8 +286,16 @@ fn predicate_sql(
         (ParamRef::Registered(p), predicate) => {
             let table = index_table(p.kind);
             let type_placeholder = sql.text(resource_type.as_str())?;
-            let param_placeholder = sql.text(p.name)?;
-            let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
+            let param_placeholder = sql.text(p.rows_of)?;
+            let condition = match (predicate, narrowed_targets(p)) {
+                // `patient:missing` on `subject`'s rows: a reference to a Patient, or to a type
+                // not named (by identifier only), counts as present; one to a Group does not.
+                (Predicate::Present, Some(targets)) => {
+                    Some(format!("(x.target_type IS NULL OR x.target_type IN ({}))", sql.list(targets)?))
+                }
+                _ => index_condition(sql, predicate)?,
+            };
+            let condition = condition.map(|c| format!(" AND {c}")).unwrap_or_default();
             Ok(match probe {
                 Probe::Set => format!(
                     "r.id IN (SELECT x.id FROM {table} x WHERE x.resource_type = {type_placeholder} \
@@ -355,7 +376,7 @@ fn from_and_filter(
                 return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
             };
             let type_placeholder = sql.text(query.resource_type.as_str())?;
-            let param_placeholder = sql.text(p.name)?;
+            let param_placeholder = sql.text(p.rows_of)?;
             let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
             from = format!(
                 "(SELECT DISTINCT x.id FROM {} x WHERE x.resource_type = {type_placeholder} \
@@ -403,7 +424,7 @@ fn sort_param_expression(sql: &mut Sql, p: &SearchParam) -> Result<String, Store
         ParamKind::Reference => return Err(StoreError::Config("sorting by a reference".to_owned())),
     };
     let table = index_table(p.kind);
-    let name = sql.text(p.name)?;
+    let name = sql.text(p.rows_of)?;
     Ok(format!(
         "COALESCE((SELECT MIN({column}) FROM {table} x WHERE x.resource_type = r.resource_type \
          AND x.id = r.id AND x.param = {name}), {missing})"
@@ -539,7 +560,7 @@ fn reference_targets_statement(
     ids: &[&str],
 ) -> Result<String, StoreError> {
     let type_placeholder = sql.text(source.as_str())?;
-    let param_placeholder = sql.text(param)?;
+    let param_placeholder = sql.text(rows_of(source, param))?;
     // The ids' own index rows first (the owner index), then their parameter, so that neither
     // database walks the parameter's rows of every resource instead. SQLite is told the index.
     // PostgreSQL without statistics read a page's ten ids as a filter over every row of the
@@ -782,7 +803,7 @@ fn referencing_statement(
 ) -> Result<String, StoreError> {
     let source_placeholder = sql.text(source.as_str())?;
     let index_source = sql.text(source.as_str())?;
-    let param_placeholder = sql.text(param)?;
+    let param_placeholder = sql.text(rows_of(source, param))?;
     let target_placeholder = sql.text(target_type.as_str())?;
     // The referencing rows by their target, one probe of the reference index per target id.
     // PostgreSQL without statistics read a page's ten targets as a filter over every row of

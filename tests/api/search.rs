@@ -291,6 +291,7 @@ async fn reference_search_matches_type_and_id_plain_id_local_urls_identifiers_an
             ("r1", gp_task(json!({"owner": clw, "focus": {"reference": "ServiceRequest/s1"}}))),
             ("r2", gp_task(json!({"focus": {"reference": "ServiceRequest/s2"}, "for": {"reference": "Patient/p2"}}))),
             ("r3", gp_task(json!({"owner": org_ref("CLW002")}))),
+            ("r4", gp_task(json!({"owner": org_ref("CLW002"), "for": {"reference": "Group/p2"}}))),
         ],
     )
     .await;
@@ -301,14 +302,18 @@ async fn reference_search_matches_type_and_id_plain_id_local_urls_identifiers_an
         (format!("Task?owner={base}/Organization/clw-org"), &["r1"]),
         ("Task?owner:Organization=clw-org".into(), &["r1"]),
         ("Task?owner:missing=true".into(), &["r2"]),
-        ("Task?owner:missing=false".into(), &["r1", "r3"]),
-        (format!("Task?owner:identifier={ODS}|CLW002"), &["r3"]),
+        ("Task?owner:missing=false".into(), &["r1", "r3", "r4"]),
+        (format!("Task?owner:identifier={ODS}|CLW002"), &["r3", "r4"]),
         ("Task?owner:identifier=CLW001".into(), &["r1"]),
-        (format!("Task?requester:identifier={ODS}|GP0001"), &["r1", "r2", "r3"]),
+        (format!("Task?requester:identifier={ODS}|GP0001"), &["r1", "r2", "r3", "r4"]),
         ("Task?focus=ServiceRequest/s1,ServiceRequest/s2".into(), &["r1", "r2"]),
         ("Task?focus:ServiceRequest=s2".into(), &["r2"]),
         ("Task?patient=Patient/p2".into(), &["r2"]),
-        ("Task?subject=p2".into(), &["r2"]),
+        ("Task?subject=p2".into(), &["r2", "r4"]),
+        // `patient` can point at a Patient only: a bare id means one, and a Group is no patient.
+        ("Task?patient=p2".into(), &["r2"]),
+        ("Task?patient:missing=true".into(), &["r4"]),
+        ("Task?subject:missing=true".into(), &[]),
         ("Task?patient=Patient/p-x".into(), &["r1", "r3"]),
     ];
     check(&app, Party::Gp, &named, &cases).await;
