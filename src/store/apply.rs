@@ -397,11 +397,21 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
     let live_updates: Vec<&ResourceWrite> =
         live.iter().copied().filter(|w| w.precondition != Precondition::Absent).collect();
     delete_owned(conn, VISIBILITY.name, &owner_rows(&live_updates), " AND source = 'content'").await?;
+    // A key granted and also given by the content is one row, the grant (it outlives the
+    // content). The rows of a resource created under a fresh id cannot be there already; the
+    // others may be (a grant from before), and are skipped if so.
     let mut visibility = Rows::new(&VISIBILITY);
+    let mut fresh_visibility = Rows::new(&VISIBILITY);
     for write in &live {
-        let sourced = write.visibility_grants.iter().map(|key| (key, "grant"));
-        for (key, source) in sourced.chain(write.visibility.iter().map(|key| (key, "content"))) {
-            visibility.push([
+        let rows = if write.creates_with_fresh_id() { &mut fresh_visibility } else { &mut visibility };
+        let granted = write.visibility_grants.iter().map(|key| (key, "grant"));
+        let mut seen: Vec<&str> = Vec::with_capacity(write.visibility_grants.len() + write.visibility.len());
+        for (key, source) in granted.chain(write.visibility.iter().map(|key| (key, "content"))) {
+            if seen.contains(&key.as_str()) {
+                continue;
+            }
+            seen.push(key);
+            rows.push([
                 write.resource_type.as_str().into(),
                 write.id.as_str().into(),
                 key.as_str().into(),
@@ -418,9 +428,23 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
             (&dates, Taken::CannotBe),
             (&strings, Taken::CannotBe),
             (&visibility, Taken::Skip),
+            (&fresh_visibility, Taken::CannotBe),
         ],
     )
     .await
+}
+
+/// How an insert of the rows of `writes` treats a taken key: no check where every one creates
+/// under a fresh id ([`ResourceWrite::creates_with_fresh_id`]), else skipped and found by the
+/// caller. An `ON CONFLICT` insert probes the unique index before each row, inserts it
+/// speculatively and logs a confirmation: 12 of a referral's rows did that for nothing, about
+/// a twentieth of PostgreSQL's writer.
+fn taken_for(writes: &[&ResourceWrite]) -> Taken {
+    if writes.iter().all(|w| w.creates_with_fresh_id()) {
+        Taken::CannotBe
+    } else {
+        Taken::Skip
+    }
 }
 
 /// `(resource_type, id)` of each of `writes`, for [`delete_owned`].
@@ -436,8 +460,9 @@ fn owner_rows<'a>(writes: &[&'a ResourceWrite]) -> Rows<'a> {
 /// racing from the same version collide, on both databases. Rows that collide are skipped
 /// (`ON CONFLICT DO NOTHING`: on PostgreSQL a failed statement would abort the transaction, and
 /// it waits for a racing writer's outcome either way); a skipped row means a version that
-/// exists already, and the first such resource is named. Returns the change sequence number
-/// each row was given, by `(resource_type, id)` (once per wave).
+/// exists already, and the first such resource is named. A wave of creates under fresh ids
+/// has nothing to collide with and is inserted unchecked ([`taken_for`]). Returns the change
+/// sequence number each row was given, by `(resource_type, id)` (once per wave).
 async fn insert_history(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<ChangeSeqs, StoreError> {
     let mut rows = Rows::new(&HISTORY);
     for write in writes {
@@ -451,7 +476,7 @@ async fn insert_history(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> 
             write.body.as_str().into(),
         ]);
     }
-    let inserted = insert_returning(conn, &rows, Taken::Skip, "RETURNING resource_type, id, change_seq").await?;
+    let inserted = insert_returning(conn, &rows, taken_for(writes), "RETURNING resource_type, id, change_seq").await?;
     first_skipped(writes, &inserted)?;
     let mut change_seqs = ChangeSeqs::with_capacity(writes.len());
     for row in &inserted {
@@ -492,7 +517,7 @@ async fn insert_current(
             change_seq_of(change_seqs, write)?.into(),
         ]);
     }
-    let inserted = insert_returning(conn, &rows, Taken::Skip, "RETURNING resource_type, id").await?;
+    let inserted = insert_returning(conn, &rows, taken_for(created), "RETURNING resource_type, id").await?;
     first_skipped(created, &inserted)
 }
 

@@ -9,6 +9,8 @@ use crate::domain::search_params::IndexEntry;
 /// How a resource version came about; recorded for history bundles (`entry.request.method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMethod {
+    /// `POST`: the server names the new resource, with an id it has just generated (FHIR
+    /// create ignores any id the client sends; a client-named create is an `Update`).
     Create,
     Update,
     Patch,
@@ -63,6 +65,16 @@ pub struct ResourceWrite {
     pub visibility: Vec<String>,
     /// Visibility keys that persist whatever later versions say (the creating organisation).
     pub visibility_grants: Vec<String>,
+}
+
+impl ResourceWrite {
+    /// Whether this write creates a resource under an id this server generated for it
+    /// ([`WriteMethod::Create`]): no row of any table can hold that id yet, and nothing
+    /// outside this write set can have granted it visibility, so its rows go in without
+    /// conflict checks. A client-named create (`PUT` of a new id) may race another.
+    pub fn creates_with_fresh_id(&self) -> bool {
+        self.method == WriteMethod::Create && self.precondition == Precondition::Absent
+    }
 }
 
 /// Claims a conditional-create key so that concurrent identical conditional creates make one

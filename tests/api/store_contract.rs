@@ -9,7 +9,7 @@ use linkbridge::domain::tenancy::TenantScope;
 use linkbridge::store::{
     ClientRecord, ConditionalClaim, ConditionalKey, DatabaseUrl, DeletedContent, DeliveryOutcome, HistoryQuery,
     OutboxEntry, OutboxKind, Precondition, ResourceWrite, Store, StoreError, SubscriptionChange, SubscriptionRecord,
-    WriteMethod, WriteSet,
+    VisibilityGrant, WriteMethod, WriteSet,
 };
 use serde_json::json;
 
@@ -54,6 +54,41 @@ async fn a_created_resource_reads_back_with_its_version(db: Db) {
     assert_eq!(read.version.get(), 1);
     assert!(read.body.contains("Smith"), "body served as stored: {}", read.body);
     assert!(!read.deleted);
+}
+
+async fn a_create_under_a_fresh_id_stores_a_key_both_granted_and_given_once_as_the_grant(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let id = ResourceId::generate();
+    let mut create = patient_write(&id, 1, Precondition::Absent, "Smith", "GP1");
+    assert!(create.creates_with_fresh_id(), "a create (POST) names an id the server generated");
+    create.visibility_grants = vec!["org:GP1".into()];
+    create.visibility = vec!["org:GP1".into(), "org:CLW1".into(), "org:CLW1".into()];
+    store.commit(one(create)).await.expect("create: no conflict checks, and no key twice");
+    // The next version's content names neither: the grant stays, the content key goes.
+    let mut update = patient_write(&id, 2, Precondition::CurrentVersion(VersionId::FIRST), "Smith", "GP9");
+    update.visibility = Vec::new();
+    store.commit(one(update)).await.expect("update");
+    let granted = store.read_current(&practice("GP1"), ResourceType::Patient, &id).await.expect("read");
+    assert!(granted.is_some(), "granted: kept");
+    let given = store.read_current(&practice("CLW1"), ResourceType::Patient, &id).await.expect("read");
+    assert_eq!(given, None, "given by the first version's content only");
+}
+
+async fn a_client_named_create_applies_over_a_grant_made_before_the_resource_existed(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    // A referral's Task may name a Patient before a `PUT` creates it: its grant comes first.
+    let id = ResourceId::parse("patient-named-by-the-client").expect("id");
+    let grant = VisibilityGrant { resource_type: ResourceType::Patient, id: id.clone(), key: "org:CLW1".into() };
+    store.commit(WriteSet { grants: vec![grant], ..Default::default() }).await.expect("grant");
+    let mut create = patient_write(&id, 1, Precondition::Absent, "Smith", "GP1");
+    create.method = WriteMethod::Update;
+    assert!(!create.creates_with_fresh_id(), "a PUT names its own id");
+    create.visibility = vec!["org:GP1".into(), "org:CLW1".into()];
+    store.commit(one(create)).await.expect("the granted key is skipped, the rest written");
+    for org in ["GP1", "CLW1"] {
+        let read = store.read_current(&practice(org), ResourceType::Patient, &id).await.expect("read");
+        assert!(read.is_some(), "{org} sees the patient");
+    }
 }
 
 async fn another_organisation_cannot_see_a_resource(db: Db) {
@@ -807,6 +842,8 @@ async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: 
 }
 
 on_both_databases!(
+    a_create_under_a_fresh_id_stores_a_key_both_granted_and_given_once_as_the_grant,
+    a_client_named_create_applies_over_a_grant_made_before_the_resource_existed,
     a_registered_role_counts_at_once_and_a_removal_by_this_replica_too,
     writers_racing_on_one_resource_leave_every_version_once,
     concurrent_write_sets_commit_independently_when_some_fail,
