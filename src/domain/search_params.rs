@@ -42,11 +42,9 @@ pub struct SearchParam {
     pub targets: &'static [ResourceType],
     /// The FHIR core definition this follows, for the CapabilityStatement.
     pub definition: &'static str,
-    /// The parameter whose index rows answer this one: its own name, or (`patient`) the name of
-    /// the parameter on the same element without a target restriction (`subject`). Both would
-    /// index the same rows (extraction keeps every reference, whatever its type; the type is
-    /// tested when searching), and a referral would write two of them twice.
-    pub rows_of: &'static str,
+    /// The parameters whose index rows answer this one, where not its own alone (see
+    /// [`SearchParam::row_params`]).
+    rows_of: Option<&'static [&'static str]>,
 }
 
 use ParamKind::{Date, Reference, String as Str, Token};
@@ -60,13 +58,13 @@ const fn p(
     targets: &'static [ResourceType],
     definition: &'static str,
 ) -> SearchParam {
-    SearchParam { resource_type, name, kind, paths, targets, definition, rows_of: name }
+    SearchParam { resource_type, name, kind, paths, targets, definition, rows_of: None }
 }
 
-/// `param`, answered from the index rows of `rows_of`, a parameter of the same type on the
-/// same element (checked by a unit test).
-const fn answered_from(param: SearchParam, rows_of: &'static str) -> SearchParam {
-    SearchParam { rows_of, ..param }
+/// `param`, answered from the index rows of the parameters `rows_of` of the same type, which
+/// index what it would (checked by a unit test).
+const fn answered_from(param: SearchParam, rows_of: &'static [&'static str]) -> SearchParam {
+    SearchParam { rows_of: Some(rows_of), ..param }
 }
 
 const CORE: &str = "http://hl7.org/fhir/SearchParameter/";
@@ -89,7 +87,7 @@ pub static REGISTRY: &[SearchParam] = &[
         &[T::Organization, T::Practitioner, T::PractitionerRole],
         "Task-requester",
     ),
-    answered_from(p(T::Task, "patient", Reference, &["for"], &[T::Patient], "Task-patient"), "subject"),
+    answered_from(p(T::Task, "patient", Reference, &["for"], &[T::Patient], "Task-patient"), &["subject"]),
     p(T::Task, "subject", Reference, &["for"], &[], "Task-subject"),
     p(T::Task, "focus", Reference, &["focus"], &[], "Task-focus"),
     p(T::Task, "based-on", Reference, &["basedOn"], &[], "Task-based-on"),
@@ -105,7 +103,7 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::ServiceRequest, "code", Token, &["code"], &[], "clinical-code"),
     answered_from(
         p(T::ServiceRequest, "patient", Reference, &["subject"], &[T::Patient], "clinical-patient"),
-        "subject",
+        &["subject"],
     ),
     p(T::ServiceRequest, "subject", Reference, &["subject"], &[], "ServiceRequest-subject"),
     p(
@@ -133,14 +131,17 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::CarePlan, "status", Token, &["status"], &[], "CarePlan-status"),
     p(T::CarePlan, "intent", Token, &["intent"], &[], "CarePlan-intent"),
     p(T::CarePlan, "category", Token, &["category"], &[], "CarePlan-category"),
-    answered_from(p(T::CarePlan, "patient", Reference, &["subject"], &[T::Patient], "clinical-patient"), "subject"),
+    answered_from(p(T::CarePlan, "patient", Reference, &["subject"], &[T::Patient], "clinical-patient"), &["subject"]),
     p(T::CarePlan, "subject", Reference, &["subject"], &[], "CarePlan-subject"),
     p(T::CarePlan, "based-on", Reference, &["basedOn"], &[], "CarePlan-based-on"),
     p(T::CarePlan, "author", Reference, &["author"], &[], "CarePlan-author"),
     p(T::CarePlan, "date", Date, &["period"], &[], "clinical-date"),
     // Patient
     p(T::Patient, "identifier", Token, &["identifier"], &[], "Patient-identifier"),
-    p(T::Patient, "name", Str, &["name"], &[], "Patient-name"),
+    answered_from(
+        p(T::Patient, "name", Str, &["name.text", "name.prefix", "name.suffix"], &[], "Patient-name"),
+        &["name", "family", "given"],
+    ),
     p(T::Patient, "family", Str, &["name.family"], &[], "individual-family"),
     p(T::Patient, "given", Str, &["name.given"], &[], "individual-given"),
     p(T::Patient, "birthdate", Date, &["birthDate"], &[], "individual-birthdate"),
@@ -150,7 +151,10 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::Organization, "name", Str, &["name", "alias"], &[], "Organization-name"),
     // Practitioner
     p(T::Practitioner, "identifier", Token, &["identifier"], &[], "Practitioner-identifier"),
-    p(T::Practitioner, "name", Str, &["name"], &[], "Practitioner-name"),
+    answered_from(
+        p(T::Practitioner, "name", Str, &["name.text", "name.prefix", "name.suffix"], &[], "Practitioner-name"),
+        &["name", "family", "given"],
+    ),
     p(T::Practitioner, "family", Str, &["name.family"], &[], "individual-family"),
     p(T::Practitioner, "given", Str, &["name.given"], &[], "individual-given"),
     // PractitionerRole
@@ -187,6 +191,20 @@ pub static REGISTRY: &[SearchParam] = &[
 impl SearchParam {
     pub fn definition_url(&self) -> String {
         format!("{CORE}{}", self.definition)
+    }
+
+    /// The parameters whose index rows answer this one. Its own, unless another parameter
+    /// indexes the same: `patient` is answered from the rows of `subject` (the same element,
+    /// whatever the type it points at; the type is tested when searching), and a HumanName's
+    /// `name` from its own rows of `text`, `prefix` and `suffix` and those of `family` and
+    /// `given`. Otherwise a referral would write those rows twice.
+    pub fn row_params(&'static self) -> &'static [&'static str] {
+        self.rows_of.unwrap_or(std::slice::from_ref(&self.name))
+    }
+
+    /// Whether this parameter writes index rows of its own (under its name).
+    pub fn has_own_rows(&'static self) -> bool {
+        self.row_params().contains(&self.name)
     }
 }
 
@@ -234,10 +252,10 @@ pub enum IndexEntry {
 }
 
 /// Extracts every index entry of a resource according to the registry: the rows of each
-/// parameter answered from its own ([`SearchParam::rows_of`]).
+/// parameter that has rows of its own ([`SearchParam::row_params`]).
 pub fn extract_index(resource_type: ResourceType, resource: &Value) -> Vec<IndexEntry> {
     let mut out = Vec::new();
-    for param in params_for(resource_type).filter(|p| p.rows_of == p.name) {
+    for param in params_for(resource_type).filter(|p| p.has_own_rows()) {
         for path in param.paths {
             let mut values = Vec::new();
             collect_path(resource, path, &mut values);
@@ -513,14 +531,45 @@ mod tests {
     }
 
     #[test]
-    fn a_parameter_answered_from_another_ones_rows_indexes_the_same_element_more_narrowly() {
-        for p in REGISTRY.iter().filter(|p| p.rows_of != p.name) {
-            let rows = find(p.resource_type, p.rows_of).expect("rows_of names a parameter of the same type");
-            assert_eq!(rows.rows_of, rows.name, "{}:{} answers from its own rows", p.resource_type, rows.name);
-            assert_eq!((rows.kind, rows.paths), (p.kind, p.paths), "{}:{} and {}", p.resource_type, p.name, rows.name);
-            let narrower = rows.targets.is_empty() || p.targets.iter().all(|t| rows.targets.contains(t));
-            assert!(narrower, "{}:{} may point at types {} does not index", p.resource_type, p.name, rows.name);
+    fn a_parameter_answered_from_other_ones_rows_indexes_nothing_they_do_not() {
+        for p in REGISTRY.iter().filter(|p| p.rows_of.is_some()) {
+            for name in p.row_params().iter().filter(|name| **name != p.name) {
+                let rows = find(p.resource_type, name).expect("row_params names parameters of the same type");
+                assert_eq!(rows.row_params(), [rows.name], "{}:{name} answers from its own rows", p.resource_type);
+                assert_eq!(rows.kind, p.kind, "{}:{} and {name}", p.resource_type, p.name);
+                let narrower = rows.targets.is_empty() || p.targets.iter().all(|t| rows.targets.contains(t));
+                assert!(narrower, "{}:{} may point at types {name} does not index", p.resource_type, p.name);
+            }
         }
+        // The element each reads: the same, or (a HumanName's parts) within it.
+        let same = |t: ResourceType, a: &str, b: &str| find(t, a).map(|p| p.paths) == find(t, b).map(|p| p.paths);
+        assert!(same(ResourceType::Task, "patient", "subject"));
+        assert!(same(ResourceType::ServiceRequest, "patient", "subject"));
+        assert!(same(ResourceType::CarePlan, "patient", "subject"));
+    }
+
+    #[test]
+    fn a_human_names_every_part_is_found_by_name_and_written_once() {
+        let patient = json!({"resourceType": "Patient", "name": [{"text": "Dr Ann Smith", "prefix": ["Dr"],
+            "family": "Smith", "given": ["Ann", "Marie"]}]});
+        let index = extract_index(ResourceType::Patient, &patient);
+        let rows_of = |param: &str| -> Vec<String> {
+            let mut values: Vec<String> = index
+                .iter()
+                .filter_map(|e| match e {
+                    IndexEntry::String { param: p, exact, .. } if *p == param => Some(exact.clone()),
+                    _ => None,
+                })
+                .collect();
+            values.sort();
+            values
+        };
+        assert_eq!(rows_of("family"), ["Smith"]);
+        assert_eq!(rows_of("given"), ["Ann", "Marie"]);
+        assert_eq!(rows_of("name"), ["Dr", "Dr Ann Smith"], "the parts no other parameter indexes");
+        let name = find(ResourceType::Patient, "name").expect("name");
+        let found: usize = name.row_params().iter().map(|p| rows_of(p).len()).sum();
+        assert_eq!(found, 5, "name is answered from every part");
     }
 
     #[test]

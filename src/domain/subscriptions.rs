@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::outcome::{Issue, IssueCode};
 use super::resource_type::ResourceType;
-use super::search_params::{self, IndexEntry, ParamKind};
+use super::search_params::{self, IndexEntry, ParamKind, SearchParam};
 use super::search_query::{parse_reference, parse_token, Predicate, SystemMatch};
 use super::tenancy::{OdsCode, Principal, Role, TenantScope};
 use super::webhook::WebhookSecret;
@@ -168,8 +168,7 @@ impl SubscriptionStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicFilter {
     raw: String,
-    /// By the parameter whose index entries are tested ([`search_params::SearchParam::rows_of`]).
-    clauses: Vec<(&'static str, Vec<Predicate>)>,
+    clauses: Vec<(&'static SearchParam, Vec<Predicate>)>,
 }
 
 impl TopicFilter {
@@ -206,7 +205,7 @@ impl TopicFilter {
                     _ => Ok(parse_token(alternative)),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            clauses.push((param.rows_of, alternatives));
+            clauses.push((param, alternatives));
         }
         if clauses.is_empty() {
             return Err(invalid(format!("filter '{raw}' has no parameters")));
@@ -220,8 +219,11 @@ impl TopicFilter {
 
     /// Whether a resource with these index entries passes the filter.
     pub fn matches(&self, index: &[IndexEntry]) -> bool {
+        // Tested on the index rows that answer the parameter (`patient`: those of `subject`).
         self.clauses.iter().all(|(param, alternatives)| {
-            alternatives.iter().any(|predicate| index.iter().any(|entry| entry_matches(param, predicate, entry)))
+            alternatives.iter().any(|predicate| {
+                index.iter().any(|entry| param.row_params().iter().any(|rows| entry_matches(rows, predicate, entry)))
+            })
         })
     }
 
@@ -229,7 +231,7 @@ impl TopicFilter {
     fn organizations_in(&self, parameter: &str) -> Vec<String> {
         self.clauses
             .iter()
-            .filter(|(param, _)| *param == parameter)
+            .filter(|(param, _)| param.name == parameter)
             .flat_map(|(_, alternatives)| alternatives)
             .filter_map(|predicate| match predicate {
                 Predicate::Reference { target_type, target_id }

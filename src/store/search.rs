@@ -140,17 +140,28 @@ fn index_table(kind: ParamKind) -> &'static str {
     }
 }
 
-/// The parameter whose index rows answer `source`'s parameter `name`
-/// ([`SearchParam::rows_of`]): `patient` is answered from `subject`'s rows, with the target
-/// type the statements test anyway.
-fn rows_of(source: ResourceType, name: &str) -> &str {
-    search_params::find(source, name).map_or(name, |p| p.rows_of)
+/// `column = $n`, or `column IN (…)`: the index rows of `params` ([`SearchParam::row_params`]).
+fn param_test(sql: &mut Sql, column: &str, params: &[&str]) -> Result<String, StoreError> {
+    Ok(match params {
+        [one] => format!("{column} = {}", sql.text(*one)?),
+        many => format!("{column} IN ({})", sql.list(many.iter().copied())?),
+    })
+}
+
+/// The parameters whose index rows answer `source`'s parameter `name`
+/// ([`SearchParam::row_params`]): `patient` is answered from `subject`'s rows, with the
+/// target type the statements test anyway.
+fn row_params_of(source: ResourceType, name: &str) -> Vec<&str> {
+    match search_params::find(source, name) {
+        Some(p) => p.row_params().to_vec(),
+        None => vec![name],
+    }
 }
 
 /// The target types `p` is narrowed to where it reads the rows of a wider parameter (`patient`
 /// answered from `subject`'s rows); `None` where its rows are its own.
-fn narrowed_targets(p: &SearchParam) -> Option<impl Iterator<Item = &'static str>> {
-    (p.rows_of != p.name && !p.targets.is_empty()).then(|| p.targets.iter().map(|t| t.as_str()))
+fn narrowed_targets(p: &'static SearchParam) -> Option<impl Iterator<Item = &'static str>> {
+    (!p.has_own_rows() && !p.targets.is_empty()).then(|| p.targets.iter().map(|t| t.as_str()))
 }
 
 /// `LIKE` pattern text with `%`, `_` and the escape character itself escaped.
@@ -286,7 +297,7 @@ fn predicate_sql(
         (ParamRef::Registered(p), predicate) => {
             let table = index_table(p.kind);
             let type_placeholder = sql.text(resource_type.as_str())?;
-            let param_placeholder = sql.text(p.rows_of)?;
+            let param_test = param_test(sql, "x.param", p.row_params())?;
             let condition = match (predicate, narrowed_targets(p)) {
                 // `patient:missing` on `subject`'s rows: a reference to a Patient, or to a type
                 // not named (by identifier only), counts as present; one to a Group does not.
@@ -299,11 +310,11 @@ fn predicate_sql(
             Ok(match probe {
                 Probe::Set => format!(
                     "r.id IN (SELECT x.id FROM {table} x WHERE x.resource_type = {type_placeholder} \
-                     AND x.param = {param_placeholder}{condition})"
+                     AND {param_test}{condition})"
                 ),
                 Probe::PerRow => format!(
                     "EXISTS (SELECT 1 FROM {table} x WHERE x.resource_type = r.resource_type AND x.id = r.id \
-                     AND x.resource_type = {type_placeholder} AND x.param = {param_placeholder}{condition}{})",
+                     AND x.resource_type = {type_placeholder} AND {param_test}{condition}{})",
                     sql.per_row_fence()
                 ),
             })
@@ -376,11 +387,11 @@ fn from_and_filter(
                 return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
             };
             let type_placeholder = sql.text(query.resource_type.as_str())?;
-            let param_placeholder = sql.text(p.rows_of)?;
+            let param_test = param_test(sql, "x.param", p.row_params())?;
             let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
             from = format!(
                 "(SELECT DISTINCT x.id FROM {} x WHERE x.resource_type = {type_placeholder} \
-                 AND x.param = {param_placeholder}{condition}) d CROSS JOIN resources r",
+                 AND {param_test}{condition}) d CROSS JOIN resources r",
                 index_table(p.kind)
             );
             conditions.push("r.id = d.id".to_owned());
@@ -416,7 +427,7 @@ fn sort_expression(sql: &mut Sql, field: SortField) -> Result<String, StoreError
     })
 }
 
-fn sort_param_expression(sql: &mut Sql, p: &SearchParam) -> Result<String, StoreError> {
+fn sort_param_expression(sql: &mut Sql, p: &'static SearchParam) -> Result<String, StoreError> {
     let (column, missing) = match p.kind {
         ParamKind::Token => ("x.code", sql.text("")?),
         ParamKind::String => ("x.value", sql.text("")?),
@@ -424,10 +435,10 @@ fn sort_param_expression(sql: &mut Sql, p: &SearchParam) -> Result<String, Store
         ParamKind::Reference => return Err(StoreError::Config("sorting by a reference".to_owned())),
     };
     let table = index_table(p.kind);
-    let name = sql.text(p.rows_of)?;
+    let params = param_test(sql, "x.param", p.row_params())?;
     Ok(format!(
         "COALESCE((SELECT MIN({column}) FROM {table} x WHERE x.resource_type = r.resource_type \
-         AND x.id = r.id AND x.param = {name}), {missing})"
+         AND x.id = r.id AND {params}), {missing})"
     ))
 }
 
@@ -560,7 +571,7 @@ fn reference_targets_statement(
     ids: &[&str],
 ) -> Result<String, StoreError> {
     let type_placeholder = sql.text(source.as_str())?;
-    let param_placeholder = sql.text(rows_of(source, param))?;
+    let param_test = param_test(sql, "s.param", &row_params_of(source, param))?;
     // The ids' own index rows first (the owner index), then their parameter, so that neither
     // database walks the parameter's rows of every resource instead. SQLite is told the index.
     // PostgreSQL without statistics read a page's ten ids as a filter over every row of the
@@ -582,7 +593,7 @@ fn reference_targets_statement(
     };
     let text = format!(
         "SELECT DISTINCT s.target_type, s.target_id FROM ({owned}) s \
-         WHERE s.param = {param_placeholder} AND s.target_id IS NOT NULL AND s.target_type IS NOT NULL"
+         WHERE {param_test} AND s.target_id IS NOT NULL AND s.target_type IS NOT NULL"
     );
     Ok(text)
 }
@@ -803,7 +814,7 @@ fn referencing_statement(
 ) -> Result<String, StoreError> {
     let source_placeholder = sql.text(source.as_str())?;
     let index_source = sql.text(source.as_str())?;
-    let param_placeholder = sql.text(rows_of(source, param))?;
+    let param_test = param_test(sql, "x.param", &row_params_of(source, param))?;
     let target_placeholder = sql.text(target_type.as_str())?;
     // The referencing rows by their target, one probe of the reference index per target id.
     // PostgreSQL without statistics read a page's ten targets as a filter over every row of
@@ -812,13 +823,13 @@ fn referencing_statement(
     let referencing = match sql.backend {
         BackendKind::Sqlite => format!(
             "SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
-             AND x.param = {param_placeholder} AND x.target_id IN ({}) AND x.target_type = {target_placeholder}",
+             AND {param_test} AND x.target_id IN ({}) AND x.target_type = {target_placeholder}",
             sql.list(target_ids.iter().copied())?
         ),
         BackendKind::Postgres => format!(
             "SELECT x.id FROM (VALUES {}) AS wanted(target_id) CROSS JOIN LATERAL \
              (SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
-              AND x.param = {param_placeholder} AND x.target_id = wanted.target_id \
+              AND {param_test} AND x.target_id = wanted.target_id \
               AND x.target_type = {target_placeholder}{}) x",
             sql.rows(target_ids.iter().copied())?,
             sql.per_row_fence()

@@ -411,6 +411,12 @@ async fn string_search_matches_prefixes_exact_values_and_substrings(db: Db) {
             // Quotes, a backslash and characters outside ASCII: PostgreSQL's writer passes index
             // rows to the database as JSON (`store::rows`), and they must come back as written.
             ("obrien", person("O'Brien \"Óg\" \\ 🍀", "Séan")),
+            ("titled", {
+                let mut p = person("Grant", "Isla");
+                p["name"][0]["text"] = json!("Dr Isla Grant");
+                p["name"][0]["prefix"] = json!(["Dr"]);
+                p
+            }),
         ],
     )
     .await;
@@ -425,12 +431,27 @@ async fn string_search_matches_prefixes_exact_values_and_substrings(db: Db) {
         ("Patient?family=mac,mcl".into(), &["macleod", "macdonald", "mcleod"]),
         ("Patient?family=mac&given=mor".into(), &["macleod"]),
         ("Patient?family=m%25".into(), &[]),
-        ("Patient?gender=female&birthdate=1961".into(), &["macleod", "macdonald", "mcleod", "obrien"]),
+        ("Patient?gender=female&birthdate=1961".into(), &["macleod", "macdonald", "mcleod", "obrien", "titled"]),
         ("Patient?family:exact=O'Brien%20%22%C3%93g%22%20%5C%20%F0%9F%8D%80".into(), &["obrien"]),
         ("Patient?family=o'brien%20%22og".into(), &["obrien"]),
         ("Patient?given=sean".into(), &["obrien"]),
+        // `name` is any part: its own rows (text, prefix, suffix) and those of family and given.
+        ("Patient?name=macl".into(), &["macleod"]),
+        ("Patient?name=mor,isl".into(), &["macleod", "titled"]),
+        ("Patient?name=dr".into(), &["titled"]),
+        ("Patient?name:exact=Dr%20Isla%20Grant".into(), &["titled"]),
+        ("Patient?name:exact=Grant".into(), &["titled"]),
+        ("Patient?name:contains=LEOD".into(), &["macleod", "mcleod"]),
+        ("Patient?name:missing=true".into(), &[]),
+        ("Patient?family=isla".into(), &[]),
+        ("Patient?family=dr".into(), &[]),
     ];
     check(&app, Party::Gp, &named, &cases).await;
+    // Sorted by a name's smallest part, whichever parameter's rows hold it.
+    let sorted = ids_in(&bundle(&app, Party::Gp, "Patient?_sort=name").await, "match");
+    let order: Vec<&str> =
+        ["mcleod", "titled", "macdonald", "macleod", "obrien"].iter().map(|l| named[l].as_str()).collect();
+    assert_eq!(sorted, order, "anne, dr, eilis, macleod, o'brien");
 }
 
 // ---------------------------------------------------------------------------------------------
