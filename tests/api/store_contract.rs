@@ -544,6 +544,98 @@ async fn sqlite_checkpoints_committed_pages_into_the_database_file_in_the_backgr
     store.close().await;
 }
 
+/// Rows a database written before `patient` and `name` were answered from other parameters'
+/// rows holds: a Patient and a Task for it, each indexed as that layout indexed them.
+fn rows_of_the_layout_with_copies(patient: &str, task: &str) -> Vec<String> {
+    let body = |resource_type: &str, id: &str| {
+        json!({"resourceType": resource_type, "id": id, "meta": {"versionId": "1"}}).to_string()
+    };
+    let mut statements = Vec::new();
+    for (n, (resource_type, id)) in [("Patient", patient), ("Task", task)].into_iter().enumerate() {
+        let body = body(resource_type, id);
+        statements.push(format!(
+            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
+             VALUES ('{resource_type}', '{id}', 1, 1, 0, 'POST', '{body}')"
+        ));
+        statements.push(format!(
+            "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
+             VALUES ('{resource_type}', '{id}', 1, 1, 0, '{body}', {})",
+            n + 1
+        ));
+        statements.push(format!(
+            "INSERT INTO resource_visibility (resource_type, id, visibility_key, source) \
+             VALUES ('{resource_type}', '{id}', 'org:GP1', 'grant')"
+        ));
+    }
+    for param in ["patient", "subject"] {
+        statements.push(format!(
+            "INSERT INTO idx_reference (resource_type, id, param, target_type, target_id) \
+             VALUES ('Task', '{task}', '{param}', 'Patient', '{patient}')"
+        ));
+    }
+    for (param, value, exact) in
+        [("name", "smith", "Smith"), ("name", "ann", "Ann"), ("family", "smith", "Smith"), ("given", "ann", "Ann")]
+    {
+        statements.push(format!(
+            "INSERT INTO idx_string (resource_type, id, param, value, exact) \
+             VALUES ('Patient', '{patient}', '{param}', '{value}', '{exact}')"
+        ));
+    }
+    statements
+}
+
+async fn a_database_whose_index_rows_had_copies_finds_the_same_after_migrating(db: Db) {
+    use sqlx::{Connection, Executor};
+    let Some(database) = crate::helpers::test_database(db).await else { return };
+    let (patient, task) = (ResourceId::generate(), ResourceId::generate());
+    let rows = rows_of_the_layout_with_copies(patient.as_str(), task.as_str());
+    match &database.url {
+        linkbridge::store::DatabaseUrl::Sqlite(path) => {
+            std::fs::create_dir_all(path.parent().expect("data directory")).expect("data directory");
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open");
+            let mut earlier = sqlx::migrate!("./migrations/sqlite");
+            earlier.migrations =
+                earlier.migrations.iter().filter(|m| m.version < 13).cloned().collect::<Vec<_>>().into();
+            earlier.run(&mut conn).await.expect("the layout with copies");
+            for statement in &rows {
+                conn.execute(statement.as_str()).await.expect("a row of that layout");
+            }
+            conn.close().await.expect("close");
+        }
+        linkbridge::store::DatabaseUrl::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("open");
+            let mut earlier = sqlx::migrate!("./migrations/postgres");
+            earlier.migrations =
+                earlier.migrations.iter().filter(|m| m.version < 12).cloned().collect::<Vec<_>>().into();
+            earlier.run(&mut conn).await.expect("the layout with copies");
+            for statement in &rows {
+                conn.execute(statement.as_str()).await.expect("a row of that layout");
+            }
+            conn.close().await.expect("close");
+        }
+    }
+
+    let store = Store::connect(&database.url, &linkbridge::store::PoolSettings::default()).await.expect("migrates");
+    let found = |resource_type: ResourceType, criteria: &str| {
+        use linkbridge::domain::search_query::{parse_search, ParseContext};
+        let context = ParseContext { base_url: "http://lb.test", strict: true, now: Instant::now() };
+        let params: Vec<(String, String)> =
+            url::form_urlencoded::parse(criteria.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let parsed = parse_search(resource_type, &params, &context).expect("parses");
+        let store = &store;
+        async move { store.find_ids(&practice("GP1"), &parsed.query, 5).await.expect("search") }
+    };
+    for criteria in [format!("patient=Patient/{}", patient.as_str()), format!("subject={}", patient.as_str())] {
+        assert_eq!(found(ResourceType::Task, &criteria).await, vec![task.clone()], "Task?{criteria}");
+    }
+    for criteria in ["name=Smith", "name=Ann", "family=Smith", "given=Ann"] {
+        assert_eq!(found(ResourceType::Patient, criteria).await, vec![patient.clone()], "Patient?{criteria}");
+    }
+    assert!(found(ResourceType::Patient, "family=Ann").await.is_empty(), "a given name is no family name");
+    store.close().await;
+}
+
 /// SQLite only: a database written before migration 0008 (visibility and conditional keys in
 /// rowid tables, then rebuilt WITHOUT ROWID) keeps who may see what, and which resource holds
 /// each conditional key.
@@ -842,6 +934,7 @@ async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: 
 }
 
 on_both_databases!(
+    a_database_whose_index_rows_had_copies_finds_the_same_after_migrating,
     a_create_under_a_fresh_id_stores_a_key_both_granted_and_given_once_as_the_grant,
     a_client_named_create_applies_over_a_grant_made_before_the_resource_existed,
     a_registered_role_counts_at_once_and_a_removal_by_this_replica_too,
