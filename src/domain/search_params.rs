@@ -599,7 +599,7 @@ mod tests {
             identifier_system: None,
             identifier_value: None
         }));
-        // `patient` is answered from `subject`'s rows (`SearchParam::rows_of`): written once.
+        // `patient` is answered from `subject`'s rows (`SearchParam::row_params`): written once.
         assert!(!index.iter().any(|e| matches!(e, IndexEntry::Reference { param: "patient", .. })), "{index:?}");
         assert!(has(&IndexEntry::Reference {
             param: "owner",

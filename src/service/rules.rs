@@ -12,10 +12,10 @@ use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::split_reference;
+use crate::domain::search_params::{self, split_reference};
 use crate::domain::task_workflow::{check_new_task, check_task_change, status_of, Refusal, TaskParty, TaskStatus};
 use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
-use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoredVersion, VisibilityGrant};
+use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoreError, StoredVersion, VisibilityGrant};
 
 /// The scope of the open-referral keys (one open referral per patient and CLW service), and
 /// the first part of their criteria.
@@ -134,10 +134,9 @@ impl Rules<'_> {
         target_type: ResourceType,
         target_id: &str,
     ) -> Result<Vec<(StoredVersion, Value)>, ServiceError> {
-        let versions = self
-            .store
-            .referencing(scope, ResourceType::Task, param, target_type, &[target_id], MAX_LINKED_TASKS)
-            .await?;
+        let param = search_params::find(ResourceType::Task, param)
+            .ok_or_else(|| StoreError::Config(format!("Task has no search parameter '{param}'")))?;
+        let versions = self.store.referencing(scope, param, target_type, &[target_id], MAX_LINKED_TASKS).await?;
         Ok(versions
             .into_iter()
             .filter_map(|version| serde_json::from_str(&version.body).ok().map(|task| (version, task)))

@@ -265,7 +265,7 @@ impl SearchService {
             }
         };
         for include in &parsed.includes {
-            let targets = self.store.reference_targets(include.source, include.param.name, &ids).await?;
+            let targets = self.store.reference_targets(include.param, &ids).await?;
             for target_type in reachable(include, readable) {
                 let target_ids: Vec<&str> =
                     targets.iter().filter(|(t, _)| t == target_type.as_str()).map(|(_, id)| id.as_str()).collect();
@@ -280,14 +280,7 @@ impl SearchService {
             }
             let sources = self
                 .store
-                .referencing(
-                    &scope,
-                    revinclude.source,
-                    revinclude.param.name,
-                    parsed.query.resource_type,
-                    &ids,
-                    REVINCLUDE_LIMIT,
-                )
+                .referencing(&scope, revinclude.param, parsed.query.resource_type, &ids, REVINCLUDE_LIMIT)
                 .await?;
             for version in sources {
                 keep(version, &mut included);

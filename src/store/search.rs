@@ -15,7 +15,7 @@ use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::{self, normalise_string, ParamKind, SearchParam};
+use crate::domain::search_params::{normalise_string, ParamKind, SearchParam};
 use crate::domain::search_query::{
     Clause, DatePrefix, PageDirection, ParamRef, Predicate, SearchQuery, SortField, SortKey, SortValue, StringMatch,
     SystemMatch,
@@ -146,16 +146,6 @@ fn param_test(sql: &mut Sql, column: &str, params: &[&str]) -> Result<String, St
         [one] => format!("{column} = {}", sql.text(*one)?),
         many => format!("{column} IN ({})", sql.list(many.iter().copied())?),
     })
-}
-
-/// The parameters whose index rows answer `source`'s parameter `name`
-/// ([`SearchParam::row_params`]): `patient` is answered from `subject`'s rows, with the
-/// target type the statements test anyway.
-fn row_params_of(source: ResourceType, name: &str) -> Vec<&str> {
-    match search_params::find(source, name) {
-        Some(p) => p.row_params().to_vec(),
-        None => vec![name],
-    }
 }
 
 /// The target types `p` is narrowed to where it reads the rows of a wider parameter (`patient`
@@ -564,14 +554,9 @@ fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError>
 }
 
 /// The statement of [`Store::reference_targets`].
-fn reference_targets_statement(
-    sql: &mut Sql,
-    source: ResourceType,
-    param: &str,
-    ids: &[&str],
-) -> Result<String, StoreError> {
-    let type_placeholder = sql.text(source.as_str())?;
-    let param_test = param_test(sql, "s.param", &row_params_of(source, param))?;
+fn reference_targets_statement(sql: &mut Sql, param: &'static SearchParam, ids: &[&str]) -> Result<String, StoreError> {
+    let type_placeholder = sql.text(param.resource_type.as_str())?;
+    let param_test = param_test(sql, "s.param", param.row_params())?;
     // The ids' own index rows first (the owner index), then their parameter, so that neither
     // database walks the parameter's rows of every resource instead. SQLite is told the index.
     // PostgreSQL without statistics read a page's ten ids as a filter over every row of the
@@ -660,13 +645,12 @@ impl Store {
     pub async fn explain_include(
         &self,
         scope: &TenantScope,
-        source: ResourceType,
-        param: &str,
+        param: &'static SearchParam,
         target_type: ResourceType,
         ids: &[&str],
     ) -> Result<[Vec<String>; 2], StoreError> {
         let mut sql = Sql::new(self.kind());
-        let text = reference_targets_statement(&mut sql, source, param, ids)?;
+        let text = reference_targets_statement(&mut sql, param, ids)?;
         let targets = self.explain(&text, sql).await?;
         let mut sql = Sql::new(self.kind());
         let text = read_live_statement(&mut sql, scope, target_type, ids)?;
@@ -732,20 +716,19 @@ impl Store {
         Ok(hits.into_iter().map(|hit| hit.version.id).collect())
     }
 
-    /// The distinct targets (type, id) that resources `ids` of `source` reference through
-    /// `param` (`_include`). The ids are the caller's own matches, already inside its scope;
+    /// The distinct targets (type, id) that resources `ids` of `param`'s type reference
+    /// through it (`_include`). The ids are the caller's own matches, already inside its scope;
     /// the targets are read through the scope by [`Store::read_live`].
     pub async fn reference_targets(
         &self,
-        source: ResourceType,
-        param: &str,
+        param: &'static SearchParam,
         ids: &[&str],
     ) -> Result<Vec<(String, String)>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new(self.kind());
-        let text = reference_targets_statement(&mut sql, source, param, ids)?;
+        let text = reference_targets_statement(&mut sql, param, ids)?;
         let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?))).collect()
     }
@@ -766,13 +749,12 @@ impl Store {
         rows.iter().map(version_from_row).collect()
     }
 
-    /// Live resources of `source` that reference one of `target_ids` of `target_type`
-    /// through `param`, that the caller may see, at most `limit` (`_revinclude`).
+    /// Live resources of `param`'s type that reference one of `target_ids` of `target_type`
+    /// through it, that the caller may see, at most `limit` (`_revinclude`).
     pub async fn referencing(
         &self,
         scope: &TenantScope,
-        source: ResourceType,
-        param: &str,
+        param: &'static SearchParam,
         target_type: ResourceType,
         target_ids: &[&str],
         limit: u32,
@@ -781,7 +763,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new(self.kind());
-        let text = referencing_statement(&mut sql, scope, source, param, target_type, target_ids, limit)?;
+        let text = referencing_statement(&mut sql, scope, param, target_type, target_ids, limit)?;
         let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(version_from_row).collect()
     }
@@ -791,13 +773,12 @@ impl Store {
     pub async fn explain_revinclude(
         &self,
         scope: &TenantScope,
-        source: ResourceType,
-        param: &str,
+        param: &'static SearchParam,
         target_type: ResourceType,
         target_ids: &[&str],
     ) -> Result<Vec<String>, StoreError> {
         let mut sql = Sql::new(self.kind());
-        let text = referencing_statement(&mut sql, scope, source, param, target_type, target_ids, 1000)?;
+        let text = referencing_statement(&mut sql, scope, param, target_type, target_ids, 1000)?;
         self.explain(&text, sql).await
     }
 }
@@ -806,15 +787,15 @@ impl Store {
 fn referencing_statement(
     sql: &mut Sql,
     scope: &TenantScope,
-    source: ResourceType,
-    param: &str,
+    param: &'static SearchParam,
     target_type: ResourceType,
     target_ids: &[&str],
     limit: u32,
 ) -> Result<String, StoreError> {
+    let source = param.resource_type;
     let source_placeholder = sql.text(source.as_str())?;
     let index_source = sql.text(source.as_str())?;
-    let param_test = param_test(sql, "x.param", &row_params_of(source, param))?;
+    let param_test = param_test(sql, "x.param", param.row_params())?;
     let target_placeholder = sql.text(target_type.as_str())?;
     // The referencing rows by their target, one probe of the reference index per target id.
     // PostgreSQL without statistics read a page's ten targets as a filter over every row of

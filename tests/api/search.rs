@@ -1100,6 +1100,11 @@ fn full_scans(plan: &[String]) -> Vec<String> {
     found
 }
 
+/// Task's `focus`, the reference a poll includes and a referral's Tasks are found by.
+fn task_focus() -> &'static linkbridge::domain::search_params::SearchParam {
+    linkbridge::domain::search_params::find(ResourceType::Task, "focus").expect("Task:focus is registered")
+}
+
 /// The two reads of a poll's `_include=Task:focus` go by the ids of the page, never through a
 /// practice's every index row or visibility key.
 async fn assert_include_reads_probe_by_id(store: &Store, scope: &TenantScope, db: Db, statistics: &str) {
@@ -1107,10 +1112,8 @@ async fn assert_include_reads_probe_by_id(store: &Store, scope: &TenantScope, db
     // through an index on the type alone, the ids a filter over every Task's rows.
     let ids: Vec<String> = (0..10).map(|n| format!("task-{n}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let [targets, reads] = store
-        .explain_include(scope, ResourceType::Task, "focus", ResourceType::ServiceRequest, &ids)
-        .await
-        .expect("explain");
+    let [targets, reads] =
+        store.explain_include(scope, task_focus(), ResourceType::ServiceRequest, &ids).await.expect("explain");
     if std::env::var_os("LINKBRIDGE_SHOW_PLANS").is_some() {
         eprintln!("{db:?} {statistics} _include\n{}\n{}\n", targets.join("\n"), reads.join("\n"));
     }
@@ -1222,10 +1225,8 @@ async fn the_polling_queries_use_indexes(db: Db) {
 async fn assert_revinclude_read_probes_by_reference(store: &Store, scope: &TenantScope, db: Db, statistics: &str) {
     let ids: Vec<String> = (0..10).map(|n| format!("sr-{n}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let plan = store
-        .explain_revinclude(scope, ResourceType::Task, "focus", ResourceType::ServiceRequest, &ids)
-        .await
-        .expect("explain");
+    let plan =
+        store.explain_revinclude(scope, task_focus(), ResourceType::ServiceRequest, &ids).await.expect("explain");
     if std::env::var_os("LINKBRIDGE_SHOW_PLANS").is_some() {
         eprintln!("{db:?} {statistics} _revinclude\n{}\n", plan.join("\n"));
     }

@@ -584,6 +584,13 @@ fn rows_of_the_layout_with_copies(patient: &str, task: &str) -> Vec<String> {
     statements
 }
 
+/// `migrator` without its migrations from `version` on: the layout a database had before them.
+fn migrations_before(migrator: &mut sqlx::migrate::Migrator, version: i64) -> &sqlx::migrate::Migrator {
+    migrator.migrations =
+        migrator.migrations.iter().filter(|m| m.version < version).cloned().collect::<Vec<_>>().into();
+    migrator
+}
+
 async fn a_database_whose_index_rows_had_copies_finds_the_same_after_migrating(db: Db) {
     use sqlx::{Connection, Executor};
     let Some(database) = crate::helpers::test_database(db).await else { return };
@@ -595,9 +602,7 @@ async fn a_database_whose_index_rows_had_copies_finds_the_same_after_migrating(d
             let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
             let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open");
             let mut earlier = sqlx::migrate!("./migrations/sqlite");
-            earlier.migrations =
-                earlier.migrations.iter().filter(|m| m.version < 13).cloned().collect::<Vec<_>>().into();
-            earlier.run(&mut conn).await.expect("the layout with copies");
+            migrations_before(&mut earlier, 13).run(&mut conn).await.expect("the layout with copies");
             for statement in &rows {
                 conn.execute(statement.as_str()).await.expect("a row of that layout");
             }
@@ -606,9 +611,7 @@ async fn a_database_whose_index_rows_had_copies_finds_the_same_after_migrating(d
         linkbridge::store::DatabaseUrl::Postgres(url) => {
             let mut conn = sqlx::PgConnection::connect(url).await.expect("open");
             let mut earlier = sqlx::migrate!("./migrations/postgres");
-            earlier.migrations =
-                earlier.migrations.iter().filter(|m| m.version < 12).cloned().collect::<Vec<_>>().into();
-            earlier.run(&mut conn).await.expect("the layout with copies");
+            migrations_before(&mut earlier, 12).run(&mut conn).await.expect("the layout with copies");
             for statement in &rows {
                 conn.execute(statement.as_str()).await.expect("a row of that layout");
             }
