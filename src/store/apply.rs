@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use sqlx::AnyConnection;
 
+use super::param_keys::param_key;
 use super::rows::{delete_owned, insert_all, insert_returning, Cell, Rows, SqlType, Table, Taken, OWNERS};
 use super::write_set::{
     ConditionalClaim, OutboxEntry, OutboxKind, Precondition, ResourceWrite, SubscriptionChange, WriteSet,
@@ -13,7 +14,7 @@ use crate::domain::audit::AuditRecord;
 use crate::domain::instant::Instant;
 use crate::domain::search_params::IndexEntry;
 
-use SqlType::{BigInt, Text};
+use SqlType::{BigInt, Integer, Text};
 
 // The tables a write set fills, and the columns its rows give.
 static HISTORY: Table = Table {
@@ -52,7 +53,7 @@ static TOKENS: Table = Table {
     columns: &[
         ("resource_type", Text),
         ("id", Text),
-        ("param", Text),
+        ("param_key", Integer),
         ("system", Text),
         ("code", Text),
         ("text", Text),
@@ -64,7 +65,7 @@ static REFERENCES: Table = Table {
     columns: &[
         ("resource_type", Text),
         ("id", Text),
-        ("param", Text),
+        ("param_key", Integer),
         ("target_type", Text),
         ("target_id", Text),
         ("identifier_system", Text),
@@ -74,12 +75,12 @@ static REFERENCES: Table = Table {
 };
 static DATES: Table = Table {
     name: "idx_date",
-    columns: &[("resource_type", Text), ("id", Text), ("param", Text), ("low", BigInt), ("high", BigInt)],
+    columns: &[("resource_type", Text), ("id", Text), ("param_key", Integer), ("low", BigInt), ("high", BigInt)],
     bodies: false,
 };
 static STRINGS: Table = Table {
     name: "idx_string",
-    columns: &[("resource_type", Text), ("id", Text), ("param", Text), ("value", Text), ("exact", Text)],
+    columns: &[("resource_type", Text), ("id", Text), ("param_key", Integer), ("value", Text), ("exact", Text)],
     bodies: false,
 };
 static CONDITIONAL_KEYS: Table = Table {
@@ -574,12 +575,13 @@ fn index_rows<'a>(writes: &[&'a ResourceWrite]) -> [Rows<'a>; 4] {
     let mut strings = Rows::new(&STRINGS);
     for write in writes {
         let (resource_type, id) = (Cell::from(write.resource_type.as_str()), Cell::from(write.id.as_str()));
+        let key = |param: &str| Cell::from(i64::from(param_key(write.resource_type, param)));
         for entry in &write.index {
             match entry {
                 IndexEntry::Token { param, system, code, text } => tokens.push([
                     resource_type,
                     id,
-                    (*param).into(),
+                    key(param),
                     system.as_deref().into(),
                     code.as_deref().into(),
                     text.as_deref().into(),
@@ -588,7 +590,7 @@ fn index_rows<'a>(writes: &[&'a ResourceWrite]) -> [Rows<'a>; 4] {
                     references.push([
                         resource_type,
                         id,
-                        (*param).into(),
+                        key(param),
                         target_type.as_deref().into(),
                         target_id.as_deref().into(),
                         identifier_system.as_deref().into(),
@@ -596,10 +598,10 @@ fn index_rows<'a>(writes: &[&'a ResourceWrite]) -> [Rows<'a>; 4] {
                     ]);
                 }
                 IndexEntry::Date { param, low, high } => {
-                    dates.push([resource_type, id, (*param).into(), (*low).into(), (*high).into()]);
+                    dates.push([resource_type, id, key(param), (*low).into(), (*high).into()]);
                 }
                 IndexEntry::String { param, value, exact } => {
-                    strings.push([resource_type, id, (*param).into(), value.as_str().into(), exact.as_str().into()]);
+                    strings.push([resource_type, id, key(param), value.as_str().into(), exact.as_str().into()]);
                 }
             }
         }

@@ -16,6 +16,7 @@ mod clients;
 mod connect;
 mod events;
 mod group_commit;
+mod param_keys;
 mod readers;
 mod reads;
 mod rows;

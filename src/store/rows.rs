@@ -80,6 +80,8 @@ impl Dialect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SqlType {
     Text,
+    /// 32 bits (a parameter's key): bound as an `i64` cell like the other integers.
+    Integer,
     BigInt,
 }
 
@@ -87,6 +89,7 @@ impl SqlType {
     fn name(self) -> &'static str {
         match self {
             SqlType::Text => "text",
+            SqlType::Integer => "integer",
             SqlType::BigInt => "bigint",
         }
     }

@@ -3,13 +3,14 @@
 //! Every clause becomes `r.id IN (SELECT x.id FROM idx_… x WHERE …)` (negated with `NOT`):
 //! the planner of either database can then drive the query from the index of the most
 //! selective clause, or from `resources (resource_type, last_updated, id)` for `_lastUpdated`.
-//! Every value is bound; only column names and operators chosen here are written into the
-//! SQL. Paging is keyset paging: the sort key values and id of the row next to the page,
+//! Every value is bound; only column names, operators and parameter keys (integers computed
+//! here) are written into the SQL. Paging is keyset paging: the sort key values and id of the row next to the page,
 //! never an offset, so rows written between two pages cannot shift the rows of the next one.
 
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Arguments, Row};
 
+use super::param_keys::row_keys;
 use super::reads::{bind_error, scope_filter_fenced, version_from_row, ConditionalKey, StoredVersion};
 use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
@@ -140,12 +141,15 @@ fn index_table(kind: ParamKind) -> &'static str {
     }
 }
 
-/// `column = $n`, or `column IN (…)`: the index rows of `params` ([`SearchParam::row_params`]).
-fn param_test(sql: &mut Sql, column: &str, params: &[&str]) -> Result<String, StoreError> {
-    Ok(match params {
-        [one] => format!("{column} = {}", sql.text(*one)?),
-        many => format!("{column} IN ({})", sql.list(many.iter().copied())?),
-    })
+/// `x.param_key = k`, or `x.param_key IN (…)`: the index rows (of alias `x`) that answer `p`
+/// ([`SearchParam::row_params`]). The keys imply the type, so no test of the type goes with
+/// them; they are integers computed here ([`super::param_keys`]), written into the statement.
+fn key_test(alias: &str, p: &'static SearchParam) -> String {
+    let keys: Vec<String> = row_keys(p).map(|key| key.to_string()).collect();
+    match keys.as_slice() {
+        [one] => format!("{alias}.param_key = {one}"),
+        many => format!("{alias}.param_key IN ({})", many.join(", ")),
+    }
 }
 
 /// The target types `p` is narrowed to where it reads the rows of a wider parameter (`patient`
@@ -271,13 +275,7 @@ enum Probe {
     PerRow,
 }
 
-fn predicate_sql(
-    sql: &mut Sql,
-    resource_type: ResourceType,
-    param: ParamRef,
-    predicate: &Predicate,
-    probe: Probe,
-) -> Result<String, StoreError> {
+fn predicate_sql(sql: &mut Sql, param: ParamRef, predicate: &Predicate, probe: Probe) -> Result<String, StoreError> {
     match (param, predicate) {
         (ParamRef::Id, Predicate::Id(id)) => Ok(format!("r.id = {}", sql.text(id.as_str())?)),
         (ParamRef::LastUpdated, Predicate::Date { prefix, low, high }) => {
@@ -286,8 +284,7 @@ fn predicate_sql(
         }
         (ParamRef::Registered(p), predicate) => {
             let table = index_table(p.kind);
-            let type_placeholder = sql.text(resource_type.as_str())?;
-            let param_test = param_test(sql, "x.param", p.row_params())?;
+            let key_test = key_test("x", p);
             let condition = match (predicate, narrowed_targets(p)) {
                 // `patient:missing` on `subject`'s rows: a reference to a Patient, or to a type
                 // not named (by identifier only), counts as present; one to a Group does not.
@@ -298,13 +295,9 @@ fn predicate_sql(
             };
             let condition = condition.map(|c| format!(" AND {c}")).unwrap_or_default();
             Ok(match probe {
-                Probe::Set => format!(
-                    "r.id IN (SELECT x.id FROM {table} x WHERE x.resource_type = {type_placeholder} \
-                     AND {param_test}{condition})"
-                ),
+                Probe::Set => format!("r.id IN (SELECT x.id FROM {table} x WHERE {key_test}{condition})"),
                 Probe::PerRow => format!(
-                    "EXISTS (SELECT 1 FROM {table} x WHERE x.resource_type = r.resource_type AND x.id = r.id \
-                     AND x.resource_type = {type_placeholder} AND {param_test}{condition}{})",
+                    "EXISTS (SELECT 1 FROM {table} x WHERE x.id = r.id AND {key_test}{condition}{})",
                     sql.per_row_fence()
                 ),
             })
@@ -315,12 +308,9 @@ fn predicate_sql(
     }
 }
 
-fn clause_sql(sql: &mut Sql, resource_type: ResourceType, clause: &Clause, probe: Probe) -> Result<String, StoreError> {
-    let alternatives = clause
-        .any_of
-        .iter()
-        .map(|p| predicate_sql(sql, resource_type, clause.param, p, probe))
-        .collect::<Result<Vec<_>, _>>()?;
+fn clause_sql(sql: &mut Sql, clause: &Clause, probe: Probe) -> Result<String, StoreError> {
+    let alternatives =
+        clause.any_of.iter().map(|p| predicate_sql(sql, clause.param, p, probe)).collect::<Result<Vec<_>, _>>()?;
     let any = format!("({})", alternatives.join(" OR "));
     Ok(if clause.negated { format!("NOT {any}") } else { any })
 }
@@ -376,18 +366,16 @@ fn from_and_filter(
             let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
                 return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
             };
-            let type_placeholder = sql.text(query.resource_type.as_str())?;
-            let param_test = param_test(sql, "x.param", p.row_params())?;
             let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
             from = format!(
-                "(SELECT DISTINCT x.id FROM {} x WHERE x.resource_type = {type_placeholder} \
-                 AND {param_test}{condition}) d CROSS JOIN resources r",
-                index_table(p.kind)
+                "(SELECT DISTINCT x.id FROM {} x WHERE {}{condition}) d CROSS JOIN resources r",
+                index_table(p.kind),
+                key_test("x", p)
             );
             conditions.push("r.id = d.id".to_owned());
             continue;
         }
-        conditions.push(clause_sql(sql, query.resource_type, clause, probe)?);
+        conditions.push(clause_sql(sql, clause, probe)?);
     }
     if let Some(horizon) = horizon {
         conditions.push(format!("r.last_updated <= {}", sql.int(horizon.micros())?));
@@ -425,11 +413,8 @@ fn sort_param_expression(sql: &mut Sql, p: &'static SearchParam) -> Result<Strin
         ParamKind::Reference => return Err(StoreError::Config("sorting by a reference".to_owned())),
     };
     let table = index_table(p.kind);
-    let params = param_test(sql, "x.param", p.row_params())?;
-    Ok(format!(
-        "COALESCE((SELECT MIN({column}) FROM {table} x WHERE x.resource_type = r.resource_type \
-         AND x.id = r.id AND {params}), {missing})"
-    ))
+    let key_test = key_test("x", p);
+    Ok(format!("COALESCE((SELECT MIN({column}) FROM {table} x WHERE x.id = r.id AND {key_test}), {missing})"))
 }
 
 /// The full order: the keys asked for, then `_id` unless already there (and nothing after
@@ -555,8 +540,7 @@ fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError>
 
 /// The statement of [`Store::reference_targets`].
 fn reference_targets_statement(sql: &mut Sql, param: &'static SearchParam, ids: &[&str]) -> Result<String, StoreError> {
-    let type_placeholder = sql.text(param.resource_type.as_str())?;
-    let param_test = param_test(sql, "s.param", param.row_params())?;
+    let key_test = key_test("s", param);
     // The ids' own index rows first (the owner index), then their parameter, so that neither
     // database walks the parameter's rows of every resource instead. SQLite is told the index.
     // PostgreSQL without statistics read a page's ten ids as a filter over every row of the
@@ -564,21 +548,20 @@ fn reference_targets_statement(sql: &mut Sql, param: &'static SearchParam, ids: 
     // per id whatever the statistics.
     let owned = match sql.backend {
         BackendKind::Sqlite => format!(
-            "SELECT x.param, x.target_type, x.target_id FROM idx_reference x INDEXED BY idx_reference_owner \
-             WHERE x.resource_type = {type_placeholder} AND x.id IN ({})",
+            "SELECT x.param_key, x.target_type, x.target_id FROM idx_reference x INDEXED BY idx_reference_owner \
+             WHERE x.id IN ({})",
             sql.list(ids.iter().copied())?
         ),
         BackendKind::Postgres => format!(
-            "SELECT x.param, x.target_type, x.target_id FROM (VALUES {}) AS wanted(id) CROSS JOIN LATERAL \
-             (SELECT x.param, x.target_type, x.target_id FROM idx_reference x \
-              WHERE x.resource_type = {type_placeholder} AND x.id = wanted.id{}) x",
+            "SELECT x.param_key, x.target_type, x.target_id FROM (VALUES {}) AS wanted(id) CROSS JOIN LATERAL \
+             (SELECT x.param_key, x.target_type, x.target_id FROM idx_reference x WHERE x.id = wanted.id{}) x",
             sql.rows(ids.iter().copied())?,
             sql.per_row_fence()
         ),
     };
     let text = format!(
         "SELECT DISTINCT s.target_type, s.target_id FROM ({owned}) s \
-         WHERE {param_test} AND s.target_id IS NOT NULL AND s.target_type IS NOT NULL"
+         WHERE {key_test} AND s.target_id IS NOT NULL AND s.target_type IS NOT NULL"
     );
     Ok(text)
 }
@@ -794,8 +777,7 @@ fn referencing_statement(
 ) -> Result<String, StoreError> {
     let source = param.resource_type;
     let source_placeholder = sql.text(source.as_str())?;
-    let index_source = sql.text(source.as_str())?;
-    let param_test = param_test(sql, "x.param", param.row_params())?;
+    let key_test = key_test("x", param);
     let target_placeholder = sql.text(target_type.as_str())?;
     // The referencing rows by their target, one probe of the reference index per target id.
     // PostgreSQL without statistics read a page's ten targets as a filter over every row of
@@ -803,14 +785,13 @@ fn referencing_statement(
     // statistics. SQLite's plan of the `IN` list is already a probe per id.
     let referencing = match sql.backend {
         BackendKind::Sqlite => format!(
-            "SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
-             AND {param_test} AND x.target_id IN ({}) AND x.target_type = {target_placeholder}",
+            "SELECT x.id FROM idx_reference x WHERE {key_test} AND x.target_id IN ({}) \
+             AND x.target_type = {target_placeholder}",
             sql.list(target_ids.iter().copied())?
         ),
         BackendKind::Postgres => format!(
             "SELECT x.id FROM (VALUES {}) AS wanted(target_id) CROSS JOIN LATERAL \
-             (SELECT x.id FROM idx_reference x WHERE x.resource_type = {index_source} \
-              AND {param_test} AND x.target_id = wanted.target_id \
+             (SELECT x.id FROM idx_reference x WHERE {key_test} AND x.target_id = wanted.target_id \
               AND x.target_type = {target_placeholder}{}) x",
             sql.rows(target_ids.iter().copied())?,
             sql.per_row_fence()
