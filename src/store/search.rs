@@ -4,8 +4,9 @@
 //! the planner of either database can then drive the query from the index of the most
 //! selective clause, or from `resources (resource_type, last_updated, id)` for `_lastUpdated`.
 //! Every value is bound; only column names, operators and parameter keys (integers computed
-//! here) are written into the SQL. Paging is keyset paging: the sort key values and id of the row next to the page,
-//! never an offset, so rows written between two pages cannot shift the rows of the next one.
+//! here) are written into the SQL. Paging is keyset paging: the sort key values and id of the
+//! row next to the page, never an offset, so rows written between two pages cannot shift the
+//! rows of the next one.
 
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Arguments, Row};
