@@ -5,13 +5,18 @@ use std::time::Duration;
 use sqlx::AnyConnection;
 
 use super::param_keys::param_key;
-use super::rows::{delete_owned, insert_all, insert_returning, Cell, Rows, SqlType, Table, Taken, OWNERS};
+use super::rows::{
+    delete_owned, explain_owned_deletes, insert_all, insert_returning, update_returning, Cell, OwnedRows, Rows,
+    SqlType, Table, Taken, OWNERS,
+};
 use super::write_set::{
     ConditionalClaim, OutboxEntry, OutboxKind, Precondition, ResourceWrite, SubscriptionChange, WriteSet,
 };
 use super::StoreError;
 use crate::domain::audit::AuditRecord;
+use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
+use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::IndexEntry;
 
 use SqlType::{BigInt, Integer, Text};
@@ -35,6 +40,22 @@ static CURRENT: Table = Table {
     columns: &[
         ("resource_type", Text),
         ("id", Text),
+        ("version_id", BigInt),
+        ("last_updated", BigInt),
+        ("deleted", BigInt),
+        ("body", Text),
+        ("change_seq", BigInt),
+    ],
+    bodies: true,
+};
+/// The moves of current rows to new versions: which row, from which version, and its new
+/// columns (see [`update_current`]).
+static CURRENT_MOVES: Table = Table {
+    name: "resources",
+    columns: &[
+        ("resource_type", Text),
+        ("id", Text),
+        ("from_version", BigInt),
         ("version_id", BigInt),
         ("last_updated", BigInt),
         ("deleted", BigInt),
@@ -384,20 +405,16 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
     let (created, updated): (Vec<&ResourceWrite>, Vec<&ResourceWrite>) =
         writes.iter().copied().partition(|w| w.precondition == Precondition::Absent);
     insert_current(conn, &created, &change_seqs).await?;
-    for write in &updated {
-        update_current(conn, write, change_seq_of(&change_seqs, write)?).await?;
-    }
-    let owners = owner_rows(&updated);
-    for table in [&TOKENS, &REFERENCES, &DATES, &STRINGS] {
-        delete_owned(conn, table.name, &owners, "").await?;
-    }
+    update_current(conn, &updated, &change_seqs).await?;
     // Content-derived visibility follows the current version; granted visibility (the
     // creator, grants through a referral) stays. A deletion keeps both, so those who could
     // see the resource get 410 rather than 404.
     let live: Vec<&ResourceWrite> = writes.iter().copied().filter(|w| !w.body.is_empty()).collect();
     let live_updates: Vec<&ResourceWrite> =
         live.iter().copied().filter(|w| w.precondition != Precondition::Absent).collect();
-    delete_owned(conn, VISIBILITY.name, &owner_rows(&live_updates), " AND source = 'content'").await?;
+    let (owners, live_owners) = (owner_rows(&updated), owner_rows(&live_updates));
+    let deletes = update_deletes(&owners, &live_owners);
+    delete_owned(conn, &deletes).await?;
     // A key granted and also given by the content is one row, the grant (it outlives the
     // content). The rows of a resource created under a fresh id cannot be there already; the
     // others may be (a grant from before), and are skipped if so.
@@ -433,6 +450,31 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
         ],
     )
     .await
+}
+
+/// What an update deletes before it inserts its new version's rows: the search index rows of
+/// the resources `owners` and the content-derived visibility of those of `live_owners` (the
+/// updates that are not deletions).
+fn update_deletes<'r, 'a>(owners: &'r Rows<'a>, live_owners: &'r Rows<'a>) -> Vec<OwnedRows<'r, 'a>> {
+    let mut deletes: Vec<OwnedRows<'r, 'a>> = [&TOKENS, &REFERENCES, &DATES, &STRINGS]
+        .into_iter()
+        .map(|table| OwnedRows { table: table.name, owners, extra: "" })
+        .collect();
+    deletes.push(OwnedRows { table: VISIBILITY.name, owners: live_owners, extra: " AND source = 'content'" });
+    deletes
+}
+
+/// The plans of an update's deletes of the rows of `resources` (see
+/// [`Store::explain_update_deletes`](super::Store::explain_update_deletes)).
+pub(super) async fn explain_update_deletes(
+    conn: &mut AnyConnection,
+    resources: &[(ResourceType, ResourceId)],
+) -> Result<Vec<String>, StoreError> {
+    let mut owners = Rows::new(&OWNERS);
+    for (resource_type, id) in resources {
+        owners.push([resource_type.as_str().into(), id.as_str().into()]);
+    }
+    explain_owned_deletes(conn, &update_deletes(&owners, &owners)).await
 }
 
 /// How an insert of the rows of `writes` treats a taken key: no check where every one creates
@@ -522,34 +564,44 @@ async fn insert_current(
     first_skipped(created, &inserted)
 }
 
-/// Moves the current row of an existing resource to the new version, only from the version
-/// the write was planned on (checked in the same statement).
-async fn update_current(conn: &mut AnyConnection, write: &ResourceWrite, change_seq: i64) -> Result<(), StoreError> {
-    let Precondition::CurrentVersion(expected) = write.precondition else {
-        return Err(StoreError::Config("an update without the version it starts from".to_owned()));
-    };
-    let result = sqlx::query(
-        "UPDATE resources SET version_id = $1, last_updated = $2, deleted = $3, body = $4, change_seq = $5 \
-         WHERE resource_type = $6 AND id = $7 AND version_id = $8",
-    )
-    .bind(write.version.get())
-    .bind(write.last_updated.micros())
-    .bind(deleted_flag(write))
-    .bind(write.body.as_str())
-    .bind(change_seq)
-    .bind(write.resource_type.as_str())
-    .bind(write.id.as_str())
-    .bind(expected.get())
-    .execute(&mut *conn)
-    .await?;
-    if result.rows_affected() != 1 {
-        return Err(version_conflict(write));
+/// Moves the current rows of existing resources to their new versions, each only from the
+/// version its write was planned on (checked in the same statement, one for all of them): a
+/// row not moved is a version conflict, named by the first such write.
+async fn update_current(
+    conn: &mut AnyConnection,
+    updated: &[&ResourceWrite],
+    change_seqs: &ChangeSeqs,
+) -> Result<(), StoreError> {
+    let mut moves = Rows::new(&CURRENT_MOVES);
+    for write in updated {
+        let Precondition::CurrentVersion(expected) = write.precondition else {
+            return Err(StoreError::Config("an update without the version it starts from".to_owned()));
+        };
+        moves.push([
+            write.resource_type.as_str().into(),
+            write.id.as_str().into(),
+            expected.get().into(),
+            write.version.get().into(),
+            write.last_updated.micros().into(),
+            deleted_flag(write).into(),
+            write.body.as_str().into(),
+            change_seq_of(change_seqs, write)?.into(),
+        ]);
     }
-    Ok(())
+    let moved = update_returning(
+        conn,
+        CURRENT_MOVES.name,
+        &moves,
+        &[("resource_type", "resource_type"), ("id", "id"), ("version_id", "from_version")],
+        &["version_id", "last_updated", "deleted", "body", "change_seq"],
+        "RETURNING resource_type, id",
+    )
+    .await?;
+    first_skipped(updated, &moved)
 }
 
-/// The conflict naming the first of `writes` an insert skipped (`inserted`: the
-/// `(resource_type, id)` rows it returned), if any.
+/// The conflict naming the first of `writes` an insert skipped or an update did not move
+/// (`inserted`: the `(resource_type, id)` rows the statement returned), if any.
 fn first_skipped(writes: &[&ResourceWrite], inserted: &[sqlx::any::AnyRow]) -> Result<(), StoreError> {
     if inserted.len() == writes.len() {
         return Ok(());

@@ -137,7 +137,20 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     // The writer's own connection, outside the request pool: queued behind every waiting
     // request's reads, the group commit would wait longest when most is waiting on it. A pool
     // of one rather than a bare connection, so that one lost to a server restart is replaced.
-    let writer_pool = postgres_pool_options(1, settings.acquire_timeout).connect_lazy_with(options);
+    // It plans without bitmap scans and, where any other way exists, without scans of whole
+    // tables: what it reads are the rows of the resources it is about to change, a few per
+    // key. A bitmap scan never marks the index entries of rows that earlier versions deleted
+    // as dead, so each update of a resource would visit all of them again, and a scan of a
+    // table is what a join with rows PostgreSQL cannot count turned into (see
+    // `rows::delete_owned`).
+    let writer_pool = postgres_pool_options(1, settings.acquire_timeout)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET enable_bitmapscan = off; SET enable_seqscan = off").await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options);
     // sqlx takes a PostgreSQL advisory lock while migrating, so replicas starting together
     // apply each migration once. This first connection also fails the start at once if the
     // server cannot be reached.

@@ -29,6 +29,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use crate::domain::ids::ResourceId;
+use crate::domain::resource_type::ResourceType;
+
 pub use audit::StoredAuditEvent;
 pub use clients::{ClientRecord, RoleAndClaim};
 pub use connect::{DatabaseUrl, PoolSettings};
@@ -150,24 +153,7 @@ impl Store {
         F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
     {
         match self.kind() {
-            BackendKind::Sqlite => {
-                let slot = Arc::new(std::sync::Mutex::new(None));
-                let out = Arc::clone(&slot);
-                self.inner
-                    .writer
-                    .run(Box::new(move |conn| {
-                        Box::pin(async move {
-                            let value = job(conn).await?;
-                            if let Ok(mut guard) = out.lock() {
-                                *guard = Some(value);
-                            }
-                            Ok(())
-                        })
-                    }))
-                    .await?;
-                let value = slot.lock().ok().and_then(|mut guard| guard.take());
-                value.ok_or(StoreError::WriterGone)
-            }
+            BackendKind::Sqlite => self.on_writer(job).await,
             BackendKind::Postgres => {
                 let mut conn = self.reader().await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -176,6 +162,44 @@ impl Store {
                 Ok(value)
             }
         }
+    }
+
+    /// Runs `job` on the group commit's own connection, in its own savepoint of the next
+    /// shared commit; returns the job's value once that commit is durable.
+    async fn on_writer<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send + 'static,
+    {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let out = Arc::clone(&slot);
+        self.inner
+            .writer
+            .run(Box::new(move |conn| {
+                Box::pin(async move {
+                    let value = job(conn).await?;
+                    if let Ok(mut guard) = out.lock() {
+                        *guard = Some(value);
+                    }
+                    Ok(())
+                })
+            }))
+            .await?;
+        let value = slot.lock().ok().and_then(|mut guard| guard.take());
+        value.ok_or(StoreError::WriterGone)
+    }
+
+    /// The writer's plans for an update's deletes of the old index and visibility rows of
+    /// `resources`, one line per plan node (`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on
+    /// PostgreSQL), planned on the writer's own connection with its settings. For the plan
+    /// regression test: each owner must be an index probe, never a scan of a table or a
+    /// bitmap scan (see `rows::delete_owned`).
+    pub async fn explain_update_deletes(
+        &self,
+        resources: &[(ResourceType, ResourceId)],
+    ) -> Result<Vec<String>, StoreError> {
+        let resources = resources.to_vec();
+        self.on_writer(move |conn| Box::pin(async move { apply::explain_update_deletes(conn, &resources).await })).await
     }
 
     /// Stops the writer after it has committed what it holds, and closes the pool.

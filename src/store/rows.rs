@@ -58,13 +58,6 @@ impl Dialect {
         }
     }
 
-    /// The `n`-th placeholder (from 1).
-    fn nth(self, n: usize) -> String {
-        let mut placeholder = String::new();
-        self.push_nth(&mut placeholder, n);
-        placeholder
-    }
-
     fn push_nth(self, sql: &mut String, n: usize) {
         match self {
             Dialect::Postgres => {
@@ -386,40 +379,161 @@ pub(super) async fn insert_returning(
     Ok(inserted)
 }
 
+/// Updates rows of `target` from `rows`, in one statement per chunk of them (as for inserts,
+/// see [`statement_chunks`]): a row of `target` takes a row of `rows` where each pair of
+/// `matched_on` (a column of `target`, a column of `rows`) is equal, and then each column named
+/// in `set` takes the value of the column of `rows` of the same name. Returns what `returning`
+/// (a `RETURNING` clause of columns of `target`) names of the rows updated. One statement
+/// instead of one per row: each is a round trip through the writer's connection, which every
+/// request of a group commit waits on (64 of them in a batch of status changes).
+///
+/// The rows are a `VALUES` list, whose columns both databases name `column1`, `column2`, …
+/// (SQLite has no column aliases for it); each key of `matched_on` is an equality on an index
+/// of `target` that both databases plan as one probe per row of the list.
+pub(super) async fn update_returning(
+    conn: &mut AnyConnection,
+    target: &str,
+    rows: &Rows<'_>,
+    matched_on: &[(&str, &str)],
+    set: &[&str],
+    returning: &str,
+) -> Result<Vec<AnyRow>, StoreError> {
+    let mut updated = Vec::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(updated);
+    }
+    let table = rows.table;
+    let column_of = |name: &str| -> Result<String, StoreError> {
+        let position = table
+            .columns
+            .iter()
+            .position(|(column, _)| *column == name)
+            .ok_or_else(|| StoreError::Config(format!("the rows updating {target} have no column {name}")))?;
+        Ok(format!("v.column{}", position + 1))
+    };
+    let assignments =
+        set.iter().map(|name| Ok(format!("{name} = {}", column_of(name)?))).collect::<Result<Vec<_>, StoreError>>()?;
+    let conditions = matched_on
+        .iter()
+        .map(|(column, from)| Ok(format!("{target}.{column} = {}", column_of(from)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let (assignments, conditions) = (assignments.join(", "), conditions.join(" AND "));
+    let dialect = Dialect::of(conn);
+    let width = table.columns.len();
+    let all: Vec<&[Cell<'_>]> = rows.rows().collect();
+    for chunk in statement_chunks(&all, width) {
+        let mut args = AnyArguments::default();
+        for row in chunk {
+            bind_cells(&mut args, row)?;
+        }
+        let values = values_placeholders(dialect, chunk.len(), width);
+        let sql =
+            format!("UPDATE {target} SET {assignments} FROM (VALUES {values}) AS v WHERE {conditions} {returning}");
+        updated.extend(sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?);
+    }
+    Ok(updated)
+}
+
 /// The owners of rows, for [`delete_owned`].
 pub(super) static OWNERS: Table =
     Table { name: "owners", columns: &[("resource_type", SqlType::Text), ("id", SqlType::Text)], bodies: false };
 
-/// Deletes the rows of `table` owned by any of `owners` (rows of [`OWNERS`]), with `extra`
-/// conditions (` AND …`). On both databases as a list of owners in the statement, each an
-/// equality on the owner index, in power-of-two chunks: PostgreSQL plans a join with rows it
-/// cannot count (`jsonb_array_elements`, always 100 to it) as a hash join over a scan of the
-/// whole table once the table is a few tens of thousands of rows, which made every status
-/// change in the benchmark read every index row (about 350 changes/s at 64 clients, 1,800
-/// with the list).
-pub(super) async fn delete_owned(
-    conn: &mut AnyConnection,
-    table: &str,
-    owners: &Rows<'_>,
-    extra: &str,
-) -> Result<(), StoreError> {
-    let dialect = Dialect::of(conn);
-    let rows: Vec<&[Cell<'_>]> = owners.rows().collect();
-    for chunk in statement_chunks(&rows, 2) {
-        let mut args = AnyArguments::default();
-        let mut conditions = Vec::with_capacity(chunk.len());
-        for (i, owner) in chunk.iter().enumerate() {
-            bind_cells(&mut args, owner)?;
-            conditions.push(format!(
-                "(resource_type = {} AND id = {})",
-                dialect.nth(2 * i + 1),
-                dialect.nth(2 * i + 2)
-            ));
-        }
-        let sql = format!("DELETE FROM {table} WHERE ({}){extra}", conditions.join(" OR "));
+/// Rows of one table to delete: those owned by any of `owners` (rows of [`OWNERS`]) that also
+/// meet `extra` (` AND …` of the table's columns, or empty).
+pub(super) struct OwnedRows<'r, 'a> {
+    pub table: &'static str,
+    pub owners: &'r Rows<'a>,
+    pub extra: &'static str,
+}
+
+/// Deletes the rows of each of `deletes`. Each owner is an equality on the table's owner index
+/// (or primary key), looked up one by one:
+///
+/// - On PostgreSQL, all tables in one statement (each delete a data-modifying `WITH` clause),
+///   the owners one JSON argument per table, each owner probed through a `LATERAL` subquery
+///   and the rows found deleted by their `ctid`. PostgreSQL planned a join with rows it cannot
+///   count (`jsonb_array_elements`, always 100 to it) as a hash join over a scan of the whole
+///   table once it held a few tens of thousands of rows (about 350 status changes/s at 64
+///   clients), and a list of `OR`ed owners as a bitmap scan, which never marks the index
+///   entries of deleted rows dead: every update of a resource then visited every earlier
+///   version's rows again until a vacuum (2.5 ms for 32 owners after a minute of status
+///   changes). The writer's connection plans without bitmap scans and table scans (see
+///   `connect`), so each probe is a plain index scan, which marks the entries of dead rows
+///   it finds as dead once for all, and the rows found are deleted by a TID scan.
+/// - On SQLite, a list of owners in the statement, in power-of-two chunks, a few statements
+///   per table (each a hand-off to the connection's thread, not a round trip).
+pub(super) async fn delete_owned(conn: &mut AnyConnection, deletes: &[OwnedRows<'_, '_>]) -> Result<(), StoreError> {
+    for (sql, args) in owned_delete_statements(Dialect::of(conn), deletes)? {
         sqlx::query_with(&sql, args).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// The plans of [`delete_owned`]'s statements, one line per plan node, planned on `conn`.
+pub(super) async fn explain_owned_deletes(
+    conn: &mut AnyConnection,
+    deletes: &[OwnedRows<'_, '_>],
+) -> Result<Vec<String>, StoreError> {
+    let dialect = Dialect::of(conn);
+    let (explain, column) = match dialect {
+        Dialect::Postgres => ("EXPLAIN", 0),
+        Dialect::Sqlite => ("EXPLAIN QUERY PLAN", 3),
+    };
+    let mut lines = Vec::new();
+    for (sql, args) in owned_delete_statements(dialect, deletes)? {
+        for row in sqlx::query_with(&format!("{explain} {sql}"), args).fetch_all(&mut *conn).await? {
+            lines.push(sqlx::Row::try_get::<String, _>(&row, column)?);
+        }
+    }
+    Ok(lines)
+}
+
+/// The statements of [`delete_owned`], with their arguments.
+fn owned_delete_statements<'q>(
+    dialect: Dialect,
+    deletes: &[OwnedRows<'_, 'q>],
+) -> Result<Vec<(String, AnyArguments<'q>)>, StoreError> {
+    let deletes: Vec<&OwnedRows<'_, 'q>> = deletes.iter().filter(|d| !d.owners.is_empty()).collect();
+    let mut statements = Vec::new();
+    if deletes.is_empty() {
+        return Ok(statements);
+    }
+    match dialect {
+        Dialect::Postgres => {
+            let mut args = AnyArguments::default();
+            let mut clauses = Vec::with_capacity(deletes.len());
+            for (n, delete) in deletes.iter().enumerate() {
+                let json = delete.owners.to_json()?;
+                bind_all(&mut args, |args| args.add(json))?;
+                clauses.push(format!(
+                    "d{n} AS (DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT t.ctid \
+                     FROM jsonb_array_elements(${arg}::jsonb) AS o(x), \
+                     LATERAL (SELECT ctid FROM {table} WHERE id = o.x->>1 AND resource_type = o.x->>0{extra} \
+                     OFFSET 0) AS t)))",
+                    table = delete.table,
+                    arg = n + 1,
+                    extra = delete.extra,
+                ));
+            }
+            // Every data-modifying `WITH` clause runs to completion, read or not.
+            statements.push((format!("WITH {} SELECT 1", clauses.join(", ")), args));
+        }
+        Dialect::Sqlite => {
+            for delete in deletes {
+                let rows: Vec<&[Cell<'q>]> = delete.owners.rows().collect();
+                for chunk in statement_chunks(&rows, 2) {
+                    let mut args = AnyArguments::default();
+                    for owner in chunk {
+                        bind_cells(&mut args, owner)?;
+                    }
+                    let conditions = vec!["(resource_type = ? AND id = ?)"; chunk.len()].join(" OR ");
+                    let sql = format!("DELETE FROM {} WHERE ({conditions}){}", delete.table, delete.extra);
+                    statements.push((sql, args));
+                }
+            }
+        }
+    }
+    Ok(statements)
 }
 
 #[cfg(test)]

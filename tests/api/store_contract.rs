@@ -197,6 +197,92 @@ async fn a_set_that_creates_and_then_updates_one_resource_keeps_only_the_last_ve
     );
 }
 
+/// GP1's patients with `family`, among the first 100 found.
+async fn patients_named(store: &Store, org: &str, family: &str) -> Vec<ResourceId> {
+    let criteria =
+        parse_criteria(ResourceType::Patient, &format!("identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-{family}"))
+            .expect("criteria");
+    let mut ids = store.find_ids(&practice(org), &criteria, 100).await.expect("search");
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    ids
+}
+
+async fn many_updates_in_one_set_each_move_from_their_own_version_and_replace_their_rows(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    // 37 updates: more than one statement of the writer's on SQLite (chunks of 32, 4 and 1).
+    let mut ids: Vec<ResourceId> = (0..37).map(|_| ResourceId::generate()).collect();
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let created = ids.iter().map(|id| patient_write(id, 1, Precondition::Absent, "Before", "GP1")).collect();
+    store.commit(WriteSet { resources: created, ..Default::default() }).await.expect("create");
+    let from_first = Precondition::CurrentVersion(VersionId::FIRST);
+
+    // One of them planned from a version it is not at: the set is refused whole, naming it.
+    let mut stale: Vec<ResourceWrite> = ids.iter().map(|id| patient_write(id, 2, from_first, "Never", "GP2")).collect();
+    stale[17] =
+        patient_write(&ids[17], 3, Precondition::CurrentVersion(VersionId::parse("2").expect("v")), "Never", "GP2");
+    match store.commit(WriteSet { resources: stale, ..Default::default() }).await {
+        Err(StoreError::VersionConflict { id, .. }) => assert_eq!(id, ids[17].as_str(), "the stale one is named"),
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+    assert_eq!(patients_named(&store, "GP1", "Before").await, ids, "nothing of the refused set was applied");
+
+    // All of them from their own version, moving to another practice: each at version 2, found
+    // by its new index rows only, and seen by the new practice only (content visibility).
+    let moved = ids.iter().map(|id| patient_write(id, 2, from_first, "After", "GP2")).collect();
+    store.commit(WriteSet { resources: moved, ..Default::default() }).await.expect("update all");
+    assert_eq!(patients_named(&store, "GP2", "After").await, ids);
+    assert!(patients_named(&store, "GP2", "Before").await.is_empty(), "the old index rows are gone");
+    assert!(patients_named(&store, "GP1", "After").await.is_empty(), "the old practice no longer sees them");
+    for id in &ids {
+        let current = store.read_current(&practice("GP2"), ResourceType::Patient, id).await.expect("read");
+        let current = current.expect("visible to the new practice");
+        assert_eq!(current.version.get(), 2);
+        assert!(current.body.contains("After"));
+    }
+}
+
+/// The plans of an update's deletes of its old rows, on the writer's connection, after many
+/// versions of the resources: every owner an index probe, no table scanned, and on PostgreSQL
+/// no bitmap scan, which would visit the rows of every earlier version again (see
+/// `rows::delete_owned`). On PostgreSQL before and after ANALYZE.
+async fn an_updates_deletes_of_its_old_rows_probe_each_resource_by_index(db: Db) {
+    let Some((store, database)) = test_store(db).await else { return };
+    let ids: Vec<ResourceId> = (0..200).map(|_| ResourceId::generate()).collect();
+    let created = ids.iter().map(|id| patient_write(id, 1, Precondition::Absent, "V1", "GP1")).collect();
+    store.commit(WriteSet { resources: created, ..Default::default() }).await.expect("create");
+    for version in 2..=5 {
+        let from = Precondition::CurrentVersion(VersionId::parse(&(version - 1).to_string()).expect("v"));
+        let updates =
+            ids[..32].iter().map(|id| patient_write(id, version, from, &format!("V{version}"), "GP1")).collect();
+        store.commit(WriteSet { resources: updates, ..Default::default() }).await.expect("update");
+    }
+    let owners: Vec<(ResourceType, ResourceId)> =
+        ids[..32].iter().map(|id| (ResourceType::Patient, id.clone())).collect();
+    let assert_probes = |plan: Vec<String>, when: &str| {
+        let text = plan.join("\n");
+        for table in ["idx_token", "idx_reference", "idx_date", "idx_string", "resource_visibility"] {
+            assert!(text.contains(table), "{when}: a delete from {table}:\n{text}");
+        }
+        match db {
+            Db::Sqlite => {
+                assert!(!text.contains("SCAN "), "{when}: a table scanned:\n{text}");
+            }
+            Db::Postgres => {
+                assert!(!text.contains("Seq Scan") && !text.contains("Bitmap"), "{when}: a scan, not probes:\n{text}");
+                assert!(text.contains("Index Scan using idx_token_owner"), "{when}: owners probed by index:\n{text}");
+                assert!(text.contains("Tid Scan on idx_token"), "{when}: the rows found deleted by TID:\n{text}");
+            }
+        }
+    };
+    assert_probes(store.explain_update_deletes(&owners).await.expect("explain"), "before ANALYZE");
+    if let DatabaseUrl::Postgres(url) = &database.url {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        conn.execute("ANALYZE").await.expect("analyze");
+        assert_probes(store.explain_update_deletes(&owners).await.expect("explain"), "after ANALYZE");
+    }
+}
+
 /// The creation of GP1's patient Smith as `id`, claiming GP1's conditional key of `criteria`.
 fn patient_claiming(id: &ResourceId, criteria: &str) -> WriteSet {
     let claim = ConditionalClaim {
@@ -937,6 +1023,8 @@ async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: 
 }
 
 on_both_databases!(
+    many_updates_in_one_set_each_move_from_their_own_version_and_replace_their_rows,
+    an_updates_deletes_of_its_old_rows_probe_each_resource_by_index,
     a_database_whose_index_rows_had_copies_finds_the_same_after_migrating,
     a_create_under_a_fresh_id_stores_a_key_both_granted_and_given_once_as_the_grant,
     a_client_named_create_applies_over_a_grant_made_before_the_resource_existed,
