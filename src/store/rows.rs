@@ -633,6 +633,51 @@ mod tests {
         assert_eq!(statements, vec!["INSERT INTO bodies (id, body) VALUES ($1, $2) ON CONFLICT DO NOTHING".to_owned()]);
     }
 
+    fn owners(count: usize) -> Rows<'static> {
+        let mut owners = Rows::new(&OWNERS);
+        for _ in 0..count {
+            owners.push(["Task".into(), "an-id".into()]);
+        }
+        owners
+    }
+
+    fn owned_delete_texts(dialect: Dialect, deletes: &[OwnedRows<'_, '_>]) -> Vec<String> {
+        owned_delete_statements(dialect, deletes).expect("statements").into_iter().map(|(sql, _)| sql).collect()
+    }
+
+    #[test]
+    fn postgres_deletes_the_rows_of_every_table_in_one_statement_of_the_same_text_for_any_owners() {
+        let (few, many, none) = (owners(3), owners(300), owners(0));
+        let deletes = |owners| {
+            [
+                OwnedRows { table: "idx_token", owners, extra: "" },
+                OwnedRows { table: "resource_visibility", owners, extra: " AND source = 'content'" },
+            ]
+        };
+        let texts = owned_delete_texts(Dialect::Postgres, &deletes(&few));
+        assert_eq!(texts.len(), 1, "one statement: {texts:?}");
+        assert_eq!(owned_delete_texts(Dialect::Postgres, &deletes(&many)), texts, "the same text for 300 owners");
+        let text = &texts[0];
+        assert!(text.contains("d0 AS (DELETE FROM idx_token WHERE ctid = ANY"), "{text}");
+        assert!(text.contains("jsonb_array_elements($2::jsonb)"), "each table its own argument: {text}");
+        assert!(text.contains("resource_type = o.x->>0 AND source = 'content' OFFSET 0"), "{text}");
+        assert!(owned_delete_texts(Dialect::Postgres, &deletes(&none)).is_empty(), "nothing to delete, no statement");
+    }
+
+    #[test]
+    fn sqlite_deletes_the_rows_of_each_table_by_a_list_of_owners_in_chunks() {
+        let few = owners(3);
+        let texts = owned_delete_texts(Dialect::Sqlite, &[OwnedRows { table: "idx_date", owners: &few, extra: "" }]);
+        assert_eq!(
+            texts,
+            vec![
+                "DELETE FROM idx_date WHERE ((resource_type = ? AND id = ?) OR (resource_type = ? AND id = ?))"
+                    .to_owned(),
+                "DELETE FROM idx_date WHERE ((resource_type = ? AND id = ?))".to_owned(),
+            ]
+        );
+    }
+
     #[test]
     #[should_panic(expected = "a row of pairs has 3 columns")]
     fn a_row_of_the_wrong_width_is_refused() {
