@@ -605,6 +605,21 @@ async fn two_replicas_group_commits_over_the_same_resources_keep_each_write_set_
     second.close().await;
 }
 
+/// SQLite only: the bundled SQLite is built as `.cargo/config.toml` asks (`LIBSQLITE3_FLAGS`):
+/// each connection's page cache apart from the others' (no `ENABLE_MEMORY_MANAGEMENT`, which
+/// puts them all behind one global mutex) and no memory statistics (another global mutex on
+/// every allocation). With either, the readers' threads queued on those mutexes for a fifth of
+/// their time under polls (BENCHMARKS.md, Round 12).
+#[tokio::test]
+async fn the_bundled_sqlite_is_built_without_its_global_page_cache_and_memory_statistics() {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.expect("an in-memory database");
+    let options: Vec<String> =
+        sqlx::query_scalar("PRAGMA compile_options").fetch_all(&mut conn).await.expect("compile options");
+    assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+    assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+}
+
 /// SQLite only: the write-ahead log reaches the database file in the background, not only when
 /// the writer's own automatic checkpoint (pushed out to 20,000 pages) runs inside a COMMIT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
