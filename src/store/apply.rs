@@ -601,13 +601,13 @@ async fn update_current(
 }
 
 /// The conflict naming the first of `writes` an insert skipped or an update did not move
-/// (`inserted`: the `(resource_type, id)` rows the statement returned), if any.
-fn first_skipped(writes: &[&ResourceWrite], inserted: &[sqlx::any::AnyRow]) -> Result<(), StoreError> {
-    if inserted.len() == writes.len() {
+/// (`returned`: the `(resource_type, id)` rows the statement returned), if any.
+fn first_skipped(writes: &[&ResourceWrite], returned: &[sqlx::any::AnyRow]) -> Result<(), StoreError> {
+    if returned.len() == writes.len() {
         return Ok(());
     }
-    let mut written = std::collections::HashSet::with_capacity(inserted.len());
-    for row in inserted {
+    let mut written = std::collections::HashSet::with_capacity(returned.len());
+    for row in returned {
         written.insert((sqlx::Row::try_get::<String, _>(row, 0)?, sqlx::Row::try_get::<String, _>(row, 1)?));
     }
     let skipped =

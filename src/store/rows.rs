@@ -474,18 +474,27 @@ pub(super) async fn explain_owned_deletes(
     conn: &mut AnyConnection,
     deletes: &[OwnedRows<'_, '_>],
 ) -> Result<Vec<String>, StoreError> {
-    let dialect = Dialect::of(conn);
-    let (explain, column) = match dialect {
+    let mut lines = Vec::new();
+    for (sql, args) in owned_delete_statements(Dialect::of(conn), deletes)? {
+        lines.extend(plan_lines(conn, &sql, args).await?);
+    }
+    Ok(lines)
+}
+
+/// The database's plan for `sql` with `args`, one line per plan node: `EXPLAIN QUERY PLAN` on
+/// SQLite (the node's text is its fourth column), `EXPLAIN` on PostgreSQL. Planned with the
+/// settings `conn` has; the statement does not run.
+pub(super) async fn plan_lines(
+    conn: &mut AnyConnection,
+    sql: &str,
+    args: AnyArguments<'_>,
+) -> Result<Vec<String>, StoreError> {
+    let (explain, column) = match Dialect::of(conn) {
         Dialect::Postgres => ("EXPLAIN", 0),
         Dialect::Sqlite => ("EXPLAIN QUERY PLAN", 3),
     };
-    let mut lines = Vec::new();
-    for (sql, args) in owned_delete_statements(dialect, deletes)? {
-        for row in sqlx::query_with(&format!("{explain} {sql}"), args).fetch_all(&mut *conn).await? {
-            lines.push(sqlx::Row::try_get::<String, _>(&row, column)?);
-        }
-    }
-    Ok(lines)
+    let rows = sqlx::query_with(&format!("{explain} {sql}"), args).fetch_all(&mut *conn).await?;
+    rows.iter().map(|row| Ok(sqlx::Row::try_get::<String, _>(row, column)?)).collect()
 }
 
 /// The statements of [`delete_owned`], with their arguments.

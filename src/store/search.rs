@@ -644,21 +644,12 @@ impl Store {
     async fn explain(&self, text: &str, sql: Sql) -> Result<Vec<String>, StoreError> {
         let mut conn = self.reader().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let rows = match self.kind() {
-            BackendKind::Sqlite => {
-                sqlx::query_with(&format!("EXPLAIN QUERY PLAN {text}"), sql.args).fetch_all(&mut *tx).await?
-            }
-            BackendKind::Postgres => {
-                sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
-                sqlx::query_with(&format!("EXPLAIN {text}"), sql.args).fetch_all(&mut *tx).await?
-            }
-        };
+        if self.kind() == BackendKind::Postgres {
+            sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+        }
+        let lines = super::rows::plan_lines(&mut tx, text, sql.args).await?;
         tx.rollback().await?;
-        let column = match self.kind() {
-            BackendKind::Sqlite => 3,
-            BackendKind::Postgres => 0,
-        };
-        rows.iter().map(|row| Ok(row.try_get::<String, _>(column)?)).collect()
+        Ok(lines)
     }
 
     /// What a conditional create must know before it claims its key, in one statement: the
