@@ -18,7 +18,8 @@ use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::parse_criteria;
 use crate::domain::tenancy::{Principal, Visibility};
 use crate::store::{
-    ConditionalClaim, ConditionalKey, ConditionalLookup, ResourceWrite, StoreError, WriteMethod, WriteSet,
+    ConditionalClaim, ConditionalKey, ConditionalLookup, NoMatchRequired, ResourceWrite, StoreError, WriteMethod,
+    WriteSet,
 };
 
 /// How many times a transaction is replanned when a concurrent request took a key it needed.
@@ -271,9 +272,11 @@ impl ResourceService {
         attempt: usize,
     ) -> Result<(WriteSet, Vec<Value>), ServiceError> {
         let scope = caller.scope();
+        let mut pending = Pending::for_attempt(attempt);
         let mut ids: HashMap<usize, (ResourceId, bool)> = HashMap::new();
         let mut references: HashMap<String, String> = HashMap::new();
         let mut claims = Vec::new();
+        let mut no_match_required = Vec::new();
         for entry in entries.iter().filter(|e| e.method == "POST") {
             let mut existing = None;
             if let Some(raw) = &entry.if_none_exist {
@@ -283,8 +286,13 @@ impl ResourceService {
                 let scope_key = Visibility::Organization(caller.organization().clone()).key();
                 let claim =
                     ConditionalKey { scope_key: &scope_key, resource_type: entry.resource_type, criteria: &key };
-                let ConditionalLookup { claimed: stale, matches } =
-                    self.store().conditional_lookup(&claim, &scope, &criteria, 2).await?;
+                let ConditionalLookup { claimed: stale, matches } = if pending.assumes_keys_free() {
+                    // Planned as a create under a free key; the writer verifies both.
+                    no_match_required.push(NoMatchRequired { scope: scope.clone(), query: criteria.clone() });
+                    ConditionalLookup { claimed: None, matches: Vec::new() }
+                } else {
+                    self.store().conditional_lookup(&claim, &scope, &criteria, 2).await?
+                };
                 match matches.as_slice() {
                     [] => {
                         let id = ResourceId::generate();
@@ -313,8 +321,7 @@ impl ResourceService {
             ids.insert(entry.index, (id, matched));
         }
 
-        let mut write_set = WriteSet { conditional_claims: claims, ..Default::default() };
-        let mut pending = Pending::for_attempt(attempt);
+        let mut write_set = WriteSet { conditional_claims: claims, no_match_required, ..Default::default() };
         let mut responses: Vec<(usize, Value)> = Vec::new();
         let order = |method: &str| match method {
             "DELETE" => 0,

@@ -19,8 +19,8 @@ use crate::domain::subscriptions::{EndpointPolicy, Topic};
 use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, Visibility};
 use crate::profiles::ProfileCheck;
 use crate::store::{
-    ConditionalClaim, ConditionalKey, ConditionalLookup, DeletedContent, HistoryQuery, Precondition, ResourceWrite,
-    Store, StoreError, StoredVersion, WriteMethod, WriteSet,
+    ConditionalClaim, ConditionalKey, ConditionalLookup, DeletedContent, HistoryQuery, NoMatchRequired, Precondition,
+    ResourceWrite, Store, StoreError, StoredVersion, WriteMethod, WriteSet,
 };
 
 /// How often a write without `If-Match` is retried when another writer got in first.
@@ -302,9 +302,15 @@ impl ResourceService {
         let scope_key = Visibility::Organization(caller.organization().clone()).key();
         let key = criteria.canonical_key();
         for attempt in 0..UNCONDITIONAL_RETRIES {
+            let pending = Pending::for_attempt(attempt);
             let claim = ConditionalKey { scope_key: &scope_key, resource_type, criteria: &key };
-            let ConditionalLookup { claimed: stale, matches } =
-                self.store.conditional_lookup(&claim, &scope, criteria, 2).await?;
+            // The first time, planned as a create under a free key; the writer verifies both
+            // (see `NoMatchRequired`), and a failure comes back here to search.
+            let ConditionalLookup { claimed: stale, matches } = if pending.assumes_keys_free() {
+                ConditionalLookup { claimed: None, matches: Vec::new() }
+            } else {
+                self.store.conditional_lookup(&claim, &scope, criteria, 2).await?
+            };
             match matches.as_slice() {
                 [] => {}
                 [one] => {
@@ -319,14 +325,7 @@ impl ResourceService {
             }
             let id = ResourceId::generate();
             let (mut write_set, write) = self
-                .plan(
-                    caller,
-                    resource_type,
-                    id.clone(),
-                    None,
-                    Some((resource.clone(), WriteMethod::Create)),
-                    &Pending::for_attempt(attempt),
-                )
+                .plan(caller, resource_type, id.clone(), None, Some((resource.clone(), WriteMethod::Create)), &pending)
                 .await?;
             write_set.conditional_claims.push(ConditionalClaim {
                 scope_key: scope_key.clone(),
@@ -335,6 +334,9 @@ impl ResourceService {
                 id,
                 replaces: stale,
             });
+            if pending.assumes_keys_free() {
+                write_set.no_match_required.push(NoMatchRequired { scope: scope.clone(), query: criteria.clone() });
+            }
             write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),

@@ -62,6 +62,13 @@ impl Pending {
         Pending { key_holders, ..Pending::default() }
     }
 
+    /// Whether this planning assumes that the keys it claims are free and that a conditional
+    /// create matches nothing, leaving both to the writer to verify (a failure plans again,
+    /// reading first): the first planning of a request.
+    pub fn assumes_keys_free(&self) -> bool {
+        self.key_holders == KeyHolders::AssumedFree
+    }
+
     /// Remembers what the transaction wrote to `resource_type/id`, for its later entries.
     pub fn remember(&mut self, resource_type: ResourceType, id: String, body: Value) {
         self.resources.insert((resource_type, id), body);

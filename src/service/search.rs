@@ -265,13 +265,9 @@ impl SearchService {
             }
         };
         for include in &parsed.includes {
-            let targets = self.store.reference_targets(include.param, &ids).await?;
-            for target_type in reachable(include, readable) {
-                let target_ids: Vec<&str> =
-                    targets.iter().filter(|(t, _)| t == target_type.as_str()).map(|(_, id)| id.as_str()).collect();
-                for version in self.store.read_live(&scope, target_type, &target_ids).await? {
-                    keep(version, &mut included);
-                }
+            let target_types = reachable(include, readable);
+            for version in self.store.included(&scope, include.param, &target_types, &ids).await? {
+                keep(version, &mut included);
             }
         }
         for revinclude in &parsed.revincludes {

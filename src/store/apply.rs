@@ -9,6 +9,7 @@ use super::rows::{
     delete_owned, explain_owned_deletes, insert_all, insert_returning, update_returning, Cell, OwnedRows, Rows,
     SqlType, Table, Taken, OWNERS,
 };
+use super::search::write_sets_with_matches;
 use super::write_set::{
     ConditionalClaim, OutboxEntry, OutboxKind, Precondition, ResourceWrite, SubscriptionChange, WriteSet,
 };
@@ -131,7 +132,18 @@ pub(super) async fn apply_write_set(
     write_set: &WriteSet,
     settle_window: Duration,
 ) -> Result<(), StoreError> {
-    apply_write_sets(conn, &[write_set], settle_window).await
+    apply_write_sets(conn, &[write_set], settle_window, Absences::Untested).await
+}
+
+/// Whether the searches write sets require to find nothing ([`super::NoMatchRequired`]) have
+/// been run in the transaction they are applied in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Absences {
+    /// Not yet: [`apply_write_sets`] runs them first.
+    Untested,
+    /// Already, in this transaction, and none found a match (the group commit runs them for
+    /// its whole batch before applying it, to refuse only the write sets they fail).
+    TestedInThisTransaction,
 }
 
 /// Applies several write sets as one: the same few statements per table whatever their
@@ -143,7 +155,13 @@ pub(super) async fn apply_write_sets(
     conn: &mut AnyConnection,
     write_sets: &[&WriteSet],
     settle_window: Duration,
+    absences: Absences,
 ) -> Result<(), StoreError> {
+    // A conditional create that something now matches fails like one whose key is taken: its
+    // request searches and plans again.
+    if absences == Absences::Untested && !write_sets_with_matches(conn, write_sets).await?.is_empty() {
+        return Err(StoreError::ConditionalClaimTaken);
+    }
     let resources: Vec<&ResourceWrite> = write_sets.iter().flat_map(|ws| &ws.resources).collect();
     apply_resource_writes(conn, &resources, settle_window).await?;
     // In key order, like the resources of a wave (see `apply_resource_writes`).

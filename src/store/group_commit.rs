@@ -21,8 +21,9 @@ use sqlx::{AnyConnection, Executor};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 
-use super::apply::{apply_write_set, apply_write_sets, check_write_set_settled};
+use super::apply::{apply_write_set, apply_write_sets, check_write_set_settled, Absences};
 use super::events::add_events;
+use super::search::write_sets_with_matches;
 use super::sqlite_checkpoint::Checkpointer;
 use super::write_set::WriteSet;
 use super::BackendKind;
@@ -258,7 +259,8 @@ async fn commit_batch(
     // Every write set at once first, under no savepoint: a savepoint makes SQLite copy each
     // page it changes (a tenth of the writer's time) and costs PostgreSQL two round trips and
     // a subtransaction, to undo what, nearly always, nothing needs undone.
-    let rest = match apply_write_sets(conn, &write_sets_of(&writes), settle_window).await {
+    let (writes, absences) = refuse_matched(conn, writes, &mut outcomes).await;
+    let rest = match apply_write_sets(conn, &write_sets_of(&writes), settle_window, absences).await {
         Ok(()) => {
             applied_all(writes, &mut outcomes, &mut applied);
             jobs
@@ -294,6 +296,36 @@ async fn commit_batch(
             notified
         }
     }
+}
+
+/// Answers the write sets among `writes` that a live resource now matches where they require
+/// none ([`super::NoMatchRequired`]) with `ConditionalClaimTaken` (their requests search and
+/// plan again), so that the rest can still go in together; returns the rest. Should the
+/// searches fail, every write set stays, to run its own on the way in.
+async fn refuse_matched(
+    conn: &mut AnyConnection,
+    writes: Vec<Message>,
+    outcomes: &mut Vec<(Reply, Result<(), StoreError>)>,
+) -> (Vec<Message>, Absences) {
+    let matched = match write_sets_with_matches(conn, &write_sets_of(&writes)).await {
+        Ok(matched) => matched,
+        Err(e) => {
+            tracing::debug!(error = %e, "the batch's conditional creates could not be searched together");
+            return (writes, Absences::Untested);
+        }
+    };
+    if matched.is_empty() {
+        return (writes, Absences::TestedInThisTransaction);
+    }
+    let mut kept = Vec::with_capacity(writes.len());
+    for (position, message) in writes.into_iter().enumerate() {
+        if matched.binary_search(&position).is_ok() {
+            outcomes.push((message.into_reply(), Err(StoreError::ConditionalClaimTaken)));
+        } else {
+            kept.push(message);
+        }
+    }
+    (kept, Absences::TestedInThisTransaction)
 }
 
 /// Records the write sets among `messages` as applied, each with a successful outcome to send
@@ -480,7 +512,7 @@ async fn apply_access_records_together(
     }
     let done = match conn.execute(format!("SAVEPOINT {SAVEPOINT}").as_str()).await {
         Ok(_) => {
-            let done = apply_write_sets(conn, &write_sets_of(&chosen), settle_window).await;
+            let done = apply_write_sets(conn, &write_sets_of(&chosen), settle_window, Absences::Untested).await;
             end_savepoint_named(conn, SAVEPOINT, done).await
         }
         Err(e) => Err(e.into()),

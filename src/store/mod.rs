@@ -39,8 +39,8 @@ pub use reads::{ConditionalKey, HistoryQuery, StoredVersion};
 pub use search::{ConditionalLookup, Position, SearchHit, SearchPage};
 pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxBacklog, OutboxRow, OutboxStats, SubscriptionRow};
 pub use write_set::{
-    ConditionalClaim, DeletedContent, OutboxEntry, OutboxKind, Precondition, RequestRecord, ResourceWrite,
-    SubscriptionChange, SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,
+    ConditionalClaim, DeletedContent, NoMatchRequired, OutboxEntry, OutboxKind, Precondition, RequestRecord,
+    ResourceWrite, SubscriptionChange, SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,
 };
 
 use group_commit::GroupCommit;

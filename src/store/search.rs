@@ -9,10 +9,12 @@
 //! rows of the next one.
 
 use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::{Arguments, Row};
+use sqlx::{AnyConnection, Arguments, Row};
 
 use super::param_keys::row_keys;
 use super::reads::{bind_error, scope_filter_fenced, version_from_row, ConditionalKey, StoredVersion};
+use super::rows::Dialect;
+use super::write_set::{NoMatchRequired, WriteSet};
 use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
@@ -522,6 +524,50 @@ fn conditional_lookup_statement(
     ))
 }
 
+/// How many searches one statement of [`write_sets_with_matches`] tests: a group commit's
+/// referrals in one or two statements, each a few dozen kilobytes of SQL at most.
+const NO_MATCH_CHUNK: usize = 32;
+
+/// The positions among `write_sets` of those with a required absence ([`NoMatchRequired`])
+/// that some live resource now breaks, in order. Run by the writer inside the transaction the
+/// write sets are to commit in: every search sees what committed before it, and two creates
+/// of one batch that would match each other claim the same conditional key, which only one
+/// can. One statement per [`NO_MATCH_CHUNK`] searches: `SELECT n WHERE EXISTS (search n)`
+/// for each, joined by `UNION ALL`, where searching first cost a read round trip each.
+pub(super) async fn write_sets_with_matches(
+    conn: &mut AnyConnection,
+    write_sets: &[&WriteSet],
+) -> Result<Vec<usize>, StoreError> {
+    let backend = match Dialect::of(conn) {
+        Dialect::Sqlite => BackendKind::Sqlite,
+        Dialect::Postgres => BackendKind::Postgres,
+    };
+    let searches: Vec<(usize, &NoMatchRequired)> = write_sets
+        .iter()
+        .enumerate()
+        .flat_map(|(position, write_set)| write_set.no_match_required.iter().map(move |search| (position, search)))
+        .collect();
+    let mut matched = Vec::new();
+    for chunk in searches.chunks(NO_MATCH_CHUNK) {
+        let mut sql = Sql::new(backend);
+        let mut tests = Vec::with_capacity(chunk.len());
+        for (n, (_, search)) in chunk.iter().enumerate() {
+            let page = SearchPage { query: &search.query, sort: &[], horizon: None, position: None, limit: 1 };
+            let (matches, _) = page_statement(&mut sql, &search.scope, &page)?;
+            tests.push(format!("SELECT CAST({n} AS BIGINT) AS n WHERE EXISTS ({matches})"));
+        }
+        let rows = sqlx::query_with(&tests.join(" UNION ALL "), sql.args).fetch_all(&mut *conn).await?;
+        for row in &rows {
+            let n: i64 = row.try_get(0)?;
+            let found = usize::try_from(n).ok().and_then(|n| chunk.get(n));
+            matched.extend(found.map(|(position, _)| *position));
+        }
+    }
+    matched.sort_unstable();
+    matched.dedup();
+    Ok(matched)
+}
+
 fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError> {
     let version = version_from_row(row)?;
     let keys = keys
@@ -539,7 +585,8 @@ fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError>
     Ok(SearchHit { version, keys })
 }
 
-/// The statement of [`Store::reference_targets`].
+/// The distinct targets (type, id) that resources `ids` of `param`'s type reference through
+/// it: the driving part of [`included_statement`].
 fn reference_targets_statement(sql: &mut Sql, param: &'static SearchParam, ids: &[&str]) -> Result<String, StoreError> {
     let key_test = key_test("s", param);
     // The ids' own index rows first (the owner index), then their parameter, so that neither
@@ -567,21 +614,37 @@ fn reference_targets_statement(sql: &mut Sql, param: &'static SearchParam, ids: 
     Ok(text)
 }
 
-/// The statement of [`Store::read_live`].
-fn read_live_statement(
+/// The statement of [`Store::included`]: the targets of the ids' references
+/// ([`reference_targets_statement`]) drive, each read by its key and tested against the
+/// caller's tenancy. One statement where there were two, each a round trip and a reader of
+/// the pool: a third of a poll's statements.
+fn included_statement(
     sql: &mut Sql,
     scope: &TenantScope,
-    resource_type: ResourceType,
+    param: &'static SearchParam,
+    target_types: &[ResourceType],
     ids: &[&str],
 ) -> Result<String, StoreError> {
-    let type_placeholder = sql.text(resource_type.as_str())?;
-    let list = sql.list(ids.iter().copied())?;
-    // Read by id, the tenancy tested per row.
+    let targets = reference_targets_statement(sql, param, ids)?;
+    let types = sql.list(target_types.iter().map(|t| t.as_str()))?;
     let tenancy = sql.tenancy(scope, Probe::PerRow)?;
-    let text = format!(
-        "SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = {type_placeholder} \
-         AND r.deleted = 0 AND r.id IN ({list}) AND {tenancy} ORDER BY r.id"
-    );
+    let text = match sql.backend {
+        // `CROSS JOIN` keeps the targets `d` the outer loop: SQLite never reorders it.
+        BackendKind::Sqlite => format!(
+            "SELECT {VERSION_COLUMNS} FROM ({targets}) d CROSS JOIN resources r \
+             WHERE d.target_type IN ({types}) AND r.resource_type = d.target_type AND r.id = d.target_id \
+             AND r.deleted = 0 AND {tenancy} ORDER BY r.resource_type, r.id"
+        ),
+        // A lateral join reads each target by its key whatever the statistics, as the
+        // targets' own lateral probes do.
+        BackendKind::Postgres => format!(
+            "SELECT r.* FROM ({targets}) d CROSS JOIN LATERAL \
+             (SELECT {VERSION_COLUMNS} FROM resources r WHERE r.resource_type = d.target_type \
+              AND r.id = d.target_id AND r.deleted = 0 AND {tenancy}{fence}) r \
+             WHERE d.target_type IN ({types}) ORDER BY r.resource_type, r.id",
+            fence = sql.per_row_fence()
+        ),
+    };
     Ok(text)
 }
 
@@ -623,22 +686,18 @@ impl Store {
         self.explain(&text, sql).await
     }
 
-    /// The plans of the two reads of an `_include` (the targets the caller's matches `ids`
-    /// reference through `param`, then those targets of `target_type` read through the scope),
-    /// as [`Store::explain_search`] gives them. For the plan regression tests.
+    /// The plan of an `_include`'s read ([`Store::included`]), as [`Store::explain_search`]
+    /// gives it. For the plan regression tests.
     pub async fn explain_include(
         &self,
         scope: &TenantScope,
         param: &'static SearchParam,
-        target_type: ResourceType,
+        target_types: &[ResourceType],
         ids: &[&str],
-    ) -> Result<[Vec<String>; 2], StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let mut sql = Sql::new(self.kind());
-        let text = reference_targets_statement(&mut sql, param, ids)?;
-        let targets = self.explain(&text, sql).await?;
-        let mut sql = Sql::new(self.kind());
-        let text = read_live_statement(&mut sql, scope, target_type, ids)?;
-        Ok([targets, self.explain(&text, sql).await?])
+        let text = included_statement(&mut sql, scope, param, target_types, ids)?;
+        self.explain(&text, sql).await
     }
 
     async fn explain(&self, text: &str, sql: Sql) -> Result<Vec<String>, StoreError> {
@@ -691,35 +750,21 @@ impl Store {
         Ok(hits.into_iter().map(|hit| hit.version.id).collect())
     }
 
-    /// The distinct targets (type, id) that resources `ids` of `param`'s type reference
-    /// through it (`_include`). The ids are the caller's own matches, already inside its scope;
-    /// the targets are read through the scope by [`Store::read_live`].
-    pub async fn reference_targets(
-        &self,
-        param: &'static SearchParam,
-        ids: &[&str],
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut sql = Sql::new(self.kind());
-        let text = reference_targets_statement(&mut sql, param, ids)?;
-        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
-        rows.iter().map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?))).collect()
-    }
-
-    /// The live resources of one type among `ids` that the caller may see.
-    pub async fn read_live(
+    /// The live resources of `target_types` that resources `ids` of `param`'s type reference
+    /// through it, that the caller may see (`_include`), in type and id order. The ids are the
+    /// caller's own matches, already inside its scope; the targets are read through it.
+    pub async fn included(
         &self,
         scope: &TenantScope,
-        resource_type: ResourceType,
+        param: &'static SearchParam,
+        target_types: &[ResourceType],
         ids: &[&str],
     ) -> Result<Vec<StoredVersion>, StoreError> {
-        if ids.is_empty() {
+        if ids.is_empty() || target_types.is_empty() {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new(self.kind());
-        let text = read_live_statement(&mut sql, scope, resource_type, ids)?;
+        let text = included_statement(&mut sql, scope, param, target_types, ids)?;
         let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
         rows.iter().map(version_from_row).collect()
     }

@@ -249,6 +249,12 @@ async fn conditional_create_creates_once_returns_the_match_and_refuses_ambiguity
     assert_eq!(second_status, 200, "one matching: returned");
     assert_eq!(first["id"], second["id"], "the same resource");
 
+    // One created without a condition: no key points at it, the search finds it.
+    let plain = app.created(Party::Gp, &patient("9876543210")).await;
+    let (status, found) = json_of(conditional("9876543210").await).await;
+    assert_eq!(status, 200, "one matching, created without a condition: {found}");
+    assert_eq!(found["id"], plain["id"], "the resource created without a condition");
+
     app.created(Party::Gp, &patient("9999999999")).await;
     app.created(Party::Gp, &patient("9999999999")).await;
     let (status, outcome) = json_of(conditional("9999999999").await).await;

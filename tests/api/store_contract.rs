@@ -8,8 +8,8 @@ use linkbridge::domain::search_query::parse_criteria;
 use linkbridge::domain::tenancy::TenantScope;
 use linkbridge::store::{
     ClientRecord, ConditionalClaim, ConditionalKey, DatabaseUrl, DeletedContent, DeliveryOutcome, HistoryQuery,
-    OutboxEntry, OutboxKind, Precondition, ResourceWrite, Store, StoreError, SubscriptionChange, SubscriptionRecord,
-    VisibilityGrant, WriteMethod, WriteSet,
+    NoMatchRequired, OutboxEntry, OutboxKind, Precondition, ResourceWrite, Store, StoreError, SubscriptionChange,
+    SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,
 };
 use serde_json::json;
 
@@ -342,6 +342,89 @@ async fn a_conditional_lookup_sees_the_key_and_the_matches_of_one_moment_and_a_s
         .expect("update");
     let stale = store.conditional_lookup(&key, &scope, &query, 2).await.expect("lookup");
     assert_eq!((stale.claimed, stale.matches), (Some(id.as_str().to_owned()), vec![]), "a stale key");
+}
+
+/// GP1's create of a patient with NHS number `NHS-{family}` that claims its conditional key
+/// and requires the search of that number to find nothing: a conditional create planned
+/// without searching first.
+fn patient_requiring_no_match(family: &str) -> (ResourceId, WriteSet) {
+    let id = ResourceId::generate();
+    let criteria = format!("identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-{family}");
+    let query = parse_criteria(ResourceType::Patient, &criteria).expect("criteria");
+    let claim = ConditionalClaim {
+        scope_key: "org:GP1".into(),
+        resource_type: ResourceType::Patient,
+        criteria: query.canonical_key(),
+        id: id.clone(),
+        replaces: None,
+    };
+    let write_set = WriteSet {
+        resources: vec![patient_write(&id, 1, Precondition::Absent, family, "GP1")],
+        conditional_claims: vec![claim],
+        no_match_required: vec![NoMatchRequired { scope: practice("GP1"), query }],
+        ..Default::default()
+    };
+    (id, write_set)
+}
+
+/// How many versions of patients the store holds, in every organisation.
+async fn patient_versions(store: &Store) -> usize {
+    let all = HistoryQuery { count: 100, ..Default::default() };
+    store.history(&TenantScope::Everything, ResourceType::Patient, None, &all).await.expect("history").len()
+}
+
+async fn a_create_requiring_no_match_is_refused_whole_when_one_exists_and_only_it_in_a_batch(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let everything = TenantScope::Everything;
+    // Smith was created without a condition (no key): only the search can find him.
+    store
+        .commit(one(patient_write(&ResourceId::generate(), 1, Precondition::Absent, "Smith", "GP1")))
+        .await
+        .expect("Smith");
+    let (refused_id, refused) = patient_requiring_no_match("Smith");
+    let outcome = store.commit(refused).await;
+    assert!(matches!(outcome, Err(StoreError::ConditionalClaimTaken)), "a match refuses the create: {outcome:?}");
+    let read = store.read_current(&everything, ResourceType::Patient, &refused_id).await.expect("read");
+    assert!(read.is_none(), "nothing of the refused create was written");
+    assert_eq!(patient_versions(&store).await, 1);
+
+    // Another practice's patient of the same number is outside GP1's search.
+    store
+        .commit(one(patient_write(&ResourceId::generate(), 1, Precondition::Absent, "Jones", "GP2")))
+        .await
+        .expect("GP2's Jones");
+    let (jones, write_set) = patient_requiring_no_match("Jones");
+    store.commit(write_set).await.expect("GP1 sees no Jones: created");
+    assert!(store.read_current(&everything, ResourceType::Patient, &jones).await.expect("read").is_some());
+
+    // Thirty at once, every third of a number that exists: on both databases they share
+    // commits, and only those a match refuses fail; the rest are written, each once.
+    for n in 0..10 {
+        store
+            .commit(one(patient_write(&ResourceId::generate(), 1, Precondition::Absent, &format!("Old{n}"), "GP1")))
+            .await
+            .expect("old");
+    }
+    let before = patient_versions(&store).await;
+    let creates = (0..30).map(|i| {
+        let store = store.clone();
+        async move {
+            let family = if i % 3 == 0 { format!("Old{}", i / 3) } else { format!("New{i}") };
+            let (id, write_set) = patient_requiring_no_match(&family);
+            (i, id, store.commit(write_set).await)
+        }
+    });
+    for (i, id, outcome) in futures::future::join_all(creates).await {
+        let exists = store.read_current(&everything, ResourceType::Patient, &id).await.expect("read").is_some();
+        if i % 3 == 0 {
+            assert!(matches!(outcome, Err(StoreError::ConditionalClaimTaken)), "create {i} matches: {outcome:?}");
+            assert!(!exists, "create {i} was refused whole");
+        } else {
+            assert!(outcome.is_ok(), "create {i} matches nothing: {outcome:?}");
+            assert!(exists, "create {i} is written");
+        }
+    }
+    assert_eq!(patient_versions(&store).await, before + 20, "twenty new patients, one version each");
 }
 
 async fn history_lists_versions_newest_first_and_pages_by_cursor(db: Db) {
@@ -1038,6 +1121,7 @@ async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: 
 }
 
 on_both_databases!(
+    a_create_requiring_no_match_is_refused_whole_when_one_exists_and_only_it_in_a_batch,
     many_updates_in_one_set_each_move_from_their_own_version_and_replace_their_rows,
     an_updates_deletes_of_its_old_rows_probe_each_resource_by_index,
     a_database_whose_index_rows_had_copies_finds_the_same_after_migrating,

@@ -145,6 +145,37 @@ async fn a_second_transaction_for_the_same_patient_reuses_the_patient_its_if_non
     assert_eq!(history_len(&app, Party::Operator, "/Patient/_history").await, 1, "one patient, one version");
 }
 
+#[tokio::test]
+async fn a_transactions_if_none_exist_finds_a_patient_created_without_a_condition() {
+    let app = spawn_app().await;
+    let nhs = nhs_number();
+    // Created by a plain POST: no conditional key points at it, only the search finds it (the
+    // first planning of a transaction does not search; the writer's check refuses it and the
+    // second planning searches).
+    let existing = app.created(Party::Gp, &patient(&nhs)).await;
+    let patient_id = existing["id"].as_str().expect("id").to_owned();
+
+    let (status, response) =
+        post_bundle(&app, Party::Gp, &referral_transaction(&nhs, "GP0001", Some("CLW001")), &[]).await;
+    assert_eq!(status, 200, "the referral: {response}");
+    let statuses = entry_statuses(&response);
+    assert!(statuses[PATIENT_ENTRY].starts_with("200"), "the Patient entry finds the patient: {statuses:?}");
+    assert!(statuses[TASK_ENTRY].starts_with("201"), "the rest is created: {statuses:?}");
+    let created = created_by(&response);
+    assert_eq!(created[PATIENT_ENTRY], ("Patient".to_owned(), patient_id.clone()), "the existing patient");
+    let task = read(&app, Party::Gp, &format!("/Task/{}", created[TASK_ENTRY].1)).await;
+    assert_eq!(task["for"]["reference"], format!("Patient/{patient_id}"), "the Task is for the existing patient");
+    assert_eq!(history_len(&app, Party::Operator, "/Patient/_history").await, 1, "one patient, one version");
+
+    // A second patient of the same number (two plain creates): the criteria are ambiguous.
+    app.created(Party::Gp, &patient(&nhs)).await;
+    let before = totals(&app).await;
+    let (status, outcome) =
+        post_bundle(&app, Party::Gp, &referral_transaction(&nhs, "GP0001", Some("CLW002")), &[]).await;
+    assert_eq!(status, 412, "ifNoneExist matching two patients: {outcome}");
+    assert_eq!(totals(&app).await, before, "nothing of the refused transaction was written");
+}
+
 /// A referral transaction spoiled in one way, who sends it, and the answers allowed.
 struct Spoiled {
     what: &'static str,
