@@ -427,6 +427,36 @@ async fn a_create_requiring_no_match_is_refused_whole_when_one_exists_and_only_i
     assert_eq!(patient_versions(&store).await, before + 20, "twenty new patients, one version each");
 }
 
+async fn a_write_set_requiring_more_searches_than_one_statement_holds_is_refused_by_its_last(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    store
+        .commit(one(patient_write(&ResourceId::generate(), 1, Precondition::Absent, "Last", "GP1")))
+        .await
+        .expect("Last");
+    // Forty searches, more than one statement of the writer's takes: only the last matches.
+    let searches = |last: &str| -> Vec<NoMatchRequired> {
+        (0..40)
+            .map(|n| {
+                let family = if n == 39 { last.to_owned() } else { format!("Nobody{n}") };
+                let criteria = format!("identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-{family}");
+                let query = parse_criteria(ResourceType::Patient, &criteria).expect("criteria");
+                NoMatchRequired { scope: practice("GP1"), query }
+            })
+            .collect()
+    };
+    let id = ResourceId::generate();
+    let write = |id: &ResourceId, last: &str| WriteSet {
+        resources: vec![patient_write(id, 1, Precondition::Absent, "Many", "GP1")],
+        no_match_required: searches(last),
+        ..Default::default()
+    };
+    let outcome = store.commit(write(&id, "Last")).await;
+    assert!(matches!(outcome, Err(StoreError::ConditionalClaimTaken)), "the fortieth search matches: {outcome:?}");
+    assert!(store.read_current(&TenantScope::Everything, ResourceType::Patient, &id).await.expect("read").is_none());
+    store.commit(write(&id, "Nobody-else")).await.expect("no search matches: applied");
+    assert!(store.read_current(&TenantScope::Everything, ResourceType::Patient, &id).await.expect("read").is_some());
+}
+
 async fn history_lists_versions_newest_first_and_pages_by_cursor(db: Db) {
     let Some((store, _db)) = test_store(db).await else { return };
     let id = ResourceId::generate();
@@ -1121,6 +1151,7 @@ async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: 
 }
 
 on_both_databases!(
+    a_write_set_requiring_more_searches_than_one_statement_holds_is_refused_by_its_last,
     a_create_requiring_no_match_is_refused_whole_when_one_exists_and_only_it_in_a_batch,
     many_updates_in_one_set_each_move_from_their_own_version_and_replace_their_rows,
     an_updates_deletes_of_its_old_rows_probe_each_resource_by_index,
