@@ -18,8 +18,7 @@ use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::parse_criteria;
 use crate::domain::tenancy::{Principal, Visibility};
 use crate::store::{
-    ConditionalClaim, ConditionalKey, ConditionalLookup, NoMatchRequired, ResourceWrite, StoreError, WriteMethod,
-    WriteSet,
+    ConditionalClaim, ConditionalKey, ConditionalLookup, ResourceWrite, StoreError, WriteMethod, WriteSet,
 };
 
 /// How many times a transaction is replanned when a concurrent request took a key it needed.
@@ -286,13 +285,9 @@ impl ResourceService {
                 let scope_key = Visibility::Organization(caller.organization().clone()).key();
                 let claim =
                     ConditionalKey { scope_key: &scope_key, resource_type: entry.resource_type, criteria: &key };
-                let ConditionalLookup { claimed: stale, matches } = if pending.assumes_keys_free() {
-                    // Planned as a create under a free key; the writer verifies both.
-                    no_match_required.push(NoMatchRequired { scope: scope.clone(), query: criteria.clone() });
-                    ConditionalLookup { claimed: None, matches: Vec::new() }
-                } else {
-                    self.store().conditional_lookup(&claim, &scope, &criteria, 2).await?
-                };
+                let (ConditionalLookup { claimed: stale, matches }, no_match) =
+                    self.conditional_lookup(&pending, &claim, &scope, &criteria).await?;
+                no_match_required.extend(no_match);
                 match matches.as_slice() {
                     [] => {
                         let id = ResourceId::generate();

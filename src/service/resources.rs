@@ -16,7 +16,7 @@ use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::extract_index;
 use crate::domain::search_query::{parse_criteria, SearchQuery};
 use crate::domain::subscriptions::{EndpointPolicy, Topic};
-use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, Visibility};
+use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, TenantScope, Visibility};
 use crate::profiles::ProfileCheck;
 use crate::store::{
     ConditionalClaim, ConditionalKey, ConditionalLookup, DeletedContent, HistoryQuery, NoMatchRequired, Precondition,
@@ -287,6 +287,26 @@ impl ResourceService {
         self.conditional_create(caller, resource_type, resource, &criteria, request).await
     }
 
+    /// What a conditional create knows before it claims its key: who holds the key, and the
+    /// live resources (at most two) its criteria match in the caller's scope. The first
+    /// planning of a request (see [`Pending::assumes_keys_free`]) reads nothing: it takes the
+    /// key as free and the criteria as matching nothing, and returns the search the writer
+    /// must find empty when it applies the write set ([`NoMatchRequired`]); should it not, the
+    /// commit fails with `ConditionalClaimTaken` and the next planning reads.
+    pub(super) async fn conditional_lookup(
+        &self,
+        pending: &Pending,
+        claim: &ConditionalKey<'_>,
+        scope: &TenantScope,
+        criteria: &SearchQuery,
+    ) -> Result<(ConditionalLookup, Option<NoMatchRequired>), ServiceError> {
+        if pending.assumes_keys_free() {
+            let no_match = NoMatchRequired { scope: scope.clone(), query: criteria.clone() };
+            return Ok((ConditionalLookup { claimed: None, matches: Vec::new() }, Some(no_match)));
+        }
+        Ok((self.store.conditional_lookup(claim, scope, criteria, 2).await?, None))
+    }
+
     /// Conditional create (R4 http.html#ccreate). Matching is by search in the caller's
     /// tenancy; the race between concurrent identical requests is settled by a unique key
     /// per (organisation, type, criteria) claimed in the same transaction as the create.
@@ -304,13 +324,8 @@ impl ResourceService {
         for attempt in 0..UNCONDITIONAL_RETRIES {
             let pending = Pending::for_attempt(attempt);
             let claim = ConditionalKey { scope_key: &scope_key, resource_type, criteria: &key };
-            // The first time, planned as a create under a free key; the writer verifies both
-            // (see `NoMatchRequired`), and a failure comes back here to search.
-            let ConditionalLookup { claimed: stale, matches } = if pending.assumes_keys_free() {
-                ConditionalLookup { claimed: None, matches: Vec::new() }
-            } else {
-                self.store.conditional_lookup(&claim, &scope, criteria, 2).await?
-            };
+            let (ConditionalLookup { claimed: stale, matches }, no_match) =
+                self.conditional_lookup(&pending, &claim, &scope, criteria).await?;
             match matches.as_slice() {
                 [] => {}
                 [one] => {
@@ -334,9 +349,7 @@ impl ResourceService {
                 id,
                 replaces: stale,
             });
-            if pending.assumes_keys_free() {
-                write_set.no_match_required.push(NoMatchRequired { scope: scope.clone(), query: criteria.clone() });
-            }
+            write_set.no_match_required.extend(no_match);
             write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
             match self.store.commit(write_set).await {
                 Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),

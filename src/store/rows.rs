@@ -37,6 +37,15 @@ pub(super) enum Dialect {
     Sqlite,
 }
 
+impl From<Dialect> for super::BackendKind {
+    fn from(dialect: Dialect) -> Self {
+        match dialect {
+            Dialect::Postgres => super::BackendKind::Postgres,
+            Dialect::Sqlite => super::BackendKind::Sqlite,
+        }
+    }
+}
+
 impl Dialect {
     pub(super) fn of(conn: &AnyConnection) -> Self {
         if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {

@@ -538,10 +538,7 @@ pub(super) async fn write_sets_with_matches(
     conn: &mut AnyConnection,
     write_sets: &[&WriteSet],
 ) -> Result<Vec<usize>, StoreError> {
-    let backend = match Dialect::of(conn) {
-        Dialect::Sqlite => BackendKind::Sqlite,
-        Dialect::Postgres => BackendKind::Postgres,
-    };
+    let backend = BackendKind::from(Dialect::of(conn));
     let searches: Vec<(usize, &NoMatchRequired)> = write_sets
         .iter()
         .enumerate()
