@@ -50,6 +50,8 @@ pub struct Snapshot {
     /// Batches the group commit has committed in this process, and the write sets they held.
     pub group_commit_batches: u64,
     pub group_commit_write_sets: u64,
+    /// Of those batches, the ones begun while another lane of the writer was committing.
+    pub group_commit_parallel_batches: u64,
 }
 
 /// The process's metrics; cheap to clone (shared).
@@ -69,7 +71,8 @@ struct Inner {
     outbox_delivery_failures: Gauge,
     group_commit_batches: Counter,
     group_commit_write_sets: Counter,
-    /// Brings the two counters above up to the store's totals one scrape at a time.
+    group_commit_parallel_batches: Counter,
+    /// Brings the three counters above up to the store's totals one scrape at a time.
     group_commit_sync: std::sync::Mutex<()>,
 }
 
@@ -137,6 +140,12 @@ impl Metrics {
             "Write sets (changes and access records) those transactions held: divided by the batches, the mean batch",
             group_commit_write_sets.clone(),
         );
+        let group_commit_parallel_batches = Counter::default();
+        registry.register(
+            "group_commit_parallel_batches",
+            "Of those transactions, the ones begun while another of the writer's lanes was committing (PostgreSQL)",
+            group_commit_parallel_batches.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -149,6 +158,7 @@ impl Metrics {
                 outbox_delivery_failures,
                 group_commit_batches,
                 group_commit_write_sets,
+                group_commit_parallel_batches,
                 group_commit_sync: std::sync::Mutex::new(()),
             }),
         }
@@ -182,6 +192,7 @@ impl Metrics {
             for (counter, total) in [
                 (&inner.group_commit_batches, snapshot.group_commit_batches),
                 (&inner.group_commit_write_sets, snapshot.group_commit_write_sets),
+                (&inner.group_commit_parallel_batches, snapshot.group_commit_parallel_batches),
             ] {
                 counter.inc_by(total.saturating_sub(counter.get()));
             }

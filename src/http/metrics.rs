@@ -54,7 +54,7 @@ fn route_label(pattern: Option<&str>, type_segment: Option<&str>, path: &str) ->
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.resources.store();
     let (pool_open, pool_idle) = store.pool_connections();
-    let (group_commit_batches, group_commit_write_sets) = store.group_commit_totals();
+    let group_commit = store.group_commit_totals();
     let outbox = store.outbox_backlog().await.map_err(|e| ApiError::Service(e.into()))?;
     let oldest_age = outbox
         .oldest_pending
@@ -66,8 +66,9 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         outbox_dead: outbox.dead,
         outbox_oldest_pending_age_secs: oldest_age,
         outbox_delivery_failures: outbox.failures,
-        group_commit_batches,
-        group_commit_write_sets,
+        group_commit_batches: group_commit.batches,
+        group_commit_write_sets: group_commit.write_sets,
+        group_commit_parallel_batches: group_commit.parallel_batches,
     };
     let text = state
         .metrics

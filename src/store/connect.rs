@@ -9,7 +9,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
 use tokio::sync::Notify;
 
-use super::group_commit::{GroupCommit, WriteConnection};
+use super::group_commit::{GroupCommit, WriteConnection, POSTGRES_WRITER_LANES};
 use super::readers::{reader_pool, take, TRUSTED_IDLE};
 use super::sqlite_checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use super::{BackendKind, Store, StoreError, StoreInner};
@@ -116,6 +116,7 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
     let outbox_signal = Arc::new(Notify::new());
     let writer = GroupCommit::start(
         WriteConnection::Sqlite { conn: Box::new(writer_conn), checkpointer },
+        1,
         settings.settle_window,
         Arc::clone(&outbox_signal),
     );
@@ -134,9 +135,10 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
 async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, StoreError> {
     let options = AnyConnectOptions::from_str(raw)?.disable_statement_logging();
     let pool = reader_pool(options.clone(), None, true, settings.max_connections, settings.acquire_timeout)?;
-    // The writer's own connection, outside the request pool: queued behind every waiting
-    // request's reads, the group commit would wait longest when most is waiting on it. A pool
-    // of one rather than a bare connection, so that one lost to a server restart is replaced.
+    // The writer's own connections, outside the request pool: queued behind every waiting
+    // request's reads, the group commit would wait longest when most is waiting on it. One
+    // per lane of the writer (see `group_commit::POSTGRES_WRITER_LANES`), in a pool rather than
+    // bare, so that one lost to a server restart is replaced.
     // It plans without bitmap scans and, where any other way exists, without scans of whole
     // tables: what it reads are the rows of the resources it is about to change, a few per
     // key. A bitmap scan never marks the index entries of rows that earlier versions deleted
@@ -146,7 +148,7 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     // values bound, PostgreSQL chose to plan the batch's search of 32 conditional creates
     // afresh at every run (3 ms each time, a fifth of a batch), and every statement the writer
     // runs reads by key, whatever the values.
-    let writer_pool = postgres_pool_options(1, settings.acquire_timeout)
+    let writer_pool = postgres_pool_options(POSTGRES_WRITER_LANES as u32, settings.acquire_timeout)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute(
@@ -162,8 +164,12 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     // server cannot be reached.
     sqlx::migrate!("./migrations/postgres").run(&mut *take(&pool).await?).await?;
     let outbox_signal = Arc::new(Notify::new());
-    let writer =
-        GroupCommit::start(WriteConnection::Postgres(writer_pool), settings.settle_window, Arc::clone(&outbox_signal));
+    let writer = GroupCommit::start(
+        WriteConnection::Postgres(writer_pool),
+        POSTGRES_WRITER_LANES,
+        settings.settle_window,
+        Arc::clone(&outbox_signal),
+    );
     Ok(Store {
         inner: std::sync::Arc::new(StoreInner {
             pool,

@@ -12,7 +12,7 @@
 //! connection of its own (the pool replaces one lost to a server restart); other replicas run
 //! writers of their own, and PostgreSQL's locks order their batches.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +22,10 @@ use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 
 use super::apply::{apply_write_set, apply_write_sets, check_write_set_settled, Absences};
-use super::events::add_events;
+use super::events::{add_events, any_topical};
 use super::search::write_sets_with_matches;
 use super::sqlite_checkpoint::Checkpointer;
+use super::subscriptions::begin_reading_live_subscriptions;
 use super::write_set::WriteSet;
 use super::BackendKind;
 use super::StoreError;
@@ -79,22 +80,29 @@ impl WriteConnection {
         let kind = self.kind();
         match self {
             WriteConnection::Sqlite { conn, checkpointer } => {
-                let Some(batch) = with_events(conn, batch).await else { return false };
                 let notified = commit_batch(conn, kind, batch, settle_window).await;
                 checkpointer.committed();
                 notified
             }
             WriteConnection::Postgres(pool) => match pool.acquire().await {
-                Ok(mut conn) => {
-                    let Some(batch) = with_events(&mut conn, batch).await else { return false };
-                    commit_batch(&mut conn, kind, batch, settle_window).await
-                }
+                Ok(mut conn) => commit_batch(&mut conn, kind, batch, settle_window).await,
                 Err(e) => {
                     tracing::error!(error = %e, "the writer could not get a database connection");
                     answer_all(batch, &e.to_string());
                     false
                 }
             },
+        }
+    }
+
+    /// The connections of `lanes` lanes: on PostgreSQL each takes a connection of the
+    /// writer's pool for each batch; SQLite's one write connection is one lane.
+    fn lanes(self, lanes: usize) -> Vec<WriteConnection> {
+        match self {
+            WriteConnection::Sqlite { .. } => vec![self],
+            WriteConnection::Postgres(pool) => {
+                (0..lanes.max(1)).map(|_| WriteConnection::Postgres(pool.clone())).collect()
+            }
         }
     }
 
@@ -106,28 +114,6 @@ impl WriteConnection {
                 let _ = sqlx::Connection::close(*conn).await;
             }
             WriteConnection::Postgres(pool) => pool.close().await,
-        }
-    }
-}
-
-/// Adds the events of the batch's changes to their write sets (see `events`); if the
-/// subscriptions cannot be read, answers every request so and returns nothing to commit.
-/// Before the batch's transaction begins: PostgreSQL reads committed data statement by
-/// statement, and on SQLite this connection is the only writer.
-async fn with_events(conn: &mut AnyConnection, mut batch: Vec<Message>) -> Option<Vec<Message>> {
-    let write_sets = batch
-        .iter_mut()
-        .filter_map(|message| match message {
-            Message::Write { write_set, .. } => Some(&mut **write_set),
-            Message::Job { .. } => None,
-        })
-        .collect();
-    match add_events(conn, write_sets).await {
-        Ok(()) => Some(batch),
-        Err(e) => {
-            tracing::error!(error = %e, "the writer could not read the live subscriptions");
-            answer_all(batch, &e.to_string());
-            None
         }
     }
 }
@@ -145,37 +131,160 @@ fn answer_all(batch: Vec<Message>, error: &str) {
 pub(super) struct CommitTotals {
     batches: AtomicU64,
     write_sets: AtomicU64,
+    parallel_batches: AtomicU64,
+}
+
+/// What the group commit has committed so far in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitTotals {
+    /// Batches committed (or tried), each one transaction or, where nothing of it went
+    /// together, a few.
+    pub batches: u64,
+    /// The write sets (changes and access records) they held: divided by the batches, the
+    /// mean batch.
+    pub write_sets: u64,
+    /// Of the batches, those begun while another lane of the writer was committing (see
+    /// [`POSTGRES_WRITER_LANES`]).
+    pub parallel_batches: u64,
 }
 
 pub(super) struct GroupCommit {
     sender: mpsc::Sender<Message>,
+    lanes: Arc<Lanes>,
     task: Mutex<Option<JoinHandle<()>>>,
     closed: tokio::sync::watch::Sender<bool>,
     totals: Arc<CommitTotals>,
 }
 
+/// How many batches the PostgreSQL writer may commit at once, each in a transaction of its own
+/// on a connection of its own. One writer applies its batch in series, and between its
+/// statements its backend waits on linkbridge and on the round trips: at 64 clients submitting
+/// referrals a third of the machine sat idle while the writer's backend worked. A second lane
+/// applies the next batch meanwhile (as another replica's writer would: PostgreSQL's locks
+/// order the two, see `commit_batch`). SQLite has one write connection, so one lane.
+pub(super) const POSTGRES_WRITER_LANES: usize = 2;
+
+/// How many resource writes must be waiting before a lane begins a batch beside one that is
+/// committing. A second transaction costs a commit of its own and halves the batches: it pays
+/// only where applying the waiting work outlasts that. Measured at 64 clients on PostgreSQL
+/// (BENCHMARKS.md, Round 14), two lanes always taking what waits gave referral submissions
+/// (three resources each) a fifth more, and took a tenth off status changes (one resource
+/// each) and polls (access records only), whose batches are cheap to apply.
+const WAITING_WRITES_FOR_ANOTHER_LANE: usize = 48;
+
+/// What the writer's lanes share: the queue, and what decides when a lane may begin a batch
+/// beside another (see [`Lanes::wait_for_turn`]).
+struct Lanes {
+    receiver: Mutex<mpsc::Receiver<Message>>,
+    /// Lanes applying or committing a batch now.
+    committing: AtomicUsize,
+    /// The resource writes of the write sets in the queue.
+    waiting_writes: AtomicUsize,
+    /// Told whenever a write set is queued, a lane finishes a batch, or the writer stops.
+    changed: Notify,
+}
+
+impl Lanes {
+    /// Takes `message` out of the queue's count of waiting work.
+    fn took(&self, message: &Message) {
+        self.waiting_writes.fetch_sub(message.resource_writes(), Ordering::AcqRel);
+    }
+
+    /// Waits, holding the queue with the first message of a batch (of `taken` resource
+    /// writes) taken, until this lane should begin the batch: at once when no other lane is
+    /// committing, else once enough work waits for a transaction of its own
+    /// ([`WAITING_WRITES_FOR_ANOTHER_LANE`]) or the other lane is done (its lane then waits
+    /// in turn), or when the writer stops.
+    async fn wait_for_turn(&self, taken: usize, closed: &tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the test, so that a change between the two is not missed.
+            changed.as_mut().enable();
+            let waiting = taken + self.waiting_writes.load(Ordering::Acquire);
+            if self.committing.load(Ordering::Acquire) == 0
+                || waiting >= WAITING_WRITES_FOR_ANOTHER_LANE
+                || *closed.borrow()
+            {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Message {
+    /// The resource writes the message carries: the weight of the work it adds to a batch.
+    fn resource_writes(&self) -> usize {
+        match self {
+            Message::Write { write_set, .. } => write_set.resources.len(),
+            Message::Job { .. } => 0,
+        }
+    }
+}
+
 impl GroupCommit {
-    /// Starts the writer; `outbox_signal` is told whenever a commit has added notifications.
-    pub(super) fn start(connection: WriteConnection, settle_window: Duration, outbox_signal: Arc<Notify>) -> Self {
+    /// Starts the writer, with `lanes` lanes where the connection allows more than one (see
+    /// [`POSTGRES_WRITER_LANES`]); `outbox_signal` is told whenever a commit has added
+    /// notifications.
+    pub(super) fn start(
+        connection: WriteConnection,
+        lanes: usize,
+        settle_window: Duration,
+        outbox_signal: Arc<Notify>,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
         let (closed, closed_rx) = tokio::sync::watch::channel(false);
         let totals = Arc::new(CommitTotals::default());
-        let task =
-            tokio::spawn(run(connection, receiver, closed_rx, settle_window, Arc::clone(&totals), outbox_signal));
-        GroupCommit { sender, task: Mutex::new(Some(task)), closed, totals }
+        let shared = Arc::new(Lanes {
+            receiver: Mutex::new(receiver),
+            committing: AtomicUsize::new(0),
+            waiting_writes: AtomicUsize::new(0),
+            changed: Notify::new(),
+        });
+        let lane_tasks: Vec<JoinHandle<WriteConnection>> = connection
+            .lanes(lanes)
+            .into_iter()
+            .map(|connection| {
+                tokio::spawn(run(
+                    connection,
+                    Arc::clone(&shared),
+                    closed_rx.clone(),
+                    settle_window,
+                    Arc::clone(&totals),
+                    Arc::clone(&outbox_signal),
+                ))
+            })
+            .collect();
+        // The connections close once every lane is done: on PostgreSQL they share a pool.
+        let task = tokio::spawn(async move {
+            for lane in lane_tasks {
+                if let Ok(connection) = lane.await {
+                    connection.close().await;
+                }
+            }
+        });
+        GroupCommit { sender, lanes: shared, task: Mutex::new(Some(task)), closed, totals }
     }
 
-    /// Batches committed so far, and the write sets they held.
-    pub(super) fn totals(&self) -> (u64, u64) {
-        (self.totals.batches.load(Ordering::Relaxed), self.totals.write_sets.load(Ordering::Relaxed))
+    /// What the writer has committed so far.
+    pub(super) fn totals(&self) -> GroupCommitTotals {
+        GroupCommitTotals {
+            batches: self.totals.batches.load(Ordering::Relaxed),
+            write_sets: self.totals.write_sets.load(Ordering::Relaxed),
+            parallel_batches: self.totals.parallel_batches.load(Ordering::Relaxed),
+        }
     }
 
     pub(super) async fn submit(&self, write_set: WriteSet) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Message::Write { write_set: Box::new(write_set), reply })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
+        let resource_writes = write_set.resources.len();
+        self.lanes.waiting_writes.fetch_add(resource_writes, Ordering::AcqRel);
+        if self.sender.send(Message::Write { write_set: Box::new(write_set), reply }).await.is_err() {
+            self.lanes.waiting_writes.fetch_sub(resource_writes, Ordering::AcqRel);
+            return Err(StoreError::WriterGone);
+        }
+        self.lanes.changed.notify_waiters();
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -190,26 +299,31 @@ impl GroupCommit {
     /// Lets the writer finish what is queued, then stops it.
     pub(super) async fn shutdown(&self) {
         let _ = self.closed.send(true);
+        self.lanes.changed.notify_waiters();
         if let Some(task) = self.task.lock().await.take() {
             let _ = task.await;
         }
     }
 }
 
+/// One lane of the writer: takes what waits in the queue (while it holds the queue, no other
+/// lane takes any), commits it, and again; returns its connection once the writer stops.
 async fn run(
     mut connection: WriteConnection,
-    mut receiver: mpsc::Receiver<Message>,
+    lanes: Arc<Lanes>,
     mut closed: tokio::sync::watch::Receiver<bool>,
     settle_window: Duration,
     totals: Arc<CommitTotals>,
     outbox_signal: Arc<Notify>,
-) {
+) -> WriteConnection {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
+        let mut receiver = lanes.receiver.lock().await;
         let stopping = tokio::select! {
             biased;
             received = receiver.recv() => match received {
                 Some(message) => {
+                    lanes.took(&message);
                     batch.push(message);
                     false
                 }
@@ -217,21 +331,37 @@ async fn run(
             },
             _ = closed.changed() => true,
         };
+        if let Some(first) = batch.first() {
+            lanes.wait_for_turn(first.resource_writes(), &closed).await;
+        }
         // When stopping, everything already queued goes in this last batch.
+        let stopping = stopping || *closed.borrow();
         while stopping || batch.len() < MAX_BATCH {
             match receiver.try_recv() {
-                Ok(message) => batch.push(message),
+                Ok(message) => {
+                    lanes.took(&message);
+                    batch.push(message);
+                }
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() && connection.commit(std::mem::take(&mut batch), settle_window, &totals).await {
-            outbox_signal.notify_one();
+        drop(receiver);
+        if !batch.is_empty() {
+            if lanes.committing.fetch_add(1, Ordering::AcqRel) > 0 {
+                totals.parallel_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            let notified = connection.commit(std::mem::take(&mut batch), settle_window, &totals).await;
+            lanes.committing.fetch_sub(1, Ordering::AcqRel);
+            lanes.changed.notify_waiters();
+            if notified {
+                outbox_signal.notify_one();
+            }
         }
         if stopping {
             break;
         }
     }
-    connection.close().await;
+    connection
 }
 
 /// Answers whether notifications were committed.
@@ -251,7 +381,7 @@ async fn commit_batch(
         }
         return notified;
     }
-    let Some(batch) = begin(conn, kind, batch).await else { return false };
+    let Some(batch) = begin(conn, kind, batch, Events::ToAdd).await else { return false };
     let mut outcomes: Vec<(Reply, Result<(), StoreError>)> = Vec::with_capacity(batch.len());
     let mut applied = Vec::new();
     let (writes, jobs): (Vec<Message>, Vec<Message>) =
@@ -364,7 +494,7 @@ async fn restart(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message
         }
         return None;
     }
-    begin(conn, kind, batch).await
+    begin(conn, kind, batch, Events::Added).await
 }
 
 /// Whether the batch holds two write sets at least, which one transaction could apply together.
@@ -376,7 +506,7 @@ fn some_go_together(batch: &[Message]) -> bool {
 /// fail, rolling the transaction back undoes its work and nobody else's. Answers whether
 /// notifications were committed.
 async fn commit_alone(conn: &mut AnyConnection, kind: BackendKind, message: Message, settle_window: Duration) -> bool {
-    let Some(message) = begin(conn, kind, vec![message]).await.and_then(|mut alone| alone.pop()) else {
+    let Some(message) = begin(conn, kind, vec![message], Events::ToAdd).await.and_then(|mut alone| alone.pop()) else {
         return false;
     };
     let (reply, outcome, write_set) = apply_message(conn, message, settle_window).await;
@@ -393,16 +523,47 @@ async fn commit_alone(conn: &mut AnyConnection, kind: BackendKind, message: Mess
     }
 }
 
-/// Begins a transaction for `batch`; if it cannot, answers each of its requests so and
+/// Whether [`begin`] adds the events of a batch's changes to their write sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Events {
+    /// Not yet: the transaction begins with a read of the live subscriptions.
+    ToAdd,
+    /// Already, by the transaction this one replaces (see [`restart`]).
+    Added,
+}
+
+/// Begins a transaction for `batch` and, where `events` asks and some write is of a topic's
+/// type, adds the events of its changes for the subscriptions live as it begins (see
+/// `events`), in the same round trip; if it cannot, answers each of its requests so and
 /// returns nothing to apply.
-async fn begin(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>) -> Option<Vec<Message>> {
+async fn begin(
+    conn: &mut AnyConnection,
+    kind: BackendKind,
+    mut batch: Vec<Message>,
+    events: Events,
+) -> Option<Vec<Message>> {
     let statement = match kind {
         // Takes the write lock at once: a deferred transaction could fail to upgrade.
         BackendKind::Sqlite => "BEGIN IMMEDIATE",
         BackendKind::Postgres => "BEGIN",
     };
-    match conn.execute(statement).await {
-        Ok(_) => Some(batch),
+    let begun = if events == Events::ToAdd && any_topical(write_sets_of(&batch).into_iter()) {
+        match begin_reading_live_subscriptions(conn, statement).await {
+            Ok(subscriptions) => {
+                add_events(&subscriptions, write_sets_mut(&mut batch));
+                Ok(())
+            }
+            Err(e) => {
+                // The transaction may have begun before the read failed.
+                let _ = conn.execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    } else {
+        conn.execute(statement).await.map(|_| ()).map_err(StoreError::from)
+    };
+    match begun {
+        Ok(()) => Some(batch),
         Err(e) => {
             tracing::error!(error = %e, "the writer could not begin a transaction");
             for message in batch {
@@ -411,6 +572,14 @@ async fn begin(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>)
             None
         }
     }
+}
+
+/// The write sets among `messages`, to change.
+fn write_sets_mut(messages: &mut [Message]) -> impl Iterator<Item = &mut WriteSet> {
+    messages.iter_mut().filter_map(|message| match message {
+        Message::Write { write_set, .. } => Some(&mut **write_set),
+        Message::Job { .. } => None,
+    })
 }
 
 /// Applies a write set, or runs a job, in the open transaction: its reply, its outcome, and the
@@ -575,6 +744,67 @@ mod tests {
             key: "org:GP1".to_owned(),
         };
         message(WriteSet { grants: vec![grant], ..Default::default() })
+    }
+
+    fn idle_lanes() -> Arc<Lanes> {
+        let (_, receiver) = mpsc::channel(1);
+        Arc::new(Lanes {
+            receiver: Mutex::new(receiver),
+            committing: AtomicUsize::new(0),
+            waiting_writes: AtomicUsize::new(0),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Starts a lane waiting for its turn with a first write set of `taken` resource writes.
+    fn waiting_lane(lanes: &Arc<Lanes>, taken: usize, closed: &tokio::sync::watch::Sender<bool>) -> JoinHandle<()> {
+        let (lanes, closed) = (Arc::clone(lanes), closed.subscribe());
+        tokio::spawn(async move { lanes.wait_for_turn(taken, &closed).await })
+    }
+
+    async fn still_waiting(lane: &JoinHandle<()>) -> bool {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        !lane.is_finished()
+    }
+
+    async fn begins(lane: JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(5), lane).await.expect("the lane begins").expect("the lane ran");
+    }
+
+    #[tokio::test]
+    async fn a_lane_begins_at_once_when_no_other_lane_is_committing() {
+        let (lanes, (closed, _)) = (idle_lanes(), tokio::sync::watch::channel(false));
+        begins(waiting_lane(&lanes, 1, &closed)).await;
+    }
+
+    #[tokio::test]
+    async fn a_lane_beside_a_committing_one_waits_until_enough_work_waits() {
+        let (lanes, (closed, _)) = (idle_lanes(), tokio::sync::watch::channel(false));
+        lanes.committing.store(1, Ordering::Release);
+        lanes.waiting_writes.store(WAITING_WRITES_FOR_ANOTHER_LANE - 4, Ordering::Release);
+        let lane = waiting_lane(&lanes, 3, &closed);
+        assert!(still_waiting(&lane).await, "one write short of a batch of its own, it waits");
+        lanes.waiting_writes.fetch_add(1, Ordering::AcqRel);
+        lanes.changed.notify_waiters();
+        begins(lane).await;
+    }
+
+    #[tokio::test]
+    async fn a_lane_beside_a_committing_one_begins_when_that_one_is_done_or_the_writer_stops() {
+        let (lanes, (closed, _)) = (idle_lanes(), tokio::sync::watch::channel(false));
+        lanes.committing.store(1, Ordering::Release);
+        let lane = waiting_lane(&lanes, 1, &closed);
+        assert!(still_waiting(&lane).await, "one write waits for the committing lane");
+        lanes.committing.store(0, Ordering::Release);
+        lanes.changed.notify_waiters();
+        begins(lane).await;
+
+        lanes.committing.store(1, Ordering::Release);
+        let lane = waiting_lane(&lanes, 1, &closed);
+        assert!(still_waiting(&lane).await);
+        closed.send(true).expect("the lane listens");
+        lanes.changed.notify_waiters();
+        begins(lane).await;
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::domain::resource_type::ResourceType;
 pub use audit::StoredAuditEvent;
 pub use clients::{ClientRecord, RoleAndClaim};
 pub use connect::{DatabaseUrl, PoolSettings};
+pub use group_commit::GroupCommitTotals;
 pub use reads::{ConditionalKey, HistoryQuery, StoredVersion};
 pub use search::{ConditionalLookup, Position, SearchHit, SearchPage};
 pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxBacklog, OutboxRow, OutboxStats, SubscriptionRow};
@@ -121,9 +122,8 @@ impl Store {
         (u32::try_from(status.size).unwrap_or(u32::MAX), status.available)
     }
 
-    /// Batches the group commit has committed so far in this process, and the write sets they
-    /// held (for `/metrics`).
-    pub fn group_commit_totals(&self) -> (u64, u64) {
+    /// What the group commit has committed so far in this process (for `/metrics`).
+    pub fn group_commit_totals(&self) -> GroupCommitTotals {
         self.inner.writer.totals()
     }
 

@@ -444,13 +444,18 @@ impl Store {
     }
 }
 
-/// The live subscriptions of every topic that still record events (active, or in error and
-/// waiting for a resend), read on the writer's connection (see `store::events`).
-pub(super) async fn live_subscriptions(conn: &mut AnyConnection) -> Result<Vec<SubscriptionRow>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status IN ('active', 'error') AND deleted = 0"
-    ))
-    .fetch_all(&mut *conn)
-    .await?;
+/// Runs `begin` (the statement that opens the writer's transaction) and reads the live
+/// subscriptions of every topic that still record events (active, or in error and waiting for
+/// a resend) in the transaction it opens: one round trip for both (see `store::events`).
+/// Neither statement takes a value, so both go in one message. Should the read fail after the
+/// transaction began, the caller rolls it back.
+pub(super) async fn begin_reading_live_subscriptions(
+    conn: &mut AnyConnection,
+    begin: &str,
+) -> Result<Vec<SubscriptionRow>, StoreError> {
+    let statements = format!(
+        "{begin}; SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE status IN ('active', 'error') AND deleted = 0"
+    );
+    let rows = sqlx::Executor::fetch_all(&mut *conn, statements.as_str()).await?;
     rows.iter().map(subscription_from_row).collect()
 }

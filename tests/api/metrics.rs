@@ -56,6 +56,8 @@ async fn metrics_count_requests_by_route_and_status_and_report_token_refusals_po
     let batches = sample(&text, "linkbridge_group_commit_batches_total").expect("batches counted");
     let write_sets = sample(&text, "linkbridge_group_commit_write_sets_total").expect("write sets counted");
     assert!(batches >= 1.0 && write_sets >= 5.0 && write_sets >= batches, "{batches} batches, {write_sets} write sets");
+    let beside = sample(&text, "linkbridge_group_commit_parallel_batches_total").expect("batches beside counted");
+    assert!(beside <= batches, "{beside} of {batches} batches begun beside another");
     let again = app.http.get(app.url("/metrics")).send().await.expect("scrape again").text().await.expect("text");
     let later = sample(&again, "linkbridge_group_commit_write_sets_total").expect("write sets counted");
     assert!(later >= write_sets, "a counter never goes back: {write_sets} then {later}");

@@ -926,12 +926,18 @@ async fn a_sqlite_database_of_the_earlier_layout_keeps_its_visibility_and_condit
     }
 }
 
+/// The URL of a PostgreSQL test database and the database's name.
+fn postgres_url_and_name(url: &DatabaseUrl) -> (&str, &str) {
+    let DatabaseUrl::Postgres(url) = url else { panic!("a PostgreSQL test database") };
+    let name = url.rsplit('/').next().and_then(|tail| tail.split('?').next()).expect("database name");
+    (url, name)
+}
+
 /// Has PostgreSQL end every connection to the test database at `url` (as a restart or an
 /// administrator would); one result per connection ended.
 async fn terminate_connections_to(url: &DatabaseUrl) -> Vec<bool> {
     use sqlx::Connection;
-    let DatabaseUrl::Postgres(url) = url else { panic!("a PostgreSQL test database") };
-    let name = url.rsplit('/').next().and_then(|tail| tail.split('?').next()).expect("database name");
+    let (_, name) = postgres_url_and_name(url);
     let admin_url = std::env::var(POSTGRES_ENV).expect("PostgreSQL configured");
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("admin connection");
     sqlx::query_scalar(
@@ -987,6 +993,94 @@ async fn postgres_connections_closed_while_busy_fail_one_read_and_the_next_get_l
         let read = store.read_current(&practice("GP1"), ResourceType::Patient, &id).await;
         assert!(matches!(read, Ok(Some(_))), "read {attempt} got a live connection (the first: {first:?}): {read:?}");
     }
+    store.close().await;
+}
+
+/// How many of the database's backends wait for a lock now.
+async fn backends_waiting_for_a_lock(admin: &mut sqlx::PgConnection, database: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'")
+        .bind(database)
+        .fetch_one(admin)
+        .await
+        .expect("count the waiting backends")
+}
+
+/// Waits until `count` of the database's backends wait for a lock.
+async fn until_waiting_for_a_lock(admin: &mut sqlx::PgConnection, database: &str, count: i64) {
+    for _ in 0..500 {
+        if backends_waiting_for_a_lock(admin, database).await >= count {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{count} of the store's backends never waited for the lock");
+}
+
+/// Three fresh patients: a write set heavy enough that a few of them waiting make work for a
+/// lane of its own.
+fn three_patients() -> (WriteSet, Vec<ResourceId>) {
+    let ids: Vec<ResourceId> = (0..3).map(|_| ResourceId::generate()).collect();
+    let resources = ids.iter().map(|id| patient_write(id, 1, Precondition::Absent, "Lane", "GP1")).collect();
+    (WriteSet { resources, ..Default::default() }, ids)
+}
+
+/// On PostgreSQL the writer commits a second batch beside a first that is still in its
+/// transaction, once enough work waits; both batches commit, every write set once. The first
+/// batch is held in its transaction by a lock taken from outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_second_lane_commits_beside_a_batch_held_in_its_transaction() {
+    use sqlx::{Connection, Executor};
+    let Some((store, database)) = test_store(Db::Postgres).await else { return };
+    let (url, name) = postgres_url_and_name(&database.url);
+    let mut holder = sqlx::PgConnection::connect(url).await.expect("connect");
+    let mut admin = sqlx::PgConnection::connect(url).await.expect("connect");
+    holder.execute("BEGIN; LOCK TABLE resource_history IN SHARE MODE").await.expect("hold inserts");
+
+    let (first, first_ids) = three_patients();
+    let held = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(first).await }
+    });
+    until_waiting_for_a_lock(&mut admin, name, 1).await;
+    // Twenty write sets of three resources: more than a lane waits for beside another.
+    let mut ids = first_ids;
+    let mut beside = Vec::new();
+    for _ in 0..20 {
+        let (write_set, written) = three_patients();
+        ids.extend(written);
+        let store = store.clone();
+        beside.push(tokio::spawn(async move { store.commit(write_set).await }));
+    }
+    until_waiting_for_a_lock(&mut admin, name, 2).await;
+    holder.execute("COMMIT").await.expect("release");
+
+    held.await.expect("joins").expect("the held batch commits");
+    for outcome in futures::future::join_all(beside).await {
+        outcome.expect("joins").expect("every write set beside it commits");
+    }
+    assert!(store.group_commit_totals().parallel_batches >= 1, "{:?}", store.group_commit_totals());
+    for id in &ids {
+        let read = store.read_current(&practice("GP1"), ResourceType::Patient, id).await.expect("read");
+        assert_eq!(read.map(|v| v.version.get()), Some(1), "{id} written once");
+    }
+    store.close().await;
+}
+
+/// On SQLite the one write connection is one lane: write sets arriving while a batch commits
+/// wait for it, and no batch is ever begun beside another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_one_batch_at_a_time() {
+    let Some((store, _db)) = test_store(Db::Sqlite).await else { return };
+    let writers = (0..40).map(|_| {
+        let store = store.clone();
+        async move { store.commit(three_patients().0).await }
+    });
+    for outcome in futures::future::join_all(writers).await {
+        outcome.expect("commits");
+    }
+    let totals = store.group_commit_totals();
+    assert_eq!(totals.write_sets, 40, "{totals:?}");
+    assert_eq!(totals.parallel_batches, 0, "{totals:?}");
     store.close().await;
 }
 
