@@ -48,32 +48,34 @@ pub(super) fn scope_filter(
     args: &mut AnyArguments<'_>,
     next_placeholder: &mut usize,
 ) -> Result<ScopeFilter, StoreError> {
-    scope_filter_fenced(scope, alias, args, next_placeholder, "")
+    scope_filter_with(scope, alias, "", |key| {
+        args.add(key.to_owned()).map_err(bind_error)?;
+        let placeholder = format!("${next_placeholder}");
+        *next_placeholder += 1;
+        Ok(placeholder)
+    })
 }
 
-/// [`scope_filter`] whose subquery ends with `fence` (see `store::search::Probe::PerRow`).
-pub(super) fn scope_filter_fenced(
+/// [`scope_filter`] whose subquery ends with `fence` (see `store::search::Probe::PerRow`) and
+/// whose keys are each written as `value_of(key)` returns: a bound placeholder, or where one
+/// statement tests many searches, a column of the row it tests (see
+/// `store::search::write_sets_with_matches`).
+pub(super) fn scope_filter_with(
     scope: &TenantScope,
     alias: &str,
-    args: &mut AnyArguments<'_>,
-    next_placeholder: &mut usize,
     fence: &str,
+    mut value_of: impl FnMut(&str) -> Result<String, StoreError>,
 ) -> Result<ScopeFilter, StoreError> {
     match scope {
         TenantScope::Everything => Ok(ScopeFilter { sql: "1 = 1".to_owned() }),
         TenantScope::Keys(keys) if keys.is_empty() => Ok(ScopeFilter { sql: "1 = 0".to_owned() }),
         TenantScope::Keys(keys) => {
-            let mut placeholders = Vec::with_capacity(keys.len());
-            for key in keys {
-                args.add(key.clone()).map_err(bind_error)?;
-                placeholders.push(format!("${next_placeholder}"));
-                *next_placeholder += 1;
-            }
+            let values = keys.iter().map(|key| value_of(key)).collect::<Result<Vec<_>, _>>()?;
             Ok(ScopeFilter {
                 sql: format!(
                     "EXISTS (SELECT 1 FROM resource_visibility v WHERE v.resource_type = {alias}.resource_type \
                      AND v.id = {alias}.id AND v.visibility_key IN ({}){fence})",
-                    placeholders.join(", ")
+                    values.join(", ")
                 ),
             })
         }

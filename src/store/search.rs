@@ -12,7 +12,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{AnyConnection, Arguments, Row};
 
 use super::param_keys::row_keys;
-use super::reads::{bind_error, scope_filter_fenced, version_from_row, ConditionalKey, StoredVersion};
+use super::reads::{bind_error, scope_filter_with, version_from_row, ConditionalKey, StoredVersion};
 use super::rows::Dialect;
 use super::write_set::{NoMatchRequired, WriteSet};
 use super::{BackendKind, Store, StoreError};
@@ -70,16 +70,41 @@ pub struct ConditionalLookup {
     pub matches: Vec<ResourceId>,
 }
 
-/// Bound arguments and the next `$n`, for one database's dialect.
+/// Bound arguments and the next `$n`, for one database's dialect; or, where one statement
+/// tests many searches of one shape, the values written as columns of a row instead (see
+/// [`Sql::over_row`]).
 struct Sql {
     args: AnyArguments<'static>,
     next: usize,
     backend: BackendKind,
+    row: Option<RowValues>,
+}
+
+/// The values of one search, each written into the statement as a column of the JSON array
+/// `source` (`(c.x->>2)`), and kept here in order to become that array.
+struct RowValues {
+    source: &'static str,
+    values: Vec<serde_json::Value>,
+}
+
+impl RowValues {
+    /// Keeps `value` as the next column and returns how the statement reads it as text.
+    fn column(&mut self, value: serde_json::Value) -> String {
+        self.values.push(value);
+        format!("({}->>{})", self.source, self.values.len() - 1)
+    }
 }
 
 impl Sql {
     fn new(backend: BackendKind) -> Self {
-        Sql { args: AnyArguments::default(), next: 1, backend }
+        Sql { args: AnyArguments::default(), next: 1, backend, row: None }
+    }
+
+    /// A PostgreSQL statement whose values are the columns of `source`, a JSON array of one
+    /// row of many the statement runs over: its text is then the same for every search of one
+    /// shape, whatever the values (see [`write_sets_with_matches`]).
+    fn over_row(source: &'static str) -> Self {
+        Sql { row: Some(RowValues { source, values: Vec::new() }), ..Sql::new(BackendKind::Postgres) }
     }
 
     /// What ends the subquery of a per-row probe ([`Probe::PerRow`]). PostgreSQL turns a
@@ -102,7 +127,7 @@ impl Sql {
             Probe::Set => "",
             Probe::PerRow => self.per_row_fence(),
         };
-        Ok(scope_filter_fenced(scope, "r", &mut self.args, &mut self.next, fence)?.sql)
+        Ok(scope_filter_with(scope, "r", fence, |key| self.text(key))?.sql)
     }
 
     fn placeholder(&mut self) -> String {
@@ -112,11 +137,17 @@ impl Sql {
     }
 
     fn text(&mut self, value: impl Into<String>) -> Result<String, StoreError> {
+        if let Some(row) = &mut self.row {
+            return Ok(row.column(serde_json::Value::String(value.into())));
+        }
         self.args.add(value.into()).map_err(bind_error)?;
         Ok(self.placeholder())
     }
 
     fn int(&mut self, value: i64) -> Result<String, StoreError> {
+        if let Some(row) = &mut self.row {
+            return Ok(format!("{}::bigint", row.column(serde_json::Value::from(value))));
+        }
         self.args.add(value).map_err(bind_error)?;
         Ok(self.placeholder())
     }
@@ -524,16 +555,18 @@ fn conditional_lookup_statement(
     ))
 }
 
-/// How many searches one statement of [`write_sets_with_matches`] tests: a group commit's
-/// referrals in one or two statements, each a few dozen kilobytes of SQL at most.
+/// How many searches one SQLite statement of [`write_sets_with_matches`] tests: a group
+/// commit's referrals in one or two statements, each a few dozen kilobytes of SQL at most.
 const NO_MATCH_CHUNK: usize = 32;
 
 /// The positions among `write_sets` of those with a required absence ([`NoMatchRequired`])
 /// that some live resource now breaks, in order. Run by the writer inside the transaction the
 /// write sets are to commit in: every search sees what committed before it, and two creates
 /// of one batch that would match each other claim the same conditional key, which only one
-/// can. One statement per [`NO_MATCH_CHUNK`] searches: `SELECT n WHERE EXISTS (search n)`
-/// for each, joined by `UNION ALL`, where searching first cost a read round trip each.
+/// can. Where searching first cost a read round trip each, a batch's searches are a statement
+/// or two: on SQLite `SELECT n WHERE EXISTS (search n)` for each, joined by `UNION ALL`
+/// ([`NO_MATCH_CHUNK`] at most per statement); on PostgreSQL one statement per shape of
+/// search ([`postgres_searches_with_matches`]).
 pub(super) async fn write_sets_with_matches(
     conn: &mut AnyConnection,
     write_sets: &[&WriteSet],
@@ -544,13 +577,30 @@ pub(super) async fn write_sets_with_matches(
         .enumerate()
         .flat_map(|(position, write_set)| write_set.no_match_required.iter().map(move |search| (position, search)))
         .collect();
+    let mut matched = match backend {
+        BackendKind::Postgres => postgres_searches_with_matches(conn, &searches).await?,
+        BackendKind::Sqlite => sqlite_searches_with_matches(conn, &searches).await?,
+    };
+    matched.sort_unstable();
+    matched.dedup();
+    Ok(matched)
+}
+
+/// A search of [`write_sets_with_matches`] that matches nothing at most.
+fn no_match_page(search: &NoMatchRequired) -> SearchPage<'_> {
+    SearchPage { query: &search.query, sort: &[], horizon: None, position: None, limit: 1 }
+}
+
+async fn sqlite_searches_with_matches(
+    conn: &mut AnyConnection,
+    searches: &[(usize, &NoMatchRequired)],
+) -> Result<Vec<usize>, StoreError> {
     let mut matched = Vec::new();
     for chunk in searches.chunks(NO_MATCH_CHUNK) {
-        let mut sql = Sql::new(backend);
+        let mut sql = Sql::new(BackendKind::Sqlite);
         let mut tests = Vec::with_capacity(chunk.len());
         for (n, (_, search)) in chunk.iter().enumerate() {
-            let page = SearchPage { query: &search.query, sort: &[], horizon: None, position: None, limit: 1 };
-            let (matches, _) = page_statement(&mut sql, &search.scope, &page)?;
+            let (matches, _) = page_statement(&mut sql, &search.scope, &no_match_page(search))?;
             tests.push(format!("SELECT CAST({n} AS BIGINT) AS n WHERE EXISTS ({matches})"));
         }
         let rows = sqlx::query_with(&tests.join(" UNION ALL "), sql.args).fetch_all(&mut *conn).await?;
@@ -560,9 +610,70 @@ pub(super) async fn write_sets_with_matches(
             matched.extend(found.map(|(position, _)| *position));
         }
     }
-    matched.sort_unstable();
-    matched.dedup();
     Ok(matched)
+}
+
+/// On PostgreSQL, the searches of one shape (the same statement but for its values: every
+/// referral's is `identifier=system|value` in its practice's scope) are one statement over a
+/// JSON array of their values, each row tested by a per-row `EXISTS` whose values are that
+/// row's columns ([`Sql::over_row`]). The statement's text is the same whatever the batch, so
+/// the writer plans it once: a `UNION ALL` of as many searches as the batch held was a text
+/// per batch size, planned again whenever autoanalyze invalidated it, about 3 ms a time.
+async fn postgres_searches_with_matches(
+    conn: &mut AnyConnection,
+    searches: &[(usize, &NoMatchRequired)],
+) -> Result<Vec<usize>, StoreError> {
+    let mut matched = Vec::new();
+    for shape in no_match_shapes(searches)? {
+        for row in sqlx::query(&shape.statement).bind(shape.rows).fetch_all(&mut *conn).await? {
+            let n: i64 = row.try_get(0)?;
+            let found = usize::try_from(n - 1).ok().and_then(|i| shape.positions.get(i));
+            matched.extend(found.copied());
+        }
+    }
+    Ok(matched)
+}
+
+/// The PostgreSQL statement of the searches of one shape (see
+/// [`postgres_searches_with_matches`]): its text, the write sets' positions of its searches,
+/// and their values, the JSON array of rows it takes as `$1`.
+struct NoMatchShape {
+    statement: String,
+    positions: Vec<usize>,
+    rows: String,
+}
+
+fn no_match_shapes(searches: &[(usize, &NoMatchRequired)]) -> Result<Vec<NoMatchShape>, StoreError> {
+    // Each shape's search text, and its searches' positions and values, in order of first use.
+    let mut shapes: Vec<(String, Vec<usize>, Vec<serde_json::Value>)> = Vec::new();
+    for (position, search) in searches {
+        let mut sql = Sql::over_row("c.x");
+        let (matches, _) = page_statement(&mut sql, &search.scope, &no_match_page(search))?;
+        let values = serde_json::Value::Array(sql.row.map(|row| row.values).unwrap_or_default());
+        match shapes.iter_mut().find(|(shape, _, _)| *shape == matches) {
+            Some((_, positions, rows)) => {
+                positions.push(*position);
+                rows.push(values);
+            }
+            None => shapes.push((matches, vec![*position], vec![values])),
+        }
+    }
+    shapes
+        .into_iter()
+        .map(|(matches, positions, rows)| {
+            Ok(NoMatchShape {
+                // The `LIMIT` of each search reads a column too, so PostgreSQL cannot flatten
+                // its `EXISTS` into a join: it stays a probe per row, by the row's values.
+                statement: format!(
+                    "SELECT c.n FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS c(x, n) \
+                     WHERE EXISTS ({matches})"
+                ),
+                positions,
+                rows: serde_json::to_string(&rows)
+                    .map_err(|e| StoreError::Config(format!("cannot encode rows: {e}")))?,
+            })
+        })
+        .collect()
 }
 
 fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError> {
@@ -695,6 +806,21 @@ impl Store {
         let mut sql = Sql::new(self.kind());
         let text = included_statement(&mut sql, scope, param, target_types, ids)?;
         self.explain(&text, sql).await
+    }
+
+    /// The plan of the writer's test that `searches` match nothing (see
+    /// [`write_sets_with_matches`]), on PostgreSQL, where searches of one shape are one
+    /// statement over their values, planned once: the plan of that statement. For the plan
+    /// regression tests.
+    pub async fn explain_no_match(&self, searches: &[NoMatchRequired]) -> Result<Vec<String>, StoreError> {
+        let searches: Vec<(usize, &NoMatchRequired)> = searches.iter().enumerate().collect();
+        let mut shapes = no_match_shapes(&searches)?.into_iter();
+        let (Some(shape), None) = (shapes.next(), shapes.next()) else {
+            return Err(StoreError::Config("the searches are not of one shape".to_owned()));
+        };
+        let mut sql = Sql::new(BackendKind::Postgres);
+        sql.args.add(shape.rows).map_err(bind_error)?;
+        self.explain(&shape.statement, sql).await
     }
 
     async fn explain(&self, text: &str, sql: Sql) -> Result<Vec<String>, StoreError> {

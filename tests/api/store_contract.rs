@@ -367,6 +367,42 @@ fn patient_requiring_no_match(family: &str) -> (ResourceId, WriteSet) {
     (id, write_set)
 }
 
+/// On PostgreSQL the writer tests a batch's conditional creates of one shape in one statement
+/// over their values, whatever their number, each search a probe of the identifier's index by
+/// its row's values and never a scan; before ANALYZE (a table grown since its statistics) and
+/// after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batchs_no_match_searches_of_one_shape_are_one_statement_of_index_probes() {
+    use sqlx::{Connection, Executor};
+    let Some((store, database)) = test_store(Db::Postgres).await else { return };
+    let (url, _) = postgres_url_and_name(&database.url);
+    let patients =
+        (0..200).map(|n| patient_write(&ResourceId::generate(), 1, Precondition::Absent, &format!("P{n}"), "GP1"));
+    store.commit(WriteSet { resources: patients.collect(), ..Default::default() }).await.expect("patients");
+    let searches: Vec<NoMatchRequired> =
+        (0..20).map(|n| patient_requiring_no_match(&format!("Q{n}")).1.no_match_required.remove(0)).collect();
+    for statistics in ["before ANALYZE", "after ANALYZE"] {
+        if statistics == "after ANALYZE" {
+            sqlx::PgConnection::connect(url).await.expect("connect").execute("ANALYZE").await.expect("analyze");
+        }
+        let plan = store.explain_no_match(&searches).await.expect("one shape, one statement");
+        if std::env::var_os("LINKBRIDGE_SHOW_PLANS").is_some() {
+            eprintln!("no-match searches, {statistics}\n{}\n", plan.join("\n"));
+        }
+        let plan_text = plan.join("\n");
+        assert!(!plan_text.contains("Seq Scan"), "{statistics}: scans:\n{plan_text}");
+        let token_probe = plan.iter().position(|line| line.contains(" on idx_token")).expect("the identifier's index");
+        let probed_by_row =
+            plan[token_probe + 1..].iter().take(2).any(|line| line.contains("Cond:") && line.contains("c.x"));
+        assert!(probed_by_row, "{statistics}: the index probed by the row's values:\n{plan_text}");
+        assert!(plan_text.contains("SubPlan"), "{statistics}: a probe per row, not a join:\n{plan_text}");
+    }
+    let mut other_shape = searches[0].clone();
+    other_shape.query = parse_criteria(ResourceType::Patient, "identifier=NHS-Q0").expect("criteria: any system");
+    assert!(store.explain_no_match(&[searches[0].clone(), other_shape]).await.is_err(), "two shapes, two statements");
+    store.close().await;
+}
+
 /// How many versions of patients the store holds, in every organisation.
 async fn patient_versions(store: &Store) -> usize {
     let all = HistoryQuery { count: 100, ..Default::default() };
