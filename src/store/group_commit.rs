@@ -1,16 +1,18 @@
 //! Group commit, on both databases. A durable commit costs an fsync (3-4 ms on some machines),
 //! so one commit per request caps SQLite at about 250 writes per second however many clients
 //! wait, and costs PostgreSQL a WAL flush and a dozen round trips per request (every read
-//! commits its access record). Instead one writer task per process takes every write set
+//! commits its access record). Instead one writer per process takes every write set
 //! waiting in its queue, applies them in one transaction (all together, or, should that fail,
 //! again with each change under its own savepoint: a failing write set is rolled back to its
 //! savepoint and touches nobody else), commits once, and only then answers every request. Each answer therefore
 //! means "durable", and many requests share one commit. A write set alone in its batch needs
 //! no savepoint: its transaction is its own (see `commit_alone`).
 //!
-//! On SQLite the writer owns the only write connection. On PostgreSQL it has a pool of one
-//! connection of its own (the pool replaces one lost to a server restart); other replicas run
-//! writers of their own, and PostgreSQL's locks order their batches.
+//! On SQLite the writer owns the only write connection. On PostgreSQL it has a pool of its own
+//! (the pool replaces a connection lost to a server restart) and two lanes, each committing
+//! its batch on a connection of the pool, the second beside the first only once enough work
+//! waits ([`POSTGRES_WRITER_LANES`], [`Lanes::wait_for_turn`]); other replicas run writers of
+//! their own, and PostgreSQL's locks order every lane's batches.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
