@@ -61,7 +61,7 @@ impl Message {
 pub(super) enum WriteConnection {
     /// SQLite's only write connection, and the WAL checkpoints that follow its commits.
     Sqlite { conn: Box<AnyConnection>, checkpointer: Checkpointer },
-    /// The writer's own PostgreSQL pool of one connection, taken for each batch.
+    /// The writer's own PostgreSQL pool, a connection per lane, each taken for a batch.
     Postgres(sqlx::AnyPool),
 }
 

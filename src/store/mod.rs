@@ -5,9 +5,10 @@
 //!
 //! Writes are described as a [`WriteSet`]: everything one request changes (resource versions,
 //! index rows, visibility, conditional-create claims) with its preconditions. A write set is
-//! applied atomically or not at all. On both databases a writer task applies the write sets of
-//! concurrent requests in one shared transaction (each under its own savepoint where they
-//! cannot go together), so one commit makes many requests durable (see [`group_commit`]).
+//! applied atomically or not at all. On both databases a writer applies the write sets of
+//! concurrent requests in one shared transaction, each under its own savepoint where they
+//! cannot go together, so one commit makes many requests durable; on PostgreSQL in two lanes,
+//! two such transactions at once at most (see [`group_commit`]).
 //! Reads take their connections from a pool of their own (see [`readers`]).
 
 mod apply;
