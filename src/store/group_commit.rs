@@ -50,6 +50,21 @@ enum Message {
 }
 
 impl Message {
+    /// The write set it carries, if it is one.
+    fn write_set(&self) -> Option<&WriteSet> {
+        match self {
+            Message::Write { write_set, .. } => Some(write_set),
+            Message::Job { .. } => None,
+        }
+    }
+
+    fn write_set_mut(&mut self) -> Option<&mut WriteSet> {
+        match self {
+            Message::Write { write_set, .. } => Some(write_set),
+            Message::Job { .. } => None,
+        }
+    }
+
     fn into_reply(self) -> Reply {
         match self {
             Message::Write { reply, .. } | Message::Job { reply, .. } => reply,
@@ -77,7 +92,7 @@ impl WriteConnection {
     /// the live subscriptions (see `events`). Answers whether notifications were committed.
     async fn commit(&mut self, batch: Vec<Message>, settle_window: Duration, totals: &CommitTotals) -> bool {
         totals.batches.fetch_add(1, Ordering::Relaxed);
-        let writes = batch.iter().filter(|message| matches!(message, Message::Write { .. })).count();
+        let writes = batch.iter().filter_map(Message::write_set).count();
         totals.write_sets.fetch_add(writes as u64, Ordering::Relaxed);
         let kind = self.kind();
         match self {
@@ -218,10 +233,7 @@ impl Lanes {
 impl Message {
     /// The resource writes the message carries: the weight of the work it adds to a batch.
     fn resource_writes(&self) -> usize {
-        match self {
-            Message::Write { write_set, .. } => write_set.resources.len(),
-            Message::Job { .. } => 0,
-        }
+        self.write_set().map_or(0, |write_set| write_set.resources.len())
     }
 }
 
@@ -477,13 +489,7 @@ fn applied_all(
 
 /// The write sets among `messages`.
 fn write_sets_of(messages: &[Message]) -> Vec<&WriteSet> {
-    messages
-        .iter()
-        .filter_map(|message| match message {
-            Message::Write { write_set, .. } => Some(&**write_set),
-            Message::Job { .. } => None,
-        })
-        .collect()
+    messages.iter().filter_map(Message::write_set).collect()
 }
 
 /// Rolls back the open transaction and begins another for `batch`; if it cannot, answers each
@@ -501,7 +507,7 @@ async fn restart(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message
 
 /// Whether the batch holds two write sets at least, which one transaction could apply together.
 fn some_go_together(batch: &[Message]) -> bool {
-    write_sets_of(batch).len() >= 2
+    batch.iter().filter_map(Message::write_set).nth(1).is_some()
 }
 
 /// Commits one write set or job in a transaction of its own, without a savepoint: should it
@@ -549,10 +555,10 @@ async fn begin(
         BackendKind::Sqlite => "BEGIN IMMEDIATE",
         BackendKind::Postgres => "BEGIN",
     };
-    let begun = if events == Events::ToAdd && any_topical(write_sets_of(&batch).into_iter()) {
+    let begun = if events == Events::ToAdd && any_topical(batch.iter().filter_map(Message::write_set)) {
         match begin_reading_live_subscriptions(conn, statement).await {
             Ok(subscriptions) => {
-                add_events(&subscriptions, write_sets_mut(&mut batch));
+                add_events(&subscriptions, batch.iter_mut().filter_map(Message::write_set_mut));
                 Ok(())
             }
             Err(e) => {
@@ -574,14 +580,6 @@ async fn begin(
             None
         }
     }
-}
-
-/// The write sets among `messages`, to change.
-fn write_sets_mut(messages: &mut [Message]) -> impl Iterator<Item = &mut WriteSet> {
-    messages.iter_mut().filter_map(|message| match message {
-        Message::Write { write_set, .. } => Some(&mut **write_set),
-        Message::Job { .. } => None,
-    })
 }
 
 /// Applies a write set, or runs a job, in the open transaction: its reply, its outcome, and the
