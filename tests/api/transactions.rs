@@ -127,22 +127,29 @@ async fn a_second_transaction_for_the_same_patient_reuses_the_patient_its_if_non
     let (status, second) =
         post_bundle(&app, Party::Gp, &referral_transaction(&nhs, "GP0001", Some("CLW002")), &[]).await;
     assert_eq!(status, 200, "second referral: {second}");
-    let statuses = entry_statuses(&second);
-    assert!(statuses[PATIENT_ENTRY].starts_with("200"), "the Patient entry finds the existing patient: {statuses:?}");
-    assert!(statuses[TASK_ENTRY].starts_with("201"), "the rest is created: {statuses:?}");
-    let created = created_by(&second);
-    assert_eq!(created[PATIENT_ENTRY], ("Patient".to_owned(), patient_id.clone()), "the same patient");
-    let task_id = &created[TASK_ENTRY].1;
-    let stored_task = read(&app, Party::Gp, &format!("/Task/{task_id}")).await;
-    assert_eq!(
-        stored_task["for"]["reference"],
-        format!("Patient/{patient_id}"),
-        "the new Task is for the existing patient"
-    );
+    let created = assert_referral_of_existing_patient(&app, &second, &patient_id).await;
     let sr_id = &created[SERVICE_REQUEST_ENTRY].1;
     let stored_sr = read(&app, Party::Gp, &format!("/ServiceRequest/{sr_id}")).await;
     assert_eq!(stored_sr["subject"]["reference"], format!("Patient/{patient_id}"), "so is the new referral");
     assert_eq!(history_len(&app, Party::Operator, "/Patient/_history").await, 1, "one patient, one version");
+}
+
+/// Asserts that a referral transaction's response found the existing patient `patient_id`
+/// (its Patient entry 200), created the rest (201), and that its Task is for that patient;
+/// returns what each entry created or found.
+async fn assert_referral_of_existing_patient(
+    app: &TestApp,
+    response: &Value,
+    patient_id: &str,
+) -> Vec<(String, String)> {
+    let statuses = entry_statuses(response);
+    assert!(statuses[PATIENT_ENTRY].starts_with("200"), "the Patient entry finds the existing patient: {statuses:?}");
+    assert!(statuses[TASK_ENTRY].starts_with("201"), "the rest is created: {statuses:?}");
+    let created = created_by(response);
+    assert_eq!(created[PATIENT_ENTRY], ("Patient".to_owned(), patient_id.to_owned()), "the existing patient");
+    let task = read(app, Party::Gp, &format!("/Task/{}", created[TASK_ENTRY].1)).await;
+    assert_eq!(task["for"]["reference"], format!("Patient/{patient_id}"), "the new Task is for the existing patient");
+    created
 }
 
 #[tokio::test]
@@ -158,13 +165,7 @@ async fn a_transactions_if_none_exist_finds_a_patient_created_without_a_conditio
     let (status, response) =
         post_bundle(&app, Party::Gp, &referral_transaction(&nhs, "GP0001", Some("CLW001")), &[]).await;
     assert_eq!(status, 200, "the referral: {response}");
-    let statuses = entry_statuses(&response);
-    assert!(statuses[PATIENT_ENTRY].starts_with("200"), "the Patient entry finds the patient: {statuses:?}");
-    assert!(statuses[TASK_ENTRY].starts_with("201"), "the rest is created: {statuses:?}");
-    let created = created_by(&response);
-    assert_eq!(created[PATIENT_ENTRY], ("Patient".to_owned(), patient_id.clone()), "the existing patient");
-    let task = read(&app, Party::Gp, &format!("/Task/{}", created[TASK_ENTRY].1)).await;
-    assert_eq!(task["for"]["reference"], format!("Patient/{patient_id}"), "the Task is for the existing patient");
+    assert_referral_of_existing_patient(&app, &response, &patient_id).await;
     assert_eq!(history_len(&app, Party::Operator, "/Patient/_history").await, 1, "one patient, one version");
 
     // A second patient of the same number (two plain creates): the criteria are ambiguous.
