@@ -72,6 +72,9 @@ struct Inner {
     group_commit_batches: Counter,
     group_commit_write_sets: Counter,
     group_commit_parallel_batches: Counter,
+    group_commit_wait: Histogram,
+    group_commit_batch_duration: Histogram,
+    group_commit_batch_size: Histogram,
     /// Brings the three counters above up to the store's totals one scrape at a time.
     group_commit_sync: std::sync::Mutex<()>,
 }
@@ -146,6 +149,25 @@ impl Metrics {
             "Of those transactions, the ones begun while another of the writer's lanes was committing (PostgreSQL)",
             group_commit_parallel_batches.clone(),
         );
+        let group_commit_wait = latency_histogram();
+        registry.register(
+            "group_commit_wait_seconds",
+            "How long each write set waited in the group commit's queue for its batch to begin",
+            group_commit_wait.clone(),
+        );
+        let group_commit_batch_duration = latency_histogram();
+        registry.register(
+            "group_commit_batch_duration_seconds",
+            "How long each batch took, from its beginning until its requests were answered (durable)",
+            group_commit_batch_duration.clone(),
+        );
+        // 1 to 512 write sets, the most a batch holds.
+        let group_commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "group_commit_batch_write_sets",
+            "How many write sets each batch held",
+            group_commit_batch_size.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -159,6 +181,9 @@ impl Metrics {
                 group_commit_batches,
                 group_commit_write_sets,
                 group_commit_parallel_batches,
+                group_commit_wait,
+                group_commit_batch_duration,
+                group_commit_batch_size,
                 group_commit_sync: std::sync::Mutex::new(()),
             }),
         }
@@ -203,6 +228,17 @@ impl Metrics {
     }
 }
 
+impl crate::store::CommitObserver for Metrics {
+    fn write_set_waited(&self, waited: std::time::Duration) {
+        self.inner.group_commit_wait.observe(waited.as_secs_f64());
+    }
+
+    fn batch_committed(&self, write_sets: usize, took: std::time::Duration) {
+        self.inner.group_commit_batch_duration.observe(took.as_secs_f64());
+        self.inner.group_commit_batch_size.observe(write_sets as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +265,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"linkbridge_outbox_events{state="pending"} 3"#), "{text}");
+    }
+
+    #[test]
+    fn the_group_commits_waits_batch_durations_and_batch_sizes_are_histograms() {
+        use crate::store::CommitObserver;
+        use std::time::Duration;
+        let metrics = Metrics::new();
+        metrics.write_set_waited(Duration::from_millis(3));
+        metrics.write_set_waited(Duration::from_millis(5));
+        metrics.batch_committed(2, Duration::from_millis(7));
+        let text = metrics.render(&Snapshot::default()).expect("renders");
+        assert!(text.contains("linkbridge_group_commit_wait_seconds_count 2"), "{text}");
+        assert!(text.contains("linkbridge_group_commit_wait_seconds_sum 0.008"), "{text}");
+        assert!(text.contains("linkbridge_group_commit_batch_duration_seconds_count 1"), "{text}");
+        assert!(text.contains("linkbridge_group_commit_batch_write_sets_sum 2.0"), "{text}");
+        assert!(text.contains(r#"linkbridge_group_commit_batch_write_sets_bucket{le="2.0"} 1"#), "{text}");
     }
 }

@@ -62,6 +62,7 @@ impl Application {
             .with_single_open_referral(settings.single_open_referral)
             .with_endpoint_policy(settings.endpoint_policy());
         let metrics = Metrics::new();
+        store.observe_commits(std::sync::Arc::new(metrics.clone()));
         let delivery = DeliveryWorker::new(resources.clone(), settings.delivery(&base_url)?, metrics.clone())
             .map_err(|e| StartupError::Delivery(e.to_string()))?;
         let state = AppState {

@@ -15,8 +15,8 @@
 //! their own, and PostgreSQL's locks order every lane's batches.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sqlx::{AnyConnection, Executor};
@@ -45,7 +45,7 @@ pub(super) type Job =
 
 enum Message {
     // Boxed: a write set is large, and the queue holds many messages.
-    Write { write_set: Box<WriteSet>, reply: Reply },
+    Write { write_set: Box<WriteSet>, reply: Reply, queued: Instant },
     Job { job: Job, reply: Reply },
 }
 
@@ -143,12 +143,31 @@ fn answer_all(batch: Vec<Message>, error: &str) {
 }
 
 /// How many batches the writer has committed (or tried to), and how many write sets they held:
-/// their ratio is the mean batch, what the group commit shares.
-#[derive(Debug, Default)]
+/// their ratio is the mean batch, what the group commit shares. And who is told how long each
+/// write set waited and each batch took.
+#[derive(Default)]
 pub(super) struct CommitTotals {
     batches: AtomicU64,
     write_sets: AtomicU64,
     parallel_batches: AtomicU64,
+    observer: OnceLock<Arc<dyn CommitObserver>>,
+}
+
+impl CommitTotals {
+    fn observer(&self) -> Option<&dyn CommitObserver> {
+        self.observer.get().map(|observer| &**observer)
+    }
+}
+
+/// Told where a write's time goes in the group commit: the process's metrics implement it
+/// (see [`super::Store::observe_commits`]). Called on the writer's task: it must be cheap.
+pub trait CommitObserver: Send + Sync {
+    /// A write set waited `waited` in the queue, from its request handing it over until a
+    /// lane began the batch it is in: the wait for earlier batches to commit.
+    fn write_set_waited(&self, waited: Duration);
+    /// A batch of `write_sets` write sets took `took` from its beginning until every request
+    /// of it was answered: the transaction, its commit and, where a part failed, the retries.
+    fn batch_committed(&self, write_sets: usize, took: Duration);
 }
 
 /// What the group commit has committed so far in this process.
@@ -281,6 +300,12 @@ impl GroupCommit {
         GroupCommit { sender, lanes: shared, task: Mutex::new(Some(task)), closed, totals }
     }
 
+    /// Tells `observer` from now on how long write sets wait and batches take. Only the first
+    /// observer is kept: a process has one set of metrics.
+    pub(super) fn observe(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.totals.observer.set(observer);
+    }
+
     /// What the writer has committed so far.
     pub(super) fn totals(&self) -> GroupCommitTotals {
         GroupCommitTotals {
@@ -294,7 +319,8 @@ impl GroupCommit {
         let (reply, answer) = oneshot::channel();
         let resource_writes = write_set.resources.len();
         self.lanes.waiting_writes.fetch_add(resource_writes, Ordering::AcqRel);
-        if self.sender.send(Message::Write { write_set: Box::new(write_set), reply }).await.is_err() {
+        let message = Message::Write { write_set: Box::new(write_set), reply, queued: Instant::now() };
+        if self.sender.send(message).await.is_err() {
             self.lanes.waiting_writes.fetch_sub(resource_writes, Ordering::AcqRel);
             return Err(StoreError::WriterGone);
         }
@@ -364,7 +390,12 @@ async fn run(
             if lanes.committing.fetch_add(1, Ordering::AcqRel) > 0 {
                 totals.parallel_batches.fetch_add(1, Ordering::Relaxed);
             }
+            let began = Instant::now();
+            let write_sets = observe_waits(&batch, began, totals.observer());
             let notified = connection.commit(std::mem::take(&mut batch), settle_window, &totals).await;
+            if let Some(observer) = totals.observer() {
+                observer.batch_committed(write_sets, began.elapsed());
+            }
             lanes.committing.fetch_sub(1, Ordering::AcqRel);
             lanes.changed.notify_waiters();
             if notified {
@@ -376,6 +407,21 @@ async fn run(
         }
     }
     connection
+}
+
+/// Tells `observer` how long each write set of `batch` waited until `began`; answers how many
+/// write sets the batch holds.
+fn observe_waits(batch: &[Message], began: Instant, observer: Option<&dyn CommitObserver>) -> usize {
+    let mut write_sets = 0;
+    for message in batch {
+        if let Message::Write { queued, .. } = message {
+            write_sets += 1;
+            if let Some(observer) = observer {
+                observer.write_set_waited(began.saturating_duration_since(*queued));
+            }
+        }
+    }
+    write_sets
 }
 
 /// Answers whether notifications were committed.
@@ -480,7 +526,7 @@ fn applied_all(
     applied: &mut Vec<WriteSet>,
 ) {
     for message in messages {
-        if let Message::Write { write_set, reply } = message {
+        if let Message::Write { write_set, reply, .. } = message {
             applied.push(*write_set);
             outcomes.push((reply, Ok(())));
         }
@@ -590,7 +636,7 @@ async fn apply_message(
     settle_window: Duration,
 ) -> (Reply, Result<(), StoreError>, Option<Box<WriteSet>>) {
     match message {
-        Message::Write { write_set, reply } => {
+        Message::Write { write_set, reply, .. } => {
             let outcome = apply_write_set(conn, &write_set, settle_window).await;
             (reply, outcome, Some(write_set))
         }
@@ -730,7 +776,7 @@ mod tests {
     use crate::store::write_set::VisibilityGrant;
 
     fn message(write_set: WriteSet) -> Message {
-        Message::Write { write_set: Box::new(write_set), reply: oneshot::channel().0 }
+        Message::Write { write_set: Box::new(write_set), reply: oneshot::channel().0, queued: Instant::now() }
     }
 
     fn access_record() -> Message {

@@ -36,7 +36,7 @@ use crate::domain::resource_type::ResourceType;
 pub use audit::StoredAuditEvent;
 pub use clients::{ClientRecord, RoleAndClaim};
 pub use connect::{DatabaseUrl, PoolSettings};
-pub use group_commit::GroupCommitTotals;
+pub use group_commit::{CommitObserver, GroupCommitTotals};
 pub use reads::{ConditionalKey, HistoryQuery, StoredVersion};
 pub use search::{ConditionalLookup, Position, SearchHit, SearchPage};
 pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxBacklog, OutboxRow, OutboxStats, SubscriptionRow};
@@ -126,6 +126,12 @@ impl Store {
     /// What the group commit has committed so far in this process (for `/metrics`).
     pub fn group_commit_totals(&self) -> GroupCommitTotals {
         self.inner.writer.totals()
+    }
+
+    /// Tells `observer` from now on how long each write waits for its batch and how long each
+    /// batch takes (for `/metrics`).
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        self.inner.writer.observe(observer);
     }
 
     /// Answers whether the database can be reached (for `/readyz`).

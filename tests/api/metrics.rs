@@ -58,6 +58,14 @@ async fn metrics_count_requests_by_route_and_status_and_report_token_refusals_po
     assert!(batches >= 1.0 && write_sets >= 5.0 && write_sets >= batches, "{batches} batches, {write_sets} write sets");
     let beside = sample(&text, "linkbridge_group_commit_parallel_batches_total").expect("batches beside counted");
     assert!(beside <= batches, "{beside} of {batches} batches begun beside another");
+    // Each write set's wait for its batch is observed as the batch begins, before the totals
+    // above count it; each batch's duration once its requests are answered.
+    let waits = sample(&text, "linkbridge_group_commit_wait_seconds_count").expect("waits observed");
+    assert!(waits >= write_sets, "{waits} waits observed of {write_sets} write sets");
+    let durations = sample(&text, "linkbridge_group_commit_batch_duration_seconds_count").expect("batches timed");
+    assert!(durations >= 1.0 && durations <= batches, "{durations} batches timed of {batches}");
+    let sizes = sample(&text, "linkbridge_group_commit_batch_write_sets_count").expect("batch sizes observed");
+    assert_eq!(sizes, durations, "a batch's size is observed with its duration");
     let again = app.http.get(app.url("/metrics")).send().await.expect("scrape again").text().await.expect("text");
     let later = sample(&again, "linkbridge_group_commit_write_sets_total").expect("write sets counted");
     assert!(later >= write_sets, "a counter never goes back: {write_sets} then {later}");
