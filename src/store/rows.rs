@@ -370,6 +370,26 @@ pub(super) async fn insert_all(conn: &mut AnyConnection, inserts: &[(&Rows<'_>, 
     Ok(())
 }
 
+/// On PostgreSQL, inserts `rows` (which cannot collide) and, in the same statement, each row
+/// again into `then`, whose every column the first table has (filled by the row or by the
+/// table itself, as a sequence's number is): `WITH first AS (INSERT … RETURNING <then's
+/// columns>) INSERT INTO then … SELECT … FROM first`. One statement per chunk of rows, their
+/// values bound once. Returns how many rows went into `then`.
+pub(super) async fn insert_twice(
+    conn: &mut AnyConnection,
+    rows: &Rows<'_>,
+    then: &'static Table,
+) -> Result<u64, StoreError> {
+    let columns = then.column_list();
+    let mut inserted = 0;
+    for (first, args) in insert_statements(Dialect::Postgres, rows, Taken::CannotBe, &format!(" RETURNING {columns}"))?
+    {
+        let sql = format!("WITH first AS ({first}) INSERT INTO {} ({columns}) SELECT {columns} FROM first", then.name);
+        inserted += sqlx::query_with(&sql, args).execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(inserted)
+}
+
 /// Inserts `rows` and returns what `returning` (a `RETURNING` clause) names of the rows
 /// inserted.
 pub(super) async fn insert_returning(

@@ -1102,6 +1102,38 @@ async fn postgres_a_second_lane_commits_beside_a_batch_held_in_its_transaction()
     store.close().await;
 }
 
+/// On PostgreSQL a wave of new resources writes each history row and the current row copied
+/// from it in one statement: every current row carries its history row's change sequence
+/// number, body, time and deletion flag, and reads back as written.
+#[tokio::test]
+async fn postgres_new_resources_current_rows_are_copies_of_their_history_rows() {
+    use sqlx::Connection;
+    let Some((store, database)) = test_store(Db::Postgres).await else { return };
+    let (url, _) = postgres_url_and_name(&database.url);
+    let (write_set, ids) = three_patients();
+    store.commit(write_set).await.expect("the new resources commit");
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    let copies: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT r.id, r.change_seq = h.change_seq AND r.body = h.body AND r.last_updated = h.last_updated \
+                AND r.deleted = h.deleted \
+         FROM resources r JOIN resource_history h USING (resource_type, id, version_id) \
+         WHERE r.resource_type = 'Patient'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("current rows joined to their history rows");
+    assert_eq!(copies.len(), ids.len(), "a current row for each history row: {copies:?}");
+    for (id, same) in &copies {
+        assert!(ids.iter().any(|written| written.as_str() == id), "{id} is one of the new resources");
+        assert!(same, "{id}'s current row is its history row's copy");
+    }
+    for id in &ids {
+        let read = store.read_current(&practice("GP1"), ResourceType::Patient, id).await.expect("read");
+        assert_eq!(read.map(|v| v.version.get()), Some(1), "{id} reads back");
+    }
+    store.close().await;
+}
+
 /// On SQLite the one write connection is one lane: write sets arriving while a batch commits
 /// wait for it, and no batch is ever begun beside another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
