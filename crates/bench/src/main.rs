@@ -19,6 +19,7 @@ mod load;
 mod process;
 mod report;
 mod scenarios;
+mod server_metrics;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -158,21 +159,36 @@ async fn measure(plan: &Plan, operation: Operation, concurrency: usize) -> LoadR
     load::run(operation, concurrency, plan.warmup, plan.duration).await
 }
 
-/// Measures `operation` and the server's CPU and peak memory over it.
+/// What one measurement of the server found besides its load result.
+struct ServerSide {
+    usage: Usage,
+    /// PostgreSQL's log bytes per request, where measured.
+    wal_bytes: Option<f64>,
+    /// The server's histograms over the measurement (warmup included), where it has them.
+    metrics: Option<server_metrics::Totals>,
+}
+
+/// Measures `operation` and the server's CPU, peak memory and histograms over it.
 async fn measure_server(
     plan: &Plan,
     server: &Server,
     wal: Option<&sqlx::PgPool>,
     operation: Operation,
     concurrency: usize,
-) -> anyhow::Result<(LoadResult, Usage, Option<f64>)> {
+) -> anyhow::Result<(LoadResult, ServerSide)> {
+    let http = reqwest::Client::new();
+    let scraped = server_metrics::Totals::scrape(&http, &server.base).await;
     let before = server.usage().unwrap_or_default();
     let started = std::time::Instant::now();
     let (result, wal_bytes) = measure_logged(plan, wal, operation, concurrency).await?;
     let wall = started.elapsed().as_secs_f64();
     let after = server.usage().unwrap_or_default();
+    let metrics = match (scraped, server_metrics::Totals::scrape(&http, &server.base).await) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let usage = Usage { cpu_secs: (after.cpu_secs - before.cpu_secs) / wall, peak_rss_mib: after.peak_rss_mib };
-    Ok((result, usage, wal_bytes))
+    Ok((result, ServerSide { usage, wal_bytes, metrics }))
 }
 
 /// Windows a measurement is split into, alternating with its limit.
@@ -190,7 +206,7 @@ async fn measure_alternating(
     operation: Operation,
     limit: Operation,
     concurrency: usize,
-) -> anyhow::Result<(LoadResult, Usage, Option<f64>, LoadResult)> {
+) -> anyhow::Result<(LoadResult, ServerSide, LoadResult)> {
     let window = Plan {
         concurrency: Vec::new(),
         only: None,
@@ -199,13 +215,17 @@ async fn measure_alternating(
     };
     let (mut total, mut beside) = (LoadResult::empty(), LoadResult::empty());
     let (mut cpu_secs, mut peak_rss_mib, mut wal_bytes) = (0.0, 0.0_f64, None::<f64>);
+    let mut metrics: Option<server_metrics::Totals> = None;
     for _ in 0..ALTERNATIONS {
         beside.merge(measure(&window, limit.clone(), concurrency).await);
-        let (result, usage, per_request) = measure_server(&window, server, wal, operation.clone(), concurrency).await?;
-        cpu_secs += usage.cpu_secs * result.elapsed.as_secs_f64();
-        peak_rss_mib = peak_rss_mib.max(usage.peak_rss_mib);
-        if let Some(per_request) = per_request {
+        let (result, side) = measure_server(&window, server, wal, operation.clone(), concurrency).await?;
+        cpu_secs += side.usage.cpu_secs * result.elapsed.as_secs_f64();
+        peak_rss_mib = peak_rss_mib.max(side.usage.peak_rss_mib);
+        if let Some(per_request) = side.wal_bytes {
             *wal_bytes.get_or_insert(0.0) += per_request * result.answered as f64;
+        }
+        if let Some(window) = side.metrics {
+            *metrics.get_or_insert_with(Default::default) += window;
         }
         total.merge(result);
     }
@@ -214,7 +234,7 @@ async fn measure_alternating(
     }
     let usage = Usage { cpu_secs: cpu_secs / total.elapsed.as_secs_f64().max(1e-3), peak_rss_mib };
     let wal_bytes = wal_bytes.map(|bytes| bytes / total.answered.max(1) as f64);
-    Ok((total, usage, wal_bytes, beside))
+    Ok((total, ServerSide { usage, wal_bytes, metrics }, beside))
 }
 
 /// Measures `operation` and, given a PostgreSQL connection, the log bytes per request it
@@ -332,19 +352,20 @@ async fn bench_database(
                 _ if postgres.is_some() => Some(limits::raw_insert_operation(raw.clone())),
                 _ => None,
             });
-            let (result, usage, wal_bytes, beside) = match limit {
+            let (result, side, beside) = match limit {
                 Some(limit) => {
-                    let (result, usage, wal_bytes, beside) =
+                    let (result, side, beside) =
                         measure_alternating(plan, &server, wal.as_ref(), operation, limit, c).await?;
-                    (result, usage, wal_bytes, Some(beside))
+                    (result, side, Some(beside))
                 }
                 None => {
-                    let (result, usage, wal_bytes) = measure_server(plan, &server, wal.as_ref(), operation, c).await?;
-                    (result, usage, wal_bytes, None)
+                    let (result, side) = measure_server(plan, &server, wal.as_ref(), operation, c).await?;
+                    (result, side, None)
                 }
             };
-            let mut measured = Measurement::new("linkbridge", db, name, c, &result, Some(usage));
-            measured.wal_bytes_per_request = wal_bytes;
+            let mut measured = Measurement::new("linkbridge", db, name, c, &result, Some(side.usage));
+            measured.wal_bytes_per_request = side.wal_bytes;
+            measured.server = side.metrics.and_then(|metrics| metrics.breakdown());
             measured.limit_beside = beside.as_ref().map(LoadResult::throughput);
             if let Some(beside) = beside {
                 eprintln!(

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::load::LoadResult;
 use crate::process::Usage;
+use crate::server_metrics::Breakdown;
 
 #[derive(Debug, Clone)]
 pub struct Measurement {
@@ -27,6 +28,8 @@ pub struct Measurement {
     /// The throughput of this measurement's limit, measured in windows alternating with it
     /// (see `measure_alternating`): the limit its ratio is taken against, where measured.
     pub limit_beside: Option<f64>,
+    /// Where its requests' time went in the server, from its `/metrics` (linkbridge only).
+    pub server: Option<Breakdown>,
 }
 
 impl Measurement {
@@ -52,6 +55,7 @@ impl Measurement {
             usage,
             wal_bytes_per_request: None,
             limit_beside: None,
+            server: None,
         };
         eprintln!(
             "{subject:>10} {db:>8} {name:<40} c={concurrency:<3} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {}{}",
@@ -125,6 +129,7 @@ impl Report {
                 http.map_or("-".to_owned(), |h| format!("{:.2}", m.throughput / h.throughput)),
             ));
         }
+        out.push_str(&self.server_table());
         out.push_str("\nThe limits on their own:\n\n| measured | what | clients | req/s | p50 ms | p99 ms |\n|---|---|---:|---:|---:|---:|\n");
         for m in self.measurements.iter().filter(|m| m.subject == "limit") {
             out.push_str(&format!(
@@ -134,6 +139,38 @@ impl Report {
         }
         out.push_str(&self.wal_table());
         out.push_str(&self.targets());
+        out
+    }
+
+    /// Where each measurement's time went in the server, if its `/metrics` said.
+    fn server_table(&self) -> String {
+        let explained: Vec<(&Measurement, Breakdown)> =
+            self.measurements.iter().filter_map(|m| Some((m, m.server?))).collect();
+        if explained.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "\nWhere the time went in the server (means over the measurement, from two scrapes of its \
+             `/metrics`: a request from its first middleware to its answer; of that, a write set's wait \
+             for its group commit batch and the batch, a change's or a read's access record):\n\n\
+             | database | interaction | clients | client mean ms | server ms | waiting for a batch ms | batch ms | write sets per batch |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (m, server) in explained {
+            // Little's law: a closed loop's mean latency is its clients over its throughput.
+            let client_mean_ms = 1000.0 * m.concurrency as f64 / m.throughput.max(1e-9);
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+                m.db,
+                m.name,
+                m.concurrency,
+                client_mean_ms,
+                server.request_ms,
+                server.wait_ms,
+                server.batch_ms,
+                server.write_sets_per_batch
+            ));
+        }
         out
     }
 
