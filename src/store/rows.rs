@@ -16,7 +16,9 @@
 //!   number of rows, so it is prepared once, where `VALUES` chunks were several statements per
 //!   table. Not for rows that carry resource bodies ([`Table::bodies`]): kilobytes of JSON
 //!   quoted inside JSON took PostgreSQL's JSON parser a fifth of the writer's backend to read
-//!   back; those rows are bound value by value, as on SQLite.
+//!   back; those rows are bound value by value, as on SQLite, in one `VALUES` statement per
+//!   256 rows padded to a power of two with rows of NULLs that it skips (see
+//!   [`padded_chunks`]).
 
 use serde::ser::SerializeSeq;
 use sqlx::any::{AnyArguments, AnyRow};
@@ -263,6 +265,41 @@ pub(super) fn statement_chunks<T>(items: &[T], width: usize) -> impl Iterator<It
     })
 }
 
+/// On PostgreSQL, the chunks of rows that carry bodies, each with the rows of padding that
+/// bring it up to a power of two: one statement per [`MAX_ROWS_PER_STATEMENT`] rows, whatever
+/// their number, where chunks of exact powers of two were up to eight statements per table
+/// (60 rows: 32, 16, 8 and 4), each a round trip of the writer's, and still only a few
+/// statement texts per table for the connection to keep prepared. A padding row is all NULLs,
+/// and the statement keeps only the rows whose first column is not (a key column, never NULL).
+fn padded_chunks<T>(items: &[T], width: usize) -> impl Iterator<Item = (&[T], usize)> {
+    let most = (MAX_BOUND_VALUES / width.max(1)).min(MAX_ROWS_PER_STATEMENT);
+    let most = if most.is_power_of_two() { most } else { most.next_power_of_two() / 2 };
+    items.chunks(most).map(|chunk| (chunk, chunk.len().next_power_of_two() - chunk.len()))
+}
+
+/// `($1::text, $2::bigint), …`: `rows` rows of the table's columns, each placeholder cast to
+/// its column's type (a `VALUES` list under `SELECT` has no target column to take it from).
+fn typed_values_placeholders(table: &Table, rows: usize) -> String {
+    let width = table.columns.len();
+    let mut sql = String::with_capacity(rows * width * 12);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for (column, (_, ty)) in table.columns.iter().enumerate() {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            Dialect::Postgres.push_nth(&mut sql, row * width + column + 1);
+            sql.push_str("::");
+            sql.push_str(ty.name());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// `($1, $2), ($3, $4)…` or `(?, ?), (?, ?)…`: `rows` rows of `width` placeholders.
 fn values_placeholders(dialect: Dialect, rows: usize, width: usize) -> String {
     let mut sql = String::with_capacity(rows * width * 5);
@@ -320,7 +357,39 @@ fn insert_statements<'q>(
             let sql = format!("{head} {}{}{tail}", table.select_rows_of_argument(1), taken.clause());
             Ok(vec![(sql, args)])
         }
-        _ => {
+        Dialect::Postgres => {
+            let width = table.columns.len();
+            let rows: Vec<&[Cell<'q>]> = rows.rows().collect();
+            padded_chunks(&rows, width)
+                .map(|(chunk, padding)| {
+                    let mut args = AnyArguments::default();
+                    for row in chunk {
+                        bind_cells(&mut args, row)?;
+                    }
+                    bind_all(&mut args, |args| {
+                        for _ in 0..padding {
+                            for (_, ty) in table.columns {
+                                match ty {
+                                    SqlType::Text => args.add(None::<&str>)?,
+                                    SqlType::Integer | SqlType::BigInt => args.add(None::<i64>)?,
+                                }
+                            }
+                        }
+                        Ok(())
+                    })?;
+                    let values = typed_values_placeholders(table, chunk.len() + padding);
+                    let (columns, first) = (table.column_list(), table.columns[0].0);
+                    Ok((
+                        format!(
+                            "{head} SELECT * FROM (VALUES {values}) AS v({columns}) WHERE v.{first} IS NOT NULL{}{tail}",
+                            taken.clause()
+                        ),
+                        args,
+                    ))
+                })
+                .collect()
+        }
+        Dialect::Sqlite => {
             let width = table.columns.len();
             let rows: Vec<&[Cell<'q>]> = rows.rows().collect();
             statement_chunks(&rows, width)
@@ -668,7 +737,33 @@ mod tests {
             .into_iter()
             .map(|(sql, _)| sql)
             .collect();
-        assert_eq!(statements, vec!["INSERT INTO bodies (id, body) VALUES ($1, $2) ON CONFLICT DO NOTHING".to_owned()]);
+        assert_eq!(
+            statements,
+            vec!["INSERT INTO bodies (id, body) SELECT * FROM (VALUES ($1::text, $2::text)) AS v(id, body) \
+                  WHERE v.id IS NOT NULL ON CONFLICT DO NOTHING"
+                .to_owned()]
+        );
+    }
+
+    #[test]
+    fn postgres_pads_rows_with_bodies_to_a_power_of_two_in_one_statement_per_256() {
+        let chunks = |count: usize| {
+            let rows: Vec<usize> = (0..count).collect();
+            padded_chunks(&rows, 7).map(|(chunk, padding)| (chunk.len(), padding)).collect::<Vec<_>>()
+        };
+        assert_eq!(chunks(60), vec![(60, 4)], "a batch of 20 referrals: one statement, not four");
+        assert_eq!(chunks(1), vec![(1, 0)]);
+        assert_eq!(chunks(256), vec![(256, 0)]);
+        assert_eq!(chunks(300), vec![(256, 0), (44, 20)]);
+        assert!(chunks(0).is_empty());
+        let mut rows = Rows::new(&BODIES);
+        for n in 0..3 {
+            rows.push([["a", "b", "c"][n].into(), "{}".into()]);
+        }
+        let statements = insert_statements(Dialect::Postgres, &rows, Taken::CannotBe, "").expect("statements");
+        assert_eq!(statements.len(), 1);
+        assert!(statements[0].0.contains("($7::text, $8::text)) AS v(id, body)"), "{}", statements[0].0);
+        assert!(!statements[0].0.contains("$9"), "four rows of two values: {}", statements[0].0);
     }
 
     fn owners(count: usize) -> Rows<'static> {
