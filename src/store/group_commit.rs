@@ -90,10 +90,7 @@ impl WriteConnection {
 
     /// Commits one batch on a connection of this kind, with the events its changes are for
     /// the live subscriptions (see `events`). Answers whether notifications were committed.
-    async fn commit(&mut self, batch: Vec<Message>, settle_window: Duration, totals: &CommitTotals) -> bool {
-        totals.batches.fetch_add(1, Ordering::Relaxed);
-        let writes = batch.iter().filter_map(Message::write_set).count();
-        totals.write_sets.fetch_add(writes as u64, Ordering::Relaxed);
+    async fn commit(&mut self, batch: Vec<Message>, settle_window: Duration) -> bool {
         let kind = self.kind();
         match self {
             WriteConnection::Sqlite { conn, checkpointer } => {
@@ -156,6 +153,24 @@ pub(super) struct CommitTotals {
 impl CommitTotals {
     fn observer(&self) -> Option<&dyn CommitObserver> {
         self.observer.get().map(|observer| &**observer)
+    }
+
+    /// Counts `batch`, begun at `began`, and tells the observer how long each of its write sets
+    /// waited for it; answers how many write sets it holds.
+    fn batch_began(&self, batch: &[Message], began: Instant) -> usize {
+        let observer = self.observer();
+        let mut write_sets = 0;
+        for message in batch {
+            if let Message::Write { queued, .. } = message {
+                write_sets += 1;
+                if let Some(observer) = observer {
+                    observer.write_set_waited(began.saturating_duration_since(*queued));
+                }
+            }
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.write_sets.fetch_add(write_sets as u64, Ordering::Relaxed);
+        write_sets
     }
 }
 
@@ -391,8 +406,8 @@ async fn run(
                 totals.parallel_batches.fetch_add(1, Ordering::Relaxed);
             }
             let began = Instant::now();
-            let write_sets = observe_waits(&batch, began, totals.observer());
-            let notified = connection.commit(std::mem::take(&mut batch), settle_window, &totals).await;
+            let write_sets = totals.batch_began(&batch, began);
+            let notified = connection.commit(std::mem::take(&mut batch), settle_window).await;
             if let Some(observer) = totals.observer() {
                 observer.batch_committed(write_sets, began.elapsed());
             }
@@ -407,21 +422,6 @@ async fn run(
         }
     }
     connection
-}
-
-/// Tells `observer` how long each write set of `batch` waited until `began`; answers how many
-/// write sets the batch holds.
-fn observe_waits(batch: &[Message], began: Instant, observer: Option<&dyn CommitObserver>) -> usize {
-    let mut write_sets = 0;
-    for message in batch {
-        if let Message::Write { queued, .. } = message {
-            write_sets += 1;
-            if let Some(observer) = observer {
-                observer.write_set_waited(began.saturating_duration_since(*queued));
-            }
-        }
-    }
-    write_sets
 }
 
 /// Answers whether notifications were committed.

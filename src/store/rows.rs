@@ -251,8 +251,7 @@ const MAX_ROWS_PER_STATEMENT: usize = 256;
 /// the connection's statement cache keeps prepared; a statement for every batch's exact row
 /// count had to be parsed and compiled anew each time, thousands of values long.
 pub(super) fn statement_chunks<T>(items: &[T], width: usize) -> impl Iterator<Item = &[T]> {
-    let most = (MAX_BOUND_VALUES / width.max(1)).min(MAX_ROWS_PER_STATEMENT);
-    let most = if most.is_power_of_two() { most } else { most.next_power_of_two() / 2 };
+    let most = rows_per_statement(width);
     let mut rest = items;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -272,47 +271,49 @@ pub(super) fn statement_chunks<T>(items: &[T], width: usize) -> impl Iterator<It
 /// statement texts per table for the connection to keep prepared. A padding row is all NULLs,
 /// and the statement keeps only the rows whose first column is not (a key column, never NULL).
 fn padded_chunks<T>(items: &[T], width: usize) -> impl Iterator<Item = (&[T], usize)> {
+    items.chunks(rows_per_statement(width)).map(|chunk| (chunk, chunk.len().next_power_of_two() - chunk.len()))
+}
+
+/// Rows of `width` values that one multi-row statement takes at most: a power of two, within
+/// [`MAX_BOUND_VALUES`] and [`MAX_ROWS_PER_STATEMENT`].
+fn rows_per_statement(width: usize) -> usize {
     let most = (MAX_BOUND_VALUES / width.max(1)).min(MAX_ROWS_PER_STATEMENT);
-    let most = if most.is_power_of_two() { most } else { most.next_power_of_two() / 2 };
-    items.chunks(most).map(|chunk| (chunk, chunk.len().next_power_of_two() - chunk.len()))
+    if most.is_power_of_two() {
+        most
+    } else {
+        most.next_power_of_two() / 2
+    }
 }
 
 /// `($1::text, $2::bigint), …`: `rows` rows of the table's columns, each placeholder cast to
 /// its column's type (a `VALUES` list under `SELECT` has no target column to take it from).
 fn typed_values_placeholders(table: &Table, rows: usize) -> String {
-    let width = table.columns.len();
-    let mut sql = String::with_capacity(rows * width * 12);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for (column, (_, ty)) in table.columns.iter().enumerate() {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            Dialect::Postgres.push_nth(&mut sql, row * width + column + 1);
-            sql.push_str("::");
-            sql.push_str(ty.name());
-        }
-        sql.push(')');
-    }
-    sql
+    values_list(rows, table.columns.len(), |sql, n, column| {
+        Dialect::Postgres.push_nth(sql, n);
+        sql.push_str("::");
+        sql.push_str(table.columns[column].1.name());
+    })
 }
 
 /// `($1, $2), ($3, $4)…` or `(?, ?), (?, ?)…`: `rows` rows of `width` placeholders.
 fn values_placeholders(dialect: Dialect, rows: usize, width: usize) -> String {
-    let mut sql = String::with_capacity(rows * width * 5);
+    values_list(rows, width, |sql, n, _| dialect.push_nth(sql, n))
+}
+
+/// `rows` parenthesised rows of `width` cells, each written by `cell` given its placeholder's
+/// number (from 1, row after row) and its column.
+fn values_list(rows: usize, width: usize, mut cell: impl FnMut(&mut String, usize, usize)) -> String {
+    let mut sql = String::with_capacity(rows * width * 8);
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
         }
         sql.push('(');
-        for column in 1..=width {
-            if column > 1 {
+        for column in 0..width {
+            if column > 0 {
                 sql.push_str(", ");
             }
-            dialect.push_nth(&mut sql, row * width + column);
+            cell(&mut sql, row * width + column + 1, column);
         }
         sql.push(')');
     }
