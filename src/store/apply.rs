@@ -6,12 +6,13 @@ use sqlx::AnyConnection;
 
 use super::param_keys::param_key;
 use super::rows::{
-    delete_owned, explain_owned_deletes, insert_all, insert_returning, insert_twice, update_returning, Cell, Dialect,
+    delete_owned, explain_owned_deletes, insert_returning, insert_together, update_returning, Cell, Dialect, Insert,
     OwnedRows, Rows, SqlType, Table, Taken, OWNERS,
 };
 use super::search::write_sets_with_matches;
 use super::write_set::{
-    ConditionalClaim, OutboxEntry, OutboxKind, Precondition, ResourceWrite, SubscriptionChange, WriteSet,
+    ConditionalClaim, OutboxEntry, OutboxKind, Precondition, ResourceWrite, SubscriptionChange, VisibilityGrant,
+    WriteSet,
 };
 use super::StoreError;
 use crate::domain::audit::AuditRecord;
@@ -163,7 +164,10 @@ pub(super) async fn apply_write_sets(
         return Err(StoreError::ConditionalClaimTaken);
     }
     let resources: Vec<&ResourceWrite> = write_sets.iter().flat_map(|ws| &ws.resources).collect();
-    apply_resource_writes(conn, &resources, settle_window).await?;
+    // The last wave's rows, the conditional keys, the audit records and the grants go in last,
+    // together: on PostgreSQL one statement (see `insert_together`), which none of the
+    // statements before it depend on.
+    let mut last_wave = apply_resource_writes(conn, &resources, settle_window).await?;
     // In key order, like the resources of a wave (see `apply_resource_writes`).
     let mut claims: Vec<&ConditionalClaim> = write_sets.iter().flat_map(|ws| &ws.conditional_claims).collect();
     claims.sort_by(|a, b| {
@@ -173,9 +177,7 @@ pub(super) async fn apply_write_sets(
             b.criteria.as_str(),
         ))
     });
-    let fresh: Vec<&ConditionalClaim> = claims.iter().copied().filter(|claim| claim.replaces.is_none()).collect();
-    insert_claims(conn, &fresh).await?;
-    for claim in claims {
+    for claim in &claims {
         if let Some(stale_id) = &claim.replaces {
             take_over_claim(conn, claim, stale_id).await?;
         }
@@ -197,7 +199,13 @@ pub(super) async fn apply_write_sets(
             Err(e) => return Err(e.into()),
         }
     }
-    for revoked in write_sets.iter().flat_map(|ws| &ws.revocations) {
+    // A revocation withdraws what is there by now, the last wave's visibility too, and a grant
+    // after it stands.
+    let revocations: Vec<&VisibilityGrant> = write_sets.iter().flat_map(|ws| &ws.revocations).collect();
+    if !revocations.is_empty() {
+        std::mem::replace(&mut last_wave, WaveRows::none()).insert(conn).await?;
+    }
+    for revoked in revocations {
         sqlx::query("DELETE FROM resource_visibility WHERE resource_type = $1 AND id = $2 AND visibility_key = $3")
             .bind(revoked.resource_type.as_str())
             .bind(revoked.id.as_str())
@@ -205,17 +213,22 @@ pub(super) async fn apply_write_sets(
             .execute(&mut *conn)
             .await?;
     }
-    let mut grants = Rows::new(&VISIBILITY);
-    for grant in write_sets.iter().flat_map(|ws| &ws.grants) {
-        grants.push([
-            grant.resource_type.as_str().into(),
-            grant.id.as_str().into(),
-            grant.key.as_str().into(),
-            "grant".into(),
-        ]);
-    }
+    let grants = last_wave.grant_rows(write_sets.iter().flat_map(|ws| &ws.grants));
+    let fresh_claims = claim_rows(claims.iter().copied().filter(|claim| claim.replaces.is_none()));
     let audit = audit_rows(write_sets.iter().flat_map(|ws| &ws.audit));
-    insert_all(conn, &[(&audit, Taken::CannotBe), (&grants, Taken::Skip)]).await?;
+    let mut inserts = last_wave.inserts();
+    let claims_at = inserts.len();
+    inserts.extend([
+        Insert::Rows(&fresh_claims, Taken::Skip),
+        Insert::Rows(&audit, Taken::CannotBe),
+        Insert::Rows(&grants, Taken::Skip),
+    ]);
+    let inserted = insert_together(conn, &inserts).await?;
+    last_wave.check(&inserted)?;
+    // A key already taken, by a committed or a concurrent write, refuses the whole call.
+    if inserted[claims_at] != fresh_claims.len() as u64 {
+        return Err(StoreError::ConditionalClaimTaken);
+    }
     for change in write_sets.iter().flat_map(|ws| &ws.subscription_changes) {
         apply_subscription_change(conn, change).await?;
     }
@@ -373,19 +386,24 @@ pub(super) fn check_write_set_settled(write_set: &WriteSet, settle_window: Durat
 /// once per wave, so that every wave sees the one before it. A wave writes its resources in
 /// key order: on PostgreSQL each row's unique key is locked until COMMIT, and two replicas'
 /// group commits taking the keys of the same resources in different orders could deadlock.
-async fn apply_resource_writes(
+///
+/// Returns the rows the last wave has still to insert (see [`WaveRows`]); each wave before it
+/// inserts its own before the next begins, which may replace them.
+async fn apply_resource_writes<'a>(
     conn: &mut AnyConnection,
-    writes: &[&ResourceWrite],
+    writes: &[&'a ResourceWrite],
     settle_window: Duration,
-) -> Result<(), StoreError> {
+) -> Result<WaveRows<'a>, StoreError> {
     for write in writes {
         check_settle_window(write, settle_window)?;
     }
+    let mut last = WaveRows::none();
     for mut wave in waves_of_distinct_resources(writes) {
         wave.sort_by(|a, b| (a.resource_type.as_str(), a.id.as_str()).cmp(&(b.resource_type.as_str(), b.id.as_str())));
-        apply_wave(conn, &wave).await?;
+        std::mem::replace(&mut last, WaveRows::none()).insert(conn).await?;
+        last = apply_wave(conn, &wave).await?;
     }
-    Ok(())
+    Ok(last)
 }
 
 /// Splits writes, in order, into runs in which each resource appears once.
@@ -418,11 +436,98 @@ fn version_conflict(write: &ResourceWrite) -> StoreError {
     }
 }
 
-async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<(), StoreError> {
+/// The rows a wave inserts after its other statements, which the caller inserts (see
+/// [`apply_resource_writes`]): its search index rows and visibility and, on PostgreSQL, where
+/// every write of the wave creates a resource under a fresh id (a referral's resources), the
+/// resources themselves, each history row and the current row copied from it in one insert
+/// ([`Insert::Twice`]): the bodies cross the socket once, and nothing can collide, so no row
+/// is checked for a taken key and the current row takes its change sequence number straight
+/// from its history row.
+struct WaveRows<'a> {
+    /// The history rows of new resources (PostgreSQL), each copied into the current rows.
+    new_resources: Rows<'a>,
+    /// The search index rows: tokens, references, dates and strings.
+    index: [Rows<'a>; 4],
+    /// The visibility of resources that may have some already (a grant from before): skipped
+    /// where there.
+    visibility: Rows<'a>,
+    /// The visibility of resources created under fresh ids: cannot be there already.
+    fresh_visibility: Rows<'a>,
+}
+
+impl<'a> WaveRows<'a> {
+    fn none() -> Self {
+        WaveRows {
+            new_resources: Rows::new(&HISTORY),
+            index: [Rows::new(&TOKENS), Rows::new(&REFERENCES), Rows::new(&DATES), Rows::new(&STRINGS)],
+            visibility: Rows::new(&VISIBILITY),
+            fresh_visibility: Rows::new(&VISIBILITY),
+        }
+    }
+
+    /// Its inserts, for [`insert_together`]; [`WaveRows::check`] reads their counts.
+    fn inserts(&self) -> Vec<Insert<'_, 'a>> {
+        let [tokens, references, dates, strings] = &self.index;
+        vec![
+            Insert::Twice(&self.new_resources, &CURRENT),
+            Insert::Rows(tokens, Taken::CannotBe),
+            Insert::Rows(references, Taken::CannotBe),
+            Insert::Rows(dates, Taken::CannotBe),
+            Insert::Rows(strings, Taken::CannotBe),
+            Insert::Rows(&self.visibility, Taken::Skip),
+            Insert::Rows(&self.fresh_visibility, Taken::CannotBe),
+        ]
+    }
+
+    /// That every new resource went in, given the counts of [`WaveRows::inserts`] (and after
+    /// them maybe others').
+    fn check(&self, inserted: &[u64]) -> Result<(), StoreError> {
+        let (expected, current) = (self.new_resources.len() as u64, inserted.first().copied().unwrap_or_default());
+        if current == expected {
+            Ok(())
+        } else {
+            Err(StoreError::Config(format!("{current} current rows inserted for {expected} new resources")))
+        }
+    }
+
+    /// Inserts its rows on their own.
+    async fn insert(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        let inserted = insert_together(conn, &self.inserts()).await?;
+        self.check(&inserted)
+    }
+
+    /// The visibility rows of `grants`, to insert with the wave's own, but for a key a row of
+    /// the wave already gives the same resource: that row becomes the grant instead (a key
+    /// granted and also given by the content is one row, the grant, which outlives the content).
+    /// So no two inserts of the one statement insert the same key, whose clauses PostgreSQL runs
+    /// in no promised order; and a referral's grants of the ServiceRequest it creates keep.
+    fn grant_rows(&mut self, grants: impl Iterator<Item = &'a VisibilityGrant>) -> Rows<'a> {
+        let mut rows: Vec<&mut [Cell<'a>]> =
+            self.visibility.rows_mut().chain(self.fresh_visibility.rows_mut()).collect();
+        let given: std::collections::HashMap<[Cell<'a>; 3], usize> =
+            rows.iter().enumerate().map(|(at, row)| ([row[0], row[1], row[2]], at)).collect();
+        let mut granted = Rows::new(&VISIBILITY);
+        let mut seen = std::collections::HashSet::new();
+        for grant in grants {
+            let key: [Cell<'a>; 3] =
+                [grant.resource_type.as_str().into(), grant.id.as_str().into(), grant.key.as_str().into()];
+            match given.get(&key) {
+                Some(&at) => rows[at][3] = "grant".into(),
+                None if seen.insert(key) => granted.push([key[0], key[1], key[2], "grant".into()]),
+                None => {}
+            }
+        }
+        granted
+    }
+}
+
+/// Applies a wave's statements but its last inserts, which it returns (see [`WaveRows`]).
+async fn apply_wave<'a>(conn: &mut AnyConnection, writes: &[&'a ResourceWrite]) -> Result<WaveRows<'a>, StoreError> {
+    let mut wave = WaveRows::none();
     let (created, updated): (Vec<&ResourceWrite>, Vec<&ResourceWrite>) =
         writes.iter().copied().partition(|w| w.precondition == Precondition::Absent);
     if Dialect::of(conn) == Dialect::Postgres && writes.iter().all(|w| w.creates_with_fresh_id()) {
-        insert_new_resources(conn, writes).await?;
+        wave.new_resources = history_rows(writes);
     } else {
         let change_seqs = insert_history(conn, writes).await?;
         insert_current(conn, &created, &change_seqs).await?;
@@ -440,10 +545,8 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
     // A key granted and also given by the content is one row, the grant (it outlives the
     // content). The rows of a resource created under a fresh id cannot be there already; the
     // others may be (a grant from before), and are skipped if so.
-    let mut visibility = Rows::new(&VISIBILITY);
-    let mut fresh_visibility = Rows::new(&VISIBILITY);
     for write in &live {
-        let rows = if write.creates_with_fresh_id() { &mut fresh_visibility } else { &mut visibility };
+        let rows = if write.creates_with_fresh_id() { &mut wave.fresh_visibility } else { &mut wave.visibility };
         let granted = write.visibility_grants.iter().map(|key| (key, "grant"));
         let mut seen: Vec<&str> = Vec::with_capacity(write.visibility_grants.len() + write.visibility.len());
         for (key, source) in granted.chain(write.visibility.iter().map(|key| (key, "content"))) {
@@ -459,19 +562,8 @@ async fn apply_wave(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Resu
             ]);
         }
     }
-    let [tokens, references, dates, strings] = index_rows(writes);
-    insert_all(
-        conn,
-        &[
-            (&tokens, Taken::CannotBe),
-            (&references, Taken::CannotBe),
-            (&dates, Taken::CannotBe),
-            (&strings, Taken::CannotBe),
-            (&visibility, Taken::Skip),
-            (&fresh_visibility, Taken::CannotBe),
-        ],
-    )
-    .await
+    wave.index = index_rows(writes);
+    Ok(wave)
 }
 
 /// What an update deletes before it inserts its new version's rows: the search index rows of
@@ -554,19 +646,6 @@ fn history_rows<'a>(writes: &[&'a ResourceWrite]) -> Rows<'a> {
         ]);
     }
     rows
-}
-
-/// On PostgreSQL, a wave of creates under fresh ids (a referral's resources): each history row
-/// and the current row copied from it in one statement, as one `WITH` clause feeding the other
-/// (see [`insert_twice`]). The bodies cross the socket once, not twice, and the wave costs
-/// half the round trips; nothing can collide (fresh ids), so no row is checked for a taken
-/// key, and the current row takes its change sequence number straight from its history row.
-async fn insert_new_resources(conn: &mut AnyConnection, writes: &[&ResourceWrite]) -> Result<(), StoreError> {
-    let inserted = insert_twice(conn, &history_rows(writes), &CURRENT).await?;
-    if inserted != writes.len() as u64 {
-        return Err(StoreError::Config(format!("{inserted} current rows inserted for {} new resources", writes.len())));
-    }
-    Ok(())
 }
 
 /// The change sequence numbers of a wave's history rows, by `(resource_type, id)`.
@@ -701,9 +780,9 @@ fn index_rows<'a>(writes: &[&'a ResourceWrite]) -> [Rows<'a>; 4] {
     [tokens, references, dates, strings]
 }
 
-/// Claims fresh conditional-create keys, all of them in a few statements; a key already
-/// taken (by a committed or a concurrent write) refuses the whole call.
-async fn insert_claims(conn: &mut AnyConnection, claims: &[&ConditionalClaim]) -> Result<(), StoreError> {
+/// The rows of fresh conditional-create keys, inserted skipping those taken (which refuses
+/// the call: see [`apply_write_sets`]).
+fn claim_rows<'a>(claims: impl Iterator<Item = &'a ConditionalClaim>) -> Rows<'a> {
     let mut rows = Rows::new(&CONDITIONAL_KEYS);
     for claim in claims {
         rows.push([
@@ -713,11 +792,7 @@ async fn insert_claims(conn: &mut AnyConnection, claims: &[&ConditionalClaim]) -
             claim.id.as_str().into(),
         ]);
     }
-    let inserted = insert_returning(conn, &rows, Taken::Skip, "RETURNING id").await?;
-    if inserted.len() != claims.len() {
-        return Err(StoreError::ConditionalClaimTaken);
-    }
-    Ok(())
+    rows
 }
 
 /// Takes over a stale key (its resource no longer matches) by compare-and-swap: only from the
@@ -760,6 +835,31 @@ mod tests {
             visibility: Vec::new(),
             visibility_grants: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_grant_of_a_key_the_wave_gives_already_becomes_that_row_and_each_other_grant_is_one_row() {
+        let (patient, other) = (ResourceId::generate(), ResourceId::generate());
+        let mut wave = WaveRows::none();
+        wave.fresh_visibility.push(["Patient".into(), patient.as_str().into(), "org|A".into(), "content".into()]);
+        wave.visibility.push(["Patient".into(), other.as_str().into(), "org|A".into(), "content".into()]);
+        let grant = |id: &ResourceId, key: &str| VisibilityGrant {
+            resource_type: ResourceType::Patient,
+            id: id.clone(),
+            key: key.to_owned(),
+        };
+        let grants = [grant(&patient, "org|A"), grant(&patient, "org|B"), grant(&patient, "org|B")];
+        let granted = wave.grant_rows(grants.iter());
+        assert_eq!(granted.len(), 1, "org|A is the wave's row; org|B once");
+        let sources = |rows: &mut Rows<'_>| -> Vec<String> {
+            rows.rows_mut().map(|row| format!("{:?}|{:?}", row[2], row[3])).collect()
+        };
+        assert_eq!(sources(&mut wave.fresh_visibility), vec![r#"Text(Some("org|A"))|Text(Some("grant"))"#]);
+        assert_eq!(
+            sources(&mut wave.visibility),
+            vec![r#"Text(Some("org|A"))|Text(Some("content"))"#],
+            "another resource's row of the same key is its own"
+        );
     }
 
     #[test]

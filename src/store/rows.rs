@@ -11,13 +11,14 @@
 //! - On PostgreSQL, one statement per table whatever the number of rows, the rows bound as one
 //!   JSON array of arrays and unpacked by `jsonb_array_elements`; and, where the rows of
 //!   several tables go in at the same point, all of them in one statement (each insert a
-//!   data-modifying `WITH` clause). A referral batch's search index rows, visibility and audit
-//!   records then cost two round trips, not thirty: the statement text is the same for any
-//!   number of rows, so it is prepared once, where `VALUES` chunks were several statements per
-//!   table. Not for rows that carry resource bodies ([`Table::bodies`]): kilobytes of JSON
-//!   quoted inside JSON took PostgreSQL's JSON parser a fifth of the writer's backend to read
-//!   back; those rows are bound value by value, as on SQLite, in one `VALUES` statement per
-//!   256 rows padded to a power of two with rows of NULLs that it skips (see
+//!   data-modifying `WITH` clause, see [`insert_together`]). A referral batch's resources,
+//!   search index rows, visibility, conditional keys and audit records then cost one round
+//!   trip, not thirty: the statement text is the same for any number of rows without bodies,
+//!   so it is prepared once, where `VALUES` chunks were several statements per table. Rows
+//!   that carry resource bodies ([`Table::bodies`]) are not JSON: kilobytes of JSON quoted
+//!   inside JSON took PostgreSQL's JSON parser a fifth of the writer's backend to read back;
+//!   those rows are bound value by value, as on SQLite, in one `VALUES` list per 256 rows
+//!   padded to a power of two with rows of NULLs that the statement skips (see
 //!   [`padded_chunks`]).
 
 use serde::ser::SerializeSeq;
@@ -131,7 +132,7 @@ impl Table {
 }
 
 /// One value of a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Cell<'a> {
     Text(Option<&'a str>),
     Int(i64),
@@ -183,6 +184,11 @@ impl<'a> Rows<'a> {
 
     fn rows(&self) -> std::slice::ChunksExact<'_, Cell<'a>> {
         self.cells.chunks_exact(self.table.columns.len())
+    }
+
+    /// Each row's values, to change in place.
+    pub(super) fn rows_mut(&mut self) -> std::slice::ChunksExactMut<'_, Cell<'a>> {
+        self.cells.chunks_exact_mut(self.table.columns.len())
     }
 
     /// The rows as a JSON array of rows, each an array of its values in column order (see
@@ -286,13 +292,46 @@ fn rows_per_statement(width: usize) -> usize {
 }
 
 /// `($1::text, $2::bigint), …`: `rows` rows of the table's columns, each placeholder cast to
-/// its column's type (a `VALUES` list under `SELECT` has no target column to take it from).
-fn typed_values_placeholders(table: &Table, rows: usize) -> String {
+/// its column's type (a `VALUES` list under `SELECT` has no target column to take it from),
+/// numbered from `first`.
+fn typed_values_placeholders(table: &Table, rows: usize, first: usize) -> String {
     values_list(rows, table.columns.len(), |sql, n, column| {
-        Dialect::Postgres.push_nth(sql, n);
+        Dialect::Postgres.push_nth(sql, first - 1 + n);
         sql.push_str("::");
         sql.push_str(table.columns[column].1.name());
     })
+}
+
+/// On PostgreSQL, binds `rows` of `table` and then `padding` rows of NULLs, and returns the
+/// `SELECT` of the rows that are not padding, its placeholders numbered from `first` (see
+/// [`padded_chunks`]).
+fn bind_padded<'q>(
+    args: &mut AnyArguments<'q>,
+    table: &Table,
+    rows: &[&[Cell<'q>]],
+    padding: usize,
+    first: usize,
+) -> Result<String, StoreError> {
+    for row in rows {
+        bind_cells(args, row)?;
+    }
+    bind_all(args, |args| {
+        for _ in 0..padding {
+            for (_, ty) in table.columns {
+                match ty {
+                    SqlType::Text => args.add(None::<&str>)?,
+                    SqlType::Integer | SqlType::BigInt => args.add(None::<i64>)?,
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let values = typed_values_placeholders(table, rows.len() + padding, first);
+    Ok(format!(
+        "SELECT * FROM (VALUES {values}) AS v({}) WHERE v.{} IS NOT NULL",
+        table.column_list(),
+        table.columns[0].0
+    ))
 }
 
 /// `($1, $2), ($3, $4)…` or `(?, ?), (?, ?)…`: `rows` rows of `width` placeholders.
@@ -359,34 +398,12 @@ fn insert_statements<'q>(
             Ok(vec![(sql, args)])
         }
         Dialect::Postgres => {
-            let width = table.columns.len();
             let rows: Vec<&[Cell<'q>]> = rows.rows().collect();
-            padded_chunks(&rows, width)
+            padded_chunks(&rows, table.columns.len())
                 .map(|(chunk, padding)| {
                     let mut args = AnyArguments::default();
-                    for row in chunk {
-                        bind_cells(&mut args, row)?;
-                    }
-                    bind_all(&mut args, |args| {
-                        for _ in 0..padding {
-                            for (_, ty) in table.columns {
-                                match ty {
-                                    SqlType::Text => args.add(None::<&str>)?,
-                                    SqlType::Integer | SqlType::BigInt => args.add(None::<i64>)?,
-                                }
-                            }
-                        }
-                        Ok(())
-                    })?;
-                    let values = typed_values_placeholders(table, chunk.len() + padding);
-                    let (columns, first) = (table.column_list(), table.columns[0].0);
-                    Ok((
-                        format!(
-                            "{head} SELECT * FROM (VALUES {values}) AS v({columns}) WHERE v.{first} IS NOT NULL{}{tail}",
-                            taken.clause()
-                        ),
-                        args,
-                    ))
+                    let select = bind_padded(&mut args, table, chunk, padding, 1)?;
+                    Ok((format!("{head} {select}{}{tail}", taken.clause()), args))
                 })
                 .collect()
         }
@@ -407,57 +424,191 @@ fn insert_statements<'q>(
     }
 }
 
-/// Inserts the rows of every table in `inserts`: on PostgreSQL all in one statement, on
-/// SQLite a few statements per table.
-pub(super) async fn insert_all(conn: &mut AnyConnection, inserts: &[(&Rows<'_>, Taken)]) -> Result<(), StoreError> {
-    let inserts: Vec<(&Rows<'_>, Taken)> = inserts.iter().copied().filter(|(rows, _)| !rows.is_empty()).collect();
-    let dialect = Dialect::of(conn);
-    if dialect == Dialect::Postgres && inserts.len() > 1 && inserts.iter().all(|(rows, _)| !rows.table.bodies) {
-        let mut args = AnyArguments::default();
-        let mut clauses = Vec::with_capacity(inserts.len());
-        for (n, (rows, taken)) in inserts.iter().enumerate() {
-            let json = rows.to_json()?;
-            bind_all(&mut args, |args| args.add(json))?;
-            let table = rows.table;
-            clauses.push(format!(
-                "i{n} AS (INSERT INTO {} ({}) {}{})",
-                table.name,
-                table.column_list(),
-                table.select_rows_of_argument(n + 1),
-                taken.clause()
-            ));
-        }
-        // Every data-modifying `WITH` clause runs to completion, read or not.
-        let sql = format!("WITH {} SELECT 1", clauses.join(", "));
-        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
-        return Ok(());
-    }
-    for (rows, taken) in inserts {
-        for (sql, args) in insert_statements(dialect, rows, taken, "")? {
-            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
-        }
-    }
-    Ok(())
+/// One of the inserts [`insert_together`] makes at one point of a transaction.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Insert<'r, 'a> {
+    /// The rows, each whose key is taken treated as `Taken` says.
+    Rows(&'r Rows<'a>, Taken),
+    /// On PostgreSQL only, the rows (which cannot collide) and each again into the table given,
+    /// whose every column the first table has (filled by the row or by the table itself, as a
+    /// sequence's number is): `WITH f AS (INSERT … RETURNING <its columns>) INSERT INTO … SELECT
+    /// … FROM f`. The values are bound once.
+    Twice(&'r Rows<'a>, &'static Table),
 }
 
-/// On PostgreSQL, inserts `rows` (which cannot collide) and, in the same statement, each row
-/// again into `then`, whose every column the first table has (filled by the row or by the
-/// table itself, as a sequence's number is): `WITH first AS (INSERT … RETURNING <then's
-/// columns>) INSERT INTO then … SELECT … FROM first`. One statement per chunk of rows, their
-/// values bound once. Returns how many rows went into `then`.
-pub(super) async fn insert_twice(
-    conn: &mut AnyConnection,
-    rows: &Rows<'_>,
-    then: &'static Table,
-) -> Result<u64, StoreError> {
-    let columns = then.column_list();
-    let mut inserted = 0;
-    for (first, args) in insert_statements(Dialect::Postgres, rows, Taken::CannotBe, &format!(" RETURNING {columns}"))?
-    {
-        let sql = format!("WITH first AS ({first}) INSERT INTO {} ({columns}) SELECT {columns} FROM first", then.name);
-        inserted += sqlx::query_with(&sql, args).execute(&mut *conn).await?.rows_affected();
+impl<'r, 'a> Insert<'r, 'a> {
+    fn rows(self) -> &'r Rows<'a> {
+        match self {
+            Insert::Rows(rows, _) | Insert::Twice(rows, _) => rows,
+        }
     }
-    Ok(inserted)
+
+    /// Whether the rows it inserts can be fewer than its rows: counted by the statement (for
+    /// the others a statement that succeeds inserted every row).
+    fn may_insert_fewer(self) -> bool {
+        matches!(self, Insert::Rows(_, Taken::Skip) | Insert::Twice(..))
+    }
+}
+
+/// Makes every insert of `inserts` and returns how many rows each inserted (for an
+/// [`Insert::Twice`], into its second table), in order.
+///
+/// On PostgreSQL all of them are one statement, each insert a data-modifying `WITH` clause: a
+/// referral batch's new resources, search index rows, visibility, conditional keys and audit
+/// records are one round trip of the writer's, where they were four, each two hand-offs that
+/// wait for a core on a busy machine. Rows without bodies are one JSON argument per table (the
+/// same text for any number of rows); rows with bodies are bound value by value in a `VALUES`
+/// list padded to a power of two (see [`padded_chunks`]), whose chunks before the last, beyond
+/// 256 rows, go in statements of their own first. The clauses of one statement run in no order
+/// PostgreSQL promises, so no two inserts given together may insert the same key (the caller's
+/// to ensure: a conditional key, a visibility row). On SQLite, a few statements per table, in
+/// order (each a hand-off to the connection's thread, not a round trip).
+pub(super) async fn insert_together(
+    conn: &mut AnyConnection,
+    inserts: &[Insert<'_, '_>],
+) -> Result<Vec<u64>, StoreError> {
+    let mut counts = vec![0; inserts.len()];
+    match Dialect::of(conn) {
+        Dialect::Postgres => {
+            let mut together = Together::default();
+            for (n, &insert) in inserts.iter().enumerate() {
+                let rows = insert.rows();
+                if rows.is_empty() {
+                    continue;
+                }
+                if !rows.table.bodies {
+                    together.add(n, insert, RowSource::Json(rows))?;
+                    continue;
+                }
+                let all: Vec<&[Cell<'_>]> = rows.rows().collect();
+                let chunks: Vec<(&[&[Cell<'_>]], usize)> = padded_chunks(&all, rows.table.columns.len()).collect();
+                let Some((&(last, padding), earlier)) = chunks.split_last() else { continue };
+                for &(chunk, padding) in earlier {
+                    let mut alone = Together::default();
+                    alone.add(n, insert, RowSource::Values { table: rows.table, rows: chunk, padding })?;
+                    alone.run(conn, &mut counts).await?;
+                }
+                together.add(n, insert, RowSource::Values { table: rows.table, rows: last, padding })?;
+            }
+            together.run(conn, &mut counts).await?;
+        }
+        dialect @ Dialect::Sqlite => {
+            for (n, &insert) in inserts.iter().enumerate().filter(|(_, insert)| !insert.rows().is_empty()) {
+                let Insert::Rows(rows, taken) = insert else {
+                    return Err(StoreError::Config(format!(
+                        "a double insert into {} on SQLite",
+                        insert.rows().table.name
+                    )));
+                };
+                for (sql, args) in insert_statements(dialect, rows, taken, "")? {
+                    counts[n] += sqlx::query_with(&sql, args).execute(&mut *conn).await?.rows_affected();
+                }
+            }
+        }
+    }
+    for (count, insert) in counts.iter_mut().zip(inserts) {
+        if !insert.may_insert_fewer() {
+            *count = insert.rows().len() as u64;
+        }
+    }
+    Ok(counts)
+}
+
+/// Where the rows of one `WITH` clause of [`Together`] come from.
+enum RowSource<'r, 'q> {
+    /// One JSON argument (see [`Table::select_rows_of_argument`]).
+    Json(&'r Rows<'q>),
+    /// Bound value by value, `padding` rows of NULLs after them that the clause skips.
+    Values { table: &'static Table, rows: &'r [&'r [Cell<'q>]], padding: usize },
+}
+
+/// One PostgreSQL statement of inserts, each a data-modifying `WITH` clause, being built: its
+/// clauses, its arguments (bound in the order their placeholders appear), and which inserts'
+/// rows it counts.
+#[derive(Default)]
+struct Together<'q> {
+    /// Each clause, and whether the statement counts its rows.
+    clauses: Vec<(String, bool)>,
+    args: AnyArguments<'q>,
+    bound: usize,
+    counted: Vec<usize>,
+}
+
+impl<'q> Together<'q> {
+    /// Adds the rows of `source` as insert `n` of `insert`.
+    fn add(&mut self, n: usize, insert: Insert<'_, '_>, source: RowSource<'_, 'q>) -> Result<(), StoreError> {
+        let table = insert.rows().table;
+        let select = match source {
+            RowSource::Json(rows) => {
+                let json = rows.to_json()?;
+                bind_all(&mut self.args, |args| args.add(json))?;
+                self.bound += 1;
+                table.select_rows_of_argument(self.bound)
+            }
+            RowSource::Values { table, rows, padding } => {
+                let select = bind_padded(&mut self.args, table, rows, padding, self.bound + 1)?;
+                self.bound += (rows.len() + padding) * table.columns.len();
+                select
+            }
+        };
+        let (name, columns, counted) = (table.name, table.column_list(), insert.may_insert_fewer());
+        let returning = if counted { " RETURNING 1" } else { "" };
+        let clause = self.clauses.len();
+        match insert {
+            Insert::Rows(_, taken) => self.clauses.push((
+                format!("i{clause} AS (INSERT INTO {name} ({columns}) {select}{}{returning})", taken.clause()),
+                counted,
+            )),
+            Insert::Twice(_, then) => {
+                let then_columns = then.column_list();
+                self.clauses.push((
+                    format!("i{clause} AS (INSERT INTO {name} ({columns}) {select} RETURNING {then_columns})"),
+                    false,
+                ));
+                self.clauses.push((
+                    format!(
+                        "i{} AS (INSERT INTO {} ({then_columns}) SELECT {then_columns} FROM i{clause}{returning})",
+                        clause + 1,
+                        then.name
+                    ),
+                    counted,
+                ));
+            }
+        }
+        if counted {
+            self.counted.push(n);
+        }
+        Ok(())
+    }
+
+    /// The statement's text: each counted insert's count a column of its one row.
+    fn sql(&self) -> String {
+        // Every data-modifying `WITH` clause runs to completion, read or not.
+        let counts: Vec<String> = self
+            .clauses
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, counted))| *counted)
+            .map(|(clause, _)| format!("(SELECT count(*) FROM i{clause})"))
+            .collect();
+        let select = if counts.is_empty() { "1".to_owned() } else { counts.join(", ") };
+        let clauses: Vec<&str> = self.clauses.iter().map(|(clause, _)| clause.as_str()).collect();
+        format!("WITH {} SELECT {select}", clauses.join(", "))
+    }
+
+    /// Runs the statement, if it has any clause, adding each counted insert's rows to `counts`.
+    async fn run(self, conn: &mut AnyConnection, counts: &mut [u64]) -> Result<(), StoreError> {
+        if self.clauses.is_empty() {
+            return Ok(());
+        }
+        let sql = self.sql();
+        let row = sqlx::query_with(&sql, self.args).fetch_one(&mut *conn).await?;
+        for (column, &n) in self.counted.iter().enumerate() {
+            let count: i64 = sqlx::Row::try_get(&row, column)?;
+            counts[n] += u64::try_from(count).unwrap_or_default();
+        }
+        Ok(())
+    }
 }
 
 /// Inserts `rows` and returns what `returning` (a `RETURNING` clause) names of the rows
@@ -765,6 +916,45 @@ mod tests {
         assert_eq!(statements.len(), 1);
         assert!(statements[0].0.contains("($7::text, $8::text)) AS v(id, body)"), "{}", statements[0].0);
         assert!(!statements[0].0.contains("$9"), "four rows of two values: {}", statements[0].0);
+    }
+
+    static COPIES: Table = Table { name: "copies", columns: &[("id", SqlType::Text)], bodies: false };
+
+    #[test]
+    fn postgres_puts_inserts_together_in_one_statement_counting_those_that_may_insert_fewer() {
+        let mut bodies = Rows::new(&BODIES);
+        for id in ["a", "b", "c"] {
+            bodies.push([id.into(), "{}".into()]);
+        }
+        let (mut index, mut keys) = (Rows::new(&PAIRS), Rows::new(&PAIRS));
+        index.push(["x".into(), 1.into()]);
+        keys.push(["y".into(), 2.into()]);
+        let body_rows: Vec<&[Cell<'_>]> = bodies.rows().collect();
+        let mut together = Together::default();
+        let source = RowSource::Values { table: &BODIES, rows: &body_rows, padding: 1 };
+        together.add(0, Insert::Twice(&bodies, &COPIES), source).expect("bodies");
+        together.add(1, Insert::Rows(&index, Taken::CannotBe), RowSource::Json(&index)).expect("index");
+        together.add(2, Insert::Rows(&keys, Taken::Skip), RowSource::Json(&keys)).expect("keys");
+        assert_eq!(
+            together.sql(),
+            "WITH i0 AS (INSERT INTO bodies (id, body) SELECT * FROM (VALUES ($1::text, $2::text), ($3::text, \
+             $4::text), ($5::text, $6::text), ($7::text, $8::text)) AS v(id, body) WHERE v.id IS NOT NULL RETURNING \
+             id), i1 AS (INSERT INTO copies (id) SELECT id FROM i0 RETURNING 1), i2 AS (INSERT INTO pairs (name, n) \
+             SELECT x->>0, (x->>1)::bigint FROM jsonb_array_elements($9::jsonb) AS r(x)), i3 AS (INSERT INTO pairs \
+             (name, n) SELECT x->>0, (x->>1)::bigint FROM jsonb_array_elements($10::jsonb) AS r(x) ON CONFLICT DO \
+             NOTHING RETURNING 1) SELECT (SELECT count(*) FROM i1), (SELECT count(*) FROM i3)"
+        );
+        assert_eq!(together.counted, vec![0, 2], "the copies and the keys that may be skipped; the index rows all go");
+        assert_eq!(together.bound, 10, "eight values of the bodies and their padding, one JSON argument each after");
+    }
+
+    #[test]
+    fn inserts_that_count_nothing_select_a_constant() {
+        let mut index = Rows::new(&PAIRS);
+        index.push(["x".into(), 1.into()]);
+        let mut together = Together::default();
+        together.add(0, Insert::Rows(&index, Taken::CannotBe), RowSource::Json(&index)).expect("index");
+        assert!(together.sql().ends_with("AS r(x)) SELECT 1"), "{}", together.sql());
     }
 
     fn owners(count: usize) -> Rows<'static> {
