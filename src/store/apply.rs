@@ -71,6 +71,14 @@ static VISIBILITY: Table = Table {
     columns: &[("resource_type", Text), ("id", Text), ("visibility_key", Text), ("source", Text)],
     bodies: false,
 };
+/// A grant of a key its resource has already: the row becomes the grant, whose source outlives
+/// the content (an update deletes only the rows its content gave). Where the content's row
+/// stayed, a referral's ServiceRequest, which names the CLW service as its performer, was lost
+/// to that service when the GP named another, though the service's Task had granted it.
+const GRANTED: Taken = Taken::Update(
+    " ON CONFLICT (resource_type, id, visibility_key) DO UPDATE SET source = 'grant' \
+     WHERE resource_visibility.source <> 'grant'",
+);
 static TOKENS: Table = Table {
     name: "idx_token",
     columns: &[
@@ -221,7 +229,7 @@ pub(super) async fn apply_write_sets(
     inserts.extend([
         Insert::Rows(&fresh_claims, Taken::Skip),
         Insert::Rows(&audit, Taken::CannotBe),
-        Insert::Rows(&grants, Taken::Skip),
+        Insert::Rows(&grants, GRANTED),
     ]);
     let inserted = insert_together(conn, &inserts).await?;
     last_wave.check(&inserted)?;
@@ -500,7 +508,8 @@ impl<'a> WaveRows<'a> {
     /// the wave already gives the same resource: that row becomes the grant instead (a key
     /// granted and also given by the content is one row, the grant, which outlives the content).
     /// So no two inserts of the one statement insert the same key, whose clauses PostgreSQL runs
-    /// in no promised order; and a referral's grants of the ServiceRequest it creates keep.
+    /// in no promised order; and each grant is one row, which an upsert ([`GRANTED`]) may
+    /// touch only once per statement.
     fn grant_rows(&mut self, grants: impl Iterator<Item = &'a VisibilityGrant>) -> Rows<'a> {
         let mut rows: Vec<&mut [Cell<'a>]> =
             self.visibility.rows_mut().chain(self.fresh_visibility.rows_mut()).collect();

@@ -235,6 +235,10 @@ pub(super) enum Taken {
     /// taken and released and a confirmation written to the WAL per row, even when there is no
     /// unique index to check. That was 25 of a referral's 42 rows.
     CannotBe,
+    /// Updates the row there as the clause given says (` ON CONFLICT (<key>) DO UPDATE SET
+    /// …`, in the syntax both databases share): the new row says more than the one there. A
+    /// statement may then hold only one row per key.
+    Update(&'static str),
 }
 
 impl Taken {
@@ -242,6 +246,7 @@ impl Taken {
         match self {
             Taken::Skip => " ON CONFLICT DO NOTHING",
             Taken::CannotBe => "",
+            Taken::Update(clause) => clause,
         }
     }
 }
@@ -444,7 +449,7 @@ impl<'r, 'a> Insert<'r, 'a> {
     }
 
     /// Whether the rows it inserts can be fewer than its rows: counted by the statement (for
-    /// the others a statement that succeeds inserted every row).
+    /// the others a statement that succeeds leaves every row there, inserted or updated).
     fn may_insert_fewer(self) -> bool {
         matches!(self, Insert::Rows(_, Taken::Skip) | Insert::Twice(..))
     }

@@ -1265,8 +1265,34 @@ async fn a_referral_travels_from_the_gp_to_the_link_worker_and_back(db: Db) {
     );
 }
 
+/// The ServiceRequest of a referral names the CLW service as its performer (content
+/// visibility) and the Task given to that service grants it the same key: the grant must
+/// outlive the content, so that a later edit of the ServiceRequest's performer does not take
+/// the referral from the service that holds its Task. Both ways a referral arrives: separate
+/// creates, and one transaction (whose grant and content rows meet in one statement).
+async fn a_link_worker_keeps_the_referral_its_task_grants_after_the_gp_edits_the_performer(db: Db) {
+    let Some(app) = spawn_app_on(db).await else {
+        return;
+    };
+    let separate = refer(&app, Party::Gp, Some("CLW001"), "requested").await.service_request;
+    let (status, bundle) =
+        post_bundle(&app, Party::Gp, &referral_transaction(&nhs_number(), "GP0001", Some("CLW001")), &[]).await;
+    assert_eq!(status, 200, "{bundle}");
+    let (_, in_one) = location_of(&bundle["entry"][SERVICE_REQUEST_ENTRY]);
+    for (how, sr_id) in [("separate creates", separate), ("one transaction", in_one)] {
+        let path = format!("/ServiceRequest/{sr_id}");
+        let mut edited = read(&app, Party::Gp, &path).await;
+        edited["performer"] = json!([org_ref("CLW002")]);
+        let (status, body) = put_as(&app, Party::Gp, &path, &edited).await;
+        assert_eq!(status, 200, "{how}: the GP names another performer: {body}");
+        let still = read(&app, Party::Clw, &path).await;
+        assert_eq!(still["performer"][0]["identifier"]["value"], "CLW002", "{how}: CLW001 reads the edited version");
+    }
+}
+
 on_both_databases!(
     every_status_change_by_patch_follows_the_state_machine_and_who_may_set_what,
     two_performers_racing_to_claim_an_open_task_give_one_owner,
     a_referral_travels_from_the_gp_to_the_link_worker_and_back,
+    a_link_worker_keeps_the_referral_its_task_grants_after_the_gp_edits_the_performer,
 );
