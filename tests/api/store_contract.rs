@@ -207,6 +207,30 @@ async fn patients_named(store: &Store, org: &str, family: &str) -> Vec<ResourceI
     ids
 }
 
+/// More new resources than one statement's `VALUES` list holds (256 rows): on PostgreSQL the
+/// chunks before the last go in statements of their own, the last with the rest of the write
+/// set's inserts, and the current rows counted over all of them; a conditional key taken then
+/// refuses the whole set.
+async fn a_write_set_of_more_new_resources_than_one_statement_holds_commits_them_all_or_none(db: Db) {
+    let Some((store, _db)) = test_store(db).await else { return };
+    let many = |claimed: &ResourceId| {
+        let mut write_set = patient_claiming(claimed, "identifier=NHS-Many");
+        write_set.resources =
+            (0..300).map(|_| patient_write(&ResourceId::generate(), 1, Precondition::Absent, "Many", "GP1")).collect();
+        write_set.resources.push(patient_write(claimed, 1, Precondition::Absent, "Many", "GP1"));
+        write_set
+    };
+    let criteria = parse_criteria(ResourceType::Patient, "identifier=https://fhir.nhs.uk/Id/nhs-number|NHS-Many")
+        .expect("criteria");
+    store.commit(many(&ResourceId::generate())).await.expect("301 new resources commit");
+    let found = store.find_ids(&practice("GP1"), &criteria, 1000).await.expect("search");
+    assert_eq!(found.len(), 301, "every one is there and indexed");
+    let refused = store.commit(many(&ResourceId::generate())).await;
+    assert!(matches!(refused, Err(StoreError::ConditionalClaimTaken)), "the key is taken: {refused:?}");
+    let found = store.find_ids(&practice("GP1"), &criteria, 1000).await.expect("search");
+    assert_eq!(found.len(), 301, "none of the refused set's 301 is kept");
+}
+
 async fn many_updates_in_one_set_each_move_from_their_own_version_and_replace_their_rows(db: Db) {
     let Some((store, _db)) = test_store(db).await else { return };
     // 37 updates: more than one statement of the writer's on SQLite (chunks of 32, 4 and 1).
@@ -1313,6 +1337,7 @@ async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: 
 }
 
 on_both_databases!(
+    a_write_set_of_more_new_resources_than_one_statement_holds_commits_them_all_or_none,
     a_write_set_requiring_more_searches_than_one_statement_holds_is_refused_by_its_last,
     a_create_requiring_no_match_is_refused_whole_when_one_exists_and_only_it_in_a_batch,
     many_updates_in_one_set_each_move_from_their_own_version_and_replace_their_rows,
