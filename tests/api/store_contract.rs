@@ -818,6 +818,21 @@ async fn sqlite_checkpoints_committed_pages_into_the_database_file_in_the_backgr
     store.close().await;
 }
 
+/// The history and current rows of version 1 of a resource, written by hand into a database of
+/// an earlier layout (`change_seq`: its history row's number, distinct per resource).
+fn first_version_rows(resource_type: &str, id: &str, body: &str, change_seq: usize) -> [String; 2] {
+    [
+        format!(
+            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
+             VALUES ('{resource_type}', '{id}', 1, 1, 0, 'POST', '{body}')"
+        ),
+        format!(
+            "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
+             VALUES ('{resource_type}', '{id}', 1, 1, 0, '{body}', {change_seq})"
+        ),
+    ]
+}
+
 /// Rows a database written before `patient` and `name` were answered from other parameters'
 /// rows holds: a Patient and a Task for it, each indexed as that layout indexed them.
 fn rows_of_the_layout_with_copies(patient: &str, task: &str) -> Vec<String> {
@@ -826,16 +841,7 @@ fn rows_of_the_layout_with_copies(patient: &str, task: &str) -> Vec<String> {
     };
     let mut statements = Vec::new();
     for (n, (resource_type, id)) in [("Patient", patient), ("Task", task)].into_iter().enumerate() {
-        let body = body(resource_type, id);
-        statements.push(format!(
-            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, body) \
-             VALUES ('{resource_type}', '{id}', 1, 1, 0, 'POST', '{body}')"
-        ));
-        statements.push(format!(
-            "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
-             VALUES ('{resource_type}', '{id}', 1, 1, 0, '{body}', {})",
-            n + 1
-        ));
+        statements.extend(first_version_rows(resource_type, id, &body(resource_type, id), n + 1));
         statements.push(format!(
             "INSERT INTO resource_visibility (resource_type, id, visibility_key, source) \
              VALUES ('{resource_type}', '{id}', 'org:GP1', 'grant')"
@@ -865,19 +871,18 @@ fn migrations_before(migrator: &mut sqlx::migrate::Migrator, version: i64) -> &s
     migrator
 }
 
-async fn a_database_whose_index_rows_had_copies_finds_the_same_after_migrating(db: Db) {
+/// Brings `database` to its layout before migration `before` (the number in SQLite's list, then
+/// in PostgreSQL's) and writes `rows` into it, as a database written then holds them.
+async fn database_written_before(database: &crate::helpers::TestDatabase, before: (i64, i64), rows: &[String]) {
     use sqlx::{Connection, Executor};
-    let Some(database) = crate::helpers::test_database(db).await else { return };
-    let (patient, task) = (ResourceId::generate(), ResourceId::generate());
-    let rows = rows_of_the_layout_with_copies(patient.as_str(), task.as_str());
     match &database.url {
         linkbridge::store::DatabaseUrl::Sqlite(path) => {
             std::fs::create_dir_all(path.parent().expect("data directory")).expect("data directory");
             let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
             let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open");
             let mut earlier = sqlx::migrate!("./migrations/sqlite");
-            migrations_before(&mut earlier, 13).run(&mut conn).await.expect("the layout with copies");
-            for statement in &rows {
+            migrations_before(&mut earlier, before.0).run(&mut conn).await.expect("the earlier layout");
+            for statement in rows {
                 conn.execute(statement.as_str()).await.expect("a row of that layout");
             }
             conn.close().await.expect("close");
@@ -885,13 +890,20 @@ async fn a_database_whose_index_rows_had_copies_finds_the_same_after_migrating(d
         linkbridge::store::DatabaseUrl::Postgres(url) => {
             let mut conn = sqlx::PgConnection::connect(url).await.expect("open");
             let mut earlier = sqlx::migrate!("./migrations/postgres");
-            migrations_before(&mut earlier, 12).run(&mut conn).await.expect("the layout with copies");
-            for statement in &rows {
+            migrations_before(&mut earlier, before.1).run(&mut conn).await.expect("the earlier layout");
+            for statement in rows {
                 conn.execute(statement.as_str()).await.expect("a row of that layout");
             }
             conn.close().await.expect("close");
         }
     }
+}
+
+async fn a_database_whose_index_rows_had_copies_finds_the_same_after_migrating(db: Db) {
+    let Some(database) = crate::helpers::test_database(db).await else { return };
+    let (patient, task) = (ResourceId::generate(), ResourceId::generate());
+    let rows = rows_of_the_layout_with_copies(patient.as_str(), task.as_str());
+    database_written_before(&database, (13, 12), &rows).await;
 
     let store = Store::connect(&database.url, &linkbridge::store::PoolSettings::default()).await.expect("migrates");
     let found = |resource_type: ResourceType, criteria: &str| {
@@ -910,6 +922,101 @@ async fn a_database_whose_index_rows_had_copies_finds_the_same_after_migrating(d
         assert_eq!(found(ResourceType::Patient, criteria).await, vec![patient.clone()], "Patient?{criteria}");
     }
     assert!(found(ResourceType::Patient, "family=Ann").await.is_empty(), "a given name is no family name");
+    store.close().await;
+}
+
+/// A ServiceRequest's version `version` from GP1 to `performer`, with the visibility its
+/// content gives (requester and performer).
+fn service_request_write(id: &ResourceId, version: i64, performer: &str) -> ResourceWrite {
+    let ods =
+        |code: &str| json!({"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": code}});
+    let body = json!({
+        "resourceType": "ServiceRequest",
+        "id": id.as_str(),
+        "meta": {"versionId": version.to_string()},
+        "status": "active",
+        "intent": "order",
+        "requester": ods("GP1"),
+        "performer": [ods(performer)]
+    });
+    ResourceWrite {
+        resource_type: ResourceType::ServiceRequest,
+        id: id.clone(),
+        version: VersionId::parse(&version.to_string()).expect("version"),
+        last_updated: Instant::now(),
+        method: if version == 1 { WriteMethod::Create } else { WriteMethod::Update },
+        precondition: match version {
+            1 => Precondition::Absent,
+            _ => Precondition::CurrentVersion(VersionId::parse(&(version - 1).to_string()).expect("version")),
+        },
+        index: extract_index(ResourceType::ServiceRequest, &body),
+        body: body.to_string(),
+        visibility: vec!["org:GP1".to_owned(), format!("org:{performer}")],
+        visibility_grants: Vec::new(),
+    }
+}
+
+/// A database written while a grant of a key the content gave already was skipped: three
+/// ServiceRequests whose performer gave CLW1, CLW2 and CLW3 their content key, the first two
+/// with a Task owned by that service (by ODS identifier; by a reference to a directory
+/// Organization), the third with none. After migrating, the GP naming another performer takes
+/// the third from CLW3 alone: the Tasks' grants stand.
+async fn a_referral_whose_grant_was_skipped_for_its_content_key_keeps_it_after_migrating(db: Db) {
+    let Some(database) = crate::helpers::test_database(db).await else { return };
+    let requests = [ResourceId::generate(), ResourceId::generate(), ResourceId::generate()];
+    let (task_by_code, task_by_reference, organization) =
+        (ResourceId::generate(), ResourceId::generate(), ResourceId::generate());
+    let mut rows = Vec::new();
+    for (n, (id, performer)) in requests.iter().zip(["CLW1", "CLW2", "CLW3"]).enumerate() {
+        let write = service_request_write(id, 1, performer);
+        let id = id.as_str();
+        rows.extend(first_version_rows("ServiceRequest", id, &write.body, n + 1));
+        for key in ["org:GP1".to_owned(), format!("org:{performer}")] {
+            rows.push(format!(
+                "INSERT INTO resource_visibility (resource_type, id, visibility_key, source) \
+                 VALUES ('ServiceRequest', '{id}', '{key}', 'content')"
+            ));
+        }
+    }
+    let ods = "https://fhir.nhs.uk/Id/ods-organization-code";
+    let (focus, owner, identifier) = (314_972_362, 335_325_081, -1_561_950_273);
+    // An index row: its table, owner and parameter key, then the columns it fills.
+    let index_row = |table: &str, (resource_type, id, key): (&str, &ResourceId, i32), columns: [(&str, &str); 2]| {
+        let [(first, first_value), (second, second_value)] = columns;
+        format!(
+            "INSERT INTO {table} (resource_type, id, param_key, {first}, {second}) \
+             VALUES ('{resource_type}', '{}', {key}, '{first_value}', '{second_value}')",
+            id.as_str()
+        )
+    };
+    for (task, request) in [(&task_by_code, &requests[0]), (&task_by_reference, &requests[1])] {
+        let target = [("target_type", "ServiceRequest"), ("target_id", request.as_str())];
+        rows.push(index_row("idx_reference", ("Task", task, focus), target));
+    }
+    let by_code = [("identifier_system", ods), ("identifier_value", "clw1")];
+    rows.push(index_row("idx_reference", ("Task", &task_by_code, owner), by_code));
+    let by_reference = [("target_type", "Organization"), ("target_id", organization.as_str())];
+    rows.push(index_row("idx_reference", ("Task", &task_by_reference, owner), by_reference));
+    let code = [("system", ods), ("code", "CLW2")];
+    rows.push(index_row("idx_token", ("Organization", &organization, identifier), code));
+    database_written_before(&database, (16, 16), &rows).await;
+
+    let store = Store::connect(&database.url, &linkbridge::store::PoolSettings::default()).await.expect("migrates");
+    for id in &requests {
+        store.commit(one(service_request_write(id, 2, "CLW9"))).await.expect("the GP names another performer");
+    }
+    let reads = |service: &'static str, id: &ResourceId| {
+        let store = &store;
+        let id = id.clone();
+        async move {
+            let read = store.read_current(&practice(service), ResourceType::ServiceRequest, &id).await.expect("read");
+            read.map(|version| version.version.get())
+        }
+    };
+    assert_eq!(reads("CLW1", &requests[0]).await, Some(2), "CLW1's Task (owner by ODS code) granted it");
+    assert_eq!(reads("CLW2", &requests[1]).await, Some(2), "CLW2's Task (owner by Organization) granted it");
+    assert_eq!(reads("CLW3", &requests[2]).await, None, "no Task of CLW3's granted the third: its key was content");
+    assert_eq!(reads("CLW9", &requests[2]).await, Some(2), "the new performer sees it");
     store.close().await;
 }
 
@@ -1337,6 +1444,7 @@ async fn a_registered_role_counts_at_once_and_a_removal_by_this_replica_too(db: 
 }
 
 on_both_databases!(
+    a_referral_whose_grant_was_skipped_for_its_content_key_keeps_it_after_migrating,
     a_write_set_of_more_new_resources_than_one_statement_holds_commits_them_all_or_none,
     a_write_set_requiring_more_searches_than_one_statement_holds_is_refused_by_its_last,
     a_create_requiring_no_match_is_refused_whole_when_one_exists_and_only_it_in_a_batch,
