@@ -211,7 +211,7 @@ pub(super) async fn apply_write_sets(
     // after it stands.
     let revocations: Vec<&VisibilityGrant> = write_sets.iter().flat_map(|ws| &ws.revocations).collect();
     if !revocations.is_empty() {
-        std::mem::replace(&mut last_wave, WaveRows::none()).insert(conn).await?;
+        std::mem::take(&mut last_wave).insert(conn).await?;
     }
     for revoked in revocations {
         sqlx::query("DELETE FROM resource_visibility WHERE resource_type = $1 AND id = $2 AND visibility_key = $3")
@@ -405,10 +405,10 @@ async fn apply_resource_writes<'a>(
     for write in writes {
         check_settle_window(write, settle_window)?;
     }
-    let mut last = WaveRows::none();
+    let mut last = WaveRows::default();
     for mut wave in waves_of_distinct_resources(writes) {
         wave.sort_by(|a, b| (a.resource_type.as_str(), a.id.as_str()).cmp(&(b.resource_type.as_str(), b.id.as_str())));
-        std::mem::replace(&mut last, WaveRows::none()).insert(conn).await?;
+        std::mem::take(&mut last).insert(conn).await?;
         last = apply_wave(conn, &wave).await?;
     }
     Ok(last)
@@ -463,8 +463,9 @@ struct WaveRows<'a> {
     fresh_visibility: Rows<'a>,
 }
 
-impl<'a> WaveRows<'a> {
-    fn none() -> Self {
+/// No rows: before the first wave, and after a wave's rows have gone in.
+impl Default for WaveRows<'_> {
+    fn default() -> Self {
         WaveRows {
             new_resources: Rows::new(&HISTORY),
             index: [Rows::new(&TOKENS), Rows::new(&REFERENCES), Rows::new(&DATES), Rows::new(&STRINGS)],
@@ -472,7 +473,9 @@ impl<'a> WaveRows<'a> {
             fresh_visibility: Rows::new(&VISIBILITY),
         }
     }
+}
 
+impl<'a> WaveRows<'a> {
     /// Its inserts, for [`insert_together`]; [`WaveRows::check`] reads their counts.
     fn inserts(&self) -> Vec<Insert<'_, 'a>> {
         let [tokens, references, dates, strings] = &self.index;
@@ -532,7 +535,7 @@ impl<'a> WaveRows<'a> {
 
 /// Applies a wave's statements but its last inserts, which it returns (see [`WaveRows`]).
 async fn apply_wave<'a>(conn: &mut AnyConnection, writes: &[&'a ResourceWrite]) -> Result<WaveRows<'a>, StoreError> {
-    let mut wave = WaveRows::none();
+    let mut wave = WaveRows::default();
     let (created, updated): (Vec<&ResourceWrite>, Vec<&ResourceWrite>) =
         writes.iter().copied().partition(|w| w.precondition == Precondition::Absent);
     if Dialect::of(conn) == Dialect::Postgres && writes.iter().all(|w| w.creates_with_fresh_id()) {
@@ -849,7 +852,7 @@ mod tests {
     #[test]
     fn a_grant_of_a_key_the_wave_gives_already_becomes_that_row_and_each_other_grant_is_one_row() {
         let (patient, other) = (ResourceId::generate(), ResourceId::generate());
-        let mut wave = WaveRows::none();
+        let mut wave = WaveRows::default();
         wave.fresh_visibility.push(["Patient".into(), patient.as_str().into(), "org|A".into(), "content".into()]);
         wave.visibility.push(["Patient".into(), other.as_str().into(), "org|A".into(), "content".into()]);
         let grant = |id: &ResourceId, key: &str| VisibilityGrant {

@@ -482,7 +482,7 @@ pub(super) async fn insert_together(
                     continue;
                 }
                 if !rows.table.bodies {
-                    together.add(n, insert, RowSource::Json(rows))?;
+                    together.add(n, insert, RowSource::Json)?;
                     continue;
                 }
                 let all: Vec<&[Cell<'_>]> = rows.rows().collect();
@@ -490,10 +490,10 @@ pub(super) async fn insert_together(
                 let Some((&(last, padding), earlier)) = chunks.split_last() else { continue };
                 for &(chunk, padding) in earlier {
                     let mut alone = Together::default();
-                    alone.add(n, insert, RowSource::Values { table: rows.table, rows: chunk, padding })?;
+                    alone.add(n, insert, RowSource::Values { rows: chunk, padding })?;
                     alone.run(conn, &mut counts).await?;
                 }
-                together.add(n, insert, RowSource::Values { table: rows.table, rows: last, padding })?;
+                together.add(n, insert, RowSource::Values { rows: last, padding })?;
             }
             together.run(conn, &mut counts).await?;
         }
@@ -521,43 +521,43 @@ pub(super) async fn insert_together(
 
 /// Where the rows of one `WITH` clause of [`Together`] come from.
 enum RowSource<'r, 'q> {
-    /// One JSON argument (see [`Table::select_rows_of_argument`]).
-    Json(&'r Rows<'q>),
-    /// Bound value by value, `padding` rows of NULLs after them that the clause skips.
-    Values { table: &'static Table, rows: &'r [&'r [Cell<'q>]], padding: usize },
+    /// All of the insert's rows, as one JSON argument (see [`Table::select_rows_of_argument`]).
+    Json,
+    /// These of its rows, bound value by value, `padding` rows of NULLs after them that the
+    /// clause skips.
+    Values { rows: &'r [&'r [Cell<'q>]], padding: usize },
 }
 
 /// One PostgreSQL statement of inserts, each a data-modifying `WITH` clause, being built: its
-/// clauses, its arguments (bound in the order their placeholders appear), and which inserts'
-/// rows it counts.
+/// clauses, each with the insert whose rows the statement counts from it (if any), and its
+/// arguments (bound in the order their placeholders appear).
 #[derive(Default)]
 struct Together<'q> {
-    /// Each clause, and whether the statement counts its rows.
-    clauses: Vec<(String, bool)>,
+    clauses: Vec<(String, Option<usize>)>,
     args: AnyArguments<'q>,
     bound: usize,
-    counted: Vec<usize>,
 }
 
 impl<'q> Together<'q> {
-    /// Adds the rows of `source` as insert `n` of `insert`.
-    fn add(&mut self, n: usize, insert: Insert<'_, '_>, source: RowSource<'_, 'q>) -> Result<(), StoreError> {
+    /// Adds the rows of `source` as insert `n`, `insert`.
+    fn add(&mut self, n: usize, insert: Insert<'_, 'q>, source: RowSource<'_, 'q>) -> Result<(), StoreError> {
         let table = insert.rows().table;
         let select = match source {
-            RowSource::Json(rows) => {
-                let json = rows.to_json()?;
+            RowSource::Json => {
+                let json = insert.rows().to_json()?;
                 bind_all(&mut self.args, |args| args.add(json))?;
                 self.bound += 1;
                 table.select_rows_of_argument(self.bound)
             }
-            RowSource::Values { table, rows, padding } => {
+            RowSource::Values { rows, padding } => {
                 let select = bind_padded(&mut self.args, table, rows, padding, self.bound + 1)?;
                 self.bound += (rows.len() + padding) * table.columns.len();
                 select
             }
         };
-        let (name, columns, counted) = (table.name, table.column_list(), insert.may_insert_fewer());
-        let returning = if counted { " RETURNING 1" } else { "" };
+        let (name, columns) = (table.name, table.column_list());
+        let counted = insert.may_insert_fewer().then_some(n);
+        let returning = if counted.is_some() { " RETURNING 1" } else { "" };
         let clause = self.clauses.len();
         match insert {
             Insert::Rows(_, taken) => self.clauses.push((
@@ -568,7 +568,7 @@ impl<'q> Together<'q> {
                 let then_columns = then.column_list();
                 self.clauses.push((
                     format!("i{clause} AS (INSERT INTO {name} ({columns}) {select} RETURNING {then_columns})"),
-                    false,
+                    None,
                 ));
                 self.clauses.push((
                     format!(
@@ -580,9 +580,6 @@ impl<'q> Together<'q> {
                 ));
             }
         }
-        if counted {
-            self.counted.push(n);
-        }
         Ok(())
     }
 
@@ -593,7 +590,7 @@ impl<'q> Together<'q> {
             .clauses
             .iter()
             .enumerate()
-            .filter(|(_, (_, counted))| *counted)
+            .filter(|(_, (_, counted))| counted.is_some())
             .map(|(clause, _)| format!("(SELECT count(*) FROM i{clause})"))
             .collect();
         let select = if counts.is_empty() { "1".to_owned() } else { counts.join(", ") };
@@ -607,8 +604,9 @@ impl<'q> Together<'q> {
             return Ok(());
         }
         let sql = self.sql();
+        let counted: Vec<usize> = self.clauses.iter().filter_map(|(_, counted)| *counted).collect();
         let row = sqlx::query_with(&sql, self.args).fetch_one(&mut *conn).await?;
-        for (column, &n) in self.counted.iter().enumerate() {
+        for (column, n) in counted.into_iter().enumerate() {
             let count: i64 = sqlx::Row::try_get(&row, column)?;
             counts[n] += u64::try_from(count).unwrap_or_default();
         }
@@ -936,10 +934,10 @@ mod tests {
         keys.push(["y".into(), 2.into()]);
         let body_rows: Vec<&[Cell<'_>]> = bodies.rows().collect();
         let mut together = Together::default();
-        let source = RowSource::Values { table: &BODIES, rows: &body_rows, padding: 1 };
+        let source = RowSource::Values { rows: &body_rows, padding: 1 };
         together.add(0, Insert::Twice(&bodies, &COPIES), source).expect("bodies");
-        together.add(1, Insert::Rows(&index, Taken::CannotBe), RowSource::Json(&index)).expect("index");
-        together.add(2, Insert::Rows(&keys, Taken::Skip), RowSource::Json(&keys)).expect("keys");
+        together.add(1, Insert::Rows(&index, Taken::CannotBe), RowSource::Json).expect("index");
+        together.add(2, Insert::Rows(&keys, Taken::Skip), RowSource::Json).expect("keys");
         assert_eq!(
             together.sql(),
             "WITH i0 AS (INSERT INTO bodies (id, body) SELECT * FROM (VALUES ($1::text, $2::text), ($3::text, \
@@ -949,7 +947,8 @@ mod tests {
              (name, n) SELECT x->>0, (x->>1)::bigint FROM jsonb_array_elements($10::jsonb) AS r(x) ON CONFLICT DO \
              NOTHING RETURNING 1) SELECT (SELECT count(*) FROM i1), (SELECT count(*) FROM i3)"
         );
-        assert_eq!(together.counted, vec![0, 2], "the copies and the keys that may be skipped; the index rows all go");
+        let counted: Vec<usize> = together.clauses.iter().filter_map(|(_, counted)| *counted).collect();
+        assert_eq!(counted, vec![0, 2], "the copies and the keys that may be skipped; the index rows all go");
         assert_eq!(together.bound, 10, "eight values of the bodies and their padding, one JSON argument each after");
     }
 
@@ -958,7 +957,7 @@ mod tests {
         let mut index = Rows::new(&PAIRS);
         index.push(["x".into(), 1.into()]);
         let mut together = Together::default();
-        together.add(0, Insert::Rows(&index, Taken::CannotBe), RowSource::Json(&index)).expect("index");
+        together.add(0, Insert::Rows(&index, Taken::CannotBe), RowSource::Json).expect("index");
         assert!(together.sql().ends_with("AS r(x)) SELECT 1"), "{}", together.sql());
     }
 
