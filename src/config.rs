@@ -57,8 +57,10 @@ pub struct Settings {
     pub external_issuer: Option<ExternalIssuerSettings>,
     /// Refuse a second open referral for one patient to one CLW service (BaRS rule).
     pub single_open_referral: bool,
-    /// The identifier system of CHI numbers (no single URI is agreed nationally).
-    pub chi_system: String,
+    /// The identifier systems recognised as CHI numbers (no single URI is agreed nationally):
+    /// a list, or one string of them separated by commas (handy in the environment).
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub chi_systems: Vec<String>,
     /// What writes do with a resource that breaks its profiles: `enforce` (422), `warn`
     /// (accept and log) or `off`.
     pub profile_validation: ValidationMode,
@@ -105,6 +107,21 @@ fn default_role_claim() -> String {
     "role".to_owned()
 }
 
+/// A list of strings given as a list (TOML, JSON) or as one comma-separated string.
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    let items = match ListOrString::deserialize(d)? {
+        ListOrString::List(items) => items,
+        ListOrString::String(joined) => joined.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items.into_iter().map(|item| item.trim().to_owned()).filter(|item| !item.is_empty()).collect())
+}
+
 fn serialize_redacted<S: serde::Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(secret) => s.serialize_some(secret.expose_secret()),
@@ -138,7 +155,7 @@ impl Default for Settings {
             workers: None,
             external_issuer: None,
             single_open_referral: true,
-            chi_system: crate::domain::identifiers::DEFAULT_CHI_SYSTEM.to_owned(),
+            chi_systems: crate::domain::identifiers::KNOWN_CHI_SYSTEMS.map(str::to_owned).to_vec(),
             profile_validation: ValidationMode::Enforce,
             profiles_dir: None,
             allow_private_webhook_endpoints: false,
@@ -176,7 +193,7 @@ impl Settings {
         "external_issuer",
         "settle_window_ms",
         "single_open_referral",
-        "chi_system",
+        "chi_systems",
         "profile_validation",
         "profiles_dir",
         "allow_private_webhook_endpoints",
@@ -205,6 +222,24 @@ impl Settings {
         self.listen
             .parse()
             .map_err(|_| ConfigError::Invalid(format!("listen address '{}' is not host:port", self.listen)))
+    }
+
+    /// Where a command on this machine reaches the server these settings describe: the public
+    /// base URL when one is set, else the `listen` address, a wildcard address (`0.0.0.0`, `[::]`)
+    /// replaced by the loopback address it also listens on.
+    pub fn local_server_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = &self.public_base_url {
+            return Ok(url.trim_end_matches('/').to_owned());
+        }
+        let mut address = self.listen_address()?;
+        if address.ip().is_unspecified() {
+            let loopback: std::net::IpAddr = match address {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            };
+            address.set_ip(loopback);
+        }
+        Ok(format!("http://{address}"))
     }
 
     pub fn database(&self) -> Result<DatabaseUrl, ConfigError> {
@@ -294,6 +329,39 @@ mod tests {
         fields.sort_unstable();
         keys.sort_unstable();
         assert_eq!(fields, keys, "Settings::KEYS must list every field, or its environment variable is ignored");
+    }
+
+    #[test]
+    fn commands_reach_the_server_where_the_settings_say_it_listens() {
+        let on = |listen: &str, public: Option<&str>| Settings {
+            listen: listen.to_owned(),
+            public_base_url: public.map(str::to_owned),
+            ..Settings::default()
+        };
+        let cases = [
+            ("the default", on("127.0.0.1:8080", None), "http://127.0.0.1:8080"),
+            ("another port", on("127.0.0.1:9191", None), "http://127.0.0.1:9191"),
+            ("every IPv4 interface, reached on loopback", on("0.0.0.0:9000", None), "http://127.0.0.1:9000"),
+            ("every IPv6 interface, reached on loopback", on("[::]:9000", None), "http://[::1]:9000"),
+            ("the public base URL wins", on("0.0.0.0:80", Some("https://lb.example/fhir/")), "https://lb.example/fhir"),
+        ];
+        for (what, settings, want) in cases {
+            assert_eq!(settings.local_server_url().expect("valid"), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn chi_systems_are_a_list_or_one_comma_separated_string() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lb.toml", "chi_systems = [\"urn:a\", \"urn:b\"]\n")?;
+            let from_file = Settings::load(Some(Path::new("lb.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(from_file.chi_systems, ["urn:a", "urn:b"], "a TOML list");
+            jail.set_env("LINKBRIDGE_CHI_SYSTEMS", "urn:c, urn:d");
+            let from_env = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(from_env.chi_systems, ["urn:c", "urn:d"], "a comma-separated variable");
+            Ok(())
+        });
+        assert_eq!(Settings::default().chi_systems.len(), 3, "the three known systems by default");
     }
 
     #[test]

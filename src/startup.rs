@@ -57,7 +57,7 @@ impl Application {
             .unwrap_or_else(|| format!("http://{local}"));
         let auth = build_auth(settings, &store, &base_url)?;
         let profiles =
-            ProfileCheck::load(settings.profiles_dir.as_ref(), settings.profile_validation, &settings.chi_system)?;
+            ProfileCheck::load(settings.profiles_dir.as_ref(), settings.profile_validation, &settings.chi_systems)?;
         let resources = ResourceService::new(store.clone(), profiles)
             .with_single_open_referral(settings.single_open_referral)
             .with_endpoint_policy(settings.endpoint_policy());

@@ -176,7 +176,7 @@ pt = common_props('Patient'); pt.update({
   'identifier':{'type':'array','minItems':1,'items':{'allOf':[sref('Identifier'),{'type':'object','required':['system','value'],
       'if':{'type':'object','required':['system'],'properties':{'system':{'enum':NATIONAL}}},'then':{'type':'object','properties':{'value':{'type':'string','pattern':'^[0-9]{10}$'}}}}]},
     'contains':{'type':'object','required':['system'],'properties':{'system':{'enum':NATIONAL}}},
-    'description':'lb-pat-1: a CHI number (system from the `chi_system` setting) or an NHS number; lb-pat-2/3: modulus-11 check digit (CHI: DDMMYY date prefix), not expressible here.'},
+    'description':'lb-pat-1: a CHI number (systems from the `chi_systems` setting) or an NHS number; lb-pat-2/3: modulus-11 check digit (CHI: DDMMYY date prefix, modulus 11 or 10), not expressible here.'},
   'active':{'type':'boolean'},'name':{'type':'array','minItems':1,'items':sref('HumanName')},
   'telecom':{'type':'array','items':{'type':'object','additionalProperties':True}},
   'gender':{'type':'string','enum':['male','female','other','unknown']},

@@ -1,14 +1,22 @@
 //! National patient identifiers: the Scottish CHI number and the NHS number (England, Wales).
-//! Both are ten digits ending in a modulus-11 check digit; a CHI number also starts with the
-//! date of birth as DDMMYY. Pure functions, no IO.
+//! Both are ten digits ending in a check digit: modulus 11 for the NHS number; modulus 11 or,
+//! for CHI numbers issued once a birth date's modulus-11 numbers ran out (Public Health
+//! Scotland, from February 2026), modulus 10. A CHI number also starts with the date of birth
+//! as DDMMYY. Pure functions, no IO.
 
 /// FHIR identifier system of the NHS number.
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
-/// The FHIR identifier system of the CHI number unless the operator configures another
-/// (`chi_system`). No single URI is agreed (referral-workflow "Identifiers and codes"): this is
-/// UK Core's draft; Scottish systems also send `http://fhir.nhs.scot.uk/Id/national/chi-number`.
+/// The FHIR identifier system of the CHI number that linkbridge itself writes (the sandbox,
+/// the examples). No single URI is agreed (referral-workflow "Identifiers and codes"): this is
+/// UK Core's draft.
 pub const DEFAULT_CHI_SYSTEM: &str = "https://fhir.nhs.uk/Id/chi-number";
+
+/// The identifier systems recognised as CHI numbers unless the operator configures others
+/// (`chi_systems`): UK Core's draft, the one Scottish national systems send, and the HL7 UK OID
+/// that UK implementation guides use.
+pub const KNOWN_CHI_SYSTEMS: [&str; 3] =
+    [DEFAULT_CHI_SYSTEM, "http://fhir.nhs.scot.uk/Id/national/chi-number", "urn:oid:2.16.840.1.113883.2.1.3.2.4.16.53"];
 
 /// Why a number is not a valid CHI or NHS number. The message never repeats the number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +25,8 @@ pub enum NumberProblem {
     NoRealDateOfBirth,
     CheckDigitMismatch,
     CheckDigitTen,
+    /// A CHI number's check digit fits neither of the two CHI check digit schemes.
+    ChiCheckDigitMismatch,
 }
 
 impl NumberProblem {
@@ -26,6 +36,9 @@ impl NumberProblem {
             NumberProblem::NoRealDateOfBirth => "must start with a real date of birth as DDMMYY",
             NumberProblem::CheckDigitMismatch => "has a check digit that does not match (modulus 11)",
             NumberProblem::CheckDigitTen => "is not a valid number: its modulus-11 check digit would be 10",
+            NumberProblem::ChiCheckDigitMismatch => {
+                "has a check digit that passes neither the modulus 11 nor the modulus 10 check"
+            }
         }
     }
 }
@@ -36,8 +49,10 @@ pub fn check_nhs_number(value: &str) -> Result<(), NumberProblem> {
     check_modulus_11(&digits)
 }
 
-/// Checks a CHI number: 10 digits, DDMMYY a real date (any century), the last a modulus-11
-/// check digit.
+/// Checks a CHI number: 10 digits, DDMMYY a real date (any century), the last a check digit
+/// under modulus 11 or modulus 10. Public Health Scotland issues modulus-10 numbers for a birth
+/// date once its modulus-11 numbers are used up, and asks systems that check digits to accept
+/// either (CHI change notice, in force from February 2026).
 pub fn check_chi_number(value: &str) -> Result<(), NumberProblem> {
     let digits = ten_digits(value)?;
     let day = digits[0] * 10 + digits[1];
@@ -46,7 +61,10 @@ pub fn check_chi_number(value: &str) -> Result<(), NumberProblem> {
     if !is_real_ddmmyy(day, month, year) {
         return Err(NumberProblem::NoRealDateOfBirth);
     }
-    check_modulus_11(&digits)
+    if check_modulus_11(&digits).is_ok() || check_modulus_10(&digits) {
+        return Ok(());
+    }
+    Err(NumberProblem::ChiCheckDigitMismatch)
 }
 
 fn ten_digits(value: &str) -> Result<[u32; 10], NumberProblem> {
@@ -74,6 +92,23 @@ fn check_modulus_11(digits: &[u32; 10]) -> Result<(), NumberProblem> {
     } else {
         Err(NumberProblem::CheckDigitMismatch)
     }
+}
+
+/// The CHI modulus-10 scheme (the Luhn formula over the first nine digits): from the ninth
+/// digit leftwards every other digit is doubled, a two-digit product counting as the sum of its
+/// digits; the check digit brings the total to a multiple of 10.
+fn check_modulus_10(digits: &[u32; 10]) -> bool {
+    let sum: u32 = digits[..9]
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(from_right, &digit)| match from_right % 2 {
+            0 if digit * 2 > 9 => digit * 2 - 9,
+            0 => digit * 2,
+            _ => digit,
+        })
+        .sum();
+    digits[9] == (10 - sum % 10) % 10
 }
 
 /// A two-digit year does not say the century, so 29 February is real when the year is a
@@ -120,8 +155,11 @@ mod tests {
             ("born 1 January 1970, male (9th digit odd), leading zero kept", "0101700016", Ok(())),
             ("born 31 December 1999, check digit 11 becomes 0", "3112991230", Ok(())),
             ("born 29 February 2000", "2902004567", Ok(())),
-            ("wrong check digit", "1204610127", Err(NumberProblem::CheckDigitMismatch)),
-            ("check digit would be 10", "0101700130", Err(NumberProblem::CheckDigitTen)),
+            ("the modulus-10 number from the CHI change notice's tests", "1507621231", Ok(())),
+            ("a modulus-10 number whose modulus-11 check would be 10", "0101701084", Ok(())),
+            ("a modulus-10 check of 10 becomes 0", "0101701050", Ok(())),
+            ("wrong check digit under both schemes", "1204610127", Err(NumberProblem::ChiCheckDigitMismatch)),
+            ("modulus-11 check would be 10, modulus 10 wrong", "0101700130", Err(NumberProblem::ChiCheckDigitMismatch)),
             ("30 February", "3002001234", Err(NumberProblem::NoRealDateOfBirth)),
             ("29 February in a year not divisible by 4", "2902014567", Err(NumberProblem::NoRealDateOfBirth)),
             ("month 13", "0113701234", Err(NumberProblem::NoRealDateOfBirth)),

@@ -108,9 +108,9 @@ impl Validator {
         Ok(Validator { package, profiles, context: InvariantContext::default() })
     }
 
-    /// Recognise CHI numbers by this identifier system (configuration `chi_system`).
-    pub fn with_chi_system(mut self, system: &str) -> Self {
-        self.context.chi_system = system.to_owned();
+    /// Recognise CHI numbers by these identifier systems (configuration `chi_systems`).
+    pub fn with_chi_systems(mut self, systems: &[String]) -> Self {
+        self.context.chi_systems = systems.to_vec();
         self
     }
 

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::domain::identifiers::{check_chi_number, check_nhs_number, DEFAULT_CHI_SYSTEM, NHS_NUMBER_SYSTEM};
+use crate::domain::identifiers::{check_chi_number, check_nhs_number, KNOWN_CHI_SYSTEMS, NHS_NUMBER_SYSTEM};
 
 /// A problem an invariant found: the FHIRPath of the element and what is wrong.
 pub type Finding = (String, String);
@@ -12,13 +12,19 @@ pub type Finding = (String, String);
 /// What the invariants depend on besides the instance: deployment configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvariantContext {
-    /// The identifier system of CHI numbers (configuration: no single URI is agreed).
-    pub chi_system: String,
+    /// The identifier systems of CHI numbers (configuration: no single URI is agreed).
+    pub chi_systems: Vec<String>,
+}
+
+impl InvariantContext {
+    fn is_chi_system(&self, system: &str) -> bool {
+        self.chi_systems.iter().any(|chi| chi == system)
+    }
 }
 
 impl Default for InvariantContext {
     fn default() -> Self {
-        InvariantContext { chi_system: DEFAULT_CHI_SYSTEM.to_owned() }
+        InvariantContext { chi_systems: KNOWN_CHI_SYSTEMS.map(str::to_owned).to_vec() }
     }
 }
 
@@ -45,7 +51,7 @@ fn system_of(identifier: &Value) -> Option<&str> {
 }
 
 fn has_chi_or_nhs_number(node: &Value, expression: &str, context: &InvariantContext) -> Vec<Finding> {
-    let national = |system: &str| system == NHS_NUMBER_SYSTEM || system == context.chi_system;
+    let national = |system: &str| system == NHS_NUMBER_SYSTEM || context.is_chi_system(system);
     if identifiers(node).any(|(_, identifier)| system_of(identifier).is_some_and(national)) {
         return Vec::new();
     }
@@ -75,7 +81,7 @@ fn nhs_numbers_are_valid(node: &Value, expression: &str, _context: &InvariantCon
 }
 
 fn chi_numbers_are_valid(node: &Value, expression: &str, context: &InvariantContext) -> Vec<Finding> {
-    numbers_are_valid(node, expression, |s| s == context.chi_system, "CHI number", check_chi_number)
+    numbers_are_valid(node, expression, |s| context.is_chi_system(s), "CHI number", check_chi_number)
 }
 
 /// The referral state machine: these statuses need a reason a person can read.
@@ -100,14 +106,26 @@ mod tests {
     #[test]
     fn each_invariant_reports_exactly_the_elements_that_break_it() {
         let nhs = |value: &str| json!({"system": NHS_NUMBER_SYSTEM, "value": value});
-        let chi = |value: &str| json!({"system": DEFAULT_CHI_SYSTEM, "value": value});
+        let chi = |value: &str| json!({"system": KNOWN_CHI_SYSTEMS[0], "value": value});
         let cases: Vec<(&str, &str, Value, Vec<&str>)> = vec![
             ("an NHS number satisfies lb-pat-1", "lb-pat-1", json!({"identifier": [nhs("9434765919")]}), vec![]),
             (
-                "a CHI system other than the configured one does not satisfy lb-pat-1",
+                "a CHI system other than the configured ones does not satisfy lb-pat-1",
                 "lb-pat-1",
-                json!({"identifier": [{"system": "http://fhir.nhs.scot.uk/Id/national/chi-number", "value": "1204610126"}]}),
+                json!({"identifier": [{"system": "https://example.org/chi", "value": "1204610126"}]}),
                 vec!["Patient.identifier"],
+            ),
+            (
+                "the HL7 UK OID is one of the CHI systems known by default",
+                "lb-pat-1",
+                json!({"identifier": [{"system": "urn:oid:2.16.840.1.113883.2.1.3.2.4.16.53", "value": "1204610126"}]}),
+                vec![],
+            ),
+            (
+                "a modulus-10 CHI number satisfies lb-pat-3",
+                "lb-pat-3",
+                json!({"identifier": [chi("1507621231")]}),
+                vec![],
             ),
             (
                 "a local identifier alone breaks lb-pat-1",
@@ -162,9 +180,9 @@ mod tests {
     }
 
     #[test]
-    fn the_chi_system_is_the_configured_one() {
+    fn the_chi_systems_are_the_configured_ones() {
         let scottish = "http://fhir.nhs.scot.uk/Id/national/chi-number";
-        let context = InvariantContext { chi_system: scottish.to_owned() };
+        let context = InvariantContext { chi_systems: vec!["urn:other".to_owned(), scottish.to_owned()] };
         let patient = json!({"identifier": [{"system": scottish, "value": "3002001234"}]});
         assert!(has_chi_or_nhs_number(&patient, "Patient", &context).is_empty(), "recognised as a CHI number");
         assert_eq!(
@@ -172,6 +190,8 @@ mod tests {
             1,
             "and checked as one (30 February is no date of birth)"
         );
+        let unconfigured = InvariantContext { chi_systems: vec!["urn:other".to_owned()] };
+        assert!(!has_chi_or_nhs_number(&patient, "Patient", &unconfigured).is_empty(), "only the configured ones");
     }
 
     #[test]

@@ -49,13 +49,17 @@ pub struct ProfileCheck {
 
 impl ProfileCheck {
     /// The package from `dir` (an operator's override) or the compiled-in one; CHI numbers are
-    /// recognised by `chi_system` (setting `chi_system`).
-    pub fn load(dir: Option<&PathBuf>, mode: ValidationMode, chi_system: &str) -> Result<ProfileCheck, PackageError> {
+    /// recognised by `chi_systems` (setting `chi_systems`).
+    pub fn load(
+        dir: Option<&PathBuf>,
+        mode: ValidationMode,
+        chi_systems: &[String],
+    ) -> Result<ProfileCheck, PackageError> {
         let package = match dir {
             Some(dir) => Package::from_dir(dir)?,
             None => Package::embedded()?,
         };
-        Ok(ProfileCheck { validator: Arc::new(Validator::new(package)?.with_chi_system(chi_system)), mode })
+        Ok(ProfileCheck { validator: Arc::new(Validator::new(package)?.with_chi_systems(chi_systems)), mode })
     }
 
     pub fn validator(&self) -> &Validator {

@@ -1,6 +1,6 @@
 //! The package's examples against the engine, and the engine's rules one by one.
 
-use crate::domain::identifiers::DEFAULT_CHI_SYSTEM;
+use crate::domain::identifiers::KNOWN_CHI_SYSTEMS;
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
@@ -286,7 +286,7 @@ fn the_mode_decides_what_a_write_does_with_issues() {
     broken.as_object_mut().map(|o| o.remove("requester"));
     let cases = [(ValidationMode::Enforce, 1), (ValidationMode::Warn, 0), (ValidationMode::Off, 0)];
     for (mode, expected) in cases {
-        let check = ProfileCheck::load(None, mode, DEFAULT_CHI_SYSTEM).expect("loads");
+        let check = ProfileCheck::load(None, mode, &KNOWN_CHI_SYSTEMS.map(str::to_owned)).expect("loads");
         assert_eq!(check.check_write(&broken).len(), expected, "{mode:?}");
     }
 }
@@ -309,16 +309,25 @@ fn an_operators_package_directory_replaces_the_compiled_in_one() {
     std::fs::write(&patient_profile, definition.to_string()).expect("written");
 
     let without_birth_date = read_json(&examples_dir().join("invalid-Patient-no-birth-date.json"));
-    let compiled_in =
-        ProfileCheck::load(None, ValidationMode::Enforce, DEFAULT_CHI_SYSTEM).expect("compiled-in package");
-    let operators = ProfileCheck::load(Some(&dir.path().to_path_buf()), ValidationMode::Enforce, DEFAULT_CHI_SYSTEM)
-        .expect("operator's package");
+    let compiled_in = ProfileCheck::load(None, ValidationMode::Enforce, &KNOWN_CHI_SYSTEMS.map(str::to_owned))
+        .expect("compiled-in package");
+    let operators = ProfileCheck::load(
+        Some(&dir.path().to_path_buf()),
+        ValidationMode::Enforce,
+        &KNOWN_CHI_SYSTEMS.map(str::to_owned),
+    )
+    .expect("operator's package");
     assert_eq!(compiled_in.check_write(&without_birth_date).len(), 1, "the compiled-in profile needs a birth date");
     assert_eq!(operators.check_write(&without_birth_date).len(), 0, "the operator's profile does not");
 
     std::fs::write(dir.path().join("ValueSet-broken.json"), "{").expect("written");
     assert!(
-        ProfileCheck::load(Some(&dir.path().to_path_buf()), ValidationMode::Enforce, DEFAULT_CHI_SYSTEM).is_err(),
+        ProfileCheck::load(
+            Some(&dir.path().to_path_buf()),
+            ValidationMode::Enforce,
+            &KNOWN_CHI_SYSTEMS.map(str::to_owned)
+        )
+        .is_err(),
         "a broken package stops start-up"
     );
 }

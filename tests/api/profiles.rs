@@ -329,3 +329,34 @@ async fn the_package_is_readable_and_named_in_the_capability_statement() {
         assert!(resources.iter().any(|r| r["type"] == conformance_type), "{conformance_type} is listed");
     }
 }
+
+#[tokio::test]
+async fn chi_numbers_of_either_check_digit_scheme_are_accepted_in_every_known_chi_system() {
+    let app = spawn_app().await;
+    let patient = |system: &str, chi: &str| {
+        json!({"resourceType": "Patient",
+               "meta": {"profile": ["https://linkbridge.scot/fhir/StructureDefinition/linkbridge-patient"]},
+               "identifier": [{"system": system, "value": chi}],
+               "name": [{"family": "Reid", "given": ["Tam"]}], "birthDate": "1962-07-15"})
+    };
+    let cases = [
+        (
+            "a modulus-10 CHI number (Public Health Scotland, from February 2026)",
+            "https://fhir.nhs.uk/Id/chi-number",
+            "1507621231",
+            201,
+        ),
+        ("a modulus-11 CHI number", "https://fhir.nhs.uk/Id/chi-number", "1204610126", 201),
+        ("the Scottish national system", "http://fhir.nhs.scot.uk/Id/national/chi-number", "1507621231", 201),
+        ("the HL7 UK OID", "urn:oid:2.16.840.1.113883.2.1.3.2.4.16.53", "1507621231", 201),
+        ("a check digit wrong under both schemes", "https://fhir.nhs.uk/Id/chi-number", "1507621232", 422),
+        ("checked in the OID system too", "urn:oid:2.16.840.1.113883.2.1.3.2.4.16.53", "1507621232", 422),
+    ];
+    for (what, system, chi, want) in cases {
+        let (status, body) = json_of(app.create(Party::Gp, &patient(system, chi)).await).await;
+        assert_eq!(status, want, "{what}: {body}");
+        if want == 422 {
+            assert_eq!(body["issue"][0]["expression"][0], "Patient.identifier[0].value", "{what}: {body}");
+        }
+    }
+}
