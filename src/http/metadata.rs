@@ -14,8 +14,14 @@ use crate::domain::search_query::{includes_of, revincludes_of};
 use crate::domain::subscriptions::{backport, Topic};
 use crate::profiles::Validator;
 
-/// The CapabilityStatement as FHIR JSON. `validator` names the profiles each type supports.
-pub fn capability_statement_json(base_url: &str, validator: &Validator) -> Value {
+/// The SMART extension naming the OAuth endpoints, which SMART clients older than the
+/// `.well-known/smart-configuration` document discover the token endpoint by (SMART App Launch
+/// 1.0 "Conformance": `oauth-uris`).
+const SMART_OAUTH_URIS: &str = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris";
+
+/// The CapabilityStatement as FHIR JSON. `validator` names the profiles each type supports;
+/// `token_endpoint` is the token URL exactly as smart-configuration advertises it.
+pub fn capability_statement_json(base_url: &str, token_endpoint: &str, validator: &Validator) -> Value {
     let profiles_of = |resource_type: &str| -> Vec<&str> {
         validator.profiles().iter().filter(|p| p.resource_type() == resource_type).map(|p| p.url()).collect()
     };
@@ -94,6 +100,10 @@ pub fn capability_statement_json(base_url: &str, validator: &Validator) -> Value
         "rest": [{
             "mode": "server",
             "security": {
+                "extension": [{
+                    "url": SMART_OAUTH_URIS,
+                    "extension": [{"url": "token", "valueUri": token_endpoint}],
+                }],
                 "cors": false,
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
                 "description": "SMART Backend Services (client_credentials with private_key_jwt); see /.well-known/smart-configuration",
@@ -126,7 +136,12 @@ pub async fn capability_statement(req: HttpRequest, state: web::Data<AppState>) 
     let render = rendering(&req)?;
     let (text, content_type) = render_resource_text(
         render,
-        &capability_statement_json(&state.base_url, state.resources.profiles().validator()).to_string(),
+        &capability_statement_json(
+            &state.base_url,
+            state.auth.token_endpoint(),
+            state.resources.profiles().validator(),
+        )
+        .to_string(),
     )?;
     Ok(HttpResponse::Ok().content_type(content_type).body(text))
 }

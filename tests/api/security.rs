@@ -728,6 +728,21 @@ async fn discovery_and_probe_endpoints_need_no_token() {
         config["scopes_supported"]
     );
 
+    // Older SMART clients find the token endpoint in the CapabilityStatement instead.
+    let (_, capability) = json_of(app.http.get(app.url("/metadata")).send().await.expect("metadata")).await;
+    let oauth_uris = capability["rest"][0]["security"]["extension"]
+        .as_array()
+        .and_then(|e| {
+            e.iter().find(|e| e["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        oauth_uris["extension"],
+        json!([{"url": "token", "valueUri": app.token_url()}]),
+        "/metadata's oauth-uris extension names the same token endpoint: {capability}"
+    );
+
     let (_, jwks) = json_of(app.http.get(app.url("/.well-known/jwks.json")).send().await.expect("jwks")).await;
     let keys = jwks["keys"].as_array().expect("a JWK Set");
     assert!(!keys.is_empty(), "at least one published key");
