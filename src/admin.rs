@@ -166,8 +166,9 @@ pub async fn demo_setup(settings: &Settings) -> Result<String, AdminError> {
          their private keys are in {}.\n\
          With the server running, get an access token with:\n  \
          TOKEN=$(linkbridge demo token demo-gp)\n  \
-         curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/Patient/_history",
-        settings.data_dir.join("demo-clients").display()
+         curl -H \"Authorization: Bearer $TOKEN\" {}/Patient/_history",
+        settings.data_dir.join("demo-clients").display(),
+        settings.local_server_url().unwrap_or_else(|_| "http://127.0.0.1:8080".to_owned()),
     ))
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use linkbridge::admin;
 use linkbridge::config::Settings;
 use linkbridge::startup::Application;
@@ -18,10 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Community Link Worker services.
 ///
 /// Settings come from defaults, then an optional TOML file (--config or LINKBRIDGE_CONFIG),
-/// then LINKBRIDGE_* environment variables (e.g. LINKBRIDGE_DATABASE_URL,
-/// LINKBRIDGE_LISTEN, LINKBRIDGE_DATA_DIR, LINKBRIDGE_PUBLIC_BASE_URL,
-/// LINKBRIDGE_MAX_BODY_BYTES, LINKBRIDGE_DEFAULT_PAGE_SIZE, LINKBRIDGE_MAX_PAGE_SIZE,
-/// LINKBRIDGE_DB_MAX_CONNECTIONS, LINKBRIDGE_LOG_FORMAT), then the flags below.
+/// then LINKBRIDGE_* environment variables, then the flags below. Every setting is listed at
+/// the end of `--help`; README.md "Configuration" gives each one's default and meaning.
 /// LINKBRIDGE_LOG sets the log filter (e.g. "info", "debug").
 #[derive(Debug, Parser)]
 #[command(name = "linkbridge", version, about, long_about)]
@@ -107,14 +105,18 @@ enum DemoAction {
     /// Seed the running server with a sandbox: the demo practice and CLW service, four
     /// patients and their referrals at different stages (registers the demo clients if needed).
     Seed {
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
+        /// The server's base URL; by default the one the settings describe (`--listen`,
+        /// `public_base_url`).
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Print an access token for a demo client from the running server's token endpoint.
     Token {
         client_id: String,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
+        /// The server's base URL; by default the one the settings describe (`--listen`,
+        /// `public_base_url`).
+        #[arg(long)]
+        server: Option<String>,
         #[arg(long, default_value = "system/*.cruds")]
         scope: String,
     },
@@ -141,7 +143,10 @@ impl Cli {
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::command().after_long_help(every_setting()).try_get_matches() {
+        Ok(matches) => Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
+        Err(e) => e.exit(),
+    };
     let settings = match cli.settings() {
         Ok(s) => s,
         Err(e) => {
@@ -189,11 +194,29 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<String, admi
         Command::Keys { action: KeysAction::Rotate } => admin::rotate_keys(settings),
         Command::Demo { action } => match action {
             DemoAction::Setup => admin::demo_setup(settings).await,
-            DemoAction::Seed { server } => linkbridge::sandbox::seed(settings, &server).await,
+            DemoAction::Seed { server } => linkbridge::sandbox::seed(settings, &server_url(settings, server)?).await,
             DemoAction::Token { client_id, server, scope } => {
-                admin::demo_token(settings, &client_id, &server, &scope).await
+                admin::demo_token(settings, &client_id, &server_url(settings, server)?, &scope).await
             }
         },
+    }
+}
+
+/// Every setting by its name in the TOML file and its environment variable, generated from
+/// `Settings::KEYS` so that `--help` cannot leave one out.
+fn every_setting() -> String {
+    let mut text = String::from("Settings (TOML file key, environment variable):\n");
+    for key in Settings::KEYS {
+        text.push_str(&format!("  {key:<34} LINKBRIDGE_{}\n", key.to_uppercase()));
+    }
+    text
+}
+
+/// The server a demo command talks to: `--server`, or where the settings say it listens.
+fn server_url(settings: &Settings, server: Option<String>) -> Result<String, admin::AdminError> {
+    match server {
+        Some(server) => Ok(server),
+        None => settings.local_server_url().map_err(|e| admin::AdminError::Invalid(e.to_string())),
     }
 }
 
