@@ -50,9 +50,9 @@ fn attribute_values(dom: &str, marker: &str) -> Vec<String> {
 #[tokio::test]
 async fn the_docs_page_renders_every_operation_of_the_contract_in_a_real_browser() {
     let Some(browser) = chromium() else {
-        eprintln!(
-            "SKIPPED: the /docs browser test needs Chromium (apt-get install chromium, or set \
-             LINKBRIDGE_TEST_CHROMIUM); .ci/run installs it"
+        crate::helpers::announce_skip(
+            "the /docs browser test: it needs Chromium (apt-get install chromium, or set \
+             LINKBRIDGE_TEST_CHROMIUM); .ci/run installs it",
         );
         return;
     };

@@ -51,6 +51,13 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Says on the terminal that a test skipped part of itself. Straight to the process's stderr:
+/// libtest captures what `eprintln!` prints in a passing test, so nobody would see it.
+pub fn announce_skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {what} ***\n");
+}
+
 /// Creates a fresh database, or returns `None` (after saying so loudly) when PostgreSQL is
 /// not configured. In CI (`CI=true`) a missing PostgreSQL fails the test instead: CI must
 /// always run the PostgreSQL half.
@@ -63,7 +70,9 @@ pub async fn test_database(db: Db) -> Option<TestDatabase> {
                 if std::env::var("CI").is_ok_and(|v| v == "true") {
                     panic!("{POSTGRES_ENV} is not set in CI: the PostgreSQL tests must run");
                 }
-                eprintln!("\n*** SKIPPED on PostgreSQL: set {POSTGRES_ENV} (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run it ***\n");
+                announce_skip(&format!(
+                    "on PostgreSQL: set {POSTGRES_ENV} (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run it"
+                ));
                 return None;
             };
             let name = format!("lb_test_{}", uuid::Uuid::new_v4().simple());

@@ -140,12 +140,14 @@ async fn send(http: &reqwest::Client, url: String, token: &str, method: Method, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_load_balancer_both_replicas_serve_a_killed_one_loses_no_acknowledged_write_and_webhooks_arrive() {
     let Ok(postgres) = std::env::var("LINKBRIDGE_TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED: the topology test needs LINKBRIDGE_TEST_POSTGRES_URL");
+        crate::helpers::announce_skip("the topology test: it needs LINKBRIDGE_TEST_POSTGRES_URL");
         assert!(std::env::var_os("CI").is_none(), "CI must run the topology test");
         return;
     };
     if !haproxy_available() {
-        eprintln!("SKIPPED: the topology test needs HAProxy (apt-get install haproxy); .ci/run installs it");
+        crate::helpers::announce_skip(
+            "the topology test: it needs HAProxy (apt-get install haproxy); .ci/run installs it",
+        );
         assert!(std::env::var_os("CI").is_none(), "CI must run the topology test");
         return;
     }
