@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn a_reference_object_inside_a_backbone_element_is_a_reference_too() {
-        let consent = json!({"provision": {"data": [{"meaning": "instance", "reference": {"reference": "ServiceRequest/s"}}]}});
+        let consent =
+            json!({"provision": {"data": [{"meaning": "instance", "reference": {"reference": "ServiceRequest/s"}}]}});
         assert_eq!(
             named(ResourceType::Consent, &consent),
             vec![("Consent.provision.data[0].reference".to_owned(), "ServiceRequest/s".to_owned())]

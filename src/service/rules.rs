@@ -209,7 +209,10 @@ impl Rules<'_> {
             }
             if self.find(target.0, &target.1).await?.is_none() {
                 return Err(unprocessable(
-                    format!("{}/{} is not a resource you may refer to: it is unknown, or not yours to see", target.0, target.1),
+                    format!(
+                        "{}/{} is not a resource you may refer to: it is unknown, or not yours to see",
+                        target.0, target.1
+                    ),
                     &reference.expression,
                 ));
             }

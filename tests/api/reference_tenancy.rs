@@ -50,7 +50,8 @@ async fn assert_refused_like_unknown(
     expression: &str,
 ) {
     let mut naming_foreign = resource.clone();
-    *naming_foreign.pointer_mut(pointer).expect("the element to point elsewhere") = json!(format!("{reference_to}/{foreign}"));
+    *naming_foreign.pointer_mut(pointer).expect("the element to point elsewhere") =
+        json!(format!("{reference_to}/{foreign}"));
     let (status, outcome) = post_as(app, party, &naming_foreign, &[]).await;
     let foreign_refusal = refusal(status, &outcome, foreign);
     assert_eq!(
@@ -60,7 +61,8 @@ async fn assert_refused_like_unknown(
     );
     let unknown = unknown_id();
     let mut naming_unknown = resource.clone();
-    *naming_unknown.pointer_mut(pointer).expect("the element to point elsewhere") = json!(format!("{reference_to}/{unknown}"));
+    *naming_unknown.pointer_mut(pointer).expect("the element to point elsewhere") =
+        json!(format!("{reference_to}/{unknown}"));
     let (status, outcome) = post_as(app, party, &naming_unknown, &[]).await;
     assert_eq!(refusal(status, &outcome, &unknown), foreign_refusal, "an unknown id is answered alike: {outcome}");
 }
@@ -82,7 +84,8 @@ async fn a_practice_cannot_refer_another_practices_patient_and_hears_what_an_unk
     .await;
 
     // Read by an absolute URL it is the same resource: the index and the grants read it so.
-    let by_url = with(&referral, json!({"subject": {"reference": format!("https://elsewhere.example/fhir/Patient/{theirs}")}}));
+    let by_url =
+        with(&referral, json!({"subject": {"reference": format!("https://elsewhere.example/fhir/Patient/{theirs}")}}));
     let (status, outcome) = post_as(&app, Party::OtherGp, &by_url, &[]).await;
     assert_eq!(status, 422, "an absolute URL naming the patient: {outcome}");
 
@@ -145,8 +148,16 @@ async fn a_task_names_only_referrals_tasks_and_resources_its_practice_may_see(db
     .await;
     // Every other reference too: partOf, basedOn, and references among its inputs.
     let part_of = with(&our_task, json!({"partOf": [{"reference": "Task/placeholder"}]}));
-    assert_refused_like_unknown(&app, Party::OtherGp, &part_of, "/partOf/0/reference", "Task", &theirs.task, "Task.partOf[0]")
-        .await;
+    assert_refused_like_unknown(
+        &app,
+        Party::OtherGp,
+        &part_of,
+        "/partOf/0/reference",
+        "Task",
+        &theirs.task,
+        "Task.partOf[0]",
+    )
+    .await;
     let based_on = with(&our_task, json!({"basedOn": [{"reference": "ServiceRequest/placeholder"}]}));
     assert_refused_like_unknown(
         &app,
