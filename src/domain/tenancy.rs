@@ -185,7 +185,9 @@ pub fn derived_visibility(
         T::Organization | T::Practitioner | T::PractitionerRole => return vec![Visibility::Everyone],
         T::Task => &["requester", "owner"],
         T::ServiceRequest => &["requester", "performer"],
-        T::CarePlan => &["author", "contributor"],
+        // Not `contributor`: only the parties the workflow names see a CarePlan (its author,
+        // and the referring practice, which the rules add), not whoever the author lists.
+        T::CarePlan => &["author"],
         // A Subscription is its creator's alone (the creation grant).
         T::Patient | T::Consent | T::Subscription => &[],
     };

@@ -3,7 +3,8 @@
 //! edit rights, and the referential rules between Task, ServiceRequest and CarePlan
 //! (`referral-workflow.md`, issue "The referral workflow").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
@@ -11,6 +12,7 @@ use super::ServiceError;
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{Issue, IssueCode};
+use crate::domain::references::literal_references;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::{self, split_reference};
 use crate::domain::task_workflow::{check_new_task, check_task_change, status_of, Refusal, TaskParty, TaskStatus};
@@ -36,6 +38,15 @@ const MAX_LINKED_TASKS: u32 = 1000;
 #[derive(Default)]
 pub(crate) struct Pending {
     resources: HashMap<(ResourceType, String), Value>,
+    /// What the transaction creates (or matched by `ifNoneExist` in the caller's scope),
+    /// known before its entries are planned, so an entry may refer to one planned after it.
+    created: HashSet<(ResourceType, String)>,
+    /// What the transaction deleted: gone for its later entries.
+    deleted: HashSet<(ResourceType, String)>,
+    /// What the rules read from the store while planning this request, by type and id (`None`:
+    /// not there, or not the caller's to see), so each is read once however many rules and
+    /// entries ask.
+    read: Mutex<HashMap<(ResourceType, String), Option<Value>>>,
     key_holders: KeyHolders,
 }
 
@@ -71,7 +82,35 @@ impl Pending {
 
     /// Remembers what the transaction wrote to `resource_type/id`, for its later entries.
     pub fn remember(&mut self, resource_type: ResourceType, id: String, body: Value) {
+        self.deleted.remove(&(resource_type, id.clone()));
         self.resources.insert((resource_type, id), body);
+    }
+
+    /// Remembers that the transaction deleted `resource_type/id`.
+    pub fn forget(&mut self, resource_type: ResourceType, id: String) {
+        self.resources.remove(&(resource_type, id.clone()));
+        self.created.remove(&(resource_type, id.clone()));
+        self.deleted.insert((resource_type, id));
+    }
+
+    /// Announces that an entry of the transaction creates `resource_type/id` (or found it by
+    /// `ifNoneExist` in the caller's scope): its other entries may refer to it.
+    pub fn expect(&mut self, resource_type: ResourceType, id: String) {
+        self.created.insert((resource_type, id));
+    }
+
+    fn already_read(&self, key: &(ResourceType, String)) -> Option<Option<Value>> {
+        self.read.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key).cloned()
+    }
+
+    fn record_read(&self, key: (ResourceType, String), found: Option<Value>) {
+        self.read.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key, found);
+    }
+
+    /// Whether this request writes `resource_type/id` itself, so a reference to it needs no read.
+    fn holds(&self, resource_type: ResourceType, id: &str) -> bool {
+        let key = (resource_type, id.to_owned());
+        self.resources.contains_key(&key) || self.created.contains(&key)
     }
 
     fn get(&self, resource_type: ResourceType, id: &str) -> Option<&Value> {
@@ -120,16 +159,66 @@ pub(crate) struct Rules<'a> {
 
 impl Rules<'_> {
     /// Reads a resource the caller may see, from this transaction or the store.
+    /// Each resource is read from the store once per request (`Pending::read`).
     async fn find(&self, resource_type: ResourceType, id: &str) -> Result<Option<Value>, ServiceError> {
+        let key = (resource_type, id.to_owned());
+        if self.pending.deleted.contains(&key) {
+            return Ok(None);
+        }
         if let Some(value) = self.pending.get(resource_type, id) {
             return Ok(Some(value.clone()));
         }
-        let Ok(id) = ResourceId::parse(id) else { return Ok(None) };
-        let found = self.store.read_current(&self.caller.scope(), resource_type, &id).await?;
-        Ok(match found {
-            Some(v) if !v.deleted => serde_json::from_str(&v.body).ok(),
-            _ => None,
-        })
+        if let Some(known) = self.pending.already_read(&key) {
+            return Ok(known);
+        }
+        let found = match ResourceId::parse(id) {
+            Ok(parsed) => match self.store.read_current(&self.caller.scope(), resource_type, &parsed).await? {
+                Some(v) if !v.deleted => serde_json::from_str(&v.body).ok(),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        self.pending.record_read(key, found.clone());
+        Ok(found)
+    }
+
+    /// Every literal reference the write adds (one its previous version did not hold) points at
+    /// a resource the caller may see, or at one this request writes: otherwise the write could
+    /// make another organisation's patient part of a referral and the referral's grants would
+    /// disclose it. A foreign resource and a missing one get the same answer (no existence
+    /// oracle). References kept from the previous version were checked when it was written,
+    /// so an update reads nothing for them. Which references count is
+    /// `domain::references::literal_references`.
+    async fn check_references(
+        &self,
+        resource_type: ResourceType,
+        before: Option<&Value>,
+        after: &Value,
+    ) -> Result<(), ServiceError> {
+        let kept: HashSet<(ResourceType, String)> = before
+            .map(|b| literal_references(resource_type, b))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.target_type, r.target_id))
+            .collect();
+        let mut checked: HashSet<(ResourceType, String)> = HashSet::new();
+        for reference in literal_references(resource_type, after) {
+            let target = (reference.target_type, reference.target_id);
+            if kept.contains(&target) || self.pending.holds(target.0, &target.1) || checked.contains(&target) {
+                continue;
+            }
+            if self.find(target.0, &target.1).await?.is_none() {
+                return Err(unprocessable(
+                    format!(
+                        "{}/{} is not a resource you may refer to: it is unknown, or not yours to see",
+                        target.0, target.1
+                    ),
+                    &reference.expression,
+                ));
+            }
+            checked.insert(target);
+        }
+        Ok(())
     }
 
     /// The live Tasks whose `param` points at `target_type/target_id`, with their parsed bodies:
@@ -215,6 +304,7 @@ impl Rules<'_> {
             }
         };
         if let Some(after) = after.as_deref() {
+            self.check_references(resource_type, before, after).await?;
             effects.extra_visibility.extend(self.party_visibility(resource_type, after).await?);
         }
         Ok(effects)
@@ -231,7 +321,9 @@ impl Rules<'_> {
         let elements: &[&str] = match resource_type {
             ResourceType::Task => &["requester", "owner"],
             ResourceType::ServiceRequest => &["requester", "performer"],
-            ResourceType::CarePlan => &["author", "contributor"],
+            // Not `contributor`: the CLW service names whoever it likes there, and the
+            // workflow's parties to a CarePlan are its author and the referring practice.
+            ResourceType::CarePlan => &["author"],
             _ => return Ok(Vec::new()),
         };
         let mut keys = Vec::new();
@@ -261,16 +353,10 @@ impl Rules<'_> {
     ) -> Result<RuleEffects, ServiceError> {
         let mut own = true;
         for entry in [before, after].into_iter().flatten() {
-            let organization = match resource_type {
-                ResourceType::Organization => entry
-                    .get("identifier")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .find_map(|identifier| ods_code_of(&json!({"identifier": identifier}))),
-                _ => self.organization_of(entry.get("organization")).await?,
+            own &= match resource_type {
+                ResourceType::Organization => self.carries_only_own_ods_code(entry),
+                _ => self.is_caller(self.organization_of(entry.get("organization")).await?.as_ref()),
             };
-            own &= self.is_caller(organization.as_ref());
         }
         if own {
             return Ok(RuleEffects::default());
@@ -280,9 +366,25 @@ impl Rules<'_> {
             _ => "PractitionerRole.organization",
         };
         Err(forbidden(
-            "an organisation maintains only its own directory entries (its ODS code); the operator maintains the rest",
+            "an organisation maintains only its own directory entries (carrying its own ODS code and no other's); the operator maintains the rest",
             element,
         ))
+    }
+
+    /// Whether an Organization names the caller by ODS code and no other organisation: an
+    /// entry listing another's code would answer a search for that code, passing itself off
+    /// as that organisation. An ODS-system identifier whose value is not a valid code counts
+    /// as another's (it is nobody's to publish).
+    fn carries_only_own_ods_code(&self, organization: &Value) -> bool {
+        let ods_identifiers: Vec<Option<OdsCode>> = organization
+            .get("identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|identifier| identifier.get("system").and_then(Value::as_str) == Some(OdsCode::SYSTEM))
+            .map(|identifier| ods_code_of(&json!({"identifier": identifier})))
+            .collect();
+        !ods_identifiers.is_empty() && ods_identifiers.iter().all(|ods| self.is_caller(ods.as_ref()))
     }
 
     async fn check_task(

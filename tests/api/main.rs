@@ -16,6 +16,7 @@ mod openapi;
 mod processes;
 mod profiles;
 mod readme;
+mod reference_tenancy;
 mod replicas;
 mod sandbox;
 mod search;

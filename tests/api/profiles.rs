@@ -72,6 +72,13 @@ async fn store_valid_examples(app: &TestApp) -> (Vec<(String, String)>, Vec<(Str
         if let Some(example_reference) = referred_to_as {
             replacements.push((example_reference.to_owned(), format!("{resource_type}/{id}")));
         }
+        if name == "Patient-nhs-number.json" {
+            // The referral's supportingInfo names the patient's consent: a write may name only
+            // resources that exist and its writer may read.
+            let consent = app.created(Party::Gp, &crate::fixtures::consent(&format!("Patient/{id}"))).await;
+            let consent_id = consent["id"].as_str().expect("id");
+            replacements.push(("Consent/example-consent".to_owned(), format!("Consent/{consent_id}")));
+        }
         ids.push((resource_type, id));
     }
     (ids, replacements)
