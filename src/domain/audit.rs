@@ -240,8 +240,9 @@ mod search_tests {
     #[test]
     fn a_search_event_names_its_query_and_each_patient_once() {
         let agent = AuditAgent { client_id: "gp".into(), organization: "GP0001".into() };
-        let record = AuditRecord::new(agent, AuditAction::Execute, "search-type", AuditOutcome::Success, Some("Task"), None)
-            .with_search("Task?status=requested".into(), vec!["p2".into(), "p1".into(), "p2".into()]);
+        let record =
+            AuditRecord::new(agent, AuditAction::Execute, "search-type", AuditOutcome::Success, Some("Task"), None)
+                .with_search("Task?status=requested".into(), vec!["p2".into(), "p1".into(), "p2".into()]);
         let event = record.to_fhir();
         let entities = event["entity"].as_array().expect("entities");
         assert_eq!(entities.len(), 4, "the type, the query and two patients: {event}");
@@ -255,7 +256,10 @@ mod search_tests {
     #[test]
     fn the_patient_of_a_resource_is_itself_or_the_one_its_subject_for_or_patient_names() {
         assert_eq!(patients_in("Patient", "p1", "{}"), ["p1"]);
-        assert_eq!(patients_in("Task", "t", r#"{"for":{"reference":"Patient/p2"},"owner":{"reference":"Patient/x"}}"#), ["p2"]);
+        assert_eq!(
+            patients_in("Task", "t", r#"{"for":{"reference":"Patient/p2"},"owner":{"reference":"Patient/x"}}"#),
+            ["p2"]
+        );
         assert_eq!(patients_in("ServiceRequest", "s", r#"{"subject":{"reference":"Patient/p3/_history/2"}}"#), ["p3"]);
         assert_eq!(patients_in("Consent", "c", r#"{"patient":{"reference":"Patient/p4"}}"#), ["p4"]);
         assert!(patients_in("Task", "t", r#"{"for":{"reference":"Group/g"}}"#).is_empty());

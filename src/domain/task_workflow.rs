@@ -180,7 +180,9 @@ pub fn check_task_deletion(task: &Value) -> Result<(), Issue> {
             };
             Err(Issue::error(
                 IssueCode::BusinessRule,
-                format!("the Task is {status} and can no longer be deleted (only a draft or requested Task can); {instead}"),
+                format!(
+                    "the Task is {status} and can no longer be deleted (only a draft or requested Task can); {instead}"
+                ),
             )
             .at("Task.status".to_owned()))
         }

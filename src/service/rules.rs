@@ -302,7 +302,13 @@ impl Rules<'_> {
                 return Err(forbidden("only the requester may delete a Task", "Task.requester"));
             }
             check_task_deletion(before).map_err(ServiceError::Conflict)?;
-            return Ok(RuleEffects::default());
+            // An open Task (no owner yet) let every CLW service read its referral; deleted, it
+            // no longer does (unless another open Task still needs that).
+            let mut effects = RuleEffects::default();
+            if before.get("owner").is_none() {
+                effects.revocations = self.open_referral_revocations(id, before).await?;
+            }
+            return Ok(effects);
         };
         after.as_object_mut().map(|m| m.insert("lastModified".into(), json!(Instant::now().to_fhir())));
         let Some(before) = before else {
@@ -480,14 +486,26 @@ impl Rules<'_> {
     ) -> Result<Vec<VisibilityGrant>, ServiceError> {
         let everyone = Visibility::AnyPerformer;
         let mut revocations = Vec::new();
+        let focus = task
+            .get("focus")
+            .and_then(|f| f.get("reference"))
+            .and_then(Value::as_str)
+            .and_then(split_reference)
+            .map(|(_, id)| id);
         for grant in self.referral_grants(task, &everyone).await? {
-            let param = match grant.resource_type {
-                ResourceType::ServiceRequest => "focus",
-                ResourceType::Patient => "patient",
-                _ => continue,
+            // Which other open Tasks would still need the grant: those of the same patient or
+            // referral; the referral's supporting information (its consent) is needed while a
+            // Task of the same referral is open. Left behind, every CLW service could go on
+            // reading the consent of a referral another had claimed.
+            let (param, target_type, target_id) = match grant.resource_type {
+                ResourceType::ServiceRequest => ("focus", ResourceType::ServiceRequest, grant.id.as_str().to_owned()),
+                ResourceType::Patient => ("patient", ResourceType::Patient, grant.id.as_str().to_owned()),
+                _ => match &focus {
+                    Some(service_request) => ("focus", ResourceType::ServiceRequest, service_request.clone()),
+                    None => continue,
+                },
             };
-            let others =
-                self.tasks_referencing(&TenantScope::Everything, param, grant.resource_type, grant.id.as_str()).await?;
+            let others = self.tasks_referencing(&TenantScope::Everything, param, target_type, &target_id).await?;
             let still_open = others.iter().any(|(other, task)| {
                 other.id != *id && task.get("owner").is_none() && status_of(task).is_some_and(|s| !s.is_terminal())
             });

@@ -115,7 +115,7 @@ impl Store {
             }
         };
         let ids: Vec<String> = rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>()?;
-        let patients = Self::patients_of(&mut *conn, &ids).await?;
+        let patients = Self::patients_of(&mut conn, &ids).await?;
         rows.iter().map(|row| event_from_row(row, &patients)).collect()
     }
 
@@ -126,7 +126,7 @@ impl Store {
             .fetch_optional(&mut *conn)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let patients = Self::patients_of(&mut *conn, &[id.to_owned()]).await?;
+        let patients = Self::patients_of(&mut conn, &[id.to_owned()]).await?;
         event_from_row(&row, &patients).map(Some)
     }
 

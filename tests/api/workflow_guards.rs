@@ -56,13 +56,18 @@ async fn deleting_an_accepted_task_inside_a_transaction_is_refused_with_the_whol
     let nhs = nhs_number();
     let bundle = bundle_of(
         "transaction",
-        vec![(patient(&nhs), "POST", "Patient".to_owned()), (Value::Null, "DELETE", referral.task_path()[1..].to_owned())],
+        vec![
+            (patient(&nhs), "POST", "Patient".to_owned()),
+            (Value::Null, "DELETE", referral.task_path()[1..].to_owned()),
+        ],
     );
     let (status, outcome) = post_bundle(&app, Party::Gp, &bundle, &[]).await;
     assert_eq!(status, 409, "the transaction is refused: {outcome}");
     assert!(diagnostics(&outcome).contains("accepted"), "naming the Task's status: {outcome}");
     assert_eq!(read(&app, Party::Gp, &referral.task_path()).await["status"], "accepted", "the Task stands");
-    let found = crate::workflow::search(&app, Party::Gp, &format!("/Patient?identifier={}|{nhs}", crate::fixtures::NHS_NUMBER)).await;
+    let found =
+        crate::workflow::search(&app, Party::Gp, &format!("/Patient?identifier={}|{nhs}", crate::fixtures::NHS_NUMBER))
+            .await;
     assert!(found.is_empty(), "nothing of the transaction was written: {found:?}");
 }
 
@@ -121,11 +126,35 @@ async fn a_patient_that_open_referrals_name_cannot_be_deleted_until_they_end(db:
     let (status, outcome) = delete_as(&app, Party::Gp, &patient_path).await;
     assert_eq!(status, 204, "a patient whose referrals have ended may be deleted: {outcome}");
     // The Task the patient's referral had cannot be picked up afterwards.
-    let (status, outcome) = patch_as(&app, Party::Clw, &referral.task_path(), &crate::workflow::move_to("accepted"), None).await;
+    let (status, outcome) =
+        patch_as(&app, Party::Clw, &referral.task_path(), &crate::workflow::move_to("accepted"), None).await;
     assert_eq!(status, 422, "a cancelled Task is not accepted: {outcome}");
 }
 
+async fn deleting_an_open_task_withdraws_what_it_let_every_service_read(db: Db) {
+    let Some(app) = spawn_app_on(db).await else { return };
+    let (status, open) = post_bundle(&app, Party::Gp, &referral_transaction(&nhs_number(), "GP0001", None), &[]).await;
+    assert_eq!(status, 200, "{open}");
+    let paths: Vec<String> = [0, CONSENT_ENTRY, 2]
+        .into_iter()
+        .map(|entry| {
+            let (resource_type, id) = location_of(&open["entry"][entry]);
+            format!("/{resource_type}/{id}")
+        })
+        .collect();
+    for path in &paths {
+        read(&app, Party::OtherClw, path).await;
+    }
+    let (_, open_task) = location_of(&open["entry"][TASK_ENTRY]);
+    let (status, outcome) = delete_as(&app, Party::Gp, &format!("/Task/{open_task}")).await;
+    assert_eq!(status, 204, "the GP withdraws its open Task: {outcome}");
+    for path in &paths {
+        assert_eq!(app.get(Party::OtherClw, path).await.status(), 404, "no CLW service reads {path} any more");
+    }
+}
+
 on_both_databases!(
+    deleting_an_open_task_withdraws_what_it_let_every_service_read,
     a_task_that_has_left_draft_or_requested_cannot_be_deleted,
     deleting_an_accepted_task_inside_a_transaction_is_refused_with_the_whole_transaction,
     deleting_a_referral_cancels_its_open_tasks_as_revoking_does,
@@ -204,7 +233,11 @@ async fn a_resource_the_caller_cannot_see_answers_every_verb_as_an_unknown_id_do
         for verb in VERBS {
             let (seen, outcome) = attempt(&app, party, verb, resource_type, &id, &body).await;
             let (missing, _) = attempt(&app, party, verb, resource_type, &unknown, &body).await;
-            assert_eq!((seen, missing), (404, 404), "{what}: {verb:?} by {party:?} answers as an unknown id: {outcome}");
+            assert_eq!(
+                (seen, missing),
+                (404, 404),
+                "{what}: {verb:?} by {party:?} answers as an unknown id: {outcome}"
+            );
         }
     }
     // A resource the caller sees but may not change is still forbidden, not hidden.
@@ -232,7 +265,10 @@ async fn every_response_says_no_store_and_nosniff_errors_included() {
         ("a refusal (404)", app.get(Party::OtherGp, &format!("/Patient/{patient_id}")).await),
         ("no token (401)", app.http.get(app.url(&format!("/Patient/{patient_id}"))).send().await.expect("get")),
         ("an unknown route", app.get(Party::Gp, "/nowhere/at/all/here").await),
-        ("a method not allowed", app.as_party(Party::Gp, Method::DELETE, "/metadata").await.send().await.expect("delete")),
+        (
+            "a method not allowed",
+            app.as_party(Party::Gp, Method::DELETE, "/metadata").await.send().await.expect("delete"),
+        ),
         ("the token endpoint", token),
         ("the CapabilityStatement", app.http.get(app.url("/metadata")).send().await.expect("metadata")),
     ];
@@ -281,7 +317,12 @@ async fn a_search_audit_event_names_the_patients_whose_data_its_page_returned(db
     expected.sort();
     for referral in [&first, &second] {
         let events = searches_about(events_about(&app, &format!("Patient/{}", referral.patient)).await);
-        assert_eq!(events.len(), 1, "the privacy officer finds the GP's search of Patient/{}: {events:?}", referral.patient);
+        assert_eq!(
+            events.len(),
+            1,
+            "the privacy officer finds the GP's search of Patient/{}: {events:?}",
+            referral.patient
+        );
         let event = &events[0];
         assert_eq!(event["agent"][0]["who"]["identifier"]["value"], "gp-system", "who searched");
         assert_eq!(patients_named(event), expected, "one entity per patient of the page: {event}");
