@@ -80,12 +80,13 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::error::query_error))
                 .app_data(web::PathConfig::default().error_handler(http::error::path_error))
-                // Outermost last: metrics, logging, then audit (so refusals are audited), then the
-                // token gate.
+                // Outermost last: the security headers, metrics, logging, then audit (so refusals
+                // are audited), then the token gate.
                 .wrap(actix_web::middleware::from_fn(http::auth::require_token))
                 .wrap(actix_web::middleware::from_fn(http::audit::audit_access))
                 .wrap(actix_web::middleware::from_fn(http::logging::log_request))
                 .wrap(actix_web::middleware::from_fn(http::metrics::observe_request))
+                .wrap(http::security_headers())
                 .configure(http::configure)
         })
         .workers(settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)))

@@ -107,6 +107,12 @@ pub struct AuditRecord {
     pub outcome: AuditOutcome,
     pub entity_type: Option<String>,
     pub entity_id: Option<String>,
+    /// A search's query as asked (`Task?status=requested`), for BALP's query entity.
+    pub query: Option<String>,
+    /// The ids of the patients whose data the access returned: a search's page names each
+    /// patient it held (BALP's patient entities), so that the events of a search can be found
+    /// by patient. Sorted, no duplicates.
+    pub patients: Vec<String>,
 }
 
 impl AuditRecord {
@@ -128,7 +134,18 @@ impl AuditRecord {
             outcome,
             entity_type: entity_type.map(str::to_owned),
             entity_id: entity_id.map(str::to_owned),
+            query: None,
+            patients: Vec::new(),
         }
+    }
+
+    /// The record of a search that returned data: its query and the patients of its page.
+    pub fn with_search(mut self, query: String, mut patients: Vec<String>) -> Self {
+        patients.sort();
+        patients.dedup();
+        self.query = Some(query);
+        self.patients = patients;
+        self
     }
 
     /// The AuditEvent resource. It names the data by reference only: no patient details.
@@ -152,14 +169,101 @@ impl AuditRecord {
             }],
             "source": {"observer": {"display": "linkbridge"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}]},
         });
-        if let (Some(t), Some(map)) = (&self.entity_type, event.as_object_mut()) {
+        let mut entities = Vec::new();
+        if let Some(t) = &self.entity_type {
             let what = match &self.entity_id {
                 Some(id) => json!({"reference": format!("{t}/{id}")}),
                 None => json!({"display": t}),
             };
-            map.insert("entity".into(), json!([{"what": what}]));
+            entities.push(json!({"what": what}));
+        }
+        // IHE BALP "Query" and "PatientQuery": the query as asked (base64, as
+        // `AuditEvent.entity.query` is), then one entity per patient whose data was returned.
+        if let Some(query) = &self.query {
+            use base64::Engine as _;
+            entities.push(json!({
+                "type": {"system": AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+                "query": base64::engine::general_purpose::STANDARD.encode(query)
+            }));
+        }
+        for patient in &self.patients {
+            entities.push(json!({
+                "what": {"reference": format!("Patient/{patient}")},
+                "type": {"system": AUDIT_ENTITY_TYPE, "code": "1", "display": "Person"},
+                "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"}
+            }));
+        }
+        if let (false, Some(map)) = (entities.is_empty(), event.as_object_mut()) {
+            map.insert("entity".into(), Value::Array(entities));
         }
         event
+    }
+}
+
+const AUDIT_ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+
+/// The patients whose data a resource holds: a Patient itself, or the Patient that a resource's
+/// `subject`, `for` or `patient` names by a relative reference (every referral type names its
+/// patient one of these ways). Reads only those elements of the stored text.
+pub fn patients_in(resource_type: &str, id: &str, body: &str) -> Vec<String> {
+    if resource_type == "Patient" {
+        return vec![id.to_owned()];
+    }
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        reference: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PatientElements {
+        subject: Option<Reference>,
+        #[serde(rename = "for")]
+        for_: Option<Reference>,
+        patient: Option<Reference>,
+    }
+    let Ok(elements) = serde_json::from_str::<PatientElements>(body) else { return Vec::new() };
+    [elements.subject, elements.for_, elements.patient]
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.reference)
+        .filter_map(|reference| super::search_params::split_reference(&reference))
+        .filter(|(target_type, _)| target_type == "Patient")
+        .map(|(_, patient)| patient)
+        .collect()
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+
+    #[test]
+    fn a_search_event_names_its_query_and_each_patient_once() {
+        let agent = AuditAgent { client_id: "gp".into(), organization: "GP0001".into() };
+        let record =
+            AuditRecord::new(agent, AuditAction::Execute, "search-type", AuditOutcome::Success, Some("Task"), None)
+                .with_search("Task?status=requested".into(), vec!["p2".into(), "p1".into(), "p2".into()]);
+        let event = record.to_fhir();
+        let entities = event["entity"].as_array().expect("entities");
+        assert_eq!(entities.len(), 4, "the type, the query and two patients: {event}");
+        assert_eq!(entities[1]["role"]["code"], "24");
+        assert_eq!(entities[1]["query"], "VGFzaz9zdGF0dXM9cmVxdWVzdGVk", "base64 of the query");
+        let patients: Vec<&Value> = entities[2..].iter().map(|e| &e["what"]["reference"]).collect();
+        assert_eq!(patients, [&json!("Patient/p1"), &json!("Patient/p2")]);
+        assert!(entities[2..].iter().all(|e| e["role"]["code"] == "1" && e["type"]["code"] == "1"));
+    }
+
+    #[test]
+    fn the_patient_of_a_resource_is_itself_or_the_one_its_subject_for_or_patient_names() {
+        assert_eq!(patients_in("Patient", "p1", "{}"), ["p1"]);
+        assert_eq!(
+            patients_in("Task", "t", r#"{"for":{"reference":"Patient/p2"},"owner":{"reference":"Patient/x"}}"#),
+            ["p2"]
+        );
+        assert_eq!(patients_in("ServiceRequest", "s", r#"{"subject":{"reference":"Patient/p3/_history/2"}}"#), ["p3"]);
+        assert_eq!(patients_in("Consent", "c", r#"{"patient":{"reference":"Patient/p4"}}"#), ["p4"]);
+        assert!(patients_in("Task", "t", r#"{"for":{"reference":"Group/g"}}"#).is_empty());
+        assert!(patients_in("Organization", "o", r#"{"name":"x"}"#).is_empty());
     }
 }
 

@@ -163,6 +163,32 @@ pub fn check_new_task(task: &Value) -> Result<(), Refusal> {
     }
 }
 
+/// Checks that a Task may be deleted: only while it is still a request nobody has acted on
+/// (draft or requested). Once the performer has accepted, rejected or worked it, or it has
+/// ended, its history is the referral's record: it is cancelled or marked entered-in-error
+/// instead, and a delete would let the requester erase what the performer did. The refusal is
+/// a conflict with the Task's current state (409, as RFC 9110 has it for a request the target's
+/// state does not allow), naming the status and what to do instead.
+pub fn check_task_deletion(task: &Value) -> Result<(), Issue> {
+    match status_of(task) {
+        Some(TaskStatus::Draft | TaskStatus::Requested) => Ok(()),
+        status => {
+            let status = status.map_or("outside the workflow", TaskStatus::code);
+            let instead = match status_of(task) {
+                Some(s) if s.is_terminal() => "mark it entered-in-error if it was recorded by mistake",
+                _ => "cancel it (status cancelled with statusReason.text) or mark it entered-in-error",
+            };
+            Err(Issue::error(
+                IssueCode::BusinessRule,
+                format!(
+                    "the Task is {status} and can no longer be deleted (only a draft or requested Task can); {instead}"
+                ),
+            )
+            .at("Task.status".to_owned()))
+        }
+    }
+}
+
 /// Checks a change of an existing Task by `party`. `claiming` is true when a performer takes
 /// an open Task (no owner) by setting itself as owner while accepting it.
 pub fn check_task_change(party: TaskParty, before: &Value, after: &Value, claiming: bool) -> Result<(), Refusal> {
@@ -330,6 +356,20 @@ mod tests {
         let mut owner_only = task("requested");
         owner_only["owner"] = json!({"identifier": {"value": "CLW001"}});
         assert!(check_task_change(TaskParty::Owner, &before, &owner_only, true).is_err(), "owner without accepting");
+    }
+
+    #[test]
+    fn only_a_draft_or_requested_task_can_be_deleted_and_the_refusal_names_its_status() {
+        for status in TaskStatus::ALL {
+            let result = check_task_deletion(&task(status.code()));
+            let deletable = matches!(status, TaskStatus::Draft | TaskStatus::Requested);
+            assert_eq!(result.is_ok(), deletable, "{}: {result:?}", status.code());
+            if let Err(issue) = result {
+                assert!(issue.diagnostics.contains(status.code()), "names the status: {}", issue.diagnostics);
+                assert!(issue.diagnostics.contains("entered-in-error"), "says what to do: {}", issue.diagnostics);
+                assert_eq!(issue.expression.as_deref(), Some("Task.status"));
+            }
+        }
     }
 
     #[test]

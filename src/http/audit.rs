@@ -11,7 +11,32 @@ use actix_web::{web, HttpMessage, ResponseError};
 
 use super::error::ApiError;
 use super::state::{AppState, Caller};
-use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
+use crate::domain::audit::{patients_in, AuditAction, AuditAgent, AuditOutcome, AuditRecord};
+use crate::service::search::SearchResult;
+
+/// What a search handler tells the audit of the page it answered: the query as asked and the
+/// patients whose data the page holds (its Patients, and those its resources' `subject`, `for`
+/// or `patient` name), matches and includes alike. Put in the response's extensions; bounded
+/// by the page.
+#[derive(Debug, Clone)]
+pub struct SearchAudit {
+    query: String,
+    patients: Vec<String>,
+}
+
+impl SearchAudit {
+    pub fn of(result: &SearchResult, params: &[(String, String)]) -> Self {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.extend_pairs(params);
+        let patients = result
+            .matches
+            .iter()
+            .chain(&result.included)
+            .flat_map(|v| patients_in(v.resource_type.as_str(), v.id.as_str(), &v.body))
+            .collect();
+        SearchAudit { query: format!("{}?{}", result.resource_type, query.finish()), patients }
+    }
+}
 
 /// Names the interaction behind a route pattern and method (R4 restful-interaction codes).
 fn interaction(pattern: &str, method: &Method) -> Option<(AuditAction, &'static str)> {
@@ -70,7 +95,7 @@ pub async fn audit_access(
         .or(segments.next())
         .filter(|i| !i.starts_with('_') && !i.is_empty())
         .map(str::to_owned);
-    let record = AuditRecord::new(
+    let mut record = AuditRecord::new(
         agent,
         action,
         name,
@@ -78,6 +103,9 @@ pub async fn audit_access(
         entity_type.as_deref(),
         entity_id.as_deref(),
     );
+    if let Some(search) = response.response().extensions().get::<SearchAudit>() {
+        record = record.with_search(search.query.clone(), search.patients.clone());
+    }
     match state.resources.store().record_audit(vec![record]).await {
         Ok(()) => Ok(response.map_into_boxed_body()),
         Err(e) => {

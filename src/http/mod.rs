@@ -111,6 +111,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(not_found));
 }
 
+/// The headers every response carries, errors and refusals included: `Cache-Control: no-store`,
+/// since nearly every answer holds patient data or a token and none may be kept by a browser,
+/// a proxy or a client library's cache (the few that hold none, the CapabilityStatement and the
+/// docs, are cheap to serve again and one rule cannot be forgotten on a new route); and
+/// `X-Content-Type-Options: nosniff`, so that a resource served as JSON or XML is never taken
+/// for a script or a page by a browser guessing its type.
+pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+}
+
 fn method_not_allowed(req: actix_web::HttpRequest, methods: &[(Method, MakeRoute)]) -> Result<HttpResponse, ApiError> {
     let allow = methods.iter().map(|(method, _)| method.as_str()).collect::<Vec<_>>().join(", ");
     let message = format!("{} is not allowed on {} (allowed: {allow})", req.method(), req.path());

@@ -82,7 +82,10 @@ async fn search(
         .await?;
     let bundle = searchset_bundle(&state.base_url, &result)?;
     let (text, content_type) = render_resource_text(render, &bundle)?;
-    Ok(HttpResponse::Ok().content_type(content_type).body(text))
+    let mut response = HttpResponse::Ok().content_type(content_type).body(text);
+    // The audit of this search names the patients of its page (`http::audit`).
+    response.extensions_mut().insert(super::audit::SearchAudit::of(&result, &params));
+    Ok(response)
 }
 
 fn link(relation: &str, url: String) -> Value {

@@ -15,7 +15,9 @@ use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::references::literal_references;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::{self, split_reference};
-use crate::domain::task_workflow::{check_new_task, check_task_change, status_of, Refusal, TaskParty, TaskStatus};
+use crate::domain::task_workflow::{
+    check_new_task, check_task_change, check_task_deletion, status_of, Refusal, TaskParty, TaskStatus,
+};
 use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
 use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoreError, StoredVersion, VisibilityGrant};
 
@@ -288,6 +290,7 @@ impl Rules<'_> {
             (T::Task, _) => self.check_task(id, before, after.as_deref_mut()).await?,
             (T::ServiceRequest, Role::Referrer) => self.check_service_request(id, before, after.as_deref_mut()).await?,
             (T::CarePlan, Role::Performer) => self.check_care_plan(after.as_deref_mut()).await?,
+            (T::Patient, Role::Referrer) if after.is_none() => self.check_patient_deletion(id).await?,
             (T::Patient | T::Consent, Role::Referrer) => RuleEffects::default(),
             (T::Organization | T::PractitionerRole, _) => {
                 self.check_directory_entry(resource_type, before, after.as_deref()).await?
@@ -400,7 +403,14 @@ impl Rules<'_> {
             if !self.is_caller(requester.as_ref()) {
                 return Err(forbidden("only the requester may delete a Task", "Task.requester"));
             }
-            return Ok(RuleEffects::default());
+            check_task_deletion(before).map_err(ServiceError::Conflict)?;
+            // An open Task (no owner yet) let every CLW service read its referral; deleted, it
+            // no longer does (unless another open Task still needs that).
+            let mut effects = RuleEffects::default();
+            if before.get("owner").is_none() {
+                effects.revocations = self.open_referral_revocations(id, before).await?;
+            }
+            return Ok(effects);
         };
         after.as_object_mut().map(|m| m.insert("lastModified".into(), json!(Instant::now().to_fhir())));
         let Some(before) = before else {
@@ -578,14 +588,26 @@ impl Rules<'_> {
     ) -> Result<Vec<VisibilityGrant>, ServiceError> {
         let everyone = Visibility::AnyPerformer;
         let mut revocations = Vec::new();
+        let focus = task
+            .get("focus")
+            .and_then(|f| f.get("reference"))
+            .and_then(Value::as_str)
+            .and_then(split_reference)
+            .map(|(_, id)| id);
         for grant in self.referral_grants(task, &everyone).await? {
-            let param = match grant.resource_type {
-                ResourceType::ServiceRequest => "focus",
-                ResourceType::Patient => "patient",
-                _ => continue,
+            // Which other open Tasks would still need the grant: those of the same patient or
+            // referral; the referral's supporting information (its consent) is needed while a
+            // Task of the same referral is open. Left behind, every CLW service could go on
+            // reading the consent of a referral another had claimed.
+            let (param, target_type, target_id) = match grant.resource_type {
+                ResourceType::ServiceRequest => ("focus", ResourceType::ServiceRequest, grant.id.as_str().to_owned()),
+                ResourceType::Patient => ("patient", ResourceType::Patient, grant.id.as_str().to_owned()),
+                _ => match &focus {
+                    Some(service_request) => ("focus", ResourceType::ServiceRequest, service_request.clone()),
+                    None => continue,
+                },
             };
-            let others =
-                self.tasks_referencing(&TenantScope::Everything, param, grant.resource_type, grant.id.as_str()).await?;
+            let others = self.tasks_referencing(&TenantScope::Everything, param, target_type, &target_id).await?;
             let still_open = others.iter().any(|(other, task)| {
                 other.id != *id && task.get("owner").is_none() && status_of(task).is_some_and(|s| !s.is_terminal())
             });
@@ -662,7 +684,12 @@ impl Rules<'_> {
         if before.is_some() && !self.is_caller(current_requester.as_ref()) {
             return Err(forbidden("only the requesting practice may change its referral", "ServiceRequest.requester"));
         }
-        let Some(after) = after else { return Ok(RuleEffects::default()) };
+        let Some(after) = after else {
+            // Deleting a referral ends it as revoking does: its open Tasks are cancelled in the
+            // same transaction, so that no CLW service goes on working a referral that is gone.
+            let cancel_tasks = self.cancel_open_tasks(id, "the referral was deleted by the requester").await?;
+            return Ok(RuleEffects { cancel_tasks, ..RuleEffects::default() });
+        };
         let requester = self.organization_of(after.get("requester")).await?;
         if requester.is_none() {
             return Err(unprocessable(
@@ -681,22 +708,80 @@ impl Rules<'_> {
         );
         if revoked && !was_revoked && before.is_some() {
             // linkbridge: revoking the referral cancels its open Tasks in the same transaction.
-            let tasks = self
-                .tasks_referencing(&self.caller.scope(), "focus", ResourceType::ServiceRequest, id.as_str())
-                .await?;
-            for (current, mut task) in tasks {
-                if status_of(&task).is_none_or(TaskStatus::is_terminal) {
-                    continue;
-                }
-                if let Some(map) = task.as_object_mut() {
-                    map.insert("status".into(), json!("cancelled"));
-                    map.insert("statusReason".into(), json!({"text": "the referral was revoked by the requester"}));
-                    map.insert("lastModified".into(), json!(Instant::now().to_fhir()));
-                }
-                effects.cancel_tasks.push((current, task));
-            }
+            effects.cancel_tasks = self.cancel_open_tasks(id, "the referral was revoked by the requester").await?;
         }
         Ok(effects)
+    }
+
+    /// The open Tasks of the referral `service_request` (at most [`MAX_LINKED_TASKS`]), each
+    /// with its cancelled version saying `why`: what revoking or deleting the referral writes.
+    async fn cancel_open_tasks(
+        &self,
+        service_request: &ResourceId,
+        why: &str,
+    ) -> Result<Vec<(StoredVersion, Value)>, ServiceError> {
+        let tasks = self
+            .tasks_referencing(&self.caller.scope(), "focus", ResourceType::ServiceRequest, service_request.as_str())
+            .await?;
+        let mut cancelled = Vec::new();
+        for (current, mut task) in tasks {
+            if status_of(&task).is_none_or(TaskStatus::is_terminal) {
+                continue;
+            }
+            if let Some(map) = task.as_object_mut() {
+                map.insert("status".into(), json!("cancelled"));
+                map.insert("statusReason".into(), json!({"text": why}));
+                map.insert("lastModified".into(), json!(Instant::now().to_fhir()));
+            }
+            cancelled.push((current, task));
+        }
+        Ok(cancelled)
+    }
+
+    /// A Patient that open referrals name cannot be deleted: its Tasks would be orphaned, still
+    /// open for the CLW service to accept, and its referrals would point at nothing. Refused
+    /// with 409 naming them (those the caller can see; at most [`MAX_LINKED_TASKS`] of each
+    /// type are read), so that the practice ends them first.
+    async fn check_patient_deletion(&self, patient: &ResourceId) -> Result<RuleEffects, ServiceError> {
+        let scope = self.caller.scope();
+        let mut open = Vec::new();
+        for (resource_type, is_open) in [
+            (ResourceType::Task, task_is_open as fn(&Value) -> bool),
+            (ResourceType::ServiceRequest, service_request_is_open),
+        ] {
+            let param = search_params::find(resource_type, "subject")
+                .ok_or_else(|| StoreError::Config(format!("{resource_type} has no search parameter 'subject'")))?;
+            let referencing = self
+                .store
+                .referencing(&scope, param, ResourceType::Patient, &[patient.as_str()], MAX_LINKED_TASKS)
+                .await?;
+            for version in referencing {
+                let Ok(body) = serde_json::from_str::<Value>(&version.body) else { continue };
+                if is_open(&body) {
+                    let status = body.get("status").and_then(Value::as_str).unwrap_or("no status");
+                    open.push(format!("{resource_type}/{} ({status})", version.id));
+                }
+            }
+        }
+        if open.is_empty() {
+            return Ok(RuleEffects::default());
+        }
+        /// How many of the open referrals the refusal names; it counts the rest.
+        const NAMED: usize = 10;
+        let mut named = open.iter().take(NAMED).cloned().collect::<Vec<_>>().join(", ");
+        if open.len() > NAMED {
+            named.push_str(&format!(" and {} more", open.len() - NAMED));
+        }
+        Err(ServiceError::Conflict(
+            Issue::error(
+                IssueCode::BusinessRule,
+                format!(
+                    "Patient/{patient} cannot be deleted while open referrals name it: {named}; end them first \
+                     (revoke the ServiceRequest, which cancels its open Tasks, or mark them entered-in-error)"
+                ),
+            )
+            .at("Patient"),
+        ))
     }
 
     /// A CarePlan is written by the CLW service that owns a Task for the referral it is based
@@ -748,4 +833,14 @@ impl Rules<'_> {
         }
         Ok(effects)
     }
+}
+
+/// A Task still to be worked or being worked: not ended.
+fn task_is_open(task: &Value) -> bool {
+    status_of(task).is_some_and(|s| !s.is_terminal())
+}
+
+/// A referral not yet ended: draft, active or on hold (R4 request-status).
+fn service_request_is_open(service_request: &Value) -> bool {
+    matches!(service_request.get("status").and_then(Value::as_str), Some("draft" | "active" | "on-hold"))
 }

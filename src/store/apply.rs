@@ -131,10 +131,13 @@ static AUDIT_EVENTS: Table = Table {
         ("entity_type", Text),
         ("entity_id", Text),
         ("interaction", Text),
+        ("query", Text),
         ("body", Text),
     ],
     bodies: false,
 };
+static AUDIT_PATIENTS: Table =
+    Table { name: "audit_patients", columns: &[("event_id", Text), ("patient_id", Text)], bodies: false };
 
 pub(super) async fn apply_write_set(
     conn: &mut AnyConnection,
@@ -224,11 +227,14 @@ pub(super) async fn apply_write_sets(
     let grants = last_wave.grant_rows(write_sets.iter().flat_map(|ws| &ws.grants));
     let fresh_claims = claim_rows(claims.iter().copied().filter(|claim| claim.replaces.is_none()));
     let audit = audit_rows(write_sets.iter().flat_map(|ws| &ws.audit));
+    let audit_patients = audit_patient_rows(write_sets.iter().flat_map(|ws| &ws.audit));
     let mut inserts = last_wave.inserts();
     let claims_at = inserts.len();
     inserts.extend([
         Insert::Rows(&fresh_claims, Taken::Skip),
         Insert::Rows(&audit, Taken::CannotBe),
+        // One row per patient of an event (`AuditRecord::patients` has no duplicates).
+        Insert::Rows(&audit_patients, Taken::CannotBe),
         Insert::Rows(&grants, GRANTED),
     ]);
     let inserted = insert_together(conn, &inserts).await?;
@@ -358,9 +364,21 @@ fn audit_rows<'a>(records: impl Iterator<Item = &'a AuditRecord>) -> Rows<'a> {
             record.entity_type.as_deref().into(),
             record.entity_id.as_deref().into(),
             record.interaction.as_str().into(),
+            record.query.as_deref().into(),
             // No text: the AuditEvent is built from these columns when read (`store::audit`).
             "".into(),
         ]);
+    }
+    rows
+}
+
+/// The patients each audit record names (a search's page), one row each.
+fn audit_patient_rows<'a>(records: impl Iterator<Item = &'a AuditRecord>) -> Rows<'a> {
+    let mut rows = Rows::new(&AUDIT_PATIENTS);
+    for record in records {
+        for patient in &record.patients {
+            rows.push([record.id.as_str().into(), patient.as_str().into()]);
+        }
     }
     rows
 }

@@ -1,5 +1,7 @@
 //! Reading and recording the audit trail.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 
 use super::write_set::WriteSet;
@@ -20,17 +22,27 @@ pub struct StoredAuditEvent {
 /// The columns [`event_from_row`] reads.
 macro_rules! event_columns {
     () => {
-        "seq, id, recorded, client_id, organization, action, outcome, entity_type, entity_id, interaction, body"
+        "seq, id, recorded, client_id, organization, action, outcome, entity_type, entity_id, interaction, query, body"
     };
 }
 
-fn event_from_row(row: &sqlx::any::AnyRow) -> Result<StoredAuditEvent, StoreError> {
+/// The event of a row, with the patients `patients` holds for it (see [`Store::patients_of`]).
+fn event_from_row(
+    row: &sqlx::any::AnyRow,
+    patients: &HashMap<String, Vec<String>>,
+) -> Result<StoredAuditEvent, StoreError> {
     let id: String = row.try_get("id")?;
     let recorded = Instant::from_micros(row.try_get("recorded")?);
     let stored: String = row.try_get("body")?;
     // Events recorded since the `audit_facts` migration keep their facts only (see `apply`),
     // and their AuditEvent is built here; older ones carry the text they were recorded with.
-    let body = if stored.is_empty() { record_from_row(row, &id, recorded)?.to_fhir().to_string() } else { stored };
+    let body = if stored.is_empty() {
+        let mut record = record_from_row(row, &id, recorded)?;
+        record.patients = patients.get(&id).cloned().unwrap_or_default();
+        record.to_fhir().to_string()
+    } else {
+        stored
+    };
     Ok(StoredAuditEvent { seq: row.try_get("seq")?, id, recorded, body })
 }
 
@@ -50,6 +62,8 @@ fn record_from_row(row: &sqlx::any::AnyRow, id: &str, recorded: Instant) -> Resu
         outcome: AuditOutcome::from_code(&outcome).ok_or_else(|| unreadable("outcome", &outcome))?,
         entity_type: row.try_get("entity_type")?,
         entity_id: row.try_get("entity_id")?,
+        query: row.try_get("query")?,
+        patients: Vec::new(),
     })
 }
 
@@ -60,33 +74,83 @@ impl Store {
         self.commit(WriteSet { audit: records, ..Default::default() }).await
     }
 
-    /// Audit events newest first, optionally about one entity, paged by `before_seq`.
+    /// Audit events newest first, optionally about one entity, paged by `before_seq`. Events
+    /// about a Patient are those naming it as their entity and the searches whose page held
+    /// its data (`audit_patients`), each found through its index.
     pub async fn audit_events(
         &self,
         entity: Option<(&str, &str)>,
         before_seq: Option<i64>,
         count: u32,
     ) -> Result<Vec<StoredAuditEvent>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM audit_events WHERE ($1 = '' OR (entity_type = $1 AND entity_id = $2)) AND seq < $3 \
-             ORDER BY seq DESC LIMIT $4"
-        ))
-        .bind(entity.map_or("", |e| e.0))
-        .bind(entity.map_or("", |e| e.1))
-        .bind(before_seq.unwrap_or(i64::MAX))
-        .bind(i64::from(count))
-        .fetch_all(&mut *self.reader().await?)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        let mut conn = self.reader().await?;
+        let before_seq = before_seq.unwrap_or(i64::MAX);
+        let rows = match entity {
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    " FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+                ))
+                .bind(before_seq)
+                .bind(i64::from(count))
+                .fetch_all(&mut *conn)
+                .await?
+            }
+            Some((entity_type, entity_id)) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    " FROM audit_events WHERE seq < $3 AND id IN (\
+                     SELECT id FROM audit_events WHERE entity_type = $1 AND entity_id = $2 \
+                     UNION SELECT event_id FROM audit_patients WHERE $1 = 'Patient' AND patient_id = $2) \
+                     ORDER BY seq DESC LIMIT $4"
+                ))
+                .bind(entity_type)
+                .bind(entity_id)
+                .bind(before_seq)
+                .bind(i64::from(count))
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        };
+        let ids: Vec<String> = rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>()?;
+        let patients = Self::patients_of(&mut conn, &ids).await?;
+        rows.iter().map(|row| event_from_row(row, &patients)).collect()
     }
 
     pub async fn audit_event(&self, id: &str) -> Result<Option<StoredAuditEvent>, StoreError> {
+        let mut conn = self.reader().await?;
         let row = sqlx::query(concat!("SELECT ", event_columns!(), " FROM audit_events WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&mut *self.reader().await?)
+            .fetch_optional(&mut *conn)
             .await?;
-        row.as_ref().map(event_from_row).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let patients = Self::patients_of(&mut conn, &[id.to_owned()]).await?;
+        event_from_row(&row, &patients).map(Some)
+    }
+
+    /// The patients the events `ids` name, by event: one statement for a page of events.
+    async fn patients_of(
+        conn: &mut sqlx::AnyConnection,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let mut patients: HashMap<String, Vec<String>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(patients);
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT event_id, patient_id FROM audit_patients WHERE event_id IN ({}) ORDER BY event_id, patient_id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            patients.entry(row.try_get("event_id")?).or_default().push(row.try_get("patient_id")?);
+        }
+        Ok(patients)
     }
 }

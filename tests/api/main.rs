@@ -28,3 +28,4 @@ mod topology;
 mod transactions;
 mod webhook_receiver;
 mod workflow;
+mod workflow_guards;
