@@ -135,6 +135,16 @@ pub(crate) struct RuleEffects {
     pub claims: Vec<ConditionalClaim>,
 }
 
+/// The first ODS code among an Organization's identifiers.
+fn first_ods_code(organization: &Value) -> Option<OdsCode> {
+    organization
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find_map(|identifier| ods_code_of(&json!({"identifier": identifier})))
+}
+
 fn forbidden(message: impl Into<String>, expression: &str) -> ServiceError {
     ServiceError::ForbiddenAt(Issue::error(IssueCode::Forbidden, message).at(expression.to_owned()))
 }
@@ -355,9 +365,13 @@ impl Rules<'_> {
         after: Option<&Value>,
     ) -> Result<RuleEffects, ServiceError> {
         let mut own = true;
-        for entry in [before, after].into_iter().flatten() {
+        for (entry, is_new) in [(before, false), (after, true)] {
+            let Some(entry) = entry else { continue };
             own &= match resource_type {
-                ResourceType::Organization => self.carries_only_own_ods_code(entry),
+                ResourceType::Organization if is_new => self.carries_only_own_ods_code(entry),
+                // An entry written before its codes were held to this keeps its first ODS code's
+                // owner, who may correct it.
+                ResourceType::Organization => self.is_caller(first_ods_code(entry).as_ref()),
                 _ => self.is_caller(self.organization_of(entry.get("organization")).await?.as_ref()),
             };
         }

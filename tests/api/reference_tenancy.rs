@@ -413,8 +413,16 @@ async fn a_directory_entry_carries_its_own_organisations_ods_code_and_no_other(d
 
     let found = search(&app, Party::Gp, &format!("/Organization?identifier={ODS}|GP0001")).await;
     assert!(found.is_empty(), "a search for GP0001's code finds no other practice's entry: {found:?}");
-    let (status, outcome) = post_as(&app, Party::Operator, &organization(&["GP0002", "GP0001"]), &[]).await;
-    assert_eq!(status, 201, "the operator may write any entry: {outcome}");
+    let (status, listing_both) = post_as(&app, Party::Operator, &organization(&["GP0002", "GP0001"]), &[]).await;
+    assert_eq!(status, 201, "the operator may write any entry: {listing_both}");
+    let path = format!("/Organization/{}", id_of(&listing_both));
+    let (status, outcome) = put_as(&app, Party::OtherGp, &path, &listing_both).await;
+    assert_eq!(status, 403, "the practice its first code names may not keep another's: {outcome}");
+    let (status, outcome) = put_as(&app, Party::Gp, &path, &with(&listing_both, json!({"name": "Mine now"}))).await;
+    assert_eq!(status, 403, "nor may the other practice take it over: {outcome}");
+    let corrected = with(&listing_both, json!({"identifier": [{"system": ODS, "value": "GP0002"}]}));
+    let (status, outcome) = put_as(&app, Party::OtherGp, &path, &corrected).await;
+    assert_eq!(status, 200, "but it may correct it to carry its own code alone: {outcome}");
 }
 
 on_both_databases!(
