@@ -148,7 +148,9 @@ fn written_entry(status: &str, write: &ResourceWrite) -> Value {
 
 /// Makes a version written by an earlier entry visible to the rules of the later ones.
 fn remember(pending: &mut Pending, write: &ResourceWrite) {
-    if let Ok(body) = serde_json::from_str::<Value>(&write.body) {
+    if write.method == WriteMethod::Delete {
+        pending.remember_deletion(write.resource_type, write.id.as_str().to_owned());
+    } else if let Ok(body) = serde_json::from_str::<Value>(&write.body) {
         pending.remember(write.resource_type, write.id.as_str().to_owned(), body);
     }
 }

@@ -38,6 +38,8 @@ const MAX_LINKED_TASKS: u32 = 1000;
 #[derive(Default)]
 pub(crate) struct Pending {
     resources: HashMap<(ResourceType, String), Value>,
+    /// The resources the transaction deletes in earlier entries.
+    deleted: std::collections::HashSet<(ResourceType, String)>,
     key_holders: KeyHolders,
 }
 
@@ -74,6 +76,18 @@ impl Pending {
     /// Remembers what the transaction wrote to `resource_type/id`, for its later entries.
     pub fn remember(&mut self, resource_type: ResourceType, id: String, body: Value) {
         self.resources.insert((resource_type, id), body);
+    }
+
+    /// Remembers that the transaction deletes `resource_type/id`.
+    pub fn remember_deletion(&mut self, resource_type: ResourceType, id: String) {
+        self.deleted.insert((resource_type, id));
+    }
+
+    /// Whether an earlier entry of the transaction writes or deletes `resource_type/id`: its
+    /// fate is that entry's, and a cascade (a referral's Tasks cancelled) leaves it alone.
+    fn writes(&self, resource_type: ResourceType, id: &str) -> bool {
+        let key = (resource_type, id.to_owned());
+        self.resources.contains_key(&key) || self.deleted.contains(&key)
     }
 
     fn get(&self, resource_type: ResourceType, id: &str) -> Option<&Value> {
@@ -623,7 +637,9 @@ impl Rules<'_> {
             .await?;
         let mut cancelled = Vec::new();
         for (current, mut task) in tasks {
-            if status_of(&task).is_none_or(TaskStatus::is_terminal) {
+            if status_of(&task).is_none_or(TaskStatus::is_terminal)
+                || self.pending.writes(ResourceType::Task, current.id.as_str())
+            {
                 continue;
             }
             if let Some(map) = task.as_object_mut() {
