@@ -115,6 +115,13 @@ impl Pending {
         self.resources.contains_key(&key) || self.created.contains(&key)
     }
 
+    /// Whether an earlier entry of the transaction writes or deletes `resource_type/id`: its
+    /// fate is that entry's, and a cascade (a referral's Tasks cancelled) leaves it alone.
+    fn writes(&self, resource_type: ResourceType, id: &str) -> bool {
+        let key = (resource_type, id.to_owned());
+        self.resources.contains_key(&key) || self.deleted.contains(&key)
+    }
+
     fn get(&self, resource_type: ResourceType, id: &str) -> Option<&Value> {
         self.resources.get(&(resource_type, id.to_owned()))
     }
@@ -739,7 +746,9 @@ impl Rules<'_> {
             .await?;
         let mut cancelled = Vec::new();
         for (current, mut task) in tasks {
-            if status_of(&task).is_none_or(TaskStatus::is_terminal) {
+            if status_of(&task).is_none_or(TaskStatus::is_terminal)
+                || self.pending.writes(ResourceType::Task, current.id.as_str())
+            {
                 continue;
             }
             if let Some(map) = task.as_object_mut() {

@@ -101,6 +101,22 @@ async fn deleting_a_referral_cancels_its_open_tasks_as_revoking_does(db: Db) {
             assert!(reason.contains("deleted"), "{what}: says why: {now}");
         }
     }
+
+    // A requested referral withdrawn in one transaction: its Task deleted, then the referral,
+    // whose cascade leaves alone the Task an earlier entry deletes.
+    let referral = task_in(&app, "requested").await;
+    let bundle = bundle_of(
+        "transaction",
+        vec![
+            (Value::Null, "DELETE", referral.task_path()[1..].to_owned()),
+            (Value::Null, "DELETE", referral.service_request_path()[1..].to_owned()),
+        ],
+    );
+    let (status, outcome) = post_bundle(&app, Party::Gp, &bundle, &[]).await;
+    assert_eq!(status, 200, "the Task goes with its referral, not cancelled by it first: {outcome}");
+    for path in [referral.task_path(), referral.service_request_path()] {
+        assert_eq!(app.get(Party::Gp, &path).await.status(), 410, "{path} is deleted");
+    }
 }
 
 async fn a_patient_that_open_referrals_name_cannot_be_deleted_until_they_end(db: Db) {
