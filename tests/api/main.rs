@@ -19,6 +19,7 @@ mod readme;
 mod replicas;
 mod sandbox;
 mod search;
+mod search_safety;
 mod security;
 mod shutdown;
 mod store_contract;
