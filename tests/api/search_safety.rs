@@ -508,6 +508,41 @@ async fn polls_by_party_identifier_find_a_task_that_names_its_parties_by_directo
     assert_eq!(cancelled, set(&[&task_ref]), "the cancelled Task is still found by its owner's code");
 }
 
+/// Runs migration 0018's statement (the same text on both databases) again over the
+/// database, as it runs over a database written before it.
+async fn run_migration_0018(database: &crate::helpers::TestDatabase) {
+    use sqlx::{Connection, Executor};
+    let statement = include_str!("../../migrations/sqlite/0018_reference_identifiers_from_directory.sql");
+    assert_eq!(statement, include_str!("../../migrations/postgres/0018_reference_identifiers_from_directory.sql"));
+    match &database.url {
+        linkbridge::store::DatabaseUrl::Sqlite(path) => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open");
+            conn.execute(statement).await.expect("migrates");
+        }
+        linkbridge::store::DatabaseUrl::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("open");
+            conn.execute(statement).await.expect("migrates");
+        }
+    }
+}
+
+/// Index rows written before literal references were resolved (here: written as they were,
+/// without the service's resolution) get the ODS code of the directory entry from migration
+/// 0018.
+async fn tasks_written_before_are_found_by_the_code_of_the_directory_entry_they_name(db: Db) {
+    let Some(app) = app(db).await else { return };
+    let gp = Party::Gp.ods();
+    let clw = app.stored("CLW001", organization("clw001")).await;
+    let mut work = task("sr-1", "p-1", gp, None);
+    work["owner"] = json!({"reference": clw});
+    let work = app.stored(gp, work).await;
+    let inbox = format!("Task?owner:identifier={ODS}|CLW001");
+    assert!(found(&app.http, Party::Gp, &inbox).await.is_empty(), "not found before migrating");
+    run_migration_0018(&app.http.database).await;
+    assert_eq!(found(&app.http, Party::Gp, &inbox).await, set(&[&work]), "found after migrating");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The settle rule applies to polls only.
 
@@ -560,6 +595,7 @@ on_both_databases!(
     a_reverse_chain_finds_referrals_by_their_tasks_status_within_the_callers_tenancy,
     chained_searches_are_answered_through_indexes,
     polls_by_party_identifier_find_a_task_that_names_its_parties_by_directory_reference,
+    tasks_written_before_are_found_by_the_code_of_the_directory_entry_they_name,
     a_search_sorted_by_last_updated_shows_what_was_just_written,
     a_subscription_filter_may_name_the_caller_by_its_directory_entry,
 );
