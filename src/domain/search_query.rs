@@ -1335,7 +1335,7 @@ mod tests {
     fn registered_chains_parse_and_others_are_unknown() {
         let c = clause(ResourceType::Task, "patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919");
         let ParamRef::Chained(chain) = c.param else { panic!("a chain: {c:?}") };
-        assert_eq!((chain.reference.name, chain.other_end(), chain.reverse), ("subject", ResourceType::Patient, false));
+        assert_eq!((chain.reference.name, chain.other_end(), chain.reverse), ("patient", ResourceType::Patient, false));
         assert_eq!(c.any_of.len(), 1);
         let c = clause(ResourceType::ServiceRequest, "_has:Task:focus:status=requested,accepted");
         assert!(

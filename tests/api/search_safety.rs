@@ -351,6 +351,26 @@ async fn a_reverse_chain_finds_referrals_by_their_tasks_status_within_the_caller
     refusal(status, &body, 400, "not-supported", "an unregistered reverse chain");
 }
 
+/// A chain reads the resources at its other end: a token that may not read them may not
+/// search through them either, or the chain would tell it what it may not read.
+async fn a_chain_needs_a_token_that_may_read_its_other_end(db: Db) {
+    let Some(app) = spawn_app_on(db).await else { return };
+    let response = app.request_token(Party::Gp, "system/Task.rs", &Value::Null).await;
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "a Task-only token: {body}");
+    let token = body["access_token"].as_str().expect("access_token").to_owned();
+    let search = |query: String| {
+        let request = app.http.get(app.url(&query)).bearer_auth(&token);
+        async move { json_of(request.send().await.expect("search")).await }
+    };
+    let (status, body) = search(format!("/Task?status=requested&patient.identifier={}", nhs("9434765919"))).await;
+    refusal(status, &body, 403, "forbidden", "a chain into Patients with a Task-only token");
+    let (status, body) = search(format!("/Task?focus:ServiceRequest.identifier={REFERRAL_SYSTEM}|R-1")).await;
+    refusal(status, &body, 403, "forbidden", "a chain into ServiceRequests with a Task-only token");
+    let (status, body) = search("/Task?status=requested".to_owned()).await;
+    assert_eq!(status, 200, "control: the token searches Tasks: {body}");
+}
+
 /// The plans of chained searches read by index, never every row of a type, on both databases.
 async fn chained_searches_are_answered_through_indexes(db: Db) {
     let Some(app) = app_with_window(db, 20_000).await else { return };
@@ -593,6 +613,7 @@ on_both_databases!(
     unknown_parameters_are_refused_unless_the_client_asks_for_lenient_handling,
     chained_searches_find_referrals_by_the_identifiers_held_within_the_callers_practice,
     a_reverse_chain_finds_referrals_by_their_tasks_status_within_the_callers_tenancy,
+    a_chain_needs_a_token_that_may_read_its_other_end,
     chained_searches_are_answered_through_indexes,
     polls_by_party_identifier_find_a_task_that_names_its_parties_by_directory_reference,
     tasks_written_before_are_found_by_the_code_of_the_directory_entry_they_name,
