@@ -406,11 +406,14 @@ fn alternatives_in(value: &str) -> usize {
 }
 
 /// Refuses a search, criteria or filter with more parameters or values than the bounds above,
-/// before any of them is parsed. `expression` names where the parameters were given.
+/// before any of them is parsed. `expression` names where the parameters were given. `_count`
+/// and `_cursor` are not counted: the service writes them into every paging link itself, and
+/// the next page of a search at the bounds must not be past them (neither adds a join or a
+/// filter).
 pub fn check_bounds<'p>(params: impl IntoIterator<Item = (&'p str, &'p str)>, expression: &str) -> Result<(), Issue> {
     let mut parameters = 0;
     let mut values = 0;
-    for (_, value) in params {
+    for (_, value) in params.into_iter().filter(|(name, _)| !matches!(*name, "_count" | "_cursor")) {
         parameters += 1;
         if parameters > MAX_SEARCH_PARAMETERS {
             return Err(too_costly(
@@ -1310,6 +1313,8 @@ mod tests {
     fn a_search_holds_at_most_its_bounds_of_parameters_values_and_joins() {
         let repeated = |name: &str, value: &str, n: usize| vec![format!("{name}={value}"); n].join("&");
         assert!(parse(ResourceType::Task, &repeated("status", "requested", MAX_SEARCH_PARAMETERS)).is_ok());
+        let paged = format!("{}&_count=1", repeated("status", "requested", MAX_SEARCH_PARAMETERS));
+        assert!(parse(ResourceType::Task, &paged).is_ok(), "_count is the service's own in every link");
         let issues = parse(ResourceType::Task, &repeated("status", "requested", MAX_SEARCH_PARAMETERS + 1))
             .expect_err("one parameter too many");
         assert_eq!(issues.len(), 1, "refused before any parameter is parsed");

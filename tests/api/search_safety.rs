@@ -178,7 +178,11 @@ async fn conditional_create(app: &TestApp, criteria: String) -> (u16, Value) {
 }
 
 async fn a_search_at_its_bounds_is_answered_and_one_past_them_is_refused(db: Db) {
-    let Some(app) = spawn_app_on(db).await else { return };
+    let Some(data) = app(db).await else { return };
+    for _ in 0..2 {
+        data.stored(Party::Gp.ods(), task("sr-1", "p-1", "GP0001", None)).await;
+    }
+    let app = &data.http;
     let cases: Vec<(String, String, &str)> = vec![
         (
             format!("Task?{}", repeated("status=requested", MAX_SEARCH_PARAMETERS)),
@@ -216,17 +220,27 @@ async fn a_search_at_its_bounds_is_answered_and_one_past_them_is_refused(db: Db)
         ),
     ];
     for (at_bound, past_bound, limit) in cases {
-        let (status, body) = search(&app, Party::Gp, &at_bound).await;
+        let (status, body) = search(app, Party::Gp, &at_bound).await;
         assert_eq!(status, 200, "{limit}: at the bound a search is answered: {body}");
-        let (status, body) = search(&app, Party::Gp, &past_bound).await;
+        let (status, body) = search(app, Party::Gp, &past_bound).await;
         let diagnostics = refusal(status, &body, 400, "too-costly", limit);
         assert!(diagnostics.contains(limit), "the refusal names {limit}: {diagnostics}");
     }
+    // The next page of a search at the bounds is within them: the link's `_count` and
+    // `_cursor` are the service's own.
+    let paged = format!("Task?{}&_count=1", repeated("status=requested", MAX_SEARCH_PARAMETERS));
+    let (status, first) = search(app, Party::Gp, &paged).await;
+    assert_eq!((status, matches(&first).len()), (200, 1), "{first}");
+    let next = first["link"].as_array().and_then(|links| links.iter().find(|l| l["relation"] == "next"));
+    let next = next.and_then(|l| l["url"].as_str()).expect("a next link");
+    let path = next.strip_prefix(&app.address).expect("links use the base URL");
+    let (status, second) = json_of(app.get(Party::Gp, path).await).await;
+    assert_eq!((status, matches(&second).len()), (200, 1), "the next page is answered: {second}");
     // Conditional create's criteria go through the same bound.
     let criterion = format!("identifier={NHS_NUMBER}|9434765919");
-    let (status, body) = conditional_create(&app, repeated(&criterion, MAX_SEARCH_PARAMETERS)).await;
+    let (status, body) = conditional_create(app, repeated(&criterion, MAX_SEARCH_PARAMETERS)).await;
     assert_eq!(status, 201, "criteria at the bound are searched: {body}");
-    let (status, body) = conditional_create(&app, repeated(&criterion, MAX_SEARCH_PARAMETERS + 1)).await;
+    let (status, body) = conditional_create(app, repeated(&criterion, MAX_SEARCH_PARAMETERS + 1)).await;
     let diagnostics = refusal(status, &body, 400, "too-costly", "conditional criteria past the bound");
     assert!(diagnostics.contains("MAX_SEARCH_PARAMETERS"), "{diagnostics}");
 }
