@@ -176,8 +176,10 @@ impl ResourceService {
         write_set.grants = effects.grants;
         write_set.revocations = effects.revocations;
         for (task, body) in effects.cancel_tasks {
-            // A cancelled Task keeps the ODS codes its parties resolve to, or the service that
-            // owns it would stop hearing of it by `owner:identifier` when it is cancelled.
+            // A cancelled Task keeps the ODS codes its parties resolve to, in its index and in
+            // who may see it: a service named by a literal reference to its directory entry
+            // would otherwise lose sight of the Task (and never hear of the cancellation), as
+            // the content alone names it by no ODS code.
             let party_codes = rules.literal_party_codes(ResourceType::Task, &body).await?;
             let mut cancel = Self::prepare_write(
                 Some(caller.organization()),
@@ -189,6 +191,9 @@ impl ResourceService {
                 Precondition::CurrentVersion(task.version),
             );
             index_party_codes(&mut cancel.index, &party_codes);
+            cancel.visibility.extend(party_codes.iter().map(|(_, _, ods)| Visibility::Organization(ods.clone()).key()));
+            cancel.visibility.sort();
+            cancel.visibility.dedup();
             write_set.absorb(Self::write_set_of(caller, cancel, Vec::new()));
         }
         write_set.subscription_changes = subscription.changes;

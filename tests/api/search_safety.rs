@@ -536,10 +536,11 @@ async fn polls_by_party_identifier_find_a_task_that_names_its_parties_by_directo
         .expect("revoke");
     let (status, body) = json_of(response).await;
     assert_eq!(status, 200, "the referral is revoked: {body}");
-    // (Asked by the practice: whether the service still sees a Task cancelled this way is the
-    // visibility rules' concern, not the index's.)
-    let cancelled = found(&app, Party::Gp, &format!("Task?owner:identifier={ODS}|CLW001&status=cancelled")).await;
-    assert_eq!(cancelled, set(&[&task_ref]), "the cancelled Task is still found by its owner's code");
+    // The service that owns it still sees it, and finds it by its code.
+    for party in [Party::Gp, Party::Clw] {
+        let cancelled = found(&app, party, &format!("Task?owner:identifier={ODS}|CLW001&status=cancelled")).await;
+        assert_eq!(cancelled, set(&[&task_ref]), "{party:?}: the cancelled Task is still found by its owner's code");
+    }
 }
 
 /// Runs migration 0018's statement (the same text on both databases) again over the
