@@ -340,7 +340,7 @@ for rt in TYPES:
         names.append(key)
         if kind == 'reference' and name in ORG_REFS:
             k2 = sp_name(rt, name+':identifier')
-            P[k2] = {'name':name+':identifier','in':'query','description':'The referenced party by identifier: `system|value`.','schema':{'type':'string'},'example':'https://fhir.nhs.uk/Id/ods-organization-code|DEMOCLW1'}
+            P[k2] = {'name':name+':identifier','in':'query','description':'The referenced party by identifier: `system|value`. An owner, requester or performer written as a literal reference to its directory Organization is found by that Organization\'s ODS code too.','schema':{'type':'string'},'example':'https://fhir.nhs.uk/Id/ods-organization-code|DEMOCLW1'}
             k3 = sp_name(rt, name+':missing')
             P[k3] = {'name':name+':missing','in':'query','description':'`true`: the element is absent.','schema':{'type':'string','enum':['true','false']}}
             names += [k2, k3]
