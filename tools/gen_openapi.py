@@ -29,6 +29,15 @@ REG = {
  'Consent': [('identifier','token',[]),('patient','reference',['Patient']),('status','token',[]),('category','token',[])],
  'Subscription': [('status','token',[]),('criteria','token',[]),('url','token',[]),('type','token',[])],
 }
+# (name, kind, the parameter at the other end) from src/domain/search_params.rs CHAINS and REVERSE_CHAINS
+CHAINS = {
+ 'Task': [('patient.identifier','token','Patient.identifier'),('subject:Patient.identifier','token','Patient.identifier'),
+          ('focus:ServiceRequest.identifier','token','ServiceRequest.identifier')],
+ 'ServiceRequest': [('patient.identifier','token','Patient.identifier'),('subject:Patient.identifier','token','Patient.identifier'),
+          ('_has:Task:focus:status','token','Task.status')],
+ 'CarePlan': [('patient.identifier','token','Patient.identifier'),('subject:Patient.identifier','token','Patient.identifier')],
+ 'Consent': [('patient.identifier','token','Patient.identifier')],
+}
 # reference parameters identifying an organisation: also offered with :identifier and :missing (README polling examples)
 ORG_REFS = {'owner','requester','performer','author','organization'}
 
@@ -303,7 +312,7 @@ P['If-Match'] = {'name':'If-Match','in':'header','description':'Version-aware wr
 P['If-None-Exist'] = {'name':'If-None-Exist','in':'header','description':'Conditional create: a search query without `?`. One match: 200 with it; several: 412.','schema':{'type':'string'},'example':'identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919'}
 P['X-Request-ID'] = {'name':'X-Request-ID','in':'header','description':'De-duplication key of a write (BaRS): a UUID. A replay is answered 409 (duplicate); the same id with another body 422; not a UUID 400.','schema':{'type':'string','format':'uuid'}}
 P['PreferReturn'] = {'name':'Prefer','in':'header','description':'What a successful write returns (R4 http.html#ops); default `return=representation`.','schema':{'type':'string','enum':['return=minimal','return=representation','return=OperationOutcome']}}
-P['PreferHandling'] = {'name':'Prefer','in':'header','description':'`handling=strict`: unknown search parameters are a 400 instead of being ignored.','schema':{'type':'string','enum':['handling=strict','handling=lenient']}}
+P['PreferHandling'] = {'name':'Prefer','in':'header','description':'Unknown search parameters are a 400 (strict handling, the default); under `handling=lenient` they are ignored and left out of the `self` link.','schema':{'type':'string','enum':['handling=strict','handling=lenient']}}
 P['_id'] = {'name':'_id','in':'query','description':'Logical id(s), comma-separated.','schema':{'type':'string'}}
 P['_lastUpdated'] = {'name':'_lastUpdated','in':'query','description':KIND_DESC['date']+' Such searches only see changes at least `settle_window_ms` old.','schema':{'type':'string','pattern':DATE_PATTERN},'example':'gt2026-11-23T09:00:00Z'}
 P['_count'] = {'name':'_count','in':'query','description':'Page size (default 50); larger than the maximum (500) is capped.','schema':{'type':'integer','minimum':0}}
@@ -331,10 +340,15 @@ for rt in TYPES:
         names.append(key)
         if kind == 'reference' and name in ORG_REFS:
             k2 = sp_name(rt, name+':identifier')
-            P[k2] = {'name':name+':identifier','in':'query','description':'The referenced party by identifier: `system|value`.','schema':{'type':'string'},'example':'https://fhir.nhs.uk/Id/ods-organization-code|DEMOCLW1'}
+            P[k2] = {'name':name+':identifier','in':'query','description':'The referenced party by identifier: `system|value`. An owner, requester or performer written as a literal reference to its directory Organization is found by that Organization\'s ODS code too.','schema':{'type':'string'},'example':'https://fhir.nhs.uk/Id/ods-organization-code|DEMOCLW1'}
             k3 = sp_name(rt, name+':missing')
             P[k3] = {'name':name+':missing','in':'query','description':'`true`: the element is absent.','schema':{'type':'string','enum':['true','false']}}
             names += [k2, k3]
+    for name, kind, other in CHAINS.get(rt, []):
+        key = sp_name(rt, name)
+        what = 'Reverse chain: resources a' if name.startswith('_has:') else 'Chain: resources whose reference is a'
+        P[key] = {'name':name,'in':'query','description':f'{what} resource you may read matching `{other}`: `system|value`, `value` or `|value`, comma-separated values ORed; no modifiers.','schema':search_param_schema(kind)}
+        names.append(key)
     inc = [f'{rt}:{n}' for n, k, _ in REG[rt] if k == 'reference']
     rev = [f'{src}:{n}' for src in TYPES for n, k, t in REG[src] if k == 'reference' and (not t or rt in t)]
     sortable = ['_id','_lastUpdated'] + [n for n, k, _ in REG[rt] if k != 'reference']

@@ -188,6 +188,106 @@ pub static REGISTRY: &[SearchParam] = &[
     p(T::Subscription, "type", Token, &["channel.type"], &[], "Subscription-type"),
 ];
 
+/// A chained parameter (R4 search.html#chaining) linkbridge answers: resources of
+/// `resource_type` whose `reference` points at a `target` resource matching its parameter
+/// `param`, e.g. `Task?patient.identifier=system|value`. Only these chains are answered, each
+/// one an index probe from the few targets its value names to the references to them (see
+/// `store::search`); they are listed here so that parsing and the CapabilityStatement read one
+/// list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub resource_type: ResourceType,
+    /// The parameter as written in a request: `reference[:Target].param`.
+    pub name: &'static str,
+    reference: &'static str,
+    target: ResourceType,
+    param: &'static str,
+}
+
+const fn chain(
+    resource_type: ResourceType,
+    name: &'static str,
+    reference: &'static str,
+    target: ResourceType,
+    param: &'static str,
+) -> ChainSpec {
+    ChainSpec { resource_type, name, reference, target, param }
+}
+
+/// Every chained parameter: the identifiers GP systems and CLW tools hold (the patient's NHS or
+/// CHI number, the referral's identifier).
+pub static CHAINS: &[ChainSpec] = &[
+    chain(T::Task, "patient.identifier", "patient", T::Patient, "identifier"),
+    chain(T::Task, "subject:Patient.identifier", "subject", T::Patient, "identifier"),
+    chain(T::Task, "focus:ServiceRequest.identifier", "focus", T::ServiceRequest, "identifier"),
+    chain(T::ServiceRequest, "patient.identifier", "patient", T::Patient, "identifier"),
+    chain(T::ServiceRequest, "subject:Patient.identifier", "subject", T::Patient, "identifier"),
+    chain(T::CarePlan, "patient.identifier", "patient", T::Patient, "identifier"),
+    chain(T::CarePlan, "subject:Patient.identifier", "subject", T::Patient, "identifier"),
+    chain(T::Consent, "patient.identifier", "patient", T::Patient, "identifier"),
+];
+
+/// A reverse chain (R4 search.html#has) linkbridge answers: resources of `resource_type` that a
+/// resource of `source` points at through its `reference` and that matches its `param`, e.g.
+/// `ServiceRequest?_has:Task:focus:status=requested`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReverseChainSpec {
+    pub resource_type: ResourceType,
+    /// The parameter as written in a request: `_has:Source:reference:param`.
+    pub name: &'static str,
+    source: ResourceType,
+    reference: &'static str,
+    param: &'static str,
+}
+
+pub static REVERSE_CHAINS: &[ReverseChainSpec] = &[ReverseChainSpec {
+    resource_type: T::ServiceRequest,
+    name: "_has:Task:focus:status",
+    source: T::Task,
+    reference: "focus",
+    param: "status",
+}];
+
+/// A chain of either direction, its parameters resolved in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    pub name: &'static str,
+    /// The reference parameter: of the searched type (forward), or of the source (reverse).
+    pub reference: &'static SearchParam,
+    /// The parameter tested on the resources at the other end: of the target (forward), or of
+    /// the source (reverse).
+    pub param: &'static SearchParam,
+    /// `_has`: the other end points at the searched resource.
+    pub reverse: bool,
+}
+
+impl Chain {
+    /// The type of the resources at the other end of the chain.
+    pub fn other_end(&self) -> ResourceType {
+        self.param.resource_type
+    }
+}
+
+/// The chained parameter `name` of `resource_type` (forward or reverse), if linkbridge answers it.
+pub fn find_chain(resource_type: ResourceType, name: &str) -> Option<Chain> {
+    if let Some(spec) = CHAINS.iter().find(|c| c.resource_type == resource_type && c.name == name) {
+        let reference = find(resource_type, spec.reference)?;
+        let param = find(spec.target, spec.param)?;
+        return Some(Chain { name: spec.name, reference, param, reverse: false });
+    }
+    let spec = REVERSE_CHAINS.iter().find(|c| c.resource_type == resource_type && c.name == name)?;
+    let reference = find(spec.source, spec.reference)?;
+    let param = find(spec.source, spec.param)?;
+    Some(Chain { name: spec.name, reference, param, reverse: true })
+}
+
+/// The chained parameters of one type (forward, then reverse), for the CapabilityStatement.
+pub fn chains_for(resource_type: ResourceType) -> impl Iterator<Item = Chain> {
+    let forward = CHAINS.iter().filter(move |c| c.resource_type == resource_type).map(|c| c.name);
+    let reverse = REVERSE_CHAINS.iter().filter(move |c| c.resource_type == resource_type).map(|c| c.name);
+    forward.chain(reverse).filter_map(move |name| find_chain(resource_type, name))
+}
+
 impl SearchParam {
     pub fn definition_url(&self) -> String {
         format!("{CORE}{}", self.definition)
@@ -528,6 +628,28 @@ mod tests {
             let same = REGISTRY.iter().filter(|q| q.resource_type == p.resource_type && q.name == p.name).count();
             assert_eq!(same, 1, "{}:{} is registered twice", p.resource_type, p.name);
         }
+    }
+
+    #[test]
+    fn every_chain_resolves_to_a_reference_that_reaches_its_other_end() {
+        for spec in CHAINS {
+            let chain = find_chain(spec.resource_type, spec.name).expect("a listed chain resolves");
+            assert_eq!(chain.reference.kind, ParamKind::Reference, "{}", spec.name);
+            assert!(
+                chain.reference.targets.is_empty() || chain.reference.targets.contains(&spec.target),
+                "{}",
+                spec.name
+            );
+            assert_eq!(chain.other_end(), spec.target);
+        }
+        for spec in REVERSE_CHAINS {
+            let chain = find_chain(spec.resource_type, spec.name).expect("a listed reverse chain resolves");
+            assert!(chain.reverse);
+            let targets = chain.reference.targets;
+            assert!(targets.is_empty() || targets.contains(&spec.resource_type), "{}", spec.name);
+            assert_eq!(chain.other_end(), spec.source);
+        }
+        assert_eq!(chains_for(ResourceType::Task).count(), 3);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use base64::Engine;
 use super::instant::Instant;
 use super::outcome::{Issue, IssueCode};
 use super::resource_type::ResourceType;
-use super::search_params::{self, normalise_string, partial_date_range, ParamKind, SearchParam};
+use super::search_params::{self, normalise_string, partial_date_range, Chain, ParamKind, SearchParam};
 use crate::fhir::excluded_from_strings;
 
 /// Which parameter a clause tests.
@@ -23,6 +23,9 @@ pub enum ParamRef {
     LastUpdated,
     /// A parameter of the registry.
     Registered(&'static SearchParam),
+    /// A chained or reverse-chained parameter (`patient.identifier`, `_has:Task:focus:status`):
+    /// the clause's predicates test the chain's `param` on the resources at its other end.
+    Chained(Chain),
 }
 
 impl ParamRef {
@@ -31,6 +34,7 @@ impl ParamRef {
             ParamRef::Id => "_id",
             ParamRef::LastUpdated => "_lastUpdated",
             ParamRef::Registered(p) => p.name,
+            ParamRef::Chained(chain) => chain.name,
         }
     }
 
@@ -39,6 +43,7 @@ impl ParamRef {
             ParamRef::Id => ParamKind::Token,
             ParamRef::LastUpdated => ParamKind::Date,
             ParamRef::Registered(p) => p.kind,
+            ParamRef::Chained(chain) => chain.param.kind,
         }
     }
 }
@@ -356,7 +361,9 @@ pub struct ParsedSearch {
 pub struct ParseContext<'a> {
     /// This server's base URL (no trailing slash): absolute references to it are local.
     pub base_url: &'a str,
-    /// `Prefer: handling=strict`: unknown parameters are errors, not ignored.
+    /// Unknown parameters are errors (the default), not ignored: a search that silently dropped
+    /// `patient.identifier` would answer every resource of the practice. `false` only under
+    /// `Prefer: handling=lenient` (R4 search.html#errors).
     pub strict: bool,
     /// The time `ap` is judged against.
     pub now: Instant,
@@ -364,6 +371,68 @@ pub struct ParseContext<'a> {
 
 /// Parameters that are not search parameters but are understood elsewhere (rendering).
 const PASS_THROUGH: &[&str] = &["_format", "_pretty"];
+
+/// The most parameters one search may hold (URL and form body together; result parameters
+/// such as `_count` included), and one set of conditional-create criteria or one subscription
+/// filter. Each filter parameter is a subquery: 3,000 of them cost minutes and gigabytes of a
+/// PostgreSQL backend.
+pub const MAX_SEARCH_PARAMETERS: usize = 32;
+
+/// The most values one search may hold over all its parameters, counting each comma-separated
+/// alternative (an OR) as one.
+pub const MAX_SEARCH_VALUES: usize = 64;
+
+/// The most joins one search may make: chained and reverse-chained parameters, `_include`s and
+/// `_revinclude`s, each a read of other resources.
+pub const MAX_SEARCH_JOINS: usize = 8;
+
+fn too_costly(message: String, expression: &str) -> Issue {
+    Issue::error(IssueCode::TooCostly, message).at(expression.to_owned())
+}
+
+/// How many alternatives a value holds: its commas not escaped as `\,`, plus one.
+fn alternatives_in(value: &str) -> usize {
+    let mut count = 1;
+    let mut escaped = false;
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ',' => count += 1,
+            _ => {}
+        }
+    }
+    count
+}
+
+/// Refuses a search, criteria or filter with more parameters or values than the bounds above,
+/// before any of them is parsed. `expression` names where the parameters were given. `_count`
+/// and `_cursor` are not counted: the service writes them into every paging link itself, and
+/// the next page of a search at the bounds must not be past them (neither adds a join or a
+/// filter).
+pub fn check_bounds<'p>(params: impl IntoIterator<Item = (&'p str, &'p str)>, expression: &str) -> Result<(), Issue> {
+    let mut parameters = 0;
+    let mut values = 0;
+    for (_, value) in params.into_iter().filter(|(name, _)| !matches!(*name, "_count" | "_cursor")) {
+        parameters += 1;
+        if parameters > MAX_SEARCH_PARAMETERS {
+            return Err(too_costly(
+                format!("a search may have at most {MAX_SEARCH_PARAMETERS} parameters (MAX_SEARCH_PARAMETERS)"),
+                expression,
+            ));
+        }
+        values += alternatives_in(value);
+        if values > MAX_SEARCH_VALUES {
+            return Err(too_costly(
+                format!(
+                    "a search may test at most {MAX_SEARCH_VALUES} values, counting each comma-separated alternative (MAX_SEARCH_VALUES)"
+                ),
+                expression,
+            ));
+        }
+    }
+    Ok(())
+}
 
 fn invalid(message: String, expression: &str) -> Issue {
     Issue::error(IssueCode::Invalid, message).at(expression.to_owned())
@@ -401,6 +470,8 @@ pub fn parse_search(
         used: Vec::new(),
         ignored: Vec::new(),
     };
+    check_bounds(params.iter().map(|(name, value)| (name.as_str(), value.as_str())), "search")
+        .map_err(|issue| vec![issue])?;
     let mut issues = Vec::new();
     for (name, value) in params {
         if let Some(issue) = control_character_in(name, value, name) {
@@ -413,7 +484,7 @@ pub fn parse_search(
             Ok(Use::Unknown) if context.strict => {
                 issues.push(not_supported(
                     format!(
-                        "'{name}' is not a supported search parameter of {resource_type} (Prefer: handling=strict)"
+                        "'{name}' is not a supported search parameter of {resource_type}; unknown parameters are ignored only under Prefer: handling=lenient"
                     ),
                     name,
                 ));
@@ -431,6 +502,15 @@ pub fn parse_search(
         if used {
             search.used.push((name.clone(), value.clone()));
         }
+    }
+    let chains = search.query.clauses.iter().filter(|c| matches!(c.param, ParamRef::Chained(_))).count();
+    if chains + search.includes.len() + search.revincludes.len() > MAX_SEARCH_JOINS {
+        issues.push(too_costly(
+            format!(
+                "a search may make at most {MAX_SEARCH_JOINS} joins: chained parameters, _has, _include and _revinclude together (MAX_SEARCH_JOINS)"
+            ),
+            "search",
+        ));
     }
     if issues.is_empty() {
         Ok(search)
@@ -506,6 +586,15 @@ fn parse_one(
         }
         _ if PASS_THROUGH.contains(&name) => return Ok(Use::Keep),
         _ => {}
+    }
+    // A chain's name holds a `:` of its own (`subject:Patient.identifier`, `_has:Task:…`).
+    if name.contains('.') || name.starts_with("_has:") {
+        let Some(chain) = search_params::find_chain(resource_type, name) else {
+            return Ok(Use::Unknown);
+        };
+        let inner = parse_clause(ParamRef::Registered(chain.param), None, name, value, context)?;
+        search.query.clauses.push(Clause { param: ParamRef::Chained(chain), ..inner });
+        return Ok(Use::Keep);
     }
     let (base, modifier) = match name.split_once(':') {
         Some((base, modifier)) => (base, Some(modifier)),
@@ -879,8 +968,11 @@ fn string_predicate(mode: StringMatch, raw: &str) -> Predicate {
 pub fn parse_criteria(resource_type: ResourceType, raw: &str) -> Result<SearchQuery, Issue> {
     let raw = raw.trim_start_matches('?');
     let raw = raw.strip_prefix(resource_type.as_str()).map(|rest| rest.trim_start_matches('?')).unwrap_or(raw);
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(raw.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    check_bounds(pairs.iter().map(|(name, value)| (name.as_str(), value.as_str())), "If-None-Exist")?;
     let mut clauses = Vec::new();
-    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+    for (name, value) in pairs {
         if let Some(issue) = control_character_in(&name, &value, "If-None-Exist") {
             return Err(issue);
         }
@@ -920,7 +1012,8 @@ fn criteria_value(param: ParamRef, raw: &str) -> Result<Predicate, Issue> {
     match param {
         ParamRef::Registered(p) if p.kind == ParamKind::Token => Ok(parse_token(raw)),
         ParamRef::Registered(p) => parse_reference(p, raw),
-        ParamRef::Id | ParamRef::LastUpdated => Ok(Predicate::Id(raw.to_owned())),
+        // Criteria name `_id` or a token or reference parameter only (see `parse_criteria`).
+        ParamRef::Id | ParamRef::LastUpdated | ParamRef::Chained(_) => Ok(Predicate::Id(raw.to_owned())),
     }
 }
 
@@ -1214,6 +1307,56 @@ mod tests {
         let strict = parse_search(ResourceType::Task, &params("status=requested&colour=blue"), &context(true));
         let issues = strict.expect_err("strict refuses");
         assert_eq!(issues[0].expression.as_deref(), Some("colour"));
+    }
+
+    #[test]
+    fn a_search_holds_at_most_its_bounds_of_parameters_values_and_joins() {
+        let repeated = |name: &str, value: &str, n: usize| vec![format!("{name}={value}"); n].join("&");
+        assert!(parse(ResourceType::Task, &repeated("status", "requested", MAX_SEARCH_PARAMETERS)).is_ok());
+        let paged = format!("{}&_count=1", repeated("status", "requested", MAX_SEARCH_PARAMETERS));
+        assert!(parse(ResourceType::Task, &paged).is_ok(), "_count is the service's own in every link");
+        let issues = parse(ResourceType::Task, &repeated("status", "requested", MAX_SEARCH_PARAMETERS + 1))
+            .expect_err("one parameter too many");
+        assert_eq!(issues.len(), 1, "refused before any parameter is parsed");
+        assert_eq!(issues[0].code, IssueCode::TooCostly);
+        assert!(issues[0].diagnostics.contains("32 parameters"), "{}", issues[0].diagnostics);
+
+        let values = |n: usize| format!("status={}", vec!["requested"; n].join(","));
+        assert!(parse(ResourceType::Task, &values(MAX_SEARCH_VALUES)).is_ok());
+        assert!(parse(ResourceType::Task, &values(MAX_SEARCH_VALUES + 1)).is_err(), "one value too many");
+        let escaped = format!("identifier={}", vec!["a\\,b"; MAX_SEARCH_VALUES].join(","));
+        assert!(parse(ResourceType::Task, &escaped).is_ok(), "an escaped comma is no alternative");
+
+        let joins = |n: usize| repeated("_include", "Task:focus", n);
+        assert!(parse(ResourceType::Task, &joins(MAX_SEARCH_JOINS)).is_ok());
+        let chains = format!("{}&patient.identifier=x", joins(MAX_SEARCH_JOINS));
+        let issues = parse(ResourceType::Task, &chains).expect_err("one join too many");
+        assert!(issues[0].diagnostics.contains("MAX_SEARCH_JOINS"), "{}", issues[0].diagnostics);
+
+        assert!(parse_criteria(ResourceType::Task, &repeated("identifier", "a|1", MAX_SEARCH_PARAMETERS + 1)).is_err());
+    }
+
+    #[test]
+    fn registered_chains_parse_and_others_are_unknown() {
+        let c = clause(ResourceType::Task, "patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919");
+        let ParamRef::Chained(chain) = c.param else { panic!("a chain: {c:?}") };
+        assert_eq!((chain.reference.name, chain.other_end(), chain.reverse), ("patient", ResourceType::Patient, false));
+        assert_eq!(c.any_of.len(), 1);
+        let c = clause(ResourceType::ServiceRequest, "_has:Task:focus:status=requested,accepted");
+        assert!(
+            matches!(c.param, ParamRef::Chained(chain) if chain.reverse && chain.other_end() == ResourceType::Task)
+        );
+        assert_eq!(c.any_of.len(), 2);
+        assert_eq!(
+            clause(ResourceType::Task, "subject:Patient.identifier=x").param.name(),
+            "subject:Patient.identifier"
+        );
+        for query in ["owner.identifier=x", "patient.name=x", "patient.identifier:not=x", "_has:Task:owner:status=x"] {
+            let strict = parse_search(ResourceType::Task, &params(query), &context(true));
+            assert!(strict.is_err(), "{query} is refused under strict handling");
+        }
+        assert!(parse_search(ResourceType::ServiceRequest, &params("_has:CarePlan:based-on:status=x"), &context(true))
+            .is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::outcome::{Issue, IssueCode};
 use super::resource_type::ResourceType;
 use super::search_params::{self, IndexEntry, ParamKind, SearchParam};
-use super::search_query::{parse_reference, parse_token, Predicate, SystemMatch};
+use super::search_query::{check_bounds, parse_reference, parse_token, Predicate, SystemMatch};
 use super::tenancy::{OdsCode, Principal, Role, TenantScope};
 use super::webhook::WebhookSecret;
 
@@ -182,8 +182,14 @@ impl TopicFilter {
             .strip_prefix(resource_type.as_str())
             .and_then(|rest| rest.strip_prefix('?'))
             .ok_or_else(|| invalid(format!("filter '{raw}' must start with '{resource_type}?' for this topic")))?;
+        let pairs: Vec<(String, String)> =
+            url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        check_bounds(
+            pairs.iter().map(|(name, value)| (name.as_str(), value.as_str())),
+            "Subscription.criteria.extension('backport-filter-criteria')",
+        )?;
         let mut clauses = Vec::new();
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        for (name, value) in pairs {
             if !topic.filter_parameters().contains(&name.as_ref()) {
                 return Err(invalid(format!(
                     "'{name}' cannot filter topic {}; it accepts: {}",

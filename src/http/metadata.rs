@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::negotiate::{render_resource_text, rendering};
 use super::state::AppState;
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::params_for;
+use crate::domain::search_params::{chains_for, params_for};
 use crate::domain::search_query::{includes_of, revincludes_of};
 use crate::domain::subscriptions::{backport, Topic};
 use crate::profiles::Validator;
@@ -39,6 +39,16 @@ pub fn capability_statement_json(base_url: &str, token_endpoint: &str, validator
             ];
             search_params.extend(params_for(resource_type).map(|p| {
                 json!({"name": p.name, "definition": p.definition_url(), "type": p.kind.code()})
+            }));
+            // R4 has no element for chains: each chain linkbridge answers is listed under the
+            // name a request uses, so that a client can tell them from the unknown ones it refuses.
+            search_params.extend(chains_for(resource_type).map(|chain| {
+                let documentation = if chain.reverse {
+                    format!("Reverse chain: {} resources pointed at by a {} ({}) that matches {} and that you may read", resource_type, chain.other_end(), chain.reference.name, chain.param.name)
+                } else {
+                    format!("Chain: {} resources whose {} is a {} that matches {} and that you may read", resource_type, chain.reference.name, chain.other_end(), chain.param.name)
+                };
+                json!({"name": chain.name, "type": chain.param.kind.code(), "documentation": documentation})
             }));
             let mut resource = json!({
                 "type": resource_type.as_str(),

@@ -53,13 +53,14 @@ fn form_pairs(bytes: &[u8]) -> Vec<(String, String)> {
     url::form_urlencoded::parse(bytes).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
-/// `Prefer: handling=strict` (R4 search.html#errors); `lenient` is the default.
+/// Strict handling (R4 search.html#errors) unless the request says `Prefer: handling=lenient`:
+/// an unknown parameter a client believed filtered its search must not widen it silently.
 fn strict_handling(req: &HttpRequest) -> bool {
-    req.headers()
+    !req.headers()
         .get_all("Prefer")
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim() == "handling=strict")
+        .flat_map(|v| v.split(&[',', ';']))
+        .any(|token| token.trim() == "handling=lenient")
 }
 
 async fn search(

@@ -13,8 +13,8 @@ use crate::domain::ids::{ResourceId, VersionId};
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::extract_index;
-use crate::domain::search_query::{parse_criteria, SearchQuery};
+use crate::domain::search_params::{self, extract_index, split_reference, IndexEntry};
+use crate::domain::search_query::{parse_criteria, parse_token, Clause, ParamRef, SearchQuery};
 use crate::domain::subscriptions::{EndpointPolicy, Topic};
 use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, TenantScope, Visibility};
 use crate::profiles::ProfileCheck;
@@ -58,6 +58,33 @@ pub(super) fn stored_json(body: &str) -> Result<Value, ServiceError> {
     serde_json::from_str(body)
         .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))
 }
+
+/// Gives each reference row that names a party by a literal reference the ODS code it resolves
+/// to ([`Rules::literal_party_codes`]) as its identifier, as if the sender had written both.
+fn index_party_codes(index: &mut [IndexEntry], codes: &[(&'static str, String, OdsCode)]) {
+    for entry in index.iter_mut() {
+        let IndexEntry::Reference { param, target_type, target_id, identifier_system, identifier_value } = entry else {
+            continue;
+        };
+        if identifier_value.is_some() {
+            continue;
+        }
+        let resolved = codes.iter().find(|(parameter, literal, _)| {
+            parameter == param
+                && split_reference(literal).is_some_and(|(t, i)| {
+                    target_type.as_deref() == Some(t.as_str()) && target_id.as_deref() == Some(i.as_str())
+                })
+        });
+        if let Some((_, _, ods)) = resolved {
+            *identifier_system = Some(OdsCode::SYSTEM.to_owned());
+            *identifier_value = Some(ods.as_str().to_owned());
+        }
+    }
+}
+
+/// At most this many directory entries of one organisation are recognised as its own in a
+/// subscription filter (an organisation has one; a few while it is being corrected).
+const OWN_DIRECTORY_ENTRIES: u32 = 16;
 
 fn label(resource_type: ResourceType, id: &ResourceId) -> String {
     format!("{resource_type}/{id}")
@@ -103,13 +130,25 @@ impl ResourceService {
         let before: Option<Value> = current.filter(|c| !c.deleted).map(|c| stored_json(&c.body)).transpose()?;
         let subscription = match resource_type {
             ResourceType::Subscription => {
-                plan_subscription_write(caller, &id, before.as_ref(), after.as_mut(), &self.endpoint_policy)?
+                let own_entries = self.own_directory_entries(caller).await?;
+                plan_subscription_write(
+                    caller,
+                    &id,
+                    before.as_ref(),
+                    after.as_mut(),
+                    &self.endpoint_policy,
+                    &own_entries,
+                )?
             }
             _ => SubscriptionEffects::default(),
         };
         let deleting = after.is_none();
         let rules = Rules { store: &self.store, caller, pending, single_open_referral: self.single_open_referral };
         let effects = rules.check(resource_type, &id, before.as_ref(), after.as_mut()).await?;
+        let party_codes = match after.as_ref() {
+            Some(body) => rules.literal_party_codes(resource_type, body).await?,
+            None => Vec::new(),
+        };
         let (version, precondition) = match current {
             Some(c) => (c.version.next(), Precondition::CurrentVersion(c.version)),
             None => (VersionId::FIRST, Precondition::Absent),
@@ -132,11 +171,17 @@ impl ResourceService {
             },
         };
         write.visibility.extend(effects.extra_visibility);
+        index_party_codes(&mut write.index, &party_codes);
         let mut write_set = Self::write_set_of(caller, write.clone(), effects.claims);
         write_set.grants = effects.grants;
         write_set.revocations = effects.revocations;
         for (task, body) in effects.cancel_tasks {
-            let cancel = Self::prepare_write(
+            // A cancelled Task keeps the ODS codes its parties resolve to, in its index and in
+            // who may see it: a service named by a literal reference to its directory entry
+            // would otherwise lose sight of the Task (and never hear of the cancellation), as
+            // the content alone names it by no ODS code.
+            let party_codes = rules.literal_party_codes(ResourceType::Task, &body).await?;
+            let mut cancel = Self::prepare_write(
                 Some(caller.organization()),
                 ResourceType::Task,
                 task.id.clone(),
@@ -145,6 +190,10 @@ impl ResourceService {
                 WriteMethod::Update,
                 Precondition::CurrentVersion(task.version),
             );
+            index_party_codes(&mut cancel.index, &party_codes);
+            cancel.visibility.extend(party_codes.iter().map(|(_, _, ods)| Visibility::Organization(ods.clone()).key()));
+            cancel.visibility.sort();
+            cancel.visibility.dedup();
             write_set.absorb(Self::write_set_of(caller, cancel, Vec::new()));
         }
         write_set.subscription_changes = subscription.changes;
@@ -164,6 +213,21 @@ impl ResourceService {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The ids of the directory Organizations carrying the caller's ODS code (a subscription
+    /// filter may name the caller by one). The directory is shared: read in the caller's scope.
+    async fn own_directory_entries(&self, caller: &Principal) -> Result<Vec<String>, ServiceError> {
+        let ods = parse_token(&format!("{}|{}", OdsCode::SYSTEM, caller.organization().as_str()));
+        let Some(identifier) = search_params::find(ResourceType::Organization, "identifier") else {
+            return Ok(Vec::new());
+        };
+        let query = SearchQuery {
+            resource_type: ResourceType::Organization,
+            clauses: vec![Clause { param: ParamRef::Registered(identifier), negated: false, any_of: vec![ods] }],
+        };
+        let ids = self.store.find_ids(&caller.scope(), &query, OWN_DIRECTORY_ENTRIES).await?;
+        Ok(ids.into_iter().map(|id| id.as_str().to_owned()).collect())
     }
 
     /// Builds the write of one new version: stamps the server-owned elements, serialises the

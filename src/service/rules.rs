@@ -867,3 +867,38 @@ fn task_is_open(task: &Value) -> bool {
 fn service_request_is_open(service_request: &Value) -> bool {
     matches!(service_request.get("status").and_then(Value::as_str), Some("draft" | "active" | "on-hold"))
 }
+
+impl Rules<'_> {
+    /// The parties a referral resource names by a literal reference into the directory
+    /// (`"owner": {"reference": "Organization/<id>"}`, or a PractitionerRole in one), with the
+    /// ODS code each resolves to: `(parameter, reference as written, code)`. Indexed as the
+    /// reference's identifier (`service::resources::index_party_codes`), so that a poll by
+    /// `owner:identifier` or `requester:identifier` finds the resource however its sender wrote
+    /// the reference. A reference that carries an identifier is indexed as written.
+    pub(crate) async fn literal_party_codes(
+        &self,
+        resource_type: ResourceType,
+        resource: &Value,
+    ) -> Result<Vec<(&'static str, String, OdsCode)>, ServiceError> {
+        let parameters: &[&'static str] = match resource_type {
+            ResourceType::Task => &["requester", "owner"],
+            ResourceType::ServiceRequest => &["requester", "performer"],
+            _ => return Ok(Vec::new()),
+        };
+        let mut codes = Vec::new();
+        for parameter in parameters {
+            let references: Vec<&Value> = match resource.get(*parameter) {
+                Some(Value::Array(items)) => items.iter().collect(),
+                Some(single) => vec![single],
+                None => Vec::new(),
+            };
+            for reference in references.into_iter().filter(|r| r.get("identifier").is_none()) {
+                let Some(literal) = reference.get("reference").and_then(Value::as_str) else { continue };
+                if let Some(ods) = self.organization_of(Some(reference)).await? {
+                    codes.push((*parameter, literal.to_owned(), ods));
+                }
+            }
+        }
+        Ok(codes)
+    }
+}

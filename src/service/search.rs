@@ -15,9 +15,11 @@
 //!    than `W/2` old when it is applied, checked again just before COMMIT
 //!    (`StoreError::SettleWindowPassed`, answered 503 with `Retry-After`; a retry is stamped
 //!    afresh).
-//! 2. **Readers**: a search that tests `_lastUpdated` or sorts by it returns only rows with
+//! 2. **Readers**: a search that tests `_lastUpdated` returns only rows with
 //!    `last_updated <= H`, where the horizon `H = now - W` is fixed when its first page is
-//!    read and carried by the paging cursor to every later page.
+//!    read and carried by the paging cursor to every later page. A search only sorted by
+//!    `_lastUpdated` is no poll (it has no `gt<T>` to miss a row by): it sees what was just
+//!    written.
 //!
 //! Proof that a poller which reads every page of each poll and then polls again with
 //! `gt<T>`, `T` the largest `lastUpdated` it has seen, never misses the latest version `v` of
@@ -45,10 +47,11 @@ use std::time::Duration;
 
 use super::ServiceError;
 use crate::domain::instant::Instant;
+use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::{
-    parse_search, Cursor, Include, PageDirection, ParseContext, ParsedSearch, SortField, SortKey, SummaryMode,
-    TotalMode,
+    parse_search, Cursor, Include, PageDirection, ParamRef, ParseContext, ParsedSearch, SortField, SortKey,
+    SummaryMode, TotalMode,
 };
 use crate::domain::tenancy::Principal;
 use crate::store::{Position, SearchHit, SearchPage, Store, StoredVersion};
@@ -71,7 +74,7 @@ pub struct PageLimits {
 pub struct SearchRequest<'a> {
     /// URL parameters, then (for `POST _search`) body parameters, in order.
     pub params: &'a [(String, String)],
-    /// `Prefer: handling=strict`.
+    /// Unknown parameters are refused; `false` under `Prefer: handling=lenient`.
     pub strict: bool,
     /// This server's base URL, for references given as absolute URLs.
     pub base_url: &'a str,
@@ -141,6 +144,7 @@ impl SearchService {
         let now = Instant::now();
         let context = ParseContext { base_url: request.base_url, strict: request.strict, now };
         let parsed = parse_search(resource_type, request.params, &context).map_err(ServiceError::Invalid)?;
+        check_chains_are_readable(&parsed, request.readable)?;
         let count = u32::try_from(parsed.count.unwrap_or(u64::from(limits.default_count)))
             .unwrap_or(u32::MAX)
             .min(limits.max_count);
@@ -221,8 +225,10 @@ impl SearchService {
     }
 
     /// The latest `last_updated` this traversal may return (see the module documentation).
+    /// Only a poll, a search that filters by `_lastUpdated`, waits for the settle window; one
+    /// merely sorted by it sees what was just written (its horizon is its first page's `now`).
     fn horizon(&self, parsed: &ParsedSearch, sort: &[SortKey], now: Instant) -> Option<Instant> {
-        let settled = parsed.query.uses_last_updated() || sort.iter().any(|k| k.field == SortField::LastUpdated);
+        let settled = parsed.query.uses_last_updated();
         let settle_bound = Instant::from_micros(now.micros() - micros(self.store.settle_window()));
         if let Some(cursor) = &parsed.cursor {
             // The first page fixed the horizon. A cursor cannot see past what a fresh search
@@ -284,6 +290,26 @@ impl SearchService {
         }
         Ok(included)
     }
+}
+
+/// A chain reads the resources at its other end: the caller's token must allow reading them,
+/// as it must for an `_include` of them, or the chain would tell it what it may not read.
+fn check_chains_are_readable(parsed: &ParsedSearch, readable: &[ResourceType]) -> Result<(), ServiceError> {
+    for clause in &parsed.query.clauses {
+        if let ParamRef::Chained(chain) = clause.param {
+            let other_end = chain.other_end();
+            if !readable.contains(&other_end) {
+                return Err(ServiceError::ForbiddenAt(
+                    Issue::error(
+                        IssueCode::Forbidden,
+                        format!("'{}' reads {other_end} resources, which this token may not read", chain.name),
+                    )
+                    .at(chain.name.to_owned()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The target types of an include the caller may read.

@@ -35,19 +35,21 @@ pub(crate) struct SubscriptionEffects {
 
 /// Checks a subscriber's write of a Subscription and plans its delivery-side record. `after`
 /// is adjusted: the status and error are the server's, and the signing secret is taken out
-/// (it is kept only where delivery reads it).
+/// (it is kept only where delivery reads it). `own_entries` are the ids of the directory
+/// Organizations that carry the caller's ODS code: a filter may name the caller by them.
 pub(crate) fn plan_subscription_write(
     caller: &Principal,
     id: &ResourceId,
     before: Option<&Value>,
     after: Option<&mut Value>,
     policy: &EndpointPolicy,
+    own_entries: &[String],
 ) -> Result<SubscriptionEffects, ServiceError> {
     let Some(after) = after else {
         return Ok(SubscriptionEffects { changes: vec![SubscriptionChange::Delete(id.clone())], ..Default::default() });
     };
     let request = SubscriptionRequest::parse(after, policy).map_err(ServiceError::Unprocessable)?;
-    check_filters_are_the_callers_own(caller, &request)?;
+    check_filters_are_the_callers_own(caller, &request, own_entries)?;
     if before.is_none() && request.secret.is_none() {
         return Err(ServiceError::Unprocessable(vec![Issue::error(
             IssueCode::Required,
@@ -104,8 +106,14 @@ pub(crate) fn plan_subscription_write(
 
 /// A GP system follows its own referrals and a CLW service the Tasks it owns: a filter naming
 /// another organisation as requester (or owner, performer, author) would only ever match
-/// nothing after narrowing, so it is refused as the mistake it is.
-fn check_filters_are_the_callers_own(caller: &Principal, request: &SubscriptionRequest) -> Result<(), ServiceError> {
+/// nothing after narrowing, so it is refused as the mistake it is. The caller is named as in a
+/// search: by its ODS code (`Organization/<ODS code>`), or by a literal reference to its
+/// directory entry (`Organization/<id>`, one of `own_entries`).
+fn check_filters_are_the_callers_own(
+    caller: &Principal,
+    request: &SubscriptionRequest,
+    own_entries: &[String],
+) -> Result<(), ServiceError> {
     let own_parameter = match (caller.role(), request.topic) {
         (Role::Referrer, Topic::ReferralTask | Topic::ReferralServiceRequest) => "requester",
         (Role::Performer, Topic::ReferralTask) => "owner",
@@ -114,7 +122,8 @@ fn check_filters_are_the_callers_own(caller: &Principal, request: &SubscriptionR
         _ => return Ok(()),
     };
     let own = caller.organization().as_str();
-    if let Some(other) = request.filtered_organizations(own_parameter).into_iter().find(|ods| ods != own) {
+    let is_own = |named: &String| named == own || own_entries.iter().any(|id| id.eq_ignore_ascii_case(named));
+    if let Some(other) = request.filtered_organizations(own_parameter).into_iter().find(|named| !is_own(named)) {
         return Err(ServiceError::ForbiddenAt(
             Issue::error(
                 IssueCode::Forbidden,

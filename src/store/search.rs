@@ -19,7 +19,7 @@ use super::{BackendKind, Store, StoreError};
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::{normalise_string, ParamKind, SearchParam};
+use crate::domain::search_params::{normalise_string, Chain, ParamKind, SearchParam};
 use crate::domain::search_query::{
     Clause, DatePrefix, PageDirection, ParamRef, Predicate, SearchQuery, SortField, SortKey, SortValue, StringMatch,
     SystemMatch,
@@ -123,11 +123,16 @@ impl Sql {
     /// The caller's tenancy on the resources `r`: a set the planner may drive from (`Probe::Set`),
     /// or tested for each row read (`Probe::PerRow`: fenced, see [`Sql::per_row_fence`]).
     fn tenancy(&mut self, scope: &TenantScope, probe: Probe) -> Result<String, StoreError> {
+        self.tenancy_of("r", scope, probe)
+    }
+
+    /// [`Sql::tenancy`] on the resources of another alias (the other end of a chain).
+    fn tenancy_of(&mut self, alias: &str, scope: &TenantScope, probe: Probe) -> Result<String, StoreError> {
         let fence = match probe {
             Probe::Set => "",
             Probe::PerRow => self.per_row_fence(),
         };
-        Ok(scope_filter_with(scope, "r", fence, |key| self.text(key))?.sql)
+        Ok(scope_filter_with(scope, alias, fence, |key| self.text(key))?.sql)
     }
 
     fn placeholder(&mut self) -> String {
@@ -342,7 +347,107 @@ fn predicate_sql(sql: &mut Sql, param: ParamRef, predicate: &Predicate, probe: P
     }
 }
 
-fn clause_sql(sql: &mut Sql, clause: &Clause, probe: Probe) -> Result<String, StoreError> {
+/// The resources at the far end of a forward chain that match any of its alternatives and that
+/// the caller may see: `SELECT t.id …`. Driven by the index rows of the chained parameter, one
+/// index probe per alternative (a `UNION`, so that neither database turns the alternatives into
+/// a scan of the parameter's rows), each target then read by its key and its visibility probed
+/// by its id. The tenancy test is what keeps a chain from telling a caller whether another
+/// practice holds a patient with that identifier.
+fn chain_targets(
+    sql: &mut Sql,
+    scope: &TenantScope,
+    chain: &Chain,
+    any_of: &[Predicate],
+) -> Result<String, StoreError> {
+    let table = index_table(chain.param.kind);
+    let key_test = key_test("x", chain.param);
+    let mut probes = Vec::with_capacity(any_of.len());
+    for predicate in any_of {
+        let condition = index_condition(sql, predicate)?
+            .ok_or_else(|| StoreError::Config(format!("{}: a chain tests values, not presence", chain.name)))?;
+        probes.push(format!("SELECT x.id FROM {table} x WHERE {key_test} AND {condition}"));
+    }
+    let target_type = sql.text(chain.other_end().as_str())?;
+    let tenancy = sql.tenancy_of("t", scope, Probe::PerRow)?;
+    let probes = probes.join(" UNION ");
+    let target = format!("t.resource_type = {target_type} AND t.id = dx.id AND t.deleted = 0 AND {tenancy}");
+    Ok(match sql.backend {
+        // `CROSS JOIN` keeps the identifiers' rows `dx` the outer loop: SQLite never reorders it.
+        BackendKind::Sqlite => format!("SELECT t.id FROM ({probes}) dx CROSS JOIN resources t WHERE {target}"),
+        // A lateral join reads each target by its key whatever the statistics (see
+        // `included_statement`).
+        BackendKind::Postgres => format!(
+            "SELECT t.id FROM ({probes}) dx CROSS JOIN LATERAL (SELECT t.id FROM resources t WHERE {target}{}) t",
+            sql.per_row_fence()
+        ),
+    })
+}
+
+/// The ids of the resources whose chain's reference points at one of its targets
+/// ([`chain_targets`]): `SELECT c.id …`, the references found by their target through
+/// `idx_reference_search`.
+fn chain_ids(sql: &mut Sql, scope: &TenantScope, chain: &Chain, any_of: &[Predicate]) -> Result<String, StoreError> {
+    let targets = chain_targets(sql, scope, chain, any_of)?;
+    let target_type = sql.text(chain.other_end().as_str())?;
+    let references =
+        format!("{} AND c.target_id = dt.id AND c.target_type = {target_type}", key_test("c", chain.reference));
+    Ok(match sql.backend {
+        BackendKind::Sqlite => format!("SELECT c.id FROM ({targets}) dt CROSS JOIN idx_reference c WHERE {references}"),
+        BackendKind::Postgres => format!(
+            "SELECT c.id FROM ({targets}) dt CROSS JOIN LATERAL (SELECT c.id FROM idx_reference c WHERE {references}{}) c",
+            sql.per_row_fence()
+        ),
+    })
+}
+
+/// A chained clause. Forward (`patient.identifier`): from the targets to the references to
+/// them, as a set; or, for a walk along `last_updated`, per row: the row's own references by
+/// its id, each target read by its key, tested and its visibility probed. Reverse
+/// (`_has:Task:focus:status`): per row, the references to it by their target, each source
+/// read, tested and probed the same way, so that a source the caller may not see does not
+/// make its target match.
+fn chain_sql(
+    sql: &mut Sql,
+    scope: &TenantScope,
+    chain: &Chain,
+    any_of: &[Predicate],
+    probe: Probe,
+) -> Result<String, StoreError> {
+    if !chain.reverse && probe == Probe::Set {
+        return Ok(format!("r.id IN ({})", chain_ids(sql, scope, chain, any_of)?));
+    }
+    // The row's references (`c.id = r.id`) or the references to it (`c.target_id = r.id`),
+    // and the resource `s` at their other end.
+    let (link, other_end) = if chain.reverse {
+        ("c.target_id = r.id AND c.target_type = r.resource_type", "s.id = c.id")
+    } else {
+        ("c.id = r.id", "s.id = c.target_id AND c.target_type = s.resource_type")
+    };
+    let table = index_table(chain.param.kind);
+    let param_key = key_test("x", chain.param);
+    let fence = sql.per_row_fence();
+    let mut tests = Vec::with_capacity(any_of.len());
+    for predicate in any_of {
+        let condition = index_condition(sql, predicate)?
+            .ok_or_else(|| StoreError::Config(format!("{}: a chain tests values, not presence", chain.name)))?;
+        tests
+            .push(format!("EXISTS (SELECT 1 FROM {table} x WHERE x.id = s.id AND {param_key} AND {condition}{fence})"));
+    }
+    let other_type = sql.text(chain.other_end().as_str())?;
+    let tenancy = sql.tenancy_of("s", scope, Probe::PerRow)?;
+    Ok(format!(
+        "EXISTS (SELECT 1 FROM idx_reference c CROSS JOIN resources s WHERE {link} AND {} \
+         AND s.resource_type = {other_type} AND {other_end} AND s.deleted = 0 AND ({}) AND {tenancy}{fence})",
+        key_test("c", chain.reference),
+        tests.join(" OR ")
+    ))
+}
+
+fn clause_sql(sql: &mut Sql, scope: &TenantScope, clause: &Clause, probe: Probe) -> Result<String, StoreError> {
+    if let ParamRef::Chained(chain) = &clause.param {
+        let chained = chain_sql(sql, scope, chain, &clause.any_of, probe)?;
+        return Ok(if clause.negated { format!("NOT {chained}") } else { chained });
+    }
     let alternatives =
         clause.any_of.iter().map(|p| predicate_sql(sql, clause.param, p, probe)).collect::<Result<Vec<_>, _>>()?;
     let any = format!("({})", alternatives.join(" OR "));
@@ -371,8 +476,14 @@ fn driver_clause(query: &SearchQuery) -> Option<usize> {
         .clauses
         .iter()
         .enumerate()
-        .filter(|(_, c)| !c.negated && c.any_of.len() == 1 && matches!(c.param, ParamRef::Registered(_)))
-        .filter_map(|(i, c)| driver_rank(&c.any_of[0]).map(|rank| (rank, i)))
+        .filter(|(_, c)| !c.negated)
+        .filter_map(|(i, c)| match (c.param, c.any_of.as_slice()) {
+            (ParamRef::Registered(_), [one]) => driver_rank(one).map(|rank| (rank, i)),
+            // A forward chain's targets are found by their identifiers, whatever the number
+            // of alternatives: as selective as a reference by identifier.
+            (ParamRef::Chained(chain), _) if !chain.reverse => Some((1, i)),
+            _ => None,
+        })
         .min()
         .map(|(_, i)| i)
 }
@@ -397,6 +508,14 @@ fn from_and_filter(
         vec![format!("r.resource_type = {}", sql.text(query.resource_type.as_str())?), "r.deleted = 0".to_owned()];
     for (i, clause) in query.clauses.iter().enumerate() {
         if Some(i) == driver {
+            if let ParamRef::Chained(chain) = &clause.param {
+                from = format!(
+                    "(SELECT DISTINCT d.id FROM ({}) d) d CROSS JOIN resources r",
+                    chain_ids(sql, scope, chain, &clause.any_of)?
+                );
+                conditions.push("r.id = d.id".to_owned());
+                continue;
+            }
             let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
                 return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
             };
@@ -409,7 +528,7 @@ fn from_and_filter(
             conditions.push("r.id = d.id".to_owned());
             continue;
         }
-        conditions.push(clause_sql(sql, clause, probe)?);
+        conditions.push(clause_sql(sql, scope, clause, probe)?);
     }
     if let Some(horizon) = horizon {
         conditions.push(format!("r.last_updated <= {}", sql.int(horizon.micros())?));

@@ -20,6 +20,7 @@ mod reference_tenancy;
 mod replicas;
 mod sandbox;
 mod search;
+mod search_safety;
 mod security;
 mod shutdown;
 mod store_contract;

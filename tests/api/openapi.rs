@@ -132,12 +132,18 @@ fn the_contract_documents_exactly_the_search_parameters_each_type_supports() {
             })
             .filter(|parameter| parameter["in"] == "query")
             .filter_map(|parameter| parameter["name"].as_str())
-            .filter(|name| !name.starts_with('_'))
-            // `owner:identifier` documents a modifier of `owner`.
-            .map(|name| name.split(':').next().unwrap_or(name).to_owned())
+            .filter(|name| !name.starts_with('_') || name.starts_with("_has:"))
+            // `owner:identifier` documents a modifier of `owner`; a chain (`subject:Patient.identifier`,
+            // `_has:Task:focus:status`) is a parameter of its own.
+            .map(|name| match name.contains('.') || name.starts_with("_has:") {
+                true => name.to_owned(),
+                false => name.split(':').next().unwrap_or(name).to_owned(),
+            })
             .collect();
-        let supported: BTreeSet<String> =
-            search_params::params_for(resource_type).map(|param| param.name.to_owned()).collect();
+        let supported: BTreeSet<String> = search_params::params_for(resource_type)
+            .map(|param| param.name.to_owned())
+            .chain(search_params::chains_for(resource_type).map(|chain| chain.name.to_owned()))
+            .collect();
         assert_eq!(documented, supported, "search parameters of {resource_type}");
     }
 }
