@@ -17,6 +17,7 @@ mod processes;
 mod profiles;
 mod readme;
 mod replicas;
+mod request_bounds;
 mod sandbox;
 mod search;
 mod security;
