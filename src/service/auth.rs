@@ -83,9 +83,10 @@ pub struct AuthService {
 
 /// Failed token requests of this process, counted per client (the `client_id` the assertion
 /// claims, unverified), in fixed windows of [`FAILURE_WINDOW`] from a client's first failure.
-/// Past its limit (`token_failure_limit`, [`DEFAULT_FAILURE_LIMIT`]) in a window, each further failure is answered 429 with
-/// `Retry-After` (the rest of the window) instead of 400, so a client misconfigured or an
-/// attacker guessing learns to stop, and a burst shows in the metrics as throttled.
+/// Past its limit (`token_failure_limit`, [`DEFAULT_FAILURE_LIMIT`]) in a window, each further
+/// failure is answered 429 with `Retry-After` (the rest of the window) instead of 400, so a
+/// misconfigured client or an attacker learns to stop, and a burst shows in the metrics as
+/// throttled.
 ///
 /// Every request is still checked, throttled or not: an assertion signed with the client's
 /// registered key is served whatever the count, so an attacker who knows a client_id (it is
