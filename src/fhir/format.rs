@@ -145,7 +145,8 @@ fn trail_to_empty<'a>(value: &'a Value, trail: &mut Vec<Step<'a>>, rules: Rules)
 fn unpaired_null(members: &serde_json::Map<String, Value>, name: &str, member: &Value) -> Option<Option<usize>> {
     match member {
         Value::Null => Some(None),
-        Value::Array(items) => {
+        Value::Array(items) if items.iter().any(Value::is_null) => {
+            // Looked up only for an array holding a null: most hold none.
             let partner = match name.strip_prefix('_') {
                 Some(plain) => members.get(plain),
                 None => members.get(&format!("_{name}")),

@@ -7,6 +7,7 @@
 
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer;
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
 /// The key serde_json's `arbitrary_precision` feature carries a number's digits under.
@@ -89,11 +90,15 @@ impl<'de> Visitor<'de> for StrictValue {
                 let digits: String = members.next_value()?;
                 return digits.parse::<serde_json::Number>().map(Value::Number).map_err(A::Error::custom);
             }
-            if object.contains_key(&key) {
-                return Err(A::Error::custom(format!("the key \"{key}\" appears twice in one object")));
-            }
             let value = members.next_value_seed(StrictValue)?;
-            object.insert(key, value);
+            match object.entry(key) {
+                Entry::Occupied(first) => {
+                    return Err(A::Error::custom(format!("the key \"{}\" appears twice in one object", first.key())));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+            }
         }
         Ok(Value::Object(object))
     }
