@@ -80,6 +80,13 @@ pub struct Settings {
     pub delivery_lease_secs: u64,
     /// Timeout of one webhook request, in seconds.
     pub delivery_timeout_secs: u64,
+    /// The longest one database statement may run, in milliseconds: PostgreSQL cancels it
+    /// (`statement_timeout`); on SQLite a read is abandoned and its connection discarded
+    /// (see `store::readers`). The request then answers 503. 0 turns the limit off.
+    pub statement_timeout_ms: u64,
+    /// Failed token requests one client_id may make in 60 s (per process) before further
+    /// failures answer 429 with Retry-After until the minute ends. 0 turns the throttle off.
+    pub token_failure_limit: u32,
 }
 
 /// The operator's OAuth server: its tokens name a registered client (`client_id` claim), and
@@ -163,6 +170,8 @@ impl Default for Settings {
             delivery_poll_interval_ms: 1_000,
             delivery_lease_secs: 60,
             delivery_timeout_secs: 10,
+            statement_timeout_ms: 10_000,
+            token_failure_limit: crate::service::auth::DEFAULT_FAILURE_LIMIT,
         }
     }
 }
@@ -201,6 +210,8 @@ impl Settings {
         "delivery_poll_interval_ms",
         "delivery_lease_secs",
         "delivery_timeout_secs",
+        "statement_timeout_ms",
+        "token_failure_limit",
     ];
 
     /// Defaults, then the file (if given and present), then `LINKBRIDGE_*` variables.
@@ -277,6 +288,8 @@ impl Settings {
         PoolSettings {
             max_connections: self.db_max_connections,
             settle_window: std::time::Duration::from_millis(self.settle_window_ms),
+            statement_timeout: (self.statement_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.statement_timeout_ms)),
             ..PoolSettings::default()
         }
     }

@@ -60,7 +60,11 @@ impl Application {
             ProfileCheck::load(settings.profiles_dir.as_ref(), settings.profile_validation, &settings.chi_systems)?;
         let resources = ResourceService::new(store.clone(), profiles)
             .with_single_open_referral(settings.single_open_referral)
-            .with_endpoint_policy(settings.endpoint_policy());
+            .with_endpoint_policy(settings.endpoint_policy())
+            .with_patch_limits(crate::domain::patch::PatchLimits {
+                max_operations: crate::domain::patch::PatchLimits::DEFAULT_MAX_OPERATIONS,
+                max_result_bytes: settings.max_body_bytes,
+            });
         let metrics = Metrics::new();
         store.observe_commits(std::sync::Arc::new(metrics.clone()));
         let delivery = DeliveryWorker::new(resources.clone(), settings.delivery(&base_url)?, metrics.clone())
@@ -80,10 +84,11 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(http::error::query_error))
                 .app_data(web::PathConfig::default().error_handler(http::error::path_error))
-                // Outermost last: the security headers, metrics, logging, then audit (so refusals
-                // are audited), then the token gate.
+                // Outermost last: the security headers, metrics, logging, the bound on headers
+                // (before any work), then audit (so refusals are audited), then the token gate.
                 .wrap(actix_web::middleware::from_fn(http::auth::require_token))
                 .wrap(actix_web::middleware::from_fn(http::audit::audit_access))
+                .wrap(actix_web::middleware::from_fn(http::limits::bound_headers))
                 .wrap(actix_web::middleware::from_fn(http::logging::log_request))
                 .wrap(actix_web::middleware::from_fn(http::metrics::observe_request))
                 .wrap(http::security_headers())
@@ -140,7 +145,8 @@ fn build_auth(settings: &Settings, store: &Store, base_url: &str) -> Result<Auth
         policy,
         format!("{base_url}/auth/token"),
         std::sync::Arc::new(jwks_source),
-    );
+    )
+    .with_failure_limit(settings.token_failure_limit);
     let Some(external) = &settings.external_issuer else {
         return Ok(service);
     };

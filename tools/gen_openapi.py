@@ -560,6 +560,7 @@ paths['/auth/token'] = {'post': op('Get an access token (SMART Backend Services)
    {'required':True,'content':{'application/x-www-form-urlencoded':{'schema':sref('TokenRequest')}}},
    {'200':{'description':'An access token (`at+jwt`, ES384, at most 5 minutes).','headers':{**nostore,'Pragma':{'schema':{'type':'string','const':'no-cache'}}},'content':{'application/json':{'schema':sref('TokenResponse')}}},
     '400':{'description':'Refused (RFC 6749 section 5.2): every client error, including invalid_client, is a 400.','headers':nostore,'content':{'application/json':{'schema':sref('OAuthError')}}},
+    '429':{'description':'Refused, `invalid_client`, after 20 failed requests for this `client_id` in 60 s (per server process) until the window ends: wait `Retry-After` seconds. A correctly signed assertion is still served.','headers':{**nostore,'Retry-After':href('Retry-After')},'content':{'application/json':{'schema':sref('OAuthError')}}},
     '500':{'description':'Server error (`server_error`).','headers':nostore,'content':{'application/json':{'schema':sref('OAuthError')}}}},
    desc='client_credentials grant with a `private_key_jwt` client assertion. The body is parsed as a form whatever its Content-Type.', security=[])}
 paths['/healthz'] = {'get': op('Liveness probe', 'healthz', ['Probes'], None, None,

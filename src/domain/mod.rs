@@ -7,6 +7,7 @@ pub mod ids;
 pub mod instant;
 pub mod notification;
 pub mod outcome;
+pub mod patch;
 pub mod references;
 pub mod resource_type;
 pub mod search_params;

@@ -9,6 +9,7 @@
 
 mod element_types;
 pub mod format;
+pub mod json;
 mod primitives;
 mod schema;
 mod values;

@@ -77,6 +77,19 @@ pub async fn token(state: web::Data<AppState>, form: web::Bytes) -> HttpResponse
                     "scope": issued.scope().render(),
                 }))
         }
+        Err(TokenRequestError::Throttled { retry_after_secs }) => {
+            tracing::info!(client_id = request_client_hint(&request), "token request throttled");
+            state.metrics.token_refused("token_endpoint", "throttled");
+            HttpResponse::TooManyRequests()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .insert_header((header::RETRY_AFTER, retry_after_secs.to_string()))
+                .json(json!({
+                    "error": "invalid_client",
+                    "error_description": format!(
+                        "too many failed token requests for this client; retry after {retry_after_secs} s"
+                    ),
+                }))
+        }
         Err(e) => {
             let status = match &e {
                 TokenRequestError::Server(_) => {

@@ -10,6 +10,7 @@ pub mod conformance;
 pub mod docs;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod logging;
 pub mod metadata;
 pub mod metrics;

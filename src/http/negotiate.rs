@@ -133,7 +133,7 @@ pub fn parse_resource(format: Format, bytes: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request(IssueCode::Required, "the request has no body"));
     }
     match format {
-        Format::Json => serde_json::from_slice(bytes)
+        Format::Json => crate::fhir::json::from_slice_strict(bytes)
             .map_err(|e| ApiError::bad_request(IssueCode::Structure, format!("the body is not valid JSON: {e}"))),
         Format::Xml => crate::fhir::format::xml_to_json(bytes)
             .map_err(|e| ApiError::BadRequest(crate::service::ingest::structure_issue(e))),

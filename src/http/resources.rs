@@ -203,9 +203,10 @@ pub async fn patch(
     let principal = caller.require(resource_type, Interaction::Update)?;
     let bytes = read_body(payload, state.max_body_bytes).await?;
     let conditions = WriteConditions { if_match: if_match(&req)?, request: request_key(&req, principal, &bytes)? };
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(IssueCode::Structure, format!("the body is not a JSON Patch document: {e}"))
-    })?;
+    let patch: json_patch::Patch =
+        crate::fhir::json::from_slice_strict(&bytes).and_then(serde_json::from_value).map_err(|e| {
+            ApiError::bad_request(IssueCode::Structure, format!("the body is not a JSON Patch document: {e}"))
+        })?;
     let version = state.resources.patch_resource(principal, resource_type, &id, &patch, &conditions).await?;
     version_response(&req, &state, StatusCode::OK, &version, false)
 }

@@ -39,6 +39,9 @@ pub enum TokenRequestError {
     InvalidClient(&'static str),
     #[error("invalid_scope: {0}")]
     InvalidScope(String),
+    /// Too many failed requests for this client lately (429 with Retry-After).
+    #[error("throttled: too many failed token requests for this client; retry after {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
     #[error("server_error: {0}")]
     Server(#[from] StoreError),
 }
@@ -50,6 +53,9 @@ impl TokenRequestError {
             TokenRequestError::UnsupportedGrantType => "unsupported_grant_type",
             TokenRequestError::InvalidClient(_) => "invalid_client",
             TokenRequestError::InvalidScope(_) => "invalid_scope",
+            // The request failed as the ones before it did; the 429 and its Retry-After say
+            // why it is not worth retrying at once.
+            TokenRequestError::Throttled { .. } => "invalid_client",
             TokenRequestError::Server(_) => "server_error",
         }
     }
@@ -72,6 +78,76 @@ pub struct AuthService {
     jwks_source: Arc<dyn JwksSource>,
     external: Option<ExternalIssuer>,
     verified: Arc<VerifiedTokens>,
+    failures: Arc<FailedTokenRequests>,
+}
+
+/// Failed token requests of this process, counted per client (the `client_id` the assertion
+/// claims, unverified), in fixed windows of [`FAILURE_WINDOW`] from a client's first failure.
+/// Past its limit (`token_failure_limit`, [`DEFAULT_FAILURE_LIMIT`]) in a window, each further
+/// failure is answered 429 with `Retry-After` (the rest of the window) instead of 400, so a
+/// misconfigured client or an attacker learns to stop, and a burst shows in the metrics as
+/// throttled.
+///
+/// Every request is still checked, throttled or not: an assertion signed with the client's
+/// registered key is served whatever the count, so an attacker who knows a client_id (it is
+/// not secret) cannot lock its owner out. Only requests whose assertion names no readable
+/// client_id, which cannot succeed anyway, share one count and are refused unchecked once over
+/// it. The count is per process (replicas keep their own): N replicas allow N times the
+/// threshold, which the throttle is not meant to hide; it bounds what one client's failures
+/// cost, not an organisation's traffic.
+struct FailedTokenRequests {
+    windows: std::sync::Mutex<std::collections::HashMap<String, FailureWindow>>,
+    /// Failures a client may have in one window before the next are answered 429 (0: no limit).
+    limit: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FailureWindow {
+    started: std::time::Instant,
+    failures: u32,
+}
+
+/// The default of `token_failure_limit`: failures a client may have in one window.
+pub const DEFAULT_FAILURE_LIMIT: u32 = 20;
+/// The length of a failure window.
+pub const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Clients counted at once; when full, windows that ended are dropped, then new clients share
+/// the count of unreadable ones (a flood of invented client ids cannot grow the map).
+const FAILURE_CLIENTS_CAPACITY: usize = 10_000;
+/// The count shared by assertions with no readable client_id (and by overflow).
+const UNIDENTIFIED: &str = "";
+
+impl FailedTokenRequests {
+    /// How long until `client`'s window ends, if it has had its fill of failures in it.
+    fn throttled_for(&self, client: &str, now: std::time::Instant) -> Option<std::time::Duration> {
+        let windows = self.windows.lock().ok()?;
+        let window = windows.get(client)?;
+        let ends = window.started + FAILURE_WINDOW;
+        (self.limit > 0 && window.failures >= self.limit && now < ends).then(|| ends - now)
+    }
+
+    /// Counts a failure of `client`.
+    fn note(&self, client: &str, now: std::time::Instant) {
+        let Ok(mut windows) = self.windows.lock() else { return };
+        if !windows.contains_key(client) && windows.len() >= FAILURE_CLIENTS_CAPACITY {
+            windows.retain(|_, window| now < window.started + FAILURE_WINDOW);
+        }
+        let key = if windows.contains_key(client) || windows.len() < FAILURE_CLIENTS_CAPACITY {
+            client
+        } else {
+            UNIDENTIFIED
+        };
+        let window = windows.entry(key.to_owned()).or_insert(FailureWindow { started: now, failures: 0 });
+        if now >= window.started + FAILURE_WINDOW {
+            *window = FailureWindow { started: now, failures: 0 };
+        }
+        window.failures = window.failures.saturating_add(1);
+    }
+}
+
+/// Whole seconds to wait, rounded up (`Retry-After` is in seconds).
+fn whole_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// Our own access tokens this process has verified, so that a client's every request does not
@@ -126,7 +202,15 @@ impl AuthService {
         jwks_source: Arc<dyn JwksSource>,
     ) -> Self {
         let verified = Arc::new(VerifiedTokens { entries: Default::default() });
-        AuthService { store, keys, policy, token_endpoint, jwks_source, external: None, verified }
+        let failures = Arc::new(FailedTokenRequests { windows: Default::default(), limit: DEFAULT_FAILURE_LIMIT });
+        AuthService { store, keys, policy, token_endpoint, jwks_source, external: None, verified, failures }
+    }
+
+    /// Failed token requests a client may make in a minute before further failures answer 429
+    /// (0: no limit). See [`FailedTokenRequests`].
+    pub fn with_failure_limit(mut self, limit: u32) -> Self {
+        self.failures = Arc::new(FailedTokenRequests { windows: Default::default(), limit });
+        self
     }
 
     /// Also accept tokens from the operator's own OAuth server.
@@ -143,8 +227,34 @@ impl AuthService {
         self.keys.public_jwks()
     }
 
-    /// `POST /auth/token`.
+    /// `POST /auth/token`, its failures counted per client (see [`FailedTokenRequests`]).
     pub async fn issue_token(&self, request: &TokenRequest) -> Result<IssuedAccessToken, TokenRequestError> {
+        let client = request
+            .client_assertion
+            .as_deref()
+            .and_then(|assertion| peek_client_id(assertion).ok())
+            .map_or_else(|| UNIDENTIFIED.to_owned(), |id| id.as_str().to_owned());
+        if client == UNIDENTIFIED {
+            if let Some(wait) = self.failures.throttled_for(&client, std::time::Instant::now()) {
+                return Err(TokenRequestError::Throttled { retry_after_secs: whole_seconds(wait) });
+            }
+        }
+        let result = self.check_token_request(request).await;
+        match result {
+            Err(TokenRequestError::Server(_)) | Ok(_) => result,
+            Err(refusal) => {
+                let now = std::time::Instant::now();
+                let throttled = self.failures.throttled_for(&client, now);
+                self.failures.note(&client, now);
+                match throttled {
+                    Some(wait) => Err(TokenRequestError::Throttled { retry_after_secs: whole_seconds(wait) }),
+                    None => Err(refusal),
+                }
+            }
+        }
+    }
+
+    async fn check_token_request(&self, request: &TokenRequest) -> Result<IssuedAccessToken, TokenRequestError> {
         if request.grant_type.as_deref() != Some("client_credentials") {
             return Err(match request.grant_type {
                 None => TokenRequestError::InvalidRequest("grant_type is required"),
@@ -274,5 +384,36 @@ mod tests {
         assert_eq!(cache.get("token-a", now), Some((principal, scopes)));
         assert_eq!(cache.get("token-b", now), None);
         assert_eq!(cache.get("token-a", now + time::Duration::seconds(60)), None, "not at or after expiry");
+    }
+
+    #[test]
+    fn failures_past_the_threshold_are_throttled_until_the_window_ends_for_that_client_only() {
+        let failures = FailedTokenRequests { windows: Default::default(), limit: DEFAULT_FAILURE_LIMIT };
+        let start = std::time::Instant::now();
+        for _ in 0..DEFAULT_FAILURE_LIMIT - 1 {
+            failures.note("attacked", start);
+        }
+        assert_eq!(failures.throttled_for("attacked", start), None, "the last failure allowed is still answered");
+        failures.note("attacked", start);
+        let later = start + std::time::Duration::from_secs(10);
+        assert_eq!(
+            failures.throttled_for("attacked", later),
+            Some(FAILURE_WINDOW - std::time::Duration::from_secs(10))
+        );
+        assert_eq!(failures.throttled_for("another", later), None, "other clients are not affected");
+        assert_eq!(failures.throttled_for("attacked", start + FAILURE_WINDOW), None, "the window ends");
+        failures.note("attacked", start + FAILURE_WINDOW);
+        assert_eq!(failures.throttled_for("attacked", start + FAILURE_WINDOW), None, "a new window starts afresh");
+    }
+
+    #[test]
+    fn a_flood_of_invented_client_ids_cannot_grow_the_count_past_its_capacity() {
+        let failures = FailedTokenRequests { windows: Default::default(), limit: DEFAULT_FAILURE_LIMIT };
+        let now = std::time::Instant::now();
+        for i in 0..FAILURE_CLIENTS_CAPACITY + 500 {
+            failures.note(&format!("invented-{i}"), now);
+        }
+        let windows = failures.windows.lock().expect("lock");
+        assert!(windows.len() <= FAILURE_CLIENTS_CAPACITY + 1, "{}", windows.len());
     }
 }

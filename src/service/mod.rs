@@ -64,6 +64,13 @@ impl ServiceError {
             ServiceError::Store(StoreError::SettleWindowPassed { .. }) => {
                 one(503, IssueCode::Transient, "the write took too long to commit; retry".to_owned())
             }
+            // Retrying the same request would meet the same limit: no Retry-After.
+            ServiceError::Store(StoreError::StatementTimeout) => one(
+                503,
+                IssueCode::TooCostly,
+                "the request took longer than the server allows one database statement (statement_timeout_ms); narrow it"
+                    .to_owned(),
+            ),
             ServiceError::Store(_) => one(
                 500,
                 IssueCode::Exception,

@@ -12,6 +12,7 @@ use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{Issue, IssueCode};
+use crate::domain::patch::{PatchLimits, PatchRefusal};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::{self, extract_index, split_reference, IndexEntry};
 use crate::domain::search_query::{parse_criteria, parse_token, Clause, ParamRef, SearchQuery};
@@ -51,6 +52,26 @@ pub struct ResourceService {
     pub(super) profiles: ProfileCheck,
     /// Which webhook endpoints subscriptions may name.
     endpoint_policy: EndpointPolicy,
+    /// How many operations a JSON Patch may hold and how large its result may grow.
+    patch_limits: PatchLimits,
+}
+
+/// A patch too long for the limits is a bad request (400); one whose result would be too
+/// large, or that cannot be applied to this resource, is unprocessable (422).
+fn patch_refused(refusal: PatchRefusal) -> ServiceError {
+    let message = refusal.to_string();
+    match refusal {
+        PatchRefusal::TooManyOperations { .. } => {
+            ServiceError::Invalid(vec![Issue::error(IssueCode::TooLong, message)])
+        }
+        PatchRefusal::ResultTooLarge { .. } => {
+            ServiceError::Unprocessable(vec![Issue::error(IssueCode::TooCostly, message)])
+        }
+        PatchRefusal::Failed { .. } => ServiceError::Unprocessable(vec![Issue::error(
+            IssueCode::Processing,
+            format!("the patch cannot be applied: {message}"),
+        )]),
+    }
 }
 
 /// A stored body as JSON; the store only holds what the service wrote, so a failure is a fault.
@@ -92,7 +113,16 @@ fn label(resource_type: ResourceType, id: &ResourceId) -> String {
 
 impl ResourceService {
     pub fn new(store: Store, profiles: ProfileCheck) -> Self {
-        ResourceService { store, single_open_referral: true, profiles, endpoint_policy: EndpointPolicy::default() }
+        ResourceService {
+            store,
+            single_open_referral: true,
+            profiles,
+            endpoint_policy: EndpointPolicy::default(),
+            patch_limits: PatchLimits {
+                max_operations: PatchLimits::DEFAULT_MAX_OPERATIONS,
+                max_result_bytes: crate::config::Settings::default().max_body_bytes,
+            },
+        }
     }
 
     /// The profiles writes are checked against (`$validate` uses the same).
@@ -102,6 +132,11 @@ impl ResourceService {
 
     pub fn with_single_open_referral(mut self, enabled: bool) -> Self {
         self.single_open_referral = enabled;
+        self
+    }
+
+    pub fn with_patch_limits(mut self, limits: PatchLimits) -> Self {
+        self.patch_limits = limits;
         self
     }
 
@@ -588,8 +623,9 @@ impl ResourceService {
             .await
     }
 
-    /// `PATCH [type]/[id]` with a JSON Patch document (RFC 6902). The patched resource is
-    /// checked like any update; `id` and `meta` stay the server's.
+    /// `PATCH [type]/[id]` with a JSON Patch document (RFC 6902), within the patch limits
+    /// (`domain::patch`). The patched resource is checked like any update; `id` and `meta`
+    /// stay the server's.
     pub async fn patch_resource(
         &self,
         caller: &Principal,
@@ -598,17 +634,13 @@ impl ResourceService {
         patch: &json_patch::Patch,
         conditions: &WriteConditions,
     ) -> Result<StoredVersion, ServiceError> {
+        crate::domain::patch::check_operation_count(patch, self.patch_limits).map_err(patch_refused)?;
         self.write_new_version(caller, resource_type, id, conditions, WriteMethod::Patch, |current| {
             if current.deleted {
                 return Err(ServiceError::Gone(label(resource_type, id)));
             }
             let mut resource = stored_json(&current.body)?;
-            json_patch::patch(&mut resource, patch).map_err(|e| {
-                ServiceError::Unprocessable(vec![Issue::error(
-                    IssueCode::Processing,
-                    format!("the patch cannot be applied: {e}"),
-                )])
-            })?;
+            crate::domain::patch::apply(&mut resource, patch, self.patch_limits).map_err(patch_refused)?;
             if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                 return Err(ServiceError::Unprocessable(vec![Issue::error(
                     IssueCode::Invalid,

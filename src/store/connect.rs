@@ -59,6 +59,9 @@ pub struct PoolSettings {
     /// The settle window W of `_lastUpdated` polling: a write whose `last_updated` is more
     /// than W/2 old when it is applied is refused (`StoreError::SettleWindowPassed`).
     pub settle_window: Duration,
+    /// The longest one statement may run (`StoreError::StatementTimeout` beyond it); `None`:
+    /// unbounded. See [`readers::bounded`](super::readers::bounded) for SQLite.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for PoolSettings {
@@ -67,6 +70,7 @@ impl Default for PoolSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
             settle_window: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -110,8 +114,14 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
     sqlx::migrate!("./migrations/sqlite").run(&mut writer_conn).await?;
 
     // A connection to a local file does not go stale: tested only after a failure.
-    let readers =
-        reader_pool(options, Some(SQLITE_PRAGMAS), false, settings.max_connections, settings.acquire_timeout)?;
+    let readers = reader_pool(
+        options,
+        Some(SQLITE_PRAGMAS.to_owned()),
+        false,
+        settings.max_connections,
+        settings.acquire_timeout,
+        settings.statement_timeout,
+    )?;
     let checkpointer = Checkpointer::start(readers.clone());
     let outbox_signal = Arc::new(Notify::new());
     let writer = GroupCommit::start(
@@ -134,7 +144,20 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
 
 async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, StoreError> {
     let options = AnyConnectOptions::from_str(raw)?.disable_statement_logging();
-    let pool = reader_pool(options.clone(), None, true, settings.max_connections, settings.acquire_timeout)?;
+    // Every connection, the writer's too, has the statement timeout: PostgreSQL cancels a
+    // statement that runs past it (SQLSTATE 57014, `StoreError::StatementTimeout`).
+    let reader_statement_timeout = format!(
+        "SET statement_timeout = {}",
+        settings.statement_timeout.map_or(0, |limit| limit.as_millis().clamp(1, i32::MAX as u128))
+    );
+    let pool = reader_pool(
+        options.clone(),
+        Some(reader_statement_timeout.clone()),
+        true,
+        settings.max_connections,
+        settings.acquire_timeout,
+        None,
+    )?;
     // The writer's own connections, outside the request pool: queued behind every waiting
     // request's reads, the group commit would wait longest when most is waiting on it. One
     // per lane of the writer (see `group_commit::POSTGRES_WRITER_LANES`), in a pool rather than
@@ -148,13 +171,16 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     // values bound, PostgreSQL chose to plan the batch's search of 32 conditional creates
     // afresh at every run (3 ms each time, a fifth of a batch), and every statement the writer
     // runs reads by key, whatever the values.
+    let statement_timeout = reader_statement_timeout.clone();
     let writer_pool = postgres_pool_options(POSTGRES_WRITER_LANES as u32, settings.acquire_timeout)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
+            let statement_timeout = statement_timeout.clone();
             Box::pin(async move {
                 conn.execute(
                     "SET enable_bitmapscan = off; SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan",
                 )
                 .await?;
+                conn.execute(statement_timeout.as_str()).await?;
                 Ok(())
             })
         })
@@ -162,7 +188,12 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
     // sqlx takes a PostgreSQL advisory lock while migrating, so replicas starting together
     // apply each migration once. This first connection also fails the start at once if the
     // server cannot be reached.
-    sqlx::migrate!("./migrations/postgres").run(&mut *take(&pool).await?).await?;
+    // A migration may rewrite a large table: it is not held to the requests' timeout.
+    let mut migrating = take(&pool).await?;
+    migrating.execute("SET statement_timeout = 0").await?;
+    sqlx::migrate!("./migrations/postgres").run(&mut *migrating).await?;
+    migrating.execute(reader_statement_timeout.as_str()).await?;
+    drop(migrating);
     let outbox_signal = Arc::new(Notify::new());
     let writer = GroupCommit::start(
         WriteConnection::Postgres(writer_pool),

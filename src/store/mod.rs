@@ -75,10 +75,23 @@ pub enum StoreError {
     /// retry is stamped afresh). See `service::search` for why late commits are refused.
     #[error("the write was stamped {late_by_ms} ms before it could commit, more than the settle window allows")]
     SettleWindowPassed { late_by_ms: i64 },
+    /// A statement ran past the `statement_timeout_ms` setting and was cancelled (PostgreSQL)
+    /// or abandoned (SQLite, see `readers::bounded`).
+    #[error("a database statement ran past the statement timeout")]
+    StatementTimeout,
 }
+
+/// PostgreSQL's `query_canceled`: `statement_timeout` (or an operator) cancelled the statement.
+const QUERY_CANCELED: &str = "57014";
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            // The statement was cut, the connection is sound.
+            if db.code().as_deref() == Some(QUERY_CANCELED) {
+                return StoreError::StatementTimeout;
+            }
+        }
         readers::note_failure(&error);
         StoreError::Database(error)
     }
@@ -224,5 +237,14 @@ impl Store {
     /// back in the pool when dropped.
     pub(crate) async fn reader(&self) -> Result<readers::Reader, StoreError> {
         readers::take(&self.inner.pool).await
+    }
+
+    /// Runs one read statement that may be slow (a search, a history) under the statement
+    /// time limit on both databases (see [`readers::bounded`]).
+    pub(crate) async fn bounded_read<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StoreError> {
+        readers::bounded(&self.inner.pool, statement).await
     }
 }

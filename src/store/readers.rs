@@ -34,10 +34,14 @@ pub(crate) type Reader = Object<ReaderManager>;
 /// Opens reader connections and decides whether one may be handed out again untested.
 pub(crate) struct ReaderManager {
     options: AnyConnectOptions,
-    /// Statements every new connection runs first (SQLite's pragmas).
-    setup: Option<&'static str>,
+    /// Statements every new connection runs first (SQLite's pragmas; PostgreSQL's
+    /// `statement_timeout`).
+    setup: Option<String>,
     /// Whether a connection that rested over [`TRUSTED_IDLE`] is tested (PostgreSQL).
     test_after_idle: bool,
+    /// How long [`bounded`] waits for a statement before abandoning it and its connection
+    /// (SQLite, which has no statement timeout of its own).
+    abandon_after: Option<Duration>,
 }
 
 impl Manager for ReaderManager {
@@ -46,8 +50,8 @@ impl Manager for ReaderManager {
 
     async fn create(&self) -> Result<AnyConnection, sqlx::Error> {
         let mut conn = AnyConnection::connect_with(&self.options).await?;
-        if let Some(setup) = self.setup {
-            conn.execute(setup).await?;
+        if let Some(setup) = &self.setup {
+            conn.execute(setup.as_str()).await?;
         }
         Ok(conn)
     }
@@ -66,12 +70,13 @@ impl Manager for ReaderManager {
 /// The pool, built without connecting (connections open on first use, as sqlx's lazy pools).
 pub(super) fn reader_pool(
     options: AnyConnectOptions,
-    setup: Option<&'static str>,
+    setup: Option<String>,
     test_after_idle: bool,
     max_connections: u32,
     acquire_timeout: Duration,
+    abandon_after: Option<Duration>,
 ) -> Result<ReaderPool, StoreError> {
-    let manager = ReaderManager { options, setup, test_after_idle };
+    let manager = ReaderManager { options, setup, test_after_idle, abandon_after };
     Pool::builder(manager)
         .max_size(usize::try_from(max_connections).unwrap_or(usize::MAX).max(1))
         .wait_timeout(Some(acquire_timeout))
@@ -93,6 +98,34 @@ pub(super) async fn take(pool: &ReaderPool) -> Result<Reader, StoreError> {
             other => sqlx::Error::Configuration(other.to_string().into()),
         })
     })
+}
+
+/// Runs `statement` on a connection of the pool, under the statement time limit where the
+/// database does not enforce one itself. PostgreSQL cancels a statement past its
+/// `statement_timeout` (set on every connection). SQLite has no such setting, and sqlx::Any
+/// offers no way to interrupt a running SQLite statement (its progress handler needs the
+/// SQLite connection type, which `AnyConnection` hides). So on SQLite a statement still
+/// running at the limit is abandoned: the request is answered at once
+/// (`StoreError::StatementTimeout`), and its connection is taken out of the pool and closed,
+/// so that no later request queues behind it. SQLite still finishes the step it is in (until
+/// it yields a row or ends) on that connection's thread before the thread ends; what bounds
+/// that work is the statement itself (the search limits on parameters and joins).
+pub(super) async fn bounded<T>(
+    pool: &ReaderPool,
+    statement: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    let mut conn = take(pool).await?;
+    let Some(limit) = pool.manager().abandon_after else {
+        return Ok(statement(&mut conn).await?);
+    };
+    match tokio::time::timeout(limit, statement(&mut conn)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            // Dropping the connection ends its worker thread after the current step.
+            drop(Object::take(conn));
+            Err(StoreError::StatementTimeout)
+        }
+    }
 }
 
 /// Closes the pool and each of its idle connections properly (a PostgreSQL connection says

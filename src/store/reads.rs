@@ -192,7 +192,7 @@ impl Store {
              FROM resource_history r WHERE {} ORDER BY r.change_seq DESC LIMIT ${next}",
             conditions.join(" AND ")
         );
-        let rows = sqlx::query_with(&sql, args).fetch_all(&mut *self.reader().await?).await?;
+        let rows = self.bounded_read(async |conn| sqlx::query_with(&sql, args).fetch_all(conn).await).await?;
         rows.iter().map(version_from_row).collect()
     }
 

@@ -881,7 +881,7 @@ impl Store {
     pub async fn search_page(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<SearchHit>, StoreError> {
         let mut sql = Sql::new(self.kind());
         let (text, keys) = page_statement(&mut sql, scope, page)?;
-        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
+        let rows = self.bounded_read(async |conn| sqlx::query_with(&text, sql.args).fetch_all(conn).await).await?;
         let mut hits = rows.iter().map(|row| hit_from_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
         if page.position.is_some_and(|p| p.direction == PageDirection::Before) {
             hits.reverse();
@@ -899,7 +899,7 @@ impl Store {
         let mut sql = Sql::new(self.kind());
         let (from, conditions) = from_and_filter(&mut sql, scope, query, horizon, !query.uses_last_updated())?;
         let text = format!("SELECT COUNT(*) FROM {from} WHERE {}", conditions.join(" AND "));
-        let row = sqlx::query_with(&text, sql.args).fetch_one(&mut *self.reader().await?).await?;
+        let row = self.bounded_read(async |conn| sqlx::query_with(&text, sql.args).fetch_one(conn).await).await?;
         let count: i64 = row.try_get(0)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
@@ -1007,7 +1007,7 @@ impl Store {
         }
         let mut sql = Sql::new(self.kind());
         let text = included_statement(&mut sql, scope, param, target_types, ids)?;
-        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
+        let rows = self.bounded_read(async |conn| sqlx::query_with(&text, sql.args).fetch_all(conn).await).await?;
         rows.iter().map(version_from_row).collect()
     }
 
@@ -1026,7 +1026,7 @@ impl Store {
         }
         let mut sql = Sql::new(self.kind());
         let text = referencing_statement(&mut sql, scope, param, target_type, target_ids, limit)?;
-        let rows = sqlx::query_with(&text, sql.args).fetch_all(&mut *self.reader().await?).await?;
+        let rows = self.bounded_read(async |conn| sqlx::query_with(&text, sql.args).fetch_all(conn).await).await?;
         rows.iter().map(version_from_row).collect()
     }
 

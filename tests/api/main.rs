@@ -18,6 +18,7 @@ mod profiles;
 mod readme;
 mod reference_tenancy;
 mod replicas;
+mod request_bounds;
 mod sandbox;
 mod search;
 mod search_safety;

@@ -131,6 +131,11 @@ impl ServerProcess {
         format!("{}/auth/token", self.public_base_url)
     }
 
+    /// The process id (for its `/proc` figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the process has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use linkbridge::auth::ScopeSet;
+use linkbridge::config::Settings;
 use linkbridge::store::{ClientRecord, PoolSettings, Store};
 use reqwest::header::HeaderMap;
 use reqwest::Method;
@@ -19,7 +20,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::fixtures::{patient, service_request};
-use crate::helpers::{client_assertion, fixtures, json_of, spawn_app, Party, TestApp};
+use crate::helpers::{
+    client_assertion, fixtures, json_of, spawn_app, spawn_app_with, test_database, test_settings, Db, Party, TestApp,
+};
 
 /// Form fields of a token request.
 type FormFields = Vec<(&'static str, String)>;
@@ -159,7 +162,10 @@ fn client_record(client_id: &str, ods: &str, scopes: &str) -> ClientRecord {
 
 #[tokio::test]
 async fn client_assertions_failing_any_check_are_answered_invalid_client() {
-    let app = spawn_app().await;
+    // More failures in a minute than the throttle allows (`request_bounds` tests it).
+    let database = test_database(Db::Sqlite).await.expect("sqlite");
+    let settings = Settings { token_failure_limit: 0, ..test_settings(&database) };
+    let app = spawn_app_with(database, settings).await;
     let url = app.token_url();
     let h = gp_header();
     let c = || assertion_claims("gp-system", &url);
