@@ -108,8 +108,9 @@ impl ResponseError for ApiError {
                     response.insert_header((header::ALLOW, allow));
                 }
             }
-            ApiError::Unavailable(_)
-            | ApiError::Service(ServiceError::Store(crate::store::StoreError::SettleWindowPassed { .. })) => {
+            // Every 503 (a dependency briefly unavailable, the database unreachable, a write
+            // too late for the settle window) may be retried as it is: say when.
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             _ => {}

@@ -64,6 +64,9 @@ impl ServiceError {
             ServiceError::Store(StoreError::SettleWindowPassed { .. }) => {
                 one(503, IssueCode::Transient, "the write took too long to commit; retry".to_owned())
             }
+            ServiceError::Store(e) if e.is_unavailable() => {
+                one(503, IssueCode::Transient, "the database is unavailable just now; retry shortly".to_owned())
+            }
             ServiceError::Store(_) => one(
                 500,
                 IssueCode::Exception,
