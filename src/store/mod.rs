@@ -297,3 +297,21 @@ impl Store {
         readers::take(&self.inner.pool).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_or_refused_connection_is_unavailability_and_a_statements_own_failure_is_not() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_unavailability(&sqlx::Error::Io(refused)));
+        assert!(is_unavailability(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailability(&sqlx::Error::PoolClosed));
+        assert!(is_unavailability(&sqlx::Error::WorkerCrashed));
+        assert!(!is_unavailability(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailability(&sqlx::Error::ColumnNotFound("id".to_owned())));
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::from(sqlx::Error::RowNotFound).is_unavailable());
+    }
+}

@@ -117,6 +117,112 @@ async fn terminated_postgresql_connections_are_answered_503_with_retry_after_and
     }
 }
 
+/// A TCP relay in front of the PostgreSQL server that the test can take down (every relayed
+/// connection cut, new ones refused) and bring back on the same port: the database
+/// unreachable, as a stopped server or a network partition leaves it, without touching the
+/// server the other tests share.
+struct Relay {
+    listen: std::net::SocketAddr,
+    upstream: String,
+    running: tokio::sync::Mutex<Option<(tokio::task::JoinHandle<()>, RelayedConnections)>>,
+}
+
+type RelayedConnections = std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+impl Relay {
+    async fn start(upstream: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let listen = listener.local_addr().expect("the relay's address");
+        let relay = Relay { listen, upstream, running: tokio::sync::Mutex::new(None) };
+        *relay.running.lock().await = Some(relay.serve(listener));
+        relay
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) -> (tokio::task::JoinHandle<()>, RelayedConnections) {
+        let connections = RelayedConnections::default();
+        let (upstream, relayed) = (self.upstream.clone(), connections.clone());
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let relaying = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                relayed.lock().expect("relay lock").push(relaying);
+            }
+        });
+        (accepting, connections)
+    }
+
+    /// Refuses new connections and cuts every relayed one.
+    async fn go_down(&self) {
+        if let Some((accepting, connections)) = self.running.lock().await.take() {
+            accepting.abort();
+            let _ = accepting.await;
+            for relaying in connections.lock().expect("relay lock").drain(..) {
+                relaying.abort();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(self.listen).await.is_ok() {
+            assert!(Instant::now() < deadline, "the relay still accepts connections");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Listens again on the same port.
+    async fn come_back(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.listen).await {
+                Ok(listener) => break listener,
+                Err(e) => assert!(Instant::now() < deadline, "rebind the relay on {}: {e}", self.listen),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        *self.running.lock().await = Some(self.serve(listener));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgresql_is_answered_503_with_retry_after_and_service_returns_when_it_is_back() {
+    let Some(database) = test_database(Db::Postgres).await else { return };
+    let DatabaseUrl::Postgres(direct) = &database.url else { unreachable!("a PostgreSQL database") };
+    let mut through_relay = reqwest::Url::parse(direct).expect("the test database's URL");
+    let upstream =
+        format!("{}:{}", through_relay.host_str().expect("the server's host"), through_relay.port().unwrap_or(5432));
+    let relay = Relay::start(upstream).await;
+    through_relay.set_port(Some(relay.listen.port())).expect("a port");
+    through_relay.set_host(Some("127.0.0.1")).expect("a host");
+    let settings = linkbridge::config::Settings {
+        database_url: Some(through_relay.to_string().into()),
+        ..test_settings(&database)
+    };
+    let app = spawn_app_with(database, settings).await;
+    let known = id_of(&app.created(Party::Gp, &patient(&nhs_number())).await);
+    let read_path = format!("/Patient/{known}");
+
+    relay.go_down().await;
+    assert!(!success_or_retry_later("a read", app.get(Party::Gp, &read_path).await).await);
+    assert!(!success_or_retry_later("a create", app.create(Party::Gp, &patient(&nhs_number())).await).await);
+    let token = app.request_token(Party::Clw, "system/*.cruds", &Value::Null).await;
+    assert!(!success_or_retry_later("a token request", token).await);
+    let body = wait_for_readiness(&app, 503).await;
+    assert_eq!(body["status"], "database unreachable", "{body}");
+
+    relay.come_back().await;
+    let began = Instant::now();
+    let (mut wrote, mut read) = (false, false);
+    while !(wrote && read) {
+        assert!(began.elapsed() < RECOVERY, "not served again within {RECOVERY:?} (wrote {wrote}, read {read})");
+        wrote |= success_or_retry_later("a create", app.create(Party::Gp, &patient(&nhs_number())).await).await;
+        read |= success_or_retry_later("a read", app.get(Party::Gp, &read_path).await).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_readiness(&app, 200).await;
+}
+
 /// Waits until `/readyz` answers `expected`; returns its body.
 async fn wait_for_readiness(app: &TestApp, expected: u16) -> Value {
     let deadline = Instant::now() + PROBE_WAIT;
