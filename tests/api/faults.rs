@@ -468,6 +468,39 @@ async fn outbox_counts(app: &TestApp) -> (i64, i64, i64) {
     (count("attempts"), count("failures"), count("delivered"))
 }
 
+/// The outbox's rows as the database holds them, for failure messages.
+async fn outbox_rows(database: &TestDatabase) -> Vec<String> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let url = match &database.url {
+        DatabaseUrl::Postgres(url) => url.clone(),
+        DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+    };
+    let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await else { return vec!["(unreadable)".to_owned()] };
+    let rows = sqlx::query(
+        "SELECT kind, event_number, state, attempts, failures, next_attempt_at, lease_until, created_at \
+         FROM outbox_events ORDER BY created_at",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    rows.iter()
+        .map(|row| {
+            format!(
+                "{} #{:?} {} attempts {} failures {} next {} lease {:?} created {}",
+                row.get::<String, _>(0),
+                row.get::<Option<i64>, _>(1),
+                row.get::<String, _>(2),
+                row.get::<i64, _>(3),
+                row.get::<i64, _>(4),
+                row.get::<i64, _>(5),
+                row.get::<Option<i64>, _>(6),
+                row.get::<i64, _>(7),
+            )
+        })
+        .collect()
+}
+
 async fn an_endpoint_that_comes_back_receives_its_backlog_at_once(db: Db) {
     let Some(database) = test_database(db).await else { return };
     let settings = linkbridge::config::Settings {
@@ -498,7 +531,11 @@ async fn an_endpoint_that_comes_back_receives_its_backlog_at_once(db: Db) {
         if failures >= 4 && attempts == failures + delivered && counts == last {
             break;
         }
-        assert!(Instant::now() < deadline, "the events were not retried into the backoff: {counts:?}");
+        if Instant::now() > deadline {
+            let now = linkbridge::domain::instant::Instant::now().micros();
+            let rows = outbox_rows(&app.database).await;
+            panic!("the events were not retried into the backoff: {counts:?} at {now}:\n{}", rows.join("\n"));
+        }
         last = counts;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -511,11 +548,15 @@ async fn an_endpoint_that_comes_back_receives_its_backlog_at_once(db: Db) {
         if (1..=4).all(|n| received.contains_key(&n)) {
             break;
         }
-        assert!(
-            back.elapsed() < Duration::from_secs(10),
-            "the backlog did not follow the endpoint's return within 10 s (received {:?})",
-            received.keys().collect::<Vec<_>>()
-        );
+        if back.elapsed() > Duration::from_secs(10) {
+            let now = linkbridge::domain::instant::Instant::now().micros();
+            let rows = outbox_rows(&app.database).await;
+            panic!(
+                "the backlog did not follow the endpoint's return within 10 s (received {:?}) at {now}:\n{}",
+                received.keys().collect::<Vec<_>>(),
+                rows.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
