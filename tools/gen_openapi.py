@@ -263,7 +263,7 @@ S['SmartConfiguration'] = {'type':'object','required':['token_endpoint'],'proper
   'token_endpoint_auth_signing_alg_values_supported':{'type':'array','items':{'type':'string'}},'scopes_supported':{'type':'array','items':{'type':'string'}},
   'capabilities':{'type':'array','items':{'type':'string'}}},'additionalProperties':True}
 S['Jwks'] = {'type':'object','required':['keys'],'properties':{'keys':{'type':'array','items':{'type':'object','required':['kty'],'properties':{'kty':{'type':'string'},'kid':{'type':'string'},'alg':{'type':'string'},'use':{'type':'string'}},'additionalProperties':True}}}}
-S['Probe'] = {'type':'object','required':['status'],'properties':{'status':{'type':'string'}}}
+S['Probe'] = {'type':'object','required':['status'],'properties':{'status':{'type':'string'},'reason':{'type':'string','description':'Why the server is not ready (a 503 from /readyz).'}}}
 
 # The FHIR JSON format (R4 json.html): no empty arrays, no empty strings, no empty objects, and
 # `null` only inside an array (where it keeps a primitive array aligned with its `_name` twin).
@@ -386,7 +386,7 @@ R['PreconditionFailed'] = err('`If-Match` names another version, or `If-None-Exi
 R['PayloadTooLarge'] = err('The body exceeds `max_body_bytes` (4 MiB by default).')
 R['UnsupportedMediaType'] = err('`Content-Type` missing or not one this endpoint takes.')
 R['Unprocessable'] = err('Well-formed but breaks a business rule or profile (every issue listed, with FHIRPath `expression`), or an `X-Request-ID` reused with another body.')
-R['ServiceUnavailable'] = err('Transient: the access could not be audited, or the write could not commit within the settle window. Retry after `Retry-After`.', ['Retry-After'])
+R['ServiceUnavailable'] = err('Transient: the database cannot be reached or cannot write just now, the access could not be audited, or the write could not commit within the settle window. Retry after `Retry-After`.', ['Retry-After'])
 R['ServerError'] = err('Internal error (details logged, not returned).')
 R['OperationOutcomeOK'] = {'description':'An OperationOutcome.','content':{'application/fhir+json':{'schema':fhir_json(sref('OperationOutcome'))},'application/fhir+xml':{'schema':{'type':'string'}}}}
 R['SearchsetBundle'] = {'description':'A `searchset` Bundle (matches, then `_include`/`_revinclude` entries; `self`/`next`/`previous` links).','content':{'application/fhir+json':{'schema':fhir_json(sref('Bundle'))},'application/fhir+xml':{'schema':{'type':'string'}}}}
@@ -561,7 +561,8 @@ paths['/auth/token'] = {'post': op('Get an access token (SMART Backend Services)
    {'200':{'description':'An access token (`at+jwt`, ES384, at most 5 minutes).','headers':{**nostore,'Pragma':{'schema':{'type':'string','const':'no-cache'}}},'content':{'application/json':{'schema':sref('TokenResponse')}}},
     '400':{'description':'Refused (RFC 6749 section 5.2): every client error, including invalid_client, is a 400.','headers':nostore,'content':{'application/json':{'schema':sref('OAuthError')}}},
     '429':{'description':'Refused, `invalid_client`, after 20 failed requests for this `client_id` in 60 s (per server process) until the window ends: wait `Retry-After` seconds. A correctly signed assertion is still served.','headers':{**nostore,'Retry-After':href('Retry-After')},'content':{'application/json':{'schema':sref('OAuthError')}}},
-    '500':{'description':'Server error (`server_error`).','headers':nostore,'content':{'application/json':{'schema':sref('OAuthError')}}}},
+    '500':{'description':'Server error (`server_error`).','headers':nostore,'content':{'application/json':{'schema':sref('OAuthError')}}},
+    '503':{'description':'The database is unavailable just now (`server_error`); retry after `Retry-After`.','headers':{**nostore,'Retry-After':href('Retry-After')},'content':{'application/json':{'schema':sref('OAuthError')}}}},
    desc='client_credentials grant with a `private_key_jwt` client assertion. The body is parsed as a form whatever its Content-Type.', security=[])}
 paths['/healthz'] = {'get': op('Liveness probe', 'healthz', ['Probes'], None, None,
    {'200':{'description':'The process serves HTTP.','content':{'application/json':{'schema':sref('Probe'),'example':{'status':'ok'}}}}}, security=[])}
@@ -579,8 +580,8 @@ paths['/docs/{asset}'] = {'parameters':[pref('docs_asset')],'get': op('API refer
 paths['/openapi.yaml'] = {'get': op('This contract', 'openapi', ['Docs'], None, None,
    {'200':{'description':'This OpenAPI document, with `servers` naming the server that serves it.','content':{'application/yaml':{'schema':{'type':'object','required':['openapi','info','paths'],'properties':{'openapi':{'type':'string','const':'3.1.0'}}}}}}}, security=[])}
 paths['/readyz'] = {'get': op('Readiness probe', 'readyz', ['Probes'], None, None,
-   {'200':{'description':'The database is reachable.','content':{'application/json':{'schema':sref('Probe'),'example':{'status':'ready'}}}},
-    '503':{'description':'The database is unreachable.','headers':{'Retry-After':href('Retry-After')},'content':{'application/json':{'schema':sref('Probe'),'example':{'status':'database unreachable'}}}}}, security=[])}
+   {'200':{'description':'The database answers and a write could commit now (checked at most once a second).','content':{'application/json':{'schema':sref('Probe'),'example':{'status':'ready'}}}},
+    '503':{'description':'The database is unreachable, or cannot write (read-only, a standby, its files not writable, the disk full); `reason` says which.','headers':{'Retry-After':href('Retry-After')},'content':{'application/json':{'schema':sref('Probe'),'example':{'status':'database cannot write','reason':'the database is unavailable: the database\'s transactions are read-only (default_transaction_read_only)'}}}}}, security=[])}
 
 SCOPES = {'system/*.cruds':'Create, read, update, delete and search every type the client\'s registration allows.',
           'system/*.rs':'Read and search every type.',

@@ -92,6 +92,10 @@ pub async fn token(state: web::Data<AppState>, form: web::Bytes) -> HttpResponse
         }
         Err(e) => {
             let status = match &e {
+                TokenRequestError::Server(store) if store.is_unavailable() => {
+                    tracing::warn!(error = %e, "token request failed: the database is unavailable");
+                    actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+                }
                 TokenRequestError::Server(_) => {
                     tracing::error!(error = %e, "token request failed");
                     actix_web::http::StatusCode::INTERNAL_SERVER_ERROR
@@ -115,7 +119,11 @@ pub async fn token(state: web::Data<AppState>, form: web::Bytes) -> HttpResponse
             if let (Some(d), Some(map)) = (description, body.as_object_mut()) {
                 map.insert("error_description".into(), json!(d));
             }
-            HttpResponse::build(status).insert_header((header::CACHE_CONTROL, "no-store")).json(body)
+            let mut response = HttpResponse::build(status);
+            if status == actix_web::http::StatusCode::SERVICE_UNAVAILABLE {
+                response.insert_header((header::RETRY_AFTER, "5"));
+            }
+            response.insert_header((header::CACHE_CONTROL, "no-store")).json(body)
         }
     }
 }

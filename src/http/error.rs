@@ -108,8 +108,12 @@ impl ResponseError for ApiError {
                     response.insert_header((header::ALLOW, allow));
                 }
             }
-            ApiError::Unavailable(_)
-            | ApiError::Service(ServiceError::Store(crate::store::StoreError::SettleWindowPassed { .. })) => {
+            // A 503 for a dependency briefly unavailable (the database unreachable, a write too
+            // late for the settle window) may be retried as it is: say when. One for a request
+            // that outran the statement timeout (`too-costly`) would meet it again: no hint.
+            _ if status == StatusCode::SERVICE_UNAVAILABLE
+                && !issues.iter().any(|issue| issue.code == IssueCode::TooCostly) =>
+            {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             _ => {}

@@ -71,6 +71,9 @@ impl ServiceError {
                 "the request took longer than the server allows one database statement (statement_timeout_ms); narrow it"
                     .to_owned(),
             ),
+            ServiceError::Store(e) if e.is_unavailable() => {
+                one(503, IssueCode::Transient, "the database is unavailable just now; retry shortly".to_owned())
+            }
             ServiceError::Store(_) => one(
                 500,
                 IssueCode::Exception,

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use super::group_commit::{GroupCommit, WriteConnection, POSTGRES_WRITER_LANES};
 use super::readers::{reader_pool, take, TRUSTED_IDLE};
+use super::readiness::{probe_directory, Readiness};
 use super::sqlite_checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use super::{BackendKind, Store, StoreError, StoreInner};
 
@@ -101,11 +102,13 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
         std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::Config(format!("cannot create data directory {}: {e}", parent.display())))?;
     }
+    refuse_unwritable(path)?;
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
 
-    let mut writer_conn = AnyConnection::connect_with(&options).await?;
-    writer_conn.execute(SQLITE_PRAGMAS).await?;
+    let mut writer_conn = AnyConnection::connect_with(&options).await.map_err(|e| unusable_sqlite(path, e))?;
+    writer_conn.execute(SQLITE_PRAGMAS).await.map_err(|e| unusable_sqlite(path, e))?;
+    refuse_damaged(&mut writer_conn, path).await?;
     // Checkpoints run in the background (see `sqlite_checkpoint`); this is the backstop.
     writer_conn.execute(format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}").as_str()).await?;
     // 16 MiB of page cache for the writer (the default is 2 MiB): a batch touches pages of
@@ -138,8 +141,64 @@ async fn connect_sqlite(path: &Path, settings: &PoolSettings) -> Result<Store, S
             settle_window: settings.settle_window,
             outbox_signal,
             known_roles: Default::default(),
+            readiness: Readiness::new(Some(path.to_path_buf())),
         }),
     })
+}
+
+/// Refuses an SQLite database that could not be written: its directory must take new files
+/// (SQLite creates its log and journal there) and an existing file must open for writing.
+/// Otherwise SQLite opens the file read-only without a word, the server starts and reports
+/// ready, and every write fails. Tried rather than read from permission bits, which root
+/// ignores where an immutable file or a read-only mount still refuses.
+fn refuse_unwritable(path: &Path) -> Result<(), StoreError> {
+    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    probe_directory(directory).map_err(|e| {
+        StoreError::Unusable(format!(
+            "the data directory {} is not writable ({e}): the SQLite database {} needs to write there",
+            directory.display(),
+            path.display()
+        ))
+    })?;
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Unusable(format!(
+            "the SQLite database {} cannot be opened for writing: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// An SQLite file the first statements fail on (damaged, not a database, encrypted), named.
+fn unusable_sqlite(path: &Path, error: sqlx::Error) -> StoreError {
+    const CORRUPT: &str = "11";
+    const NOT_A_DATABASE: &str = "26";
+    let what = match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(CORRUPT) => "is damaged",
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(NOT_A_DATABASE) => "is not an SQLite database",
+        _ => "cannot be opened",
+    };
+    StoreError::Unusable(format!("the SQLite database {} {what} ({error}); restore it from a backup", path.display()))
+}
+
+/// Refuses a damaged SQLite file rather than serve from it. `PRAGMA quick_check` reads every
+/// page once and checks each B-tree's structure and records (not that every index matches
+/// its table, which `integrity_check` adds at the cost of a lookup per index entry): its time
+/// grows with the file, about a second per few hundred megabytes read from a cold cache.
+async fn refuse_damaged(conn: &mut AnyConnection, path: &Path) -> Result<(), StoreError> {
+    use sqlx::Row;
+    let rows =
+        sqlx::query("PRAGMA quick_check(5)").fetch_all(&mut *conn).await.map_err(|e| unusable_sqlite(path, e))?;
+    let findings: Vec<String> = rows.iter().filter_map(|row| row.try_get::<String, _>(0).ok()).collect();
+    if findings.len() == 1 && findings[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Unusable(format!(
+        "the SQLite database {} is damaged (PRAGMA quick_check: {}); restore it from a backup",
+        path.display(),
+        if findings.is_empty() { "no answer".to_owned() } else { findings.join("; ") }
+    )))
 }
 
 async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, StoreError> {
@@ -209,6 +268,7 @@ async fn connect_postgres(raw: &str, settings: &PoolSettings) -> Result<Store, S
             settle_window: settings.settle_window,
             outbox_signal,
             known_roles: Default::default(),
+            readiness: Readiness::new(None),
         }),
     })
 }

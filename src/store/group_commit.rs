@@ -102,7 +102,7 @@ impl WriteConnection {
                 Ok(mut conn) => commit_batch(&mut conn, kind, batch, settle_window).await,
                 Err(e) => {
                     tracing::error!(error = %e, "the writer could not get a database connection");
-                    answer_all(batch, &e.to_string());
+                    answer_all(batch, &StoreError::from(e));
                     false
                 }
             },
@@ -132,10 +132,11 @@ impl WriteConnection {
     }
 }
 
-/// Answers every request of a batch that could not be committed.
-fn answer_all(batch: Vec<Message>, error: &str) {
+/// Answers every request of a batch that could not be committed (the database unavailable
+/// stays that: see [`StoreError::for_each_request`]).
+fn answer_all(batch: Vec<Message>, error: &StoreError) {
     for message in batch {
-        let _ = message.into_reply().send(Err(StoreError::CommitFailed(error.to_owned())));
+        let _ = message.into_reply().send(Err(error.for_each_request()));
     }
 }
 
@@ -543,9 +544,7 @@ fn write_sets_of(messages: &[Message]) -> Vec<&WriteSet> {
 async fn restart(conn: &mut AnyConnection, kind: BackendKind, batch: Vec<Message>) -> Option<Vec<Message>> {
     if let Err(e) = conn.execute("ROLLBACK").await {
         tracing::error!(error = %e, "the writer could not roll back a batch");
-        for message in batch {
-            let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
-        }
+        answer_all(batch, &StoreError::from(e));
         return None;
     }
     begin(conn, kind, batch, Events::Added).await
@@ -620,9 +619,7 @@ async fn begin(
         Ok(()) => Some(batch),
         Err(e) => {
             tracing::error!(error = %e, "the writer could not begin a transaction");
-            for message in batch {
-                let _ = message.into_reply().send(Err(StoreError::CommitFailed(e.to_string())));
-            }
+            answer_all(batch, &e);
             None
         }
     }
@@ -700,8 +697,9 @@ async fn finish(
         Err(e) => {
             tracing::error!(error = %e, "the writer's commit failed");
             let _ = conn.execute("ROLLBACK").await;
+            let error = StoreError::from(e);
             for (reply, _) in outcomes {
-                let _ = reply.send(Err(StoreError::CommitFailed(e.to_string())));
+                let _ = reply.send(Err(error.for_each_request()));
             }
             false
         }

@@ -19,6 +19,7 @@ mod events;
 mod group_commit;
 mod param_keys;
 mod readers;
+mod readiness;
 mod reads;
 mod rows;
 mod search;
@@ -62,6 +63,12 @@ pub enum StoreError {
     DuplicateRequest,
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// The database cannot be reached or cannot write just now: the connection was lost or
+    /// refused (a restart, terminated backends, no connection free in time), the server is
+    /// shutting down or read-only, the disk is full. Clients are told to retry (503 with
+    /// `Retry-After`); broken connections are replaced on the next request (see [`readers`]).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the shared commit failed: {0}")]
@@ -70,6 +77,10 @@ pub enum StoreError {
     WriterGone,
     #[error("invalid database configuration: {0}")]
     Config(String),
+    /// The database cannot be used as it is found at start-up: a damaged SQLite file, a file
+    /// that is not a database, a file or directory that cannot be written.
+    #[error("{0}")]
+    Unusable(String),
     /// The write reached the database later than half the settle window after its
     /// `meta.lastUpdated` was stamped; it was not applied and may be retried as it is (the
     /// retry is stamped afresh). See `service::search` for why late commits are refused.
@@ -93,7 +104,65 @@ impl From<sqlx::Error> for StoreError {
             }
         }
         readers::note_failure(&error);
-        StoreError::Database(error)
+        if is_unavailability(&error) {
+            StoreError::Unavailable(error.to_string())
+        } else {
+            StoreError::Database(error)
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the failure says nothing about the request, only that the database cannot
+    /// serve it just now: the request may be retried as it is.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::WriterGone)
+    }
+
+    /// The error to answer each request of a batch that failed with `self` (one error, many
+    /// requests): unavailability stays that, anything else is the commit failing.
+    pub(crate) fn for_each_request(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+            other => StoreError::CommitFailed(other.to_string()),
+        }
+    }
+}
+
+/// Whether `error` means the database cannot serve anything just now, rather than that this
+/// statement failed: the connection is lost or was never made (I/O, TLS, the pool's timeout or
+/// closing, the SQLite connection's thread gone); PostgreSQL's connection exceptions (SQLSTATE
+/// class 08), a backend terminated or the server shutting down or starting (57P01-57P03), a
+/// read-only transaction where a write was meant (25006: a standby, or
+/// `default_transaction_read_only`), insufficient resources (class 53: disk full, out of
+/// memory, too many connections); SQLite busy past its timeout, read-only, I/O errors, disk
+/// full, a file it cannot open. A statement cancelled by its timeout (57014) is not: it was the
+/// statement's own fault.
+pub(crate) fn is_unavailability(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else { return false };
+            if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
+            } else {
+                // SQLite's extended result code: the primary code is its low byte.
+                const BUSY: i64 = 5;
+                const READONLY: i64 = 8;
+                const IOERR: i64 = 10;
+                const FULL: i64 = 13;
+                const CANTOPEN: i64 = 14;
+                code.parse::<i64>()
+                    .is_ok_and(|extended| matches!(extended & 0xff, BUSY | READONLY | IOERR | FULL | CANTOPEN))
+            }
+        }
+        _ => false,
     }
 }
 
@@ -123,6 +192,8 @@ struct StoreInner {
     outbox_signal: Arc<tokio::sync::Notify>,
     /// Registered roles lately found (see [`clients`]).
     known_roles: clients::KnownRoles,
+    /// Whether a write could be committed, lately found (see [`readiness`]).
+    readiness: readiness::Readiness,
 }
 
 impl Store {
@@ -246,5 +317,23 @@ impl Store {
         statement: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
         readers::bounded(&self.inner.pool, statement).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_or_refused_connection_is_unavailability_and_a_statements_own_failure_is_not() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_unavailability(&sqlx::Error::Io(refused)));
+        assert!(is_unavailability(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailability(&sqlx::Error::PoolClosed));
+        assert!(is_unavailability(&sqlx::Error::WorkerCrashed));
+        assert!(!is_unavailability(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailability(&sqlx::Error::ColumnNotFound("id".to_owned())));
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::from(sqlx::Error::RowNotFound).is_unavailable());
     }
 }

@@ -87,11 +87,12 @@ pub(super) fn reader_pool(
         .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))
 }
 
-/// Takes a connection from the pool. A failure to get one is a database error like any other
-/// (a timeout is sqlx's `PoolTimedOut`, which the HTTP layer answers 503).
+/// Takes a connection from the pool. A failure to get one (no connection could be opened, or
+/// none was free in time) is the database being unavailable: 503, and the next request tries
+/// again with a new connection.
 pub(super) async fn take(pool: &ReaderPool) -> Result<Reader, StoreError> {
     pool.get().await.map_err(|e| {
-        StoreError::Database(match e {
+        StoreError::from(match e {
             PoolError::Backend(e) => e,
             PoolError::Timeout(_) => sqlx::Error::PoolTimedOut,
             PoolError::Closed => sqlx::Error::PoolClosed,

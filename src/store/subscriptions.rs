@@ -285,6 +285,20 @@ impl Store {
                             .bind(now.micros())
                             .execute(&mut *conn)
                             .await?;
+                            // The endpoint answers again: the events held back while it failed
+                            // (see `Retry` below) are due at once rather than at their backoff,
+                            // oldest first (each as when it was queued), so that a backlog
+                            // flows as soon as the endpoint is back. An endpoint that stays
+                            // down never gets here and keeps its backoff. Found through
+                            // `outbox_due`: only notifications pending in the future are read.
+                            sqlx::query(
+                                "UPDATE outbox_events SET next_attempt_at = created_at WHERE subscription_id = $1 \
+                                 AND state = 'pending' AND next_attempt_at > $2 AND lease_token IS NULL",
+                            )
+                            .bind(subscription_id.as_str())
+                            .bind(now.micros())
+                            .execute(&mut *conn)
+                            .await?;
                         }
                         // The endpoint is failing: the subscription's other pending events wait
                         // as long as this one, rather than each hammering it on its own.

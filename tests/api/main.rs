@@ -7,6 +7,7 @@ mod directory;
 mod docs;
 mod errors;
 mod external_issuer;
+mod faults;
 mod fixtures;
 mod formats;
 mod helpers;

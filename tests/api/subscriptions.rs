@@ -77,7 +77,7 @@ fn parameter(notification: &Value, name: &str) -> Option<Value> {
         .map(|p| p.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("value"))).map(|(_, v)| v.clone()))?
 }
 
-fn notification_type(delivery: &Delivery) -> String {
+pub(crate) fn notification_type(delivery: &Delivery) -> String {
     parameter(&delivery.json(), "type").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
@@ -100,7 +100,7 @@ fn events_of(notification: &Value) -> Vec<(i64, Option<String>)> {
 }
 
 /// The event notifications received (accepted), by event number.
-fn events_received(receiver: &WebhookReceiver) -> BTreeMap<i64, Vec<Delivery>> {
+pub(crate) fn events_received(receiver: &WebhookReceiver) -> BTreeMap<i64, Vec<Delivery>> {
     let mut by_number: BTreeMap<i64, Vec<Delivery>> = BTreeMap::new();
     for delivery in receiver.accepted().into_iter().filter(|d| notification_type(d) == "event-notification") {
         for (number, _) in events_of(&delivery.json()) {
@@ -129,7 +129,7 @@ async fn wait_for_events(receiver: &WebhookReceiver, n: i64) -> BTreeMap<i64, Ve
 }
 
 /// Creates a subscription as `party` and waits for the handshake to make it active.
-async fn subscribe(app: &TestApp, party: Party, resource: &Value) -> String {
+pub(crate) async fn subscribe(app: &TestApp, party: Party, resource: &Value) -> String {
     let (status, created) = post_as(app, party, resource, &[]).await;
     assert_eq!(status, 201, "subscription created: {created}");
     let id = id_of(&created);
