@@ -1,7 +1,8 @@
 //! Tenancy through references (issue 28, section 1): a write may name only resources its writer
 //! may see, or ones it creates in the same transaction, and a foreign resource gets the answer
-//! an unknown one gets; only the parties the workflow names gain visibility of a CarePlan; a
-//! directory entry carries its own organisation's ODS code and no other's.
+//! an unknown one gets; only the parties the workflow names gain visibility of a CarePlan (and
+//! migration 0018 takes back what contributors were given before); a directory entry carries
+//! its own organisation's ODS code and no other's.
 
 use std::time::Duration;
 
@@ -383,6 +384,153 @@ async fn a_care_plans_contributors_gain_no_sight_of_it_or_of_the_patient(db: Db)
     assert!(notified(&other_clw_receiver).is_empty(), "CLW002 hears of nothing: {:?}", notified(&other_clw_receiver));
 }
 
+/// Runs `statements` on `database` outside the service, as an operator upgrading it would.
+async fn execute_on(database: &linkbridge::store::DatabaseUrl, statements: &[String]) {
+    use sqlx::{Connection, Executor};
+    match database {
+        linkbridge::store::DatabaseUrl::Sqlite(path) => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open");
+            for statement in statements {
+                conn.execute(statement.as_str()).await.expect("statement");
+            }
+            conn.close().await.expect("close");
+        }
+        linkbridge::store::DatabaseUrl::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("open");
+            for statement in statements {
+                conn.execute(statement.as_str()).await.expect("statement");
+            }
+            conn.close().await.expect("close");
+        }
+    }
+}
+
+/// The visibility rows of `CarePlan/id` as (key, source), in order.
+async fn care_plan_rows(database: &linkbridge::store::DatabaseUrl, id: &str) -> Vec<(String, String)> {
+    use sqlx::Connection;
+    let query = format!(
+        "SELECT visibility_key, source FROM resource_visibility \
+         WHERE resource_type = 'CarePlan' AND id = '{id}' ORDER BY visibility_key, source"
+    );
+    match database {
+        linkbridge::store::DatabaseUrl::Sqlite(path) => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open");
+            sqlx::query_as(query.as_str()).fetch_all(&mut conn).await.expect("rows")
+        }
+        linkbridge::store::DatabaseUrl::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("open");
+            sqlx::query_as(query.as_str()).fetch_all(&mut conn).await.expect("rows")
+        }
+    }
+}
+
+/// A database written while `CarePlan.contributor` gave visibility: two CarePlans, each naming
+/// another practice and another CLW service as contributors, which held content rows then.
+/// The first names its author and its referral's requester by ODS code; the second by literal
+/// references to their directory entries, and one contributor so too. Migration 0018 changes
+/// rows, not tables, so the database of that time is today's without 0018's record: the
+/// service writes the referrals and plans, the contributors' rows are added as the earlier
+/// code added them, 0018's record is removed, and connecting runs it as a start-up does.
+/// A third CarePlan, naming no contributor, keeps a row of no party's: not certainly a
+/// contributor's.
+async fn a_care_plans_contributors_lose_the_rows_written_before_while_its_parties_keep_theirs(db: Db) {
+    let Some(app) = spawn_app_on(db).await else { return };
+    let entry = |party: Party| {
+        let app = &app;
+        async move { id_of(&app.created(party, &organization(&[party.ods()])).await) }
+    };
+    let (gp_entry, clw_entry, other_clw_entry) =
+        (entry(Party::Gp).await, entry(Party::Clw).await, entry(Party::OtherClw).await);
+
+    let by_code = refer(&app, Party::Gp, Some(Party::Clw.ods()), "requested").await;
+    // One open referral per patient and service: the second is another patient's.
+    let other_patient = id_of(&app.created(Party::Gp, &patient(&nhs_number())).await);
+    let request = with(
+        &service_request(&other_patient, Party::Gp.ods(), Party::Clw.ods()),
+        json!({"requester": {"reference": format!("Organization/{gp_entry}")}}),
+    );
+    let by_reference = id_of(&app.created(Party::Gp, &request).await);
+    let work = task(&by_reference, &other_patient, Party::Gp.ods(), Some(Party::Clw.ods()));
+    let work_path = format!("/Task/{}", id_of(&app.created(Party::Gp, &work).await));
+    for task_path in [by_code.task_path(), work_path] {
+        drive(&app, &task_path, &[(Party::Clw, "accepted")]).await;
+    }
+    let plans = [
+        with(
+            &care_plan(&by_code.service_request, &by_code.patient, Party::Clw.ods()),
+            json!({"contributor": [org_ref(Party::OtherGp.ods()), org_ref(Party::OtherClw.ods())]}),
+        ),
+        with(
+            &care_plan(&by_reference, &other_patient, Party::Clw.ods()),
+            json!({
+                "author": {"reference": format!("Organization/{clw_entry}")},
+                "contributor": [org_ref(Party::OtherGp.ods()), {"reference": format!("Organization/{other_clw_entry}")}]
+            }),
+        ),
+    ];
+    let mut plan_ids = Vec::new();
+    for plan in &plans {
+        plan_ids.push(id_of(&app.created(Party::Clw, plan).await));
+    }
+    let patients = [by_code.patient.clone(), other_patient];
+    let parties_rows =
+        vec![("org:CLW001".to_owned(), "grant".to_owned()), ("org:GP0001".to_owned(), "content".to_owned())];
+    let mut earlier_rows = vec!["DELETE FROM _sqlx_migrations WHERE version = 18".to_owned()];
+    for id in &plan_ids {
+        assert_eq!(care_plan_rows(&app.database.url, id).await, parties_rows, "today's code gives contributors none");
+        for key in ["org:GP0002", "org:CLW002"] {
+            earlier_rows.push(format!(
+                "INSERT INTO resource_visibility (resource_type, id, visibility_key, source) \
+                 VALUES ('CarePlan', '{id}', '{key}', 'content')"
+            ));
+        }
+    }
+    let without_contributors =
+        id_of(&app.created(Party::Clw, &care_plan(&by_code.service_request, &by_code.patient, Party::Clw.ods())).await);
+    earlier_rows.push(format!(
+        "INSERT INTO resource_visibility (resource_type, id, visibility_key, source) \
+         VALUES ('CarePlan', '{without_contributors}', 'org:GP0009', 'content')"
+    ));
+    // A deleted CarePlan's current row has an empty body, which the migration must not read.
+    let deleted = unknown_id();
+    earlier_rows.push(format!(
+        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, change_seq) \
+         VALUES ('CarePlan', '{deleted}', 2, 1, 1, '', 1000000)"
+    ));
+    execute_on(&app.database.url, &earlier_rows).await;
+    let store = linkbridge::store::Store::connect(&app.database.url, &linkbridge::store::PoolSettings::default())
+        .await
+        .expect("migrates");
+    store.close().await;
+
+    let mut unexplained = parties_rows.clone();
+    unexplained.push(("org:GP0009".to_owned(), "content".to_owned()));
+    assert_eq!(care_plan_rows(&app.database.url, &without_contributors).await, unexplained);
+    for (id, patient_id) in plan_ids.iter().zip(&patients) {
+        assert_eq!(care_plan_rows(&app.database.url, id).await, parties_rows, "CarePlan/{id} after migrating");
+        let path = format!("/CarePlan/{id}");
+        for party in [Party::Clw, Party::Gp] {
+            assert_eq!(read(&app, party, &path).await["id"], json!(id), "{party:?} still reads {path}");
+        }
+        for party in [Party::OtherGp, Party::OtherClw] {
+            for path in [path.clone(), format!("/Patient/{patient_id}")] {
+                let (status, body) = json_of(app.get(party, &path).await).await;
+                assert_eq!(status, 404, "{party:?}, once a contributor, reads {path}: {body}");
+            }
+        }
+        for party in [Party::OtherGp, Party::OtherClw] {
+            let found = search(&app, party, &format!("/CarePlan?patient=Patient/{patient_id}")).await;
+            assert!(found.is_empty(), "{party:?} finds a CarePlan: {found:?}");
+        }
+        let patient_path = format!("/Patient/{patient_id}");
+        for party in [Party::Clw, Party::Gp] {
+            assert_eq!(read(&app, party, &patient_path).await["id"], json!(patient_id), "{party:?} reads the patient");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The directory.
 
@@ -431,5 +579,6 @@ on_both_databases!(
     a_consent_and_a_care_plan_name_only_resources_their_writer_may_see,
     a_transactions_entries_refer_to_each_other_and_not_to_what_it_deletes,
     a_care_plans_contributors_gain_no_sight_of_it_or_of_the_patient,
+    a_care_plans_contributors_lose_the_rows_written_before_while_its_parties_keep_theirs,
     a_directory_entry_carries_its_own_organisations_ods_code_and_no_other,
 );
