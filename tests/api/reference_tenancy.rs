@@ -1,7 +1,7 @@
 //! Tenancy through references (issue 28, section 1): a write may name only resources its writer
 //! may see, or ones it creates in the same transaction, and a foreign resource gets the answer
 //! an unknown one gets; only the parties the workflow names gain visibility of a CarePlan (and
-//! migration 0018 takes back what contributors were given before); a directory entry carries
+//! migration 0019 takes back what contributors were given before); a directory entry carries
 //! its own organisation's ODS code and no other's.
 
 use std::time::Duration;
@@ -429,10 +429,10 @@ async fn care_plan_rows(database: &linkbridge::store::DatabaseUrl, id: &str) -> 
 /// A database written while `CarePlan.contributor` gave visibility: two CarePlans, each naming
 /// another practice and another CLW service as contributors, which held content rows then.
 /// The first names its author and its referral's requester by ODS code; the second by literal
-/// references to their directory entries, and one contributor so too. Migration 0018 changes
-/// rows, not tables, so the database of that time is today's without 0018's record: the
+/// references to their directory entries, and one contributor so too. Migration 0019 changes
+/// rows, not tables, so the database of that time is today's without 0019's record: the
 /// service writes the referrals and plans, the contributors' rows are added as the earlier
-/// code added them, 0018's record is removed, and connecting runs it as a start-up does.
+/// code added them, 0019's record is removed, and connecting runs it as a start-up does.
 /// A third CarePlan, naming no contributor, keeps a row of no party's: not certainly a
 /// contributor's.
 async fn a_care_plans_contributors_lose_the_rows_written_before_while_its_parties_keep_theirs(db: Db) {
@@ -477,7 +477,7 @@ async fn a_care_plans_contributors_lose_the_rows_written_before_while_its_partie
     let patients = [by_code.patient.clone(), other_patient];
     let parties_rows =
         vec![("org:CLW001".to_owned(), "grant".to_owned()), ("org:GP0001".to_owned(), "content".to_owned())];
-    let mut earlier_rows = vec!["DELETE FROM _sqlx_migrations WHERE version = 18".to_owned()];
+    let mut earlier_rows = vec!["DELETE FROM _sqlx_migrations WHERE version = 19".to_owned()];
     for id in &plan_ids {
         assert_eq!(care_plan_rows(&app.database.url, id).await, parties_rows, "today's code gives contributors none");
         for key in ["org:GP0002", "org:CLW002"] {
