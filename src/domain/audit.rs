@@ -148,6 +148,17 @@ impl AuditRecord {
         self
     }
 
+    /// The patients as stored beside the event: their ids separated by spaces (an id has no
+    /// space), `None` for an event that names none.
+    pub fn patient_list(&self) -> Option<String> {
+        (!self.patients.is_empty()).then(|| self.patients.join(" "))
+    }
+
+    /// The patients of a stored [`AuditRecord::patient_list`].
+    pub fn patients_from_list(list: Option<&str>) -> Vec<String> {
+        list.map(|list| list.split(' ').filter(|id| !id.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+    }
+
     /// The AuditEvent resource. It names the data by reference only: no patient details.
     pub fn to_fhir(&self) -> Value {
         let mut event = json!({

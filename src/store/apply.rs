@@ -132,12 +132,13 @@ static AUDIT_EVENTS: Table = Table {
         ("entity_id", Text),
         ("interaction", Text),
         ("query", Text),
+        ("patients", Text),
         ("body", Text),
     ],
     bodies: false,
 };
 static AUDIT_PATIENTS: Table =
-    Table { name: "audit_patients", columns: &[("event_id", Text), ("patient_id", Text)], bodies: false };
+    Table { name: "audit_patients", columns: &[("patient_id", Text), ("event_id", Text)], bodies: false };
 
 pub(super) async fn apply_write_set(
     conn: &mut AnyConnection,
@@ -226,7 +227,9 @@ pub(super) async fn apply_write_sets(
     }
     let grants = last_wave.grant_rows(write_sets.iter().flat_map(|ws| &ws.grants));
     let fresh_claims = claim_rows(claims.iter().copied().filter(|claim| claim.replaces.is_none()));
-    let audit = audit_rows(write_sets.iter().flat_map(|ws| &ws.audit));
+    let patient_lists: Vec<Option<String>> =
+        write_sets.iter().flat_map(|ws| &ws.audit).map(|record| record.patient_list()).collect();
+    let audit = audit_rows(write_sets.iter().flat_map(|ws| &ws.audit), &patient_lists);
     let audit_patients = audit_patient_rows(write_sets.iter().flat_map(|ws| &ws.audit));
     let mut inserts = last_wave.inserts();
     let claims_at = inserts.len();
@@ -351,9 +354,11 @@ async fn insert_outbox_entry(conn: &mut AnyConnection, entry: &OutboxEntry) -> R
 
 /// The rows of audit records. Many go in few statements: the reads and searches a group
 /// commit carries cost the writer one statement per few thousand, not one each.
-fn audit_rows<'a>(records: impl Iterator<Item = &'a AuditRecord>) -> Rows<'a> {
+/// The audit records' rows; `patient_lists` holds each record's `AuditRecord::patient_list`,
+/// in the same order.
+fn audit_rows<'a>(records: impl Iterator<Item = &'a AuditRecord>, patient_lists: &'a [Option<String>]) -> Rows<'a> {
     let mut rows = Rows::new(&AUDIT_EVENTS);
-    for record in records {
+    for (record, patients) in records.zip(patient_lists) {
         rows.push([
             record.id.as_str().into(),
             record.recorded.micros().into(),
@@ -365,6 +370,7 @@ fn audit_rows<'a>(records: impl Iterator<Item = &'a AuditRecord>) -> Rows<'a> {
             record.entity_id.as_deref().into(),
             record.interaction.as_str().into(),
             record.query.as_deref().into(),
+            patients.as_deref().into(),
             // No text: the AuditEvent is built from these columns when read (`store::audit`).
             "".into(),
         ]);
@@ -377,7 +383,7 @@ fn audit_patient_rows<'a>(records: impl Iterator<Item = &'a AuditRecord>) -> Row
     let mut rows = Rows::new(&AUDIT_PATIENTS);
     for record in records {
         for patient in &record.patients {
-            rows.push([record.id.as_str().into(), patient.as_str().into()]);
+            rows.push([patient.as_str().into(), record.id.as_str().into()]);
         }
     }
     rows

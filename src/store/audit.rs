@@ -1,7 +1,5 @@
 //! Reading and recording the audit trail.
 
-use std::collections::HashMap;
-
 use sqlx::Row;
 
 use super::write_set::WriteSet;
@@ -22,27 +20,18 @@ pub struct StoredAuditEvent {
 /// The columns [`event_from_row`] reads.
 macro_rules! event_columns {
     () => {
-        "seq, id, recorded, client_id, organization, action, outcome, entity_type, entity_id, interaction, query, body"
+        "seq, id, recorded, client_id, organization, action, outcome, entity_type, entity_id, interaction, query, patients, body"
     };
 }
 
-/// The event of a row, with the patients `patients` holds for it (see [`Store::patients_of`]).
-fn event_from_row(
-    row: &sqlx::any::AnyRow,
-    patients: &HashMap<String, Vec<String>>,
-) -> Result<StoredAuditEvent, StoreError> {
+/// The event of a row.
+fn event_from_row(row: &sqlx::any::AnyRow) -> Result<StoredAuditEvent, StoreError> {
     let id: String = row.try_get("id")?;
     let recorded = Instant::from_micros(row.try_get("recorded")?);
     let stored: String = row.try_get("body")?;
     // Events recorded since the `audit_facts` migration keep their facts only (see `apply`),
     // and their AuditEvent is built here; older ones carry the text they were recorded with.
-    let body = if stored.is_empty() {
-        let mut record = record_from_row(row, &id, recorded)?;
-        record.patients = patients.get(&id).cloned().unwrap_or_default();
-        record.to_fhir().to_string()
-    } else {
-        stored
-    };
+    let body = if stored.is_empty() { record_from_row(row, &id, recorded)?.to_fhir().to_string() } else { stored };
     Ok(StoredAuditEvent { seq: row.try_get("seq")?, id, recorded, body })
 }
 
@@ -63,7 +52,7 @@ fn record_from_row(row: &sqlx::any::AnyRow, id: &str, recorded: Instant) -> Resu
         entity_type: row.try_get("entity_type")?,
         entity_id: row.try_get("entity_id")?,
         query: row.try_get("query")?,
-        patients: Vec::new(),
+        patients: AuditRecord::patients_from_list(row.try_get::<Option<String>, _>("patients")?.as_deref()),
     })
 }
 
@@ -114,9 +103,7 @@ impl Store {
                 .await?
             }
         };
-        let ids: Vec<String> = rows.iter().map(|row| row.try_get("id")).collect::<Result<_, _>>()?;
-        let patients = Self::patients_of(&mut conn, &ids).await?;
-        rows.iter().map(|row| event_from_row(row, &patients)).collect()
+        rows.iter().map(event_from_row).collect()
     }
 
     pub async fn audit_event(&self, id: &str) -> Result<Option<StoredAuditEvent>, StoreError> {
@@ -125,32 +112,6 @@ impl Store {
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let patients = Self::patients_of(&mut conn, &[id.to_owned()]).await?;
-        event_from_row(&row, &patients).map(Some)
-    }
-
-    /// The patients the events `ids` name, by event: one statement for a page of events.
-    async fn patients_of(
-        conn: &mut sqlx::AnyConnection,
-        ids: &[String],
-    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
-        let mut patients: HashMap<String, Vec<String>> = HashMap::new();
-        if ids.is_empty() {
-            return Ok(patients);
-        }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT event_id, patient_id FROM audit_patients WHERE event_id IN ({}) ORDER BY event_id, patient_id",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for id in ids {
-            query = query.bind(id.as_str());
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            patients.entry(row.try_get("event_id")?).or_default().push(row.try_get("patient_id")?);
-        }
-        Ok(patients)
+        row.as_ref().map(event_from_row).transpose()
     }
 }
