@@ -348,12 +348,7 @@ impl Rules<'_> {
         };
         let mut keys = Vec::new();
         for element in elements {
-            let references: Vec<&Value> = match resource.get(*element) {
-                Some(Value::Array(items)) => items.iter().collect(),
-                Some(single) => vec![single],
-                None => Vec::new(),
-            };
-            for reference in references {
+            for reference in party_references(resource, element) {
                 if let Some(ods) = self.organization_of(Some(reference)).await? {
                     keys.push(Visibility::Organization(ods).key());
                 }
@@ -465,6 +460,11 @@ impl Rules<'_> {
                 if let Some(ods) = &new_owner {
                     self.assign_to_performer(id, after, ods, &mut effects).await?;
                 }
+            }
+            // An open referral the practice gives to one service, or ends, is no longer for
+            // every service: what it let them all read is withdrawn, as when one claims it.
+            if is_open_to_every_performer(before) && !is_open_to_every_performer(after) {
+                effects.revocations.extend(self.open_referral_revocations(id, before).await?);
             }
         }
         if claiming {
@@ -858,6 +858,20 @@ impl Rules<'_> {
     }
 }
 
+/// The References of a party element (`owner`, `performer`...), whether it holds one or a list.
+fn party_references<'v>(resource: &'v Value, element: &str) -> Vec<&'v Value> {
+    match resource.get(element) {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(single) => vec![single],
+        None => Vec::new(),
+    }
+}
+
+/// A Task no service owns yet, not ended: every CLW service may read and claim it.
+fn is_open_to_every_performer(task: &Value) -> bool {
+    task.get("owner").is_none() && task_is_open(task)
+}
+
 /// A Task still to be worked or being worked: not ended.
 fn task_is_open(task: &Value) -> bool {
     status_of(task).is_some_and(|s| !s.is_terminal())
@@ -887,12 +901,8 @@ impl Rules<'_> {
         };
         let mut codes = Vec::new();
         for parameter in parameters {
-            let references: Vec<&Value> = match resource.get(*parameter) {
-                Some(Value::Array(items)) => items.iter().collect(),
-                Some(single) => vec![single],
-                None => Vec::new(),
-            };
-            for reference in references.into_iter().filter(|r| r.get("identifier").is_none()) {
+            for reference in party_references(resource, parameter).into_iter().filter(|r| r.get("identifier").is_none())
+            {
                 let Some(literal) = reference.get("reference").and_then(Value::as_str) else { continue };
                 if let Some(ods) = self.organization_of(Some(reference)).await? {
                     codes.push((*parameter, literal.to_owned(), ods));

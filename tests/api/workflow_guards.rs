@@ -169,7 +169,50 @@ async fn deleting_an_open_task_withdraws_what_it_let_every_service_read(db: Db) 
     }
 }
 
+/// An open referral the practice ends or gives to one service is no longer every service's
+/// to read: cancelling it, or naming its owner, withdraws what the open Task let them all see.
+async fn an_open_task_cancelled_or_assigned_by_its_practice_withdraws_what_every_service_could_read(db: Db) {
+    let Some(app) = spawn_app_on(db).await else { return };
+    let paths_of = |response: &Value| -> Vec<String> {
+        [0, CONSENT_ENTRY, 2]
+            .into_iter()
+            .map(|entry| {
+                let (resource_type, id) = location_of(&response["entry"][entry]);
+                format!("/{resource_type}/{id}")
+            })
+            .collect()
+    };
+    let cancel = json!([
+        {"op": "replace", "path": "/status", "value": "cancelled"},
+        {"op": "add", "path": "/statusReason", "value": {"text": "the patient moved away"}}
+    ]);
+    let assign = json!([{"op": "add", "path": "/owner",
+        "value": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": Party::Clw.ods()}}}]);
+    for (what, ops, owner_keeps) in [("cancelled", cancel, false), ("assigned to CLW001", assign, true)] {
+        let (status, open) =
+            post_bundle(&app, Party::Gp, &referral_transaction(&nhs_number(), "GP0001", None), &[]).await;
+        assert_eq!(status, 200, "{what}: {open}");
+        let paths = paths_of(&open);
+        for path in &paths {
+            read(&app, Party::OtherClw, path).await;
+        }
+        let (_, task_id) = location_of(&open["entry"][TASK_ENTRY]);
+        let task_path = format!("/Task/{task_id}");
+        let (status, changed) = patch_as(&app, Party::Gp, &task_path, &ops, None).await;
+        assert_eq!(status, 200, "the GP's open Task {what}: {changed}");
+        for path in paths.iter().chain([&task_path]) {
+            assert_eq!(app.get(Party::OtherClw, path).await.status(), 404, "{what}: CLW002 no longer reads {path}");
+        }
+        if owner_keeps {
+            for path in paths.iter().chain([&task_path]) {
+                assert_eq!(app.get(Party::Clw, path).await.status(), 200, "{what}: the owner reads {path}");
+            }
+        }
+    }
+}
+
 on_both_databases!(
+    an_open_task_cancelled_or_assigned_by_its_practice_withdraws_what_every_service_could_read,
     deleting_an_open_task_withdraws_what_it_let_every_service_read,
     a_task_that_has_left_draft_or_requested_cannot_be_deleted,
     deleting_an_accepted_task_inside_a_transaction_is_refused_with_the_whole_transaction,
