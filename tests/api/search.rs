@@ -173,7 +173,8 @@ async fn follow(app: &TestApp, party: Party, url: &str) -> Value {
     bundle(app, party, path.trim_start_matches('/')).await
 }
 
-fn ids_in(bundle: &Value, mode: &str) -> Vec<String> {
+/// The `Type/id` of a searchset's entries of one search mode (`match`, `include`), in order.
+pub(crate) fn ids_in(bundle: &Value, mode: &str) -> Vec<String> {
     bundle["entry"]
         .as_array()
         .map(|entries| {

@@ -96,22 +96,7 @@ async fn search(app: &TestApp, party: Party, query: &str) -> (u16, Value) {
 
 /// The `Type/id` of a searchset's matches.
 fn matches(bundle: &Value) -> BTreeSet<String> {
-    bundle["entry"]
-        .as_array()
-        .map(|entries| {
-            entries
-                .iter()
-                .filter(|e| e["search"]["mode"] == "match")
-                .map(|e| {
-                    format!(
-                        "{}/{}",
-                        e["resource"]["resourceType"].as_str().unwrap_or("?"),
-                        e["resource"]["id"].as_str().unwrap_or("?")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::search::ids_in(bundle, "match").into_iter().collect()
 }
 
 async fn found(app: &TestApp, party: Party, query: &str) -> BTreeSet<String> {
