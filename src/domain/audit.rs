@@ -215,33 +215,27 @@ impl AuditRecord {
 const AUDIT_ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 
-/// The patients whose data a resource holds: a Patient itself, or the Patient that a resource's
-/// `subject`, `for` or `patient` names by a relative reference (every referral type names its
-/// patient one of these ways). Reads only those elements of the stored text.
+/// The patients whose data a resource holds: a Patient itself, or every Patient the resource
+/// references (its `subject`, `for` or `patient` above all; a privacy officer would rather see
+/// a patient named once too often than missed). Runs once per resource of every search page,
+/// so it scans the stored text for its references (the server writes compact JSON: a
+/// reference is always `"reference":"…"`) rather than parsing each body a second time.
 pub fn patients_in(resource_type: &str, id: &str, body: &str) -> Vec<String> {
+    const REFERENCE: &str = "\"reference\":\"";
     if resource_type == "Patient" {
         return vec![id.to_owned()];
     }
-    #[derive(serde::Deserialize)]
-    struct Reference {
-        reference: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct PatientElements {
-        subject: Option<Reference>,
-        #[serde(rename = "for")]
-        for_: Option<Reference>,
-        patient: Option<Reference>,
-    }
-    let Ok(elements) = serde_json::from_str::<PatientElements>(body) else { return Vec::new() };
-    [elements.subject, elements.for_, elements.patient]
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r.reference)
-        .filter_map(|reference| super::search_params::split_reference(&reference))
+    let mut patients: Vec<String> = body
+        .match_indices(REFERENCE)
+        .filter_map(|(at, _)| {
+            let value = &body[at + REFERENCE.len()..];
+            super::search_params::split_reference(&value[..value.find('"')?])
+        })
         .filter(|(target_type, _)| target_type == "Patient")
         .map(|(_, patient)| patient)
-        .collect()
+        .collect();
+    patients.dedup();
+    patients
 }
 
 #[cfg(test)]
@@ -265,11 +259,24 @@ mod search_tests {
     }
 
     #[test]
-    fn the_patient_of_a_resource_is_itself_or_the_one_its_subject_for_or_patient_names() {
+    fn the_patients_of_a_resource_are_itself_or_the_ones_it_references() {
         assert_eq!(patients_in("Patient", "p1", "{}"), ["p1"]);
         assert_eq!(
-            patients_in("Task", "t", r#"{"for":{"reference":"Patient/p2"},"owner":{"reference":"Patient/x"}}"#),
+            patients_in(
+                "Task",
+                "t",
+                r#"{"for":{"display":"Morag","reference":"Patient/p2"},"focus":{"reference":"ServiceRequest/s"}}"#
+            ),
             ["p2"]
+        );
+        assert_eq!(
+            patients_in(
+                "Consent",
+                "c",
+                r#"{"patient":{"reference":"Patient/p4"},"performer":[{"reference":"Patient/p5"}]}"#
+            ),
+            ["p4", "p5"],
+            "wherever it names one"
         );
         assert_eq!(patients_in("ServiceRequest", "s", r#"{"subject":{"reference":"Patient/p3/_history/2"}}"#), ["p3"]);
         assert_eq!(patients_in("Consent", "c", r#"{"patient":{"reference":"Patient/p4"}}"#), ["p4"]);
