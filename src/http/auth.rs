@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::state::{AppState, Caller};
-use crate::service::auth::{TokenRequest, TokenRequestError};
+use crate::service::auth::{AuthenticationError, TokenRequest, TokenRequestError};
 
 /// Paths served without a token: discovery, the token endpoint itself, probes and docs.
 fn is_public(path: &str) -> bool {
@@ -53,10 +53,14 @@ async fn authenticate(req: &ServiceRequest) -> Result<(), ApiError> {
             req.extensions_mut().insert(Caller::new(principal, scopes));
             Ok(())
         }
-        Err(e) => {
+        Err(AuthenticationError::Refused(e)) => {
             tracing::info!(reason = e.reason(), "access token refused");
             state.metrics.token_refused("resource_server", e.reason());
             Err(ApiError::Unauthorized("the access token is not valid".into()))
+        }
+        Err(AuthenticationError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "access token not checked: the client registry is unavailable");
+            Err(ApiError::Unavailable("the server cannot check access tokens just now; retry shortly".into()))
         }
     }
 }

@@ -46,6 +46,18 @@ pub enum TokenRequestError {
     Server(#[from] StoreError),
 }
 
+/// Why a bearer token was not accepted on a FHIR request.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthenticationError {
+    /// The token is not valid (401).
+    #[error(transparent)]
+    Refused(#[from] TokenError),
+    /// The registration that decides cannot be read just now (the database is unavailable):
+    /// no verdict on the token, so the client is told to retry (503), not that its token is bad.
+    #[error("the client registry cannot be read: {0}")]
+    Unavailable(StoreError),
+}
+
 impl TokenRequestError {
     pub fn oauth_error(&self) -> &'static str {
         match self {
@@ -312,7 +324,7 @@ impl AuthService {
 
     /// Verifies a bearer token and returns who is calling and what they may do. Our own
     /// tokens are tried first; then, when configured, the external issuer's.
-    pub async fn authenticate(&self, bearer: &str) -> Result<(Principal, ScopeSet), TokenError> {
+    pub async fn authenticate(&self, bearer: &str) -> Result<(Principal, ScopeSet), AuthenticationError> {
         let now = OffsetDateTime::now_utc();
         if let Some(verified) = self.verified.get(bearer, now) {
             return Ok(verified);
@@ -327,7 +339,7 @@ impl AuthService {
                 Ok(verified)
             }
             (Err(_), Some(external)) => self.authenticate_external(external, bearer).await,
-            (Err(e), None) => Err(e),
+            (Err(e), None) => Err(e.into()),
         }
     }
 
@@ -338,7 +350,7 @@ impl AuthService {
         &self,
         external: &ExternalIssuer,
         bearer: &str,
-    ) -> Result<(Principal, ScopeSet), TokenError> {
+    ) -> Result<(Principal, ScopeSet), AuthenticationError> {
         let now = OffsetDateTime::now_utc();
         let verify = |freshness| async move {
             let value =
@@ -355,14 +367,17 @@ impl AuthService {
             .store
             .find_client(claims.client_id())
             .await
-            .map_err(|_| TokenError::InvalidClaim("client_id"))?
+            .map_err(|e| match e.is_unavailable() {
+                true => AuthenticationError::Unavailable(e),
+                false => TokenError::InvalidClaim("client_id").into(),
+            })?
             .ok_or(TokenError::InvalidClaim("client_id"))?;
         let (organization, role) = registered_identity(&client).ok_or(TokenError::InvalidClaim("client_id"))?;
         if !claims.organization_raw().eq_ignore_ascii_case(organization.as_str()) {
-            return Err(TokenError::InvalidClaim("organization"));
+            return Err(TokenError::InvalidClaim("organization").into());
         }
         if claims.role_raw() != role.as_str() {
-            return Err(TokenError::InvalidClaim("role"));
+            return Err(TokenError::InvalidClaim("role").into());
         }
         let registered = ScopeSet::parse(&client.scopes).map_err(|_| TokenError::InvalidClaim("scope"))?;
         let principal = Principal::new(client.client_id.as_str(), organization, role);

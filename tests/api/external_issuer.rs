@@ -10,10 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::fixtures::patient;
 use crate::helpers::{spawn_app_with, test_database, test_settings, Db};
 
-const ISSUER: &str = "https://login.board.example";
+pub(crate) const ISSUER: &str = "https://login.board.example";
 
 /// Serves one JSON document to every request on a loopback port.
-async fn serve_json(document: Value) -> String {
+pub(crate) async fn serve_json(document: Value) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     tokio::spawn(async move {
@@ -33,7 +33,13 @@ async fn serve_json(document: Value) -> String {
     format!("http://{address}/jwks")
 }
 
-fn external_token(key: &SigningKey, audience: &str, client_id: &str, organization: &str, role: &str) -> String {
+pub(crate) fn external_token(
+    key: &SigningKey,
+    audience: &str,
+    client_id: &str,
+    organization: &str,
+    role: &str,
+) -> String {
     let pem = key.to_pkcs8_pem().expect("pem");
     let encoding = jsonwebtoken::EncodingKey::from_ec_pem(pem.expose_secret().as_bytes()).expect("key");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);

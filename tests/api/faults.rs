@@ -185,9 +185,8 @@ impl Relay {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_postgresql_is_answered_503_with_retry_after_and_service_returns_when_it_is_back() {
-    let Some(database) = test_database(Db::Postgres).await else { return };
+/// A relay in front of the test's PostgreSQL database, and settings that reach it through it.
+async fn settings_through_a_relay(database: &TestDatabase) -> (Relay, linkbridge::config::Settings) {
     let DatabaseUrl::Postgres(direct) = &database.url else { unreachable!("a PostgreSQL database") };
     let mut through_relay = reqwest::Url::parse(direct).expect("the test database's URL");
     let upstream =
@@ -197,8 +196,15 @@ async fn an_unreachable_postgresql_is_answered_503_with_retry_after_and_service_
     through_relay.set_host(Some("127.0.0.1")).expect("a host");
     let settings = linkbridge::config::Settings {
         database_url: Some(through_relay.to_string().into()),
-        ..test_settings(&database)
+        ..test_settings(database)
     };
+    (relay, settings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgresql_is_answered_503_with_retry_after_and_service_returns_when_it_is_back() {
+    let Some(database) = test_database(Db::Postgres).await else { return };
+    let (relay, settings) = settings_through_a_relay(&database).await;
     let app = spawn_app_with(database, settings).await;
     let known = id_of(&app.created(Party::Gp, &patient(&nhs_number())).await);
     let read_path = format!("/Patient/{known}");
@@ -221,6 +227,36 @@ async fn an_unreachable_postgresql_is_answered_503_with_retry_after_and_service_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for_readiness(&app, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_issuers_token_is_answered_503_not_401_while_its_registration_cannot_be_read() {
+    use crate::external_issuer::{external_token, serve_json, ISSUER};
+    let Some(database) = test_database(Db::Postgres).await else { return };
+    let key = linkbridge::auth::SigningKey::generate().expect("key");
+    let (relay, mut settings) = settings_through_a_relay(&database).await;
+    settings.external_issuer = Some(linkbridge::config::ExternalIssuerSettings {
+        issuer: ISSUER.into(),
+        jwks_url: serve_json(serde_json::json!({"keys": [key.public_jwk()]})).await,
+        organization_claim: "ods".into(),
+        role_claim: "board_role".into(),
+    });
+    let app = spawn_app_with(database, settings).await;
+    let token = external_token(&key, &app.address, "gp-system", "GP0001", "referrer");
+    let search = || app.http.get(app.url("/Patient")).bearer_auth(&token).send();
+    assert_eq!(search().await.expect("search").status(), 200, "the token is good");
+
+    relay.go_down().await;
+    let refused = search().await.expect("search");
+    assert_eq!(refused.status(), 503, "no verdict on the token while its registration cannot be read");
+    assert!(refused.headers().contains_key("retry-after"), "and when to try again");
+
+    relay.come_back().await;
+    let began = Instant::now();
+    while search().await.expect("search").status() != 200 {
+        assert!(began.elapsed() < RECOVERY, "the token is not accepted again within {RECOVERY:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `/readyz` answers `expected`; returns its body.
