@@ -135,6 +135,11 @@ pub fn status_of(task: &Value) -> Option<TaskStatus> {
     task.get("status").and_then(Value::as_str).and_then(TaskStatus::parse)
 }
 
+/// A Task still to be worked or being worked: its status known and not terminal.
+pub fn is_open(task: &Value) -> bool {
+    status_of(task).is_some_and(|status| !status.is_terminal())
+}
+
 /// `statusReason.text` present and not blank.
 fn has_reason_text(task: &Value) -> bool {
     task.get("statusReason").and_then(|r| r.get("text")).and_then(Value::as_str).is_some_and(|t| !t.trim().is_empty())

@@ -194,8 +194,7 @@ pub fn derived_visibility(
     let mut out = Vec::new();
     // An open Task is for every CLW service to claim while it has not ended; a cancelled or
     // otherwise ended one is its requester's alone.
-    let ended = super::task_workflow::status_of(resource).is_some_and(super::task_workflow::TaskStatus::is_terminal);
-    if resource_type == T::Task && resource.get("owner").is_none() && !ended {
+    if resource_type == T::Task && resource.get("owner").is_none() && super::task_workflow::is_open(resource) {
         out.push(Visibility::AnyPerformer);
     }
     for element in party_elements {

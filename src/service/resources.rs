@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::idempotency::RequestKey;
 use super::ingest::{check_resource, stamp};
-use super::rules::{Pending, Rules};
+use super::rules::{LiteralPartyCode, Pending, Rules};
 use super::subscriptions::{plan_subscription_write, SubscriptionEffects};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
@@ -82,7 +82,7 @@ pub(super) fn stored_json(body: &str) -> Result<Value, ServiceError> {
 
 /// Gives each reference row that names a party by a literal reference the ODS code it resolves
 /// to ([`Rules::literal_party_codes`]) as its identifier, as if the sender had written both.
-fn index_party_codes(index: &mut [IndexEntry], codes: &[(&'static str, String, OdsCode)]) {
+fn index_party_codes(index: &mut [IndexEntry], codes: &[LiteralPartyCode]) {
     for entry in index.iter_mut() {
         let IndexEntry::Reference { param, target_type, target_id, identifier_system, identifier_value } = entry else {
             continue;
@@ -180,10 +180,6 @@ impl ResourceService {
         let deleting = after.is_none();
         let rules = Rules { store: &self.store, caller, pending, single_open_referral: self.single_open_referral };
         let effects = rules.check(resource_type, &id, before.as_ref(), after.as_mut()).await?;
-        let party_codes = match after.as_ref() {
-            Some(body) => rules.literal_party_codes(resource_type, body).await?,
-            None => Vec::new(),
-        };
         let (version, precondition) = match current {
             Some(c) => (c.version.next(), Precondition::CurrentVersion(c.version)),
             None => (VersionId::FIRST, Precondition::Absent),
@@ -206,7 +202,7 @@ impl ResourceService {
             },
         };
         write.visibility.extend(effects.extra_visibility);
-        index_party_codes(&mut write.index, &party_codes);
+        index_party_codes(&mut write.index, &effects.literal_party_codes);
         let mut write_set = Self::write_set_of(caller, write.clone(), effects.claims);
         write_set.grants = effects.grants;
         write_set.revocations = effects.revocations;

@@ -16,7 +16,7 @@ use crate::domain::references::literal_references;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::{self, split_reference};
 use crate::domain::task_workflow::{
-    check_new_task, check_task_change, check_task_deletion, status_of, Refusal, TaskParty, TaskStatus,
+    self, check_new_task, check_task_change, check_task_deletion, status_of, Refusal, TaskParty, TaskStatus,
 };
 use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
 use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoreError, StoredVersion, VisibilityGrant};
@@ -140,6 +140,21 @@ pub(crate) struct RuleEffects {
     pub cancel_tasks: Vec<(StoredVersion, Value)>,
     /// The one-open-referral-per-patient-and-service key.
     pub claims: Vec<ConditionalClaim>,
+    /// The parties the written resource names by a literal reference into the directory, with
+    /// the ODS code each resolves to ([`Rules::literal_party_codes`]), for its search index.
+    pub literal_party_codes: Vec<LiteralPartyCode>,
+}
+
+/// A party named by a literal reference into the directory: (search parameter, reference as
+/// written, the ODS code it resolves to).
+pub(crate) type LiteralPartyCode = (&'static str, String, OdsCode);
+
+/// One party a resource names, resolved: the element naming it, the literal reference it was
+/// named by when it carries no identifier, and its organisation's ODS code.
+struct ResolvedParty {
+    element: &'static str,
+    literal: Option<String>,
+    ods: OdsCode,
 }
 
 /// The first ODS code among an Organization's identifiers.
@@ -270,11 +285,7 @@ impl Rules<'_> {
             return Ok(None);
         };
         match target_type.as_str() {
-            "Organization" => Ok(self
-                .find(ResourceType::Organization, &id)
-                .await?
-                .and_then(|org| org.get("identifier").and_then(Value::as_array).cloned())
-                .and_then(|ids| ids.iter().find_map(|i| ods_code_of(&json!({"identifier": i}))))),
+            "Organization" => Ok(self.find(ResourceType::Organization, &id).await?.as_ref().and_then(first_ods_code)),
             "PractitionerRole" => {
                 let role = self.find(ResourceType::PractitionerRole, &id).await?;
                 let organization = role.as_ref().and_then(|r| r.get("organization")).cloned();
@@ -325,20 +336,24 @@ impl Rules<'_> {
         };
         if let Some(after) = after.as_deref() {
             self.check_references(resource_type, before, after).await?;
-            effects.extra_visibility.extend(self.party_visibility(resource_type, after).await?);
+            let parties = self.resolved_parties(resource_type, after).await?;
+            effects
+                .extra_visibility
+                .extend(parties.iter().map(|party| Visibility::Organization(party.ods.clone()).key()));
+            effects.literal_party_codes = literal_codes(resource_type, parties);
         }
         Ok(effects)
     }
 
     /// The organisations a referral resource names as its parties (by ODS identifier or by a
-    /// literal reference into the directory) may see it: the content-derived visibility
-    /// `domain::tenancy::derived_visibility` cannot resolve references, the rules can.
-    async fn party_visibility(
+    /// literal reference into the directory): they may see it, which the content-derived
+    /// visibility `domain::tenancy::derived_visibility` cannot tell, as it resolves no references.
+    async fn resolved_parties(
         &self,
         resource_type: ResourceType,
         resource: &Value,
-    ) -> Result<Vec<String>, ServiceError> {
-        let elements: &[&str] = match resource_type {
+    ) -> Result<Vec<ResolvedParty>, ServiceError> {
+        let elements: &[&'static str] = match resource_type {
             ResourceType::Task => &["requester", "owner"],
             ResourceType::ServiceRequest => &["requester", "performer"],
             // Not `contributor`: the CLW service names whoever it likes there, and the
@@ -346,15 +361,33 @@ impl Rules<'_> {
             ResourceType::CarePlan => &["author"],
             _ => return Ok(Vec::new()),
         };
-        let mut keys = Vec::new();
-        for element in elements {
+        let mut parties = Vec::new();
+        for &element in elements {
             for reference in party_references(resource, element) {
                 if let Some(ods) = self.organization_of(Some(reference)).await? {
-                    keys.push(Visibility::Organization(ods).key());
+                    let literal = match reference.get("identifier") {
+                        Some(_) => None,
+                        None => reference.get("reference").and_then(Value::as_str).map(str::to_owned),
+                    };
+                    parties.push(ResolvedParty { element, literal, ods });
                 }
             }
         }
-        Ok(keys)
+        Ok(parties)
+    }
+
+    /// The parties a referral resource names by a literal reference into the directory
+    /// (`"owner": {"reference": "Organization/<id>"}`, or a PractitionerRole in one), with the
+    /// ODS code each resolves to. Indexed as the reference's identifier
+    /// (`service::resources::index_party_codes`), so that a poll by `owner:identifier` or
+    /// `requester:identifier` finds the resource however its sender wrote the reference. For a
+    /// write the rules check, [`RuleEffects::literal_party_codes`] holds the same.
+    pub(crate) async fn literal_party_codes(
+        &self,
+        resource_type: ResourceType,
+        resource: &Value,
+    ) -> Result<Vec<LiteralPartyCode>, ServiceError> {
+        Ok(literal_codes(resource_type, self.resolved_parties(resource_type, resource).await?))
     }
 
     /// The directory is shared by every tenant, so an organisation maintains only its own
@@ -629,9 +662,7 @@ impl Rules<'_> {
                 },
             };
             let others = self.tasks_referencing(&TenantScope::Everything, param, target_type, &target_id).await?;
-            let still_open = others.iter().any(|(other, task)| {
-                other.id != *id && task.get("owner").is_none() && status_of(task).is_some_and(|s| !s.is_terminal())
-            });
+            let still_open = others.iter().any(|(other, task)| other.id != *id && is_open_to_every_performer(task));
             if !still_open {
                 revocations.push(grant);
             }
@@ -670,7 +701,7 @@ impl Rules<'_> {
                 let still_open = holder_task
                     .filter(|v| !v.deleted)
                     .and_then(|v| serde_json::from_str::<Value>(&v.body).ok())
-                    .is_some_and(|t| status_of(&t).is_some_and(|s| !s.is_terminal()));
+                    .is_some_and(|t| task_workflow::is_open(&t));
                 if still_open {
                     return Err(ServiceError::Conflict(
                         Issue::error(
@@ -746,9 +777,7 @@ impl Rules<'_> {
             .await?;
         let mut cancelled = Vec::new();
         for (current, mut task) in tasks {
-            if status_of(&task).is_none_or(TaskStatus::is_terminal)
-                || self.pending.writes(ResourceType::Task, current.id.as_str())
-            {
+            if !task_workflow::is_open(&task) || self.pending.writes(ResourceType::Task, current.id.as_str()) {
                 continue;
             }
             if let Some(map) = task.as_object_mut() {
@@ -769,7 +798,7 @@ impl Rules<'_> {
         let scope = self.caller.scope();
         let mut open = Vec::new();
         for (resource_type, is_open) in [
-            (ResourceType::Task, task_is_open as fn(&Value) -> bool),
+            (ResourceType::Task, task_workflow::is_open as fn(&Value) -> bool),
             (ResourceType::ServiceRequest, service_request_is_open),
         ] {
             let param = search_params::find(resource_type, "subject")
@@ -869,12 +898,7 @@ fn party_references<'v>(resource: &'v Value, element: &str) -> Vec<&'v Value> {
 
 /// A Task no service owns yet, not ended: every CLW service may read and claim it.
 fn is_open_to_every_performer(task: &Value) -> bool {
-    task.get("owner").is_none() && task_is_open(task)
-}
-
-/// A Task still to be worked or being worked: not ended.
-fn task_is_open(task: &Value) -> bool {
-    status_of(task).is_some_and(|s| !s.is_terminal())
+    task.get("owner").is_none() && task_workflow::is_open(task)
 }
 
 /// A referral not yet ended: draft, active or on hold (R4 request-status).
@@ -882,33 +906,12 @@ fn service_request_is_open(service_request: &Value) -> bool {
     matches!(service_request.get("status").and_then(Value::as_str), Some("draft" | "active" | "on-hold"))
 }
 
-impl Rules<'_> {
-    /// The parties a referral resource names by a literal reference into the directory
-    /// (`"owner": {"reference": "Organization/<id>"}`, or a PractitionerRole in one), with the
-    /// ODS code each resolves to: `(parameter, reference as written, code)`. Indexed as the
-    /// reference's identifier (`service::resources::index_party_codes`), so that a poll by
-    /// `owner:identifier` or `requester:identifier` finds the resource however its sender wrote
-    /// the reference. A reference that carries an identifier is indexed as written.
-    pub(crate) async fn literal_party_codes(
-        &self,
-        resource_type: ResourceType,
-        resource: &Value,
-    ) -> Result<Vec<(&'static str, String, OdsCode)>, ServiceError> {
-        let parameters: &[&'static str] = match resource_type {
-            ResourceType::Task => &["requester", "owner"],
-            ResourceType::ServiceRequest => &["requester", "performer"],
-            _ => return Ok(Vec::new()),
-        };
-        let mut codes = Vec::new();
-        for parameter in parameters {
-            for reference in party_references(resource, parameter).into_iter().filter(|r| r.get("identifier").is_none())
-            {
-                let Some(literal) = reference.get("reference").and_then(Value::as_str) else { continue };
-                if let Some(ods) = self.organization_of(Some(reference)).await? {
-                    codes.push((*parameter, literal.to_owned(), ods));
-                }
-            }
-        }
-        Ok(codes)
+/// The literal-reference parties among `parties`, for the types whose party elements are
+/// search parameters (a Task's and a ServiceRequest's); a reference that carries an identifier
+/// is indexed as written.
+fn literal_codes(resource_type: ResourceType, parties: Vec<ResolvedParty>) -> Vec<LiteralPartyCode> {
+    if !matches!(resource_type, ResourceType::Task | ResourceType::ServiceRequest) {
+        return Vec::new();
     }
+    parties.into_iter().filter_map(|party| party.literal.map(|literal| (party.element, literal, party.ods))).collect()
 }
