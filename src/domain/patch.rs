@@ -46,15 +46,21 @@ pub fn check_operation_count(patch: &json_patch::Patch, limits: PatchLimits) -> 
     Ok(())
 }
 
-/// Applies `patch` to `document` within `limits`. On a refusal `document` is left part-way
-/// and must be discarded.
-pub fn apply(document: &mut Value, patch: &json_patch::Patch, limits: PatchLimits) -> Result<(), PatchRefusal> {
+/// Applies `patch` to `document`, whose compact JSON is `size` bytes (the stored text it was
+/// parsed from: no need to write it out again to measure it), within `limits`. On a refusal
+/// `document` is left part-way and must be discarded.
+pub fn apply(
+    document: &mut Value,
+    size: usize,
+    patch: &json_patch::Patch,
+    limits: PatchLimits,
+) -> Result<(), PatchRefusal> {
     check_operation_count(patch, limits)?;
     let max = limits.max_result_bytes;
-    // An upper bound of the document's size: exact after each measurement, raised by what
-    // each operation adds (a removal, a move or a smaller replacement can only shrink it, but
-    // by an amount not worth measuring unless the bound nears the limit).
-    let mut bound = json_size(document, max);
+    // An upper bound of the document's size: exact at first and after each measurement,
+    // raised by what each operation adds (a removal, a move or a smaller replacement can only
+    // shrink it, but by an amount not worth measuring unless the bound nears the limit).
+    let mut bound = size;
     for (index, operation) in patch.0.iter().enumerate() {
         let growth = match operation {
             PatchOperation::Add(add) => json_size(&add.value, max),
@@ -127,6 +133,12 @@ mod tests {
         serde_json::from_value(operations).expect("a JSON Patch")
     }
 
+    /// [`apply`] to a document measured as the service measures a stored one.
+    fn apply_to(document: &mut Value, patch: &json_patch::Patch, limits: PatchLimits) -> Result<(), PatchRefusal> {
+        let size = serde_json::to_string(document).expect("JSON").len();
+        apply(document, size, patch, limits)
+    }
+
     const LIMITS: PatchLimits = PatchLimits { max_operations: 100, max_result_bytes: 64 * 1024 };
 
     #[test]
@@ -136,7 +148,7 @@ mod tests {
         for _ in 0..19 {
             operations.push(json!({"op": "copy", "from": "/a", "path": "/a/0"}));
         }
-        let refused = apply(&mut document, &patch(Value::Array(operations)), LIMITS).expect_err("refused");
+        let refused = apply_to(&mut document, &patch(Value::Array(operations)), LIMITS).expect_err("refused");
         assert!(matches!(refused, PatchRefusal::ResultTooLarge { op: "copy", .. }), "{refused:?}");
         assert!(json_size(&document, usize::MAX) <= LIMITS.max_result_bytes, "never over the limit");
     }
@@ -146,7 +158,7 @@ mod tests {
         let operations: Vec<Value> = (0..101).map(|_| json!({"op": "test", "path": "/id", "value": "p"})).collect();
         let mut document = json!({"id": "p"});
         assert_eq!(
-            apply(&mut document, &patch(Value::Array(operations)), LIMITS),
+            apply_to(&mut document, &patch(Value::Array(operations)), LIMITS),
             Err(PatchRefusal::TooManyOperations { count: 101, max: 100 })
         );
     }
@@ -161,12 +173,12 @@ mod tests {
             {"op": "copy", "from": "/note/0", "path": "/note/-"},
             {"op": "remove", "path": "/note/1"}
         ]));
-        apply(&mut document, &operations, LIMITS).expect("applies");
+        apply_to(&mut document, &operations, LIMITS).expect("applies");
         assert_eq!(
             document,
             json!({"resourceType": "Task", "id": "t", "status": "accepted", "note": [{"text": "seen"}]})
         );
         let failing = patch(json!([{"op": "test", "path": "/status", "value": "draft"}]));
-        assert!(matches!(apply(&mut document, &failing, LIMITS), Err(PatchRefusal::Failed { index: 0, .. })));
+        assert!(matches!(apply_to(&mut document, &failing, LIMITS), Err(PatchRefusal::Failed { index: 0, .. })));
     }
 }

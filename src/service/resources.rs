@@ -636,7 +636,8 @@ impl ResourceService {
                 return Err(ServiceError::Gone(label(resource_type, id)));
             }
             let mut resource = stored_json(&current.body)?;
-            crate::domain::patch::apply(&mut resource, patch, self.patch_limits).map_err(patch_refused)?;
+            crate::domain::patch::apply(&mut resource, current.body.len(), patch, self.patch_limits)
+                .map_err(patch_refused)?;
             if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
                 return Err(ServiceError::Unprocessable(vec![Issue::error(
                     IssueCode::Invalid,
