@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The caller's role may not use this endpoint at all (403).
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The request's header fields are too large together (431, RFC 6585).
+    #[error("header fields too large: {0}")]
+    HeaderFieldsTooLarge(String),
     /// A dependency is briefly unavailable (503 with Retry-After).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(why) => one(S::UNSUPPORTED_MEDIA_TYPE, IssueCode::NotSupported, why),
             ApiError::NotAcceptable(why) => one(S::NOT_ACCEPTABLE, IssueCode::NotSupported, why),
             ApiError::PayloadTooLarge(why) => one(S::PAYLOAD_TOO_LARGE, IssueCode::TooLong, why),
+            ApiError::HeaderFieldsTooLarge(why) => one(S::REQUEST_HEADER_FIELDS_TOO_LARGE, IssueCode::TooLong, why),
             ApiError::MethodNotAllowed { message, .. } => one(S::METHOD_NOT_ALLOWED, IssueCode::NotSupported, message),
             ApiError::UnknownRoute(path) => {
                 one(S::NOT_FOUND, IssueCode::NotSupported, &format!("no FHIR endpoint at '{path}'"))

@@ -6,11 +6,10 @@
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::HttpResponse;
+use actix_web::ResponseError;
 
-use crate::domain::outcome::{operation_outcome, Issue, IssueCode};
+use super::error::ApiError;
 
 /// The most header bytes (names and values) a request may carry: four times the largest a
 /// client of this server needs (a bearer token of about 1 KB and the usual fields), and the
@@ -23,14 +22,10 @@ pub async fn bound_headers(
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let size: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
     if size > MAX_HEADER_BYTES {
-        let outcome = operation_outcome(&[Issue::error(
-            IssueCode::TooLong,
-            format!("the request's header fields hold {size} bytes; at most {MAX_HEADER_BYTES} are accepted"),
-        )]);
-        let response = HttpResponse::build(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-            .insert_header((header::CONTENT_TYPE, super::negotiate::FHIR_JSON))
-            .body(outcome.to_string());
-        return Ok(req.into_response(response));
+        let refusal = ApiError::HeaderFieldsTooLarge(format!(
+            "the request's header fields hold {size} bytes; at most {MAX_HEADER_BYTES} are accepted"
+        ));
+        return Ok(req.into_response(refusal.error_response()));
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }
