@@ -39,7 +39,7 @@ pub use clients::{ClientRecord, RoleAndClaim};
 pub use connect::{DatabaseUrl, PoolSettings};
 pub use group_commit::{CommitObserver, GroupCommitTotals};
 pub use reads::{ConditionalKey, HistoryQuery, StoredVersion};
-pub use search::{ConditionalLookup, Position, SearchHit, SearchPage};
+pub use search::{ConditionalLookup, Position, SearchHit, SearchPage, Walk, SMALL_SET};
 pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxBacklog, OutboxRow, OutboxStats, SubscriptionRow};
 pub use write_set::{
     ConditionalClaim, DeletedContent, NoMatchRequired, OutboxEntry, OutboxKind, Precondition, RequestRecord,

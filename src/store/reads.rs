@@ -82,6 +82,32 @@ pub(super) fn scope_filter_with(
     }
 }
 
+/// `SELECT v.id FROM resource_visibility v …`: the ids of a type (`resource_type`, already
+/// written as SQL) carrying one of the scope's keys, each key written as `value_of(key)`
+/// returns; `hint` follows the table (an index hint, or nothing). Not distinct: a resource
+/// with two of the keys is listed twice. The set [`scope_filter`] tests, for a search to be
+/// driven from when the caller sees few resources of the type.
+pub(super) fn visible_ids_with(
+    scope: &TenantScope,
+    resource_type: &str,
+    hint: &str,
+    mut value_of: impl FnMut(&str) -> Result<String, StoreError>,
+) -> Result<String, StoreError> {
+    match scope {
+        TenantScope::Everything => {
+            Err(StoreError::Config("every resource is visible: there is no set to drive from".to_owned()))
+        }
+        TenantScope::Keys(keys) => {
+            let values = keys.iter().map(|key| value_of(key)).collect::<Result<Vec<_>, _>>()?;
+            let keys = if values.is_empty() { "NULL".to_owned() } else { values.join(", ") };
+            Ok(format!(
+                "SELECT v.id FROM resource_visibility v{hint} WHERE v.visibility_key IN ({keys}) \
+                 AND v.resource_type = {resource_type}"
+            ))
+        }
+    }
+}
+
 pub(super) fn bind_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Config(format!("cannot bind query value: {e}"))
 }

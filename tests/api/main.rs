@@ -23,6 +23,7 @@ mod request_bounds;
 mod sandbox;
 mod search;
 mod search_safety;
+mod search_walks;
 mod security;
 mod shutdown;
 mod store_contract;

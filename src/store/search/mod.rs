@@ -8,11 +8,16 @@
 //! row next to the page, never an offset, so rows written between two pages cannot shift the
 //! rows of the next one.
 
+mod walk;
+
+use walk::{candidate_rank, shape_of, walk_without_counting, Shape};
+pub use walk::{Walk, SMALL_SET};
+
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{AnyConnection, Arguments, Row};
 
 use super::param_keys::row_keys;
-use super::reads::{bind_error, scope_filter_with, version_from_row, ConditionalKey, StoredVersion};
+use super::reads::{bind_error, scope_filter_with, version_from_row, visible_ids_with, ConditionalKey, StoredVersion};
 use super::rows::Dialect;
 use super::write_set::{NoMatchRequired, WriteSet};
 use super::{BackendKind, Store, StoreError};
@@ -29,9 +34,6 @@ use crate::domain::tenancy::TenantScope;
 /// The columns of a [`StoredVersion`] read from `resources r`.
 const VERSION_COLUMNS: &str = "r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, \
                                'PUT' AS method, r.body, r.change_seq";
-
-/// The placeholder for missing values of a date sort key: before every real date.
-const NO_DATE: i64 = i64::MIN;
 
 /// A page to read: which rows, in which order, from which position.
 #[derive(Debug, Clone)]
@@ -133,6 +135,28 @@ impl Sql {
             Probe::PerRow => self.per_row_fence(),
         };
         Ok(scope_filter_with(scope, alias, fence, |key| self.text(key))?.sql)
+    }
+
+    /// `SELECT v.id …`: the ids of `resource_type` the caller may see (not distinct), to drive
+    /// a search from ([`Drive::Visible`]) or to count. SQLite is told the index by key:
+    /// without statistics it would walk the visibility rows of the whole type.
+    fn visible_ids(&mut self, scope: &TenantScope, resource_type: ResourceType) -> Result<String, StoreError> {
+        let hint = match self.backend {
+            BackendKind::Sqlite => " INDEXED BY resource_visibility_key",
+            BackendKind::Postgres => "",
+        };
+        let resource_type = self.text(resource_type.as_str())?;
+        visible_ids_with(scope, &resource_type, hint, |key| self.text(key))
+    }
+
+    /// The GROUP BY that makes one match of a resource met more than once by a walk along an
+    /// index (`walked`, the walk's order): SQLite keeps the walk's order for it; PostgreSQL
+    /// needs the resource's key too to read its other columns.
+    fn group_by_walked(&self, walked: &str) -> String {
+        match self.backend {
+            BackendKind::Sqlite => walked.to_owned(),
+            BackendKind::Postgres => format!("{walked}, r.resource_type, r.id"),
+        }
     }
 
     fn placeholder(&mut self) -> String {
@@ -472,71 +496,83 @@ fn driver_rank(predicate: &Predicate) -> Option<u8> {
 /// naming the driver (and joining with `CROSS JOIN`, which SQLite never reorders) keeps the
 /// polling queries on their indexes. PostgreSQL reorders the join by its statistics as usual.
 fn driver_clause(query: &SearchQuery) -> Option<usize> {
-    query
-        .clauses
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !c.negated)
-        .filter_map(|(i, c)| match (c.param, c.any_of.as_slice()) {
-            (ParamRef::Registered(_), [one]) => driver_rank(one).map(|rank| (rank, i)),
-            // A forward chain's targets are found by their identifiers, whatever the number
-            // of alternatives: as selective as a reference by identifier.
-            (ParamRef::Chained(chain), _) if !chain.reverse => Some((1, i)),
-            _ => None,
-        })
-        .min()
-        .map(|(_, i)| i)
+    (0..query.clauses.len()).filter_map(|n| candidate_rank(query, n).map(|rank| (rank, n))).min().map(|(_, n)| n)
+}
+
+/// How a statement's FROM clause finds its rows, and so how its other tests are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// From the set of a clause's ids (or, without one, the resources of the type), every other
+    /// clause and the tenancy tested as sets the planner may drive from instead.
+    Set(Option<usize>),
+    /// From the ids the caller may see (a caller who sees few), every clause tested on each row.
+    Visible,
+    /// Walked along an order (the resources by `last_updated` or id, or the index of the clause
+    /// `walked`, whose test the walk's FROM makes): every other clause and the tenancy tested on
+    /// each row walked, so that the walk stops when the page is full.
+    PerRow { walked: Option<usize> },
 }
 
 /// The FROM clause and the WHERE conditions shared by a page and its count: type, live,
-/// clauses, horizon, tenancy. `drive` lets the best clause drive the query (see
-/// [`driver_clause`]); a search on `_lastUpdated` is driven by the `last_updated` index instead,
-/// whose order is also the page order.
+/// clauses, horizon, tenancy, as `drive` says.
 fn from_and_filter(
     sql: &mut Sql,
     scope: &TenantScope,
     query: &SearchQuery,
     horizon: Option<Instant>,
-    drive: bool,
+    drive: Drive,
 ) -> Result<(String, Vec<String>), StoreError> {
-    let driver = if drive { driver_clause(query) } else { None };
-    // Not driven by a clause: walked along `last_updated` (a poll), every other test is made
-    // per row walked.
-    let probe = if drive { Probe::Set } else { Probe::PerRow };
+    let probe = match drive {
+        Drive::Set(_) => Probe::Set,
+        Drive::Visible | Drive::PerRow { .. } => Probe::PerRow,
+    };
     let mut from = "resources r".to_owned();
     let mut conditions =
         vec![format!("r.resource_type = {}", sql.text(query.resource_type.as_str())?), "r.deleted = 0".to_owned()];
+    if drive == Drive::Visible {
+        let visible = sql.visible_ids(scope, query.resource_type)?;
+        from = format!("(SELECT DISTINCT d.id FROM ({visible}) d) d CROSS JOIN resources r");
+        conditions.push("r.id = d.id".to_owned());
+    }
     for (i, clause) in query.clauses.iter().enumerate() {
-        if Some(i) == driver {
-            if let ParamRef::Chained(chain) = &clause.param {
+        match drive {
+            Drive::Set(Some(driver)) if driver == i => {
                 from = format!(
                     "(SELECT DISTINCT d.id FROM ({}) d) d CROSS JOIN resources r",
-                    chain_ids(sql, scope, chain, &clause.any_of)?
+                    clause_ids(sql, scope, clause)?
                 );
                 conditions.push("r.id = d.id".to_owned());
                 continue;
             }
-            let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
-                return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
-            };
-            let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
-            from = format!(
-                "(SELECT DISTINCT x.id FROM {} x WHERE {}{condition}) d CROSS JOIN resources r",
-                index_table(p.kind),
-                key_test("x", p)
-            );
-            conditions.push("r.id = d.id".to_owned());
-            continue;
+            Drive::PerRow { walked: Some(walked) } if walked == i => continue,
+            _ => {}
         }
         conditions.push(clause_sql(sql, scope, clause, probe)?);
     }
     if let Some(horizon) = horizon {
         conditions.push(format!("r.last_updated <= {}", sql.int(horizon.micros())?));
     }
-    // Walked along `last_updated`, the tenancy is a per-row probe too: driving the walk from
-    // the caller's visibility keys would visit everything the caller can see.
-    conditions.push(sql.tenancy(scope, probe)?);
+    // Driven by what the caller may see, the tenancy is the driver. Walked, it is a per-row
+    // probe: driving the walk from the caller's visibility keys would visit everything the
+    // caller can see.
+    if drive != Drive::Visible {
+        conditions.push(sql.tenancy(scope, probe)?);
+    }
     Ok((from, conditions))
+}
+
+/// `SELECT … id …`: the ids (not distinct) of the resources a positive clause of one indexed
+/// test, or a forward chain, matches. What a set-driven search starts from, and what
+/// [`walk::choose_walk`] counts.
+fn clause_ids(sql: &mut Sql, scope: &TenantScope, clause: &Clause) -> Result<String, StoreError> {
+    if let ParamRef::Chained(chain) = &clause.param {
+        return chain_ids(sql, scope, chain, &clause.any_of);
+    }
+    let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
+        return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
+    };
+    let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
+    Ok(format!("SELECT x.id FROM {} x WHERE {}{condition}", index_table(p.kind), key_test("x", p)))
 }
 
 /// Whether a sort key holds integers (else text).
@@ -548,21 +584,49 @@ fn is_int_key(field: SortField) -> bool {
     }
 }
 
-/// The SQL expression of a sort key. A parameter with several values sorts by its smallest;
-/// a resource without one sorts first (R4 search.html#sort leaves both to the server).
-fn sort_expression(sql: &mut Sql, field: SortField) -> Result<String, StoreError> {
-    Ok(match field {
-        SortField::Id => "r.id".to_owned(),
+/// What a statement's order is read from: the resource's own columns, or, where the statement
+/// walks an index in the page's order, that index's columns (the planner keeps the walk's
+/// order only when the ORDER BY names the walked columns).
+#[derive(Debug, Clone, Copy)]
+struct OrderColumns {
+    id: &'static str,
+    /// The walked date index's value, standing for the first (date) sort key.
+    walked_date: Option<&'static str>,
+}
+
+const RESOURCE_COLUMNS: OrderColumns = OrderColumns { id: "r.id", walked_date: None };
+const WALKED_ID: OrderColumns = OrderColumns { id: "x.id", walked_date: None };
+const WALKED_DATE: OrderColumns = OrderColumns { id: "x.id", walked_date: Some("x.low") };
+
+/// The SQL expression of a sort key. A parameter with several values sorts by its smallest.
+/// A resource without a date sorts after every dated one, both ways, so that a walk along the
+/// date index meets the undated only at the end (R4 search.html#sort leaves both to the
+/// server); one without a token or string sorts first.
+fn sort_expression(sql: &mut Sql, key: SortKey, columns: OrderColumns) -> Result<String, StoreError> {
+    Ok(match key.field {
+        SortField::Id => columns.id.to_owned(),
         SortField::LastUpdated => "r.last_updated".to_owned(),
-        SortField::Param(p) => sort_param_expression(sql, p)?,
+        SortField::Param(p) => match columns.walked_date {
+            Some(walked) if p.kind == ParamKind::Date => walked.to_owned(),
+            _ => sort_param_expression(sql, p, key.descending)?,
+        },
     })
 }
 
-fn sort_param_expression(sql: &mut Sql, p: &'static SearchParam) -> Result<String, StoreError> {
+/// The sort value of a resource without a date: after every date, in either direction.
+fn undated(descending: bool) -> i64 {
+    if descending {
+        i64::MIN
+    } else {
+        i64::MAX
+    }
+}
+
+fn sort_param_expression(sql: &mut Sql, p: &'static SearchParam, descending: bool) -> Result<String, StoreError> {
     let (column, missing) = match p.kind {
         ParamKind::Token => ("x.code", sql.text("")?),
         ParamKind::String => ("x.value", sql.text("")?),
-        ParamKind::Date => ("x.low", sql.int(NO_DATE)?),
+        ParamKind::Date => ("x.low", sql.int(undated(descending))?),
         ParamKind::Reference => return Err(StoreError::Config("sorting by a reference".to_owned())),
     };
     let table = index_table(p.kind);
@@ -594,7 +658,12 @@ fn bind_value(sql: &mut Sql, value: &SortValue) -> Result<String, StoreError> {
 
 /// The keyset condition "strictly after (before) the position" in the order:
 /// `k1 > v1 OR (k1 = v1 AND k2 > v2) OR …`, with `<` for descending keys.
-fn keyset_condition(sql: &mut Sql, order: &[SortKey], position: &Position<'_>) -> Result<String, StoreError> {
+fn keyset_condition(
+    sql: &mut Sql,
+    order: &[SortKey],
+    position: &Position<'_>,
+    columns: OrderColumns,
+) -> Result<String, StoreError> {
     let id_value = SortValue::Text(position.id.to_owned());
     let values: Vec<&SortValue> = position.keys.iter().chain(std::iter::once(&id_value)).collect();
     if values.len() != order.len() {
@@ -604,49 +673,108 @@ fn keyset_condition(sql: &mut Sql, order: &[SortKey], position: &Position<'_>) -
     for i in 0..order.len() {
         let mut terms = Vec::new();
         for j in 0..i {
-            let e = sort_expression(sql, order[j].field)?;
+            let e = sort_expression(sql, order[j], columns)?;
             terms.push(format!("{e} = {}", bind_value(sql, values[j])?));
         }
         let forward = order[i].descending == (position.direction == PageDirection::Before);
         let op = if forward { ">" } else { "<" };
-        let e = sort_expression(sql, order[i].field)?;
+        let e = sort_expression(sql, order[i], columns)?;
         terms.push(format!("{e} {op} {}", bind_value(sql, values[i])?));
         alternatives.push(format!("({})", terms.join(" AND ")));
     }
     // The first key's bound on its own lets the planner use an index range on it.
     let forward = order[0].descending == (position.direction == PageDirection::Before);
-    let e = sort_expression(sql, order[0].field)?;
+    let e = sort_expression(sql, order[0], columns)?;
     let bound = format!("{e} {} {}", if forward { ">=" } else { "<=" }, bind_value(sql, values[0])?);
     Ok(format!("{bound} AND ({})", alternatives.join(" OR ")))
 }
 
-/// Builds the page statement; returns the SQL and the number of key columns (without `_id`).
+/// Builds the statement of a page of the given shape; returns the SQL and the sort keys
+/// whose values it reads as columns `k0…` (without the final `_id`).
 fn page_statement(
     sql: &mut Sql,
     scope: &TenantScope,
     page: &SearchPage<'_>,
+    shape: Shape,
 ) -> Result<(String, Vec<SortKey>), StoreError> {
     let order = full_order(page.sort);
     let keys = &order[..order.len() - 1];
+    let (columns, drive) = match shape {
+        Shape::AlongLastUpdated | Shape::ById | Shape::Undated { .. } => {
+            (RESOURCE_COLUMNS, Drive::PerRow { walked: None })
+        }
+        Shape::Set(drive) => (RESOURCE_COLUMNS, drive),
+        Shape::ClauseById(walked) => (WALKED_ID, Drive::PerRow { walked: Some(walked) }),
+        Shape::Dated { .. } => (WALKED_DATE, Drive::PerRow { walked: None }),
+    };
     let mut select = vec![VERSION_COLUMNS.to_owned()];
     for (i, key) in keys.iter().enumerate() {
-        select.push(format!("{} AS k{i}", sort_expression(sql, key.field)?));
+        let value = match shape {
+            // Every row of the tail is undated: its key is the undated value.
+            Shape::Undated { descending, .. } => sql.int(undated(descending))?,
+            _ => sort_expression(sql, *key, columns)?,
+        };
+        select.push(format!("{value} AS k{i}"));
     }
-    let by_last_updated =
-        page.query.uses_last_updated() || page.sort.first().is_some_and(|k| k.field == SortField::LastUpdated);
-    let (from, mut conditions) = from_and_filter(sql, scope, page.query, page.horizon, !by_last_updated)?;
-    if let Some(position) = &page.position {
-        conditions.push(keyset_condition(sql, &order, position)?);
+    let (mut from, mut conditions) = from_and_filter(sql, scope, page.query, page.horizon, drive)?;
+    let mut group_by = None;
+    match shape {
+        Shape::ClauseById(walked) => {
+            let clause = &page.query.clauses[walked];
+            let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
+                return Err(StoreError::Config("the walked clause is not a single indexed test".to_owned()));
+            };
+            from = format!("{} x CROSS JOIN resources r", index_table(p.kind));
+            conditions.push(key_test("x", p));
+            conditions.extend(index_condition(sql, predicate)?);
+            conditions.push("r.id = x.id".to_owned());
+            // A resource with two matching index rows is one match.
+            group_by = Some(sql.group_by_walked("x.id"));
+        }
+        Shape::Dated { param, .. } => {
+            from = "idx_date x CROSS JOIN resources r".to_owned();
+            let key = key_test("y", param);
+            conditions.push(key_test("x", param));
+            // Each resource where the walk meets its smallest value, the one it sorts by.
+            conditions.push(format!(
+                "x.low = (SELECT MIN(y.low) FROM idx_date y WHERE y.id = x.id AND {key}{})",
+                sql.per_row_fence()
+            ));
+            conditions.push("r.id = x.id".to_owned());
+            group_by = Some(sql.group_by_walked("x.low, x.id"));
+        }
+        Shape::Undated { param, .. } => {
+            conditions.push(format!(
+                "NOT EXISTS (SELECT 1 FROM idx_date y WHERE y.id = r.id AND {}{})",
+                key_test("y", param),
+                sql.per_row_fence()
+            ));
+        }
+        Shape::AlongLastUpdated | Shape::ById | Shape::Set(_) => {}
     }
     let reverse = page.position.is_some_and(|p| p.direction == PageDirection::Before);
+    if let Some(position) = &page.position {
+        conditions.push(match shape {
+            // The tail is in id order: after (before) the position's id.
+            Shape::Undated { .. } => {
+                let forward = order[0].descending == reverse;
+                format!("r.id {} {}", if forward { ">" } else { "<" }, sql.text(position.id)?)
+            }
+            _ => keyset_condition(sql, &order, position, columns)?,
+        });
+    }
     let mut order_by = Vec::new();
     for key in &order {
+        if matches!(shape, Shape::Undated { .. }) && key.field != SortField::Id {
+            continue;
+        }
         let descending = key.descending != reverse;
-        order_by.push(format!("{} {}", sort_expression(sql, key.field)?, if descending { "DESC" } else { "ASC" }));
+        order_by.push(format!("{} {}", sort_expression(sql, *key, columns)?, if descending { "DESC" } else { "ASC" }));
     }
     let limit = sql.int(i64::from(page.limit))?;
+    let group_by = group_by.map(|g| format!(" GROUP BY {g}")).unwrap_or_default();
     let text = format!(
-        "SELECT {} FROM {from} WHERE {} ORDER BY {} LIMIT {limit}",
+        "SELECT {} FROM {from} WHERE {}{group_by} ORDER BY {} LIMIT {limit}",
         select.join(", "),
         conditions.join(" AND "),
         order_by.join(", ")
@@ -667,7 +795,7 @@ fn conditional_lookup_statement(
         sql.text(value)?;
     }
     let key = ConditionalKey::lookup(first);
-    let (matches, _) = page_statement(sql, scope, page)?;
+    let (matches, _) = page_statement(sql, scope, page, writer_shape(page))?;
     Ok(format!(
         "SELECT ({key}) AS claimed, matches.id AS match_id \
          FROM (SELECT 1 AS one) AS anchor LEFT JOIN ({matches}) AS matches ON 1 = 1"
@@ -705,6 +833,12 @@ pub(super) async fn write_sets_with_matches(
     Ok(matched)
 }
 
+/// The statement form of the writer's searches and conditional lookups (no count first: see
+/// [`walk_without_counting`]).
+fn writer_shape(page: &SearchPage<'_>) -> Shape {
+    shape_of(page, walk_without_counting(page.query))
+}
+
 /// A search of [`write_sets_with_matches`] that matches nothing at most.
 fn no_match_page(search: &NoMatchRequired) -> SearchPage<'_> {
     SearchPage { query: &search.query, sort: &[], horizon: None, position: None, limit: 1 }
@@ -719,7 +853,8 @@ async fn sqlite_searches_with_matches(
         let mut sql = Sql::new(BackendKind::Sqlite);
         let mut tests = Vec::with_capacity(chunk.len());
         for (n, (_, search)) in chunk.iter().enumerate() {
-            let (matches, _) = page_statement(&mut sql, &search.scope, &no_match_page(search))?;
+            let page = no_match_page(search);
+            let (matches, _) = page_statement(&mut sql, &search.scope, &page, writer_shape(&page))?;
             tests.push(format!("SELECT CAST({n} AS BIGINT) AS n WHERE EXISTS ({matches})"));
         }
         let rows = sqlx::query_with(&tests.join(" UNION ALL "), sql.args).fetch_all(&mut *conn).await?;
@@ -767,7 +902,8 @@ fn no_match_shapes(searches: &[(usize, &NoMatchRequired)]) -> Result<Vec<NoMatch
     let mut shapes: Vec<(String, Vec<usize>, Vec<serde_json::Value>)> = Vec::new();
     for (position, search) in searches {
         let mut sql = Sql::over_row("c.x");
-        let (matches, _) = page_statement(&mut sql, &search.scope, &no_match_page(search))?;
+        let page = no_match_page(search);
+        let (matches, _) = page_statement(&mut sql, &search.scope, &page, writer_shape(&page))?;
         let values = serde_json::Value::Array(sql.row.map(|row| row.values).unwrap_or_default());
         match shapes.iter_mut().find(|(shape, _, _)| *shape == matches) {
             Some((_, positions, rows)) => {
@@ -795,7 +931,7 @@ fn no_match_shapes(searches: &[(usize, &NoMatchRequired)]) -> Result<Vec<NoMatch
         .collect()
 }
 
-fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError> {
+pub(super) fn hit_from_row(row: &AnyRow, keys: &[SortKey]) -> Result<SearchHit, StoreError> {
     let version = version_from_row(row)?;
     let keys = keys
         .iter()
@@ -876,19 +1012,6 @@ fn included_statement(
 }
 
 impl Store {
-    /// One page of live resources matching the query, in the caller's tenancy, in the order
-    /// asked for (reversed back to it when read backwards from a `previous` cursor).
-    pub async fn search_page(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<SearchHit>, StoreError> {
-        let mut sql = Sql::new(self.kind());
-        let (text, keys) = page_statement(&mut sql, scope, page)?;
-        let rows = self.bounded_read(async |conn| sqlx::query_with(&text, sql.args).fetch_all(conn).await).await?;
-        let mut hits = rows.iter().map(|row| hit_from_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
-        if page.position.is_some_and(|p| p.direction == PageDirection::Before) {
-            hits.reverse();
-        }
-        Ok(hits)
-    }
-
     /// How many live resources match, in the caller's tenancy (`_total`).
     pub async fn count_matches(
         &self,
@@ -897,7 +1020,11 @@ impl Store {
         horizon: Option<Instant>,
     ) -> Result<u64, StoreError> {
         let mut sql = Sql::new(self.kind());
-        let (from, conditions) = from_and_filter(&mut sql, scope, query, horizon, !query.uses_last_updated())?;
+        let drive = match query.uses_last_updated() {
+            true => Drive::PerRow { walked: None },
+            false => Drive::Set(driver_clause(query)),
+        };
+        let (from, conditions) = from_and_filter(&mut sql, scope, query, horizon, drive)?;
         let text = format!("SELECT COUNT(*) FROM {from} WHERE {}", conditions.join(" AND "));
         let row = self.bounded_read(async |conn| sqlx::query_with(&text, sql.args).fetch_one(conn).await).await?;
         let count: i64 = row.try_get(0)?;
@@ -908,9 +1035,8 @@ impl Store {
     /// SQLite, `EXPLAIN` on PostgreSQL with sequential scans priced out, so that a plan still
     /// holding one has no index to use). For the plan regression tests and for operators.
     pub async fn explain_search(&self, scope: &TenantScope, page: &SearchPage<'_>) -> Result<Vec<String>, StoreError> {
-        let mut sql = Sql::new(self.kind());
-        let (text, _) = page_statement(&mut sql, scope, page)?;
-        self.explain(&text, sql).await
+        let walk = self.choose_walk(scope, page).await?;
+        self.explain_search_as(scope, page, walk).await
     }
 
     /// The plan of an `_include`'s read ([`Store::included`]), as [`Store::explain_search`]

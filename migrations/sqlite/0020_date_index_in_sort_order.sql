@@ -1,0 +1,7 @@
+-- A search sorted by a date parameter (`_sort=-authored-on`) walks this index in the page's
+-- order, value then id, and stops when the page is full (store::search::walk). The index it
+-- replaces, (param_key, low, high), ordered equal values by row, not by id, so such a search
+-- read every value of the parameter and sorted them. Range tests keep their index range on
+-- `low` and read `high` from the index.
+DROP INDEX idx_date_lookup;
+CREATE INDEX idx_date_by_low ON idx_date (param_key, low, id, high);
