@@ -87,6 +87,11 @@ pub struct Settings {
     /// Failed token requests one client_id may make in 60 s (per process) before further
     /// failures answer 429 with Retry-After until the minute ends. 0 turns the throttle off.
     pub token_failure_limit: u32,
+    /// How long, in seconds, a replica trusts a client's registration, once read, for the
+    /// client's access tokens before reading it again (at most one read per client per
+    /// interval): a removed client's tokens are refused on every replica this long after the
+    /// removal at the latest. 0 reads it on every request.
+    pub token_recheck_secs: u64,
 }
 
 /// The operator's OAuth server: its tokens name a registered client (`client_id` claim), and
@@ -172,6 +177,7 @@ impl Default for Settings {
             delivery_timeout_secs: 10,
             statement_timeout_ms: 10_000,
             token_failure_limit: crate::service::auth::DEFAULT_FAILURE_LIMIT,
+            token_recheck_secs: crate::service::auth::DEFAULT_RECHECK.as_secs(),
         }
     }
 }
@@ -212,6 +218,7 @@ impl Settings {
         "delivery_timeout_secs",
         "statement_timeout_ms",
         "token_failure_limit",
+        "token_recheck_secs",
     ];
 
     /// Defaults, then the file (if given and present), then `LINKBRIDGE_*` variables.

@@ -146,7 +146,8 @@ fn build_auth(settings: &Settings, store: &Store, base_url: &str) -> Result<Auth
         format!("{base_url}/auth/token"),
         std::sync::Arc::new(jwks_source),
     )
-    .with_failure_limit(settings.token_failure_limit);
+    .with_failure_limit(settings.token_failure_limit)
+    .with_token_recheck(Duration::from_secs(settings.token_recheck_secs));
     let Some(external) = &settings.external_issuer else {
         return Ok(service);
     };

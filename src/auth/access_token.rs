@@ -93,6 +93,10 @@ pub enum TokenError {
     LifetimeTooLong,
     #[error("the token's sub is not its client_id")]
     SubjectMismatch,
+    /// The client the token was issued to is no longer registered (`clients remove`), or its
+    /// registration no longer parses.
+    #[error("the token's client is not registered")]
+    ClientNotRegistered,
 }
 
 impl TokenError {
@@ -119,6 +123,7 @@ impl TokenError {
             Self::IssuedInFuture => "token_issued_in_future",
             Self::LifetimeTooLong => "token_lifetime_too_long",
             Self::SubjectMismatch => "token_subject_mismatch",
+            Self::ClientNotRegistered => "token_client_not_registered",
         }
     }
 

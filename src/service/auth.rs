@@ -90,6 +90,7 @@ pub struct AuthService {
     jwks_source: Arc<dyn JwksSource>,
     external: Option<ExternalIssuer>,
     verified: Arc<VerifiedTokens>,
+    registrations: Arc<Registrations>,
     failures: Arc<FailedTokenRequests>,
 }
 
@@ -165,8 +166,10 @@ fn whole_seconds(wait: std::time::Duration) -> u64 {
 /// Our own access tokens this process has verified, so that a client's every request does not
 /// pay for an ECDSA P-384 verification (the largest CPU cost of a read). Keyed by the token's
 /// SHA-256 (the token itself is not kept); an entry serves only until the token's own expiry,
-/// so a cached token is accepted exactly as long as verifying it again would accept it
-/// (signing keys are not withdrawn before the tokens they signed expire).
+/// so a cached token's signature and claims are accepted exactly as long as verifying it again
+/// would accept them (signing keys are not withdrawn before the tokens they signed expire).
+/// Whether its client is still registered as the token says is asked apart, of
+/// [`Registrations`], for a cached token and a freshly verified one alike.
 struct VerifiedTokens {
     entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, ScopeSet, OffsetDateTime)>>,
 }
@@ -205,6 +208,125 @@ fn registered_identity(client: &ClientRecord) -> Option<(OdsCode, Role)> {
     Some((OdsCode::parse(&client.organization).ok()?, Role::parse(&client.role)?))
 }
 
+/// A client's registration as access tokens are checked against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Registration {
+    organization: OdsCode,
+    role: Role,
+    /// The scopes the client may hold: a token's are narrowed to them.
+    scopes: ScopeSet,
+}
+
+impl Registration {
+    /// `None` for a registration that does not parse: refused rather than trusted.
+    fn of(client: &ClientRecord) -> Option<Registration> {
+        let (organization, role) = registered_identity(client)?;
+        Some(Registration { organization, role, scopes: ScopeSet::parse(&client.scopes).ok()? })
+    }
+
+    /// What a token of ours, verified (or remembered) as `principal` with `scopes`, may do now:
+    /// nothing once its client is removed or moved to another organisation or role (a token
+    /// carries both, and tenancy follows them); the scopes since taken from the registration
+    /// are taken from the token too.
+    fn admit(
+        registration: Option<&Registration>,
+        principal: Principal,
+        scopes: ScopeSet,
+    ) -> Result<(Principal, ScopeSet), TokenError> {
+        let registration = registration.ok_or(TokenError::ClientNotRegistered)?;
+        if *principal.organization() != registration.organization {
+            return Err(TokenError::InvalidClaim("organization"));
+        }
+        if principal.role() != registration.role {
+            return Err(TokenError::InvalidClaim("role"));
+        }
+        let scopes = scopes.narrow_to(&registration.scopes);
+        Ok((principal, scopes))
+    }
+}
+
+/// What this process last read of each client's registration, and when, so that revocation
+/// reaches every replica without a read per request. Registrations change by the CLI
+/// (`clients add`, `clients remove`), from any process, and no replica is told: each asks the
+/// database again for a client at most once per `token_recheck_secs` ([`DEFAULT_RECHECK`]),
+/// whatever its traffic (one indexed read of the client's row), and a request arriving that
+/// long after a removal (or a move to another organisation or role, or fewer scopes) is
+/// answered by a read made after it.
+///
+/// Requests that find the last read too old share the next one: while it runs they wait for
+/// it rather than each starting their own. A read that fails is not remembered: the request
+/// is answered 503 (no verdict on its token) and the next one reads again. Keys are client ids
+/// of tokens whose signature verified, so a stranger cannot fill the map with invented ones;
+/// past [`REGISTRATIONS_CAPACITY`] clients, reads too old to serve are dropped, then all.
+struct Registrations {
+    reads: std::sync::Mutex<std::collections::HashMap<String, Arc<RegistrationRead>>>,
+    recheck: std::time::Duration,
+}
+
+/// One read of a client's registration: when it began, and (once done) what it found; `None`
+/// inside is a client not registered (or whose registration does not parse).
+struct RegistrationRead {
+    began: std::time::Instant,
+    found: tokio::sync::OnceCell<Option<Registration>>,
+}
+
+/// The default of `token_recheck_secs`.
+pub const DEFAULT_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Clients whose registration a process remembers at once; more than any deployment has.
+const REGISTRATIONS_CAPACITY: usize = 10_000;
+
+impl Registrations {
+    fn new(recheck: std::time::Duration) -> Self {
+        Registrations { reads: Default::default(), recheck }
+    }
+
+    /// The read that answers for `client` at `now`: the last one if it began less than
+    /// `recheck` ago (done or still running), else a new one, not begun.
+    fn read_for(&self, client: &str, now: std::time::Instant) -> Arc<RegistrationRead> {
+        let fresh = || Arc::new(RegistrationRead { began: now, found: tokio::sync::OnceCell::new() });
+        let Ok(mut reads) = self.reads.lock() else { return fresh() };
+        let recheck = self.recheck;
+        if let Some(read) = reads.get(client).filter(|read| now.saturating_duration_since(read.began) < recheck) {
+            return read.clone();
+        }
+        if reads.len() >= REGISTRATIONS_CAPACITY && !reads.contains_key(client) {
+            reads.retain(|_, read| now.saturating_duration_since(read.began) < recheck);
+            if reads.len() >= REGISTRATIONS_CAPACITY {
+                reads.clear();
+            }
+        }
+        let read = fresh();
+        reads.insert(client.to_owned(), read.clone());
+        read
+    }
+
+    /// `client`'s registration as of a read begun less than `recheck` before `now`, reading it
+    /// with `read_client` when there is none.
+    async fn current<F, R>(
+        &self,
+        client: &str,
+        now: std::time::Instant,
+        read_client: F,
+    ) -> Result<Arc<RegistrationRead>, StoreError>
+    where
+        F: FnOnce() -> R,
+        R: std::future::Future<Output = Result<Option<ClientRecord>, StoreError>>,
+    {
+        let read = self.read_for(client, now);
+        read.found
+            .get_or_try_init(|| async { Ok::<_, StoreError>(read_client().await?.as_ref().and_then(Registration::of)) })
+            .await?;
+        Ok(read)
+    }
+}
+
+impl RegistrationRead {
+    fn registration(&self) -> Option<&Registration> {
+        self.found.get().and_then(Option::as_ref)
+    }
+}
+
 impl AuthService {
     pub fn new(
         store: Store,
@@ -214,8 +336,27 @@ impl AuthService {
         jwks_source: Arc<dyn JwksSource>,
     ) -> Self {
         let verified = Arc::new(VerifiedTokens { entries: Default::default() });
+        let registrations = Arc::new(Registrations::new(DEFAULT_RECHECK));
         let failures = Arc::new(FailedTokenRequests { windows: Default::default(), limit: DEFAULT_FAILURE_LIMIT });
-        AuthService { store, keys, policy, token_endpoint, jwks_source, external: None, verified, failures }
+        AuthService {
+            store,
+            keys,
+            policy,
+            token_endpoint,
+            jwks_source,
+            external: None,
+            verified,
+            registrations,
+            failures,
+        }
+    }
+
+    /// How long a client's registration, once read, answers for its tokens before it is read
+    /// again (0: on every request): the longest a removed client's tokens keep working on a
+    /// replica. See [`Registrations`].
+    pub fn with_token_recheck(mut self, recheck: std::time::Duration) -> Self {
+        self.registrations = Arc::new(Registrations::new(recheck));
+        self
     }
 
     /// Failed token requests a client may make in a minute before further failures answer 429
@@ -323,24 +464,38 @@ impl AuthService {
     }
 
     /// Verifies a bearer token and returns who is calling and what they may do. Our own
-    /// tokens are tried first; then, when configured, the external issuer's.
+    /// tokens are tried first; then, when configured, the external issuer's. Either way the
+    /// token's client must still be registered as it says (see [`Registrations`]).
     pub async fn authenticate(&self, bearer: &str) -> Result<(Principal, ScopeSet), AuthenticationError> {
         let now = OffsetDateTime::now_utc();
-        if let Some(verified) = self.verified.get(bearer, now) {
-            return Ok(verified);
-        }
-        let own = self.policy.verify(&self.keys, bearer, now);
-        match (own, &self.external) {
-            (Ok(claims), _) => {
-                let principal =
-                    Principal::new(claims.client_id().as_str(), claims.organization().clone(), claims.role());
-                let verified = (principal, claims.scope().clone());
-                self.verified.insert(bearer, verified.clone(), claims.expires_at(), now);
-                Ok(verified)
-            }
-            (Err(_), Some(external)) => self.authenticate_external(external, bearer).await,
-            (Err(e), None) => Err(e.into()),
-        }
+        let (principal, scopes) = match self.verified.get(bearer, now) {
+            Some(verified) => verified,
+            None => match (self.policy.verify(&self.keys, bearer, now), &self.external) {
+                (Ok(claims), _) => {
+                    let principal =
+                        Principal::new(claims.client_id().as_str(), claims.organization().clone(), claims.role());
+                    let verified = (principal, claims.scope().clone());
+                    self.verified.insert(bearer, verified.clone(), claims.expires_at(), now);
+                    verified
+                }
+                (Err(_), Some(external)) => return self.authenticate_external(external, bearer).await,
+                (Err(e), None) => return Err(e.into()),
+            },
+        };
+        let read = self.registration(principal.client_id()).await?;
+        Ok(Registration::admit(read.registration(), principal, scopes)?)
+    }
+
+    /// The client's registration, as of a read at most `token_recheck_secs` old. A database
+    /// that cannot be read just now gives no verdict (503), never a pass.
+    async fn registration(&self, client_id: &str) -> Result<Arc<RegistrationRead>, AuthenticationError> {
+        self.registrations
+            .current(client_id, std::time::Instant::now(), || self.store.find_client(client_id))
+            .await
+            .map_err(|e| match e.is_unavailable() {
+                true => AuthenticationError::Unavailable(e),
+                false => TokenError::ClientNotRegistered.into(),
+            })
     }
 
     /// An external issuer's token names a client; the organisation and role it claims must be
@@ -363,25 +518,16 @@ impl AuthService {
             Err(TokenError::UnknownKid) => verify(Freshness::Refresh).await?,
             other => other?,
         };
-        let client = self
-            .store
-            .find_client(claims.client_id())
-            .await
-            .map_err(|e| match e.is_unavailable() {
-                true => AuthenticationError::Unavailable(e),
-                false => TokenError::InvalidClaim("client_id").into(),
-            })?
-            .ok_or(TokenError::InvalidClaim("client_id"))?;
-        let (organization, role) = registered_identity(&client).ok_or(TokenError::InvalidClaim("client_id"))?;
-        if !claims.organization_raw().eq_ignore_ascii_case(organization.as_str()) {
+        let read = self.registration(claims.client_id()).await?;
+        let registration = read.registration().ok_or(TokenError::ClientNotRegistered)?;
+        if !claims.organization_raw().eq_ignore_ascii_case(registration.organization.as_str()) {
             return Err(TokenError::InvalidClaim("organization").into());
         }
-        if claims.role_raw() != role.as_str() {
+        if claims.role_raw() != registration.role.as_str() {
             return Err(TokenError::InvalidClaim("role").into());
         }
-        let registered = ScopeSet::parse(&client.scopes).map_err(|_| TokenError::InvalidClaim("scope"))?;
-        let principal = Principal::new(client.client_id.as_str(), organization, role);
-        Ok((principal, claims.scope().narrow_to(&registered)))
+        let principal = Principal::new(claims.client_id(), registration.organization.clone(), registration.role);
+        Ok((principal, claims.scope().narrow_to(&registration.scopes)))
     }
 }
 
@@ -399,6 +545,118 @@ mod tests {
         assert_eq!(cache.get("token-a", now), Some((principal, scopes)));
         assert_eq!(cache.get("token-b", now), None);
         assert_eq!(cache.get("token-a", now + time::Duration::seconds(60)), None, "not at or after expiry");
+    }
+
+    fn gp_registration() -> ClientRecord {
+        ClientRecord {
+            client_id: "gp-system".into(),
+            organization: "GP0001".into(),
+            role: "referrer".into(),
+            jwks: None,
+            jwks_url: None,
+            scopes: "system/*.cruds".into(),
+            created_at: Instant::from_micros(0),
+        }
+    }
+
+    fn gp_principal() -> Principal {
+        Principal::new("gp-system", OdsCode::parse("GP0001").expect("ods"), Role::Referrer)
+    }
+
+    /// Asks `registrations` for gp-system at `at`, counting the reads it makes in `reads`;
+    /// each read finds `stored`. Answers what the registration check then found.
+    async fn ask(
+        registrations: &Registrations,
+        at: std::time::Instant,
+        reads: &std::sync::atomic::AtomicUsize,
+        stored: Result<Option<ClientRecord>, StoreError>,
+    ) -> Result<Option<Registration>, StoreError> {
+        let read = registrations
+            .current("gp-system", at, || async {
+                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                stored
+            })
+            .await?;
+        Ok(read.registration().cloned())
+    }
+
+    #[tokio::test]
+    async fn a_registration_is_read_once_per_recheck_interval_however_many_requests_ask() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let registrations = Registrations::new(std::time::Duration::from_secs(5));
+        let reads = AtomicUsize::new(0);
+        let start = std::time::Instant::now();
+        let expected = Registration::of(&gp_registration());
+        assert!(expected.is_some(), "the registration parses");
+        let (a, b) = tokio::join!(
+            ask(&registrations, start, &reads, Ok(Some(gp_registration()))),
+            ask(&registrations, start, &reads, Ok(Some(gp_registration()))),
+        );
+        assert_eq!((a.expect("read"), b.expect("read")), (expected.clone(), expected.clone()));
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "two requests at once share one read");
+        let within = start + std::time::Duration::from_millis(4_999);
+        let later = ask(&registrations, within, &reads, Ok(None)).await.expect("read");
+        assert_eq!((later, reads.load(Ordering::SeqCst)), (expected, 1), "within the interval the read answers");
+        let after = start + std::time::Duration::from_secs(5);
+        let removed = ask(&registrations, after, &reads, Ok(None)).await.expect("read");
+        assert_eq!((removed, reads.load(Ordering::SeqCst)), (None, 2), "after it the removal is read");
+    }
+
+    #[tokio::test]
+    async fn a_recheck_interval_of_zero_reads_the_registration_on_every_request() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let registrations = Registrations::new(std::time::Duration::ZERO);
+        let reads = AtomicUsize::new(0);
+        let now = std::time::Instant::now();
+        for _ in 0..3 {
+            ask(&registrations, now, &reads, Ok(Some(gp_registration()))).await.expect("read");
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_not_remembered_and_the_next_request_reads_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let registrations = Registrations::new(std::time::Duration::from_secs(5));
+        let reads = AtomicUsize::new(0);
+        let now = std::time::Instant::now();
+        let failed = ask(&registrations, now, &reads, Err(StoreError::Unavailable("down".into()))).await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+        let found = ask(&registrations, now, &reads, Ok(Some(gp_registration()))).await.expect("read");
+        assert!(found.is_some(), "read again, not answered from the failure");
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_registrations_remembered_stay_bounded_when_every_client_is_new() {
+        let registrations = Registrations::new(std::time::Duration::from_secs(5));
+        let now = std::time::Instant::now();
+        for i in 0..REGISTRATIONS_CAPACITY + 500 {
+            registrations.read_for(&format!("client-{i}"), now);
+        }
+        let reads = registrations.reads.lock().expect("lock");
+        assert!(reads.len() <= REGISTRATIONS_CAPACITY, "{}", reads.len());
+    }
+
+    #[test]
+    fn a_token_serves_only_while_its_client_is_registered_with_the_organisation_and_role_it_names() {
+        let registered = Registration::of(&gp_registration()).expect("parses");
+        let scopes = ScopeSet::parse("system/*.cruds").expect("scopes");
+        let admit = |registration: Option<&Registration>| {
+            Registration::admit(registration, gp_principal(), scopes.clone()).map_err(|e| e.reason())
+        };
+        assert_eq!(admit(Some(&registered)), Ok((gp_principal(), scopes.clone())), "registered as it says");
+        assert_eq!(admit(None), Err("token_client_not_registered"), "removed");
+        let moved = Registration { organization: OdsCode::parse("GP0002").expect("ods"), ..registered.clone() };
+        assert_eq!(admit(Some(&moved)), Err("token_invalid_claim"), "moved to another organisation");
+        let performer = Registration { role: Role::Performer, ..registered.clone() };
+        assert_eq!(admit(Some(&performer)), Err("token_invalid_claim"), "given another role");
+        let fewer = Registration { scopes: ScopeSet::parse("system/Patient.rs").expect("scopes"), ..registered };
+        let (_, narrowed) = admit(Some(&fewer)).expect("still registered");
+        assert_eq!(narrowed.render(), "system/Patient.rs", "scopes taken from the registration leave the token");
+        let unparsable = ClientRecord { role: "superuser".into(), ..gp_registration() };
+        assert_eq!(Registration::of(&unparsable), None, "a registration that does not parse is none");
     }
 
     #[test]

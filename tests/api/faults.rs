@@ -235,6 +235,8 @@ async fn an_external_issuers_token_is_answered_503_not_401_while_its_registratio
     let Some(database) = test_database(Db::Postgres).await else { return };
     let key = linkbridge::auth::SigningKey::generate().expect("key");
     let (relay, mut settings) = settings_through_a_relay(&database).await;
+    // The registration is read for each request, not remembered for `token_recheck_secs`.
+    settings.token_recheck_secs = 0;
     settings.external_issuer = Some(linkbridge::config::ExternalIssuerSettings {
         issuer: ISSUER.into(),
         jwks_url: serve_json(serde_json::json!({"keys": [key.public_jwk()]})).await,

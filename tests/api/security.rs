@@ -928,3 +928,70 @@ async fn conditional_create_matching_another_organisations_identifier_never_reve
     let (status, owner_view) = json_of(app.get(Party::Gp, &format!("/Patient/{single_id}")).await).await;
     assert_eq!((status, owner_view), (200, single), "the original is untouched");
 }
+
+/// The operator removes a client (`linkbridge clients remove`, from a process of its own) or
+/// takes scopes from it: within `token_recheck_secs` every replica holds the client's token,
+/// issued before, to the registration as it is now. A removed client's token answers 401 like
+/// an invalid one (its registration was read again, not its remembered verification used).
+async fn a_removed_clients_token_is_refused_on_every_replica_within_the_recheck_interval(db: Db) {
+    let Some(database) = test_database(db).await else { return };
+    let recheck = std::time::Duration::from_secs(1);
+    let settings = Settings { token_recheck_secs: recheck.as_secs(), ..test_settings(&database) };
+    let app = spawn_app_with(database, settings).await;
+    // A second replica: the same database and signing keys, and the first one's address as the
+    // public base URL (a load balancer's), so that it accepts the tokens the first one issues.
+    let behind_the_same_name = Settings { public_base_url: Some(app.address.clone()), ..app.settings.clone() };
+    let other = linkbridge::startup::Application::build(&behind_the_same_name).await.expect("second replica builds");
+    let other_address = other.base_url().to_owned();
+    tokio::spawn(other.run_until_stopped());
+    let replicas = [app.address.clone(), other_address];
+
+    let token = app.token(Party::Gp).await;
+    let read = |replica: &str| app.http.get(format!("{replica}/Patient")).bearer_auth(&token).send();
+    for replica in &replicas {
+        for attempt in 1..=3 {
+            let (status, body) = json_of(read(replica).await.expect("read")).await;
+            assert_eq!(status, 200, "{replica}, read {attempt}: the token is good (and remembered): {body}");
+        }
+    }
+
+    let store = Store::connect(&app.database.url, &PoolSettings::default()).await.expect("operator's store");
+    let registered = store.find_client(Party::Gp.client_id()).await.expect("read").expect("registered");
+    store
+        .upsert_client(&ClientRecord { scopes: "system/Patient.rs".into(), ..registered })
+        .await
+        .expect("take scopes away");
+    store.close().await;
+    tokio::time::sleep(recheck).await;
+    for replica in &replicas {
+        let create = app
+            .http
+            .post(format!("{replica}/Patient"))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/fhir+json")
+            .body(patient("9434765919").to_string())
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(create.status(), 403, "{replica}: the scope taken from the registration left the token");
+        assert_eq!(read(replica).await.expect("read").status(), 200, "{replica}: the scope kept still serves");
+    }
+
+    linkbridge::admin::remove_client(&app.settings, Party::Gp.client_id()).await.expect("clients remove");
+    tokio::time::sleep(recheck).await;
+    let invalid = "eyJhbGciOiJFUzM4NCJ9.e30.c2lnbmF0dXJl";
+    let (_, invalid_body) =
+        json_of(app.http.get(app.url("/Patient")).bearer_auth(invalid).send().await.expect("get")).await;
+    for replica in &replicas {
+        let case = format!("{replica}: the removed client's token");
+        check_unauthorized(&case, app.http.get(format!("{replica}/Patient")).bearer_auth(&token), Some(&token)).await;
+        let (_, body) = json_of(read(replica).await.expect("read")).await;
+        assert_eq!(body, invalid_body, "{case}: answered exactly as an invalid token");
+    }
+    let (status, _, body) =
+        post_assertion(&app, &sign_gp(&gp_header(), &assertion_claims("gp-system", &app.token_url())), "system/*.rs")
+            .await;
+    assert_eq!((status, &body["error"]), (400, &json!("invalid_client")), "and it gets no new token: {body}");
+}
+
+crate::on_both_databases!(a_removed_clients_token_is_refused_on_every_replica_within_the_recheck_interval);
