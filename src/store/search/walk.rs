@@ -13,7 +13,8 @@
 //! - when every candidate is large, the page is walked in its order (by id along the most
 //!   selective clause's index, or along the resources or a date parameter's index), every
 //!   other test made per row: the rows walked are then about the page divided by the share of
-//!   rows that pass, which does not grow with the rows that do not.
+//!   rows that pass, which does not grow with the rows that do not. Where two clauses could be
+//!   walked, a second count up to [`LARGE_SET`] picks the one with fewer rows.
 //!
 //! Searches on `_lastUpdated` and those sorted by it always walk `last_updated` (a poll's few
 //! recent rows).
@@ -30,6 +31,11 @@ use crate::store::{Store, StoreError};
 /// Up to how many rows each candidate driver is counted; a set under it is small enough to
 /// read whole (a few hundred index entries cost about what a page's probes cost).
 pub const SMALL_SET: i64 = 256;
+
+/// Up to how many rows the clauses a page can be walked along are counted when every
+/// candidate is over [`SMALL_SET`]: to walk the smaller. Counted only then, at about 40 ns an
+/// index entry on SQLite.
+pub const LARGE_SET: i64 = 8 * SMALL_SET;
 
 /// Where a page's rows come from (chosen by [`Store::choose_walk`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,33 +185,53 @@ impl Store {
             [only] if by_id && Some(only) == streamed => return Ok(*only),
             _ => {}
         }
+        let counts = self.count_capped(scope, page.query, &candidates, SMALL_SET).await?;
+        let smallest = |counts: &[i64], walks: &[Walk], cap: i64| {
+            // The first of the smallest: candidates come most selective kind first.
+            walks.iter().zip(counts).filter(|(_, n)| **n < cap).min_by_key(|(_, n)| **n).map(|(w, _)| *w)
+        };
+        if let Some(walk) = smallest(&counts, &candidates, SMALL_SET) {
+            return Ok(walk);
+        }
+        let streams: Vec<Walk> =
+            candidates.into_iter().filter(|w| matches!(w, Walk::Clause(n) if walks_by_id(page.query, *n))).collect();
+        if !by_id || streams.is_empty() {
+            return Ok(Walk::Order);
+        }
+        // Every set is large: the walk goes along the clause with the fewest rows, where a
+        // larger count tells them apart (a small service's every Task against the open
+        // backlog), else along the most selective kind.
+        if streams.len() > 1 {
+            let counts = self.count_capped(scope, page.query, &streams, LARGE_SET).await?;
+            if let Some(walk) = smallest(&counts, &streams, LARGE_SET) {
+                return Ok(walk);
+            }
+        }
+        Ok(streams[0])
+    }
+
+    /// How many rows each of `walks` holds, counted up to `cap`, in one statement.
+    async fn count_capped(
+        &self,
+        scope: &TenantScope,
+        query: &SearchQuery,
+        walks: &[Walk],
+        cap: i64,
+    ) -> Result<Vec<i64>, StoreError> {
         let mut sql = Sql::new(self.kind());
-        let mut counts = Vec::with_capacity(candidates.len());
-        for (i, walk) in candidates.iter().enumerate() {
+        let mut counts = Vec::with_capacity(walks.len());
+        for (i, walk) in walks.iter().enumerate() {
             let rows = match walk {
-                Walk::Clause(n) => clause_ids(&mut sql, scope, &page.query.clauses[*n])?,
-                Walk::Visible => sql.visible_ids(scope, page.query.resource_type)?,
-                Walk::Order => continue,
+                Walk::Clause(n) => clause_ids(&mut sql, scope, &query.clauses[*n])?,
+                Walk::Visible => sql.visible_ids(scope, query.resource_type)?,
+                Walk::Order => return Err(StoreError::Config("an order walk has no set to count".to_owned())),
             };
-            let cap = sql.int(SMALL_SET)?;
+            let cap = sql.int(cap)?;
             counts.push(format!("(SELECT COUNT(*) FROM ({rows} LIMIT {cap}) c{i}) AS n{i}"));
         }
         let text = format!("SELECT {}", counts.join(", "));
         let row = self.bounded_read(async |conn| sqlx::query_with(&text, sql.args).fetch_one(conn).await).await?;
-        let mut smallest: Option<(i64, Walk)> = None;
-        for (i, walk) in candidates.iter().enumerate() {
-            let count: i64 = row.try_get(i)?;
-            if count < SMALL_SET && smallest.is_none_or(|(best, _)| count < best) {
-                smallest = Some((count, *walk));
-            }
-        }
-        Ok(match (smallest, streamed) {
-            (Some((_, walk)), _) => walk,
-            // Every set is large: along the page's order, by the most selective clause's index
-            // where it keeps that order.
-            (None, Some(walk)) if by_id => *walk,
-            (None, _) => Walk::Order,
-        })
+        (0..walks.len()).map(|i| Ok(row.try_get::<i64, _>(i)?)).collect()
     }
 
     /// One page of live resources matching the query, in the caller's tenancy, in the order
