@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use rand::Rng;
@@ -101,6 +101,8 @@ pub struct Seeding {
     pub tasks: usize,
     pub added: usize,
     pub seconds: f64,
+    /// Transactions the server shed (503) and that were sent again.
+    pub retries: usize,
 }
 
 impl Seeding {
@@ -137,6 +139,7 @@ impl Grower {
     /// Adds referrals until there are `target` Tasks, `concurrency` transactions in flight.
     pub async fn grow_to(&mut self, target: usize) -> anyhow::Result<Seeding> {
         let started = Instant::now();
+        let retried = RETRIES.load(Ordering::Relaxed);
         let first = self.tasks;
         let next = Arc::new(AtomicUsize::new(first));
         let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
@@ -169,7 +172,12 @@ impl Grower {
             return Err(e.context("seeding"));
         }
         self.tasks = target.max(first);
-        Ok(Seeding { tasks: self.tasks, added: self.tasks - first, seconds: started.elapsed().as_secs_f64() })
+        Ok(Seeding {
+            tasks: self.tasks,
+            added: self.tasks - first,
+            seconds: started.elapsed().as_secs_f64(),
+            retries: RETRIES.load(Ordering::Relaxed) - retried,
+        })
     }
 
     /// Referrals `start..end` (numbered over the whole run) in one transaction from one
@@ -236,20 +244,41 @@ fn cancel_entry(mut task: Value, stored: &Stored) -> Value {
     json!({"request": {"method": "PUT", "url": format!("Task/{}", stored.task)}, "resource": task})
 }
 
-/// Sends a transaction of `entries`; returns the id each entry's answer locates.
+/// How often a seeding transaction answered 503 (the server shedding load: a write that waited
+/// longer than its settle window to commit was not applied) is sent again.
+const ATTEMPTS: u32 = 20;
+
+/// Seeding transactions the server shed and that were sent again, over the run.
+pub static RETRIES: AtomicUsize = AtomicUsize::new(0);
+
+/// Sends a transaction of `entries`, again after a pause while the server sheds load (503);
+/// returns the id each entry's answer locates.
 async fn transaction(api: &Api, entries: Vec<Value>) -> anyhow::Result<Vec<String>> {
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-    let response = api
-        .request(reqwest::Method::POST, "/")
-        .header("Content-Type", "application/fhir+json")
-        .body(bundle.to_string())
-        .send()
-        .await?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        anyhow::bail!("a seeding transaction was answered {status}: {}", text.chars().take(400).collect::<String>());
-    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string();
+    let mut attempt = 0;
+    let text = loop {
+        let response = api
+            .request(reqwest::Method::POST, "/")
+            .header("Content-Type", "application/fhir+json")
+            .body(bundle.clone())
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        attempt += 1;
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < ATTEMPTS {
+            RETRIES.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            continue;
+        }
+        if !status.is_success() {
+            anyhow::bail!(
+                "a seeding transaction was answered {status}: {}",
+                text.chars().take(400).collect::<String>()
+            );
+        }
+        break text;
+    };
     let body: Value = serde_json::from_str(&text)?;
     body["entry"]
         .as_array()
@@ -293,13 +322,17 @@ pub fn is_broad_poll(name: &str) -> bool {
     polls("").iter().any(|(poll, _, _)| *poll == name)
 }
 
-/// `GET path`, answered 200 with a searchset Bundle that found something: anything else is
-/// counted as an error (a search that finds nothing would measure nothing).
+/// A broad poll slower than this is counted as an error rather than waited for.
+const POLL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `GET path`, answered 200 with a searchset Bundle that found something within
+/// [`POLL_TIMEOUT`]: anything else is counted as an error (a search that finds nothing would
+/// measure nothing).
 pub fn search_operation(api: Api, path: String) -> Operation {
     Arc::new(move |_, _| {
         let (api, path) = (api.clone(), path.clone());
         Box::pin(async move {
-            let response = api.request(reqwest::Method::GET, &path).send().await?;
+            let response = api.request(reqwest::Method::GET, &path).timeout(POLL_TIMEOUT).send().await?;
             let status = response.status();
             let body = response.text().await?;
             if status != reqwest::StatusCode::OK {
@@ -319,11 +352,12 @@ pub fn search_operation(api: Api, path: String) -> Operation {
 /// The seeding's pace, for the log.
 pub fn describe(db: &str, seeding: &Seeding) -> String {
     format!(
-        "{:>10} {db:>8} grew to {} Tasks: {} added in {:.1} s, {:.0} Tasks/s",
+        "{:>10} {db:>8} grew to {} Tasks: {} added in {:.1} s, {:.0} Tasks/s, {} transactions shed and sent again",
         "seeding",
         seeding.tasks,
         seeding.added,
         seeding.seconds,
-        seeding.rate()
+        seeding.rate(),
+        seeding.retries
     )
 }

@@ -6,6 +6,9 @@
 //! cargo build --release --bin linkbridge
 //! cargo run --release -p linkbridge-bench -- --binary target/release/linkbridge \
 //!     --postgres postgres://postgres@127.0.0.1:5432/postgres
+//! # and the broad polls at 10k, 100k and 1M Tasks (growth.rs):
+//! cargo run --release -p linkbridge-bench -- --binary target/release/linkbridge \
+//!     --tasks 10000,100000,1000000 --postgres postgres://postgres@127.0.0.1:5432/postgres
 //! ```
 
 /// mimalloc, as the server uses: the load generator shares the machine's two cores with the
@@ -73,7 +76,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     tasks: Vec<usize>,
     /// Seeding transactions in flight while the data grows.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 32)]
     seed_concurrency: usize,
     /// Referrals per seeding transaction (three entries each).
     #[arg(long, default_value_t = 20)]

@@ -225,15 +225,17 @@ impl Report {
         let mut out = String::from(
             "\nSeeding (referrals from four practices to four CLW services, a transaction of several \
              referrals each, those past the open backlog cancelled at once in a second one):\n\n\
-             | database | Tasks | added | seconds | Tasks/s | open backlog |\n|---|---:|---:|---:|---:|---:|\n",
+             | database | Tasks | added | seconds | Tasks/s | open backlog | transactions shed (503) and sent again |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
         );
         for (db, seeding, backlog) in &self.seedings {
             out.push_str(&format!(
-                "| {db} | {} | {} | {:.1} | {:.0} | {backlog} |\n",
+                "| {db} | {} | {} | {:.1} | {:.0} | {backlog} | {} |\n",
                 seeding.tasks,
                 seeding.added,
                 seeding.seconds,
-                seeding.rate()
+                seeding.rate(),
+                seeding.retries
             ));
         }
         let polls: Vec<&Measurement> = self.measurements.iter().filter(|m| m.tasks.is_some()).collect();
