@@ -156,11 +156,16 @@ impl Grower {
                     if start >= target || failure.lock().map_or(true, |f| f.is_some()) {
                         break;
                     }
-                    if let Err(e) = grower.seed_chunk(start, (start + per_bundle).min(target)).await {
+                    let end = (start + per_bundle).min(target);
+                    if let Err(e) = grower.seed_chunk(start, end).await {
                         if let Ok(mut failure) = failure.lock() {
                             failure.get_or_insert(e);
                         }
                         break;
+                    }
+                    if end / PROGRESS != start / PROGRESS {
+                        let rate = (end - first) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                        eprintln!("{:>10} about {end} Tasks, {rate:.0} Tasks/s so far", "seeding");
                     }
                 }
             }));
@@ -244,9 +249,13 @@ fn cancel_entry(mut task: Value, stored: &Stored) -> Value {
     json!({"request": {"method": "PUT", "url": format!("Task/{}", stored.task)}, "resource": task})
 }
 
-/// How often a seeding transaction answered 503 (the server shedding load: a write that waited
-/// longer than its settle window to commit was not applied) is sent again.
+/// How often a seeding transaction is sent again when the server answered 503 (shedding load:
+/// a write that waited longer than its settle window to commit was not applied) or the request
+/// could not be sent.
 const ATTEMPTS: u32 = 20;
+
+/// Seeding reports its progress every this many Tasks.
+const PROGRESS: usize = 100_000;
 
 /// Seeding transactions the server shed and that were sent again, over the run.
 pub static RETRIES: AtomicUsize = AtomicUsize::new(0);
@@ -257,15 +266,24 @@ async fn transaction(api: &Api, entries: Vec<Value>) -> anyhow::Result<Vec<Strin
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string();
     let mut attempt = 0;
     let text = loop {
-        let response = api
+        let sent = api
             .request(reqwest::Method::POST, "/")
             .header("Content-Type", "application/fhir+json")
             .body(bundle.clone())
             .send()
-            .await?;
+            .await;
+        attempt += 1;
+        let response = match sent {
+            // A pooled connection the server had closed: the request never reached it.
+            Err(e) if (e.is_request() || e.is_connect()) && attempt < ATTEMPTS => {
+                RETRIES.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                continue;
+            }
+            sent => sent?,
+        };
         let status = response.status();
         let text = response.text().await?;
-        attempt += 1;
         if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < ATTEMPTS {
             RETRIES.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;

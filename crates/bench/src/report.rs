@@ -271,12 +271,16 @@ impl Report {
                 out.push_str(&format!("| {} | {} |", row.0, row.1));
                 for &size in &sizes {
                     out.push_str(&match at(size) {
+                        Some(m) if m.ok == 0 => format!(" none answered in the window ({} errors) |", m.errors),
+                        Some(m) if m.errors > 0 => {
+                            format!(" {:.0}, {:.2} / {:.2}, {} errors |", m.throughput, m.p50_ms, m.p99_ms, m.errors)
+                        }
                         Some(m) => format!(" {:.0}, {:.2} / {:.2} |", m.throughput, m.p50_ms, m.p99_ms),
                         None => " - |".to_owned(),
                     });
                 }
                 let ratio = |f: fn(&Measurement) -> f64| match (at(smallest), at(largest)) {
-                    (Some(a), Some(b)) if f(a) > 0.0 => format!("x{:.2}", f(b) / f(a)),
+                    (Some(a), Some(b)) if a.ok > 0 && b.ok > 0 && f(a) > 0.0 => format!("x{:.2}", f(b) / f(a)),
                     _ => "-".to_owned(),
                 };
                 out.push_str(&format!(
