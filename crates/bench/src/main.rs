@@ -6,6 +6,9 @@
 //! cargo build --release --bin linkbridge
 //! cargo run --release -p linkbridge-bench -- --binary target/release/linkbridge \
 //!     --postgres postgres://postgres@127.0.0.1:5432/postgres
+//! # and the broad polls at 10k, 100k and 1M Tasks (growth.rs):
+//! cargo run --release -p linkbridge-bench -- --binary target/release/linkbridge \
+//!     --tasks 10000,100000,1000000 --postgres postgres://postgres@127.0.0.1:5432/postgres
 //! ```
 
 /// mimalloc, as the server uses: the load generator shares the machine's two cores with the
@@ -14,6 +17,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod growth;
 mod limits;
 mod load;
 mod process;
@@ -66,10 +70,28 @@ struct Cli {
     /// Which databases to measure (PostgreSQL also needs `--postgres`).
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     databases: Vec<String>,
+    /// Data sizes (Tasks) to measure the broad polls at, e.g. `10000,100000,1000000`: a
+    /// database of its own is grown to each in turn (see growth.rs for the data). None by
+    /// default: the four interactions on a few hundred Tasks only.
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<usize>,
+    /// Seeding transactions in flight while the data grows.
+    #[arg(long, default_value_t = 32)]
+    seed_concurrency: usize,
+    /// Referrals per seeding transaction (three entries each).
+    #[arg(long, default_value_t = 20)]
+    referrals_per_bundle: usize,
     /// Keep the scratch directory and the PostgreSQL database afterwards (their names are
     /// printed), to look at the data the measurements left, e.g. with `EXPLAIN ANALYZE`.
     #[arg(long)]
     keep: bool,
+}
+
+/// The data sizes of the broad polls and how the data is grown to them.
+struct Growth {
+    sizes: Vec<usize>,
+    concurrency: usize,
+    per_bundle: usize,
 }
 
 /// How long and how hard each measurement runs.
@@ -99,6 +121,11 @@ async fn main() -> anyhow::Result<()> {
             duration: Duration::from_secs(cli.seconds),
         }
     };
+    let mut sizes = cli.tasks.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let growth =
+        Growth { sizes, concurrency: cli.seed_concurrency.max(1), per_bundle: cli.referrals_per_bundle.max(1) };
     let binary =
         std::fs::canonicalize(&cli.binary).with_context(|| format!("no binary at {}", cli.binary.display()))?;
     let mut report = Report::new(&binary, cli.quick);
@@ -115,7 +142,12 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let measured = |db: &str| cli.databases.iter().any(|d| d == db);
     let sqlite_result = if measured("sqlite") {
-        bench_database(&plan, &binary, &scratch.join("sqlite"), None, &mut report).await
+        match bench_database(&plan, &binary, &scratch.join("sqlite"), None, &mut report).await {
+            Ok(()) if !growth.sizes.is_empty() => {
+                bench_growth(&plan, &growth, &binary, &scratch.join("sqlite-growth"), None, &mut report).await
+            }
+            result => result,
+        }
     } else {
         Ok(())
     };
@@ -126,11 +158,24 @@ async fn main() -> anyhow::Result<()> {
             let admin = sqlx::PgPool::connect(server).await.context("connecting to PostgreSQL")?;
             admin.execute(format!("CREATE DATABASE {database}").as_str()).await?;
             let url = format!("{}/{database}", server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s));
-            let result = bench_database(&plan, &binary, &scratch.join("postgres"), Some(&url), &mut report).await;
+            let mut result = bench_database(&plan, &binary, &scratch.join("postgres"), Some(&url), &mut report).await;
             if cli.keep {
                 eprintln!("linkbridge-bench: kept the PostgreSQL database {url}");
             } else {
                 admin.execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str()).await?;
+            }
+            if result.is_ok() && !growth.sizes.is_empty() {
+                // The broad polls on a database of their own, grown from empty.
+                let database = format!("{database}_growth");
+                admin.execute(format!("CREATE DATABASE {database}").as_str()).await?;
+                let url = format!("{}/{database}", server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s));
+                let dir = scratch.join("postgres-growth");
+                result = bench_growth(&plan, &growth, &binary, &dir, Some(&url), &mut report).await;
+                if cli.keep {
+                    eprintln!("linkbridge-bench: kept the PostgreSQL database {url}");
+                } else {
+                    admin.execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str()).await?;
+                }
             }
             result
         }
@@ -291,7 +336,7 @@ async fn bench_database(
             raw.close().await;
         }
     }
-    let server = Server::start(binary, dir, postgres).await?;
+    let server = Server::start(binary, dir, postgres, &[]).await?;
     // Access tokens live at most 5 minutes: each round of measurements takes fresh ones.
     let gp = Api::new(&server.base, server.token("demo-gp")?, max);
     let clw = Api::new(&server.base, server.token("demo-clw")?, max);
@@ -384,6 +429,58 @@ async fn bench_database(
     if let Some(pool) = wal {
         pool.execute("DROP TABLE IF EXISTS raw_resources").await?;
         pool.close().await;
+    }
+    Ok(())
+}
+
+/// The broad polls at each data size: a server of its own whose data grows (growth.rs) to each
+/// size in turn, and each poll measured there at the run's concurrency levels.
+async fn bench_growth(
+    plan: &Plan,
+    growth: &Growth,
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    postgres: Option<&str>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let db = if postgres.is_some() { "postgres" } else { "sqlite" };
+    std::fs::create_dir_all(dir)?;
+    let server = Server::start(binary, dir, postgres, &growth::extra_clients()).await?;
+    let max = plan.concurrency.iter().copied().max().unwrap_or(1).max(growth.concurrency);
+    let http = Api::new(&server.base, String::new(), max).http;
+    let backlog = growth::backlog_of(growth.sizes[0]);
+    let mut grower = growth::Grower {
+        tokens: server.tokens(),
+        base: server.base.clone(),
+        http: http.clone(),
+        nhs: Arc::new(scenarios::NhsNumbers::new()),
+        tasks: 0,
+        backlog,
+        concurrency: growth.concurrency,
+        per_bundle: growth.per_bundle,
+    };
+    let wanted = |name: &str| plan.only.as_deref().is_none_or(|only| name.contains(only));
+    let mut patient = None;
+    for &size in &growth.sizes {
+        let seeding = grower.grow_to(size).await?;
+        eprintln!("{}", growth::describe(db, &seeding));
+        report.add_seeding(db, seeding, backlog);
+        let patient = match &patient {
+            Some(patient) => String::clone(patient),
+            None => patient.insert(grower.returning_patient().await?).clone(),
+        };
+        for &c in &plan.concurrency {
+            for (name, client, path) in growth::polls(&patient).into_iter().filter(|(name, _, _)| wanted(name)) {
+                let api = Api { http: http.clone(), base: server.base.clone(), token: grower.tokens.get(client)? };
+                let operation = growth::search_operation(api, path);
+                let (result, side) = measure_server(plan, &server, None, operation, c).await?;
+                eprint!("{size:>10} Tasks ");
+                let mut measured = Measurement::new("linkbridge", db, name, c, &result, Some(side.usage));
+                measured.tasks = Some(size);
+                measured.server = side.metrics.and_then(|metrics| metrics.breakdown());
+                report.add(measured);
+            }
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::growth::Seeding;
 use crate::load::LoadResult;
 use crate::process::Usage;
 use crate::server_metrics::Breakdown;
@@ -30,6 +31,8 @@ pub struct Measurement {
     pub limit_beside: Option<f64>,
     /// Where its requests' time went in the server, from its `/metrics` (linkbridge only).
     pub server: Option<Breakdown>,
+    /// The Tasks in the database, for the broad polls measured at each data size.
+    pub tasks: Option<usize>,
 }
 
 impl Measurement {
@@ -56,6 +59,7 @@ impl Measurement {
             wal_bytes_per_request: None,
             limit_beside: None,
             server: None,
+            tasks: None,
         };
         eprintln!(
             "{subject:>10} {db:>8} {name:<40} c={concurrency:<3} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms errors {}{}",
@@ -73,6 +77,8 @@ pub struct Report {
     binary: String,
     quick: bool,
     measurements: Vec<Measurement>,
+    /// Each growth step: the database, what it took, and the open backlog.
+    seedings: Vec<(&'static str, Seeding, usize)>,
 }
 
 /// Which limit each linkbridge interaction is compared with: the same work done by the driver
@@ -80,23 +86,33 @@ pub struct Report {
 pub fn limit_of(name: &str) -> &'static str {
     match name {
         "Task read" | "GP polling search" => "row read by id (driver)",
+        name if crate::growth::is_broad_poll(name) => "row read by id (driver)",
         _ => "referral rows inserted (driver)",
     }
 }
 
 impl Report {
     pub fn new(binary: &Path, quick: bool) -> Self {
-        Report { binary: binary.display().to_string(), quick, measurements: Vec::new() }
+        Report { binary: binary.display().to_string(), quick, measurements: Vec::new(), seedings: Vec::new() }
     }
 
     pub fn add(&mut self, measurement: Measurement) {
         self.measurements.push(measurement);
     }
 
+    pub fn add_seeding(&mut self, db: &'static str, seeding: Seeding, backlog: usize) {
+        self.seedings.push((db, seeding, backlog));
+    }
+
+    /// The measurements of the four interactions on the small data set.
+    fn interactions(&self) -> impl Iterator<Item = &Measurement> {
+        self.measurements.iter().filter(|m| m.subject == "linkbridge" && m.tasks.is_none())
+    }
+
     fn find(&self, subject: &str, db: &str, name: &str, concurrency: usize) -> Option<&Measurement> {
-        self.measurements
-            .iter()
-            .find(|m| m.subject == subject && m.db == db && m.name == name && m.concurrency == concurrency)
+        self.measurements.iter().find(|m| {
+            m.subject == subject && m.db == db && m.name == name && m.concurrency == concurrency && m.tasks.is_none()
+        })
     }
 
     pub fn markdown(&self) -> String {
@@ -109,7 +125,7 @@ impl Report {
         ));
         out.push_str("| database | interaction | clients | req/s | p50 ms | p99 ms | errors | server CPU (cores) | peak RSS MiB | physical limit req/s | ratio | ratio to trivial HTTP |\n");
         out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        for m in self.measurements.iter().filter(|m| m.subject == "linkbridge") {
+        for m in self.interactions() {
             let limit = self.limit_for(m);
             let http = self.find("limit", "http", "trivial route (actix-web)", m.concurrency);
             let usage = m.usage.unwrap_or_default();
@@ -138,6 +154,7 @@ impl Report {
             ));
         }
         out.push_str(&self.wal_table());
+        out.push_str(&self.growth_tables());
         out.push_str(&self.targets());
         out
     }
@@ -145,7 +162,7 @@ impl Report {
     /// Where each measurement's time went in the server, if its `/metrics` said.
     fn server_table(&self) -> String {
         let explained: Vec<(&Measurement, Breakdown)> =
-            self.measurements.iter().filter_map(|m| Some((m, m.server?))).collect();
+            self.interactions().filter_map(|m| Some((m, m.server?))).collect();
         if explained.is_empty() {
             return String::new();
         }
@@ -198,6 +215,85 @@ impl Report {
         out
     }
 
+    /// The seeding of each data size, then per database each broad poll's throughput and
+    /// latency at each size and concurrency, and how they grew from the smallest size to the
+    /// largest.
+    fn growth_tables(&self) -> String {
+        if self.seedings.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "\nSeeding (referrals from four practices to four CLW services, a transaction of several \
+             referrals each, those past the open backlog cancelled at once in a second one):\n\n\
+             | database | Tasks | added | seconds | Tasks/s | open backlog | transactions shed (503) and sent again |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (db, seeding, backlog) in &self.seedings {
+            out.push_str(&format!(
+                "| {db} | {} | {} | {:.1} | {:.0} | {backlog} | {} |\n",
+                seeding.tasks,
+                seeding.added,
+                seeding.seconds,
+                seeding.rate(),
+                seeding.retries
+            ));
+        }
+        let polls: Vec<&Measurement> = self.measurements.iter().filter(|m| m.tasks.is_some()).collect();
+        let mut databases: Vec<&str> = polls.iter().map(|m| m.db).collect();
+        databases.dedup();
+        for db in databases {
+            let mut sizes: Vec<usize> = polls.iter().filter(|m| m.db == db).filter_map(|m| m.tasks).collect();
+            sizes.sort_unstable();
+            sizes.dedup();
+            let (Some(&smallest), Some(&largest)) = (sizes.first(), sizes.last()) else { continue };
+            out.push_str(&format!(
+                "\nBroad polls on {db} by data size (each cell: req/s, p50 ms / p99 ms; growth: the largest \
+                 size's over the smallest's, {smallest} to {largest} Tasks):\n\n| poll | clients |"
+            ));
+            for size in &sizes {
+                out.push_str(&format!(" {size} Tasks |"));
+            }
+            out.push_str(" growth req/s | growth p50 | growth p99 |\n|---|---:|");
+            out.push_str(&"---:|".repeat(sizes.len() + 3));
+            out.push('\n');
+            let mut rows: Vec<(&str, usize)> =
+                polls.iter().filter(|m| m.db == db).map(|m| (m.name, m.concurrency)).collect();
+            rows.dedup();
+            let mut seen = Vec::new();
+            for row in rows {
+                if seen.contains(&row) {
+                    continue;
+                }
+                seen.push(row);
+                let at = |size: usize| {
+                    polls.iter().find(|m| m.db == db && (m.name, m.concurrency) == row && m.tasks == Some(size))
+                };
+                out.push_str(&format!("| {} | {} |", row.0, row.1));
+                for &size in &sizes {
+                    out.push_str(&match at(size) {
+                        Some(m) if m.ok == 0 => format!(" none answered in the window ({} errors) |", m.errors),
+                        Some(m) if m.errors > 0 => {
+                            format!(" {:.0}, {:.2} / {:.2}, {} errors |", m.throughput, m.p50_ms, m.p99_ms, m.errors)
+                        }
+                        Some(m) => format!(" {:.0}, {:.2} / {:.2} |", m.throughput, m.p50_ms, m.p99_ms),
+                        None => " - |".to_owned(),
+                    });
+                }
+                let ratio = |f: fn(&Measurement) -> f64| match (at(smallest), at(largest)) {
+                    (Some(a), Some(b)) if a.ok > 0 && b.ok > 0 && f(a) > 0.0 => format!("x{:.2}", f(b) / f(a)),
+                    _ => "-".to_owned(),
+                };
+                out.push_str(&format!(
+                    " {} | {} | {} |\n",
+                    ratio(|m| m.throughput),
+                    ratio(|m| m.p50_ms),
+                    ratio(|m| m.p99_ms)
+                ));
+            }
+        }
+        out
+    }
+
     /// The limit a linkbridge measurement is compared with, and its name: the one measured
     /// alternating with it, or else the one measured on its own before the server started.
     fn limit_for(&self, m: &Measurement) -> Option<(f64, String)> {
@@ -209,9 +305,8 @@ impl Report {
     }
 
     fn best(&self, db: &str, name: &str) -> Option<&Measurement> {
-        self.measurements
-            .iter()
-            .filter(|m| m.subject == "linkbridge" && m.db == db && m.name == name)
+        self.interactions()
+            .filter(|m| m.db == db && m.name == name)
             .max_by(|a, b| a.throughput.total_cmp(&b.throughput))
     }
 
@@ -252,12 +347,7 @@ impl Report {
         let pg_ratio = at64("postgres", "referral submission (transaction)")
             .and_then(|m| self.limit_for(m).map(|(limit, _)| 100.0 * m.throughput / limit));
         target("referral submissions on PostgreSQL vs raw inserts, 64 clients", pg_ratio, 50.0, true, "%");
-        let worst_p99 = self
-            .measurements
-            .iter()
-            .filter(|m| m.subject == "linkbridge" && m.concurrency == 64)
-            .map(|m| m.p99_ms)
-            .reduce(f64::max);
+        let worst_p99 = self.interactions().filter(|m| m.concurrency == 64).map(|m| m.p99_ms).reduce(f64::max);
         target("p99 latency at 64 clients (worst interaction)", worst_p99, 50.0, false, "ms");
         let peak = self.measurements.iter().filter_map(|m| m.usage).map(|u| u.peak_rss_mib).reduce(f64::max);
         target("peak RSS of the server", peak, 150.0, false, "MiB");

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::load::Operation;
 
-const ODS: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+pub const ODS: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
 pub const GP_ODS: &str = "DEMOGP1";
 pub const CLW_ODS: &str = "DEMOCLW1";
@@ -32,7 +32,7 @@ impl Api {
         Api { http, base: base.to_owned(), token }
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }
 }
@@ -66,30 +66,43 @@ impl NhsNumbers {
 /// A referral as one transaction: Patient (created unless its NHS number is known),
 /// ServiceRequest and Task, linked by `urn:uuid:` references.
 pub fn referral_bundle(nhs_number: &str) -> Value {
-    let urn = || format!("urn:uuid:{}", uuid::Uuid::new_v4());
-    let (patient, request, task) = (urn(), urn(), urn());
-    let org = |ods: &str| json!({"identifier": {"system": ODS, "value": ods}});
     json!({
         "resourceType": "Bundle",
         "type": "transaction",
-        "entry": [
-            {"fullUrl": patient, "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={NHS}|{nhs_number}")},
-             "resource": {"resourceType": "Patient", "identifier": [{"system": NHS, "value": nhs_number}],
-                          "name": [{"family": "Benchmark", "given": ["Morag"]}], "gender": "female", "birthDate": "1961-04-12"}},
-            {"fullUrl": request, "request": {"method": "POST", "url": "ServiceRequest"},
-             "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
-                          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "871731000000106",
-                                               "display": "Referral to social prescribing service"}]},
-                          "reasonCode": [{"coding": [{"system": "https://linkbridge.scot/fhir/CodeSystem/social-need-category", "code": "money-debt"}]}],
-                          "subject": {"reference": patient}, "requester": org(GP_ODS), "performer": [org(CLW_ODS)],
-                          "authoredOn": "2026-11-23T09:30:00Z"}},
-            {"fullUrl": task, "request": {"method": "POST", "url": "Task"},
-             "resource": {"resourceType": "Task", "status": "requested", "intent": "order",
-                          "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
-                          "focus": {"reference": request}, "for": {"reference": patient},
-                          "authoredOn": "2026-11-23T09:31:00Z", "requester": org(GP_ODS), "owner": org(CLW_ODS)}}
-        ]
+        "entry": referral_entries(nhs_number, GP_ODS, Some(CLW_ODS), "2026-11-23T09:31:00Z")
     })
+}
+
+/// A reference to an organisation by its ODS code.
+pub fn org(ods: &str) -> Value {
+    json!({"identifier": {"system": ODS, "value": ods}})
+}
+
+/// The three transaction entries of a referral from `practice` to the CLW service `owner`
+/// (none: an open Task any CLW service may claim), authored at `authored_on`.
+pub fn referral_entries(nhs_number: &str, practice: &str, owner: Option<&str>, authored_on: &str) -> Vec<Value> {
+    let urn = || format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let (patient, request, task) = (urn(), urn(), urn());
+    let mut task_resource = json!({"resourceType": "Task", "status": "requested", "intent": "order",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+        "focus": {"reference": request}, "for": {"reference": patient},
+        "authoredOn": authored_on, "requester": org(practice)});
+    let mut request_resource = json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "871731000000106",
+                             "display": "Referral to social prescribing service"}]},
+        "reasonCode": [{"coding": [{"system": "https://linkbridge.scot/fhir/CodeSystem/social-need-category", "code": "money-debt"}]}],
+        "subject": {"reference": patient}, "requester": org(practice), "authoredOn": authored_on});
+    if let Some(owner) = owner {
+        task_resource["owner"] = org(owner);
+        request_resource["performer"] = json!([org(owner)]);
+    }
+    vec![
+        json!({"fullUrl": patient, "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={NHS}|{nhs_number}")},
+         "resource": {"resourceType": "Patient", "identifier": [{"system": NHS, "value": nhs_number}],
+                      "name": [{"family": "Benchmark", "given": ["Morag"]}], "gender": "female", "birthDate": "1961-04-12"}}),
+        json!({"fullUrl": request, "request": {"method": "POST", "url": "ServiceRequest"}, "resource": request_resource}),
+        json!({"fullUrl": task, "request": {"method": "POST", "url": "Task"}, "resource": task_resource}),
+    ]
 }
 
 /// Sends one referral; returns the new Task's id.
