@@ -248,6 +248,14 @@ fn cases() -> Vec<Case> {
             every_set_large: true,
             matches: |r| r.owner.is_none() && r.status == "requested",
         },
+        // A practice that sees few: its Tasks are the set, each probed for an owner.
+        Case {
+            query: "owner:missing=true&status=requested".to_owned(),
+            scope: scope_of(GP_FEW, false),
+            expected_walk: Walk::Visible,
+            every_set_large: false,
+            matches: |r| r.owner.is_none() && r.status == "requested",
+        },
         Case {
             query: "_sort=-authored-on".to_owned(),
             scope: scope_of(GP_MANY, false),
@@ -382,6 +390,21 @@ async fn check_walks(store: &Store, db: Db, statistics: &str) {
                     plan.join("\n")
                 ));
             }
+        }
+        // On SQLite every per-row probe finds its rows by the walked row's id, never by walking
+        // a parameter's rows.
+        let unkeyed: Vec<&String> = plan
+            .iter()
+            .zip(plan.iter().skip(1))
+            .filter(|(line, next)| line.contains("CORRELATED") && next.contains("SEARCH") && !next.contains("id=?"))
+            .map(|(_, next)| next)
+            .collect();
+        if !unkeyed.is_empty() {
+            failures.push(format!(
+                "{db:?} Task?{} probes without the id: {unkeyed:?}\n{}",
+                case.query,
+                plan.join("\n")
+            ));
         }
         // PostgreSQL may join a small visible set to a small type by hashing it (a cost-based
         // choice its statistics make); the visible set's own read is by key either way.

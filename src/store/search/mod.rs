@@ -109,6 +109,16 @@ impl Sql {
         Sql { row: Some(RowValues { source, values: Vec::new() }), ..Sql::new(BackendKind::Postgres) }
     }
 
+    /// The index hint that makes SQLite read an index table's rows of one resource by its id
+    /// (`<table>_owner`): where a probe tests only the parameter (presence, a date's smallest
+    /// value), SQLite without statistics prefers the parameter's index and walks its every row.
+    fn by_owner(&self, table: &str) -> String {
+        match self.backend {
+            BackendKind::Sqlite => format!(" INDEXED BY {table}_owner"),
+            BackendKind::Postgres => String::new(),
+        }
+    }
+
     /// What ends the subquery of a per-row probe ([`Probe::PerRow`]). PostgreSQL turns a
     /// correlated `EXISTS` into a semi-join and, without fresh statistics (a table that grew
     /// since the last ANALYZE, or autovacuum off), may drive the join from the other side or
@@ -359,8 +369,18 @@ fn predicate_sql(sql: &mut Sql, param: ParamRef, predicate: &Predicate, probe: P
             let condition = condition.map(|c| format!(" AND {c}")).unwrap_or_default();
             Ok(match probe {
                 Probe::Set => format!("r.id IN (SELECT x.id FROM {table} x WHERE {key_test}{condition})"),
+                // A code, a reference's target or identifier is an index equality down to the id;
+                // any other test (presence, a range, a string) has only the parameter to look up
+                // by, and SQLite, without statistics, would walk the parameter's every row for
+                // each row probed: it is told the resource's own rows.
                 Probe::PerRow => format!(
-                    "EXISTS (SELECT 1 FROM {table} x WHERE x.id = r.id AND {key_test}{condition}{})",
+                    "EXISTS (SELECT 1 FROM {table} x{} WHERE x.id = r.id AND {key_test}{condition}{})",
+                    match predicate {
+                        Predicate::Token { code: Some(_), .. }
+                        | Predicate::Reference { .. }
+                        | Predicate::ReferenceIdentifier { .. } => String::new(),
+                        _ => sql.by_owner(table),
+                    },
                     sql.per_row_fence()
                 ),
             })
@@ -631,7 +651,8 @@ fn sort_param_expression(sql: &mut Sql, p: &'static SearchParam, descending: boo
     };
     let table = index_table(p.kind);
     let key_test = key_test("x", p);
-    Ok(format!("COALESCE((SELECT MIN({column}) FROM {table} x WHERE x.id = r.id AND {key_test}), {missing})"))
+    let by_owner = sql.by_owner(table);
+    Ok(format!("COALESCE((SELECT MIN({column}) FROM {table} x{by_owner} WHERE x.id = r.id AND {key_test}), {missing})"))
 }
 
 /// The full order: the keys asked for, then `_id` unless already there (and nothing after
@@ -737,7 +758,8 @@ fn page_statement(
             conditions.push(key_test("x", param));
             // Each resource where the walk meets its smallest value, the one it sorts by.
             conditions.push(format!(
-                "x.low = (SELECT MIN(y.low) FROM idx_date y WHERE y.id = x.id AND {key}{})",
+                "x.low = (SELECT MIN(y.low) FROM idx_date y{} WHERE y.id = x.id AND {key}{})",
+                sql.by_owner("idx_date"),
                 sql.per_row_fence()
             ));
             conditions.push("r.id = x.id".to_owned());
@@ -745,7 +767,8 @@ fn page_statement(
         }
         Shape::Undated { param, .. } => {
             conditions.push(format!(
-                "NOT EXISTS (SELECT 1 FROM idx_date y WHERE y.id = r.id AND {}{})",
+                "NOT EXISTS (SELECT 1 FROM idx_date y{} WHERE y.id = r.id AND {}{})",
+                sql.by_owner("idx_date"),
                 key_test("y", param),
                 sql.per_row_fence()
             ));
