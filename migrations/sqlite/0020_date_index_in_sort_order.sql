@@ -5,3 +5,10 @@
 -- `low` and read `high` from the index.
 DROP INDEX idx_date_lookup;
 CREATE INDEX idx_date_by_low ON idx_date (param_key, low, id, high);
+
+-- A resource's own rows of one date parameter, smallest value first: what the walk reads for
+-- each resource it meets (its smallest value) and what the undated tail probes. Led by the
+-- parameter's key instead, PostgreSQL without statistics read every value of the parameter
+-- for each resource walked.
+DROP INDEX idx_date_owner;
+CREATE INDEX idx_date_owner ON idx_date (id, param_key, low);
