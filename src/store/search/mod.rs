@@ -31,6 +31,9 @@ use crate::domain::search_query::{
 };
 use crate::domain::tenancy::TenantScope;
 
+/// The columns of a resource row a lateral subquery passes out as `r`.
+const RESOURCE_ROW: &str = "r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.body, r.change_seq";
+
 /// The columns of a [`StoredVersion`] read from `resources r`.
 const VERSION_COLUMNS: &str = "r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, \
                                'PUT' AS method, r.body, r.change_seq";
@@ -541,6 +544,7 @@ fn from_and_filter(
     query: &SearchQuery,
     horizon: Option<Instant>,
     drive: Drive,
+    along_last_updated: bool,
 ) -> Result<(String, Vec<String>), StoreError> {
     let probe = match drive {
         Drive::Set(_) => Probe::Set,
@@ -570,7 +574,17 @@ fn from_and_filter(
         conditions.push(clause_sql(sql, scope, clause, probe)?);
     }
     if let Some(horizon) = horizon {
-        conditions.push(format!("r.last_updated <= {}", sql.int(horizon.micros())?));
+        // Only a walk along `last_updated` looks the horizon up in that index. Anywhere else
+        // the horizon is a test of each row (the unary `+` keeps it out of index lookups):
+        // PostgreSQL without statistics otherwise read each resource of a walk by
+        // `(resource_type, last_updated, id)`, a range over every row within the horizon, not
+        // by its key: 6 s for ten Tasks of 10,000.
+        let column = if drive == (Drive::PerRow { walked: None }) && along_last_updated {
+            "r.last_updated"
+        } else {
+            "+r.last_updated"
+        };
+        conditions.push(format!("{column} <= {}", sql.int(horizon.micros())?));
     }
     // Driven by what the caller may see, the tenancy is the driver. Walked, it is a per-row
     // probe: driving the walk from the caller's visibility keys would visit everything the
@@ -737,8 +751,10 @@ fn page_statement(
         };
         select.push(format!("{value} AS k{i}"));
     }
-    let (mut from, mut conditions) = from_and_filter(sql, scope, page.query, page.horizon, drive)?;
+    let along_last_updated = matches!(shape, Shape::AlongLastUpdated);
+    let (mut from, mut conditions) = from_and_filter(sql, scope, page.query, page.horizon, drive, along_last_updated)?;
     let mut group_by = None;
+    let mut distinct_on = None;
     match shape {
         Shape::ClauseById(walked) => {
             let clause = &page.query.clauses[walked];
@@ -753,17 +769,35 @@ fn page_statement(
             group_by = Some(sql.group_by_walked("x.id"));
         }
         Shape::Dated { param, .. } => {
-            from = "idx_date x CROSS JOIN resources r".to_owned();
             let key = key_test("y", param);
-            conditions.push(key_test("x", param));
             // Each resource where the walk meets its smallest value, the one it sorts by.
-            conditions.push(format!(
+            let smallest = format!(
                 "x.low = (SELECT MIN(y.low) FROM idx_date y{} WHERE y.id = x.id AND {key}{})",
                 sql.by_owner("idx_date"),
                 sql.per_row_fence()
-            ));
-            conditions.push("r.id = x.id".to_owned());
-            group_by = Some(sql.group_by_walked("x.low, x.id"));
+            );
+            match sql.backend {
+                BackendKind::Sqlite => {
+                    from = "idx_date x CROSS JOIN resources r".to_owned();
+                    conditions.extend([key_test("x", param), smallest, "r.id = x.id".to_owned()]);
+                    group_by = Some(sql.group_by_walked("x.low, x.id"));
+                }
+                // The walk stays the outer loop whatever the statistics: each resource it meets
+                // is read by its key in a lateral subquery (as `included_statement` reads), its
+                // tests inside. Joined plainly, PostgreSQL without statistics drove the join
+                // from the resources within the horizon and read the date index for each: 7 s
+                // for ten Tasks of 10,000. A resource met twice at its smallest value is one.
+                BackendKind::Postgres => {
+                    let on_resource = std::mem::take(&mut conditions).join(" AND ");
+                    from = format!(
+                        "idx_date x CROSS JOIN LATERAL (SELECT {RESOURCE_ROW} FROM resources r \
+                         WHERE r.id = x.id AND {on_resource}{}) r",
+                        sql.per_row_fence()
+                    );
+                    conditions.extend([key_test("x", param), smallest]);
+                    distinct_on = Some("x.low, x.id");
+                }
+            }
         }
         Shape::Undated { param, .. } => {
             conditions.push(format!(
@@ -796,8 +830,9 @@ fn page_statement(
     }
     let limit = sql.int(i64::from(page.limit))?;
     let group_by = group_by.map(|g| format!(" GROUP BY {g}")).unwrap_or_default();
+    let distinct_on = distinct_on.map(|d| format!("DISTINCT ON ({d}) ")).unwrap_or_default();
     let text = format!(
-        "SELECT {} FROM {from} WHERE {}{group_by} ORDER BY {} LIMIT {limit}",
+        "SELECT {distinct_on}{} FROM {from} WHERE {}{group_by} ORDER BY {} LIMIT {limit}",
         select.join(", "),
         conditions.join(" AND "),
         order_by.join(", ")
@@ -1047,7 +1082,7 @@ impl Store {
             true => Drive::PerRow { walked: None },
             false => Drive::Set(driver_clause(query)),
         };
-        let (from, conditions) = from_and_filter(&mut sql, scope, query, horizon, drive)?;
+        let (from, conditions) = from_and_filter(&mut sql, scope, query, horizon, drive, query.uses_last_updated())?;
         let text = format!("SELECT COUNT(*) FROM {from} WHERE {}", conditions.join(" AND "));
         let row = self.bounded_read(async |conn| sqlx::query_with(&text, sql.args).fetch_one(conn).await).await?;
         let count: i64 = row.try_get(0)?;
