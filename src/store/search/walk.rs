@@ -193,6 +193,12 @@ fn counted_ids(sql: &mut Sql, scope: &TenantScope, clause: &Clause) -> Result<St
     clause_ids(sql, scope, clause)
 }
 
+/// The walk with the fewest rows under `cap`; the first of equals, as walks come most
+/// selective kind first.
+fn smallest_under(walks: &[Walk], counts: &[i64], cap: i64) -> Option<Walk> {
+    walks.iter().zip(counts).filter(|(_, n)| **n < cap).min_by_key(|(_, n)| **n).map(|(w, _)| *w)
+}
+
 impl Store {
     /// Chooses where `page`'s rows come from: see the module documentation. One statement
     /// counts the candidates, each up to [`SMALL_SET`] rows, unless the choice needs no count.
@@ -202,36 +208,33 @@ impl Store {
         }
         let candidates = candidates(page.query, scope);
         let by_id = full_order(page.sort)[0].field == SortField::Id;
-        let streamed = candidates.iter().find(|w| matches!(w, Walk::Clause(n) if walks_by_id(page.query, *n)));
+        // The candidates a page in id order can be walked along, most selective kind first.
+        let streams: Vec<Walk> = candidates
+            .iter()
+            .copied()
+            .filter(|w| by_id && matches!(w, Walk::Clause(n) if walks_by_id(page.query, *n)))
+            .collect();
         match candidates.as_slice() {
             [] => return Ok(Walk::Order),
             // Walked in the page's order, a lone clause costs no more than its set would.
-            [only] if by_id && Some(only) == streamed => return Ok(*only),
+            [only] if streams.first() == Some(only) => return Ok(*only),
             _ => {}
         }
         let counts = self.count_capped(scope, page.query, &candidates, SMALL_SET).await?;
-        let smallest = |counts: &[i64], walks: &[Walk], cap: i64| {
-            // The first of the smallest: candidates come most selective kind first.
-            walks.iter().zip(counts).filter(|(_, n)| **n < cap).min_by_key(|(_, n)| **n).map(|(w, _)| *w)
-        };
-        if let Some(walk) = smallest(&counts, &candidates, SMALL_SET) {
+        if let Some(walk) = smallest_under(&candidates, &counts, SMALL_SET) {
             return Ok(walk);
         }
-        let streams: Vec<Walk> =
-            candidates.into_iter().filter(|w| matches!(w, Walk::Clause(n) if walks_by_id(page.query, *n))).collect();
-        if !by_id || streams.is_empty() {
-            return Ok(Walk::Order);
-        }
+        let Some(&most_selective) = streams.first() else { return Ok(Walk::Order) };
         // Every set is large: the walk goes along the clause with the fewest rows, where a
         // larger count tells them apart (a small service's every Task against the open
         // backlog), else along the most selective kind.
         if streams.len() > 1 {
             let counts = self.count_capped(scope, page.query, &streams, LARGE_SET).await?;
-            if let Some(walk) = smallest(&counts, &streams, LARGE_SET) {
+            if let Some(walk) = smallest_under(&streams, &counts, LARGE_SET) {
                 return Ok(walk);
             }
         }
-        Ok(streams[0])
+        Ok(most_selective)
     }
 
     /// How many rows each of `walks` holds, counted up to `cap`, in one statement.
