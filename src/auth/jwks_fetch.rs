@@ -1,12 +1,12 @@
 //! Fetching a client's registered JWKS URL (SMART Backend Services, "Registering a client":
 //! `jwks_url`), for the token endpoint.
 //!
-//! Rules (security-and-reliability.md, "JWKS fetches"): https only; connect and total timeouts;
-//! a response size cap enforced while streaming; redirects are not followed (a 3xx is a failure);
-//! responses are cached per URL no longer than `Cache-Control: max-age` says, not at all for
-//! `no-store`/`no-cache`/`max-age=0`, a short default when the header is absent, and never
-//! longer than [`JwksFetchConfig::max_ttl`]. The cache is in memory: it is a cache, not state,
-//! and losing it on restart only costs a fetch.
+//! Rules (docs/security-and-reliability.md, "Authentication", on JWKS fetches): https only; connect
+//! and total timeouts; a response size cap enforced while streaming; redirects are not followed (a
+//! 3xx is a failure); responses are cached per URL no longer than `Cache-Control: max-age` says,
+//! not at all for `no-store`/`no-cache`/`max-age=0`, a short default when the header is absent, and
+//! never longer than [`JwksFetchConfig::max_ttl`]. The cache is in memory: it is a cache, not
+//! state, and losing it on restart only costs a fetch.
 //!
 //! The URL always comes from the client's registration (never from a `jku` header: that is
 //! compared with the registration before anything is fetched, see [`super::assertion`]), so

@@ -7,8 +7,8 @@
 /// FHIR identifier system of the NHS number.
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
-/// The FHIR identifier system of the CHI number that linkbridge itself writes (the sandbox,
-/// the examples). No single URI is agreed (referral-workflow "Identifiers and codes"): this is
+/// The FHIR identifier system of the CHI number that linkbridge itself writes (the sandbox, the
+/// examples). No single URI is agreed (docs/referral-workflow.md, "Identifiers and codes"): this is
 /// UK Core's draft.
 pub const DEFAULT_CHI_SYSTEM: &str = "https://fhir.nhs.uk/Id/chi-number";
 

@@ -1,7 +1,7 @@
 //! Topic-based subscriptions in the shape of the FHIR Subscriptions R5 Backport IG on R4
-//! (`referral-workflow.md`, "Subscriptions"): the topics this server publishes, a
-//! Subscription resource parsed into what delivery needs, and the filters that decide which
-//! changes a subscription hears of. Pure: no I/O, no clock.
+//! (`docs/referral-workflow.md`, "How the referrer learns of changes"): the topics this server
+//! publishes, a Subscription resource parsed into what delivery needs, and the filters that decide
+//! which changes a subscription hears of. Pure: no I/O, no clock.
 
 use std::net::IpAddr;
 use std::time::Duration;

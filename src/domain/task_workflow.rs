@@ -1,6 +1,7 @@
 //! The referral Task's state machine and edit rights (Gravity SDOH Clinical Care, referral
-//! management; `referral-workflow.md`). Pure: given who acts and the Task before and after, it
-//! says whether the change is allowed and, if not, which rule and element it breaks.
+//! management; `docs/referral-workflow.md`, "Task state machine"). Pure: given who acts and the
+//! Task before and after, it says whether the change is allowed and, if not, which rule and element
+//! it breaks.
 
 use serde_json::Value;
 
@@ -97,7 +98,7 @@ pub enum TaskParty {
 }
 
 impl TaskParty {
-    /// Who may set what (referral-workflow.md).
+    /// Who may set what (docs/referral-workflow.md, "Task state machine").
     pub fn may_set(self, status: TaskStatus) -> bool {
         use TaskStatus::*;
         match self {

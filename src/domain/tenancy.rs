@@ -1,5 +1,5 @@
 //! Who is calling, and what that lets them see. The rules are those of
-//! `security-and-reliability.md` ("Tenancy: who sees what"); the store applies the resulting
+//! `docs/security-and-reliability.md` ("Tenancy: who sees what"); the store applies the resulting
 //! [`TenantScope`] to every read so that no handler can forget it.
 
 use std::fmt;

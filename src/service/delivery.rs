@@ -4,10 +4,11 @@
 //! between delivering and recording leaves the lease to lapse, and another replica delivers
 //! again with the same `webhook-id`; receivers de-duplicate on it (or on the event number).
 //!
-//! Outcomes (security-and-reliability.md, "Reliable delivery"): 2xx delivered; 410 turns the
-//! subscription off; 429/503 retry after `Retry-After`; anything else, redirects included
-//! (none are followed), retries on the backoff schedule, and after the last attempt the event
-//! is kept as dead and the subscription goes to `error` until someone asks for a resend.
+//! Outcomes (docs/security-and-reliability.md, "Reliable delivery of status notifications"): 2xx
+//! delivered; 410 turns the subscription off; 429/503 retry after `Retry-After`; anything else,
+//! redirects included (none are followed), retries on the backoff schedule, and after the last
+//! attempt the event is kept as dead and the subscription goes to `error` until someone asks for a
+//! resend.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The referral rules applied to every write, whatever path it comes by (create, update,
 //! patch, delete, transaction entries): who may write which type, the Task state machine and
 //! edit rights, and the referential rules between Task, ServiceRequest and CarePlan
-//! (`referral-workflow.md`, issue "The referral workflow").
+//! (`docs/referral-workflow.md`, "Task state machine" and "Idempotency: no duplicate referrals").
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

@@ -1,6 +1,7 @@
-//! No duplicate referrals (referral-workflow.md, "Idempotency"): the BaRS `X-Request-ID` makes a
-//! retried create or transaction a 409 `duplicate` naming the first result, also under parallel
-//! retries; and only one open referral per patient and CLW service at a time.
+//! No duplicate referrals (docs/referral-workflow.md, "Idempotency: no duplicate referrals"): the
+//! BaRS `X-Request-ID` makes a retried create or transaction a 409 `duplicate` naming the first
+//! result, also under parallel retries; and only one open referral per patient and CLW service at a
+//! time.
 
 use serde_json::{json, Value};
 

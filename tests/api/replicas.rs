@@ -1,8 +1,8 @@
-//! Two real server processes sharing one PostgreSQL database and one data directory (so one
-//! set of signing keys), both behind one public base URL as a load balancer presents them.
-//! Whatever one replica accepts or writes, the other must honour: versions, `If-Match`, access
-//! tokens, and the client-assertion replay guard (security-and-reliability.md: "a replica-local
-//! cache lets a replay through on another replica").
+//! Two real server processes sharing one PostgreSQL database and one data directory (so one set of
+//! signing keys), both behind one public base URL as a load balancer presents them. Whatever one
+//! replica accepts or writes, the other must honour: versions, `If-Match`, access tokens, and the
+//! client-assertion replay guard (docs/security-and-reliability.md, "Authentication": "a
+//! replica-local cache lets a replay through on another replica").
 //!
 //! PostgreSQL only: skipped without `LINKBRIDGE_TEST_POSTGRES_URL`, a failure in CI without it.
 //!

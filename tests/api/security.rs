@@ -1,4 +1,4 @@
-//! The security rows of the test matrix (security-and-reliability.md, "Test matrix"): client
+//! The security rows of the test matrix (docs/security-and-reliability.md, "Test matrix"): client
 //! authentication at the token endpoint, access-token checks on every FHIR request, the scope
 //! check, public endpoints, and another organisation's data answering exactly like missing data.
 //!

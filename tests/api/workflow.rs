@@ -1,4 +1,4 @@
-//! The referral workflow (referral-workflow.md): the Task state machine on every write path,
+//! The referral workflow (docs/referral-workflow.md): the Task state machine on every write path,
 //! who may edit what, claiming open Tasks, the referential rules between Task, ServiceRequest
 //! and CarePlan, revocation, and a referral travelling from the GP to the link worker and back.
 //!
