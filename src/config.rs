@@ -15,7 +15,7 @@ use crate::profiles::ValidationMode;
 use crate::service::delivery::DeliverySettings;
 use crate::store::{DatabaseUrl, PoolSettings};
 
-/// Every setting of the server. See README.md "Configuration" for each one.
+/// Every setting of the server. See docs/configuration.md for each one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {

@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Settings come from defaults, then an optional TOML file (--config or LINKBRIDGE_CONFIG),
 /// then LINKBRIDGE_* environment variables, then the flags below. Every setting is listed at
-/// the end of `--help`; README.md "Configuration" gives each one's default and meaning.
+/// the end of `--help`; docs/configuration.md gives each one's default and meaning.
 /// LINKBRIDGE_LOG sets the log filter (e.g. "info", "debug").
 #[derive(Debug, Parser)]
 #[command(name = "linkbridge", version, about, long_about)]

@@ -38,7 +38,7 @@ CHAINS = {
  'CarePlan': [('patient.identifier','token','Patient.identifier'),('subject:Patient.identifier','token','Patient.identifier')],
  'Consent': [('patient.identifier','token','Patient.identifier')],
 }
-# reference parameters identifying an organisation: also offered with :identifier and :missing (README polling examples)
+# reference parameters identifying an organisation: also offered with :identifier and :missing (docs/searching.md, the polling examples)
 ORG_REFS = {'owner','requester','performer','author','organization'}
 
 DATE_PATTERN = r'^(eq|ne|gt|lt|ge|le|sa|eb|ap)?[0-9]{4}(-[0-9]{2}(-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?$'
@@ -223,10 +223,10 @@ for rt in ['Organization','Practitioner','PractitionerRole','Consent']:
         props.update({'active':{'type':'boolean'},'practitioner':sref('Reference'),'organization':sref('Reference'),'code':{'type':'array','items':sref('CodeableConcept')}})
     S[rt] = {'type':'object','description':f'A FHIR R4 {rt} (base resource, no linkbridge profile; loose schema).','required':req,'properties':props,'additionalProperties':True}
 
-# Base R4 shapes of the profiled types. A profile applies only to the instances it selects (README
-# "Which resources are checked": a claim in meta.profile, or for ServiceRequest and Task the
-# profile's code pattern); the server takes any other valid R4 instance of the type, so request
-# bodies are `anyOf` the profile and the base shape, and only R4's own required elements are
+# Base R4 shapes of the profiled types. A profile applies only to the instances it selects
+# (docs/profiles.md, "Which resources are checked": a claim in meta.profile, or for ServiceRequest
+# and Task the profile's code pattern); the server takes any other valid R4 instance of the type, so
+# request bodies are `anyOf` the profile and the base shape, and only R4's own required elements are
 # required by the latter.
 BASE_REQUIRED = {'ServiceRequest':['resourceType','status','intent','subject'],'Task':['resourceType','status','intent'],
                  'CarePlan':['resourceType','status','intent','subject'],'Patient':['resourceType']}

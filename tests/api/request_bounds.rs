@@ -283,7 +283,8 @@ fn peak_resident_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-/// The bound README.md states for the server's peak memory under these attacks.
+/// The bound docs/security.md ("Bounded requests") states for the server's peak memory under these
+/// attacks.
 const PEAK_MEMORY_BOUND: u64 = 200 * 1024 * 1024;
 
 #[tokio::test]
