@@ -10,7 +10,7 @@ use linkbridge::startup::Application;
 
 /// mimalloc instead of the system allocator: a request allocates and frees many small
 /// strings and JSON values, and glibc's malloc and free were a tenth of the machine's CPU
-/// under load (see BENCHMARKS.md).
+/// under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -218,10 +218,10 @@ pub(super) const POSTGRES_WRITER_LANES: usize = 2;
 
 /// How many resource writes must be waiting before a lane begins a batch beside one that is
 /// committing. A second transaction costs a commit of its own and halves the batches: it pays
-/// only where applying the waiting work outlasts that. Measured at 64 clients on PostgreSQL
-/// (BENCHMARKS.md, Round 14), two lanes always taking what waits gave referral submissions
-/// (three resources each) a fifth more, and took a tenth off status changes (one resource
-/// each) and polls (access records only), whose batches are cheap to apply.
+/// only where applying the waiting work outlasts that. Measured at 64 clients on PostgreSQL,
+/// two lanes always taking what waits gave referral submissions (three resources each) a fifth
+/// more, and took a tenth off status changes (one resource each) and polls (access records
+/// only), whose batches are cheap to apply.
 const WAITING_WRITES_FOR_ANOTHER_LANE: usize = 48;
 
 /// What the writer's lanes share: the queue, and what decides when a lane may begin a batch

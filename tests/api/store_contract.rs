@@ -782,7 +782,7 @@ async fn two_replicas_group_commits_over_the_same_resources_keep_each_write_set_
 /// each connection's page cache apart from the others' (no `ENABLE_MEMORY_MANAGEMENT`, which
 /// puts them all behind one global mutex) and no memory statistics (another global mutex on
 /// every allocation). With either, the readers' threads queued on those mutexes for a fifth of
-/// their time under polls (BENCHMARKS.md, Round 12).
+/// their time under polls.
 #[tokio::test]
 async fn the_bundled_sqlite_is_built_without_its_global_page_cache_and_memory_statistics() {
     use sqlx::Connection;
