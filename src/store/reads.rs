@@ -48,7 +48,7 @@ pub(super) fn scope_filter(
     args: &mut AnyArguments<'_>,
     next_placeholder: &mut usize,
 ) -> Result<ScopeFilter, StoreError> {
-    scope_filter_with(scope, alias, "", |key| {
+    scope_filter_with(scope, (&format!("{alias}.resource_type"), &format!("{alias}.id")), "", |key| {
         args.add(key.to_owned()).map_err(bind_error)?;
         let placeholder = format!("${next_placeholder}");
         *next_placeholder += 1;
@@ -56,13 +56,14 @@ pub(super) fn scope_filter(
     })
 }
 
-/// [`scope_filter`] whose subquery ends with `fence` (see `store::search::Probe::PerRow`) and
-/// whose keys are each written as `value_of(key)` returns: a bound placeholder, or where one
+/// [`scope_filter`] of the row whose type and id are the SQL expressions `resource_type` and
+/// `id`, whose subquery ends with `fence` (see `store::search::Probe::PerRow`) and whose keys
+/// are each written as `value_of(key)` returns: a bound placeholder, or where one
 /// statement tests many searches, a column of the row it tests (see
 /// `store::search::write_sets_with_matches`).
 pub(super) fn scope_filter_with(
     scope: &TenantScope,
-    alias: &str,
+    (resource_type, id): (&str, &str),
     fence: &str,
     mut value_of: impl FnMut(&str) -> Result<String, StoreError>,
 ) -> Result<ScopeFilter, StoreError> {
@@ -73,8 +74,8 @@ pub(super) fn scope_filter_with(
             let values = keys.iter().map(|key| value_of(key)).collect::<Result<Vec<_>, _>>()?;
             Ok(ScopeFilter {
                 sql: format!(
-                    "EXISTS (SELECT 1 FROM resource_visibility v WHERE v.resource_type = {alias}.resource_type \
-                     AND v.id = {alias}.id AND v.visibility_key IN ({}){fence})",
+                    "EXISTS (SELECT 1 FROM resource_visibility v WHERE v.resource_type = {resource_type} \
+                     AND v.id = {id} AND v.visibility_key IN ({}){fence})",
                     values.join(", ")
                 ),
             })

@@ -1157,8 +1157,11 @@ fn postgres_probes_without_id(plan: &[String]) -> Vec<String> {
         if !probes {
             continue;
         }
-        let keyed =
-            plan[i + 1..].iter().take(2).find(|l| l.contains("Cond:")).is_some_and(|cond| cond.contains("(id = r.id)"));
+        let keyed = plan[i + 1..]
+            .iter()
+            .take(2)
+            .find(|l| l.contains("Cond:"))
+            .is_some_and(|cond| cond.contains("(id = r.id)") || cond.contains("(id = w.id)"));
         if !keyed {
             found.push(line.trim().to_owned());
         }

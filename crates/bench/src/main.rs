@@ -463,6 +463,14 @@ async fn bench_growth(
     let mut patient = None;
     for &size in &growth.sizes {
         let seeding = grower.grow_to(size).await?;
+        if let Some(url) = postgres {
+            // A database that grew by years of referrals in a minute has the statistics of
+            // its first rows; one that grew over years has those autovacuum's ANALYZE keeps
+            // (re-read after each 10 % of change). The polls are measured as they run there.
+            let pool = sqlx::PgPool::connect(url).await.context("connecting to PostgreSQL")?;
+            pool.execute("ANALYZE").await.context("ANALYZE")?;
+            pool.close().await;
+        }
         eprintln!("{}", growth::describe(db, &seeding));
         report.add_seeding(db, seeding, backlog);
         let patient = match &patient {

@@ -158,7 +158,7 @@ pub fn read_operation(api: Api, tasks: Arc<Vec<String>>) -> Operation {
     })
 }
 
-/// The GP system's poll (README "Searching and polling"): its Tasks changed since `since`,
+/// The GP system's poll (docs/searching.md): its Tasks changed since `since`,
 /// with the referrals they are about.
 pub fn poll_operation(gp: Api, since: String) -> Operation {
     let path = format!("/Task?requester:identifier={ODS}|{GP_ODS}&_lastUpdated=gt{since}&_include=Task:focus");

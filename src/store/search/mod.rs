@@ -83,6 +83,21 @@ struct Sql {
     next: usize,
     backend: BackendKind,
     row: Option<RowValues>,
+    probed: ProbedRow,
+}
+
+/// The row a per-row probe ([`Probe::PerRow`]) tests, as SQL expressions of its type and id.
+#[derive(Clone)]
+struct ProbedRow {
+    resource_type: String,
+    id: &'static str,
+}
+
+impl ProbedRow {
+    /// The resource read, `r`.
+    fn resource() -> Self {
+        ProbedRow { resource_type: "r.resource_type".to_owned(), id: "r.id" }
+    }
 }
 
 /// The values of one search, each written into the statement as a column of the JSON array
@@ -102,7 +117,16 @@ impl RowValues {
 
 impl Sql {
     fn new(backend: BackendKind) -> Self {
-        Sql { args: AnyArguments::default(), next: 1, backend, row: None }
+        Sql { args: AnyArguments::default(), next: 1, backend, row: None, probed: ProbedRow::resource() }
+    }
+
+    /// Makes the per-row probes written from now on test the index row a walk is at (`id`, of
+    /// `resource_type`) instead of the resource read: the database then makes them before it
+    /// reads the resource, so that a row walked and rejected costs its index probes only (on
+    /// SQLite, a tenth of reading its resource first).
+    fn probe_walked(&mut self, resource_type: ResourceType, id: &'static str) -> Result<(), StoreError> {
+        self.probed = ProbedRow { resource_type: self.text(resource_type.as_str())?, id };
+        Ok(())
     }
 
     /// A PostgreSQL statement whose values are the columns of `source`, a JSON array of one
@@ -137,17 +161,26 @@ impl Sql {
 
     /// The caller's tenancy on the resources `r`: a set the planner may drive from (`Probe::Set`),
     /// or tested for each row read (`Probe::PerRow`: fenced, see [`Sql::per_row_fence`]).
+    /// Per row, it tests the probed row ([`Sql::probe_walked`]).
     fn tenancy(&mut self, scope: &TenantScope, probe: Probe) -> Result<String, StoreError> {
-        self.tenancy_of("r", scope, probe)
+        let ProbedRow { resource_type, id } = match probe {
+            Probe::Set => ProbedRow::resource(),
+            Probe::PerRow => self.probed.clone(),
+        };
+        self.tenancy_with(scope, (&resource_type, id), probe)
     }
 
     /// [`Sql::tenancy`] on the resources of another alias (the other end of a chain).
     fn tenancy_of(&mut self, alias: &str, scope: &TenantScope, probe: Probe) -> Result<String, StoreError> {
+        self.tenancy_with(scope, (&format!("{alias}.resource_type"), &format!("{alias}.id")), probe)
+    }
+
+    fn tenancy_with(&mut self, scope: &TenantScope, row: (&str, &str), probe: Probe) -> Result<String, StoreError> {
         let fence = match probe {
             Probe::Set => "",
             Probe::PerRow => self.per_row_fence(),
         };
-        Ok(scope_filter_with(scope, alias, fence, |key| self.text(key))?.sql)
+        Ok(scope_filter_with(scope, row, fence, |key| self.text(key))?.sql)
     }
 
     /// `SELECT v.id …`: the ids of `resource_type` the caller may see (not distinct), to drive
@@ -160,16 +193,6 @@ impl Sql {
         };
         let resource_type = self.text(resource_type.as_str())?;
         visible_ids_with(scope, &resource_type, hint, |key| self.text(key))
-    }
-
-    /// The GROUP BY that makes one match of a resource met more than once by a walk along an
-    /// index (`walked`, the walk's order): SQLite keeps the walk's order for it; PostgreSQL
-    /// needs the resource's key too to read its other columns.
-    fn group_by_walked(&self, walked: &str) -> String {
-        match self.backend {
-            BackendKind::Sqlite => walked.to_owned(),
-            BackendKind::Postgres => format!("{walked}, r.resource_type, r.id"),
-        }
     }
 
     fn placeholder(&mut self) -> String {
@@ -302,37 +325,54 @@ fn date_sql(
 
 /// The condition on one index row (alias `x`) for one predicate.
 fn index_condition(sql: &mut Sql, predicate: &Predicate) -> Result<Option<String>, StoreError> {
+    index_condition_on(sql, "x", predicate)
+}
+
+/// [`index_condition`] on the index rows of `alias`.
+fn index_condition_on(sql: &mut Sql, alias: &str, predicate: &Predicate) -> Result<Option<String>, StoreError> {
     Ok(Some(match predicate {
         Predicate::Present => return Ok(None),
-        Predicate::Token { system, code } => token_sql(sql, "x.system", "x.code", system, code.as_deref())?,
+        Predicate::Token { system, code } => {
+            token_sql(sql, &format!("{alias}.system"), &format!("{alias}.code"), system, code.as_deref())?
+        }
         Predicate::TokenText(text) => {
             // `:text` is a string search on the display text; the index keeps it as written,
             // so both sides are folded. LOWER folds ASCII on SQLite, all letters on PostgreSQL.
             let pattern = format!("%{}%", like_escape(text));
-            format!("LOWER(x.text) LIKE LOWER({}) ESCAPE '\\'", sql.text(pattern)?)
+            format!("LOWER({alias}.text) LIKE LOWER({}) ESCAPE '\\'", sql.text(pattern)?)
         }
         Predicate::Reference { target_type, target_id } => {
-            let mut c = format!("x.target_id = {}", sql.text(target_id.as_str())?);
+            let mut c = format!("{alias}.target_id = {}", sql.text(target_id.as_str())?);
             if let Some(t) = target_type {
-                c.push_str(&format!(" AND x.target_type = {}", sql.text(t.as_str())?));
+                c.push_str(&format!(" AND {alias}.target_type = {}", sql.text(t.as_str())?));
             }
             c
         }
-        Predicate::ReferenceIdentifier { system, value } => {
-            token_sql(sql, "x.identifier_system", "x.identifier_value", system, Some(value))?
+        Predicate::ReferenceIdentifier { system, value } => token_sql(
+            sql,
+            &format!("{alias}.identifier_system"),
+            &format!("{alias}.identifier_value"),
+            system,
+            Some(value),
+        )?,
+        Predicate::Date { prefix, low, high } => {
+            date_sql(sql, &format!("{alias}.low"), &format!("{alias}.high"), *prefix, *low, *high)?
         }
-        Predicate::Date { prefix, low, high } => date_sql(sql, "x.low", "x.high", *prefix, *low, *high)?,
         Predicate::String { mode, value } => match mode {
             // By the folded value first: the lookup index finds the rows, and the text as
             // written is checked on them (an index of it cost every string row an entry).
             StringMatch::Exact => {
-                format!("x.value = {} AND x.exact = {}", sql.text(normalise_string(value))?, sql.text(value.as_str())?)
+                format!(
+                    "{alias}.value = {} AND {alias}.exact = {}",
+                    sql.text(normalise_string(value))?,
+                    sql.text(value.as_str())?
+                )
             }
             StringMatch::StartsWith => {
-                format!("x.value LIKE {} ESCAPE '\\'", sql.text(format!("{}%", like_escape(value)))?)
+                format!("{alias}.value LIKE {} ESCAPE '\\'", sql.text(format!("{}%", like_escape(value)))?)
             }
             StringMatch::Contains => {
-                format!("x.value LIKE {} ESCAPE '\\'", sql.text(format!("%{}%", like_escape(value)))?)
+                format!("{alias}.value LIKE {} ESCAPE '\\'", sql.text(format!("%{}%", like_escape(value)))?)
             }
         },
         Predicate::Id(_) => return Err(StoreError::Config("an _id value on an indexed parameter".to_owned())),
@@ -377,13 +417,14 @@ fn predicate_sql(sql: &mut Sql, param: ParamRef, predicate: &Predicate, probe: P
                 // by, and SQLite, without statistics, would walk the parameter's every row for
                 // each row probed: it is told the resource's own rows.
                 Probe::PerRow => format!(
-                    "EXISTS (SELECT 1 FROM {table} x{} WHERE x.id = r.id AND {key_test}{condition}{})",
+                    "EXISTS (SELECT 1 FROM {table} x{} WHERE x.id = {} AND {key_test}{condition}{})",
                     match predicate {
                         Predicate::Token { code: Some(_), .. }
                         | Predicate::Reference { .. }
                         | Predicate::ReferenceIdentifier { .. } => String::new(),
                         _ => sql.by_owner(table),
                     },
+                    sql.probed.id,
                     sql.per_row_fence()
                 ),
             })
@@ -465,10 +506,11 @@ fn chain_sql(
     }
     // The row's references (`c.id = r.id`) or the references to it (`c.target_id = r.id`),
     // and the resource `s` at their other end.
+    let ProbedRow { resource_type, id } = sql.probed.clone();
     let (link, other_end) = if chain.reverse {
-        ("c.target_id = r.id AND c.target_type = r.resource_type", "s.id = c.id")
+        (format!("c.target_id = {id} AND c.target_type = {resource_type}"), "s.id = c.id")
     } else {
-        ("c.id = r.id", "s.id = c.target_id AND c.target_type = s.resource_type")
+        (format!("c.id = {id}"), "s.id = c.target_id AND c.target_type = s.resource_type")
     };
     let table = index_table(chain.param.kind);
     let param_key = key_test("x", chain.param);
@@ -629,8 +671,8 @@ struct OrderColumns {
 }
 
 const RESOURCE_COLUMNS: OrderColumns = OrderColumns { id: "r.id", walked_date: None };
-const WALKED_ID: OrderColumns = OrderColumns { id: "x.id", walked_date: None };
-const WALKED_DATE: OrderColumns = OrderColumns { id: "x.id", walked_date: Some("x.low") };
+const WALKED_ID: OrderColumns = OrderColumns { id: "w.id", walked_date: None };
+const WALKED_DATE: OrderColumns = OrderColumns { id: "w.id", walked_date: Some("w.low") };
 
 /// The SQL expression of a sort key. A parameter with several values sorts by its smallest.
 /// A resource without a date sorts after every dated one, both ways, so that a walk along the
@@ -752,52 +794,33 @@ fn page_statement(
         select.push(format!("{value} AS k{i}"));
     }
     let along_last_updated = matches!(shape, Shape::AlongLastUpdated);
+    if matches!(shape, Shape::ClauseById(_) | Shape::Dated { .. }) {
+        // Most rows a walk meets fail the other tests (a small service's Tasks in a large
+        // backlog): tested on the walked index row, they cost no read of the resource.
+        sql.probe_walked(page.query.resource_type, "w.id")?;
+    }
     let (mut from, mut conditions) = from_and_filter(sql, scope, page.query, page.horizon, drive, along_last_updated)?;
-    let mut group_by = None;
-    let mut distinct_on = None;
+    // Walks along an index: its rows, the tests made on them, and the walk's order.
+    let mut walk = None;
     match shape {
         Shape::ClauseById(walked) => {
             let clause = &page.query.clauses[walked];
             let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
                 return Err(StoreError::Config("the walked clause is not a single indexed test".to_owned()));
             };
-            from = format!("{} x CROSS JOIN resources r", index_table(p.kind));
-            conditions.push(key_test("x", p));
-            conditions.extend(index_condition(sql, predicate)?);
-            conditions.push("r.id = x.id".to_owned());
-            // A resource with two matching index rows is one match.
-            group_by = Some(sql.group_by_walked("x.id"));
+            let mut on_walk = vec![key_test("w", p)];
+            on_walk.extend(index_condition_on(sql, "w", predicate)?);
+            walk = Some((format!("{} w", index_table(p.kind)), on_walk, "w.id"));
         }
         Shape::Dated { param, .. } => {
-            let key = key_test("y", param);
             // Each resource where the walk meets its smallest value, the one it sorts by.
             let smallest = format!(
-                "x.low = (SELECT MIN(y.low) FROM idx_date y{} WHERE y.id = x.id AND {key}{})",
+                "w.low = (SELECT MIN(y.low) FROM idx_date y{} WHERE y.id = w.id AND {}{})",
                 sql.by_owner("idx_date"),
+                key_test("y", param),
                 sql.per_row_fence()
             );
-            match sql.backend {
-                BackendKind::Sqlite => {
-                    from = "idx_date x CROSS JOIN resources r".to_owned();
-                    conditions.extend([key_test("x", param), smallest, "r.id = x.id".to_owned()]);
-                    group_by = Some(sql.group_by_walked("x.low, x.id"));
-                }
-                // The walk stays the outer loop whatever the statistics: each resource it meets
-                // is read by its key in a lateral subquery (as `included_statement` reads), its
-                // tests inside. Joined plainly, PostgreSQL without statistics drove the join
-                // from the resources within the horizon and read the date index for each: 7 s
-                // for ten Tasks of 10,000. A resource met twice at its smallest value is one.
-                BackendKind::Postgres => {
-                    let on_resource = std::mem::take(&mut conditions).join(" AND ");
-                    from = format!(
-                        "idx_date x CROSS JOIN LATERAL (SELECT {RESOURCE_ROW} FROM resources r \
-                         WHERE r.id = x.id AND {on_resource}{}) r",
-                        sql.per_row_fence()
-                    );
-                    conditions.extend([key_test("x", param), smallest]);
-                    distinct_on = Some("x.low, x.id");
-                }
-            }
+            walk = Some(("idx_date w".to_owned(), vec![key_test("w", param), smallest], "w.low, w.id"));
         }
         Shape::Undated { param, .. } => {
             conditions.push(format!(
@@ -808,6 +831,38 @@ fn page_statement(
             ));
         }
         Shape::AlongLastUpdated | Shape::ById | Shape::Set(_) => {}
+    }
+    let mut group_by = None;
+    let mut distinct_on = None;
+    if let Some((walked, on_walk, order)) = walk {
+        match sql.backend {
+            // SQLite keeps the join's order as written (`CROSS JOIN`) and makes each test as
+            // soon as the rows it names are read: the probes of the walked row before its
+            // resource is read by its key. A resource met twice is one (grouped by the walk's
+            // order, which SQLite keeps).
+            BackendKind::Sqlite => {
+                from = format!("{walked} CROSS JOIN resources r");
+                conditions.extend(on_walk);
+                conditions.push("r.id = w.id".to_owned());
+                group_by = Some(order);
+            }
+            // The walk stays the outer loop whatever the statistics: each resource it meets is
+            // read by its key in a lateral subquery (as `included_statement` reads), the tests
+            // inside; those of the walked row alone gate the subquery, so a row they reject
+            // is not read. Joined plainly, PostgreSQL without statistics drove the join from
+            // the resources within the horizon and read the date index for each (7 s for ten
+            // Tasks of 10,000), and with them merged the walk with every resource of the type.
+            BackendKind::Postgres => {
+                let on_resource = std::mem::take(&mut conditions).join(" AND ");
+                from = format!(
+                    "{walked} CROSS JOIN LATERAL (SELECT {RESOURCE_ROW} FROM resources r \
+                     WHERE r.id = w.id AND {on_resource}{}) r",
+                    sql.per_row_fence()
+                );
+                conditions = on_walk;
+                distinct_on = Some(order);
+            }
+        }
     }
     let reverse = page.position.is_some_and(|p| p.direction == PageDirection::Before);
     if let Some(position) = &page.position {

@@ -159,7 +159,7 @@ pub(super) fn shape_of(page: &SearchPage<'_>, walk: Walk) -> Shape {
                 }
             }
             // Sorted by a token or a string, or backwards by a date: the whole match set,
-            // sorted (the cost BENCHMARKS.md and the README name).
+            // sorted (the cost docs/searching.md names).
             None => Shape::Set(Drive::Set(driver_clause(page.query))),
         },
     }
