@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
 use crate::domain::outcome::{operation_outcome, Issue, IssueCode};
-use crate::service::ServiceError;
+use crate::service::{ServiceError, INTERNAL_FAILURE};
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,10 @@ pub enum ApiError {
     /// A dependency is briefly unavailable (503 with Retry-After).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A fault of the HTTP layer's own, such as a stored resource it cannot render (500, the
+    /// cause logged, never shown).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::InsufficientScope(why) => one(S::FORBIDDEN, IssueCode::Forbidden, why),
             ApiError::Forbidden(why) => one(S::FORBIDDEN, IssueCode::Forbidden, why),
             ApiError::Unavailable(why) => one(S::SERVICE_UNAVAILABLE, IssueCode::Transient, why),
+            ApiError::Internal(_) => one(S::INTERNAL_SERVER_ERROR, IssueCode::Exception, INTERNAL_FAILURE),
         }
     }
 }
@@ -144,4 +149,17 @@ pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::H
 
 pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::bad_request(IssueCode::Invalid, format!("invalid path: {err}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_fault_of_the_http_layer_is_answered_as_one_of_the_services() {
+        let rendering = ApiError::Internal("stored resource cannot be rendered as XML".to_owned());
+        let service = ApiError::Service(ServiceError::Internal("stored body is not JSON".to_owned()));
+        assert_eq!(rendering.status_and_issues(), service.status_and_issues());
+        assert_eq!(rendering.status_and_issues().0, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

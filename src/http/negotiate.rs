@@ -157,21 +157,15 @@ pub fn render_resource_text(rendering: Rendering, json_text: &str) -> Result<(St
         }
         (Format::Xml, _) => {
             let value: Value = serde_json::from_str(json_text).map_err(internal_json)?;
-            let xml = crate::fhir::format::json_to_xml(&value).map_err(|e| {
-                ApiError::Service(crate::service::ServiceError::Store(crate::store::StoreError::Config(format!(
-                    "stored resource cannot be rendered as XML: {}",
-                    e.message
-                ))))
-            })?;
+            let xml = crate::fhir::format::json_to_xml(&value)
+                .map_err(|e| ApiError::Internal(format!("stored resource cannot be rendered as XML: {}", e.message)))?;
             Ok((xml, FHIR_XML))
         }
     }
 }
 
 fn internal_json(e: serde_json::Error) -> ApiError {
-    ApiError::Service(crate::service::ServiceError::Store(crate::store::StoreError::Config(format!(
-        "stored resource is not JSON: {e}"
-    ))))
+    ApiError::Internal(format!("stored resource is not JSON: {e}"))
 }
 
 #[cfg(test)]

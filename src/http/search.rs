@@ -13,8 +13,7 @@ use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::{Cursor, SummaryMode};
 use crate::service::search::{PageLimits, SearchRequest, SearchResult, SearchService};
-use crate::service::ServiceError;
-use crate::store::{StoreError, StoredVersion};
+use crate::store::StoredVersion;
 
 /// `GET [type]?…` (and `GET [type]/_search?…`).
 pub async fn search_get(
@@ -146,9 +145,8 @@ fn shape(version: &StoredVersion, result: &SearchResult) -> Result<String, ApiEr
 /// SUBSETTED (R4 search.html#elements: "the server SHOULD mark the resources with the tag
 /// SUBSETTED").
 fn subset(body: &str, keep: impl Fn(&str) -> bool) -> Result<String, ApiError> {
-    let mut value: Value = serde_json::from_str(body).map_err(|e| {
-        ApiError::Service(ServiceError::Store(StoreError::Config(format!("stored resource is not JSON: {e}"))))
-    })?;
+    let mut value: Value =
+        serde_json::from_str(body).map_err(|e| ApiError::Internal(format!("stored resource is not JSON: {e}")))?;
     if let Value::Object(map) = &mut value {
         let resource_type = map.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
         map.retain(|name, _| {

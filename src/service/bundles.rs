@@ -55,7 +55,7 @@ fn entry_error(index: usize, mut error: ServiceError) -> ServiceError {
         | ServiceError::NotFound(why)
         | ServiceError::Gone(why)
         | ServiceError::PreconditionFailed(why) => *why = format!("Bundle.entry[{index}]: {why}"),
-        ServiceError::Store(_) => {}
+        ServiceError::Internal(_) | ServiceError::Store(_) => {}
     }
     error
 }

@@ -40,9 +40,17 @@ pub enum ServiceError {
     /// Forbidden, naming the element (403).
     #[error("forbidden: {}", .0.diagnostics)]
     ForbiddenAt(Issue),
+    /// A fault of the server's own (a stored value it cannot read back, a registry entry
+    /// missing): 500, the cause logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// What a client is told of a fault of the server's own (500): nothing of its cause, which
+/// goes to the log.
+pub const INTERNAL_FAILURE: &str = "the server could not complete the request; it has been logged";
 
 impl ServiceError {
     /// The HTTP status and OperationOutcome issues of a use-case error: the one mapping, used
@@ -74,11 +82,9 @@ impl ServiceError {
             ServiceError::Store(e) if e.is_unavailable() => {
                 one(503, IssueCode::Transient, "the database is unavailable just now; retry shortly".to_owned())
             }
-            ServiceError::Store(_) => one(
-                500,
-                IssueCode::Exception,
-                "the server could not complete the request; it has been logged".to_owned(),
-            ),
+            ServiceError::Internal(_) | ServiceError::Store(_) => {
+                one(500, IssueCode::Exception, INTERNAL_FAILURE.to_owned())
+            }
         }
     }
 
@@ -86,5 +92,23 @@ impl ServiceError {
         let mut issue = Issue::error(code, message);
         issue.expression = expression.map(str::to_owned);
         ServiceError::Invalid(vec![issue])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_fault_is_a_500_that_shows_none_of_its_cause() {
+        let expected = (500, vec![Issue::error(IssueCode::Exception, INTERNAL_FAILURE)]);
+        let faults = [
+            ServiceError::Internal("stored body is not JSON".to_owned()),
+            ServiceError::Store(StoreError::Internal("cannot bind query value".to_owned())),
+            ServiceError::Store(StoreError::Config("the database URL must start with postgres://".to_owned())),
+        ];
+        for fault in faults {
+            assert_eq!(fault.status_and_issues(), expected, "{fault}");
+        }
     }
 }

@@ -76,8 +76,7 @@ fn patch_refused(refusal: PatchRefusal) -> ServiceError {
 
 /// A stored body as JSON; the store only holds what the service wrote, so a failure is a fault.
 pub(super) fn stored_json(body: &str) -> Result<Value, ServiceError> {
-    serde_json::from_str(body)
-        .map_err(|e| ServiceError::Store(StoreError::Config(format!("stored body is not JSON: {e}"))))
+    serde_json::from_str(body).map_err(|e| ServiceError::Internal(format!("stored body is not JSON: {e}")))
 }
 
 /// Gives each reference row that names a party by a literal reference the ODS code it resolves

@@ -19,7 +19,7 @@ use crate::domain::task_workflow::{
     self, check_new_task, check_task_change, check_task_deletion, status_of, Refusal, TaskParty, TaskStatus,
 };
 use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
-use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoreError, StoredVersion, VisibilityGrant};
+use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoredVersion, VisibilityGrant};
 
 /// The scope of the open-referral keys (one open referral per patient and CLW service), and
 /// the first part of their criteria.
@@ -265,7 +265,7 @@ impl Rules<'_> {
         target_id: &str,
     ) -> Result<Vec<(StoredVersion, Value)>, ServiceError> {
         let param = search_params::find(ResourceType::Task, param)
-            .ok_or_else(|| StoreError::Config(format!("Task has no search parameter '{param}'")))?;
+            .ok_or_else(|| ServiceError::Internal(format!("Task has no search parameter '{param}'")))?;
         let versions = self.store.referencing(scope, param, target_type, &[target_id], MAX_LINKED_TASKS).await?;
         Ok(versions
             .into_iter()
@@ -802,7 +802,7 @@ impl Rules<'_> {
             (ResourceType::ServiceRequest, service_request_is_open),
         ] {
             let param = search_params::find(resource_type, "subject")
-                .ok_or_else(|| StoreError::Config(format!("{resource_type} has no search parameter 'subject'")))?;
+                .ok_or_else(|| ServiceError::Internal(format!("{resource_type} has no search parameter 'subject'")))?;
             let referencing = self
                 .store
                 .referencing(&scope, param, ResourceType::Patient, &[patient.as_str()], MAX_LINKED_TASKS)

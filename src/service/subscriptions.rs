@@ -343,7 +343,7 @@ pub fn delivery_parameters(stats: &OutboxStats) -> Vec<Value> {
 }
 
 pub(crate) fn snapshot_of(row: &SubscriptionRow) -> Result<SubscriptionSnapshot, ServiceError> {
-    let corrupt = |what: &str| ServiceError::Store(StoreError::Config(format!("stored subscription has a bad {what}")));
+    let corrupt = |what: &str| ServiceError::Internal(format!("stored subscription has a bad {what}"));
     Ok(SubscriptionSnapshot {
         id: row.id.clone(),
         topic: Topic::parse(&row.topic).ok_or_else(|| corrupt("topic"))?,

@@ -263,9 +263,9 @@ async fn apply_subscription_change(conn: &mut AnyConnection, change: &Subscripti
     match change {
         SubscriptionChange::Save(record) => {
             let filters = serde_json::to_string(&record.filters)
-                .map_err(|e| StoreError::Config(format!("cannot encode filters: {e}")))?;
+                .map_err(|e| StoreError::Internal(format!("cannot encode filters: {e}")))?;
             let headers = serde_json::to_string(&record.headers)
-                .map_err(|e| StoreError::Config(format!("cannot encode headers: {e}")))?;
+                .map_err(|e| StoreError::Internal(format!("cannot encode headers: {e}")))?;
             // The secret only comes with a create or a rotation; an update without one keeps
             // the stored secret (the resource never carries it).
             sqlx::query(
@@ -521,7 +521,7 @@ impl<'a> WaveRows<'a> {
         if current == expected {
             Ok(())
         } else {
-            Err(StoreError::Config(format!("{current} current rows inserted for {expected} new resources")))
+            Err(StoreError::Internal(format!("{current} current rows inserted for {expected} new resources")))
         }
     }
 
@@ -692,7 +692,7 @@ fn change_seq_of(change_seqs: &ChangeSeqs, write: &ResourceWrite) -> Result<i64,
     change_seqs
         .get(&(write.resource_type.as_str().to_owned(), write.id.as_str().to_owned()))
         .copied()
-        .ok_or_else(|| StoreError::Config(format!("no history row for {}/{}", write.resource_type, write.id)))
+        .ok_or_else(|| StoreError::Internal(format!("no history row for {}/{}", write.resource_type, write.id)))
 }
 
 /// The current rows of new resources, each with its history row's change sequence number
@@ -730,7 +730,7 @@ async fn update_current(
     let mut moves = Rows::new(&CURRENT_MOVES);
     for write in updated {
         let Precondition::CurrentVersion(expected) = write.precondition else {
-            return Err(StoreError::Config("an update without the version it starts from".to_owned()));
+            return Err(StoreError::Internal("an update without the version it starts from".to_owned()));
         };
         moves.push([
             write.resource_type.as_str().into(),
@@ -769,7 +769,7 @@ fn first_skipped(writes: &[&ResourceWrite], returned: &[sqlx::any::AnyRow]) -> R
         writes.iter().find(|w| !written.contains(&(w.resource_type.as_str().to_owned(), w.id.as_str().to_owned())));
     Err(match skipped {
         Some(write) => version_conflict(write),
-        None => StoreError::Config("an insert skipped a row it did not name".to_owned()),
+        None => StoreError::Internal("an insert skipped a row it did not name".to_owned()),
     })
 }
 

@@ -75,8 +75,15 @@ pub enum StoreError {
     CommitFailed(String),
     #[error("the database writer has stopped")]
     WriterGone,
+    /// The database settings cannot be used: a URL of another scheme, a data directory that
+    /// cannot be created, a pool the settings cannot build.
     #[error("invalid database configuration: {0}")]
     Config(String),
+    /// A fault of the store's own, not of the request nor of the database's availability: a
+    /// statement that cannot be built, a row that cannot be read back, a write set that breaks
+    /// what the store expects of it. A 500; the cause goes to the log only.
+    #[error("internal store error: {0}")]
+    Internal(String),
     /// The database cannot be used as it is found at start-up: a damaged SQLite file, a file
     /// that is not a database, a file or directory that cannot be written.
     #[error("{0}")]

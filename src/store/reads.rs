@@ -96,7 +96,7 @@ pub(super) fn visible_ids_with(
 ) -> Result<String, StoreError> {
     match scope {
         TenantScope::Everything => {
-            Err(StoreError::Config("every resource is visible: there is no set to drive from".to_owned()))
+            Err(StoreError::Internal("every resource is visible: there is no set to drive from".to_owned()))
         }
         TenantScope::Keys(keys) => {
             let values = keys.iter().map(|key| value_of(key)).collect::<Result<Vec<_>, _>>()?;
@@ -110,15 +110,15 @@ pub(super) fn visible_ids_with(
 }
 
 pub(super) fn bind_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Config(format!("cannot bind query value: {e}"))
+    StoreError::Internal(format!("cannot bind query value: {e}"))
 }
 
 pub(super) fn version_from_row(row: &AnyRow) -> Result<StoredVersion, StoreError> {
     let type_name: String = row.try_get("resource_type")?;
     let resource_type =
-        ResourceType::parse(&type_name).map_err(|e| StoreError::Config(format!("unknown type in database: {e}")))?;
+        ResourceType::parse(&type_name).map_err(|e| StoreError::Internal(format!("unknown type in database: {e}")))?;
     let id: String = row.try_get("id")?;
-    let id = ResourceId::parse(&id).map_err(|e| StoreError::Config(format!("bad id in database: {e}")))?;
+    let id = ResourceId::parse(&id).map_err(|e| StoreError::Internal(format!("bad id in database: {e}")))?;
     let method: String = row.try_get("method")?;
     Ok(StoredVersion {
         resource_type,

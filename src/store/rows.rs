@@ -194,7 +194,7 @@ impl<'a> Rows<'a> {
     /// The rows as a JSON array of rows, each an array of its values in column order (see
     /// [`Table::select_rows_of_argument`]).
     fn to_json(&self) -> Result<String, StoreError> {
-        serde_json::to_string(&JsonRows(self)).map_err(|e| StoreError::Config(format!("cannot encode rows: {e}")))
+        serde_json::to_string(&JsonRows(self)).map_err(|e| StoreError::Internal(format!("cannot encode rows: {e}")))
     }
 }
 
@@ -369,7 +369,7 @@ pub(super) fn bind_all<'q>(
     args: &mut AnyArguments<'q>,
     bind: impl FnOnce(&mut AnyArguments<'q>) -> Result<(), sqlx::error::BoxDynError>,
 ) -> Result<(), StoreError> {
-    bind(args).map_err(|e| StoreError::Config(format!("cannot bind a value: {e}")))
+    bind(args).map_err(|e| StoreError::Internal(format!("cannot bind a value: {e}")))
 }
 
 fn bind_cells<'q>(args: &mut AnyArguments<'q>, cells: &[Cell<'q>]) -> Result<(), StoreError> {
@@ -500,7 +500,7 @@ pub(super) async fn insert_together(
         dialect @ Dialect::Sqlite => {
             for (n, &insert) in inserts.iter().enumerate().filter(|(_, insert)| !insert.rows().is_empty()) {
                 let Insert::Rows(rows, taken) = insert else {
-                    return Err(StoreError::Config(format!(
+                    return Err(StoreError::Internal(format!(
                         "a double insert into {} on SQLite",
                         insert.rows().table.name
                     )));
@@ -661,7 +661,7 @@ pub(super) async fn update_returning(
             .columns
             .iter()
             .position(|(column, _)| *column == name)
-            .ok_or_else(|| StoreError::Config(format!("the rows updating {target} have no column {name}")))?;
+            .ok_or_else(|| StoreError::Internal(format!("the rows updating {target} have no column {name}")))?;
         Ok(format!("v.column{}", position + 1))
     };
     let assignments =

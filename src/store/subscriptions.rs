@@ -109,7 +109,7 @@ const OUTBOX_COLUMNS: &str = "id, subscription_id, kind, event_number, focus_typ
                               created_at, state, attempts, last_error";
 
 fn decode_json<T: serde::de::DeserializeOwned>(raw: &str, what: &str) -> Result<T, StoreError> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Config(format!("stored {what} are not valid: {e}")))
+    serde_json::from_str(raw).map_err(|e| StoreError::Internal(format!("stored {what} are not valid: {e}")))
 }
 
 fn subscription_from_row(row: &AnyRow) -> Result<SubscriptionRow, StoreError> {

@@ -375,7 +375,7 @@ fn index_condition_on(sql: &mut Sql, alias: &str, predicate: &Predicate) -> Resu
                 format!("{alias}.value LIKE {} ESCAPE '\\'", sql.text(format!("%{}%", like_escape(value)))?)
             }
         },
-        Predicate::Id(_) => return Err(StoreError::Config("an _id value on an indexed parameter".to_owned())),
+        Predicate::Id(_) => return Err(StoreError::Internal("an _id value on an indexed parameter".to_owned())),
     }))
 }
 
@@ -430,7 +430,7 @@ fn predicate_sql(sql: &mut Sql, param: ParamRef, predicate: &Predicate, probe: P
             })
         }
         (param, predicate) => {
-            Err(StoreError::Config(format!("the predicate {predicate:?} does not apply to {}", param.name())))
+            Err(StoreError::Internal(format!("the predicate {predicate:?} does not apply to {}", param.name())))
         }
     }
 }
@@ -452,7 +452,7 @@ fn chain_targets(
     let mut probes = Vec::with_capacity(any_of.len());
     for predicate in any_of {
         let condition = index_condition(sql, predicate)?
-            .ok_or_else(|| StoreError::Config(format!("{}: a chain tests values, not presence", chain.name)))?;
+            .ok_or_else(|| StoreError::Internal(format!("{}: a chain tests values, not presence", chain.name)))?;
         probes.push(format!("SELECT x.id FROM {table} x WHERE {key_test} AND {condition}"));
     }
     let target_type = sql.text(chain.other_end().as_str())?;
@@ -518,7 +518,7 @@ fn chain_sql(
     let mut tests = Vec::with_capacity(any_of.len());
     for predicate in any_of {
         let condition = index_condition(sql, predicate)?
-            .ok_or_else(|| StoreError::Config(format!("{}: a chain tests values, not presence", chain.name)))?;
+            .ok_or_else(|| StoreError::Internal(format!("{}: a chain tests values, not presence", chain.name)))?;
         tests
             .push(format!("EXISTS (SELECT 1 FROM {table} x WHERE x.id = s.id AND {param_key} AND {condition}{fence})"));
     }
@@ -645,7 +645,7 @@ fn clause_ids(sql: &mut Sql, scope: &TenantScope, clause: &Clause) -> Result<Str
         return chain_ids(sql, scope, chain, &clause.any_of);
     }
     let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
-        return Err(StoreError::Config("the driving clause is not a single indexed test".to_owned()));
+        return Err(StoreError::Internal("the driving clause is not a single indexed test".to_owned()));
     };
     let condition = index_condition(sql, predicate)?.map(|c| format!(" AND {c}")).unwrap_or_default();
     Ok(format!("SELECT x.id FROM {} x WHERE {}{condition}", index_table(p.kind), key_test("x", p)))
@@ -703,7 +703,7 @@ fn sort_param_expression(sql: &mut Sql, p: &'static SearchParam, descending: boo
         ParamKind::Token => ("x.code", sql.text("")?),
         ParamKind::String => ("x.value", sql.text("")?),
         ParamKind::Date => ("x.low", sql.int(undated(descending))?),
-        ParamKind::Reference => return Err(StoreError::Config("sorting by a reference".to_owned())),
+        ParamKind::Reference => return Err(StoreError::Internal("sorting by a reference".to_owned())),
     };
     let table = index_table(p.kind);
     let key_test = key_test("x", p);
@@ -744,7 +744,7 @@ fn keyset_condition(
     let id_value = SortValue::Text(position.id.to_owned());
     let values: Vec<&SortValue> = position.keys.iter().chain(std::iter::once(&id_value)).collect();
     if values.len() != order.len() {
-        return Err(StoreError::Config("the cursor does not fit the sort order".to_owned()));
+        return Err(StoreError::Internal("the cursor does not fit the sort order".to_owned()));
     }
     let mut alternatives = Vec::new();
     for i in 0..order.len() {
@@ -806,7 +806,7 @@ fn page_statement(
         Shape::ClauseById(walked) => {
             let clause = &page.query.clauses[walked];
             let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
-                return Err(StoreError::Config("the walked clause is not a single indexed test".to_owned()));
+                return Err(StoreError::Internal("the walked clause is not a single indexed test".to_owned()));
             };
             let mut on_walk = vec![key_test("w", p)];
             on_walk.extend(index_condition_on(sql, "w", predicate)?);
@@ -1038,7 +1038,7 @@ fn no_match_shapes(searches: &[(usize, &NoMatchRequired)]) -> Result<Vec<NoMatch
                 ),
                 positions,
                 rows: serde_json::to_string(&rows)
-                    .map_err(|e| StoreError::Config(format!("cannot encode rows: {e}")))?,
+                    .map_err(|e| StoreError::Internal(format!("cannot encode rows: {e}")))?,
             })
         })
         .collect()
@@ -1174,7 +1174,7 @@ impl Store {
         let searches: Vec<(usize, &NoMatchRequired)> = searches.iter().enumerate().collect();
         let mut shapes = no_match_shapes(&searches)?.into_iter();
         let (Some(shape), None) = (shapes.next(), shapes.next()) else {
-            return Err(StoreError::Config("the searches are not of one shape".to_owned()));
+            return Err(StoreError::Internal("the searches are not of one shape".to_owned()));
         };
         let mut sql = Sql::new(BackendKind::Postgres);
         sql.args.add(shape.rows).map_err(bind_error)?;
@@ -1213,7 +1213,7 @@ impl Store {
         for row in &rows {
             lookup.claimed = row.try_get::<Option<String>, _>("claimed")?;
             if let Some(id) = row.try_get::<Option<String>, _>("match_id")? {
-                lookup.matches.push(ResourceId::parse(&id).map_err(|e| StoreError::Config(e.to_string()))?);
+                lookup.matches.push(ResourceId::parse(&id).map_err(|e| StoreError::Internal(e.to_string()))?);
             }
         }
         Ok(lookup)

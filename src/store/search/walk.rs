@@ -251,7 +251,7 @@ impl Store {
             let rows = match walk {
                 Walk::Clause(n) => counted_ids(&mut sql, scope, &query.clauses[*n])?,
                 Walk::Visible => sql.visible_ids(scope, query.resource_type)?,
-                Walk::Order => return Err(StoreError::Config("an order walk has no set to count".to_owned())),
+                Walk::Order => return Err(StoreError::Internal("an order walk has no set to count".to_owned())),
             };
             let cap = sql.int(cap)?;
             counts.push(format!("(SELECT COUNT(*) FROM ({rows} LIMIT {cap}) c{i}) AS n{i}"));
