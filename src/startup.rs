@@ -12,9 +12,12 @@ use crate::config::{ConfigError, Settings};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::profiles::{PackageError, ProfileCheck};
+use crate::service::audit::AuditService;
 use crate::service::auth::{AuthService, ExternalIssuer};
 use crate::service::delivery::DeliveryWorker;
+use crate::service::health::HealthService;
 use crate::service::resources::ResourceService;
+use crate::service::search::SearchService;
 use crate::store::{Store, StoreError};
 
 /// Why the service could not start.
@@ -71,6 +74,9 @@ impl Application {
             .map_err(|e| StartupError::Delivery(e.to_string()))?;
         let state = AppState {
             resources: resources.clone(),
+            search: SearchService::new(store.clone()),
+            audit: AuditService::new(store.clone()),
+            health: HealthService::new(store.clone()),
             auth,
             base_url: base_url.clone(),
             max_body_bytes: settings.max_body_bytes,

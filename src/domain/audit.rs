@@ -6,6 +6,17 @@ use serde_json::{json, Value};
 use super::instant::Instant;
 use super::tenancy::Principal;
 
+/// One recorded AuditEvent as the audit trail serves it, with its position in the trail
+/// (`seq`, the paging cursor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAuditEvent {
+    pub seq: i64,
+    pub id: String,
+    pub recorded: Instant,
+    /// The AuditEvent JSON text.
+    pub body: String,
+}
+
 /// `AuditEvent.action` (R4 value set audit-event-action).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditAction {

@@ -15,4 +15,5 @@ pub mod search_query;
 pub mod subscriptions;
 pub mod task_workflow;
 pub mod tenancy;
+pub mod versions;
 pub mod webhook;

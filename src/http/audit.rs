@@ -106,7 +106,7 @@ pub async fn audit_access(
     if let Some(search) = response.response().extensions().get::<SearchAudit>() {
         record = record.with_search(search.query.clone(), search.patients.clone());
     }
-    match state.resources.store().record_audit(vec![record]).await {
+    match state.audit.record_access(record).await {
         Ok(()) => Ok(response.map_into_boxed_body()),
         Err(e) => {
             tracing::error!(error = %e, "audit record could not be written; refusing to serve the access");

@@ -11,6 +11,7 @@ use crate::domain::instant::Instant;
 use crate::domain::outcome::IssueCode;
 use crate::domain::search_params::split_reference;
 use crate::domain::tenancy::Role;
+use crate::service::audit::AuditPage;
 
 fn operator_only(caller: &Caller, interaction: Interaction) -> Result<(), ApiError> {
     if !caller.allows("AuditEvent", interaction) {
@@ -49,12 +50,9 @@ pub async fn search(
         })
         .transpose()?;
     let count = query.count.unwrap_or(state.default_page_size).min(state.max_page_size);
-    let events = state
-        .resources
-        .store()
-        .audit_events(entity.as_ref().map(|(t, i)| (t.as_str(), i.as_str())), query.cursor, count)
-        .await
-        .map_err(|e| ApiError::Service(e.into()))?;
+    let page =
+        AuditPage { entity: entity.as_ref().map(|(t, i)| (t.as_str(), i.as_str())), before_seq: query.cursor, count };
+    let events = state.audit.search_audit_events(page).await?;
     let mut base = format!("{}/AuditEvent?_count={count}", state.base_url);
     if let Some(raw) = &query.entity {
         base.push_str(&format!("&entity={}", url::form_urlencoded::byte_serialize(raw.as_bytes()).collect::<String>()));
@@ -96,13 +94,7 @@ pub async fn read(
 ) -> Result<HttpResponse, ApiError> {
     operator_only(&caller, Interaction::Read)?;
     let render = rendering(&req)?;
-    let event = state
-        .resources
-        .store()
-        .audit_event(&id)
-        .await
-        .map_err(|e| ApiError::Service(e.into()))?
-        .ok_or_else(|| ApiError::Service(crate::service::ServiceError::NotFound(format!("AuditEvent/{id}"))))?;
+    let event = state.audit.read_audit_event(&id).await?;
     let (text, content_type) = render_resource_text(render, &event.body)?;
     Ok(HttpResponse::Ok().content_type(content_type).body(text))
 }

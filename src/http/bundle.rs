@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::domain::instant::Instant;
-use crate::store::StoredVersion;
+use crate::domain::versions::StoredVersion;
 
 /// One entry of a history Bundle (R4 http.html#history: request and response per version).
 /// `,"entry":[...]` with the already serialised entries, or nothing when there are none: FHIR

@@ -9,9 +9,7 @@ use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
-use crate::metrics::Snapshot;
 
 /// Times the request and counts it under its route template. A path that matches no route is
 /// counted as `unmatched`, so random URLs cannot grow the label set.
@@ -52,24 +50,7 @@ fn route_label(pattern: Option<&str>, type_segment: Option<&str>, path: &str) ->
 /// `GET /metrics`: Prometheus text format. Served without a token (it holds counts only, no
 /// identifiers); keep it off the public side of the load balancer.
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let store = state.resources.store();
-    let (pool_open, pool_idle) = store.pool_connections();
-    let group_commit = store.group_commit_totals();
-    let outbox = store.outbox_backlog().await.map_err(|e| ApiError::Service(e.into()))?;
-    let oldest_age = outbox
-        .oldest_pending
-        .map_or(0.0, |oldest| (Instant::now().micros().saturating_sub(oldest.micros()) as f64 / 1e6).max(0.0));
-    let snapshot = Snapshot {
-        pool_open,
-        pool_idle,
-        outbox_pending: outbox.pending,
-        outbox_dead: outbox.dead,
-        outbox_oldest_pending_age_secs: oldest_age,
-        outbox_delivery_failures: outbox.failures,
-        group_commit_batches: group_commit.batches,
-        group_commit_write_sets: group_commit.write_sets,
-        group_commit_parallel_batches: group_commit.parallel_batches,
-    };
+    let snapshot = state.health.metrics_snapshot().await?;
     let text = state
         .metrics
         .render(&snapshot)

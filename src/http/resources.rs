@@ -12,9 +12,9 @@ use crate::domain::ids::{ResourceId, VersionId};
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{operation_outcome, Issue, IssueCode, Severity};
 use crate::domain::resource_type::ResourceType;
+use crate::domain::versions::{HistoryQuery, StoredVersion};
 use crate::service::idempotency::RequestKey;
 use crate::service::resources::{CreateOutcome, WriteConditions};
-use crate::store::{HistoryQuery, StoredVersion};
 
 pub(super) fn resource_type(raw: &str) -> Result<ResourceType, ApiError> {
     ResourceType::parse(raw).map_err(|e| ApiError::UnsupportedType(e.0))

@@ -12,8 +12,8 @@ use crate::auth::Interaction;
 use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::{Cursor, SummaryMode};
-use crate::service::search::{PageLimits, SearchRequest, SearchResult, SearchService};
-use crate::store::StoredVersion;
+use crate::domain::versions::StoredVersion;
+use crate::service::search::{PageLimits, SearchRequest, SearchResult};
 
 /// `GET [type]?…` (and `GET [type]/_search?…`).
 pub async fn search_get(
@@ -77,9 +77,7 @@ async fn search(
     let request =
         SearchRequest { params: &params, strict: strict_handling(req), base_url: &state.base_url, readable: &readable };
     let limits = PageLimits { default_count: state.default_page_size, max_count: state.max_page_size };
-    let result = SearchService::new(state.resources.store().clone())
-        .search_resources(principal, resource_type, &request, limits)
-        .await?;
+    let result = state.search.search_resources(principal, resource_type, &request, limits).await?;
     let bundle = searchset_bundle(&state.base_url, &result)?;
     let (text, content_type) = render_resource_text(render, &bundle)?;
     let mut response = HttpResponse::Ok().content_type(content_type).body(text);

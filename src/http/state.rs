@@ -10,14 +10,20 @@ use crate::auth::{Interaction, ScopeSet};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::tenancy::Principal;
 use crate::metrics::Metrics;
+use crate::service::audit::AuditService;
 use crate::service::auth::AuthService;
+use crate::service::health::HealthService;
 use crate::service::resources::ResourceService;
+use crate::service::search::SearchService;
 
 /// Shared, immutable application state (cheap to clone; every replica builds its own from
 /// configuration: nothing here is state that matters beyond the process).
 #[derive(Clone)]
 pub struct AppState {
     pub resources: ResourceService,
+    pub search: SearchService,
+    pub audit: AuditService,
+    pub health: HealthService,
     pub auth: AuthService,
     /// The public base URL of the FHIR endpoint, without a trailing slash.
     pub base_url: String,

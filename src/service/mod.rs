@@ -2,9 +2,11 @@
 //! input, applies the domain rules, and hands the store one [`WriteSet`](crate::store::WriteSet)
 //! holding everything it writes, so the change is atomic.
 
+pub mod audit;
 pub mod auth;
 pub mod bundles;
 pub mod delivery;
+pub mod health;
 pub mod idempotency;
 pub mod ingest;
 pub mod resources;

@@ -241,7 +241,9 @@ impl ResourceService {
         Ok((write_set, write))
     }
 
-    pub fn store(&self) -> &Store {
+    /// For the use cases of `service` built on this one (bundles, subscriptions, delivery);
+    /// outside `service` the store is reached only through a service's own functions.
+    pub(super) fn store(&self) -> &Store {
         &self.store
     }
 

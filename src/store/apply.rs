@@ -856,7 +856,7 @@ mod tests {
     use super::*;
     use crate::domain::ids::{ResourceId, VersionId};
     use crate::domain::resource_type::ResourceType;
-    use crate::store::write_set::WriteMethod;
+    use crate::domain::versions::WriteMethod;
 
     fn write(id: &ResourceId, version: i64) -> ResourceWrite {
         ResourceWrite {

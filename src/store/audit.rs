@@ -4,18 +4,8 @@ use sqlx::Row;
 
 use super::write_set::WriteSet;
 use super::{Store, StoreError};
-use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
+use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord, StoredAuditEvent};
 use crate::domain::instant::Instant;
-
-/// One stored AuditEvent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredAuditEvent {
-    pub seq: i64,
-    pub id: String,
-    pub recorded: Instant,
-    /// The AuditEvent JSON text.
-    pub body: String,
-}
 
 /// The columns [`event_from_row`] reads.
 macro_rules! event_columns {

@@ -34,17 +34,19 @@ use futures::future::BoxFuture;
 use crate::domain::ids::ResourceId;
 use crate::domain::resource_type::ResourceType;
 
-pub use audit::StoredAuditEvent;
 pub use clients::{ClientRecord, RoleAndClaim};
 pub use connect::{DatabaseUrl, PoolSettings};
 pub use group_commit::{CommitObserver, GroupCommitTotals};
-pub use reads::{ConditionalKey, HistoryQuery, StoredVersion};
+pub use reads::ConditionalKey;
 pub use search::{ConditionalLookup, Position, SearchHit, SearchPage, Walk, SMALL_SET};
 pub use subscriptions::{ClaimedEvent, DeliveryOutcome, OutboxBacklog, OutboxRow, OutboxStats, SubscriptionRow};
 pub use write_set::{
     ConditionalClaim, DeletedContent, NoMatchRequired, OutboxEntry, OutboxKind, Precondition, RequestRecord,
-    ResourceWrite, SubscriptionChange, SubscriptionRecord, VisibilityGrant, WriteMethod, WriteSet,
+    ResourceWrite, SubscriptionChange, SubscriptionRecord, VisibilityGrant, WriteSet,
 };
+// Plain values of `domain` the store's API takes and returns, named here too for its callers.
+pub use crate::domain::audit::StoredAuditEvent;
+pub use crate::domain::versions::{HistoryQuery, StoredVersion, WriteMethod};
 
 use group_commit::GroupCommit;
 

@@ -3,38 +3,12 @@
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Arguments, Row};
 
-use super::write_set::WriteMethod;
 use super::{Store, StoreError};
 use crate::domain::ids::{ResourceId, VersionId};
 use crate::domain::instant::Instant;
 use crate::domain::resource_type::ResourceType;
 use crate::domain::tenancy::TenantScope;
-
-/// One stored version of a resource, as served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredVersion {
-    pub resource_type: ResourceType,
-    pub id: ResourceId,
-    pub version: VersionId,
-    pub last_updated: Instant,
-    pub deleted: bool,
-    pub method: WriteMethod,
-    /// The JSON text with `id` and `meta`; empty for a deletion.
-    pub body: String,
-    /// Position in the global change sequence (history paging).
-    pub change_seq: i64,
-}
-
-/// Which history entries to return, newest first.
-#[derive(Debug, Clone, Default)]
-pub struct HistoryQuery {
-    /// Only versions changed after this instant (`_since`, exclusive per R4 http.html#history
-    /// "changed at or after": we include equal timestamps).
-    pub since: Option<Instant>,
-    /// Only versions older than this position in the change sequence (paging cursor).
-    pub before_seq: Option<i64>,
-    pub count: u32,
-}
+use crate::domain::versions::{HistoryQuery, StoredVersion, WriteMethod};
 
 /// Builds the SQL predicate restricting rows of alias `r` to the caller's tenancy, binding its
 /// keys. The predicate is written here once and used by every read, so no read can omit it.

@@ -7,37 +7,7 @@ use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::IndexEntry;
 use crate::domain::search_query::SearchQuery;
 use crate::domain::tenancy::TenantScope;
-
-/// How a resource version came about; recorded for history bundles (`entry.request.method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMethod {
-    /// `POST`: the server names the new resource, with an id it has just generated (FHIR
-    /// create ignores any id the client sends; a client-named create is an `Update`).
-    Create,
-    Update,
-    Patch,
-    Delete,
-}
-
-impl WriteMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WriteMethod::Create => "POST",
-            WriteMethod::Update => "PUT",
-            WriteMethod::Patch => "PATCH",
-            WriteMethod::Delete => "DELETE",
-        }
-    }
-
-    pub fn from_stored(raw: &str) -> WriteMethod {
-        match raw {
-            "POST" => WriteMethod::Create,
-            "PATCH" => WriteMethod::Patch,
-            "DELETE" => WriteMethod::Delete,
-            _ => WriteMethod::Update,
-        }
-    }
-}
+use crate::domain::versions::WriteMethod;
 
 /// What must hold for a resource write to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{AnyConnection, Arguments, Row};
 
 use super::param_keys::row_keys;
-use super::reads::{bind_error, scope_filter_with, version_from_row, visible_ids_with, ConditionalKey, StoredVersion};
+use super::reads::{bind_error, scope_filter_with, version_from_row, visible_ids_with, ConditionalKey};
 use super::rows::Dialect;
 use super::write_set::{NoMatchRequired, WriteSet};
 use super::{BackendKind, Store, StoreError};
@@ -30,6 +30,7 @@ use crate::domain::search_query::{
     SystemMatch,
 };
 use crate::domain::tenancy::TenantScope;
+use crate::domain::versions::StoredVersion;
 
 /// The columns of a resource row a lateral subquery passes out as `r`.
 const RESOURCE_ROW: &str = "r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.body, r.change_seq";
