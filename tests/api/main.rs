@@ -1,5 +1,5 @@
 //! The one integration test binary: each module tests one area through `spawn_app()` (HTTP)
-//! or the store directly, on SQLite and PostgreSQL.
+//! or the store directly, on SQLite and PostgreSQL; `tidy` reads the source tree itself.
 
 mod audit;
 mod crud;
@@ -28,6 +28,7 @@ mod security;
 mod shutdown;
 mod store_contract;
 mod subscriptions;
+mod tidy;
 mod topology;
 mod transactions;
 mod webhook_receiver;
