@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod resources;
 pub(crate) mod rules;
 pub mod search;
+mod subscription_rules;
 pub mod subscriptions;
 
 use crate::domain::outcome::{Issue, IssueCode};

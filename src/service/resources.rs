@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::idempotency::RequestKey;
 use super::ingest::{check_resource, stamp};
 use super::rules::{LiteralPartyCode, Pending, Rules};
-use super::subscriptions::{plan_subscription_write, SubscriptionEffects};
+use super::subscription_rules::{plan_subscription_write, SubscriptionEffects};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
@@ -14,8 +14,8 @@ use crate::domain::instant::Instant;
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::patch::{PatchLimits, PatchRefusal};
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::{self, extract_index, split_reference, IndexEntry};
-use crate::domain::search_query::{parse_criteria, parse_token, Clause, ParamRef, SearchQuery};
+use crate::domain::search_params::{extract_index, split_reference, IndexEntry};
+use crate::domain::search_query::{parse_criteria, SearchQuery};
 use crate::domain::subscriptions::{EndpointPolicy, Topic};
 use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, TenantScope, Visibility};
 use crate::profiles::ProfileCheck;
@@ -102,10 +102,6 @@ fn index_party_codes(index: &mut [IndexEntry], codes: &[LiteralPartyCode]) {
     }
 }
 
-/// At most this many directory entries of one organisation are recognised as its own in a
-/// subscription filter (an organisation has one; a few while it is being corrected).
-const OWN_DIRECTORY_ENTRIES: u32 = 16;
-
 fn label(resource_type: ResourceType, id: &ResourceId) -> String {
     format!("{resource_type}/{id}")
 }
@@ -164,15 +160,8 @@ impl ResourceService {
         let before: Option<Value> = current.filter(|c| !c.deleted).map(|c| stored_json(&c.body)).transpose()?;
         let subscription = match resource_type {
             ResourceType::Subscription => {
-                let own_entries = self.own_directory_entries(caller).await?;
-                plan_subscription_write(
-                    caller,
-                    &id,
-                    before.as_ref(),
-                    after.as_mut(),
-                    &self.endpoint_policy,
-                    &own_entries,
-                )?
+                let policy = &self.endpoint_policy;
+                plan_subscription_write(&self.store, caller, &id, before.as_ref(), after.as_mut(), policy).await?
             }
             _ => SubscriptionEffects::default(),
         };
@@ -245,21 +234,6 @@ impl ResourceService {
     /// outside `service` the store is reached only through a service's own functions.
     pub(super) fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// The ids of the directory Organizations carrying the caller's ODS code (a subscription
-    /// filter may name the caller by one). The directory is shared: read in the caller's scope.
-    async fn own_directory_entries(&self, caller: &Principal) -> Result<Vec<String>, ServiceError> {
-        let ods = parse_token(&format!("{}|{}", OdsCode::SYSTEM, caller.organization().as_str()));
-        let Some(identifier) = search_params::find(ResourceType::Organization, "identifier") else {
-            return Ok(Vec::new());
-        };
-        let query = SearchQuery {
-            resource_type: ResourceType::Organization,
-            clauses: vec![Clause { param: ParamRef::Registered(identifier), negated: false, any_of: vec![ods] }],
-        };
-        let ids = self.store.find_ids(&caller.scope(), &query, OWN_DIRECTORY_ENTRIES).await?;
-        Ok(ids.into_iter().map(|id| id.as_str().to_owned()).collect())
     }
 
     /// Builds the write of one new version: stamps the server-owned elements, serialises the

@@ -1,6 +1,7 @@
-//! Subscriptions as use cases: what a Subscription write records for delivery, which changes
-//! notify whom (added to the change's own write set: the transactional outbox), the
-//! `$status`, `$events` and `$resend` operations, and the status moves the server makes.
+//! Subscriptions as use cases: the `$status`, `$events` and `$resend` operations, the status
+//! moves the server makes, and the outbox's figures. What a subscriber's own write of a
+//! Subscription must satisfy and records is `subscription_rules`; which changes notify whom,
+//! the writer matches (`store::events`).
 
 use serde_json::{json, Value};
 
@@ -14,126 +15,14 @@ use crate::domain::notification::{
 };
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
-use crate::domain::subscriptions::{
-    requested_status, strip_secret, EndpointPolicy, PayloadContent, SubscriptionRequest, SubscriptionStatus, Topic,
-};
-use crate::domain::tenancy::{Principal, Role, TenantScope};
+use crate::domain::subscriptions::{PayloadContent, SubscriptionStatus, Topic};
+use crate::domain::tenancy::{Principal, TenantScope};
 use crate::store::{
-    OutboxEntry, OutboxKind, OutboxRow, OutboxStats, Precondition, StoreError, SubscriptionChange, SubscriptionRecord,
-    SubscriptionRow, WriteMethod, WriteSet,
+    OutboxRow, OutboxStats, Precondition, StoreError, SubscriptionChange, SubscriptionRow, WriteMethod, WriteSet,
 };
 
 /// The most events one `$events` call returns.
 const MAX_EVENTS_PER_QUERY: u32 = 500;
-
-/// What a Subscription write records besides the resource.
-#[derive(Debug, Default)]
-pub(crate) struct SubscriptionEffects {
-    pub changes: Vec<SubscriptionChange>,
-    pub notifications: Vec<OutboxEntry>,
-}
-
-/// Checks a subscriber's write of a Subscription and plans its delivery-side record. `after`
-/// is adjusted: the status and error are the server's, and the signing secret is taken out
-/// (it is kept only where delivery reads it). `own_entries` are the ids of the directory
-/// Organizations that carry the caller's ODS code: a filter may name the caller by them.
-pub(crate) fn plan_subscription_write(
-    caller: &Principal,
-    id: &ResourceId,
-    before: Option<&Value>,
-    after: Option<&mut Value>,
-    policy: &EndpointPolicy,
-    own_entries: &[String],
-) -> Result<SubscriptionEffects, ServiceError> {
-    let Some(after) = after else {
-        return Ok(SubscriptionEffects { changes: vec![SubscriptionChange::Delete(id.clone())], ..Default::default() });
-    };
-    let request = SubscriptionRequest::parse(after, policy).map_err(ServiceError::Unprocessable)?;
-    check_filters_are_the_callers_own(caller, &request, own_entries)?;
-    if before.is_none() && request.secret.is_none() {
-        return Err(ServiceError::Unprocessable(vec![Issue::error(
-            IssueCode::Required,
-            format!(
-                "a new subscription needs a signing secret: channel.extension '{}' with valueString 'whsec_' + base64 of 24-64 random bytes",
-                crate::domain::subscriptions::WEBHOOK_SECRET_EXTENSION
-            ),
-        )
-        .at("Subscription.channel.extension".to_owned())]));
-    }
-    let current = before.and_then(|b| b.get("status")).and_then(Value::as_str).and_then(SubscriptionStatus::parse);
-    let status = requested_status(after.get("status").and_then(Value::as_str), current);
-    // The error stays while the status does; a new handshake or a turn off clears it.
-    let error = match status {
-        SubscriptionStatus::Error => before.and_then(|b| b.get("error")).and_then(Value::as_str).map(str::to_owned),
-        _ => None,
-    };
-    strip_secret(after);
-    if let Some(map) = after.as_object_mut() {
-        map.insert("status".into(), json!(status.code()));
-        match &error {
-            Some(text) => map.insert("error".into(), json!(text)),
-            None => map.remove("error"),
-        };
-    }
-    let record = SubscriptionRecord {
-        id: id.clone(),
-        organization: caller.organization().as_str().to_owned(),
-        role: caller.role().as_str().to_owned(),
-        topic: request.topic.url().to_owned(),
-        filters: request.filters.iter().map(|f| f.as_str().to_owned()).collect(),
-        endpoint: request.endpoint.to_string(),
-        payload: request.payload.code().to_owned(),
-        headers: request.headers.clone(),
-        heartbeat_secs: request.heartbeat_period.map(|p| i64::try_from(p.as_secs()).unwrap_or(i64::MAX)),
-        secret: request.secret.as_ref().map(|s| s.encoded()),
-        status: status.code().to_owned(),
-        error,
-    };
-    let mut effects =
-        SubscriptionEffects { changes: vec![SubscriptionChange::Save(Box::new(record))], ..Default::default() };
-    // A create starts `requested` (see `requested_status`), so it always asks for one.
-    if status == SubscriptionStatus::Requested && current != Some(SubscriptionStatus::Requested) {
-        effects.notifications.push(OutboxEntry {
-            id: uuid::Uuid::new_v4().to_string(),
-            subscription_id: id.clone(),
-            kind: OutboxKind::Handshake,
-            focus: None,
-            created_at: Instant::now(),
-        });
-    }
-    Ok(effects)
-}
-
-/// A GP system follows its own referrals and a CLW service the Tasks it owns: a filter naming
-/// another organisation as requester (or owner, performer, author) would only ever match
-/// nothing after narrowing, so it is refused as the mistake it is. The caller is named as in a
-/// search: by its ODS code (`Organization/<ODS code>`), or by a literal reference to its
-/// directory entry (`Organization/<id>`, one of `own_entries`).
-fn check_filters_are_the_callers_own(
-    caller: &Principal,
-    request: &SubscriptionRequest,
-    own_entries: &[String],
-) -> Result<(), ServiceError> {
-    let own_parameter = match (caller.role(), request.topic) {
-        (Role::Referrer, Topic::ReferralTask | Topic::ReferralServiceRequest) => "requester",
-        (Role::Performer, Topic::ReferralTask) => "owner",
-        (Role::Performer, Topic::ReferralServiceRequest) => "performer",
-        (Role::Performer, Topic::CarePlan) => "author",
-        _ => return Ok(()),
-    };
-    let own = caller.organization().as_str();
-    let is_own = |named: &String| named == own || own_entries.iter().any(|id| id.eq_ignore_ascii_case(named));
-    if let Some(other) = request.filtered_organizations(own_parameter).into_iter().find(|named| !is_own(named)) {
-        return Err(ServiceError::ForbiddenAt(
-            Issue::error(
-                IssueCode::Forbidden,
-                format!("{own_parameter}=Organization/{other} names another organisation; you may subscribe to your own ({own}) only"),
-            )
-            .at("Subscription.criteria.extension('backport-filter-criteria')".to_owned()),
-        ));
-    }
-    Ok(())
-}
 
 /// The server itself, as the author of status changes in the audit trail.
 fn server_agent() -> AuditAgent {
