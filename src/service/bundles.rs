@@ -10,6 +10,7 @@ use super::idempotency::RequestKey;
 use super::ingest::{check_entry_resource, structure_issue};
 use super::resources::{CreateOutcome, ResourceService, WriteConditions};
 use super::rules::Pending;
+use super::write::{OnVersionConflict, PlanWrite, Planned, WritePipeline};
 use super::ServiceError;
 use crate::auth::Interaction;
 use crate::domain::ids::{ResourceId, VersionId};
@@ -17,12 +18,7 @@ use crate::domain::outcome::{operation_outcome, Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::parse_criteria;
 use crate::domain::tenancy::{Principal, Visibility};
-use crate::store::{
-    ConditionalClaim, ConditionalKey, ConditionalLookup, ResourceWrite, StoreError, WriteMethod, WriteSet,
-};
-
-/// How many times a transaction is replanned when a concurrent request took a key it needed.
-const TRANSACTION_RETRIES: usize = 5;
+use crate::store::{ConditionalClaim, ConditionalKey, ConditionalLookup, ResourceWrite, WriteMethod, WriteSet};
 
 /// Whether the caller's token permits an interaction on a type (the HTTP layer's scopes).
 pub type Authorize<'a> = &'a (dyn Fn(ResourceType, Interaction) -> bool + Sync);
@@ -205,6 +201,7 @@ impl ResourceService {
         }
     }
 
+    /// A transaction Bundle: every entry planned into one write set, committed all or nothing.
     async fn transaction(
         &self,
         caller: &Principal,
@@ -212,9 +209,7 @@ impl ResourceService {
         authorize: Authorize<'_>,
         request: Option<&RequestKey>,
     ) -> Result<Value, ServiceError> {
-        if let Some(key) = request {
-            key.refuse_if_seen(self.store()).await?;
-        }
+        let pipeline = WritePipeline::begin(self.store(), request).await?;
         let entries = parse_entries(bundle)?;
         for entry in &entries {
             let interaction =
@@ -231,36 +226,7 @@ impl ResourceService {
                 ));
             }
         }
-        for attempt in 0..TRANSACTION_RETRIES {
-            match self.plan_transaction(caller, &entries, attempt).await {
-                Ok((mut write_set, responses)) => {
-                    let created: Vec<&str> =
-                        responses.iter().filter_map(|r| r["response"]["location"].as_str()).collect();
-                    write_set.request = request.map(|k| k.record(format!("the transaction of {}", created.join(", "))));
-                    match self.store().commit(write_set).await {
-                        Ok(()) => return Ok(response_bundle("transaction-response", responses)),
-                        Err(StoreError::ConditionalClaimTaken) => continue,
-                        Err(StoreError::DuplicateRequest) => {
-                            if let Some(key) = request {
-                                key.refuse_if_seen(self.store()).await?;
-                            }
-                            continue;
-                        }
-                        Err(StoreError::VersionConflict { resource_type, id }) => {
-                            return Err(ServiceError::PreconditionFailed(format!(
-                                "{resource_type}/{id} was changed by another request; the transaction was not applied"
-                            )))
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ServiceError::Conflict(Issue::error(
-            IssueCode::Transient,
-            "concurrent requests kept colliding; retry the transaction",
-        )))
+        pipeline.commit(Transaction { service: self, caller, entries: &entries }).await
     }
 
     /// Plans every entry into one write set, for the `attempt`-th time (see
@@ -515,6 +481,39 @@ impl ResourceService {
                 Ok(entry_response("204 No Content", None, None, None))
             }
         }
+    }
+}
+
+/// A transaction Bundle as one write: its entries planned together, committed all or nothing.
+struct Transaction<'a> {
+    service: &'a ResourceService,
+    caller: &'a Principal,
+    entries: &'a [Entry],
+}
+
+impl PlanWrite for Transaction<'_> {
+    type Answer = Value;
+
+    async fn plan(&mut self, attempt: usize) -> Result<Planned<Value>, ServiceError> {
+        let (write_set, responses) = self.service.plan_transaction(self.caller, self.entries, attempt).await?;
+        let created: Vec<&str> = responses.iter().filter_map(|r| r["response"]["location"].as_str()).collect();
+        let request_outcome = format!("the transaction of {}", created.join(", "));
+        Ok(Planned::Commit { write_set, request_outcome, answer: response_bundle("transaction-response", responses) })
+    }
+
+    /// The transaction is refused whole (412), not planned again on a version its entries did
+    /// not read.
+    fn on_version_conflict(&self, resource_type: String, id: String) -> OnVersionConflict {
+        OnVersionConflict::Refuse(ServiceError::PreconditionFailed(format!(
+            "{resource_type}/{id} was changed by another request; the transaction was not applied"
+        )))
+    }
+
+    fn exhausted(&self) -> ServiceError {
+        ServiceError::Conflict(Issue::error(
+            IssueCode::Transient,
+            "concurrent requests kept colliding; retry the transaction",
+        ))
     }
 }
 

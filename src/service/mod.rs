@@ -1,6 +1,7 @@
 //! Use cases: each public function is one thing a client can ask for. A use case checks the
 //! input, applies the domain rules, and hands the store one [`WriteSet`](crate::store::WriteSet)
-//! holding everything it writes, so the change is atomic.
+//! holding everything it writes, so the change is atomic; it does so through the write
+//! pipeline (`write`), which plans it again when a concurrent request got in first.
 
 pub mod audit;
 pub mod auth;
@@ -14,6 +15,7 @@ pub(crate) mod rules;
 pub mod search;
 mod subscription_rules;
 pub mod subscriptions;
+mod write;
 
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::store::StoreError;

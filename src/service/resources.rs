@@ -7,6 +7,7 @@ use super::idempotency::RequestKey;
 use super::ingest::{check_resource, stamp};
 use super::rules::{LiteralPartyCode, Pending, Rules};
 use super::subscription_rules::{plan_subscription_write, SubscriptionEffects};
+use super::write::{OnVersionConflict, PlanWrite, Planned, WritePipeline};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
@@ -23,9 +24,6 @@ use crate::store::{
     ConditionalClaim, ConditionalKey, ConditionalLookup, DeletedContent, HistoryQuery, NoMatchRequired, Precondition,
     ResourceWrite, Store, StoreError, StoredVersion, WriteMethod, WriteSet,
 };
-
-/// How often a write without `If-Match` is retried when another writer got in first.
-const UNCONDITIONAL_RETRIES: usize = 5;
 
 /// The outcome of a create: a new resource, or (conditional create) the one that matched.
 #[derive(Debug)]
@@ -141,9 +139,10 @@ impl ResourceService {
     }
 
     /// Plans one write through the referral rules: the new version (`change`: the content and
-    /// how it came about; `None` deletes) of `resource_type/id` from `current`, with its audit record and everything the rules add
-    /// (visibility, cascaded Task cancellations, the open-referral key). Every write path
-    /// (create, update, patch, delete, transaction entries) comes through here.
+    /// how it came about; `None` deletes) of `resource_type/id` from `current`, with its audit
+    /// record and everything the rules add (visibility, cascaded Task cancellations, the
+    /// open-referral key). Every write path (create, update, patch, delete, transaction
+    /// entries) comes through here, within the write pipeline (`service::write`).
     pub(crate) async fn plan(
         &self,
         caller: &Principal,
@@ -315,46 +314,17 @@ impl ResourceService {
         request: Option<&RequestKey>,
     ) -> Result<CreateOutcome, ServiceError> {
         check_resource(&resource, resource_type, &self.profiles)?;
-        if let Some(key) = request {
-            key.refuse_if_seen(&self.store).await?;
-        }
+        let pipeline = WritePipeline::begin(&self.store, request).await?;
         let criteria = if_none_exist
             .map(|raw| parse_criteria(resource_type, raw))
             .transpose()
             .map_err(|issue| ServiceError::Invalid(vec![issue]))?;
-        let Some(criteria) = criteria else {
-            for attempt in 0..UNCONDITIONAL_RETRIES {
-                let (mut write_set, write) = self
-                    .plan(
-                        caller,
-                        resource_type,
-                        ResourceId::generate(),
-                        None,
-                        Some((resource.clone(), WriteMethod::Create)),
-                        &Pending::for_attempt(attempt),
-                    )
-                    .await?;
-                write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
-                match self.store.commit(write_set).await {
-                    Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),
-                    Err(StoreError::DuplicateRequest) => {
-                        if let Some(key) = request {
-                            key.refuse_if_seen(&self.store).await?;
-                        }
-                        continue;
-                    }
-                    // A concurrent request took a key this one needs: plan again, the rules
-                    // will now see it.
-                    Err(StoreError::ConditionalClaimTaken) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+        match criteria {
+            None => pipeline.commit(Creation { service: self, caller, resource_type, resource }).await,
+            Some(criteria) => {
+                pipeline.commit(ConditionalCreation::new(self, caller, resource_type, resource, criteria)).await
             }
-            return Err(ServiceError::Conflict(Issue::error(
-                IssueCode::Transient,
-                "concurrent requests kept colliding; retry the request",
-            )));
-        };
-        self.conditional_create(caller, resource_type, resource, &criteria, request).await
+        }
     }
 
     /// What a conditional create knows before it claims its key: who holds the key, and the
@@ -375,69 +345,6 @@ impl ResourceService {
             return Ok((ConditionalLookup { claimed: None, matches: Vec::new() }, Some(no_match)));
         }
         Ok((self.store.conditional_lookup(claim, scope, criteria, 2).await?, None))
-    }
-
-    /// Conditional create (R4 http.html#ccreate). Matching is by search in the caller's
-    /// tenancy; the race between concurrent identical requests is settled by a unique key
-    /// per (organisation, type, criteria) claimed in the same transaction as the create.
-    async fn conditional_create(
-        &self,
-        caller: &Principal,
-        resource_type: ResourceType,
-        resource: Value,
-        criteria: &SearchQuery,
-        request: Option<&RequestKey>,
-    ) -> Result<CreateOutcome, ServiceError> {
-        let scope = caller.scope();
-        let scope_key = Visibility::Organization(caller.organization().clone()).key();
-        let key = criteria.canonical_key();
-        for attempt in 0..UNCONDITIONAL_RETRIES {
-            let pending = Pending::for_attempt(attempt);
-            let claim = ConditionalKey { scope_key: &scope_key, resource_type, criteria: &key };
-            let (ConditionalLookup { claimed: stale, matches }, no_match) =
-                self.conditional_lookup(&pending, &claim, &scope, criteria).await?;
-            match matches.as_slice() {
-                [] => {}
-                [one] => {
-                    let existing = self.read_resource(caller, resource_type, one).await?;
-                    return Ok(CreateOutcome::Existing(existing));
-                }
-                _ => {
-                    return Err(ServiceError::PreconditionFailed(format!(
-                        "the If-None-Exist criteria match more than one {resource_type}"
-                    )))
-                }
-            }
-            let id = ResourceId::generate();
-            let (mut write_set, write) = self
-                .plan(caller, resource_type, id.clone(), None, Some((resource.clone(), WriteMethod::Create)), &pending)
-                .await?;
-            write_set.conditional_claims.push(ConditionalClaim {
-                scope_key: scope_key.clone(),
-                resource_type,
-                criteria: key.clone(),
-                id,
-                replaces: stale,
-            });
-            write_set.no_match_required.extend(no_match);
-            write_set.request = request.map(|k| k.record(format!("{resource_type}/{}/_history/1", write.id)));
-            match self.store.commit(write_set).await {
-                Ok(()) => return Ok(CreateOutcome::Created(Self::written(write))),
-                // Someone else created a match meanwhile: search again and return theirs.
-                Err(StoreError::ConditionalClaimTaken) => continue,
-                Err(StoreError::DuplicateRequest) => {
-                    if let Some(key) = request {
-                        key.refuse_if_seen(&self.store).await?;
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Conflict(Issue::error(
-            IssueCode::Transient,
-            "concurrent conditional creates kept colliding; retry the request",
-        )))
     }
 
     /// `GET [type]/[id]`: 404 for missing or not visible, 410 for deleted.
@@ -479,7 +386,7 @@ impl ResourceService {
 
     /// The current version for a write: not visible or never created is 404; a deleted
     /// resource may be brought back by an update (R4 http.html#update).
-    async fn current_for_write(
+    pub(super) async fn current_for_write(
         &self,
         caller: &Principal,
         resource_type: ResourceType,
@@ -510,57 +417,14 @@ impl ResourceService {
         id: &ResourceId,
         conditions: &WriteConditions,
         method: WriteMethod,
-        mut next_body: F,
+        next_body: F,
     ) -> Result<StoredVersion, ServiceError>
     where
         F: FnMut(&StoredVersion) -> Result<Value, ServiceError>,
     {
-        let if_match = conditions.if_match;
-        if let Some(key) = &conditions.request {
-            key.refuse_if_seen(&self.store).await?;
-        }
-        for attempt in 0..UNCONDITIONAL_RETRIES {
-            let current = self.current_for_write(caller, resource_type, id).await?;
-            Self::check_if_match(&current, if_match)?;
-            let resource = next_body(&current)?;
-            let (mut write_set, write) = self
-                .plan(
-                    caller,
-                    resource_type,
-                    id.clone(),
-                    Some(&current),
-                    Some((resource, method)),
-                    &Pending::for_attempt(attempt),
-                )
-                .await?;
-            write_set.request = conditions
-                .request
-                .as_ref()
-                .map(|k| k.record(format!("{resource_type}/{id}/_history/{}", write.version)));
-            match self.store.commit(write_set).await {
-                Ok(()) => return Ok(Self::written(write)),
-                Err(StoreError::ConditionalClaimTaken) => continue,
-                Err(StoreError::DuplicateRequest) => {
-                    if let Some(key) = &conditions.request {
-                        key.refuse_if_seen(&self.store).await?;
-                    }
-                    continue;
-                }
-                Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
-                Err(StoreError::VersionConflict { .. }) => {
-                    return Err(ServiceError::PreconditionFailed(format!(
-                        "{} was changed by another request since version {}",
-                        label(resource_type, id),
-                        current.version
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Conflict(Issue::error(
-            IssueCode::Conflict,
-            format!("{} is being changed by other requests; retry with If-Match", label(resource_type, id)),
-        )))
+        let target = ExistingResource { service: self, caller, resource_type, id, if_match: conditions.if_match };
+        let change = NewVersion { target, method, next_body };
+        WritePipeline::begin(&self.store, conditions.request.as_ref()).await?.commit(change).await
     }
 
     /// `PUT [type]/[id]`.
@@ -638,45 +502,8 @@ impl ResourceService {
         id: &ResourceId,
         conditions: &WriteConditions,
     ) -> Result<(), ServiceError> {
-        if let Some(key) = &conditions.request {
-            key.refuse_if_seen(&self.store).await?;
-        }
-        for attempt in 0..UNCONDITIONAL_RETRIES {
-            let current = self.current_for_write(caller, resource_type, id).await?;
-            if current.deleted {
-                return Ok(());
-            }
-            Self::check_if_match(&current, conditions.if_match)?;
-            let (mut write_set, write) = self
-                .plan(caller, resource_type, id.clone(), Some(&current), None, &Pending::for_attempt(attempt))
-                .await?;
-            write_set.request = conditions
-                .request
-                .as_ref()
-                .map(|k| k.record(format!("{resource_type}/{id}/_history/{}", write.version)));
-            match self.store.commit(write_set).await {
-                Ok(()) => return Ok(()),
-                Err(StoreError::DuplicateRequest) => {
-                    if let Some(key) = &conditions.request {
-                        key.refuse_if_seen(&self.store).await?;
-                    }
-                    continue;
-                }
-                Err(StoreError::VersionConflict { .. }) if conditions.if_match.is_some() => {
-                    return Err(ServiceError::PreconditionFailed(format!(
-                        "{} was changed by another request since version {}",
-                        label(resource_type, id),
-                        current.version
-                    )))
-                }
-                Err(StoreError::VersionConflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Conflict(Issue::error(
-            IssueCode::Conflict,
-            format!("{} is being changed by other requests; retry", label(resource_type, id)),
-        )))
+        let target = ExistingResource { service: self, caller, resource_type, id, if_match: conditions.if_match };
+        WritePipeline::begin(&self.store, conditions.request.as_ref()).await?.commit(Deletion { target }).await
     }
 
     /// `GET [type]/[id]/_history` and `GET [type]/_history`, newest first.
@@ -695,5 +522,223 @@ impl ResourceService {
                 .ok_or_else(|| ServiceError::NotFound(label(resource_type, id)))?;
         }
         Ok(self.store.history(&caller.scope(), resource_type, id, query).await?)
+    }
+}
+
+/// What a new resource's planning commits: its write set, and the resource as created.
+fn created(write_set: WriteSet, write: ResourceWrite) -> Planned<CreateOutcome> {
+    let request_outcome = format!("{}/{}/_history/1", write.resource_type, write.id);
+    Planned::Commit { write_set, request_outcome, answer: CreateOutcome::Created(ResourceService::written(write)) }
+}
+
+/// `POST [type]`: a new resource under a new id.
+struct Creation<'a> {
+    service: &'a ResourceService,
+    caller: &'a Principal,
+    resource_type: ResourceType,
+    resource: Value,
+}
+
+impl PlanWrite for Creation<'_> {
+    type Answer = CreateOutcome;
+
+    async fn plan(&mut self, attempt: usize) -> Result<Planned<CreateOutcome>, ServiceError> {
+        let change = Some((self.resource.clone(), WriteMethod::Create));
+        let pending = Pending::for_attempt(attempt);
+        let id = ResourceId::generate();
+        let (write_set, write) = self.service.plan(self.caller, self.resource_type, id, None, change, &pending).await?;
+        Ok(created(write_set, write))
+    }
+
+    fn exhausted(&self) -> ServiceError {
+        ServiceError::Conflict(Issue::error(
+            IssueCode::Transient,
+            "concurrent requests kept colliding; retry the request",
+        ))
+    }
+}
+
+/// Conditional create (R4 http.html#ccreate). Matching is by search in the caller's tenancy;
+/// the race between concurrent identical requests is settled by a unique key per
+/// (organisation, type, criteria) claimed in the same write set as the create.
+struct ConditionalCreation<'a> {
+    service: &'a ResourceService,
+    caller: &'a Principal,
+    resource_type: ResourceType,
+    resource: Value,
+    criteria: SearchQuery,
+    /// The criteria as their key claims them (`SearchQuery::canonical_key`).
+    key: String,
+    /// Whose key it is: the caller's organisation.
+    scope_key: String,
+}
+
+impl<'a> ConditionalCreation<'a> {
+    fn new(
+        service: &'a ResourceService,
+        caller: &'a Principal,
+        resource_type: ResourceType,
+        resource: Value,
+        criteria: SearchQuery,
+    ) -> Self {
+        let key = criteria.canonical_key();
+        let scope_key = Visibility::Organization(caller.organization().clone()).key();
+        ConditionalCreation { service, caller, resource_type, resource, criteria, key, scope_key }
+    }
+}
+
+impl PlanWrite for ConditionalCreation<'_> {
+    type Answer = CreateOutcome;
+
+    /// The one live resource the criteria match, or a new one claiming their key; several
+    /// matches are 412. Should someone else create a match meanwhile, the commit fails and the
+    /// next planning finds theirs.
+    async fn plan(&mut self, attempt: usize) -> Result<Planned<CreateOutcome>, ServiceError> {
+        let (service, resource_type) = (self.service, self.resource_type);
+        let pending = Pending::for_attempt(attempt);
+        let claim = ConditionalKey { scope_key: &self.scope_key, resource_type, criteria: &self.key };
+        let (ConditionalLookup { claimed: stale, matches }, no_match) =
+            service.conditional_lookup(&pending, &claim, &self.caller.scope(), &self.criteria).await?;
+        match matches.as_slice() {
+            [] => {}
+            [one] => {
+                let existing = service.read_resource(self.caller, resource_type, one).await?;
+                return Ok(Planned::Answered(CreateOutcome::Existing(existing)));
+            }
+            _ => {
+                return Err(ServiceError::PreconditionFailed(format!(
+                    "the If-None-Exist criteria match more than one {resource_type}"
+                )))
+            }
+        }
+        let id = ResourceId::generate();
+        let change = Some((self.resource.clone(), WriteMethod::Create));
+        let (mut write_set, write) =
+            service.plan(self.caller, resource_type, id.clone(), None, change, &pending).await?;
+        write_set.conditional_claims.push(ConditionalClaim {
+            scope_key: self.scope_key.clone(),
+            resource_type,
+            criteria: self.key.clone(),
+            id,
+            replaces: stale,
+        });
+        write_set.no_match_required.extend(no_match);
+        Ok(created(write_set, write))
+    }
+
+    fn exhausted(&self) -> ServiceError {
+        ServiceError::Conflict(Issue::error(
+            IssueCode::Transient,
+            "concurrent conditional creates kept colliding; retry the request",
+        ))
+    }
+}
+
+/// The existing resource an update, patch or deletion changes, and the version the client
+/// read, if it named one (`If-Match`).
+struct ExistingResource<'a> {
+    service: &'a ResourceService,
+    caller: &'a Principal,
+    resource_type: ResourceType,
+    id: &'a ResourceId,
+    if_match: Option<VersionId>,
+}
+
+impl ExistingResource<'_> {
+    /// The write set of the change planned on `current`, answered with the version written.
+    async fn plan(
+        &self,
+        current: &StoredVersion,
+        change: Option<(Value, WriteMethod)>,
+        attempt: usize,
+    ) -> Result<(WriteSet, ResourceWrite, String), ServiceError> {
+        let pending = Pending::for_attempt(attempt);
+        let id = self.id.clone();
+        let (write_set, write) =
+            self.service.plan(self.caller, self.resource_type, id, Some(current), change, &pending).await?;
+        let request_outcome = format!("{}/{}/_history/{}", self.resource_type, self.id, write.version);
+        Ok((write_set, write, request_outcome))
+    }
+
+    /// Without `If-Match` the change is planned again on the newer version; with it, the
+    /// version the client read is gone (412). Passing the `If-Match` check at planning means
+    /// the version planned on is the one the client named.
+    fn on_version_conflict(&self) -> OnVersionConflict {
+        match self.if_match {
+            None => OnVersionConflict::PlanAgain,
+            Some(read) => OnVersionConflict::Refuse(ServiceError::PreconditionFailed(format!(
+                "{} was changed by another request since version {read}",
+                label(self.resource_type, self.id)
+            ))),
+        }
+    }
+
+    /// Every planning collided: the resource is busy.
+    fn busy(&self, advice: &str) -> ServiceError {
+        ServiceError::Conflict(Issue::error(
+            IssueCode::Conflict,
+            format!("{} is being changed by other requests; {advice}", label(self.resource_type, self.id)),
+        ))
+    }
+}
+
+/// `PUT` and `PATCH [type]/[id]`: a new version computed from the current one by `next_body`.
+struct NewVersion<'a, F> {
+    target: ExistingResource<'a>,
+    method: WriteMethod,
+    next_body: F,
+}
+
+impl<F> PlanWrite for NewVersion<'_, F>
+where
+    F: FnMut(&StoredVersion) -> Result<Value, ServiceError>,
+{
+    type Answer = StoredVersion;
+
+    async fn plan(&mut self, attempt: usize) -> Result<Planned<StoredVersion>, ServiceError> {
+        let target = &self.target;
+        let current = target.service.current_for_write(target.caller, target.resource_type, target.id).await?;
+        ResourceService::check_if_match(&current, target.if_match)?;
+        let resource = (self.next_body)(&current)?;
+        let (write_set, write, request_outcome) =
+            self.target.plan(&current, Some((resource, self.method)), attempt).await?;
+        Ok(Planned::Commit { write_set, request_outcome, answer: ResourceService::written(write) })
+    }
+
+    fn on_version_conflict(&self, _resource_type: String, _id: String) -> OnVersionConflict {
+        self.target.on_version_conflict()
+    }
+
+    fn exhausted(&self) -> ServiceError {
+        self.target.busy("retry with If-Match")
+    }
+}
+
+/// `DELETE [type]/[id]`.
+struct Deletion<'a> {
+    target: ExistingResource<'a>,
+}
+
+impl PlanWrite for Deletion<'_> {
+    type Answer = ();
+
+    /// A deleted resource stays deleted, whatever version `If-Match` names.
+    async fn plan(&mut self, attempt: usize) -> Result<Planned<()>, ServiceError> {
+        let target = &self.target;
+        let current = target.service.current_for_write(target.caller, target.resource_type, target.id).await?;
+        if current.deleted {
+            return Ok(Planned::Answered(()));
+        }
+        ResourceService::check_if_match(&current, target.if_match)?;
+        let (write_set, _, request_outcome) = target.plan(&current, None, attempt).await?;
+        Ok(Planned::Commit { write_set, request_outcome, answer: () })
+    }
+
+    fn on_version_conflict(&self, _resource_type: String, _id: String) -> OnVersionConflict {
+        self.target.on_version_conflict()
+    }
+
+    fn exhausted(&self) -> ServiceError {
+        self.target.busy("retry")
     }
 }

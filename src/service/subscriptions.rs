@@ -1,11 +1,12 @@
 //! Subscriptions as use cases: the `$status`, `$events` and `$resend` operations, the status
-//! moves the server makes, and the outbox's figures. What a subscriber's own write of a
-//! Subscription must satisfy and records is `subscription_rules`; which changes notify whom,
-//! the writer matches (`store::events`).
+//! moves the server makes (writes through the pipeline, `write`), and the outbox's figures.
+//! What a subscriber's own write of a Subscription must satisfy and records is
+//! `subscription_rules`; which changes notify whom, the writer matches (`store::events`).
 
 use serde_json::{json, Value};
 
 use super::resources::{stored_json, ResourceService};
+use super::write::{OnVersionConflict, PlanWrite, Planned, WritePipeline};
 use super::ServiceError;
 use crate::domain::audit::{AuditAction, AuditAgent, AuditOutcome, AuditRecord};
 use crate::domain::ids::{ResourceId, VersionId};
@@ -29,6 +30,79 @@ fn server_agent() -> AuditAgent {
     AuditAgent { client_id: "linkbridge".to_owned(), organization: "linkbridge".to_owned() }
 }
 
+/// The server's move of a subscription to a new status, as a write through the pipeline: the
+/// status goes onto whatever version is current when it commits.
+struct StatusChange<'a> {
+    service: &'a ResourceService,
+    id: ResourceId,
+    status: SubscriptionStatus,
+    error: Option<String>,
+}
+
+impl PlanWrite for StatusChange<'_> {
+    type Answer = ();
+
+    async fn plan(&mut self, _attempt: usize) -> Result<Planned<()>, ServiceError> {
+        let current =
+            self.service.store().read_current(&TenantScope::Everything, ResourceType::Subscription, &self.id).await?;
+        let Some(current) = current.filter(|c| !c.deleted) else {
+            return Ok(Planned::Answered(()));
+        };
+        let mut body = stored_json(&current.body)?;
+        if let Some(map) = body.as_object_mut() {
+            map.insert("status".into(), json!(self.status.code()));
+            match &self.error {
+                Some(text) => map.insert("error".into(), json!(text)),
+                None => map.remove("error"),
+            };
+        }
+        // The server creates nothing here, so there is no creator to grant visibility to.
+        let write = ResourceService::prepare_write(
+            None,
+            ResourceType::Subscription,
+            self.id.clone(),
+            body,
+            current.version.next(),
+            WriteMethod::Update,
+            Precondition::CurrentVersion(current.version),
+        );
+        let request_outcome = format!("Subscription/{}/_history/{}", self.id, write.version);
+        let audit = AuditRecord::new(
+            server_agent(),
+            AuditAction::Update,
+            "update",
+            AuditOutcome::Success,
+            Some(ResourceType::Subscription.as_str()),
+            Some(self.id.as_str()),
+        );
+        let write_set = WriteSet {
+            resources: vec![write],
+            audit: vec![audit],
+            subscription_changes: vec![SubscriptionChange::Status {
+                id: self.id.clone(),
+                status: self.status.code().to_owned(),
+                error: self.error.clone(),
+            }],
+            ..Default::default()
+        };
+        Ok(Planned::Commit { write_set, request_outcome, answer: () })
+    }
+
+    /// The subscriber changed it meanwhile: the status goes onto the newer version.
+    fn on_version_conflict(&self, _resource_type: String, _id: String) -> OnVersionConflict {
+        OnVersionConflict::PlanAgain
+    }
+
+    fn exhausted(&self) -> ServiceError {
+        ServiceError::Conflict(Issue::error(IssueCode::Transient, "the subscription kept changing; retry"))
+    }
+
+    /// The server's own write: no client retries it.
+    fn plans_again_when_late(&self) -> bool {
+        true
+    }
+}
+
 /// Which events `$events` returns.
 #[derive(Debug, Clone, Copy)]
 pub struct EventRange {
@@ -47,59 +121,8 @@ impl ResourceService {
         error: Option<String>,
     ) -> Result<(), ServiceError> {
         let Ok(id) = ResourceId::parse(id) else { return Ok(()) };
-        for _ in 0..5 {
-            let Some(current) =
-                self.store().read_current(&TenantScope::Everything, ResourceType::Subscription, &id).await?
-            else {
-                return Ok(());
-            };
-            if current.deleted {
-                return Ok(());
-            }
-            let mut body = stored_json(&current.body)?;
-            if let Some(map) = body.as_object_mut() {
-                map.insert("status".into(), json!(status.code()));
-                match &error {
-                    Some(text) => map.insert("error".into(), json!(text)),
-                    None => map.remove("error"),
-                };
-            }
-            // The server creates nothing here, so there is no creator to grant visibility to.
-            let write = Self::prepare_write(
-                None,
-                ResourceType::Subscription,
-                id.clone(),
-                body,
-                current.version.next(),
-                WriteMethod::Update,
-                Precondition::CurrentVersion(current.version),
-            );
-            let audit = AuditRecord::new(
-                server_agent(),
-                AuditAction::Update,
-                "update",
-                AuditOutcome::Success,
-                Some(ResourceType::Subscription.as_str()),
-                Some(id.as_str()),
-            );
-            let write_set = WriteSet {
-                resources: vec![write],
-                audit: vec![audit],
-                subscription_changes: vec![SubscriptionChange::Status {
-                    id: id.clone(),
-                    status: status.code().to_owned(),
-                    error: error.clone(),
-                }],
-                ..Default::default()
-            };
-            match self.store().commit(write_set).await {
-                Ok(()) => return Ok(()),
-                // The subscriber changed it meanwhile: apply the status to the newer version.
-                Err(StoreError::VersionConflict { .. } | StoreError::SettleWindowPassed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Conflict(Issue::error(IssueCode::Transient, "the subscription kept changing; retry")))
+        let change = StatusChange { service: self, id, status, error };
+        WritePipeline::begin(self.store(), None).await?.commit(change).await
     }
 
     /// The subscription row of a Subscription the caller may read (404 otherwise).
