@@ -18,7 +18,10 @@ use crate::domain::outcome::{operation_outcome, Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_query::parse_criteria;
 use crate::domain::tenancy::{Principal, Visibility};
-use crate::store::{ConditionalClaim, ConditionalKey, ConditionalLookup, ResourceWrite, WriteMethod, WriteSet};
+use crate::store::{
+    ConditionalClaim, ConditionalKey, ConditionalLookup, NoMatchRequired, ResourceWrite, StoredVersion, WriteMethod,
+    WriteSet,
+};
 
 /// Whether the caller's token permits an interaction on a type (the HTTP layer's scopes).
 pub type Authorize<'a> = &'a (dyn Fn(ResourceType, Interaction) -> bool + Sync);
@@ -142,6 +145,79 @@ fn written_entry(status: &str, write: &ResourceWrite) -> Value {
     )
 }
 
+/// The id a transaction's POST entry gets, settled before any entry is planned.
+#[derive(Debug, Clone)]
+enum SettledId {
+    /// A new resource, created under this id.
+    New(ResourceId),
+    /// The one resource its `ifNoneExist` matched: nothing is written.
+    Matched(ResourceId),
+}
+
+impl SettledId {
+    fn id(&self) -> &ResourceId {
+        match self {
+            SettledId::New(id) | SettledId::Matched(id) => id,
+        }
+    }
+}
+
+/// What a transaction settles about its POST entries before it plans any entry, so that every
+/// entry may refer to what the others create.
+#[derive(Debug, Default)]
+struct SettledCreates {
+    /// The id of each POST entry, by its index in the Bundle.
+    ids: HashMap<usize, SettledId>,
+    /// Each POST entry's `fullUrl` and the `Type/id` it becomes.
+    references: HashMap<String, String>,
+    /// The conditional-create keys the new resources claim.
+    claims: Vec<ConditionalClaim>,
+    /// The searches the writer must find empty (see `ResourceService::conditional_lookup`).
+    no_match_required: Vec<NoMatchRequired>,
+}
+
+/// The order entries are planned in (R4 http.html#trules): deletions, then creates, then
+/// updates, each in Bundle order.
+fn processing_order(entries: &[Entry]) -> Vec<&Entry> {
+    let rank = |method: &str| match method {
+        "DELETE" => 0,
+        "POST" => 1,
+        _ => 2,
+    };
+    let mut ordered: Vec<&Entry> = entries.iter().collect();
+    ordered.sort_by_key(|e| (rank(&e.method), e.index));
+    ordered
+}
+
+/// Refuses a transaction unless every entry is a write the caller's token permits.
+fn authorize_entries(entries: &[Entry], authorize: Authorize<'_>) -> Result<(), ServiceError> {
+    for entry in entries {
+        let interaction = required_interaction(&entry.method).filter(|i| *i != Interaction::Read).ok_or_else(|| {
+            invalid_entry(entry.index, "transaction entries are POST, PUT or DELETE", "request.method")
+        })?;
+        if !authorize(entry.resource_type, interaction) {
+            return Err(entry_error(
+                entry.index,
+                ServiceError::Forbidden(format!(
+                    "the access token's scopes do not allow this entry on {}",
+                    entry.resource_type
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The response of an entry about a version that is stored.
+fn located_entry(status: &str, version: &StoredVersion) -> Value {
+    entry_response(
+        status,
+        Some(format!("{}/{}/_history/{}", version.resource_type, version.id, version.version)),
+        Some(version.version.etag()),
+        Some(version.last_updated.to_fhir()),
+    )
+}
+
 /// Makes a version written by an earlier entry visible to the rules of the later ones.
 fn remember(pending: &mut Pending, write: &ResourceWrite) {
     if write.method == WriteMethod::Delete {
@@ -211,21 +287,7 @@ impl ResourceService {
     ) -> Result<Value, ServiceError> {
         let pipeline = WritePipeline::begin(self.store(), request).await?;
         let entries = parse_entries(bundle)?;
-        for entry in &entries {
-            let interaction =
-                required_interaction(&entry.method).filter(|i| *i != Interaction::Read).ok_or_else(|| {
-                    invalid_entry(entry.index, "transaction entries are POST, PUT or DELETE", "request.method")
-                })?;
-            if !authorize(entry.resource_type, interaction) {
-                return Err(entry_error(
-                    entry.index,
-                    ServiceError::Forbidden(format!(
-                        "the access token's scopes do not allow this entry on {}",
-                        entry.resource_type
-                    )),
-                ));
-            }
-        }
+        authorize_entries(&entries, authorize)?;
         pipeline.commit(Transaction { service: self, caller, entries: &entries }).await
     }
 
@@ -238,164 +300,159 @@ impl ResourceService {
         entries: &[Entry],
         attempt: usize,
     ) -> Result<(WriteSet, Vec<Value>), ServiceError> {
-        let scope = caller.scope();
         let mut pending = Pending::for_attempt(attempt);
-        let mut ids: HashMap<usize, (ResourceId, bool)> = HashMap::new();
-        let mut references: HashMap<String, String> = HashMap::new();
-        let mut claims = Vec::new();
-        let mut no_match_required = Vec::new();
-        for entry in entries.iter().filter(|e| e.method == "POST") {
-            let mut existing = None;
-            if let Some(raw) = &entry.if_none_exist {
-                let criteria = parse_criteria(entry.resource_type, raw)
-                    .map_err(|issue| entry_error(entry.index, ServiceError::Invalid(vec![issue])))?;
-                let key = criteria.canonical_key();
-                let scope_key = Visibility::Organization(caller.organization().clone()).key();
-                let claim =
-                    ConditionalKey { scope_key: &scope_key, resource_type: entry.resource_type, criteria: &key };
-                let (ConditionalLookup { claimed: stale, matches }, no_match) =
-                    self.conditional_lookup(&pending, &claim, &scope, &criteria).await?;
-                no_match_required.extend(no_match);
-                match matches.as_slice() {
-                    [] => {
-                        let id = ResourceId::generate();
-                        claims.push(ConditionalClaim {
-                            scope_key,
-                            resource_type: entry.resource_type,
-                            criteria: key,
-                            id: id.clone(),
-                            replaces: stale,
-                        });
-                        existing = Some((id, false));
-                    }
-                    [one] => existing = Some((one.clone(), true)),
-                    _ => {
-                        return Err(entry_error(
-                            entry.index,
-                            ServiceError::PreconditionFailed("ifNoneExist matches more than one resource".into()),
-                        ))
-                    }
-                }
-            }
-            let (id, matched) = existing.unwrap_or_else(|| (ResourceId::generate(), false));
-            pending.expect(entry.resource_type, id.as_str().to_owned());
-            if let Some(full_url) = &entry.full_url {
-                references.insert(full_url.clone(), format!("{}/{}", entry.resource_type, id));
-            }
-            ids.insert(entry.index, (id, matched));
-        }
-
-        let mut write_set = WriteSet { conditional_claims: claims, no_match_required, ..Default::default() };
-        let mut responses: Vec<(usize, Value)> = Vec::new();
-        let order = |method: &str| match method {
-            "DELETE" => 0,
-            "POST" => 1,
-            _ => 2,
+        let creates = self.settle_creates(caller, entries, &mut pending).await?;
+        let mut write_set = WriteSet {
+            conditional_claims: creates.claims,
+            no_match_required: creates.no_match_required,
+            ..Default::default()
         };
-        let mut ordered: Vec<&Entry> = entries.iter().collect();
-        ordered.sort_by_key(|e| (order(&e.method), e.index));
-        for entry in ordered {
-            let fail = |e: ServiceError| entry_error(entry.index, e);
+        let mut responses: Vec<(usize, Value)> = Vec::with_capacity(entries.len());
+        for entry in processing_order(entries) {
             let mut resource = entry.resource.clone();
             if let Some(r) = resource.as_mut() {
-                resolve_references(r, &references);
+                resolve_references(r, &creates.references);
             }
-            match entry.method.as_str() {
+            let planned = match entry.method.as_str() {
                 "POST" => {
-                    let (id, matched) = ids
-                        .get(&entry.index)
-                        .cloned()
-                        .ok_or_else(|| fail(ServiceError::invalid(IssueCode::Processing, "entry lost", None)))?;
-                    if matched {
-                        let current = self.read_resource(caller, entry.resource_type, &id).await.map_err(fail)?;
-                        responses.push((
-                            entry.index,
-                            entry_response(
-                                "200 OK",
-                                Some(format!("{}/{}/_history/{}", entry.resource_type, id, current.version)),
-                                Some(current.version.etag()),
-                                Some(current.last_updated.to_fhir()),
-                            ),
-                        ));
-                        continue;
-                    }
-                    let body = resource.ok_or_else(|| {
-                        fail(ServiceError::invalid(IssueCode::Required, "a POST entry needs a resource", None))
-                    })?;
-                    check_entry_resource(&body, entry.resource_type, &self.profiles).map_err(fail)?;
-                    let (planned, write) = self
-                        .plan(
-                            caller,
-                            entry.resource_type,
-                            id.clone(),
-                            None,
-                            Some((body, WriteMethod::Create)),
-                            &pending,
-                        )
-                        .await
-                        .map_err(fail)?;
-                    remember(&mut pending, &write);
-                    responses.push((entry.index, written_entry("201 Created", &write)));
-                    write_set.absorb(planned);
+                    self.plan_create_entry(caller, entry, creates.ids.get(&entry.index), resource, &mut pending).await
                 }
-                "PUT" | "DELETE" => {
-                    let id = entry.id.clone().ok_or_else(|| {
-                        fail(ServiceError::invalid(
-                            IssueCode::Invalid,
-                            "PUT and DELETE entries name Type/id",
-                            Some("request.url"),
-                        ))
-                    })?;
-                    let current = self
-                        .store()
-                        .read_current(&scope, entry.resource_type, &id)
-                        .await?
-                        .ok_or_else(|| fail(ServiceError::NotFound(format!("{}/{id}", entry.resource_type))))?;
-                    if let Some(expected) = entry.if_match {
-                        if expected != current.version {
-                            return Err(fail(ServiceError::PreconditionFailed(format!(
-                                "ifMatch names version {expected}, the current is {}",
-                                current.version
-                            ))));
-                        }
-                    }
-                    let change = if entry.method == "PUT" {
-                        let body = resource.ok_or_else(|| {
-                            fail(ServiceError::invalid(IssueCode::Required, "a PUT entry needs a resource", None))
-                        })?;
-                        check_entry_resource(&body, entry.resource_type, &self.profiles).map_err(fail)?;
-                        if body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
-                            return Err(fail(ServiceError::invalid(
-                                IssueCode::Invalid,
-                                "the resource id must match request.url",
-                                Some("resource.id"),
-                            )));
-                        }
-                        Some((body, WriteMethod::Update))
-                    } else {
-                        None
-                    };
-                    let method = change.as_ref().map_or(WriteMethod::Delete, |(_, m)| *m);
-                    let (planned, write) = self
-                        .plan(caller, entry.resource_type, id.clone(), Some(&current), change, &pending)
-                        .await
-                        .map_err(fail)?;
-                    let status = if method == WriteMethod::Delete { "204 No Content" } else { "200 OK" };
-                    remember(&mut pending, &write);
-                    responses.push((entry.index, written_entry(status, &write)));
-                    write_set.absorb(planned);
-                }
-                _ => {
-                    return Err(fail(ServiceError::invalid(
-                        IssueCode::NotSupported,
-                        "unsupported entry method",
-                        Some("request.method"),
-                    )))
-                }
-            }
+                "PUT" | "DELETE" => self.plan_change_entry(caller, entry, resource, &mut pending).await,
+                _ => Err(ServiceError::invalid(
+                    IssueCode::NotSupported,
+                    "unsupported entry method",
+                    Some("request.method"),
+                )),
+            };
+            let (planned, response) = planned.map_err(|e| entry_error(entry.index, e))?;
+            write_set.absorb(planned);
+            responses.push((entry.index, response));
         }
         responses.sort_by_key(|(index, _)| *index);
         Ok((write_set, responses.into_iter().map(|(_, r)| r).collect()))
+    }
+
+    /// Settles the id of every POST entry, and the keys its conditional creates claim.
+    async fn settle_creates(
+        &self,
+        caller: &Principal,
+        entries: &[Entry],
+        pending: &mut Pending,
+    ) -> Result<SettledCreates, ServiceError> {
+        let mut settled = SettledCreates::default();
+        for entry in entries.iter().filter(|e| e.method == "POST") {
+            let id = match &entry.if_none_exist {
+                Some(raw) => self
+                    .settle_conditional_id(caller, entry.resource_type, raw, pending, &mut settled)
+                    .await
+                    .map_err(|e| entry_error(entry.index, e))?,
+                None => SettledId::New(ResourceId::generate()),
+            };
+            pending.expect(entry.resource_type, id.id().as_str().to_owned());
+            if let Some(full_url) = &entry.full_url {
+                settled.references.insert(full_url.clone(), format!("{}/{}", entry.resource_type, id.id()));
+            }
+            settled.ids.insert(entry.index, id);
+        }
+        Ok(settled)
+    }
+
+    /// The id of a POST entry with `ifNoneExist` (`raw`): the one resource its criteria match,
+    /// or a new one claiming the criteria's key; several matches are 412.
+    async fn settle_conditional_id(
+        &self,
+        caller: &Principal,
+        resource_type: ResourceType,
+        raw: &str,
+        pending: &Pending,
+        settled: &mut SettledCreates,
+    ) -> Result<SettledId, ServiceError> {
+        let criteria = parse_criteria(resource_type, raw).map_err(|issue| ServiceError::Invalid(vec![issue]))?;
+        let key = criteria.canonical_key();
+        let scope_key = Visibility::Organization(caller.organization().clone()).key();
+        let claim = ConditionalKey { scope_key: &scope_key, resource_type, criteria: &key };
+        let (ConditionalLookup { claimed: stale, matches }, no_match) =
+            self.conditional_lookup(pending, &claim, &caller.scope(), &criteria).await?;
+        settled.no_match_required.extend(no_match);
+        match matches.as_slice() {
+            [] => {
+                let id = ResourceId::generate();
+                let claim =
+                    ConditionalClaim { scope_key, resource_type, criteria: key, id: id.clone(), replaces: stale };
+                settled.claims.push(claim);
+                Ok(SettledId::New(id))
+            }
+            [one] => Ok(SettledId::Matched(one.clone())),
+            _ => Err(ServiceError::PreconditionFailed("ifNoneExist matches more than one resource".into())),
+        }
+    }
+
+    /// Plans a POST entry under its settled id; one whose `ifNoneExist` matched writes nothing
+    /// (an empty write set) and answers with what it matched.
+    async fn plan_create_entry(
+        &self,
+        caller: &Principal,
+        entry: &Entry,
+        settled: Option<&SettledId>,
+        resource: Option<Value>,
+        pending: &mut Pending,
+    ) -> Result<(WriteSet, Value), ServiceError> {
+        let id = match settled {
+            Some(SettledId::New(id)) => id.clone(),
+            Some(SettledId::Matched(id)) => {
+                let current = self.read_resource(caller, entry.resource_type, id).await?;
+                return Ok((WriteSet::default(), located_entry("200 OK", &current)));
+            }
+            None => return Err(ServiceError::invalid(IssueCode::Processing, "entry lost", None)),
+        };
+        let body = resource
+            .ok_or_else(|| ServiceError::invalid(IssueCode::Required, "a POST entry needs a resource", None))?;
+        check_entry_resource(&body, entry.resource_type, &self.profiles)?;
+        let change = Some((body, WriteMethod::Create));
+        let (planned, write) = self.plan(caller, entry.resource_type, id, None, change, pending).await?;
+        remember(pending, &write);
+        Ok((planned, written_entry("201 Created", &write)))
+    }
+
+    /// Plans a PUT or DELETE entry on the current version of the resource it names.
+    async fn plan_change_entry(
+        &self,
+        caller: &Principal,
+        entry: &Entry,
+        resource: Option<Value>,
+        pending: &mut Pending,
+    ) -> Result<(WriteSet, Value), ServiceError> {
+        let id = entry.id.clone().ok_or_else(|| {
+            ServiceError::invalid(IssueCode::Invalid, "PUT and DELETE entries name Type/id", Some("request.url"))
+        })?;
+        let current = self.current_for_write(caller, entry.resource_type, &id).await?;
+        if let Some(expected) = entry.if_match {
+            if expected != current.version {
+                return Err(ServiceError::PreconditionFailed(format!(
+                    "ifMatch names version {expected}, the current is {}",
+                    current.version
+                )));
+            }
+        }
+        let change = if entry.method == "PUT" {
+            let body = resource
+                .ok_or_else(|| ServiceError::invalid(IssueCode::Required, "a PUT entry needs a resource", None))?;
+            check_entry_resource(&body, entry.resource_type, &self.profiles)?;
+            if body.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+                return Err(ServiceError::invalid(
+                    IssueCode::Invalid,
+                    "the resource id must match request.url",
+                    Some("resource.id"),
+                ));
+            }
+            Some((body, WriteMethod::Update))
+        } else {
+            None
+        };
+        let status = if change.is_some() { "200 OK" } else { "204 No Content" };
+        let (planned, write) = self.plan(caller, entry.resource_type, id, Some(&current), change, pending).await?;
+        remember(pending, &write);
+        Ok((planned, written_entry(status, &write)))
     }
 
     /// Each entry on its own, as if sent alone; a failure answers in its entry.
@@ -445,18 +502,10 @@ impl ResourceService {
                 .clone()
                 .ok_or_else(|| ServiceError::invalid(IssueCode::Required, "the entry needs a resource", None))
         };
-        let located = |v: &crate::store::StoredVersion, status: &str| {
-            entry_response(
-                status,
-                Some(format!("{}/{}/_history/{}", v.resource_type, v.id, v.version)),
-                Some(v.version.etag()),
-                Some(v.last_updated.to_fhir()),
-            )
-        };
         match entry.method.as_str() {
             "GET" => {
                 let v = self.read_resource(caller, entry.resource_type, &need_id()?).await?;
-                let mut response = located(&v, "200 OK");
+                let mut response = located_entry("200 OK", &v);
                 if let (Some(map), Ok(resource)) = (response.as_object_mut(), serde_json::from_str::<Value>(&v.body)) {
                     map.insert("resource".into(), resource);
                 }
@@ -466,14 +515,14 @@ impl ResourceService {
                 .create_resource(caller, entry.resource_type, need_body()?, entry.if_none_exist.as_deref(), None)
                 .await?
             {
-                CreateOutcome::Created(v) => Ok(located(&v, "201 Created")),
-                CreateOutcome::Existing(v) => Ok(located(&v, "200 OK")),
+                CreateOutcome::Created(v) => Ok(located_entry("201 Created", &v)),
+                CreateOutcome::Existing(v) => Ok(located_entry("200 OK", &v)),
             },
             "PUT" => {
                 let conditions = WriteConditions { if_match: entry.if_match, request: None };
                 let v =
                     self.update_resource(caller, entry.resource_type, &need_id()?, need_body()?, &conditions).await?;
-                Ok(located(&v, "200 OK"))
+                Ok(located_entry("200 OK", &v))
             }
             _ => {
                 let conditions = WriteConditions { if_match: entry.if_match, request: None };

@@ -22,7 +22,7 @@ use crate::domain::tenancy::{derived_visibility, OdsCode, Principal, TenantScope
 use crate::profiles::ProfileCheck;
 use crate::store::{
     ConditionalClaim, ConditionalKey, ConditionalLookup, DeletedContent, HistoryQuery, NoMatchRequired, Precondition,
-    ResourceWrite, Store, StoreError, StoredVersion, WriteMethod, WriteSet,
+    ResourceWrite, Store, StoredVersion, WriteMethod, WriteSet,
 };
 
 /// The outcome of a create: a new resource, or (conditional create) the one that matched.
@@ -104,6 +104,19 @@ fn label(resource_type: ResourceType, id: &ResourceId) -> String {
     format!("{resource_type}/{id}")
 }
 
+/// What a deletion deleted, for the writer to match against the live subscriptions
+/// (`store::events`): a deletion notifies on what was deleted. `None` for a type no topic
+/// covers.
+fn deleted_content(resource_type: ResourceType, id: &ResourceId, before: &Value) -> Option<DeletedContent> {
+    Topic::of(resource_type)?;
+    Some(DeletedContent {
+        resource_type,
+        id: id.clone(),
+        index: extract_index(resource_type, before),
+        visibility: derived_visibility(resource_type, before).iter().map(Visibility::key).collect(),
+    })
+}
+
 impl ResourceService {
     pub fn new(store: Store, profiles: ProfileCheck) -> Self {
         ResourceService {
@@ -164,14 +177,48 @@ impl ResourceService {
             }
             _ => SubscriptionEffects::default(),
         };
-        let deleting = after.is_none();
         let rules = Rules { store: &self.store, caller, pending, single_open_referral: self.single_open_referral };
         let effects = rules.check(resource_type, &id, before.as_ref(), after.as_mut()).await?;
+        let deleted = match (&before, &after) {
+            (Some(before), None) => deleted_content(resource_type, &id, before),
+            _ => None,
+        };
+        let mut write = Self::version_write(caller, resource_type, id, current, after, method);
+        write.visibility.extend(effects.extra_visibility);
+        index_party_codes(&mut write.index, &effects.literal_party_codes);
+        let mut write_set = Self::write_set_of(caller, write.clone(), effects.claims);
+        write_set.grants = effects.grants;
+        write_set.revocations = effects.revocations;
+        for (task, body) in effects.cancel_tasks {
+            write_set.absorb(Self::plan_cancellation(&rules, caller, task, body).await?);
+        }
+        write_set.subscription_changes = subscription.changes;
+        write_set.notifications = subscription.notifications;
+        write_set.deleted_contents.extend(deleted);
+        Ok((write_set, write))
+    }
+
+    /// For the use cases of `service` built on this one (bundles, subscriptions, delivery);
+    /// outside `service` the store is reached only through a service's own functions.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The write of the version after `current` (the first when there is none): `after`
+    /// stamped and indexed, or a deletion.
+    fn version_write(
+        caller: &Principal,
+        resource_type: ResourceType,
+        id: ResourceId,
+        current: Option<&StoredVersion>,
+        after: Option<Value>,
+        method: WriteMethod,
+    ) -> ResourceWrite {
         let (version, precondition) = match current {
             Some(c) => (c.version.next(), Precondition::CurrentVersion(c.version)),
             None => (VersionId::FIRST, Precondition::Absent),
         };
-        let mut write = match after {
+        match after {
             Some(body) => {
                 Self::prepare_write(Some(caller.organization()), resource_type, id, body, version, method, precondition)
             }
@@ -187,52 +234,35 @@ impl ResourceService {
                 visibility: Vec::new(),
                 visibility_grants: Vec::new(),
             },
-        };
-        write.visibility.extend(effects.extra_visibility);
-        index_party_codes(&mut write.index, &effects.literal_party_codes);
-        let mut write_set = Self::write_set_of(caller, write.clone(), effects.claims);
-        write_set.grants = effects.grants;
-        write_set.revocations = effects.revocations;
-        for (task, body) in effects.cancel_tasks {
-            // A cancelled Task keeps the ODS codes its parties resolve to, in its index and in
-            // who may see it: a service named by a literal reference to its directory entry
-            // would otherwise lose sight of the Task (and never hear of the cancellation), as
-            // the content alone names it by no ODS code.
-            let party_codes = rules.literal_party_codes(ResourceType::Task, &body).await?;
-            let mut cancel = Self::prepare_write(
-                Some(caller.organization()),
-                ResourceType::Task,
-                task.id.clone(),
-                body,
-                task.version.next(),
-                WriteMethod::Update,
-                Precondition::CurrentVersion(task.version),
-            );
-            index_party_codes(&mut cancel.index, &party_codes);
-            cancel.visibility.extend(party_codes.iter().map(|(_, _, ods)| Visibility::Organization(ods.clone()).key()));
-            cancel.visibility.sort();
-            cancel.visibility.dedup();
-            write_set.absorb(Self::write_set_of(caller, cancel, Vec::new()));
         }
-        write_set.subscription_changes = subscription.changes;
-        write_set.notifications = subscription.notifications;
-        // The writer matches the change against the live subscriptions (`store::events`); a
-        // deletion is matched on what was deleted.
-        if let Some(before) = before.as_ref().filter(|_| deleting && Topic::of(resource_type).is_some()) {
-            write_set.deleted_contents.push(DeletedContent {
-                resource_type,
-                id: write.id.clone(),
-                index: extract_index(resource_type, before),
-                visibility: derived_visibility(resource_type, before).iter().map(Visibility::key).collect(),
-            });
-        }
-        Ok((write_set, write))
     }
 
-    /// For the use cases of `service` built on this one (bundles, subscriptions, delivery);
-    /// outside `service` the store is reached only through a service's own functions.
-    pub(super) fn store(&self) -> &Store {
-        &self.store
+    /// The write set cancelling a Task whose referral was revoked (`body`: the cancelled Task).
+    async fn plan_cancellation(
+        rules: &Rules<'_>,
+        caller: &Principal,
+        task: StoredVersion,
+        body: Value,
+    ) -> Result<WriteSet, ServiceError> {
+        // A cancelled Task keeps the ODS codes its parties resolve to, in its index and in
+        // who may see it: a service named by a literal reference to its directory entry
+        // would otherwise lose sight of the Task (and never hear of the cancellation), as
+        // the content alone names it by no ODS code.
+        let party_codes = rules.literal_party_codes(ResourceType::Task, &body).await?;
+        let mut cancel = Self::prepare_write(
+            Some(caller.organization()),
+            ResourceType::Task,
+            task.id.clone(),
+            body,
+            task.version.next(),
+            WriteMethod::Update,
+            Precondition::CurrentVersion(task.version),
+        );
+        index_party_codes(&mut cancel.index, &party_codes);
+        cancel.visibility.extend(party_codes.iter().map(|(_, _, ods)| Visibility::Organization(ods.clone()).key()));
+        cancel.visibility.sort();
+        cancel.visibility.dedup();
+        Ok(Self::write_set_of(caller, cancel, Vec::new()))
     }
 
     /// Builds the write of one new version: stamps the server-owned elements, serialises the

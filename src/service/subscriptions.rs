@@ -18,9 +18,7 @@ use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::subscriptions::{PayloadContent, SubscriptionStatus, Topic};
 use crate::domain::tenancy::{Principal, TenantScope};
-use crate::store::{
-    OutboxRow, OutboxStats, Precondition, StoreError, SubscriptionChange, SubscriptionRow, WriteMethod, WriteSet,
-};
+use crate::store::{OutboxRow, OutboxStats, Precondition, SubscriptionChange, SubscriptionRow, WriteMethod, WriteSet};
 
 /// The most events one `$events` call returns.
 const MAX_EVENTS_PER_QUERY: u32 = 500;
