@@ -767,6 +767,84 @@ fn keyset_condition(
     Ok(format!("{bound} AND ({})", alternatives.join(" OR ")))
 }
 
+/// The index rows a walk goes along (alias `w`), the tests made on each, and the walk's order
+/// (by which a resource met twice is one).
+struct WalkedIndex {
+    rows: String,
+    on_walk: Vec<String>,
+    order: &'static str,
+}
+
+/// The index a page of `shape` walks, if it walks one.
+fn walked_index(sql: &mut Sql, query: &SearchQuery, shape: Shape) -> Result<Option<WalkedIndex>, StoreError> {
+    Ok(match shape {
+        Shape::ClauseById(walked) => {
+            let clause = &query.clauses[walked];
+            let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
+                return Err(StoreError::Internal("the walked clause is not a single indexed test".to_owned()));
+            };
+            let mut on_walk = vec![key_test("w", p)];
+            on_walk.extend(index_condition_on(sql, "w", predicate)?);
+            Some(WalkedIndex { rows: format!("{} w", index_table(p.kind)), on_walk, order: "w.id" })
+        }
+        Shape::Dated { param, .. } => {
+            // Each resource where the walk meets its smallest value, the one it sorts by.
+            let smallest = format!(
+                "w.low = (SELECT MIN(y.low) FROM idx_date y{} WHERE y.id = w.id AND {}{})",
+                sql.by_owner("idx_date"),
+                key_test("y", param),
+                sql.per_row_fence()
+            );
+            Some(WalkedIndex {
+                rows: "idx_date w".to_owned(),
+                on_walk: vec![key_test("w", param), smallest],
+                order: "w.low, w.id",
+            })
+        }
+        Shape::AlongLastUpdated | Shape::ById | Shape::Set(_) | Shape::Undated { .. } => None,
+    })
+}
+
+/// A walk joined to the resources it meets: the FROM clause, the WHERE conditions, and what
+/// makes a resource met twice one (SQLite's GROUP BY, PostgreSQL's DISTINCT ON).
+struct WalkJoin {
+    from: String,
+    conditions: Vec<String>,
+    order: &'static str,
+}
+
+/// Joins `walk` to the resources it meets, each tested by `on_resource`.
+fn join_walk(sql: &Sql, walk: WalkedIndex, on_resource: Vec<String>) -> WalkJoin {
+    let WalkedIndex { rows, on_walk, order } = walk;
+    match sql.backend {
+        // SQLite keeps the join's order as written (`CROSS JOIN`) and makes each test as soon
+        // as the rows it names are read: the probes of the walked row before its resource is
+        // read by its key. It keeps the walk's order through the GROUP BY.
+        BackendKind::Sqlite => {
+            let mut conditions = on_resource;
+            conditions.extend(on_walk);
+            conditions.push("r.id = w.id".to_owned());
+            WalkJoin { from: format!("{rows} CROSS JOIN resources r"), conditions, order }
+        }
+        // The walk stays the outer loop whatever the statistics: each resource it meets is read
+        // by its key in a lateral subquery (as `included_statement` reads), the tests inside;
+        // those of the walked row alone gate the subquery, so a row they reject is not read.
+        // Joined plainly, PostgreSQL without statistics drove the join from the resources
+        // within the horizon and read the date index for each (7 s for ten Tasks of 10,000),
+        // and with them merged the walk with every resource of the type.
+        BackendKind::Postgres => WalkJoin {
+            from: format!(
+                "{rows} CROSS JOIN LATERAL (SELECT {RESOURCE_ROW} FROM resources r \
+                 WHERE r.id = w.id AND {}{}) r",
+                on_resource.join(" AND "),
+                sql.per_row_fence()
+            ),
+            conditions: on_walk,
+            order,
+        },
+    }
+}
+
 /// Builds the statement of a page of the given shape; returns the SQL and the sort keys
 /// whose values it reads as columns `k0…` (without the final `_id`).
 fn page_statement(
@@ -801,68 +879,22 @@ fn page_statement(
         sql.probe_walked(page.query.resource_type, "w.id")?;
     }
     let (mut from, mut conditions) = from_and_filter(sql, scope, page.query, page.horizon, drive, along_last_updated)?;
-    // Walks along an index: its rows, the tests made on them, and the walk's order.
-    let mut walk = None;
-    match shape {
-        Shape::ClauseById(walked) => {
-            let clause = &page.query.clauses[walked];
-            let (ParamRef::Registered(p), [predicate]) = (clause.param, clause.any_of.as_slice()) else {
-                return Err(StoreError::Internal("the walked clause is not a single indexed test".to_owned()));
-            };
-            let mut on_walk = vec![key_test("w", p)];
-            on_walk.extend(index_condition_on(sql, "w", predicate)?);
-            walk = Some((format!("{} w", index_table(p.kind)), on_walk, "w.id"));
-        }
-        Shape::Dated { param, .. } => {
-            // Each resource where the walk meets its smallest value, the one it sorts by.
-            let smallest = format!(
-                "w.low = (SELECT MIN(y.low) FROM idx_date y{} WHERE y.id = w.id AND {}{})",
-                sql.by_owner("idx_date"),
-                key_test("y", param),
-                sql.per_row_fence()
-            );
-            walk = Some(("idx_date w".to_owned(), vec![key_test("w", param), smallest], "w.low, w.id"));
-        }
-        Shape::Undated { param, .. } => {
-            conditions.push(format!(
-                "NOT EXISTS (SELECT 1 FROM idx_date y{} WHERE y.id = r.id AND {}{})",
-                sql.by_owner("idx_date"),
-                key_test("y", param),
-                sql.per_row_fence()
-            ));
-        }
-        Shape::AlongLastUpdated | Shape::ById | Shape::Set(_) => {}
+    if let Shape::Undated { param, .. } = shape {
+        conditions.push(format!(
+            "NOT EXISTS (SELECT 1 FROM idx_date y{} WHERE y.id = r.id AND {}{})",
+            sql.by_owner("idx_date"),
+            key_test("y", param),
+            sql.per_row_fence()
+        ));
     }
     let mut group_by = None;
     let mut distinct_on = None;
-    if let Some((walked, on_walk, order)) = walk {
+    if let Some(walk) = walked_index(sql, page.query, shape)? {
+        let join = join_walk(sql, walk, std::mem::take(&mut conditions));
+        (from, conditions) = (join.from, join.conditions);
         match sql.backend {
-            // SQLite keeps the join's order as written (`CROSS JOIN`) and makes each test as
-            // soon as the rows it names are read: the probes of the walked row before its
-            // resource is read by its key. A resource met twice is one (grouped by the walk's
-            // order, which SQLite keeps).
-            BackendKind::Sqlite => {
-                from = format!("{walked} CROSS JOIN resources r");
-                conditions.extend(on_walk);
-                conditions.push("r.id = w.id".to_owned());
-                group_by = Some(order);
-            }
-            // The walk stays the outer loop whatever the statistics: each resource it meets is
-            // read by its key in a lateral subquery (as `included_statement` reads), the tests
-            // inside; those of the walked row alone gate the subquery, so a row they reject
-            // is not read. Joined plainly, PostgreSQL without statistics drove the join from
-            // the resources within the horizon and read the date index for each (7 s for ten
-            // Tasks of 10,000), and with them merged the walk with every resource of the type.
-            BackendKind::Postgres => {
-                let on_resource = std::mem::take(&mut conditions).join(" AND ");
-                from = format!(
-                    "{walked} CROSS JOIN LATERAL (SELECT {RESOURCE_ROW} FROM resources r \
-                     WHERE r.id = w.id AND {on_resource}{}) r",
-                    sql.per_row_fence()
-                );
-                conditions = on_walk;
-                distinct_on = Some(order);
-            }
+            BackendKind::Sqlite => group_by = Some(join.order),
+            BackendKind::Postgres => distinct_on = Some(join.order),
         }
     }
     let reverse = page.position.is_some_and(|p| p.direction == PageDirection::Before);
