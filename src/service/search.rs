@@ -180,39 +180,14 @@ impl SearchService {
             // One more than the page, to learn whether there is a page beyond it.
             limit: count.saturating_add(1),
         };
-        let mut hits = if count == 0 && parsed.cursor.is_none() {
+        let hits = if count == 0 && parsed.cursor.is_none() {
             Vec::new()
         } else {
             self.store.search_page(&scope, &page).await?
         };
-        let backwards = parsed.cursor.as_ref().is_some_and(|c| c.direction == PageDirection::Before);
-        let more_beyond = hits.len() > count as usize;
-        if more_beyond {
-            // Reading backwards, the extra row is the farthest back: the first one.
-            if backwards {
-                hits.remove(0);
-            } else {
-                hits.truncate(count as usize);
-            }
-        }
-        let h = horizon.map(Instant::micros);
-        let at = |direction, hit: &SearchHit| Cursor {
-            direction,
-            horizon: h,
-            keys: hit.keys.clone(),
-            id: hit.version.id.as_str().to_owned(),
-        };
-        let (first, last) = (hits.first(), hits.last());
-        result.next = match (backwards, last) {
-            (false, Some(last)) if more_beyond => Some(at(PageDirection::After, last)),
-            (true, Some(last)) => Some(at(PageDirection::After, last)),
-            _ => None,
-        };
-        result.previous = match (parsed.cursor.is_some(), backwards, first) {
-            (true, false, Some(first)) => Some(at(PageDirection::Before, first)),
-            (true, true, Some(first)) if more_beyond => Some(at(PageDirection::Before, first)),
-            _ => None,
-        };
+        let PageOfHits { hits, more_beyond, next, previous } =
+            page_of_hits(hits, count, parsed.cursor.as_ref(), horizon);
+        (result.next, result.previous) = (next, previous);
         result.total = match parsed.total {
             TotalMode::Accurate => Some(self.store.count_matches(&scope, &parsed.query, horizon).await?),
             // The whole result is on this first page: its size is the total, for free.
@@ -332,4 +307,47 @@ fn effective_sort(parsed: &ParsedSearch) -> Vec<SortKey> {
 
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A page read with one row more than asked for: the page itself, whether more lie beyond it
+/// in the direction read, and the cursors to the pages after and before it.
+struct PageOfHits {
+    hits: Vec<SearchHit>,
+    more_beyond: bool,
+    next: Option<Cursor>,
+    previous: Option<Cursor>,
+}
+
+/// Trims `hits` (read with one extra row) to `count` and writes the cursors around them, each
+/// carrying the traversal's `horizon`.
+fn page_of_hits(mut hits: Vec<SearchHit>, count: u32, cursor: Option<&Cursor>, horizon: Option<Instant>) -> PageOfHits {
+    let backwards = cursor.is_some_and(|c| c.direction == PageDirection::Before);
+    let more_beyond = hits.len() > count as usize;
+    if more_beyond {
+        // Reading backwards, the extra row is the farthest back: the first one.
+        if backwards {
+            hits.remove(0);
+        } else {
+            hits.truncate(count as usize);
+        }
+    }
+    let h = horizon.map(Instant::micros);
+    let at = |direction, hit: &SearchHit| Cursor {
+        direction,
+        horizon: h,
+        keys: hit.keys.clone(),
+        id: hit.version.id.as_str().to_owned(),
+    };
+    let (first, last) = (hits.first(), hits.last());
+    let next = match (backwards, last) {
+        (false, Some(last)) if more_beyond => Some(at(PageDirection::After, last)),
+        (true, Some(last)) => Some(at(PageDirection::After, last)),
+        _ => None,
+    };
+    let previous = match (cursor.is_some(), backwards, first) {
+        (true, false, Some(first)) => Some(at(PageDirection::Before, first)),
+        (true, true, Some(first)) if more_beyond => Some(at(PageDirection::Before, first)),
+        _ => None,
+    };
+    PageOfHits { hits, more_beyond, next, previous }
 }
