@@ -1,12 +1,15 @@
-//! The literal references a resource names, wherever they sit in it: the rules check that
-//! each one points at a resource the writer may see (`service::rules`), so a write cannot make
-//! another organisation's resource part of a referral and have it disclosed through the
-//! visibility that referral grants.
+//! References as the referral rules read them (`service::rules`). The literal references a
+//! resource names, wherever they sit in it: the rules check that each one points at a resource
+//! the writer may see, so a write cannot make another organisation's resource part of a
+//! referral and have it disclosed through the visibility that referral grants. And what one
+//! Reference names: a type and id ([`ReferenceTarget`]), or, for a party element, an
+//! organisation ([`PartyReference`]).
 
 use serde_json::Value;
 
 use super::resource_type::ResourceType;
 use super::search_params::split_reference;
+use super::tenancy::{ods_code_of, OdsCode};
 
 /// One literal reference to a resource of a served type: where it is (a FHIRPath expression
 /// such as `ServiceRequest.supportingInfo[0]`) and what it names.
@@ -89,6 +92,63 @@ fn served_target(reference: &str) -> Option<(ResourceType, String)> {
     ResourceType::parse(&target_type).ok().map(|t| (t, id))
 }
 
+/// The type and id a literal reference names (`ServiceRequest/sr1`, an absolute URL ending in
+/// `Patient/p1`), as `search_params::split_reference` reads it: the type as written, whether
+/// this server serves it or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceTarget {
+    pub type_name: String,
+    pub id: String,
+}
+
+impl ReferenceTarget {
+    /// What a `reference` string names, if it names a type and an id.
+    pub fn parse(reference: &str) -> Option<ReferenceTarget> {
+        split_reference(reference).map(|(type_name, id)| ReferenceTarget { type_name, id })
+    }
+
+    /// What a Reference (an object with a `reference` string) names.
+    pub fn of(reference: &Value) -> Option<ReferenceTarget> {
+        reference.get("reference").and_then(Value::as_str).and_then(Self::parse)
+    }
+
+    /// The type named, if this server serves it.
+    pub fn served_type(&self) -> Option<ResourceType> {
+        ResourceType::parse(&self.type_name).ok()
+    }
+}
+
+/// The organisation a party element (a Task's requester or owner, a ServiceRequest's
+/// requester, a CarePlan's author, a PractitionerRole's organization) names, as written: by its
+/// ODS code, or by a literal reference into the directory that the rules resolve to one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartyReference {
+    /// An identifier in the ODS system holding a valid code.
+    OdsCode(OdsCode),
+    /// `Organization/<id>`: the organisation whose directory entry that is.
+    Organization(String),
+    /// `PractitionerRole/<id>`: the organisation the role is in.
+    PractitionerRole(String),
+    /// No organisation the rules can know: a reference to another type, an identifier in
+    /// another system (or an invalid code) with no literal reference beside it, a display only.
+    Unresolvable,
+}
+
+impl PartyReference {
+    /// Reads a Reference: its ODS identifier if it has a valid one, else its literal reference.
+    pub fn parse(reference: &Value) -> PartyReference {
+        if let Some(ods) = ods_code_of(reference) {
+            return PartyReference::OdsCode(ods);
+        }
+        let Some(target) = ReferenceTarget::of(reference) else { return PartyReference::Unresolvable };
+        match target.served_type() {
+            Some(ResourceType::Organization) => PartyReference::Organization(target.id),
+            Some(ResourceType::PractitionerRole) => PartyReference::PractitionerRole(target.id),
+            _ => PartyReference::Unresolvable,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -145,6 +205,59 @@ mod tests {
             "supportingInfo": [{"display": "no reference at all"}]
         });
         assert_eq!(named(ResourceType::ServiceRequest, &request), Vec::<(String, String)>::new());
+    }
+
+    const ODS: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+
+    fn ods(raw: &str) -> OdsCode {
+        OdsCode::parse(raw).expect("valid ODS code")
+    }
+
+    #[test]
+    fn a_party_with_a_valid_ods_identifier_is_that_organisation_whatever_its_literal_reference() {
+        let party = json!({"reference": "Organization/o1", "identifier": {"system": ODS, "value": "clw001"}});
+        assert_eq!(PartyReference::parse(&party), PartyReference::OdsCode(ods("CLW001")));
+    }
+
+    #[test]
+    fn a_party_without_a_valid_ods_identifier_is_read_from_its_literal_reference() {
+        for (party, expected) in [
+            (json!({"reference": "Organization/o1"}), PartyReference::Organization("o1".into())),
+            (json!({"reference": "PractitionerRole/r1"}), PartyReference::PractitionerRole("r1".into())),
+            (
+                json!({"reference": "Organization/o2", "identifier": {"system": "urn:other", "value": "CLW001"}}),
+                PartyReference::Organization("o2".into()),
+            ),
+            (
+                json!({"reference": "Organization/o3", "identifier": {"system": ODS, "value": "not a code"}}),
+                PartyReference::Organization("o3".into()),
+            ),
+        ] {
+            assert_eq!(PartyReference::parse(&party), expected, "{party}");
+        }
+    }
+
+    #[test]
+    fn a_party_referring_to_another_type_or_to_nothing_names_no_organisation() {
+        for party in [
+            json!({"reference": "Practitioner/p1"}),
+            json!({"reference": "#contained"}),
+            json!({"identifier": {"system": "urn:other", "value": "CLW001"}}),
+            json!({"display": "Pollokshields link workers"}),
+        ] {
+            assert_eq!(PartyReference::parse(&party), PartyReference::Unresolvable, "{party}");
+        }
+    }
+
+    #[test]
+    fn a_reference_target_keeps_the_type_as_written_and_knows_whether_it_is_served() {
+        let served = ReferenceTarget::of(&json!({"reference": "ServiceRequest/sr1/_history/2"}));
+        assert_eq!(served, Some(ReferenceTarget { type_name: "ServiceRequest".into(), id: "sr1".into() }));
+        assert_eq!(served.and_then(|target| target.served_type()), Some(ResourceType::ServiceRequest));
+        let unserved = ReferenceTarget::parse("Condition/c1");
+        assert_eq!(unserved.as_ref().map(|target| target.type_name.as_str()), Some("Condition"));
+        assert_eq!(unserved.and_then(|target| target.served_type()), None);
+        assert_eq!(ReferenceTarget::parse("urn:uuid:9f0e4b2c-1c1e-4a55-9a3e-3f6c1d2b7a01"), None);
     }
 
     #[test]

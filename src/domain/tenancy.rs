@@ -194,7 +194,7 @@ pub fn derived_visibility(
     let mut out = Vec::new();
     // An open Task is for every CLW service to claim while it has not ended; a cancelled or
     // otherwise ended one is its requester's alone.
-    if resource_type == T::Task && resource.get("owner").is_none() && super::task_workflow::is_open(resource) {
+    if resource_type == T::Task && super::task_workflow::ReferralTask::parse(resource).is_open_to_every_performer() {
         out.push(Visibility::AnyPerformer);
     }
     for element in party_elements {

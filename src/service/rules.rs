@@ -12,12 +12,10 @@ use super::ServiceError;
 use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{Issue, IssueCode};
-use crate::domain::references::literal_references;
+use crate::domain::references::{literal_references, PartyReference, ReferenceTarget};
 use crate::domain::resource_type::ResourceType;
 use crate::domain::search_params::{self, split_reference};
-use crate::domain::task_workflow::{
-    self, check_new_task, check_task_change, check_task_deletion, status_of, Refusal, TaskParty, TaskStatus,
-};
+use crate::domain::task_workflow::{self, changed_elements, ReferralTask, Refusal, TaskParty, TaskStatus};
 use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
 use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoredVersion, VisibilityGrant};
 
@@ -273,26 +271,27 @@ impl Rules<'_> {
             .collect())
     }
 
-    /// The ODS code of the organisation a Reference names: by identifier, or through a
-    /// literal reference to an Organization (or a PractitionerRole in one).
-    async fn organization_of(&self, reference: Option<&Value>) -> Result<Option<OdsCode>, ServiceError> {
-        let Some(reference) = reference else { return Ok(None) };
-        if let Some(ods) = ods_code_of(reference) {
-            return Ok(Some(ods));
-        }
-        let Some((target_type, id)) = reference.get("reference").and_then(Value::as_str).and_then(split_reference)
-        else {
-            return Ok(None);
-        };
-        match target_type.as_str() {
-            "Organization" => Ok(self.find(ResourceType::Organization, &id).await?.as_ref().and_then(first_ods_code)),
-            "PractitionerRole" => {
-                let role = self.find(ResourceType::PractitionerRole, &id).await?;
-                let organization = role.as_ref().and_then(|r| r.get("organization")).cloned();
+    /// The ODS code of the organisation a party names: by identifier, or through a literal
+    /// reference to an Organization (or a PractitionerRole in one).
+    async fn organization_of(&self, party: Option<&PartyReference>) -> Result<Option<OdsCode>, ServiceError> {
+        match party {
+            None | Some(PartyReference::Unresolvable) => Ok(None),
+            Some(PartyReference::OdsCode(ods)) => Ok(Some(ods.clone())),
+            Some(PartyReference::Organization(id)) => {
+                Ok(self.find(ResourceType::Organization, id).await?.as_ref().and_then(first_ods_code))
+            }
+            Some(PartyReference::PractitionerRole(id)) => {
+                let role = self.find(ResourceType::PractitionerRole, id).await?;
+                let organization = role.as_ref().and_then(|r| r.get("organization")).map(PartyReference::parse);
                 Box::pin(self.organization_of(organization.as_ref())).await
             }
-            _ => Ok(None),
         }
+    }
+
+    /// [`Rules::organization_of`] a Reference in JSON (a party element of a resource that has
+    /// no typed view).
+    async fn organization_named_by(&self, reference: Option<&Value>) -> Result<Option<OdsCode>, ServiceError> {
+        self.organization_of(reference.map(PartyReference::parse).as_ref()).await
     }
 
     fn is_caller(&self, ods: Option<&OdsCode>) -> bool {
@@ -364,7 +363,7 @@ impl Rules<'_> {
         let mut parties = Vec::new();
         for &element in elements {
             for reference in party_references(resource, element) {
-                if let Some(ods) = self.organization_of(Some(reference)).await? {
+                if let Some(ods) = self.organization_named_by(Some(reference)).await? {
                     let literal = match reference.get("identifier") {
                         Some(_) => None,
                         None => reference.get("reference").and_then(Value::as_str).map(str::to_owned),
@@ -407,7 +406,7 @@ impl Rules<'_> {
                 // An entry written before its codes were held to this keeps its first ODS code's
                 // owner, who may correct it.
                 ResourceType::Organization => self.is_caller(first_ods_code(entry).as_ref()),
-                _ => self.is_caller(self.organization_of(entry.get("organization")).await?.as_ref()),
+                _ => self.is_caller(self.organization_named_by(entry.get("organization")).await?.as_ref()),
             };
         }
         if own {
@@ -446,28 +445,43 @@ impl Rules<'_> {
         after: Option<&mut Value>,
     ) -> Result<RuleEffects, ServiceError> {
         let Some(after) = after else {
-            // Deleting a referral's Task: only its requester may (the performer cancels or fails it).
             let before = before.ok_or_else(|| unprocessable("nothing to delete", "Task"))?;
-            let requester = self.organization_of(before.get("requester")).await?;
-            if !self.is_caller(requester.as_ref()) {
-                return Err(forbidden("only the requester may delete a Task", "Task.requester"));
-            }
-            check_task_deletion(before).map_err(ServiceError::Conflict)?;
-            // An open Task (no owner yet) let every CLW service read its referral; deleted, it
-            // no longer does (unless another open Task still needs that).
-            let mut effects = RuleEffects::default();
-            if before.get("owner").is_none() {
-                effects.revocations = self.open_referral_revocations(id, before).await?;
-            }
-            return Ok(effects);
+            return self.check_task_deletion(id, &ReferralTask::parse(before)).await;
         };
         after.as_object_mut().map(|m| m.insert("lastModified".into(), json!(Instant::now().to_fhir())));
-        let Some(before) = before else {
-            return self.check_new_task(id, after).await;
-        };
-        let requester = self.organization_of(before.get("requester")).await?;
-        let owner = self.organization_of(before.get("owner")).await?;
-        let new_owner = self.organization_of(after.get("owner")).await?;
+        let after = ReferralTask::parse(after);
+        match before {
+            None => self.check_new_task(id, &after).await,
+            Some(before) => self.check_task_update(id, &ReferralTask::parse(before), &after).await,
+        }
+    }
+
+    /// Deleting a referral's Task: only its requester may (the performer cancels or fails it).
+    async fn check_task_deletion(&self, id: &ResourceId, task: &ReferralTask<'_>) -> Result<RuleEffects, ServiceError> {
+        let requester = self.organization_of(task.requester()).await?;
+        if !self.is_caller(requester.as_ref()) {
+            return Err(forbidden("only the requester may delete a Task", "Task.requester"));
+        }
+        task_workflow::check_task_deletion(task).map_err(ServiceError::Conflict)?;
+        // An open Task (no owner yet) let every CLW service read its referral; deleted, it
+        // no longer does (unless another open Task still needs that).
+        let mut effects = RuleEffects::default();
+        if task.owner().is_none() {
+            effects.revocations = self.open_referral_revocations(id, task).await?;
+        }
+        Ok(effects)
+    }
+
+    /// A change of a stored Task, by its requester, its owner, or a performer claiming it.
+    async fn check_task_update(
+        &self,
+        id: &ResourceId,
+        before: &ReferralTask<'_>,
+        after: &ReferralTask<'_>,
+    ) -> Result<RuleEffects, ServiceError> {
+        let requester = self.organization_of(before.requester()).await?;
+        let owner = self.organization_of(before.owner()).await?;
+        let new_owner = self.organization_of(after.owner()).await?;
         let (party, claiming) = if self.is_caller(requester.as_ref()) {
             (TaskParty::Requester, false)
         } else if self.is_caller(owner.as_ref()) {
@@ -480,25 +494,10 @@ impl Rules<'_> {
                 "Task.owner",
             ));
         };
-        check_task_change(party, before, after, claiming).map_err(from_refusal)?;
+        task_workflow::check_task_change(party, before, after, claiming).map_err(from_refusal)?;
         let mut effects = RuleEffects::default();
         if party == TaskParty::Requester {
-            if !self.is_caller(self.organization_of(after.get("requester")).await?.as_ref()) {
-                return Err(forbidden("the requester cannot hand its Task to another practice", "Task.requester"));
-            }
-            if before.get("focus") != after.get("focus") || before.get("for") != after.get("for") {
-                effects = self.check_task_links(after).await?;
-            }
-            if before.get("owner") != after.get("owner") {
-                if let Some(ods) = &new_owner {
-                    self.assign_to_performer(id, after, ods, &mut effects).await?;
-                }
-            }
-            // An open referral the practice gives to one service, or ends, is no longer for
-            // every service: what it let them all read is withdrawn, as when one claims it.
-            if is_open_to_every_performer(before) && !is_open_to_every_performer(after) {
-                effects.revocations.extend(self.open_referral_revocations(id, before).await?);
-            }
+            effects = self.requester_change_effects(id, before, after, new_owner.as_ref()).await?;
         }
         if claiming {
             if let Some(ods) = &new_owner {
@@ -509,22 +508,52 @@ impl Rules<'_> {
         Ok(effects)
     }
 
-    async fn check_new_task(&self, id: &ResourceId, task: &Value) -> Result<RuleEffects, ServiceError> {
+    /// What a requester's change of its Task needs: the Task stays its own, a new focus or
+    /// patient is checked, a new owner is assigned the referral.
+    async fn requester_change_effects(
+        &self,
+        id: &ResourceId,
+        before: &ReferralTask<'_>,
+        after: &ReferralTask<'_>,
+        new_owner: Option<&OdsCode>,
+    ) -> Result<RuleEffects, ServiceError> {
+        if !self.is_caller(self.organization_of(after.requester()).await?.as_ref()) {
+            return Err(forbidden("the requester cannot hand its Task to another practice", "Task.requester"));
+        }
+        let changed = changed_elements(before.resource(), after.resource());
+        let mut effects = RuleEffects::default();
+        if changed.contains(&"focus") || changed.contains(&"for") {
+            effects = self.check_task_links(after).await?;
+        }
+        if changed.contains(&"owner") {
+            if let Some(ods) = new_owner {
+                self.assign_to_performer(id, after, ods, &mut effects).await?;
+            }
+        }
+        // An open referral the practice gives to one service, or ends, is no longer for
+        // every service: what it let them all read is withdrawn, as when one claims it.
+        if before.is_open_to_every_performer() && !after.is_open_to_every_performer() {
+            effects.revocations.extend(self.open_referral_revocations(id, before).await?);
+        }
+        Ok(effects)
+    }
+
+    async fn check_new_task(&self, id: &ResourceId, task: &ReferralTask<'_>) -> Result<RuleEffects, ServiceError> {
         if self.caller.role() != Role::Referrer {
             return Err(forbidden("Tasks are created by the referrer (the GP practice)", "Task"));
         }
-        let requester = self.organization_of(task.get("requester")).await?;
+        let requester = self.organization_of(task.requester()).await?;
         if requester.is_none() {
             return Err(unprocessable("a referral Task names its requester organisation (ODS code)", "Task.requester"));
         }
         if !self.is_caller(requester.as_ref()) {
             return Err(forbidden("a practice creates Tasks with itself as requester", "Task.requester"));
         }
-        check_new_task(task).map_err(from_refusal)?;
+        task_workflow::check_new_task(task).map_err(from_refusal)?;
         let mut effects = self.check_task_links(task).await?;
-        let owner = self.organization_of(task.get("owner")).await?;
+        let owner = self.organization_of(task.owner()).await?;
         match &owner {
-            None if task.get("owner").is_some() => {
+            None if task.owner().is_some() => {
                 return Err(unprocessable("the owner must name a CLW service by its ODS code", "Task.owner"))
             }
             None => {
@@ -542,7 +571,7 @@ impl Rules<'_> {
     async fn assign_to_performer(
         &self,
         id: &ResourceId,
-        task: &Value,
+        task: &ReferralTask<'_>,
         owner: &OdsCode,
         effects: &mut RuleEffects,
     ) -> Result<(), ServiceError> {
@@ -575,60 +604,48 @@ impl Rules<'_> {
     }
 
     /// `focus` is an existing ServiceRequest the requester owns; `for` is its subject.
-    async fn check_task_links(&self, task: &Value) -> Result<RuleEffects, ServiceError> {
-        let focus = task
-            .get("focus")
-            .and_then(|f| f.get("reference"))
-            .and_then(Value::as_str)
-            .and_then(split_reference)
-            .filter(|(t, _)| t == "ServiceRequest")
-            .ok_or_else(|| {
-                unprocessable("a referral Task's focus is its ServiceRequest (ServiceRequest/id)", "Task.focus")
-            })?;
+    async fn check_task_links(&self, task: &ReferralTask<'_>) -> Result<RuleEffects, ServiceError> {
+        let focus = task.focus_service_request().ok_or_else(|| {
+            unprocessable("a referral Task's focus is its ServiceRequest (ServiceRequest/id)", "Task.focus")
+        })?;
         let service_request = self
-            .find(ResourceType::ServiceRequest, &focus.1)
+            .find(ResourceType::ServiceRequest, focus)
             .await?
-            .ok_or_else(|| unprocessable(format!("ServiceRequest/{} is not known", focus.1), "Task.focus"))?;
-        let sr_requester = self.organization_of(service_request.get("requester")).await?;
+            .ok_or_else(|| unprocessable(format!("ServiceRequest/{focus} is not known"), "Task.focus"))?;
+        let sr_requester = self.organization_named_by(service_request.get("requester")).await?;
         if !self.is_caller(sr_requester.as_ref()) {
             return Err(unprocessable("the focus must be a ServiceRequest of the requesting practice", "Task.focus"));
         }
-        let subject = service_request.get("subject").and_then(|s| s.get("reference"));
-        let task_for = task.get("for").and_then(|s| s.get("reference"));
-        if subject.is_none() || subject != task_for {
+        let subject = service_request.get("subject").and_then(|s| s.get("reference")).and_then(Value::as_str);
+        if subject.is_none() || subject != task.patient() {
             return Err(unprocessable("the Task is for the ServiceRequest's subject", "Task.for"));
         }
         Ok(RuleEffects::default())
     }
 
     /// A Task assigned to (or open for) a CLW service makes its referral readable to it: the
-    /// ServiceRequest, the patient, and the consent the referral points at.
-    async fn referral_grants(&self, task: &Value, to: &Visibility) -> Result<Vec<VisibilityGrant>, ServiceError> {
-        let mut targets: Vec<(ResourceType, String)> = Vec::new();
-        let mut push_ref = |value: Option<&Value>| {
-            if let Some((t, id)) =
-                value.and_then(|v| v.get("reference")).and_then(Value::as_str).and_then(split_reference)
-            {
-                if let Ok(t) = ResourceType::parse(&t) {
-                    targets.push((t, id));
-                }
-            }
-        };
-        push_ref(task.get("focus"));
-        push_ref(task.get("for"));
-        if let Some((_, sr_id)) =
-            task.get("focus").and_then(|f| f.get("reference")).and_then(Value::as_str).and_then(split_reference)
-        {
-            if let Some(sr) = self.find(ResourceType::ServiceRequest, &sr_id).await? {
-                for info in sr.get("supportingInfo").and_then(Value::as_array).into_iter().flatten() {
-                    push_ref(Some(info));
-                }
+    /// ServiceRequest, the patient, and the consent the referral points at. The referral is
+    /// read by the id its focus names.
+    async fn referral_grants(
+        &self,
+        task: &ReferralTask<'_>,
+        to: &Visibility,
+    ) -> Result<Vec<VisibilityGrant>, ServiceError> {
+        let mut targets: Vec<ReferenceTarget> = Vec::new();
+        targets.extend(task.focus().cloned());
+        targets.extend(task.patient().and_then(ReferenceTarget::parse));
+        if let Some(focus) = task.focus() {
+            if let Some(sr) = self.find(ResourceType::ServiceRequest, &focus.id).await? {
+                let supporting_info = sr.get("supportingInfo").and_then(Value::as_array).into_iter().flatten();
+                targets.extend(supporting_info.filter_map(ReferenceTarget::of));
             }
         }
         Ok(targets
             .into_iter()
-            .filter_map(|(resource_type, id)| {
-                ResourceId::parse(&id).ok().map(|id| VisibilityGrant { resource_type, id, key: to.key() })
+            .filter_map(|target| {
+                let resource_type = target.served_type()?;
+                let id = ResourceId::parse(&target.id).ok()?;
+                Some(VisibilityGrant { resource_type, id, key: to.key() })
             })
             .collect())
     }
@@ -638,16 +655,11 @@ impl Rules<'_> {
     async fn open_referral_revocations(
         &self,
         id: &ResourceId,
-        task: &Value,
+        task: &ReferralTask<'_>,
     ) -> Result<Vec<VisibilityGrant>, ServiceError> {
         let everyone = Visibility::AnyPerformer;
         let mut revocations = Vec::new();
-        let focus = task
-            .get("focus")
-            .and_then(|f| f.get("reference"))
-            .and_then(Value::as_str)
-            .and_then(split_reference)
-            .map(|(_, id)| id);
+        let focus = task.focus().map(|focus| focus.id.clone());
         for grant in self.referral_grants(task, &everyone).await? {
             // Which other open Tasks would still need the grant: those of the same patient or
             // referral; the referral's supporting information (its consent) is needed while a
@@ -662,7 +674,9 @@ impl Rules<'_> {
                 },
             };
             let others = self.tasks_referencing(&TenantScope::Everything, param, target_type, &target_id).await?;
-            let still_open = others.iter().any(|(other, task)| other.id != *id && is_open_to_every_performer(task));
+            let still_open = others.iter().any(|(other, other_task)| {
+                other.id != *id && ReferralTask::parse(other_task).is_open_to_every_performer()
+            });
             if !still_open {
                 revocations.push(grant);
             }
@@ -672,11 +686,11 @@ impl Rules<'_> {
 
     /// The open-referral key a Task claims, if it claims one: one open referral per patient
     /// and CLW service (when the rule is on), and a Task that has ended holds none.
-    fn open_referral(&self, task: &Value, owner: &OdsCode) -> Option<OpenReferral> {
-        if !self.single_open_referral || status_of(task).is_some_and(TaskStatus::is_terminal) {
+    fn open_referral(&self, task: &ReferralTask<'_>, owner: &OdsCode) -> Option<OpenReferral> {
+        if !self.single_open_referral || task.status().is_some_and(TaskStatus::is_terminal) {
             return None;
         }
-        let patient = task.get("for").and_then(|f| f.get("reference")).and_then(Value::as_str)?;
+        let patient = task.patient()?;
         Some(OpenReferral { patient: patient.to_owned(), criteria: format!("{OPEN_REFERRAL}|{patient}|{owner}") })
     }
 
@@ -701,7 +715,7 @@ impl Rules<'_> {
                 let still_open = holder_task
                     .filter(|v| !v.deleted)
                     .and_then(|v| serde_json::from_str::<Value>(&v.body).ok())
-                    .is_some_and(|t| task_workflow::is_open(&t));
+                    .is_some_and(|holder| ReferralTask::parse(&holder).is_open());
                 if still_open {
                     return Err(ServiceError::Conflict(
                         Issue::error(
@@ -730,7 +744,7 @@ impl Rules<'_> {
         after: Option<&mut Value>,
     ) -> Result<RuleEffects, ServiceError> {
         let current_requester = match before {
-            Some(b) => self.organization_of(b.get("requester")).await?,
+            Some(b) => self.organization_named_by(b.get("requester")).await?,
             None => None,
         };
         if before.is_some() && !self.is_caller(current_requester.as_ref()) {
@@ -742,7 +756,7 @@ impl Rules<'_> {
             let cancel_tasks = self.cancel_open_tasks(id, "the referral was deleted by the requester").await?;
             return Ok(RuleEffects { cancel_tasks, ..RuleEffects::default() });
         };
-        let requester = self.organization_of(after.get("requester")).await?;
+        let requester = self.organization_named_by(after.get("requester")).await?;
         if requester.is_none() {
             return Err(unprocessable(
                 "a referral names its requester organisation (ODS code)",
@@ -777,7 +791,7 @@ impl Rules<'_> {
             .await?;
         let mut cancelled = Vec::new();
         for (current, mut task) in tasks {
-            if !task_workflow::is_open(&task) || self.pending.writes(ResourceType::Task, current.id.as_str()) {
+            if !ReferralTask::parse(&task).is_open() || self.pending.writes(ResourceType::Task, current.id.as_str()) {
                 continue;
             }
             if let Some(map) = task.as_object_mut() {
@@ -797,9 +811,9 @@ impl Rules<'_> {
     async fn check_patient_deletion(&self, patient: &ResourceId) -> Result<RuleEffects, ServiceError> {
         let scope = self.caller.scope();
         let mut open = Vec::new();
-        for (resource_type, is_open) in [
-            (ResourceType::Task, task_workflow::is_open as fn(&Value) -> bool),
-            (ResourceType::ServiceRequest, service_request_is_open),
+        for (resource_type, open_status) in [
+            (ResourceType::Task, open_task_status as fn(&Value) -> Option<&str>),
+            (ResourceType::ServiceRequest, open_service_request_status),
         ] {
             let param = search_params::find(resource_type, "subject")
                 .ok_or_else(|| ServiceError::Internal(format!("{resource_type} has no search parameter 'subject'")))?;
@@ -809,8 +823,7 @@ impl Rules<'_> {
                 .await?;
             for version in referencing {
                 let Ok(body) = serde_json::from_str::<Value>(&version.body) else { continue };
-                if is_open(&body) {
-                    let status = body.get("status").and_then(Value::as_str).unwrap_or("no status");
+                if let Some(status) = open_status(&body) {
                     open.push(format!("{resource_type}/{} ({status})", version.id));
                 }
             }
@@ -859,7 +872,7 @@ impl Rules<'_> {
             self.tasks_referencing(&self.caller.scope(), "focus", ResourceType::ServiceRequest, &based_on.1).await?;
         let mut owns_a_task = false;
         for (_, task) in &tasks {
-            if self.is_caller(self.organization_of(task.get("owner")).await?.as_ref()) {
+            if self.is_caller(self.organization_of(ReferralTask::parse(task).owner()).await?.as_ref()) {
                 owns_a_task = true;
                 break;
             }
@@ -875,12 +888,12 @@ impl Rules<'_> {
             return Err(unprocessable("the CarePlan is for the referral's subject", "CarePlan.subject"));
         }
         if let Some(author) = plan.get("author") {
-            if !self.is_caller(self.organization_of(Some(author)).await?.as_ref()) {
+            if !self.is_caller(self.organization_named_by(Some(author)).await?.as_ref()) {
                 return Err(unprocessable("the CarePlan's author is the CLW service writing it", "CarePlan.author"));
             }
         }
         let mut effects = RuleEffects::default();
-        if let Some(gp) = self.organization_of(service_request.get("requester")).await? {
+        if let Some(gp) = self.organization_named_by(service_request.get("requester")).await? {
             effects.extra_visibility.push(Visibility::Organization(gp).key());
         }
         Ok(effects)
@@ -896,14 +909,18 @@ fn party_references<'v>(resource: &'v Value, element: &str) -> Vec<&'v Value> {
     }
 }
 
-/// A Task no service owns yet, not ended: every CLW service may read and claim it.
-fn is_open_to_every_performer(task: &Value) -> bool {
-    task.get("owner").is_none() && task_workflow::is_open(task)
+/// The status of a Task not yet ended, to name it; `None` once it has ended.
+fn open_task_status(task: &Value) -> Option<&'static str> {
+    ReferralTask::parse(task).status().filter(|status| !status.is_terminal()).map(TaskStatus::code)
 }
 
-/// A referral not yet ended: draft, active or on hold (R4 request-status).
-fn service_request_is_open(service_request: &Value) -> bool {
-    matches!(service_request.get("status").and_then(Value::as_str), Some("draft" | "active" | "on-hold"))
+/// The status of a referral not yet ended (draft, active or on hold, R4 request-status), to
+/// name it; `None` once it has ended.
+fn open_service_request_status(service_request: &Value) -> Option<&str> {
+    service_request
+        .get("status")
+        .and_then(Value::as_str)
+        .filter(|status| matches!(*status, "draft" | "active" | "on-hold"))
 }
 
 /// The literal-reference parties among `parties`, for the types whose party elements are
