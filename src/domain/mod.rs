@@ -9,6 +9,7 @@ pub mod notification;
 pub mod outcome;
 pub mod patch;
 pub mod references;
+pub mod referral_request;
 pub mod resource_type;
 pub mod search_params;
 pub mod search_query;

@@ -13,8 +13,9 @@ use crate::domain::ids::ResourceId;
 use crate::domain::instant::Instant;
 use crate::domain::outcome::{Issue, IssueCode};
 use crate::domain::references::{literal_references, PartyReference, ReferenceTarget};
+use crate::domain::referral_request::{ReferralRequest, RequestStatus};
 use crate::domain::resource_type::ResourceType;
-use crate::domain::search_params::{self, split_reference};
+use crate::domain::search_params;
 use crate::domain::task_workflow::{self, changed_elements, ReferralTask, Refusal, TaskParty, TaskStatus};
 use crate::domain::tenancy::{ods_code_of, OdsCode, Principal, Role, TenantScope, Visibility};
 use crate::store::{ConditionalClaim, ConditionalKey, RoleAndClaim, Store, StoredVersion, VisibilityGrant};
@@ -612,11 +613,12 @@ impl Rules<'_> {
             .find(ResourceType::ServiceRequest, focus)
             .await?
             .ok_or_else(|| unprocessable(format!("ServiceRequest/{focus} is not known"), "Task.focus"))?;
-        let sr_requester = self.organization_named_by(service_request.get("requester")).await?;
+        let service_request = ReferralRequest::parse(&service_request);
+        let sr_requester = self.organization_of(service_request.requester()).await?;
         if !self.is_caller(sr_requester.as_ref()) {
             return Err(unprocessable("the focus must be a ServiceRequest of the requesting practice", "Task.focus"));
         }
-        let subject = service_request.get("subject").and_then(|s| s.get("reference")).and_then(Value::as_str);
+        let subject = service_request.subject();
         if subject.is_none() || subject != task.patient() {
             return Err(unprocessable("the Task is for the ServiceRequest's subject", "Task.for"));
         }
@@ -635,9 +637,8 @@ impl Rules<'_> {
         targets.extend(task.focus().cloned());
         targets.extend(task.patient().and_then(ReferenceTarget::parse));
         if let Some(focus) = task.focus() {
-            if let Some(sr) = self.find(ResourceType::ServiceRequest, &focus.id).await? {
-                let supporting_info = sr.get("supportingInfo").and_then(Value::as_array).into_iter().flatten();
-                targets.extend(supporting_info.filter_map(ReferenceTarget::of));
+            if let Some(service_request) = self.find(ResourceType::ServiceRequest, &focus.id).await? {
+                targets.extend_from_slice(ReferralRequest::parse(&service_request).supporting_info());
             }
         }
         Ok(targets
@@ -743,8 +744,9 @@ impl Rules<'_> {
         before: Option<&Value>,
         after: Option<&mut Value>,
     ) -> Result<RuleEffects, ServiceError> {
-        let current_requester = match before {
-            Some(b) => self.organization_named_by(b.get("requester")).await?,
+        let before = before.map(ReferralRequest::parse);
+        let current_requester = match &before {
+            Some(b) => self.organization_of(b.requester()).await?,
             None => None,
         };
         if before.is_some() && !self.is_caller(current_requester.as_ref()) {
@@ -756,7 +758,8 @@ impl Rules<'_> {
             let cancel_tasks = self.cancel_open_tasks(id, "the referral was deleted by the requester").await?;
             return Ok(RuleEffects { cancel_tasks, ..RuleEffects::default() });
         };
-        let requester = self.organization_named_by(after.get("requester")).await?;
+        let after = ReferralRequest::parse(after);
+        let requester = self.organization_of(after.requester()).await?;
         if requester.is_none() {
             return Err(unprocessable(
                 "a referral names its requester organisation (ODS code)",
@@ -767,11 +770,8 @@ impl Rules<'_> {
             return Err(forbidden("a practice sends referrals with itself as requester", "ServiceRequest.requester"));
         }
         let mut effects = RuleEffects::default();
-        let revoked = matches!(after.get("status").and_then(Value::as_str), Some("revoked" | "entered-in-error"));
-        let was_revoked = matches!(
-            before.and_then(|b| b.get("status")).and_then(Value::as_str),
-            Some("revoked" | "entered-in-error")
-        );
+        let revoked = after.status().is_some_and(RequestStatus::is_withdrawn);
+        let was_revoked = before.as_ref().and_then(ReferralRequest::status).is_some_and(RequestStatus::is_withdrawn);
         if revoked && !was_revoked && before.is_some() {
             // linkbridge: revoking the referral cancels its open Tasks in the same transaction.
             effects.cancel_tasks = self.cancel_open_tasks(id, "the referral was revoked by the requester").await?;
@@ -812,7 +812,7 @@ impl Rules<'_> {
         let scope = self.caller.scope();
         let mut open = Vec::new();
         for (resource_type, open_status) in [
-            (ResourceType::Task, open_task_status as fn(&Value) -> Option<&str>),
+            (ResourceType::Task, open_task_status as fn(&Value) -> Option<&'static str>),
             (ResourceType::ServiceRequest, open_service_request_status),
         ] {
             let param = search_params::find(resource_type, "subject")
@@ -857,19 +857,19 @@ impl Rules<'_> {
             .get("basedOn")
             .and_then(Value::as_array)
             .and_then(|refs| {
-                refs.iter()
-                    .filter_map(|r| r.get("reference").and_then(Value::as_str).and_then(split_reference))
-                    .find(|(t, _)| t == "ServiceRequest")
+                refs.iter().filter_map(ReferenceTarget::of).find(|target| target.type_name == "ServiceRequest")
             })
+            .map(|target| target.id)
             .ok_or_else(|| {
                 unprocessable("a CarePlan is basedOn the referral (ServiceRequest/id)", "CarePlan.basedOn")
             })?;
         let service_request = self
-            .find(ResourceType::ServiceRequest, &based_on.1)
+            .find(ResourceType::ServiceRequest, &based_on)
             .await?
-            .ok_or_else(|| unprocessable(format!("ServiceRequest/{} is not known", based_on.1), "CarePlan.basedOn"))?;
+            .ok_or_else(|| unprocessable(format!("ServiceRequest/{based_on} is not known"), "CarePlan.basedOn"))?;
+        let service_request = ReferralRequest::parse(&service_request);
         let tasks =
-            self.tasks_referencing(&self.caller.scope(), "focus", ResourceType::ServiceRequest, &based_on.1).await?;
+            self.tasks_referencing(&self.caller.scope(), "focus", ResourceType::ServiceRequest, &based_on).await?;
         let mut owns_a_task = false;
         for (_, task) in &tasks {
             if self.is_caller(self.organization_of(ReferralTask::parse(task).owner()).await?.as_ref()) {
@@ -883,8 +883,9 @@ impl Rules<'_> {
                 "CarePlan.basedOn",
             ));
         }
-        let subject = service_request.get("subject").and_then(|s| s.get("reference"));
-        if subject.is_none() || subject != plan.get("subject").and_then(|s| s.get("reference")) {
+        let subject = service_request.subject();
+        let plan_subject = plan.get("subject").and_then(|s| s.get("reference")).and_then(Value::as_str);
+        if subject.is_none() || subject != plan_subject {
             return Err(unprocessable("the CarePlan is for the referral's subject", "CarePlan.subject"));
         }
         if let Some(author) = plan.get("author") {
@@ -893,7 +894,7 @@ impl Rules<'_> {
             }
         }
         let mut effects = RuleEffects::default();
-        if let Some(gp) = self.organization_named_by(service_request.get("requester")).await? {
+        if let Some(gp) = self.organization_of(service_request.requester()).await? {
             effects.extra_visibility.push(Visibility::Organization(gp).key());
         }
         Ok(effects)
@@ -914,13 +915,10 @@ fn open_task_status(task: &Value) -> Option<&'static str> {
     ReferralTask::parse(task).status().filter(|status| !status.is_terminal()).map(TaskStatus::code)
 }
 
-/// The status of a referral not yet ended (draft, active or on hold, R4 request-status), to
-/// name it; `None` once it has ended.
-fn open_service_request_status(service_request: &Value) -> Option<&str> {
-    service_request
-        .get("status")
-        .and_then(Value::as_str)
-        .filter(|status| matches!(*status, "draft" | "active" | "on-hold"))
+/// The status of a referral not yet ended (draft, active or on hold), to name it; `None` once
+/// it has ended.
+fn open_service_request_status(service_request: &Value) -> Option<&'static str> {
+    ReferralRequest::parse(service_request).status().filter(|status| status.is_open()).map(RequestStatus::code)
 }
 
 /// The literal-reference parties among `parties`, for the types whose party elements are
