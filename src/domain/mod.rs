@@ -6,6 +6,7 @@ pub mod identifiers;
 pub mod ids;
 pub mod instant;
 pub mod notification;
+pub mod ods;
 pub mod outcome;
 pub mod patch;
 pub mod references;

@@ -7,9 +7,9 @@
 
 use serde_json::Value;
 
+use super::ods::{ods_code_of, OdsCode};
 use super::resource_type::ResourceType;
 use super::search_params::split_reference;
-use super::tenancy::{ods_code_of, OdsCode};
 
 /// One literal reference to a resource of a served type: where it is (a FHIRPath expression
 /// such as `ServiceRequest.supportingInfo[0]`) and what it names.

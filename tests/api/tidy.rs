@@ -1,7 +1,7 @@
 //! Invariants of the source tree that the compiler does not hold, held here (as rust-analyzer's
-//! `tidy.rs` holds its own): `http` never names the store, every module opens with its doc
-//! comment, a comment cites only documents the repository has, and no source file grows past
-//! a size a reader can take in. Each rule is a check over one file's text, tested on a bad
+//! `tidy.rs` holds its own): `http` never names the store, the modules of a layer use one
+//! another without a loop, every module opens with its doc comment, a comment cites only
+//! documents the repository has, and no source file grows past a size a reader can take in. Each rule is a check over one file's text, tested on a bad
 //! example below, then run over the whole tree; a failure names the file and line.
 
 use std::fmt;
@@ -98,6 +98,63 @@ fn assert_tidy(rule: &str, violations: Vec<Violation>) {
 }
 
 // The rules, each over one file's text.
+
+/// The modules of one layer (`layer`: `service`, `domain`) use one another without a loop: a
+/// loop means neither can be read, or changed, without the other. `files` are the layer's
+/// module files; a module uses a sibling it names as `super::name` or `crate::layer::name`
+/// outside its tests. Each loop is named once, at its first module.
+fn check_no_module_loop(layer: &str, files: &[(&str, &str)]) -> Vec<Violation> {
+    let name_of = |path: &str| path.rsplit('/').next().unwrap_or(path).trim_end_matches(".rs").to_owned();
+    let names: Vec<String> = files.iter().map(|(path, _)| name_of(path)).collect();
+    let uses: Vec<Vec<usize>> = files
+        .iter()
+        .map(|(path, text)| {
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            let own = name_of(path);
+            (0..names.len())
+                .filter(|&i| names[i] != own)
+                .filter(|&i| {
+                    let name = &names[i];
+                    [format!("super::{name}"), format!("crate::{layer}::{name}")].iter().any(|path| {
+                        code.match_indices(path.as_str()).any(|(at, _)| {
+                            !code[at + path.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                        })
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let mut violations = Vec::new();
+    let mut named: Vec<Vec<usize>> = Vec::new();
+    for start in 0..files.len() {
+        // Depth first from `start`, looking for a way back to it.
+        let mut stack = vec![(start, vec![start])];
+        let mut seen = vec![false; files.len()];
+        while let Some((at, path)) = stack.pop() {
+            for &next in &uses[at] {
+                if next == start {
+                    let mut members = path.clone();
+                    members.sort_unstable();
+                    if !named.contains(&members) {
+                        let route: Vec<&str> = path.iter().chain([&start]).map(|&i| names[i].as_str()).collect();
+                        violations.push(violation(
+                            files[start].0,
+                            1,
+                            format!("a loop in {layer}: {}", route.join(" -> ")),
+                        ));
+                        named.push(members);
+                    }
+                } else if !seen[next] {
+                    seen[next] = true;
+                    let mut longer = path.clone();
+                    longer.push(next);
+                    stack.push((next, longer));
+                }
+            }
+        }
+    }
+    violations
+}
 
 /// `http` calls services only: no file under `src/http/` names `crate::store`, in a path or in
 /// a grouped import (`use crate::{store::…}`).
@@ -212,6 +269,17 @@ fn http_never_names_the_store() {
 }
 
 #[test]
+fn the_modules_of_a_layer_use_one_another_without_a_loop() {
+    let mut violations = Vec::new();
+    for layer in ["service", "domain"] {
+        let files = rust_files(&[&format!("src/{layer}")]);
+        let files: Vec<(&str, &str)> = files.iter().map(|f| (f.path.as_str(), f.text.as_str())).collect();
+        violations.extend(check_no_module_loop(layer, &files));
+    }
+    assert_tidy("no module loop within a layer", violations);
+}
+
+#[test]
 fn every_module_opens_with_its_doc_comment() {
     let dirs = module_dirs();
     let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
@@ -266,6 +334,20 @@ fn the_store_rule_fails_on_http_naming_the_store() {
         let found: Vec<usize> = check_http_names_no_store(path, text).iter().map(|v| v.line).collect();
         assert_eq!(&found, lines, "{path}: {text:?}");
     }
+}
+
+#[test]
+fn the_loop_rule_fails_on_two_modules_that_use_each_other() {
+    let loop_of_two = [
+        ("src/service/a.rs", "//! A.\nuse super::b::B;\n"),
+        ("src/service/b.rs", "//! B.\nuse crate::service::a::A;\n"),
+        ("src/service/c.rs", "//! C.\nuse super::a::A;\n#[cfg(test)]\nmod tests { use super::super::b; }\n"),
+    ];
+    let found = check_no_module_loop("service", &loop_of_two);
+    assert_eq!(found.len(), 1, "one loop, named once: {found:?}");
+    assert!(found[0].rule.contains("a -> b -> a"), "{}", found[0]);
+    let chain = [("src/domain/x.rs", "use super::y::Y;\n"), ("src/domain/y.rs", "use super::yy::Z;\n")];
+    assert!(check_no_module_loop("domain", &chain).is_empty(), "a chain, and a name that only starts alike");
 }
 
 #[test]
