@@ -528,6 +528,7 @@ enum Use {
     Unknown,
 }
 
+/// One query parameter, recorded in `search`; how the links carry it.
 fn parse_one(
     resource_type: ResourceType,
     name: &str,
@@ -535,20 +536,34 @@ fn parse_one(
     context: &ParseContext<'_>,
     search: &mut ParsedSearch,
 ) -> Result<Use, Issue> {
+    match parse_result_parameter(resource_type, name, value, search)? {
+        Some(used) => Ok(used),
+        None => parse_criterion(resource_type, name, value, context, search),
+    }
+}
+
+/// A parameter that shapes the result (`_count`, `_sort`, `_include`, …) rather than choosing
+/// what matches; `None` when `name` is not one.
+fn parse_result_parameter(
+    resource_type: ResourceType,
+    name: &str,
+    value: &str,
+    search: &mut ParsedSearch,
+) -> Result<Option<Use>, Issue> {
     match name {
         "_count" => {
             search.count = Some(parse_count(value)?);
-            return Ok(Use::Silent);
+            return Ok(Some(Use::Silent));
         }
         "_cursor" => {
             let cursor = Cursor::decode(value)
                 .ok_or_else(|| invalid("_cursor is not a cursor this server issued".to_owned(), "_cursor"))?;
             search.cursor = Some(cursor);
-            return Ok(Use::Silent);
+            return Ok(Some(Use::Silent));
         }
         "_sort" => {
             search.sort = parse_sort(resource_type, value)?;
-            return Ok(Use::Keep);
+            return Ok(Some(Use::Keep));
         }
         "_total" => {
             search.total = match value {
@@ -556,7 +571,7 @@ fn parse_one(
                 "estimate" | "accurate" => TotalMode::Accurate,
                 other => return Err(invalid(format!("_total '{other}' is not none, estimate or accurate"), "_total")),
             };
-            return Ok(Use::Keep);
+            return Ok(Some(Use::Keep));
         }
         "_summary" => {
             search.summary = match value {
@@ -570,23 +585,34 @@ fn parse_one(
                     ))
                 }
             };
-            return Ok(Use::Keep);
+            return Ok(Some(Use::Keep));
         }
         "_elements" => {
             search.elements = Some(parse_elements(value)?);
-            return Ok(Use::Keep);
+            return Ok(Some(Use::Keep));
         }
         "_include" => {
             search.includes.push(parse_include(resource_type, value, false)?);
-            return Ok(Use::Keep);
+            return Ok(Some(Use::Keep));
         }
         "_revinclude" => {
             search.revincludes.push(parse_include(resource_type, value, true)?);
-            return Ok(Use::Keep);
+            return Ok(Some(Use::Keep));
         }
-        _ if PASS_THROUGH.contains(&name) => return Ok(Use::Keep),
+        _ if PASS_THROUGH.contains(&name) => return Ok(Some(Use::Keep)),
         _ => {}
     }
+    Ok(None)
+}
+
+/// A criterion: a chain, `_id`, `_lastUpdated` or a registered parameter with its modifier.
+fn parse_criterion(
+    resource_type: ResourceType,
+    name: &str,
+    value: &str,
+    context: &ParseContext<'_>,
+    search: &mut ParsedSearch,
+) -> Result<Use, Issue> {
     // A chain's name holds a `:` of its own (`subject:Patient.identifier`, `_has:Task:…`).
     if name.contains('.') || name.starts_with("_has:") {
         let Some(chain) = search_params::find_chain(resource_type, name) else {

@@ -435,115 +435,17 @@ const MAX_HEARTBEAT_SECS: u64 = 86_400;
 const MIN_HEARTBEAT_SECS: u64 = 10;
 
 impl SubscriptionRequest {
-    /// Parses a Subscription resource (already structurally valid R4).
+    /// Parses a Subscription resource (already structurally valid R4): every problem found is
+    /// reported, not only the first.
     pub fn parse(resource: &Value, policy: &EndpointPolicy) -> Result<SubscriptionRequest, Vec<Issue>> {
         let mut issues = Vec::new();
-        let issue = |code: IssueCode, message: String, at: &str| Issue::error(code, message).at(at.to_owned());
-        let criteria = resource.get("criteria").and_then(Value::as_str).unwrap_or_default();
-        let topic = Topic::parse(criteria);
-        if topic.is_none() {
-            let known: Vec<&str> = Topic::ALL.iter().map(|t| t.url()).collect();
-            issues.push(issue(
-                IssueCode::Value,
-                format!("criteria '{criteria}' is not a topic of this server; topics: {}", known.join(", ")),
-                "Subscription.criteria",
-            ));
-        }
-        let mut filters = Vec::new();
-        if let Some(topic) = topic {
-            for raw in extension_values(resource.get("_criteria"), backport::FILTER_CRITERIA, "valueString") {
-                match TopicFilter::parse(topic, raw) {
-                    Ok(filter) => filters.push(filter),
-                    Err(e) => issues.push(e),
-                }
-            }
-        }
+        let (topic, filters) = topic_and_filters(resource, &mut issues);
         let channel = resource.get("channel").cloned().unwrap_or(Value::Null);
-        if channel.get("type").and_then(Value::as_str) != Some("rest-hook") {
-            issues.push(issue(
-                IssueCode::NotSupported,
-                "only channel type 'rest-hook' is supported".to_owned(),
-                "Subscription.channel.type",
-            ));
-        }
-        let endpoint = match channel.get("endpoint").and_then(Value::as_str) {
-            None => {
-                issues.push(issue(
-                    IssueCode::Required,
-                    "a rest-hook channel needs an endpoint".to_owned(),
-                    "Subscription.channel.endpoint",
-                ));
-                None
-            }
-            Some(raw) => match policy.check(raw) {
-                Ok(url) => Some(url),
-                Err(reason) => {
-                    issues.push(issue(IssueCode::Value, reason, "Subscription.channel.endpoint"));
-                    None
-                }
-            },
-        };
-        match channel.get("payload").and_then(Value::as_str) {
-            None | Some("application/fhir+json") | Some("application/json") => {}
-            Some(other) => issues.push(issue(
-                IssueCode::NotSupported,
-                format!("payload type '{other}' is not supported; use application/fhir+json"),
-                "Subscription.channel.payload",
-            )),
-        }
-        let payload = match extension_values(channel.get("_payload"), backport::PAYLOAD_CONTENT, "valueCode").first() {
-            None => PayloadContent::IdOnly,
-            Some(code) => PayloadContent::parse(code).unwrap_or_else(|| {
-                issues.push(issue(
-                    IssueCode::Value,
-                    format!("payload content '{code}' is not one of empty, id-only, full-resource"),
-                    "Subscription.channel.payload.extension('backport-payload-content')",
-                ));
-                PayloadContent::IdOnly
-            }),
-        };
-        let mut headers = Vec::new();
-        for raw in channel.get("header").and_then(Value::as_array).into_iter().flatten() {
-            match raw.as_str().map(parse_header) {
-                Some(Ok(header)) => headers.push(header),
-                Some(Err(reason)) => issues.push(issue(IssueCode::Value, reason, "Subscription.channel.header")),
-                None => {}
-            }
-        }
-        let heartbeat_period = match channel
-            .get("extension")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|e| e.get("url").and_then(Value::as_str) == Some(backport::HEARTBEAT_PERIOD))
-            .and_then(|e| e.get("valueUnsignedInt"))
-            .and_then(Value::as_u64)
-        {
-            None | Some(0) => None,
-            Some(secs) if (MIN_HEARTBEAT_SECS..=MAX_HEARTBEAT_SECS).contains(&secs) => Some(Duration::from_secs(secs)),
-            Some(secs) => {
-                issues.push(issue(
-                    IssueCode::Value,
-                    format!("heartbeat period {secs} s is outside {MIN_HEARTBEAT_SECS}..={MAX_HEARTBEAT_SECS} s"),
-                    "Subscription.channel.extension('backport-heartbeat-period')",
-                ));
-                None
-            }
-        };
-        let secret = match secret_extension(&channel) {
-            None => None,
-            Some(raw) => match WebhookSecret::parse(raw) {
-                Ok(secret) => Some(secret),
-                Err(reason) => {
-                    issues.push(issue(
-                        IssueCode::Value,
-                        reason,
-                        "Subscription.channel.extension('https://linkbridge.scot/fhir/StructureDefinition/webhook-secret')",
-                    ));
-                    None
-                }
-            },
-        };
+        let endpoint = rest_hook_endpoint(&channel, policy, &mut issues);
+        let payload = payload_content(&channel, &mut issues);
+        let headers = channel_headers(&channel, &mut issues);
+        let heartbeat_period = heartbeat_period(&channel, &mut issues);
+        let secret = webhook_secret(&channel, &mut issues);
         match (topic, endpoint) {
             (Some(topic), Some(endpoint)) if issues.is_empty() => {
                 Ok(SubscriptionRequest { topic, filters, endpoint, payload, headers, heartbeat_period, secret })
@@ -555,6 +457,138 @@ impl SubscriptionRequest {
     /// The organisations this subscription's filters name for `parameter`.
     pub fn filtered_organizations(&self, parameter: &str) -> Vec<String> {
         self.filters.iter().flat_map(|f| f.organizations_in(parameter)).collect()
+    }
+}
+
+fn subscription_issue(code: IssueCode, message: String, at: &str) -> Issue {
+    Issue::error(code, message).at(at.to_owned())
+}
+
+/// The topic `criteria` names, and the filters of its `backport-filter-criteria`.
+fn topic_and_filters(resource: &Value, issues: &mut Vec<Issue>) -> (Option<Topic>, Vec<TopicFilter>) {
+    let criteria = resource.get("criteria").and_then(Value::as_str).unwrap_or_default();
+    let Some(topic) = Topic::parse(criteria) else {
+        let known: Vec<&str> = Topic::ALL.iter().map(|t| t.url()).collect();
+        issues.push(subscription_issue(
+            IssueCode::Value,
+            format!("criteria '{criteria}' is not a topic of this server; topics: {}", known.join(", ")),
+            "Subscription.criteria",
+        ));
+        return (None, Vec::new());
+    };
+    let mut filters = Vec::new();
+    for raw in extension_values(resource.get("_criteria"), backport::FILTER_CRITERIA, "valueString") {
+        match TopicFilter::parse(topic, raw) {
+            Ok(filter) => filters.push(filter),
+            Err(e) => issues.push(e),
+        }
+    }
+    (Some(topic), filters)
+}
+
+/// The channel's endpoint, where it is a rest-hook to an endpoint `policy` allows.
+fn rest_hook_endpoint(channel: &Value, policy: &EndpointPolicy, issues: &mut Vec<Issue>) -> Option<url::Url> {
+    if channel.get("type").and_then(Value::as_str) != Some("rest-hook") {
+        issues.push(subscription_issue(
+            IssueCode::NotSupported,
+            "only channel type 'rest-hook' is supported".to_owned(),
+            "Subscription.channel.type",
+        ));
+    }
+    match channel.get("endpoint").and_then(Value::as_str) {
+        None => {
+            issues.push(subscription_issue(
+                IssueCode::Required,
+                "a rest-hook channel needs an endpoint".to_owned(),
+                "Subscription.channel.endpoint",
+            ));
+            None
+        }
+        Some(raw) => match policy.check(raw) {
+            Ok(url) => Some(url),
+            Err(reason) => {
+                issues.push(subscription_issue(IssueCode::Value, reason, "Subscription.channel.endpoint"));
+                None
+            }
+        },
+    }
+}
+
+/// What each notification carries (`backport-payload-content`, id-only when not given), sent
+/// as FHIR JSON.
+fn payload_content(channel: &Value, issues: &mut Vec<Issue>) -> PayloadContent {
+    match channel.get("payload").and_then(Value::as_str) {
+        None | Some("application/fhir+json") | Some("application/json") => {}
+        Some(other) => issues.push(subscription_issue(
+            IssueCode::NotSupported,
+            format!("payload type '{other}' is not supported; use application/fhir+json"),
+            "Subscription.channel.payload",
+        )),
+    }
+    match extension_values(channel.get("_payload"), backport::PAYLOAD_CONTENT, "valueCode").first() {
+        None => PayloadContent::IdOnly,
+        Some(code) => PayloadContent::parse(code).unwrap_or_else(|| {
+            issues.push(subscription_issue(
+                IssueCode::Value,
+                format!("payload content '{code}' is not one of empty, id-only, full-resource"),
+                "Subscription.channel.payload.extension('backport-payload-content')",
+            ));
+            PayloadContent::IdOnly
+        }),
+    }
+}
+
+/// The headers the subscriber asks to be sent with each notification.
+fn channel_headers(channel: &Value, issues: &mut Vec<Issue>) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    for raw in channel.get("header").and_then(Value::as_array).into_iter().flatten() {
+        match raw.as_str().map(parse_header) {
+            Some(Ok(header)) => headers.push(header),
+            Some(Err(reason)) => {
+                issues.push(subscription_issue(IssueCode::Value, reason, "Subscription.channel.header"))
+            }
+            None => {}
+        }
+    }
+    headers
+}
+
+/// The heartbeat period (`backport-heartbeat-period`), none when absent or 0.
+fn heartbeat_period(channel: &Value, issues: &mut Vec<Issue>) -> Option<Duration> {
+    let secs = channel
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(backport::HEARTBEAT_PERIOD))
+        .and_then(|e| e.get("valueUnsignedInt"))
+        .and_then(Value::as_u64);
+    match secs {
+        None | Some(0) => None,
+        Some(secs) if (MIN_HEARTBEAT_SECS..=MAX_HEARTBEAT_SECS).contains(&secs) => Some(Duration::from_secs(secs)),
+        Some(secs) => {
+            issues.push(subscription_issue(
+                IssueCode::Value,
+                format!("heartbeat period {secs} s is outside {MIN_HEARTBEAT_SECS}..={MAX_HEARTBEAT_SECS} s"),
+                "Subscription.channel.extension('backport-heartbeat-period')",
+            ));
+            None
+        }
+    }
+}
+
+/// The secret the subscriber gives for signing its webhooks, if it gives one.
+fn webhook_secret(channel: &Value, issues: &mut Vec<Issue>) -> Option<WebhookSecret> {
+    match WebhookSecret::parse(secret_extension(channel)?) {
+        Ok(secret) => Some(secret),
+        Err(reason) => {
+            issues.push(subscription_issue(
+                IssueCode::Value,
+                reason,
+                "Subscription.channel.extension('https://linkbridge.scot/fhir/StructureDefinition/webhook-secret')",
+            ));
+            None
+        }
     }
 }
 

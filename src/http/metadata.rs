@@ -22,66 +22,8 @@ const SMART_OAUTH_URIS: &str = "http://fhir-registry.smarthealthit.org/Structure
 /// The CapabilityStatement as FHIR JSON. `validator` names the profiles each type supports;
 /// `token_endpoint` is the token URL exactly as smart-configuration advertises it.
 pub fn capability_statement_json(base_url: &str, token_endpoint: &str, validator: &Validator) -> Value {
-    let profiles_of = |resource_type: &str| -> Vec<&str> {
-        validator.profiles().iter().filter(|p| p.resource_type() == resource_type).map(|p| p.url()).collect()
-    };
-    let mut resources: Vec<Value> = ResourceType::ALL
-        .into_iter()
-        .map(|resource_type| {
-            let interactions: Vec<Value> = resource_type
-                .interactions()
-                .iter()
-                .map(|i| json!({"code": i.code()}))
-                .collect();
-            let mut search_params = vec![
-                json!({"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"}),
-                json!({"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated", "type": "date"}),
-            ];
-            search_params.extend(params_for(resource_type).map(|p| {
-                json!({"name": p.name, "definition": p.definition_url(), "type": p.kind.code()})
-            }));
-            // R4 has no element for chains: each chain linkbridge answers is listed under the
-            // name a request uses, so that a client can tell them from the unknown ones it refuses.
-            search_params.extend(chains_for(resource_type).map(|chain| {
-                let documentation = if chain.reverse {
-                    format!("Reverse chain: {} resources pointed at by a {} ({}) that matches {} and that you may read", resource_type, chain.other_end(), chain.reference.name, chain.param.name)
-                } else {
-                    format!("Chain: {} resources whose {} is a {} that matches {} and that you may read", resource_type, chain.reference.name, chain.other_end(), chain.param.name)
-                };
-                json!({"name": chain.name, "type": chain.param.kind.code(), "documentation": documentation})
-            }));
-            let mut resource = json!({
-                "type": resource_type.as_str(),
-                "interaction": interactions,
-                "versioning": "versioned-update",
-                "readHistory": true,
-                "updateCreate": false,
-                "conditionalCreate": true,
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
-
-                "searchParam": search_params,
-                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
-            });
-            // FHIR JSON has no empty arrays: only the lists that have members are written.
-            let includes: Vec<String> = includes_of(resource_type).iter().map(|i| i.code()).collect();
-            if !includes.is_empty() {
-                resource["searchInclude"] = json!(includes);
-            }
-            let revincludes: Vec<String> = revincludes_of(resource_type).iter().map(|i| i.code()).collect();
-            if !revincludes.is_empty() {
-                resource["searchRevInclude"] = json!(revincludes);
-            }
-            let profiles = profiles_of(resource_type.as_str());
-            if !profiles.is_empty() {
-                resource["supportedProfile"] = json!(profiles);
-            }
-            if resource_type == ResourceType::Subscription {
-                describe_subscriptions(&mut resource);
-            }
-            resource
-        })
-        .collect();
+    let mut resources: Vec<Value> =
+        ResourceType::ALL.into_iter().map(|resource_type| rest_resource(resource_type, validator)).collect();
     // The conformance package (http::conformance), read-only.
     for conformance_type in CONFORMANCE_TYPES {
         resources.push(json!({
@@ -122,6 +64,73 @@ pub fn capability_statement_json(base_url: &str, token_endpoint: &str, validator
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }],
     })
+}
+
+/// What the server does with one resource type: interactions, search parameters and chains,
+/// includes, the profiles `validator` holds for it.
+fn rest_resource(resource_type: ResourceType, validator: &Validator) -> Value {
+    let interactions: Vec<Value> = resource_type.interactions().iter().map(|i| json!({"code": i.code()})).collect();
+    let mut search_params = vec![
+        json!({"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"}),
+        json!({"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated", "type": "date"}),
+    ];
+    search_params.extend(
+        params_for(resource_type)
+            .map(|p| json!({"name": p.name, "definition": p.definition_url(), "type": p.kind.code()})),
+    );
+    // R4 has no element for chains: each chain linkbridge answers is listed under the
+    // name a request uses, so that a client can tell them from the unknown ones it refuses.
+    search_params.extend(chains_for(resource_type).map(|chain| {
+        let documentation = if chain.reverse {
+            format!(
+                "Reverse chain: {} resources pointed at by a {} ({}) that matches {} and that you may read",
+                resource_type,
+                chain.other_end(),
+                chain.reference.name,
+                chain.param.name
+            )
+        } else {
+            format!(
+                "Chain: {} resources whose {} is a {} that matches {} and that you may read",
+                resource_type,
+                chain.reference.name,
+                chain.other_end(),
+                chain.param.name
+            )
+        };
+        json!({"name": chain.name, "type": chain.param.kind.code(), "documentation": documentation})
+    }));
+    let mut resource = json!({
+        "type": resource_type.as_str(),
+        "interaction": interactions,
+        "versioning": "versioned-update",
+        "readHistory": true,
+        "updateCreate": false,
+        "conditionalCreate": true,
+        "conditionalUpdate": false,
+        "conditionalDelete": "not-supported",
+
+        "searchParam": search_params,
+        "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+    });
+    // FHIR JSON has no empty arrays: only the lists that have members are written.
+    let includes: Vec<String> = includes_of(resource_type).iter().map(|i| i.code()).collect();
+    if !includes.is_empty() {
+        resource["searchInclude"] = json!(includes);
+    }
+    let revincludes: Vec<String> = revincludes_of(resource_type).iter().map(|i| i.code()).collect();
+    if !revincludes.is_empty() {
+        resource["searchRevInclude"] = json!(revincludes);
+    }
+    let profiles: Vec<&str> =
+        validator.profiles().iter().filter(|p| p.resource_type() == resource_type.as_str()).map(|p| p.url()).collect();
+    if !profiles.is_empty() {
+        resource["supportedProfile"] = json!(profiles);
+    }
+    if resource_type == ResourceType::Subscription {
+        describe_subscriptions(&mut resource);
+    }
+    resource
 }
 
 /// The topics (Backport IG: one `subscriptiontopic-canonical` extension each) and the

@@ -180,37 +180,8 @@ pub(super) async fn apply_write_sets(
     // together: on PostgreSQL one statement (see `insert_together`), which none of the
     // statements before it depend on.
     let mut last_wave = apply_resource_writes(conn, &resources, settle_window).await?;
-    // In key order, like the resources of a wave (see `apply_resource_writes`).
-    let mut claims: Vec<&ConditionalClaim> = write_sets.iter().flat_map(|ws| &ws.conditional_claims).collect();
-    claims.sort_by(|a, b| {
-        (a.scope_key.as_str(), a.resource_type.as_str(), a.criteria.as_str()).cmp(&(
-            b.scope_key.as_str(),
-            b.resource_type.as_str(),
-            b.criteria.as_str(),
-        ))
-    });
-    for claim in &claims {
-        if let Some(stale_id) = &claim.replaces {
-            take_over_claim(conn, claim, stale_id).await?;
-        }
-    }
-    for request in write_sets.iter().filter_map(|ws| ws.request.as_ref()) {
-        let inserted = sqlx::query(
-            "INSERT INTO request_ids (client_id, request_id, body_hash, outcome, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(request.client_id.as_str())
-        .bind(request.request_id.as_str())
-        .bind(request.body_hash.as_str())
-        .bind(request.outcome.as_str())
-        .bind(crate::domain::instant::Instant::now().micros())
-        .execute(&mut *conn)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => return Err(StoreError::DuplicateRequest),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let claims = take_over_stale_claims(conn, write_sets).await?;
+    record_request_ids(conn, write_sets).await?;
     // A revocation withdraws what is there by now, the last wave's visibility too, and a grant
     // after it stands.
     let revocations: Vec<&VisibilityGrant> = write_sets.iter().flat_map(|ws| &ws.revocations).collect();
@@ -249,8 +220,57 @@ pub(super) async fn apply_write_sets(
     for change in write_sets.iter().flat_map(|ws| &ws.subscription_changes) {
         apply_subscription_change(conn, change).await?;
     }
-    // In subscription order, so that transactions notifying several subscriptions lock their
-    // counters in one order and cannot deadlock one another on PostgreSQL.
+    queue_notifications(conn, write_sets).await
+}
+
+/// The write sets' conditional claims in key order, like the resources of a wave (see
+/// `apply_resource_writes`), each stale claim taken over on the way.
+async fn take_over_stale_claims<'w>(
+    conn: &mut AnyConnection,
+    write_sets: &[&'w WriteSet],
+) -> Result<Vec<&'w ConditionalClaim>, StoreError> {
+    let mut claims: Vec<&ConditionalClaim> = write_sets.iter().flat_map(|ws| &ws.conditional_claims).collect();
+    claims.sort_by(|a, b| {
+        (a.scope_key.as_str(), a.resource_type.as_str(), a.criteria.as_str()).cmp(&(
+            b.scope_key.as_str(),
+            b.resource_type.as_str(),
+            b.criteria.as_str(),
+        ))
+    });
+    for claim in &claims {
+        if let Some(stale_id) = &claim.replaces {
+            take_over_claim(conn, claim, stale_id).await?;
+        }
+    }
+    Ok(claims)
+}
+
+/// Records each write set's X-Request-ID; one recorded already refuses the whole call.
+async fn record_request_ids(conn: &mut AnyConnection, write_sets: &[&WriteSet]) -> Result<(), StoreError> {
+    for request in write_sets.iter().filter_map(|ws| ws.request.as_ref()) {
+        let inserted = sqlx::query(
+            "INSERT INTO request_ids (client_id, request_id, body_hash, outcome, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(request.client_id.as_str())
+        .bind(request.request_id.as_str())
+        .bind(request.body_hash.as_str())
+        .bind(request.outcome.as_str())
+        .bind(crate::domain::instant::Instant::now().micros())
+        .execute(&mut *conn)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::DuplicateRequest),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Queues the write sets' notifications in subscription order, so that transactions notifying
+/// several subscriptions lock their counters in one order and cannot deadlock one another on
+/// PostgreSQL.
+async fn queue_notifications(conn: &mut AnyConnection, write_sets: &[&WriteSet]) -> Result<(), StoreError> {
     let mut notifications: Vec<&OutboxEntry> = write_sets.iter().flat_map(|ws| &ws.notifications).collect();
     notifications.sort_by(|a, b| a.subscription_id.as_str().cmp(b.subscription_id.as_str()));
     for entry in notifications {

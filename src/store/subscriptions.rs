@@ -222,98 +222,9 @@ impl Store {
         let subscription_id = claim.event.subscription_id.clone();
         self.in_write_transaction(move |conn| {
             Box::pin(async move {
-                // Every outcome is fenced: `WHERE id = $1 AND lease_token = $2`.
-                let result =
-                    match &outcome {
-                        DeliveryOutcome::Delivered { status } => {
-                            sqlx::query(
-                                "UPDATE outbox_events SET state = 'delivered', delivered_at = $3, last_status = $4, \
-                             lease_token = NULL, lease_until = NULL WHERE id = $1 AND lease_token = $2",
-                            )
-                            .bind(id.as_str())
-                            .bind(token.as_str())
-                            .bind(now.micros())
-                            .bind(i64::from(*status))
-                            .execute(&mut *conn)
-                            .await?
-                        }
-                        DeliveryOutcome::Retry { next_attempt_at, status, error } => {
-                            sqlx::query(
-                                "UPDATE outbox_events SET next_attempt_at = $3, last_status = $4, last_error = $5, \
-                             failures = failures + 1, lease_token = NULL, lease_until = NULL \
-                             WHERE id = $1 AND lease_token = $2",
-                            )
-                            .bind(id.as_str())
-                            .bind(token.as_str())
-                            .bind(next_attempt_at.micros())
-                            .bind(status.map(i64::from))
-                            .bind(error.as_str())
-                            .execute(&mut *conn)
-                            .await?
-                        }
-                        DeliveryOutcome::Dead { status, error } => {
-                            sqlx::query(
-                                "UPDATE outbox_events SET state = 'dead', last_status = $3, last_error = $4, \
-                             failures = failures + 1, lease_token = NULL, lease_until = NULL \
-                             WHERE id = $1 AND lease_token = $2",
-                            )
-                            .bind(id.as_str())
-                            .bind(token.as_str())
-                            .bind(status.map(i64::from))
-                            .bind(error.as_str())
-                            .execute(&mut *conn)
-                            .await?
-                        }
-                        DeliveryOutcome::Released => sqlx::query(
-                            "UPDATE outbox_events SET attempts = attempts - 1, lease_token = NULL, lease_until = NULL \
-                             WHERE id = $1 AND lease_token = $2",
-                        )
-                        .bind(id.as_str())
-                        .bind(token.as_str())
-                        .execute(&mut *conn)
-                        .await?,
-                    };
-                let held = result.rows_affected() == 1;
+                let held = record_delivery_outcome(conn, &id, &token, &outcome, now).await?;
                 if held {
-                    match &outcome {
-                        DeliveryOutcome::Delivered { .. } => {
-                            sqlx::query(
-                                "UPDATE subscriptions SET last_sent_at = $2 WHERE id = $1 \
-                                 AND COALESCE(last_sent_at, 0) < $2",
-                            )
-                            .bind(subscription_id.as_str())
-                            .bind(now.micros())
-                            .execute(&mut *conn)
-                            .await?;
-                            // The endpoint answers again: the events held back while it failed
-                            // (see `Retry` below) are due at once rather than at their backoff,
-                            // oldest first (each as when it was queued), so that a backlog
-                            // flows as soon as the endpoint is back. An endpoint that stays
-                            // down never gets here and keeps its backoff. Found through
-                            // `outbox_due`: only notifications pending in the future are read.
-                            sqlx::query(
-                                "UPDATE outbox_events SET next_attempt_at = created_at WHERE subscription_id = $1 \
-                                 AND state = 'pending' AND next_attempt_at > $2 AND lease_token IS NULL",
-                            )
-                            .bind(subscription_id.as_str())
-                            .bind(now.micros())
-                            .execute(&mut *conn)
-                            .await?;
-                        }
-                        // The endpoint is failing: the subscription's other pending events wait
-                        // as long as this one, rather than each hammering it on its own.
-                        DeliveryOutcome::Retry { next_attempt_at, .. } => {
-                            sqlx::query(
-                                "UPDATE outbox_events SET next_attempt_at = $2 WHERE subscription_id = $1 \
-                                 AND state = 'pending' AND next_attempt_at < $2 AND lease_token IS NULL",
-                            )
-                            .bind(subscription_id.as_str())
-                            .bind(next_attempt_at.micros())
-                            .execute(&mut *conn)
-                            .await?;
-                        }
-                        DeliveryOutcome::Dead { .. } | DeliveryOutcome::Released => {}
-                    }
+                    pace_subscription_after(conn, &subscription_id, &outcome, now).await?;
                 }
                 Ok(held)
             })
@@ -472,4 +383,117 @@ pub(super) async fn begin_reading_live_subscriptions(
     );
     let rows = sqlx::Executor::fetch_all(&mut *conn, statements.as_str()).await?;
     rows.iter().map(subscription_from_row).collect()
+}
+
+/// Records how a claimed delivery went, fenced by its lease (`WHERE id = $1 AND lease_token =
+/// $2`): whether the lease still held.
+async fn record_delivery_outcome(
+    conn: &mut AnyConnection,
+    id: &str,
+    token: &str,
+    outcome: &DeliveryOutcome,
+    now: Instant,
+) -> Result<bool, sqlx::Error> {
+    let result = match outcome {
+        DeliveryOutcome::Delivered { status } => {
+            sqlx::query(
+                "UPDATE outbox_events SET state = 'delivered', delivered_at = $3, last_status = $4, \
+                 lease_token = NULL, lease_until = NULL WHERE id = $1 AND lease_token = $2",
+            )
+            .bind(id)
+            .bind(token)
+            .bind(now.micros())
+            .bind(i64::from(*status))
+            .execute(&mut *conn)
+            .await?
+        }
+        DeliveryOutcome::Retry { next_attempt_at, status, error } => {
+            sqlx::query(
+                "UPDATE outbox_events SET next_attempt_at = $3, last_status = $4, last_error = $5, \
+                 failures = failures + 1, lease_token = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_token = $2",
+            )
+            .bind(id)
+            .bind(token)
+            .bind(next_attempt_at.micros())
+            .bind(status.map(i64::from))
+            .bind(error.as_str())
+            .execute(&mut *conn)
+            .await?
+        }
+        DeliveryOutcome::Dead { status, error } => {
+            sqlx::query(
+                "UPDATE outbox_events SET state = 'dead', last_status = $3, last_error = $4, \
+                 failures = failures + 1, lease_token = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_token = $2",
+            )
+            .bind(id)
+            .bind(token)
+            .bind(status.map(i64::from))
+            .bind(error.as_str())
+            .execute(&mut *conn)
+            .await?
+        }
+        DeliveryOutcome::Released => {
+            sqlx::query(
+                "UPDATE outbox_events SET attempts = attempts - 1, lease_token = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_token = $2",
+            )
+            .bind(id)
+            .bind(token)
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    Ok(result.rows_affected() == 1)
+}
+
+/// After a delivery whose lease held, paces the subscription's other pending events by how it
+/// went.
+async fn pace_subscription_after(
+    conn: &mut AnyConnection,
+    subscription_id: &str,
+    outcome: &DeliveryOutcome,
+    now: Instant,
+) -> Result<(), sqlx::Error> {
+    match outcome {
+        DeliveryOutcome::Delivered { .. } => {
+            sqlx::query(
+                "UPDATE subscriptions SET last_sent_at = $2 WHERE id = $1 \
+                 AND COALESCE(last_sent_at, 0) < $2",
+            )
+            .bind(subscription_id)
+            .bind(now.micros())
+            .execute(&mut *conn)
+            .await?;
+            // The endpoint answers again: the events held back while it failed
+            // (see `Retry` below) are due at once rather than at their backoff,
+            // oldest first (each as when it was queued), so that a backlog
+            // flows as soon as the endpoint is back. An endpoint that stays
+            // down never gets here and keeps its backoff. Found through
+            // `outbox_due`: only notifications pending in the future are read.
+            sqlx::query(
+                "UPDATE outbox_events SET next_attempt_at = created_at WHERE subscription_id = $1 \
+                 AND state = 'pending' AND next_attempt_at > $2 AND lease_token IS NULL",
+            )
+            .bind(subscription_id)
+            .bind(now.micros())
+            .execute(&mut *conn)
+            .await?;
+        }
+        // The endpoint is failing: the subscription's other pending events wait
+        // as long as this one, rather than each hammering it on its own.
+        DeliveryOutcome::Retry { next_attempt_at, .. } => {
+            sqlx::query(
+                "UPDATE outbox_events SET next_attempt_at = $2 WHERE subscription_id = $1 \
+                 AND state = 'pending' AND next_attempt_at < $2 AND lease_token IS NULL",
+            )
+            .bind(subscription_id)
+            .bind(next_attempt_at.micros())
+            .execute(&mut *conn)
+            .await?;
+        }
+        DeliveryOutcome::Dead { .. } | DeliveryOutcome::Released => {}
+    }
+    Ok(())
 }
