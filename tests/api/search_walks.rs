@@ -411,6 +411,14 @@ async fn check_walks(store: &Store, db: Db, statistics: &str) {
         // probes.
         let starts = |line: &String, step: &str| line.trim_start().starts_with(step);
         let walks_an_index = plan.first().is_some_and(|l| starts(l, "SEARCH w ") || starts(l, "SCAN w "));
+        // ... and the walk reads the index alone (the owner identifier's system is in its index).
+        if db == Db::Sqlite && walks_an_index && !plan[0].contains("COVERING INDEX") {
+            failures.push(format!(
+                "{db:?} Task?{} walks an index that does not cover it\n{}",
+                case.query,
+                plan.join("\n")
+            ));
+        }
         if db == Db::Sqlite && walks_an_index {
             // (The plan of a walk along a date goes on with its undated tail's.)
             let read = plan.iter().position(|l| starts(l, "SEARCH r "));
