@@ -433,7 +433,7 @@ def request_body(rt, with_examples):
     j = {'schema':schema}
     if with_examples:
         ex = body_examples(rt)
-        if rt == 'Subscription': ex = {'rest-hook':{'summary':'README example (its webhook secret is public: make your own)','value':SUB_EXAMPLE}}
+        if rt == 'Subscription': ex = {'rest-hook':{'summary':'docs/subscriptions.md example (its webhook secret is public: make your own)','value':SUB_EXAMPLE}}
         if ex: j['examples'] = ex
     return {'required':True,'content':{'application/fhir+json':j,'application/fhir+xml':{'schema':{'type':'string','description':f'The {rt} in FHIR XML.'}}}}
 
